@@ -1,0 +1,429 @@
+//! Host configuration: the TOML file, per-plugin files, and their defaults.
+//!
+//! Precedence, highest first: CLI flags and `FERRY_*` environment variables (applied by the
+//! binary), `[subscribers.NAME]` in the host file, the plugin's own `NAME.toml` beside its
+//! `.wasm`, `[defaults]` in the host file, then the built-in defaults documented on each field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid configuration in {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The host configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis URL. Default `redis://127.0.0.1:6379`.
+    pub redis: String,
+    /// Directory of `*.wasm` plugins (and optional `NAME.toml` beside each). Default `plugins`.
+    pub plugins: PathBuf,
+    /// Stream read by subscriptions that do not name one. Default `events`.
+    pub stream: String,
+    /// Consumer name of this host instance; unique per instance. Default `HOSTNAME-PID-RANDOM`.
+    pub consumer: Option<String>,
+    /// Directory for compiled plugins, so restarts skip compilation. Default
+    /// `$XDG_CACHE_HOME/ferry` or `~/.cache/ferry`; `""` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Watch the plugin directory and reload changed plugins. Default true.
+    pub watch: bool,
+    /// How long to wait for in-flight events on shutdown before leaving them pending. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Reading from Redis.
+    pub read: ReadConfig,
+    /// The WebAssembly engine, shared by every plugin.
+    pub engine: EngineConfig,
+    /// Admin HTTP endpoint (metrics, health, status page).
+    pub admin: AdminConfig,
+    /// Defaults for every subscriber.
+    pub defaults: SubscriberConfig,
+    /// Per-subscriber settings, by plugin name.
+    pub subscribers: BTreeMap<String, SubscriberConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            redis: "redis://127.0.0.1:6379".into(),
+            plugins: PathBuf::from("plugins"),
+            stream: "events".into(),
+            consumer: None,
+            cache_dir: None,
+            watch: true,
+            shutdown_grace: Duration::from_secs(10),
+            read: ReadConfig::default(),
+            engine: EngineConfig::default(),
+            admin: AdminConfig::default(),
+            defaults: SubscriberConfig::default(),
+            subscribers: BTreeMap::new(),
+        }
+    }
+}
+
+/// How the host reads streams.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReadConfig {
+    /// Entries per `XREADGROUP`. Default 500.
+    pub count: usize,
+    /// How long one `XREADGROUP` blocks waiting for new entries. Finite, so shutdown is
+    /// noticed between reads. Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// How often due retries are promoted and idle pending entries reclaimed. Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self { count: 500, block: Duration::from_secs(2), poll: Duration::from_millis(100) }
+    }
+}
+
+/// Engine-wide settings (wasmtime cannot vary these per plugin).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Use the pooling instance allocator (fast instantiation). Default true.
+    pub pooling: bool,
+    /// Upper bound of any plugin's linear memory, in bytes (per-plugin caps must be lower).
+    /// Default 1 GiB.
+    pub max_memory: u64,
+    /// WebAssembly stack limit, in bytes. Default 512 KiB.
+    pub max_stack: usize,
+    /// Enable fuel metering, so subscribers can set `limits.fuel`. Costs speed. Default false.
+    pub fuel: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { pooling: true, max_memory: 1 << 30, max_stack: 512 << 10, fuel: false }
+    }
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on; `""` turns the endpoint off. Default `127.0.0.1:9464`.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// Only events added after the group is created.
+    New,
+    /// Every event still in the stream.
+    Beginning,
+}
+
+/// How plugin instances are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceMode {
+    /// A fresh instance for every event: no state survives between events.
+    PerEvent,
+    /// Reuse an instance for up to `recycle_after` events, and never after a trap.
+    Reuse,
+}
+
+/// One subscription, as the operator overrides it in configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Event type; a trailing `*` is a prefix match.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Accepted schema versions; empty: all.
+    #[serde(default)]
+    pub versions: Vec<u32>,
+    /// Stream to read; default: the host's `stream`.
+    #[serde(default)]
+    pub stream: Option<String>,
+}
+
+/// Settings of one subscriber. Every field is optional so layers can be merged.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriberConfig {
+    /// Replace the subscriptions the plugin declares.
+    pub subscriptions: Option<Vec<SubscriptionConfig>>,
+    /// Where a new consumer group starts. Default `new`.
+    pub start: Option<Start>,
+    /// Events handled at the same time by this subscriber on one stream. Default 1 when
+    /// `ordered`, else 4.
+    pub concurrency: Option<usize>,
+    /// Keep events with the same `partitionkey` in stream order. Default false.
+    pub ordered: Option<bool>,
+    /// Deduplicate by event id over this window; `0s` turns it off. Default `1h`.
+    #[serde(default, with = "humantime_serde::option")]
+    pub dedupe_window: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RetryConfig>,
+    /// Sandbox limits.
+    pub limits: Option<LimitsConfig>,
+    /// Values the plugin may read through the `config` import. Default: none.
+    pub config: Option<BTreeMap<String, String>>,
+    /// Streams the plugin may publish follow-up events to. Default: none.
+    pub publish_streams: Option<Vec<String>>,
+}
+
+/// Retry policy of a subscriber.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; then the event is dead-lettered. Default 5.
+    pub max_attempts: u32,
+    /// Delay before the second attempt. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+    /// Factor applied to the delay after each attempt. Default 2.
+    pub multiplier: f64,
+    /// Upper bound of any delay (also of a handler's hint). Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Random spread, a fraction of the delay (0.2 = ±20%). Default 0.2.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_delay: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_delay: Duration::from_secs(300),
+            jitter: 0.2,
+        }
+    }
+}
+
+/// Sandbox limits of a subscriber.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Linear memory cap per instance, bytes. Default 64 MiB.
+    pub memory: u64,
+    /// Wall-clock deadline per event. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Fuel per event (needs `engine.fuel = true`); none: unmetered. Default none.
+    pub fuel: Option<u64>,
+    /// Core instances per component instance. Default 20.
+    pub instances: usize,
+    /// How instances are used. Default `reuse`.
+    pub instance_mode: InstanceMode,
+    /// With `reuse`: replace an instance after this many events. Default 10000.
+    pub recycle_after: u64,
+    /// Bytes of guest stdout/stderr kept per event (the rest is dropped). Default 4096.
+    pub stdio_bytes: usize,
+    /// Log lines a plugin may write per event; more are dropped and counted. Default 100.
+    pub log_lines: u32,
+    /// Bytes kept of one log line. Default 2048.
+    pub log_line_bytes: usize,
+    /// Follow-up events per handled event. Default 100.
+    pub publish_count: usize,
+    /// Bytes of one follow-up event's data. Default 1 MiB.
+    pub publish_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory: 64 << 20,
+            deadline: Duration::from_secs(5),
+            fuel: None,
+            instances: 20,
+            instance_mode: InstanceMode::Reuse,
+            recycle_after: 10_000,
+            stdio_bytes: 4096,
+            log_lines: 100,
+            log_line_bytes: 2048,
+            publish_count: 100,
+            publish_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The effective settings of one subscriber after merging every layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    /// Operator override of the subscriptions.
+    pub subscriptions: Option<Vec<SubscriptionConfig>>,
+    /// Group start position.
+    pub start: Start,
+    /// Events at once per stream.
+    pub concurrency: usize,
+    /// Per-key order.
+    pub ordered: bool,
+    /// Dedupe window (zero: off).
+    pub dedupe_window: Duration,
+    /// Retry policy.
+    pub retry: RetryConfig,
+    /// Sandbox limits.
+    pub limits: LimitsConfig,
+    /// Granted config values.
+    pub config: BTreeMap<String, String>,
+    /// Streams the plugin may publish to.
+    pub publish_streams: Vec<String>,
+}
+
+impl SubscriberConfig {
+    /// `self` with every unset field taken from `lower`.
+    pub fn over(&self, lower: &SubscriberConfig) -> SubscriberConfig {
+        SubscriberConfig {
+            subscriptions: self.subscriptions.clone().or_else(|| lower.subscriptions.clone()),
+            start: self.start.or(lower.start),
+            concurrency: self.concurrency.or(lower.concurrency),
+            ordered: self.ordered.or(lower.ordered),
+            dedupe_window: self.dedupe_window.or(lower.dedupe_window),
+            retry: self.retry.or(lower.retry),
+            limits: self.limits.or(lower.limits),
+            config: self.config.clone().or_else(|| lower.config.clone()),
+            publish_streams: self.publish_streams.clone().or_else(|| lower.publish_streams.clone()),
+        }
+    }
+
+    /// Fill the remaining gaps with built-in defaults and check the values.
+    pub fn resolve(&self) -> Result<Effective, ConfigError> {
+        let ordered = self.ordered.unwrap_or(false);
+        let effective = Effective {
+            subscriptions: self.subscriptions.clone(),
+            start: self.start.unwrap_or(Start::New),
+            concurrency: self.concurrency.unwrap_or(if ordered { 1 } else { 4 }),
+            ordered,
+            dedupe_window: self.dedupe_window.unwrap_or(Duration::from_secs(3600)),
+            retry: self.retry.unwrap_or_default(),
+            limits: self.limits.unwrap_or_default(),
+            config: self.config.clone().unwrap_or_default(),
+            publish_streams: self.publish_streams.clone().unwrap_or_default(),
+        };
+        if effective.concurrency == 0 {
+            return Err(ConfigError::Invalid("concurrency must be at least 1".into()));
+        }
+        if effective.retry.max_attempts == 0 {
+            return Err(ConfigError::Invalid("retry.max_attempts must be at least 1".into()));
+        }
+        if !(effective.retry.multiplier >= 1.0) || !(0.0..=1.0).contains(&effective.retry.jitter) {
+            return Err(ConfigError::Invalid("retry.multiplier must be >= 1 and retry.jitter in 0..=1".into()));
+        }
+        if effective.limits.deadline.is_zero() {
+            return Err(ConfigError::Invalid("limits.deadline must be above zero".into()));
+        }
+        Ok(effective)
+    }
+}
+
+impl Config {
+    /// Read a host configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        parse_file(path)
+    }
+
+    /// The effective settings of subscriber `name`, given its plugin's own file (if any).
+    pub fn subscriber(&self, name: &str, plugin_file: Option<&SubscriberConfig>) -> Result<Effective, ConfigError> {
+        let mut merged = self.defaults.clone();
+        if let Some(file) = plugin_file {
+            merged = file.over(&merged);
+        }
+        if let Some(host) = self.subscribers.get(name) {
+            merged = host.over(&merged);
+        }
+        merged.resolve()
+    }
+
+    /// The compiled-artifact cache directory, if enabled.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        match &self.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(dir.clone()),
+            None => {
+                let base = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+                Some(base.join("ferry"))
+            }
+        }
+    }
+}
+
+/// Read a plugin's own `NAME.toml`.
+pub fn load_plugin_file(path: &Path) -> Result<SubscriberConfig, ConfigError> {
+    parse_file(path)
+}
+
+fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_merge_with_host_file_on_top() {
+        let config: Config = toml::from_str(
+            r#"
+            [defaults]
+            concurrency = 2
+            [subscribers.a]
+            ordered = true
+            [subscribers.a.retry]
+            max_attempts = 3
+            initial_delay = "250ms"
+            "#,
+        )
+        .expect("valid config");
+        let plugin_file: SubscriberConfig = toml::from_str("concurrency = 8\nordered = false").expect("valid plugin file");
+        let a = config.subscriber("a", Some(&plugin_file)).expect("resolves");
+        assert!(a.ordered);
+        assert_eq!(a.concurrency, 8);
+        assert_eq!(a.retry.max_attempts, 3);
+        assert_eq!(a.retry.initial_delay, Duration::from_millis(250));
+        let b = config.subscriber("b", None).expect("resolves");
+        assert_eq!(b.concurrency, 2);
+        assert_eq!(b.retry, RetryConfig::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(toml::from_str::<Config>("redis_url = 'x'").is_err());
+        assert!(toml::from_str::<SubscriberConfig>("[retry]\nmax = 1").is_err());
+    }
+}

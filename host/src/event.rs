@@ -1,0 +1,335 @@
+//! The integration-event envelope and its stream-entry encoding.
+//!
+//! An event is stored as one Redis stream entry with one field per CloudEvents attribute plus
+//! `data`, so `redis-cli XRANGE` is readable and any language can produce events with a plain
+//! `XADD`. This module owns that mapping in both directions and the validation that keeps a
+//! malformed entry away from plugins.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+/// The CloudEvents spec version ferry speaks.
+pub const SPEC_VERSION: &str = "1.0";
+/// The default media type of `data`.
+pub const JSON: &str = "application/json";
+
+/// Field names of a stream entry. Attribute names follow CloudEvents 1.0 and its Correlation
+/// and Partitioning extensions; `schemaversion` is ferry's extension for the payload version.
+pub mod field {
+    /// Unique id of the event.
+    pub const ID: &str = "id";
+    /// Module that emitted the event.
+    pub const SOURCE: &str = "source";
+    /// Event type.
+    pub const TYPE: &str = "type";
+    /// CloudEvents spec version.
+    pub const SPECVERSION: &str = "specversion";
+    /// When the fact occurred (RFC 3339, UTC).
+    pub const TIME: &str = "time";
+    /// Media type of `data`.
+    pub const DATACONTENTTYPE: &str = "datacontenttype";
+    /// Payload schema version (integer).
+    pub const SCHEMAVERSION: &str = "schemaversion";
+    /// CloudEvents subject.
+    pub const SUBJECT: &str = "subject";
+    /// CloudEvents dataschema.
+    pub const DATASCHEMA: &str = "dataschema";
+    /// Correlation extension: flow id.
+    pub const CORRELATIONID: &str = "correlationid";
+    /// Correlation extension: cause id.
+    pub const CAUSATIONID: &str = "causationid";
+    /// Partitioning extension: ordering key.
+    pub const PARTITIONKEY: &str = "partitionkey";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The payload.
+    pub const DATA: &str = "data";
+}
+
+/// Why a stream entry is not a valid event. The entry is dead-lettered with this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidEvent {
+    /// A required attribute is absent.
+    #[error("missing required attribute `{0}`")]
+    Missing(&'static str),
+    /// An attribute is present but not acceptable.
+    #[error("malformed attribute `{name}`: {reason}")]
+    Malformed {
+        /// The attribute.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `datacontenttype` declares JSON but `data` does not parse.
+    #[error("data is not valid JSON although datacontenttype is {content_type}: {reason}")]
+    BadJson {
+        /// The declared media type.
+        content_type: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The entry's fields were deleted or trimmed while it was pending.
+    #[error("entry has no fields (deleted or trimmed while pending)")]
+    Empty,
+}
+
+/// An integration event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id (UUID v7 when produced by ferry).
+    pub id: String,
+    /// The module that emitted the event.
+    pub source: String,
+    /// Event type, e.g. `OrderCreated`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When the fact occurred, RFC 3339 in UTC.
+    pub time: String,
+    /// Media type of `data`.
+    pub datacontenttype: String,
+    /// Payload schema version.
+    pub schemaversion: u32,
+    /// CloudEvents `subject`.
+    pub subject: Option<String>,
+    /// CloudEvents `dataschema`.
+    pub dataschema: Option<String>,
+    /// Flow id shared by related events.
+    pub correlationid: Option<String>,
+    /// Id of the event that caused this one.
+    pub causationid: Option<String>,
+    /// Key for per-key ordering.
+    pub partitionkey: Option<String>,
+    /// W3C trace context of the producer.
+    pub traceparent: Option<String>,
+    /// Serialized payload.
+    #[serde(with = "data_as_text")]
+    pub data: Vec<u8>,
+}
+
+/// Serialize `data` as a UTF-8 string when it is one (the common JSON case), else as bytes.
+mod data_as_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(data) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_bytes(data),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(String::deserialize(d)?.into_bytes())
+    }
+}
+
+impl Event {
+    /// A new event of `event_type` from `source` with a JSON payload, a fresh UUID v7 id and
+    /// the current UTC time. Set the optional attributes on the returned value.
+    pub fn new(event_type: impl Into<String>, source: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
+        Self {
+            id: Uuid::now_v7().to_string(),
+            source: source.into(),
+            event_type: event_type.into(),
+            time: now_rfc3339(),
+            datacontenttype: JSON.to_string(),
+            schemaversion: 1,
+            subject: None,
+            dataschema: None,
+            correlationid: None,
+            causationid: None,
+            partitionkey: None,
+            traceparent: None,
+            data: data.into(),
+        }
+    }
+
+    /// The stream-entry fields of this event, in a stable order; absent optionals are omitted.
+    pub fn to_fields(&self) -> Vec<(&'static str, &[u8])> {
+        let mut out: Vec<(&'static str, &[u8])> = vec![
+            (field::ID, self.id.as_bytes()),
+            (field::SOURCE, self.source.as_bytes()),
+            (field::TYPE, self.event_type.as_bytes()),
+            (field::SPECVERSION, SPEC_VERSION.as_bytes()),
+            (field::TIME, self.time.as_bytes()),
+            (field::DATACONTENTTYPE, self.datacontenttype.as_bytes()),
+        ];
+        let optional = [
+            (field::SUBJECT, &self.subject),
+            (field::DATASCHEMA, &self.dataschema),
+            (field::CORRELATIONID, &self.correlationid),
+            (field::CAUSATIONID, &self.causationid),
+            (field::PARTITIONKEY, &self.partitionkey),
+            (field::TRACEPARENT, &self.traceparent),
+        ];
+        for (name, value) in optional {
+            if let Some(v) = value {
+                out.push((name, v.as_bytes()));
+            }
+        }
+        out.push((field::DATA, &self.data));
+        out
+    }
+
+    /// Append this event's fields, with the schema version, to a Redis command (an `XADD`).
+    pub fn write_fields(&self, cmd: &mut redis::Cmd) {
+        for (name, value) in self.to_fields() {
+            cmd.arg(name).arg(value);
+        }
+        cmd.arg(field::SCHEMAVERSION).arg(self.schemaversion);
+    }
+
+    /// Parse and validate an event from stream-entry fields. Field names starting with `_` are
+    /// ferry's delivery metadata and are ignored here; unknown attributes are ignored too.
+    pub fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, InvalidEvent> {
+        if fields.is_empty() {
+            return Err(InvalidEvent::Empty);
+        }
+        let get = |name: &'static str| -> Result<Option<String>, InvalidEvent> {
+            match fields.iter().find(|(k, _)| k == name.as_bytes()) {
+                None => Ok(None),
+                Some((_, v)) => String::from_utf8(v.clone()).map(Some).map_err(|_| InvalidEvent::Malformed {
+                    name,
+                    reason: "not UTF-8".into(),
+                }),
+            }
+        };
+        let required = |name: &'static str| -> Result<String, InvalidEvent> {
+            match get(name)? {
+                Some(v) if !v.trim().is_empty() => Ok(v),
+                Some(_) => Err(InvalidEvent::Malformed { name, reason: "empty".into() }),
+                None => Err(InvalidEvent::Missing(name)),
+            }
+        };
+
+        let id = required(field::ID)?;
+        if id.len() > 256 {
+            return Err(InvalidEvent::Malformed { name: field::ID, reason: "longer than 256 bytes".into() });
+        }
+        let source = required(field::SOURCE)?;
+        let event_type = required(field::TYPE)?;
+        let specversion = required(field::SPECVERSION)?;
+        if specversion != SPEC_VERSION {
+            return Err(InvalidEvent::Malformed {
+                name: field::SPECVERSION,
+                reason: format!("`{specversion}` is not supported (expected {SPEC_VERSION})"),
+            });
+        }
+        let time = required(field::TIME)?;
+        let parsed = OffsetDateTime::parse(&time, &Rfc3339)
+            .map_err(|e| InvalidEvent::Malformed { name: field::TIME, reason: format!("not RFC 3339: {e}") })?;
+        if !parsed.offset().is_utc() {
+            return Err(InvalidEvent::Malformed { name: field::TIME, reason: "not in UTC".into() });
+        }
+        let datacontenttype = get(field::DATACONTENTTYPE)?.unwrap_or_else(|| JSON.to_string());
+        let schemaversion = match get(field::SCHEMAVERSION)? {
+            None => 1,
+            Some(v) => v.parse::<u32>().map_err(|_| InvalidEvent::Malformed {
+                name: field::SCHEMAVERSION,
+                reason: format!("`{v}` is not a non-negative integer"),
+            })?,
+        };
+        let data = fields.iter().find(|(k, _)| k == field::DATA.as_bytes()).map(|(_, v)| v.clone()).unwrap_or_default();
+        if is_json(&datacontenttype) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(|e| InvalidEvent::BadJson {
+                content_type: datacontenttype.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(Self {
+            id,
+            source,
+            event_type,
+            time,
+            datacontenttype,
+            schemaversion,
+            subject: get(field::SUBJECT)?,
+            dataschema: get(field::DATASCHEMA)?,
+            correlationid: get(field::CORRELATIONID)?,
+            causationid: get(field::CAUSATIONID)?,
+            partitionkey: get(field::PARTITIONKEY)?,
+            traceparent: get(field::TRACEPARENT)?,
+            data,
+        })
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} v{} from {}", self.event_type, self.id, self.schemaversion, self.source)
+    }
+}
+
+/// Whether a media type is JSON (`application/json`, `application/*+json`, with parameters).
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == JSON || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The current UTC time as RFC 3339 with millisecond precision.
+pub fn now_rfc3339() -> String {
+    let now = OffsetDateTime::now_utc();
+    let now = now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now);
+    now.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out: Vec<(Vec<u8>, Vec<u8>)> =
+            event.to_fields().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect();
+        out.push((b"schemaversion".to_vec(), event.schemaversion.to_string().into_bytes()));
+        out
+    }
+
+    #[test]
+    fn round_trips_through_stream_fields() {
+        let mut event = Event::new("OrderCreated", "orders", r#"{"order":"é✓"}"#);
+        event.correlationid = Some("c-1".into());
+        event.partitionkey = Some("order-1".into());
+        event.schemaversion = 3;
+        assert_eq!(Event::from_fields(&fields(&event)), Ok(event));
+    }
+
+    #[test]
+    fn new_ids_are_uuid_v7() {
+        let event = Event::new("T", "s", "{}");
+        assert_eq!(Uuid::parse_str(&event.id).map(|u| u.get_version_num()), Ok(7));
+    }
+
+    #[test]
+    fn missing_and_malformed_attributes_are_named() {
+        let event = Event::new("T", "s", "{}");
+        let without_type: Vec<_> = fields(&event).into_iter().filter(|(k, _)| k != b"type").collect();
+        assert_eq!(Event::from_fields(&without_type), Err(InvalidEvent::Missing("type")));
+
+        let mut bad_time = fields(&event);
+        bad_time.iter_mut().find(|(k, _)| k == b"time").map(|(_, v)| *v = b"yesterday".to_vec());
+        assert!(matches!(Event::from_fields(&bad_time), Err(InvalidEvent::Malformed { name: "time", .. })));
+
+        let mut bad_version = fields(&event);
+        bad_version.iter_mut().find(|(k, _)| k == b"schemaversion").map(|(_, v)| *v = b"-1".to_vec());
+        assert!(matches!(Event::from_fields(&bad_version), Err(InvalidEvent::Malformed { name: "schemaversion", .. })));
+
+        let mut local_time = fields(&event);
+        local_time.iter_mut().find(|(k, _)| k == b"time").map(|(_, v)| *v = b"2026-01-01T10:00:00+02:00".to_vec());
+        assert!(matches!(Event::from_fields(&local_time), Err(InvalidEvent::Malformed { name: "time", .. })));
+
+        assert_eq!(Event::from_fields(&[]), Err(InvalidEvent::Empty));
+    }
+
+    #[test]
+    fn json_payload_is_checked_only_when_declared() {
+        let mut event = Event::new("T", "s", "not json");
+        assert!(matches!(Event::from_fields(&fields(&event)), Err(InvalidEvent::BadJson { .. })));
+        event.datacontenttype = "text/plain".into();
+        assert!(Event::from_fields(&fields(&event)).is_ok());
+        assert!(is_json("application/cloudevents+json; charset=utf-8"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Redis key names, in one place.
+//!
+//! Every key that one transition touches together with a stream shares that stream's hash
+//! slot: the stream is named plainly (`events`) and ferry's own keys carry the stream name as
+//! their hash tag (`ferry:retry:{events}:inventory`). Redis Cluster hashes a key without
+//! braces on its whole name and a key with braces on the tag, so both land in one slot and a
+//! Lua script or MULTI over them is legal on a cluster. Stream names therefore must not
+//! contain `{` or `}`.
+
+/// Whether `name` can be used as a stream or subscriber name.
+pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{kind} name is empty"));
+    }
+    if name.contains(['{', '}', ' ']) || name.chars().any(char::is_control) {
+        return Err(format!("{kind} name `{name}` must not contain braces, spaces or control characters"));
+    }
+    Ok(())
+}
+
+/// The keys one subscriber uses for one stream it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberKeys {
+    /// The source stream (the outbox).
+    pub stream: String,
+    /// The subscriber's own retry stream: due retries and replays are delivered here, so they
+    /// reach this subscriber only.
+    pub retry: String,
+    /// Sorted set of retries waiting for their due time (score: due time in ms).
+    pub schedule: String,
+    /// The subscriber's dead-letter stream for this source stream.
+    pub dlq: String,
+    /// Sorted set of handled event ids (score: time handled in ms), for deduplication.
+    pub seen: String,
+    /// Hash of partition keys currently held by an event (per-key order).
+    pub holds: String,
+    /// Prefix of the lists of events parked behind a held partition key.
+    pub parked_prefix: String,
+}
+
+impl SubscriberKeys {
+    /// The keys of `subscriber` on `stream`.
+    pub fn new(stream: &str, subscriber: &str) -> Self {
+        Self {
+            stream: stream.to_string(),
+            retry: format!("ferry:retry:{{{stream}}}:{subscriber}"),
+            schedule: format!("ferry:schedule:{{{stream}}}:{subscriber}"),
+            dlq: format!("ferry:dlq:{{{stream}}}:{subscriber}"),
+            seen: format!("ferry:seen:{{{stream}}}:{subscriber}"),
+            holds: format!("ferry:holds:{{{stream}}}:{subscriber}"),
+            parked_prefix: format!("ferry:parked:{{{stream}}}:{subscriber}:"),
+        }
+    }
+
+    /// The list of events parked behind partition key `key`.
+    pub fn parked(&self, key: &str) -> String {
+        format!("{}{key}", self.parked_prefix)
+    }
+}
+
+/// Pattern matching every dead-letter stream of `subscriber` (on every source stream).
+pub fn dlq_pattern(subscriber: &str) -> String {
+    format!("ferry:dlq:{{*}}:{subscriber}")
+}
+
+/// Pattern matching every dead-letter stream.
+pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
+
+/// Sorted set where running hosts register (member: consumer name, score: last seen in ms).
+pub const HOSTS: &str = "ferry:hosts";
+
+/// Split a dead-letter key back into (stream, subscriber).
+pub fn parse_dlq(key: &str) -> Option<(&str, &str)> {
+    let rest = key.strip_prefix("ferry:dlq:{")?;
+    let (stream, rest) = rest.split_once("}:")?;
+    Some((stream, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_stream_hash_tag() {
+        let keys = SubscriberKeys::new("orders", "inventory");
+        for key in [&keys.retry, &keys.schedule, &keys.dlq, &keys.seen, &keys.holds] {
+            assert!(key.contains("{orders}"), "{key}");
+        }
+        assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));
+        assert!(check_name("stream", "a{b}").is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! ferry: runs integration-event handlers from a Redis Streams outbox as sandboxed
+//! WebAssembly components.
+//!
+//! # Layout
+//!
+//! An event's life, in module order:
+//!
+//! - [`event`]: the envelope (CloudEvents attribute names) and its stream-entry encoding.
+//! - [`outbox`]: the producer side: add events to a stream, inside the caller's MULTI/EXEC.
+//! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
+//! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
+//!   imports, invoking the handler and naming failures; the compiled-artifact cache.
+//! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
+//!   dead-letter), plus promotion of due retries and reclaiming entries of dead consumers.
+//! - [`dlq`]: inspect, replay and purge dead letters.
+//! - [`host`]: the running host: loads plugins, starts subscribers, reloads, shuts down.
+//! - [`config`]: the TOML configuration and its layering.
+//! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests.
+//! - [`demo`]: the README's end-to-end demo.
+
+pub mod config;
+pub mod event;
+pub mod keys;
+pub mod plugin;

@@ -1,0 +1,348 @@
+//! What a plugin instance can reach: its store state, its limits and ferry's imports.
+//!
+//! No ambient authority: the WASI context grants nothing (no files, no environment, no
+//! arguments, no sockets, no name lookup, no stdin); clocks and randomness stay available.
+//! Guest stdout/stderr go to a capped in-memory pipe that the host writes into its log after
+//! each event. The `log`, `config` and `publish` imports are implemented here with their
+//! per-event caps.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::ferry::plugin::{config, log, publish, types};
+use crate::config::LimitsConfig;
+use crate::event::{self, Event};
+use crate::keys;
+
+/// Per-subscriber settings every instance of the plugin shares.
+#[derive(Debug)]
+pub struct Grants {
+    /// Subscriber (plugin) name.
+    pub subscriber: Arc<str>,
+    /// Plugin version id (content hash).
+    pub version: Arc<str>,
+    /// Values readable through the `config` import.
+    pub config: BTreeMap<String, String>,
+    /// Streams the plugin may publish to.
+    pub publish_streams: Vec<String>,
+    /// Limits.
+    pub limits: LimitsConfig,
+}
+
+/// The event being handled, as the imports need it.
+#[derive(Debug, Default, Clone)]
+pub struct Current {
+    /// Id of the handled event.
+    pub event_id: String,
+    /// Its correlation id.
+    pub correlationid: Option<String>,
+    /// The stream it came from.
+    pub stream: String,
+}
+
+/// A follow-up event queued through `publish`, written when the handled event is settled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    /// Target stream.
+    pub stream: String,
+    /// The event.
+    pub event: Event,
+}
+
+/// Why the limiter stopped a plugin; surfaces as the trap's error so it can be named.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: wanted {desired} bytes, limit is {limit} bytes")]
+pub struct MemoryLimitExceeded {
+    /// Bytes the guest asked for.
+    pub desired: usize,
+    /// The cap.
+    pub limit: u64,
+}
+
+/// Store state of one plugin instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    /// What the plugin was granted.
+    pub grants: Arc<Grants>,
+    /// The event being handled.
+    pub current: Current,
+    /// Follow-ups queued by the current event.
+    pub follow_ups: Vec<FollowUp>,
+    /// Log lines written by the current event.
+    pub log_lines: u32,
+    /// Log lines dropped by the rate cap during the current event.
+    pub log_dropped: u32,
+    /// Captured stdout.
+    pub stdout: CappedPipe,
+    /// Captured stderr.
+    pub stderr: CappedPipe,
+}
+
+impl HostState {
+    /// A fresh state with nothing granted but what `grants` says.
+    pub fn new(grants: Arc<Grants>) -> Self {
+        let stdout = CappedPipe::new(grants.limits.stdio_bytes);
+        let stderr = CappedPipe::new(grants.limits.stdio_bytes);
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances };
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            grants,
+            current: Current::default(),
+            follow_ups: Vec::new(),
+            log_lines: 0,
+            log_dropped: 0,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The resource limiter for `Store::limiter`.
+    pub fn limiter(&mut self) -> &mut dyn ResourceLimiter {
+        &mut self.limiter
+    }
+
+    /// Reset per-event state before handling `current`.
+    pub fn begin(&mut self, current: Current) {
+        self.current = current;
+        self.follow_ups.clear();
+        self.log_lines = 0;
+        self.log_dropped = 0;
+    }
+
+    /// Write what the guest printed into the host log, tagged with the plugin and event.
+    /// Returns what it wrote to stderr (a panic message, an exception), for failure reasons.
+    pub fn drain_stdio(&mut self) -> String {
+        let mut stderr = String::new();
+        for (name, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let (bytes, dropped) = pipe.take();
+            if bytes.is_empty() && dropped == 0 {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if name == "stderr" {
+                stderr = text.to_string();
+            }
+            tracing::info!(
+                target: "ferry::plugin",
+                plugin = %self.grants.subscriber,
+                event_id = %self.current.event_id,
+                dropped_bytes = dropped,
+                "{name}: {}",
+                text.trim_end()
+            );
+        }
+        if self.log_dropped > 0 {
+            tracing::warn!(
+                plugin = %self.grants.subscriber,
+                event_id = %self.current.event_id,
+                "dropped {} log lines over the limit of {} per event",
+                self.log_dropped,
+                self.grants.limits.log_lines
+            );
+        }
+        stderr
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+struct Limiter {
+    memory: u64,
+    instances: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > self.memory {
+            // Trap with our own error rather than failing the growth: a guest allocator that
+            // sees a failed growth aborts with an anonymous `unreachable`, which would hide
+            // the cause.
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn memories(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.instances * 2
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn write(&mut self, level: log::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > self.grants.limits.log_lines {
+            self.log_dropped += 1;
+            return;
+        }
+        let message = truncate(&message, self.grants.limits.log_line_bytes);
+        let plugin = &*self.grants.subscriber;
+        let event_id = &*self.current.event_id;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "ferry::plugin", plugin, event_id, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "ferry::plugin", plugin, event_id, "{message}"),
+            log::Level::Info => tracing::info!(target: "ferry::plugin", plugin, event_id, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "ferry::plugin", plugin, event_id, "{message}"),
+            log::Level::Error => tracing::error!(target: "ferry::plugin", plugin, event_id, "{message}"),
+        }
+    }
+}
+
+impl config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).cloned()
+    }
+}
+
+impl publish::Host for HostState {
+    fn send(&mut self, out: types::OutgoingEvent) -> Result<String, String> {
+        let limits = &self.grants.limits;
+        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
+        if !self.grants.publish_streams.iter().any(|s| *s == stream) {
+            return Err(format!("publishing to stream `{stream}` is not allowed for this plugin"));
+        }
+        keys::check_name("stream", &stream)?;
+        if self.follow_ups.len() >= limits.publish_count {
+            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
+        }
+        if out.data.len() > limits.publish_bytes {
+            return Err(format!("event data of {} bytes exceeds the limit of {} bytes", out.data.len(), limits.publish_bytes));
+        }
+        if out.event_type.trim().is_empty() {
+            return Err("event type is empty".into());
+        }
+        let datacontenttype = out.datacontenttype.unwrap_or_else(|| event::JSON.to_string());
+        if event::is_json(&datacontenttype) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&out.data).map_err(|e| format!("data is not valid JSON: {e}"))?;
+        }
+        let mut event = Event::new(out.event_type, self.grants.subscriber.to_string(), out.data);
+        event.datacontenttype = datacontenttype;
+        event.schemaversion = out.schemaversion.unwrap_or(1);
+        event.subject = out.subject;
+        event.partitionkey = out.partitionkey;
+        event.correlationid = Some(self.current.correlationid.clone().unwrap_or_else(|| self.current.event_id.clone()));
+        event.causationid = Some(self.current.event_id.clone());
+        let id = event.id.clone();
+        self.follow_ups.push(FollowUp { stream, event });
+        Ok(id)
+    }
+}
+
+/// Cut `text` to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// An output pipe that accepts every write but keeps only the first `capacity` bytes, so a
+/// guest flooding stdout neither blocks nor traps nor grows the host's memory.
+#[derive(Clone)]
+pub struct CappedPipe {
+    capacity: usize,
+    inner: Arc<Mutex<(Vec<u8>, usize)>>,
+}
+
+impl CappedPipe {
+    /// A pipe keeping up to `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, inner: Arc::new(Mutex::new((Vec::new(), 0))) }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = self.capacity.saturating_sub(inner.0.len());
+        let keep = room.min(bytes.len());
+        inner.0.extend_from_slice(&bytes[..keep]);
+        inner.1 += bytes.len() - keep;
+    }
+
+    /// Take the captured bytes and the count of dropped bytes, emptying the pipe.
+    pub fn take(&self) -> (Vec<u8>, usize) {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dropped = std::mem::take(&mut inner.1);
+        (std::mem::take(&mut inner.0), dropped)
+    }
+}
+
+impl IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedPipe {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedPipe {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl OutputStream for CappedPipe {
+    fn write(&mut self, bytes: wasmtime_wasi_io::bytes::Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi_io::async_trait]
+impl Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
