@@ -99,11 +99,16 @@ pub struct ReadConfig {
     /// How often due retries are promoted and idle pending entries reclaimed. Default `100ms`.
     #[serde(with = "humantime_serde")]
     pub poll: Duration,
+    /// Entries pending this long on any consumer are taken over (the consumer is presumed
+    /// dead). Must exceed the longest handler deadline. Default: twice the subscriber's
+    /// deadline plus 10 s.
+    #[serde(default, with = "humantime_serde::option")]
+    pub claim_idle: Option<Duration>,
 }
 
 impl Default for ReadConfig {
     fn default() -> Self {
-        Self { count: 500, block: Duration::from_secs(2), poll: Duration::from_millis(100) }
+        Self { count: 500, block: Duration::from_secs(2), poll: Duration::from_millis(100), claim_idle: None }
     }
 }
 

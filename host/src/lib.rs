@@ -14,11 +14,27 @@
 //!   dead-letter), plus promotion of due retries and reclaiming entries of dead consumers.
 //! - [`dlq`]: inspect, replay and purge dead letters.
 //! - [`host`]: the running host: loads plugins, starts subscribers, reloads, shuts down.
+//! - [`reload`]: watch the plugin directory and swap plugins in place.
+//! - [`admin`]: the admin HTTP endpoint (metrics, health, status page).
+//! - [`metrics`]: Prometheus metrics.
 //! - [`config`]: the TOML configuration and its layering.
 //! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests.
-//! - [`demo`]: the README's end-to-end demo.
+//! - [`demo`]: the README's end-to-end demo; [`bench`]: the benchmark.
+//! - [`cli`]: the `ferry` command line; [`status`]: `ferry status` straight from Redis.
 
+pub mod admin;
+pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod consume;
+pub mod demo;
+pub mod dlq;
 pub mod event;
+pub mod host;
 pub mod keys;
+pub mod metrics;
+pub mod outbox;
 pub mod plugin;
+pub mod redis_server;
+pub mod reload;
+pub mod status;

@@ -1,0 +1,131 @@
+//! `ferry demo`: the README's end-to-end run.
+//!
+//! Starts a throwaway `redis-server` unless `--redis` is given, runs a host in-process with
+//! the example plugins, publishes the seeds' events (an order placed through the outbox
+//! pattern, users registering, one order that cannot be served and one malformed entry),
+//! waits until every subscriber has settled everything, prints a summary and exits 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::config::{Config, RetryConfig, Start, SubscriberConfig};
+use crate::event::Event;
+use crate::host::Host;
+use crate::metrics;
+use crate::redis_server::RedisServer;
+
+/// `ferry demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Redis URL; without it a throwaway redis-server is started.
+    #[arg(long, env = "FERRY_REDIS")]
+    pub redis: Option<String>,
+    /// Directory with the example plugins (built by `examples/demo.sh`).
+    #[arg(long, default_value = "target/demo-plugins")]
+    pub plugins: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Run the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let (url, _server) = match &args.redis {
+        Some(url) => (url.clone(), None),
+        None => {
+            let server = RedisServer::start().context("starting a local redis-server for the demo")?;
+            println!("started redis-server on {}", server.url());
+            (server.url(), Some(server))
+        }
+    };
+    let stream = "demo-events".to_string();
+    let mut config = Config {
+        redis: url.clone(),
+        plugins: args.plugins.clone(),
+        stream: stream.clone(),
+        watch: false,
+        ..Config::default()
+    };
+    config.admin.listen = String::new();
+    config.defaults = SubscriberConfig {
+        start: Some(Start::Beginning),
+        retry: Some(RetryConfig { initial_delay: Duration::from_millis(200), max_attempts: 3, ..RetryConfig::default() }),
+        ..SubscriberConfig::default()
+    };
+    config.subscribers.insert(
+        "inventory".into(),
+        SubscriberConfig {
+            config: Some([("publish".to_string(), stream.clone())].into()),
+            publish_streams: Some(vec![stream.clone()]),
+            ..SubscriberConfig::default()
+        },
+    );
+    let host = Host::start(config).await.context("starting the host")?;
+    let plugins = host.plugins().await;
+    if plugins.iter().all(|p| p.state != "running") {
+        anyhow::bail!("no plugin running from {}: build them with examples/demo.sh", args.plugins.display());
+    }
+    for p in &plugins {
+        println!("plugin {} {} {}", p.name, p.version.as_deref().unwrap_or("-"), p.state);
+    }
+
+    let (_, mut conn) = crate::host::connect(&url).await?;
+    // The orders module writes its order and the event in one transaction (the outbox pattern).
+    let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
+    order.partitionkey = Some("o-1001".into());
+    order.correlationid = Some("checkout-7".into());
+    let mut tx = redis::pipe();
+    tx.atomic().hset("demo:order:o-1001", "status", "created").ignore();
+    crate::outbox::add(&mut tx, &stream, &order);
+    tx.query_async::<()>(&mut conn).await?;
+    let seeds = [
+        Event::new("UserRegistered", "users", r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada Lovelace"}"#),
+        Event::new("UserRegistered", "users", r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#),
+        Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
+    ];
+    for e in &seeds {
+        crate::outbox::publish(&mut conn, &stream, e).await?;
+    }
+    // A producer bug: an entry that is not a valid event. It is set aside, never handled.
+    redis::cmd("XADD").arg(&stream).arg("*").arg("type").arg("OrderCreated").arg("data").arg("{oops").query_async::<String>(&mut conn).await?;
+    println!("published 5 events and 1 malformed entry to {stream}");
+
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    loop {
+        let groups = crate::status::collect(&mut conn, std::slice::from_ref(&stream)).await?;
+        let done = !groups.is_empty()
+            && groups.iter().all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
+        if done {
+            println!();
+            print!("{}", crate::status::render(&groups));
+            break;
+        }
+        if Instant::now() > deadline {
+            print!("{}", crate::status::render(&groups));
+            anyhow::bail!("the demo did not settle within {}s", args.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = &host.context().metrics;
+    println!();
+    for p in &plugins {
+        println!(
+            "{:<14} handled {:>2}  skipped {:>2}  dead-lettered {:>2}",
+            p.name,
+            metrics::count(&m.handled, &p.name),
+            metrics::count(&m.skipped, &p.name),
+            metrics::count(&m.dead_lettered, &p.name)
+        );
+    }
+    println!();
+    for d in crate::dlq::list(&mut conn, None, 100).await? {
+        println!("dead letter for {}: {} {} ({}): {}", d.subscriber, d.event_type, d.event_id, d.kind, d.reason);
+    }
+    host.stop_all().await;
+    println!("\ndemo finished: every event was handled or dead-lettered with its reason");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,163 @@
+//! Prometheus metrics, through `prometheus-client`.
+//!
+//! Counters are bumped once per batch with the batch's totals, not once per event, so the
+//! label lookup stays off the per-event path.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-subscriber metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriberLabels {
+    /// Subscriber name.
+    pub subscriber: String,
+}
+
+/// Labels of per-subscriber, per-stream metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// Subscriber name.
+    pub subscriber: String,
+    /// Stream name.
+    pub stream: String,
+}
+
+/// Labels of failures.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Subscriber name.
+    pub subscriber: String,
+    /// Failure kind (`trap`, `deadline`, ...).
+    pub kind: String,
+}
+
+/// Labels of plugin lifecycle events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    /// Plugin name.
+    pub plugin: String,
+}
+
+/// Every metric the host exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Events handled successfully.
+    pub handled: Family<SubscriberLabels, Counter>,
+    /// Events scheduled for a retry.
+    pub retried: Family<SubscriberLabels, Counter>,
+    /// Events moved to the dead-letter stream.
+    pub dead_lettered: Family<SubscriberLabels, Counter>,
+    /// Events acked without calling the plugin (not subscribed).
+    pub skipped: Family<SubscriberLabels, Counter>,
+    /// Events acked because their id was already handled.
+    pub deduplicated: Family<SubscriberLabels, Counter>,
+    /// Failures by kind.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Events being handled now.
+    pub in_flight: Family<SubscriberLabels, Gauge>,
+    /// Handler duration in seconds.
+    pub duration: Family<SubscriberLabels, Histogram>,
+    /// Consumer-group lag, polled from `XINFO GROUPS`.
+    pub lag: Family<StreamLabels, Gauge>,
+    /// Pending entries of the group, polled from `XINFO GROUPS`.
+    pub pending: Family<StreamLabels, Gauge>,
+    /// Retries waiting in the schedule.
+    pub retries_waiting: Family<StreamLabels, Gauge>,
+    /// Entries in the dead-letter stream.
+    pub dead_letters: Family<StreamLabels, Gauge>,
+    /// Plugin versions loaded (first load and reloads).
+    pub plugin_loads: Family<PluginLabels, Counter>,
+    /// Plugin versions refused (invalid file).
+    pub plugin_refused: Family<PluginLabels, Counter>,
+    /// 1 while Redis is reachable.
+    pub redis_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferry");
+        let handled = Family::default();
+        let retried = Family::default();
+        let dead_lettered = Family::default();
+        let skipped = Family::default();
+        let deduplicated = Family::default();
+        let failures = Family::default();
+        let in_flight = Family::default();
+        let duration = Family::<SubscriberLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
+        });
+        let lag = Family::default();
+        let pending = Family::default();
+        let retries_waiting = Family::default();
+        let dead_letters = Family::default();
+        let plugin_loads = Family::default();
+        let plugin_refused = Family::default();
+        let redis_up = Gauge::default();
+        registry.register("events_handled", "Events handled successfully", handled.clone());
+        registry.register("events_retried", "Events scheduled for another attempt", retried.clone());
+        registry.register("events_dead_lettered", "Events moved to the dead-letter stream", dead_lettered.clone());
+        registry.register("events_skipped", "Events acked without calling the plugin (not subscribed)", skipped.clone());
+        registry.register("events_deduplicated", "Events acked because their id was already handled", deduplicated.clone());
+        registry.register("failures", "Handler failures by kind", failures.clone());
+        registry.register("events_in_flight", "Events being handled now", in_flight.clone());
+        registry.register("handler_duration_seconds", "Time spent in the handler per event", duration.clone());
+        registry.register("group_lag", "Entries not yet delivered to the consumer group", lag.clone());
+        registry.register("group_pending", "Entries delivered but not yet settled", pending.clone());
+        registry.register("retries_waiting", "Retries waiting for their due time", retries_waiting.clone());
+        registry.register("dead_letters", "Entries in the dead-letter stream", dead_letters.clone());
+        registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
+        registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
+        registry.register("redis_up", "1 while Redis is reachable", redis_up.clone());
+        Self {
+            registry: Arc::new(registry),
+            handled,
+            retried,
+            dead_lettered,
+            skipped,
+            deduplicated,
+            failures,
+            in_flight,
+            duration,
+            lag,
+            pending,
+            retries_waiting,
+            dead_letters,
+            plugin_loads,
+            plugin_refused,
+            redis_up,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Labels for `subscriber`.
+    pub fn sub(subscriber: &str) -> SubscriberLabels {
+        SubscriberLabels { subscriber: subscriber.to_string() }
+    }
+}
+
+/// Read a counter of the family for `subscriber` (for tests and the status view).
+pub fn count(family: &Family<SubscriberLabels, Counter>, subscriber: &str) -> u64 {
+    family.get_or_create(&Metrics::sub(subscriber)).get()
+}

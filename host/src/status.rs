@@ -1,0 +1,255 @@
+//! `ferry status`: streams, groups, lag, pending, retries and dead letters, straight from
+//! Redis (no running host needed); and a tiny HTTP client for asking a running host.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use redis::aio::ConnectionLike;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::keys::SubscriberKeys;
+
+/// `ferry status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Redis URL.
+    #[arg(long, env = "FERRY_REDIS", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// Streams to show (default: every stream that has a ferry consumer group).
+    #[arg(long = "stream")]
+    pub streams: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every N seconds until interrupted.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
+}
+
+/// One consumer group on one stream.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupStatus {
+    /// Stream.
+    pub stream: String,
+    /// Group (subscriber).
+    pub group: String,
+    /// Entries not yet delivered to the group (`null` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Entries delivered and not yet settled.
+    pub pending: u64,
+    /// Age of the oldest pending entry, ms.
+    pub oldest_pending_ms: Option<u64>,
+    /// Retries waiting for their due time.
+    pub retries_scheduled: u64,
+    /// Entries in the subscriber's retry stream not yet settled.
+    pub retries_pending: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Consumers (host instances) with their idle time, ms.
+    pub consumers: Vec<ConsumerStatus>,
+}
+
+/// A consumer of a group.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ConsumerStatus {
+    /// Consumer name (host instance).
+    pub name: String,
+    /// Entries pending on it.
+    pub pending: u64,
+    /// Milliseconds since it was last seen.
+    pub idle_ms: u64,
+}
+
+fn field<'a>(map: &'a [(String, redis::Value)], name: &str) -> Option<&'a redis::Value> {
+    map.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn as_u64(v: Option<&redis::Value>) -> Option<u64> {
+    match v? {
+        redis::Value::Int(i) => u64::try_from(*i).ok(),
+        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn pairs(v: redis::Value) -> Vec<(String, redis::Value)> {
+    let flat = match v {
+        redis::Value::Array(items) => items,
+        redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let redis::Value::BulkString(k) = k {
+            out.push((String::from_utf8_lossy(&k).into_owned(), v));
+        } else if let redis::Value::SimpleString(k) = k {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
+pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
+    let mut streams: Vec<String> = extra.to_vec();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("ferry:retry:{*}:*").arg("COUNT").arg(1000).query_async(conn).await?;
+        for key in batch {
+            if let Some(rest) = key.strip_prefix("ferry:retry:{")
+                && let Some((stream, _)) = rest.split_once("}:")
+            {
+                streams.push(stream.to_string());
+            }
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    streams.sort();
+    streams.dedup();
+    Ok(streams)
+}
+
+/// The status of every group on `streams`.
+pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> redis::RedisResult<Vec<GroupStatus>> {
+    let mut out = Vec::new();
+    for stream in streams {
+        let groups: redis::Value = match redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let redis::Value::Array(groups) = groups else { continue };
+        for g in groups {
+            let g = pairs(g);
+            let Some(redis::Value::BulkString(name)) = field(&g, "name") else { continue };
+            let group = String::from_utf8_lossy(name).into_owned();
+            let keys = SubscriberKeys::new(stream, &group);
+            let pending = as_u64(field(&g, "pending")).unwrap_or(0);
+            let lag = as_u64(field(&g, "lag"));
+            let oldest_pending_ms = oldest_pending(conn, stream, &group).await?;
+            let retries_scheduled: u64 = redis::cmd("ZCARD").arg(&keys.schedule).query_async(conn).await?;
+            let retries_pending = group_pending(conn, &keys.retry, &group).await?;
+            let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
+            let consumers: redis::Value =
+                redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
+            let consumers = match consumers {
+                redis::Value::Array(items) => items
+                    .into_iter()
+                    .map(pairs)
+                    .map(|c| ConsumerStatus {
+                        name: match field(&c, "name") {
+                            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                            _ => String::new(),
+                        },
+                        pending: as_u64(field(&c, "pending")).unwrap_or(0),
+                        idle_ms: as_u64(field(&c, "inactive")).or_else(|| as_u64(field(&c, "idle"))).unwrap_or(0),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            out.push(GroupStatus {
+                stream: stream.clone(),
+                group,
+                lag,
+                pending,
+                oldest_pending_ms,
+                retries_scheduled,
+                retries_pending,
+                dead_letters,
+                consumers,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn group_pending<C: ConnectionLike>(conn: &mut C, key: &str, group: &str) -> redis::RedisResult<u64> {
+    let v: redis::RedisResult<redis::Value> = redis::cmd("XPENDING").arg(key).arg(group).query_async(conn).await;
+    Ok(match v {
+        Ok(redis::Value::Array(items)) => as_u64(items.first()).unwrap_or(0),
+        _ => 0,
+    })
+}
+
+async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &str) -> redis::RedisResult<Option<u64>> {
+    let v: redis::Value =
+        redis::cmd("XPENDING").arg(stream).arg(group).arg("-").arg("+").arg(1).query_async(conn).await?;
+    if let redis::Value::Array(rows) = v
+        && let Some(redis::Value::Array(cols)) = rows.first()
+    {
+        return Ok(as_u64(cols.get(2)));
+    }
+    Ok(None)
+}
+
+/// Run `ferry status`.
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let (_, mut conn) = crate::host::connect(&args.redis).await?;
+    loop {
+        let streams = discover(&mut conn, &args.streams).await.context("listing streams")?;
+        let groups = collect(&mut conn, &streams).await.context("reading group state")?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&groups)?);
+        } else {
+            if args.watch.is_some() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&groups));
+        }
+        match args.watch {
+            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// The status as a text table.
+pub fn render(groups: &[GroupStatus]) -> String {
+    let mut rows = vec![
+        ["STREAM", "SUBSCRIBER", "LAG", "PENDING", "OLDEST", "RETRIES", "DEAD", "CONSUMERS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for g in groups {
+        let consumers: Vec<String> = g
+            .consumers
+            .iter()
+            .map(|c| format!("{} ({} pending, seen {} ago)", c.name, c.pending, humantime::format_duration(std::time::Duration::from_millis(c.idle_ms / 1000 * 1000))))
+            .collect();
+        rows.push(vec![
+            g.stream.clone(),
+            g.group.clone(),
+            g.lag.map_or("?".into(), |l| l.to_string()),
+            g.pending.to_string(),
+            g.oldest_pending_ms.map_or("-".into(), |ms| format!("{ms}ms")),
+            format!("{}+{}", g.retries_scheduled, g.retries_pending),
+            g.dead_letters.to_string(),
+            consumers.join(", "),
+        ]);
+    }
+    crate::cli::table(&rows)
+}
+
+/// `GET path` from a host's admin endpoint at `addr` (`host:port`), returning the body.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .context("timed out connecting")??;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200 ") {
+        anyhow::bail!("{status}: {body}");
+    }
+    Ok(body.to_string())
+}
