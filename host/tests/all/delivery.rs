@@ -1,0 +1,294 @@
+//! Delivery guarantees: retries in Redis with backoff, dead letters with reasons and replay,
+//! idempotency, crash recovery, graceful shutdown, Redis outages.
+
+use std::time::{Duration, Instant};
+
+use ferry::event::Event;
+use ferry::metrics;
+use ferry_test_fixtures as fixtures;
+
+use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, records};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_requests_are_retried_with_backoff_until_success() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let started = Instant::now();
+    let event = publish(&mut conn, "events", "Flaky", r#"{"act":"retry","until":3}"#).await;
+    let records = env.records_at_least(1, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["id"], event.id.as_str());
+    assert_eq!(records[0]["attempt"], 3, "handled on the third attempt");
+    // Backoff 50 ms then 100 ms (no jitter in the test policy).
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    env.settled("events", Duration::from_secs(10)).await;
+    let m = &host.context().metrics;
+    assert_eq!(metrics::count(&m.retried, "rec"), 2);
+    assert_eq!(metrics::count(&m.handled, "rec"), 1);
+    assert!(ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq").is_empty());
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_dead_letters_at_once_with_reason_and_metadata() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    let mut event = Event::new("Bad", "tests", r#"{"act":"reject"}"#);
+    event.correlationid = Some("corr-1".into());
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    env.settled("events", Duration::from_secs(20)).await;
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1);
+    let d = &letters[0];
+    assert_eq!(d.event_id, event.id);
+    assert_eq!(d.kind, "handler-reject");
+    assert_eq!(d.reason, "rejected on purpose");
+    assert_eq!(d.attempts, "1");
+    assert_eq!(d.subscriber, "rec");
+    assert_eq!(d.plugin_version.len(), 12);
+    assert!(!d.first_failure.is_empty() && !d.last_failure.is_empty());
+    let field = |name: &str| d.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(field("correlationid").as_deref(), Some("corr-1"), "original attributes kept");
+    assert_eq!(field("data").as_deref(), Some(r#"{"act":"reject"}"#));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_event_that_traps_is_dead_lettered_after_max_attempts_and_replays_after_a_fix() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let mut config = env.config();
+    let host = ferry::host::Host::start(config.clone()).await.expect("host");
+    let mut conn = env.conn().await;
+    let poison = publish(&mut conn, "events", "Poison", r#"{"act":"panic"}"#).await;
+    let fine = publish(&mut conn, "events", "Fine", "{}").await;
+    env.settled("events", Duration::from_secs(20)).await;
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, poison.id);
+    assert_eq!(letters[0].kind, "trap");
+    assert_eq!(letters[0].attempts, "3");
+    assert!(letters[0].reason.contains("boom on purpose at attempt 3"), "{}", letters[0].reason);
+    let recs = records(&mut conn, "records").await;
+    assert_eq!(recs.len(), 1, "the other event was not held up");
+    assert_eq!(recs[0]["id"], fine.id.as_str());
+    host.stop_all().await;
+
+    // The operator fixes the plugin (here: through its config) and replays the dead letter.
+    let fixed = RECORDER_TOML.replace("[config]\n", "[config]\nignore_acts = \"yes\"\n");
+    std::fs::write(env.plugins.path().join("rec.toml"), fixed).expect("write");
+    config.watch = false;
+    let host = ferry::host::Host::start(config).await.expect("host");
+    let url = env.redis.url();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        ferry(&["dlq", "replay", "--subscriber", "rec", "--all", "--redis", &url])
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("replayed 1 dead letter(s) to rec"), "{stdout}");
+    let recs = env.records_at_least(2, Duration::from_secs(20)).await;
+    assert_eq!(recs[1]["id"], poison.id.as_str());
+    assert_eq!(recs[1]["attempt"], 1, "attempts reset on replay");
+    assert!(ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq").is_empty());
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reaches_only_that_subscriber_and_purge_needs_ids_or_all() {
+    let env = Env::new();
+    env.add_plugin("picky", fixtures::RECORDER, RECORDER_TOML);
+    env.add_plugin("other", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let event = publish(&mut conn, "events", "Bad", r#"{"act":"reject"}"#).await;
+    env.settled("events", Duration::from_secs(20)).await;
+    assert_eq!(ferry::dlq::list(&mut conn, None, 10).await.expect("dlq").len(), 2);
+
+    let n = ferry::dlq::replay(&mut conn, "picky", &ferry::dlq::Selection::Ids(vec![event.id.clone()]), |_, _| {})
+        .await
+        .expect("replay");
+    assert_eq!(n, 1);
+    env.settled("events", Duration::from_secs(20)).await;
+    let letters = ferry::dlq::list(&mut conn, None, 10).await.expect("dlq");
+    assert_eq!(letters.len(), 2, "picky rejected it again; other was not re-delivered");
+    let m = &host.context().metrics;
+    assert_eq!(metrics::count(&m.dead_lettered, "picky"), 2);
+    assert_eq!(metrics::count(&m.dead_lettered, "other"), 1);
+
+    let url = env.redis.url();
+    let (status, _, stderr) =
+        tokio::task::spawn_blocking(move || ferry(&["dlq", "purge", "--subscriber", "other", "--redis", &url]))
+            .await
+            .expect("join");
+    assert!(!status.success());
+    assert!(stderr.contains("--all"), "{stderr}");
+    let purged = ferry::dlq::purge(&mut conn, "other", &ferry::dlq::Selection::All).await.expect("purge");
+    assert_eq!(purged, 1);
+    assert_eq!(ferry::dlq::list(&mut conn, None, 10).await.expect("dlq").len(), 1);
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_published_twice_is_handled_once() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let event = Event::new("Twice", "tests", "{}");
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    env.records_at_least(1, Duration::from_secs(20)).await;
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish again");
+    let last = publish(&mut conn, "events", "After", "{}").await;
+    let recs = env.records_at_least(2, Duration::from_secs(20)).await;
+    env.settled("events", Duration::from_secs(10)).await;
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1]["id"], last.id.as_str());
+    assert_eq!(metrics::count(&host.context().metrics.deduplicated, "rec"), 1);
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_retry_survives_a_host_restart_and_runs_at_its_due_time() {
+    let env = Env::new();
+    let toml = RECORDER_TOML.replace("initial_delay = \"50ms\"", "initial_delay = \"2s\"").replace("max_delay = \"1s\"", "max_delay = \"10s\"");
+    env.add_plugin("rec", fixtures::RECORDER, &toml);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let failed_at = Instant::now();
+    publish(&mut conn, "events", "Flaky", r#"{"act":"retry","until":2}"#).await;
+    env.wait_for("the retry to be scheduled", Duration::from_secs(10), || {
+        let mut conn = conn.clone();
+        async move {
+            let n: u64 = redis::cmd("ZCARD").arg("ferry:schedule:{events}:rec").query_async(&mut conn).await.ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    host.stop_all().await;
+    drop(host);
+
+    let host = ferry::host::Host::start(env.config()).await.expect("host restarts");
+    let recs = env.records_at_least(1, Duration::from_secs(20)).await;
+    assert_eq!(recs[0]["attempt"], 2);
+    assert!(failed_at.elapsed() >= Duration::from_millis(1900), "not before its due time: {:?}", failed_at.elapsed());
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_of_a_retried_event_is_written_once_with_the_final_ack() {
+    let env = Env::new();
+    let toml = RECORDER_TOML
+        .replace("publish_streams = [\"records\"]", "publish_streams = [\"records\", \"follow\"]")
+        .replace("[config]\n", "[config]\nfollow_to = \"follow\"\n");
+    env.add_plugin("rec", fixtures::RECORDER, &toml);
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    let mut event = Event::new("Chain", "tests", r#"{"act":"follow","until":3}"#);
+    event.correlationid = Some("flow-1".into());
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    env.records_at_least(1, Duration::from_secs(20)).await;
+    let value: redis::Value = redis::cmd("XRANGE").arg("follow").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let follow = ferry::consume::read::parse_entries("follow", value);
+    assert_eq!(follow.len(), 1, "two failed attempts left no follow-ups behind");
+    let follow_up = Event::from_fields(&follow[0].fields).expect("valid event");
+    assert_eq!(follow_up.source, "rec");
+    assert_eq!(follow_up.causationid.as_deref(), Some(event.id.as_str()));
+    assert_eq!(follow_up.correlationid.as_deref(), Some("flow-1"));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_event_is_charged_an_attempt_and_dead_letters_a_host_killer() {
+    let env = Env::new();
+    let toml = RECORDER_TOML.replace("max_attempts = 3", "max_attempts = 2");
+    env.add_plugin("rec", fixtures::RECORDER, &format!("{toml}\n[limits]\ndeadline = \"30s\"\n"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = env.config();
+    let mut conn = env.conn().await;
+    let killer = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":20000}"#).await;
+    for round in 0..2 {
+        let mut host = HostProcess::start(&config, dir.path(), "host");
+        env.wait_for("the event to be in flight", Duration::from_secs(20), || {
+            let mut conn = conn.clone();
+            async move {
+                let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
+                (groups.first()?.pending == 1).then_some(())
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        host.kill();
+        assert!(records(&mut conn, "records").await.is_empty(), "round {round}");
+    }
+    // Third start: the delivery count says two attempts died with the host.
+    let host = HostProcess::start(&config, dir.path(), "host");
+    env.settled("events", Duration::from_secs(30)).await;
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1, "{}", host.log());
+    assert_eq!(letters[0].event_id, killer.id);
+    assert_eq!(letters[0].kind, "crash");
+    assert_eq!(letters[0].attempts, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_events_finish_and_exits_zero() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut host = HostProcess::start(&env.config(), dir.path(), "host");
+    let mut conn = env.conn().await;
+    let slow = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":1500}"#).await;
+    env.wait_for("the event to be in flight", Duration::from_secs(20), || {
+        let mut conn = conn.clone();
+        async move {
+            let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
+            (groups.first()?.pending == 1).then_some(())
+        }
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = host.terminate();
+        (status, host.log())
+    })
+    .await
+    .expect("join");
+    assert!(status.0.success(), "exit status {:?}\n{}", status.0, status.1);
+    let recs = records(&mut conn, "records").await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["id"], slow.id.as_str());
+    let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.expect("status");
+    assert_eq!(groups[0].pending, 0, "settled before exit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_rides_out_a_redis_restart_without_losing_events() {
+    let env = Env::with_redis(ferry::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        sent.push(publish(&mut conn, "events", "Before", &format!(r#"{{"i":{i}}}"#)).await.id);
+    }
+    env.records_at_least(100, Duration::from_secs(20)).await;
+    let mut redis = env.redis;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart().expect("redis restarts");
+    let env = crate::support::Env { redis, plugins: env.plugins, cache: env.cache };
+    let mut conn = env.conn().await;
+    for i in 0..100 {
+        sent.push(publish(&mut conn, "events", "After", &format!(r#"{{"i":{i}}}"#)).await.id);
+    }
+    let recs = env.records_at_least(200, Duration::from_secs(30)).await;
+    env.settled("events", Duration::from_secs(10)).await;
+    let handled: std::collections::HashSet<&str> = recs.iter().filter_map(|r| r["id"].as_str()).collect();
+    assert!(sent.iter().all(|id| handled.contains(id.as_str())), "every event handled");
+    assert_eq!(by_subscriber(&recs, "rec").len(), 200, "none handled twice");
+    host.stop().await;
+}

@@ -1,0 +1,7 @@
+//! ferry's integration tests: one binary (as wasmtime's `tests/all`), real `redis-server`
+//! processes and real components built from source.
+
+mod support;
+
+mod delivery;
+mod e2e;

@@ -1,0 +1,242 @@
+//! Shared test support: a Redis per test, plugin directories, in-process and out-of-process
+//! hosts, polling with deadlines.
+
+#![allow(dead_code, reason = "each test module uses a different part")]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry::config::Config;
+use ferry::event::Event;
+use ferry::redis_server::RedisServer;
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+
+/// A test's world: its own redis-server, plugin directory and cache directory.
+pub struct Env {
+    pub redis: RedisServer,
+    pub plugins: tempfile::TempDir,
+    pub cache: tempfile::TempDir,
+}
+
+/// The plugin config every recorder fixture gets unless a test says otherwise: reads from
+/// the beginning, records into `records`, retries fast.
+pub const RECORDER_TOML: &str = r#"
+start = "beginning"
+publish_streams = ["records"]
+[config]
+record_to = "records"
+[retry]
+max_attempts = 3
+initial_delay = "50ms"
+multiplier = 2.0
+max_delay = "1s"
+jitter = 0.0
+"#;
+
+impl Env {
+    pub fn new() -> Self {
+        Self::with_redis(RedisServer::start().expect("starting redis-server"))
+    }
+
+    pub fn with_redis(redis: RedisServer) -> Self {
+        Self {
+            redis,
+            plugins: tempfile::Builder::new().prefix("ferry-plugins-").tempdir().expect("temp dir"),
+            cache: tempfile::Builder::new().prefix("ferry-cache-").tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Copy `fixture` into the plugin directory as `NAME.wasm`, with `toml` beside it.
+    pub fn add_plugin(&self, name: &str, fixture: &str, toml: &str) -> PathBuf {
+        let path = self.plugins.path().join(format!("{name}.wasm"));
+        if !toml.is_empty() {
+            std::fs::write(self.plugins.path().join(format!("{name}.toml")), toml).expect("writing plugin toml");
+        }
+        std::fs::copy(fixture, &path).expect("copying fixture");
+        path
+    }
+
+    /// A host configuration for this environment: no admin port, no watching, fast polling.
+    pub fn config(&self) -> Config {
+        let mut config = Config {
+            redis: self.redis.url(),
+            plugins: self.plugins.path().to_path_buf(),
+            cache_dir: Some(self.cache.path().to_path_buf()),
+            watch: false,
+            shutdown_grace: Duration::from_secs(5),
+            ..Config::default()
+        };
+        config.admin.listen = String::new();
+        config.read.poll = Duration::from_millis(20);
+        config.read.block = Duration::from_millis(100);
+        config
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        redis::Client::open(self.redis.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connecting to the test redis")
+    }
+
+    /// Poll `check` until it returns `Some`, or fail after `timeout` with the Redis log.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let log = self.redis.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!("timed out after {timeout:?} waiting for {what}\n--- redis log (tail) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the records stream holds at least `n` records; return them all.
+    pub async fn records_at_least(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        let conn = self.conn().await;
+        self.wait_for(&format!("{n} records"), timeout, || {
+            let mut conn = conn.clone();
+            async move {
+                let r = records(&mut conn, "records").await;
+                (r.len() >= n).then_some(r)
+            }
+        })
+        .await
+    }
+
+    /// Wait until every group on `stream` has no lag, nothing pending and no waiting retry.
+    pub async fn settled(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
+        let conn = self.conn().await;
+        self.wait_for(&format!("every group on {stream} to settle"), timeout, || {
+            let mut conn = conn.clone();
+            let stream = stream.to_string();
+            async move {
+                let groups = ferry::status::collect(&mut conn, &[stream]).await.ok()?;
+                let done = !groups.is_empty()
+                    && groups.iter().all(|g| {
+                        g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0
+                    });
+                done.then_some(groups)
+            }
+        })
+        .await
+    }
+}
+
+/// The records (data of `Recorded` events) in `stream`, oldest first.
+pub async fn records(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Value> {
+    let value: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or(redis::Value::Nil);
+    ferry::consume::read::parse_entries(stream, value)
+        .into_iter()
+        .filter_map(|e| serde_json::from_slice(e.field("data")?).ok())
+        .collect()
+}
+
+/// Publish an event of `event_type` with `data` to `stream`.
+pub async fn publish(conn: &mut MultiplexedConnection, stream: &str, event_type: &str, data: &str) -> Event {
+    let event = Event::new(event_type, "tests", data);
+    ferry::outbox::publish(conn, stream, &event).await.expect("publishing");
+    event
+}
+
+/// A host running in this process until stopped.
+pub struct InProcessHost {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessHost {
+    pub fn start(config: Config) -> Self {
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(ferry::host::run(config, async move {
+            let _ = rx.await;
+        }));
+        Self { stop: Some(stop), handle }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = (&mut self.handle).await.expect("host task");
+        result.expect("host ran without error");
+    }
+}
+
+/// The `ferry` binary of this build.
+pub fn ferry_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferry")
+}
+
+/// A host in its own process, for tests that kill it for real.
+pub struct HostProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl HostProcess {
+    /// Start `ferry run` with a config file written from `config`.
+    pub fn start(config: &Config, dir: &Path, name: &str) -> Self {
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("writing config");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
+        let child = Command::new(ferry_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("FERRY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting ferry");
+        Self { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        self.child.wait().expect("waiting for ferry")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the `ferry` binary with `args`; returns (status, stdout, stderr).
+pub fn ferry(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let out = Command::new(ferry_bin()).args(args).env("FERRY_LOG", "warn").output().expect("running ferry");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Records grouped by subscriber, as (subscriber, event id) pairs.
+pub fn by_subscriber(records: &[Value], subscriber: &str) -> Vec<Value> {
+    records.iter().filter(|r| r["subscriber"] == subscriber).cloned().collect()
+}
