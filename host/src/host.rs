@@ -261,7 +261,7 @@ impl Host {
             publish_streams: effective.publish_streams.clone(),
             limits: effective.limits,
         });
-        let runner = Arc::new(Runner::new(self.engine.clone(), plugin, grants));
+        let runner: Arc<dyn crate::plugin::invoke::Invoke> = Arc::new(Runner::new(self.engine.clone(), plugin, grants));
         Ok(Active { runner, subscriptions, settings: effective })
     }
 
@@ -270,7 +270,7 @@ impl Host {
         let mut running = self.running.lock().await;
         if let Some(current) = running.get(name) {
             let active = current.subscriber.active();
-            if active.runner.plugin().version == version && active.settings == effective {
+            if active.runner.version() == version && active.settings == effective {
                 return;
             }
         }
@@ -293,7 +293,7 @@ impl Host {
             Some(mut current) => {
                 let old = current.subscriber.swap(active);
                 tracing::info!(
-                    plugin = %name, from = %old.runner.plugin().version, to = %version,
+                    plugin = %name, from = %old.runner.version(), to = %version,
                     subscriptions = ?describe, "plugin replaced; events in flight finish on the old version"
                 );
                 current.loaded_at = SystemTime::now();
@@ -360,7 +360,7 @@ impl Host {
             let active = entry.subscriber.active();
             out.push(PluginStatus {
                 name: name.clone(),
-                version: Some(active.runner.plugin().version.clone()),
+                version: Some(active.runner.version().to_string()),
                 state: "running".into(),
                 subscriptions: active
                     .subscriptions

@@ -30,13 +30,13 @@ use crate::event::Event;
 use crate::keys::SubscriberKeys;
 use crate::metrics::{FailureLabels, Metrics};
 use crate::plugin::Subscription;
-use crate::plugin::invoke::{FailureKind, Job, Outcome, Runner};
+use crate::plugin::invoke::{FailureKind, Invoke, Job, Outcome};
 
 /// The version of a subscriber that new batches use. Swapped atomically on reload; batches
 /// already running keep the version they started with.
 pub struct Active {
-    /// Runs the plugin's handler.
-    pub runner: Arc<Runner>,
+    /// Runs the handler (a plugin runner, or a native handler in the benchmark).
+    pub runner: Arc<dyn Invoke>,
     /// Subscriptions with their stream resolved.
     pub subscriptions: Vec<(String, Subscription)>,
     /// Effective settings.
@@ -480,7 +480,7 @@ impl Batch {
             let (indices, batch_jobs): (Vec<usize>, Vec<Job>) = jobs.into_iter().unzip();
             let started = Instant::now();
             let handled = tokio::task::spawn_blocking(move || {
-                let outcomes = run_with_host_retries(&runner, &batch_jobs);
+                let outcomes = run_with_host_retries(runner.as_ref(), &batch_jobs);
                 (batch_jobs, outcomes)
             })
             .await;
@@ -596,7 +596,7 @@ impl Batch {
 
 /// Run the jobs; retry host-side failures (instantiation, a full pool) a few times without
 /// charging an attempt to the event.
-fn run_with_host_retries(runner: &Runner, jobs: &[Job]) -> Vec<Outcome> {
+fn run_with_host_retries(runner: &dyn Invoke, jobs: &[Job]) -> Vec<Outcome> {
     let mut outcomes = runner.handle_all(jobs);
     for round in 0..5u32 {
         let failed: Vec<usize> =
@@ -643,12 +643,12 @@ fn dead_letter_fields(
     now: u64,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut fields = settle::original_fields(entry);
-    let plugin = active.runner.plugin();
+    let runner = &active.runner;
     fields.push((meta::REASON.into(), reason.as_bytes().to_vec()));
     fields.push((meta::KIND.into(), kind.as_str().into()));
     fields.push((meta::ATTEMPTS.into(), attempts.to_string().into_bytes()));
-    fields.push((meta::SUBSCRIBER.into(), plugin.name.as_bytes().to_vec()));
-    fields.push((meta::VERSION.into(), plugin.version.as_bytes().to_vec()));
+    fields.push((meta::SUBSCRIBER.into(), runner.name().as_bytes().to_vec()));
+    fields.push((meta::VERSION.into(), runner.version().as_bytes().to_vec()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));
     fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, now)));
     fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));

@@ -104,6 +104,29 @@ pub struct Job {
     pub attempt: u32,
 }
 
+/// Something that handles a batch of jobs: a plugin [`Runner`], or a native handler (the
+/// benchmark's baseline, which must share everything but WebAssembly).
+pub trait Invoke: Send + Sync {
+    /// Handle `jobs` in order, one outcome each. Blocking.
+    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome>;
+    /// Subscriber name.
+    fn name(&self) -> &str;
+    /// Version id recorded in dead letters.
+    fn version(&self) -> &str;
+}
+
+impl Invoke for Runner {
+    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
+        Runner::handle_all(self, jobs)
+    }
+    fn name(&self) -> &str {
+        &self.grants.subscriber
+    }
+    fn version(&self) -> &str {
+        &self.grants.version
+    }
+}
+
 struct Live {
     store: Store<HostState>,
     bindings: Subscriber,
@@ -217,6 +240,17 @@ impl Runner {
             attempt: job.attempt,
             subscriber: self.grants.subscriber.to_string(),
         };
+        let span = tracing::info_span!(
+            "event",
+            event_id = %event.id,
+            event_type = %event.event_type,
+            subscriber = %self.grants.subscriber,
+            plugin_version = %self.grants.version,
+            attempt = job.attempt,
+            correlationid = event.correlationid.as_deref().unwrap_or(""),
+            traceparent = event.traceparent.as_deref().unwrap_or(""),
+        );
+        let _entered = span.enter();
         let result = live.bindings.ferry_plugin_handler().call_handle(&mut live.store, &wit_event, &delivery);
         let stderr = live.store.data_mut().drain_stdio();
         match result {
