@@ -415,7 +415,8 @@ mod tests {
             "#,
         )
         .expect("valid config");
-        let plugin_file: SubscriberConfig = toml::from_str("concurrency = 8\nordered = false").expect("valid plugin file");
+        let plugin_file: SubscriberConfig =
+            toml::from_str("concurrency = 8\nordered = false").expect("valid plugin file");
         let a = config.subscriber("a", Some(&plugin_file)).expect("resolves");
         assert!(a.ordered);
         assert_eq!(a.concurrency, 8);

@@ -53,7 +53,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     config.admin.listen = String::new();
     config.defaults = SubscriberConfig {
         start: Some(Start::Beginning),
-        retry: Some(RetryConfig { initial_delay: Duration::from_millis(200), max_attempts: 3, ..RetryConfig::default() }),
+        retry: Some(RetryConfig {
+            initial_delay: Duration::from_millis(200),
+            max_attempts: 3,
+            ..RetryConfig::default()
+        }),
         ..SubscriberConfig::default()
     };
     config.subscribers.insert(
@@ -84,21 +88,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     tx.query_async::<()>(&mut conn).await?;
     let seeds = [
         Event::new("UserRegistered", "users", r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada Lovelace"}"#),
-        Event::new("UserRegistered", "users", r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#),
+        Event::new(
+            "UserRegistered",
+            "users",
+            r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#,
+        ),
         Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
     ];
     for e in &seeds {
         crate::outbox::publish(&mut conn, &stream, e).await?;
     }
     // A producer bug: an entry that is not a valid event. It is set aside, never handled.
-    redis::cmd("XADD").arg(&stream).arg("*").arg("type").arg("OrderCreated").arg("data").arg("{oops").query_async::<String>(&mut conn).await?;
+    redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("type")
+        .arg("OrderCreated")
+        .arg("data")
+        .arg("{oops")
+        .query_async::<String>(&mut conn)
+        .await?;
     println!("published 5 events and 1 malformed entry to {stream}");
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
         let groups = crate::status::collect(&mut conn, std::slice::from_ref(&stream)).await?;
         let done = !groups.is_empty()
-            && groups.iter().all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
+            && groups
+                .iter()
+                .all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
         if done {
             println!();
             print!("{}", crate::status::render(&groups));

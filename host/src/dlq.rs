@@ -79,10 +79,16 @@ pub async fn streams<C: ConnectionLike>(
     let mut cursor = 0u64;
     let mut out = Vec::new();
     loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).arg("TYPE").arg("stream")
-                .query_async(conn)
-                .await?;
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .arg("TYPE")
+            .arg("stream")
+            .query_async(conn)
+            .await?;
         for key in batch {
             if let Some((stream, sub)) = keys::parse_dlq(&key)
                 && subscriber.is_none_or(|s| s == sub)
@@ -111,8 +117,14 @@ pub async fn list<C: ConnectionLike>(
         if out.len() >= limit {
             break;
         }
-        let value: redis::Value =
-            redis::cmd("XRANGE").arg(&key).arg("-").arg("+").arg("COUNT").arg(limit - out.len()).query_async(conn).await?;
+        let value: redis::Value = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit - out.len())
+            .query_async(conn)
+            .await?;
         out.extend(read::parse_entries(&key, value).iter().map(|e| DeadLetter::from_entry(&stream, &sub, e)));
     }
     Ok(out)
@@ -136,7 +148,9 @@ pub async fn show<C: ConnectionLike>(
 ) -> redis::RedisResult<Option<DeadLetter>> {
     for (key, stream, sub) in streams(conn, subscriber).await? {
         let value: redis::Value = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(conn).await?;
-        if let Some(e) = read::parse_entries(&key, value).iter().find(|e| e.id == id || e.field("id") == Some(id.as_bytes())) {
+        if let Some(e) =
+            read::parse_entries(&key, value).iter().find(|e| e.id == id || e.field("id") == Some(id.as_bytes()))
+        {
             return Ok(Some(DeadLetter::from_entry(&stream, &sub, e)));
         }
     }
@@ -192,7 +206,11 @@ pub async fn replay<C: ConnectionLike>(
 }
 
 /// Delete the selected dead letters of `subscriber`. Returns how many were removed.
-pub async fn purge<C: ConnectionLike>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<usize> {
+pub async fn purge<C: ConnectionLike>(
+    conn: &mut C,
+    subscriber: &str,
+    selection: &Selection,
+) -> redis::RedisResult<usize> {
     let mut done = 0;
     for (key, _, _) in streams(conn, Some(subscriber)).await? {
         let chosen = select(conn, &key, selection).await?;

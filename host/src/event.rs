@@ -192,10 +192,9 @@ impl Event {
         let get = |name: &'static str| -> Result<Option<String>, InvalidEvent> {
             match fields.iter().find(|(k, _)| k == name.as_bytes()) {
                 None => Ok(None),
-                Some((_, v)) => String::from_utf8(v.clone()).map(Some).map_err(|_| InvalidEvent::Malformed {
-                    name,
-                    reason: "not UTF-8".into(),
-                }),
+                Some((_, v)) => String::from_utf8(v.clone())
+                    .map(Some)
+                    .map_err(|_| InvalidEvent::Malformed { name, reason: "not UTF-8".into() }),
             }
         };
         let required = |name: &'static str| -> Result<String, InvalidEvent> {
@@ -235,10 +234,8 @@ impl Event {
         };
         let data = fields.iter().find(|(k, _)| k == field::DATA.as_bytes()).map(|(_, v)| v.clone()).unwrap_or_default();
         if is_json(&datacontenttype) {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(|e| InvalidEvent::BadJson {
-                content_type: datacontenttype.clone(),
-                reason: e.to_string(),
-            })?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data)
+                .map_err(|e| InvalidEvent::BadJson { content_type: datacontenttype.clone(), reason: e.to_string() })?;
         }
         Ok(Self {
             id,

@@ -100,7 +100,8 @@ pub async fn connect(url: &str) -> anyhow::Result<(redis::Client, redis::aio::Co
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| format!("cannot reach Redis at {url}"))?;
-    let _: String = redis::cmd("PING").query_async(&mut manager).await.with_context(|| format!("cannot reach Redis at {url}"))?;
+    let _: String =
+        redis::cmd("PING").query_async(&mut manager).await.with_context(|| format!("cannot reach Redis at {url}"))?;
     Ok((client, manager))
 }
 
@@ -140,14 +141,8 @@ impl Host {
             health: RedisHealth::default(),
             grace: config.shutdown_grace,
         });
-        let host = Arc::new(Host {
-            config,
-            engine,
-            cache,
-            ctx,
-            running: Default::default(),
-            refused: Default::default(),
-        });
+        let host =
+            Arc::new(Host { config, engine, cache, ctx, running: Default::default(), refused: Default::default() });
         let dir = host.config.plugins.clone();
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading plugin directory {}", dir.display()))?
@@ -198,7 +193,8 @@ impl Host {
             Ok((plugin, effective)) => self.install(&name, plugin, effective).await,
             Err(e) => {
                 self.ctx.metrics.plugin_refused.get_or_create(&PluginLabels { plugin: name.clone() }).inc();
-                let kept = if self.running.lock().await.contains_key(&name) { "; the running version stays" } else { "" };
+                let kept =
+                    if self.running.lock().await.contains_key(&name) { "; the running version stays" } else { "" };
                 tracing::error!(plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
                 self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name, format!("{e:#}"));
             }
@@ -241,7 +237,11 @@ impl Host {
         let declared: Vec<Subscription> = match &effective.subscriptions {
             Some(over) => over
                 .iter()
-                .map(|s| Subscription { event_type: s.event_type.clone(), versions: s.versions.clone(), stream: s.stream.clone() })
+                .map(|s| Subscription {
+                    event_type: s.event_type.clone(),
+                    versions: s.versions.clone(),
+                    stream: s.stream.clone(),
+                })
                 .collect(),
             None => plugin.declared.clone(),
         };

@@ -62,9 +62,10 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot start redis-server (is it installed?): {e}"))
-        })?;
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot start redis-server (is it installed?): {e}"))
+            })?;
         self.child = Some(child);
         self.wait_ready(Duration::from_secs(10))
     }

@@ -182,7 +182,12 @@ type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// Run the consumer of `subscriber` on `stream` until `stop` turns true, then let in-flight
 /// batches finish within the grace period (what does not finish stays pending).
-pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, mut stop: watch::Receiver<bool>) {
+pub async fn run_stream(
+    ctx: Arc<Context>,
+    subscriber: Arc<Subscriber>,
+    stream: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let keys = SubscriberKeys::new(&stream, &subscriber.name);
     let group = subscriber.name.clone();
     let active = subscriber.active();
@@ -323,10 +328,7 @@ pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: 
         });
     }
 
-    let waited = tokio::time::timeout(ctx.grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let waited = tokio::time::timeout(ctx.grace, async { while tasks.join_next().await.is_some() {} }).await;
     if waited.is_err() {
         tracing::warn!(subscriber = %group, %stream, "grace period over: unfinished events stay pending");
         tasks.abort_all();
@@ -360,7 +362,8 @@ async fn claim(
     let mut out = Vec::new();
     for key in [&keys.stream, &keys.retry] {
         let claimed =
-            read::auto_claim(&mut shared, key, group, &ctx.consumer, min_idle.as_millis() as u64, ctx.read.count).await?;
+            read::auto_claim(&mut shared, key, group, &ctx.consumer, min_idle.as_millis() as u64, ctx.read.count)
+                .await?;
         let set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
         out.extend(claimed.into_iter().filter(|e| !set.contains(&format!("{}/{}", e.key, e.id))));
     }
@@ -419,7 +422,15 @@ impl Batch {
                     tally.dead_lettered += 1;
                     *tally.failures.entry(FailureKind::InvalidEvent).or_default() += 1;
                     Disposition::DeadLetter {
-                        fields: dead_letter_fields(entry, &active, stream, FailureKind::InvalidEvent, &invalid.to_string(), attempt, now),
+                        fields: dead_letter_fields(
+                            entry,
+                            &active,
+                            stream,
+                            FailureKind::InvalidEvent,
+                            &invalid.to_string(),
+                            attempt,
+                            now,
+                        ),
                     }
                 }
                 Ok(event) if !is_retry && !active.wants(stream, &event) => {
@@ -433,7 +444,15 @@ impl Batch {
                     tally.dead_lettered += 1;
                     *tally.failures.entry(FailureKind::Crash).or_default() += 1;
                     Disposition::DeadLetter {
-                        fields: dead_letter_fields(entry, &active, stream, FailureKind::Crash, &reason, attempt - 1, now),
+                        fields: dead_letter_fields(
+                            entry,
+                            &active,
+                            stream,
+                            FailureKind::Crash,
+                            &reason,
+                            attempt - 1,
+                            now,
+                        ),
                     }
                 }
                 Ok(event) => {
@@ -492,8 +511,7 @@ impl Batch {
                     for ((index, job), outcome) in indices.into_iter().zip(batch_jobs).zip(outcomes) {
                         histogram.observe(per_event);
                         let entry = &self.entries[index];
-                        settlements[index].disposition =
-                            self.dispose(&active, entry, &job, outcome, now, &mut tally);
+                        settlements[index].disposition = self.dispose(&active, entry, &job, outcome, now, &mut tally);
                     }
                 }
                 Err(e) => tracing::error!(subscriber = %name, "handler thread failed: {e}; events stay pending"),
@@ -525,7 +543,15 @@ impl Batch {
         }
     }
 
-    fn dispose(&self, active: &Active, entry: &Entry, job: &Job, outcome: Outcome, now: u64, tally: &mut Tally) -> Disposition {
+    fn dispose(
+        &self,
+        active: &Active,
+        entry: &Entry,
+        job: &Job,
+        outcome: Outcome,
+        now: u64,
+        tally: &mut Tally,
+    ) -> Disposition {
         let settings = &active.settings;
         match outcome {
             Outcome::Handled { follow_ups } => {
@@ -573,7 +599,8 @@ impl Batch {
         let mut stop = self.stop.clone();
         loop {
             let mut shared = self.ctx.shared.clone();
-            match settle::settle(&mut shared, &self.keys, &self.subscriber.name, dedupe_ms, now_ms(), settlements).await {
+            match settle::settle(&mut shared, &self.keys, &self.subscriber.name, dedupe_ms, now_ms(), settlements).await
+            {
                 Ok(()) => {
                     self.ctx.health.up(&self.ctx.metrics);
                     return;
@@ -622,7 +649,14 @@ fn first_failure(entry: &Entry, now: u64) -> Vec<u8> {
     entry.field(meta::FIRST_FAILURE).map(<[u8]>::to_vec).unwrap_or_else(|| rfc3339_ms(now).into_bytes())
 }
 
-fn retry_fields(entry: &Entry, stream: &str, kind: FailureKind, reason: &str, next_attempt: u32, now: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn retry_fields(
+    entry: &Entry,
+    stream: &str,
+    kind: FailureKind,
+    reason: &str,
+    next_attempt: u32,
+    now: u64,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut fields = settle::original_fields(entry);
     fields.push((meta::ATTEMPT.into(), next_attempt.to_string().into_bytes()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));

@@ -226,7 +226,11 @@ pub async fn promote<C: ConnectionLike>(
     now_ms: u64,
     limit: usize,
 ) -> redis::RedisResult<usize> {
-    let cmd = evalsha(&PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms.to_string().into_bytes(), limit.to_string().into_bytes()]);
+    let cmd = evalsha(
+        &PROMOTE,
+        &[&keys.schedule, &keys.retry],
+        &[now_ms.to_string().into_bytes(), limit.to_string().into_bytes()],
+    );
     match cmd.query_async(conn).await {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             load_scripts(conn).await?;

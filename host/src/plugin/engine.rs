@@ -52,7 +52,8 @@ impl Engine {
             // Keep the per-slot reservation close to the cap so 1000 slots fit comfortably.
             wasm.memory_reservation(config.max_memory);
         }
-        let engine = wasmtime::Engine::new(&wasm).map_err(super::wasm_err).context("configuring the WebAssembly engine")?;
+        let engine =
+            wasmtime::Engine::new(&wasm).map_err(super::wasm_err).context("configuring the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(super::wasm_err).context("linking WASI")?;

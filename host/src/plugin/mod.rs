@@ -164,8 +164,7 @@ impl Plugin {
         check_contract(engine, &component)?;
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let mut plugin =
-            Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached };
+        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached };
         plugin.declared = plugin.read_subscriptions(engine)?;
         Ok(Arc::new(plugin))
     }

@@ -236,14 +236,19 @@ impl publish::Host for HostState {
             return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
         }
         if out.data.len() > limits.publish_bytes {
-            return Err(format!("event data of {} bytes exceeds the limit of {} bytes", out.data.len(), limits.publish_bytes));
+            return Err(format!(
+                "event data of {} bytes exceeds the limit of {} bytes",
+                out.data.len(),
+                limits.publish_bytes
+            ));
         }
         if out.event_type.trim().is_empty() {
             return Err("event type is empty".into());
         }
         let datacontenttype = out.datacontenttype.unwrap_or_else(|| event::JSON.to_string());
         if event::is_json(&datacontenttype) {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&out.data).map_err(|e| format!("data is not valid JSON: {e}"))?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&out.data)
+                .map_err(|e| format!("data is not valid JSON: {e}"))?;
         }
         let mut event = Event::new(out.event_type, self.grants.subscriber.to_string(), out.data);
         event.datacontenttype = datacontenttype;

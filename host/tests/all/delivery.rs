@@ -84,11 +84,10 @@ async fn poison_event_that_traps_is_dead_lettered_after_max_attempts_and_replays
     config.watch = false;
     let host = ferry::host::Host::start(config).await.expect("host");
     let url = env.redis.url();
-    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        ferry(&["dlq", "replay", "--subscriber", "rec", "--all", "--redis", &url])
-    })
-    .await
-    .expect("join");
+    let (status, stdout, stderr) =
+        tokio::task::spawn_blocking(move || ferry(&["dlq", "replay", "--subscriber", "rec", "--all", "--redis", &url]))
+            .await
+            .expect("join");
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("replayed 1 dead letter(s) to rec"), "{stdout}");
     let recs = env.records_at_least(2, Duration::from_secs(20)).await;
@@ -155,7 +154,9 @@ async fn the_same_event_published_twice_is_handled_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_retry_survives_a_host_restart_and_runs_at_its_due_time() {
     let env = Env::new();
-    let toml = RECORDER_TOML.replace("initial_delay = \"50ms\"", "initial_delay = \"2s\"").replace("max_delay = \"1s\"", "max_delay = \"10s\"");
+    let toml = RECORDER_TOML
+        .replace("initial_delay = \"50ms\"", "initial_delay = \"2s\"")
+        .replace("max_delay = \"1s\"", "max_delay = \"10s\"");
     env.add_plugin("rec", fixtures::RECORDER, &toml);
     let host = ferry::host::Host::start(env.config()).await.expect("host");
     let mut conn = env.conn().await;
@@ -192,7 +193,8 @@ async fn a_follow_up_of_a_retried_event_is_written_once_with_the_final_ack() {
     event.correlationid = Some("flow-1".into());
     ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
     env.records_at_least(1, Duration::from_secs(20)).await;
-    let value: redis::Value = redis::cmd("XRANGE").arg("follow").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg("follow").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
     let follow = ferry::consume::read::parse_entries("follow", value);
     assert_eq!(follow.len(), 1, "two failed attempts left no follow-ups behind");
     let follow_up = Event::from_fields(&follow[0].fields).expect("valid event");

@@ -84,7 +84,16 @@ async fn malformed_entries_are_dead_lettered_with_their_reason_while_good_ones_f
     for e in [&bad_json, &bad_time] {
         ferry::outbox::publish(&mut conn, "events", e).await.expect("publish");
     }
-    let _: String = redis::cmd("XADD").arg("events").arg("*").arg("type").arg("NoId").arg("data").arg("{}").query_async(&mut conn).await.expect("xadd");
+    let _: String = redis::cmd("XADD")
+        .arg("events")
+        .arg("*")
+        .arg("type")
+        .arg("NoId")
+        .arg("data")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
     ferry::outbox::publish(&mut conn, "events", &good).await.expect("publish");
     let after = publish(&mut conn, "events", "Good", r#"{"n":2}"#).await;
 
@@ -170,7 +179,19 @@ async fn publish_command_prints_the_id_of_a_valid_event() {
     let env = Env::new();
     let url = env.redis.url();
     let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        ferry(&["publish", "--type", "OrderCreated", "--data", r#"{"order_id":"o-1"}"#, "--key", "o-1", "--correlation-id", "c-9", "--redis", &url])
+        ferry(&[
+            "publish",
+            "--type",
+            "OrderCreated",
+            "--data",
+            r#"{"order_id":"o-1"}"#,
+            "--key",
+            "o-1",
+            "--correlation-id",
+            "c-9",
+            "--redis",
+            &url,
+        ])
     })
     .await
     .expect("join");
@@ -178,7 +199,8 @@ async fn publish_command_prints_the_id_of_a_valid_event() {
     let id = stdout.trim();
     assert_eq!(uuid::Uuid::parse_str(id).map(|u| u.get_version_num()), Ok(7));
     let mut conn = env.conn().await;
-    let value: redis::Value = redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
     let entries = ferry::consume::read::parse_entries("events", value);
     let event = Event::from_fields(&entries[0].fields).expect("valid event");
     assert_eq!(event.id, id);

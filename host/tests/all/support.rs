@@ -97,7 +97,10 @@ impl Env {
             if Instant::now() > deadline {
                 let log = self.redis.log();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!("timed out after {timeout:?} waiting for {what}\n--- redis log (tail) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n--- redis log (tail) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -137,7 +140,8 @@ impl Env {
 
 /// The records (data of `Recorded` events) in `stream`, oldest first.
 pub async fn records(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Value> {
-    let value: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or(redis::Value::Nil);
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or(redis::Value::Nil);
     ferry::consume::read::parse_entries(stream, value)
         .into_iter()
         .filter_map(|e| serde_json::from_slice(e.field("data")?).ok())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what ferry's build and tests need and a fresh machine may lack: the wasm32-wasip2
+# Rust target, redis-server, Chromium (status-page test). Python (componentize-py) and
+# JavaScript (componentize-js) toolchains are installed, pinned, by the examples' build
+# scripts into examples/*/ (venv, node_modules). Idempotent; quiet when all is present.
+set -euo pipefail
+
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq >/dev/null
+  $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  echo "setup: adding the wasm32-wasip2 Rust target"
+  rustup target add wasm32-wasip2
+fi
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt_install "${missing[@]}"
+fi

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run every check and test ferry has, as CI does: formatting, clippy (warnings are errors),
+# the Python and JavaScript example plugins built from source, the whole test suite, and the
+# benchmark in quick mode (so it cannot rot; no timing assertions).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+"$root/scripts/setup.sh"
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== Python and JavaScript example plugins"
+mkdir -p "$root/target/polyglot"
+"$root/examples/python/build.sh" "$root/target/polyglot"
+"$root/examples/javascript/build.sh" "$root/target/polyglot"
+export FERRY_PYTHON_PLUGIN="$root/target/polyglot/inventory-py.wasm"
+export FERRY_JS_PLUGIN="$root/target/polyglot/welcome-js.wasm"
+
+echo "== cargo test"
+cargo test --workspace --quiet
+
+echo "== benchmark, quick mode"
+cargo run --quiet -p ferry-host -- bench --quick \
+  --python "$FERRY_PYTHON_PLUGIN" --javascript "$FERRY_JS_PLUGIN" --out "$root/target/bench/quick.json"
+echo "== all checks passed"
