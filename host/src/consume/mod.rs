@@ -306,10 +306,36 @@ pub async fn run_stream(
             }
         };
 
-        let entries: Vec<Entry> = {
+        let mut entries: Vec<Entry> = {
             let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
             entries.into_iter().filter(|e| set.insert(format!("{}/{}", e.key, e.id))).collect()
         };
+        // Per-key order: claim partition keys here, in read order, before any batch runs.
+        let mut holds = HashMap::new();
+        if subscriber.active().settings.ordered {
+            match claim_keys(&ctx, &subscriber, &keys, &group, &entries).await {
+                Ok((parked, claimed)) => {
+                    let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                    entries.retain(|e| {
+                        let keep = !parked.contains(&e.id);
+                        if !keep {
+                            set.remove(&format!("{}/{}", e.key, e.id));
+                        }
+                        keep
+                    });
+                    holds = claimed;
+                }
+                Err(e) => {
+                    ctx.health.down(&ctx.metrics, &e);
+                    let mut set = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                    for e in &entries {
+                        set.remove(&format!("{}/{}", e.key, e.id));
+                    }
+                    conn = None;
+                    continue;
+                }
+            }
+        }
         if entries.is_empty() {
             continue;
         }
@@ -319,6 +345,7 @@ pub async fn run_stream(
             keys: keys.clone(),
             entries,
             counts,
+            holds,
             in_flight: in_flight.clone(),
             stop: stop.clone(),
         };
@@ -351,6 +378,41 @@ async fn counts_for(ctx: &Context, group: &str, entries: &[Entry]) -> HashMap<St
     counts
 }
 
+/// Claim the partition keys of the wanted, keyed events among `entries`. Returns the ids of
+/// entries parked behind a held key and, for the others, their (key, owner).
+async fn claim_keys(
+    ctx: &Context,
+    subscriber: &Subscriber,
+    keys: &SubscriberKeys,
+    group: &str,
+    entries: &[Entry],
+) -> redis::RedisResult<(HashSet<String>, HashMap<String, (String, String)>)> {
+    let active = subscriber.active();
+    let mut claims = Vec::new();
+    for entry in entries {
+        let Ok(event) = Event::from_fields(&entry.fields) else { continue };
+        let is_retry = entry.key == keys.retry;
+        if !is_retry && !active.wants(&keys.stream, &event) {
+            continue;
+        }
+        let Some(key) = entry.field("partitionkey").and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+        let owner = String::from_utf8_lossy(&origin(entry, &keys.stream)).into_owned();
+        claims.push(settle::Claim { entry, key, owner });
+    }
+    let mut shared = ctx.shared.clone();
+    let results = settle::claim_keys(&mut shared, keys, group, &claims).await?;
+    let mut parked = HashSet::new();
+    let mut held = HashMap::new();
+    for (claim, handle_now) in claims.iter().zip(results) {
+        if handle_now {
+            held.insert(claim.entry.id.clone(), (claim.key.to_string(), claim.owner.clone()));
+        } else {
+            parked.insert(claim.entry.id.clone());
+        }
+    }
+    Ok((parked, held))
+}
+
 async fn claim(
     ctx: &Context,
     keys: &SubscriberKeys,
@@ -380,6 +442,8 @@ struct Batch {
     keys: SubscriberKeys,
     entries: Vec<Entry>,
     counts: HashMap<String, u32>,
+    /// Under per-key order: entry id → (partition key, owner) of the keys this batch holds.
+    holds: HashMap<String, (String, String)>,
     in_flight: InFlight,
     stop: watch::Receiver<bool>,
 }
@@ -460,7 +524,12 @@ impl Batch {
                     Disposition::Leave
                 }
             };
-            settlements.push(Settlement { key: entry.key.clone(), id: entry.id.clone(), disposition });
+            settlements.push(Settlement {
+                key: entry.key.clone(),
+                id: entry.id.clone(),
+                disposition,
+                release: self.holds.get(&entry.id).cloned(),
+            });
         }
 
         let dedupe_ms = settings.dedupe_window.as_millis() as u64;
@@ -518,6 +587,12 @@ impl Batch {
             }
         }
 
+        for s in &mut settlements {
+            if matches!(s.disposition, Disposition::Retry { .. } | Disposition::Leave) {
+                // The event keeps its partition key while it waits for its next attempt.
+                s.release = None;
+            }
+        }
         self.settle_until_done(&settlements, dedupe_ms).await;
         {
             let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());

@@ -76,10 +76,14 @@ pub struct Settlement {
     pub id: String,
     /// What to do.
     pub disposition: Disposition,
+    /// Under per-key order: the partition key this event holds and the hold's owner
+    /// (`_origin`), released once the event is handled or dead-lettered.
+    pub release: Option<(String, String)>,
 }
 
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
+static ORDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("order.lua")));
 
 /// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
 /// unlike JSON in Redis's Lua.
@@ -126,7 +130,7 @@ pub async fn settle<C: ConnectionLike>(
     for s in settlements {
         match &s.disposition {
             Disposition::Leave => {}
-            Disposition::Ack { dedupe, follow_ups } if follow_ups.is_empty() => {
+            Disposition::Ack { dedupe, follow_ups } if follow_ups.is_empty() && s.release.is_none() => {
                 match acks.iter_mut().find(|(k, _)| *k == s.key) {
                     Some((_, ids)) => ids.push(&s.id),
                     None => acks.push((&s.key, vec![&s.id])),
@@ -165,12 +169,17 @@ pub async fn settle<C: ConnectionLike>(
     }
     let mut pipe = redis::pipe();
     for s in scripted {
-        let mut cmd_keys: Vec<&str> = vec![&s.key, &keys.schedule, &keys.dlq, &keys.seen];
+        let (release_key, owner) = s.release.clone().unwrap_or_default();
+        let parked = keys.parked(&release_key);
+        let mut cmd_keys: Vec<&str> =
+            vec![&s.key, &keys.schedule, &keys.dlq, &keys.seen, &keys.holds, &parked, &keys.retry];
         let mut args: Vec<Vec<u8>> = vec![
             group.as_bytes().to_vec(),
             s.id.as_bytes().to_vec(),
             now_ms.to_string().into_bytes(),
             dedupe_window_ms.to_string().into_bytes(),
+            release_key.into_bytes(),
+            owner.into_bytes(),
         ];
         match &s.disposition {
             Disposition::Ack { dedupe, follow_ups } => {
@@ -212,7 +221,7 @@ fn evalsha(script: &Script, keys: &[&str], args: &[Vec<u8>]) -> redis::Cmd {
 
 /// Load the scripts into the server's script cache (after a restart or `SCRIPT FLUSH`).
 pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
-    for body in [include_str!("settle.lua"), include_str!("promote.lua")] {
+    for body in [include_str!("settle.lua"), include_str!("promote.lua"), include_str!("order.lua")] {
         redis::cmd("SCRIPT").arg("LOAD").arg(body).query_async::<String>(conn).await?;
     }
     Ok(())
@@ -238,4 +247,47 @@ pub async fn promote<C: ConnectionLike>(
         }
         other => other,
     }
+}
+
+/// An entry that wants its partition key under per-key order.
+pub struct Claim<'a> {
+    /// The entry.
+    pub entry: &'a Entry,
+    /// Its partition key.
+    pub key: &'a str,
+    /// The hold's owner: the event's `_origin` (stable across retries).
+    pub owner: String,
+}
+
+/// Claim the partition keys of `claims` in order; returns, per claim, whether to handle it
+/// now (`true`) or it was parked behind its key (`false`, already acked and stored).
+pub async fn claim_keys<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+    claims: &[Claim<'_>],
+) -> redis::RedisResult<Vec<bool>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args: Vec<Vec<u8>> = vec![group.as_bytes().to_vec()];
+    for c in claims {
+        let mut fields = original_fields(c.entry);
+        fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
+        fields.push((meta::ORIGIN.into(), c.owner.as_bytes().to_vec()));
+        args.push(c.entry.key.as_bytes().to_vec());
+        args.push(c.entry.id.as_bytes().to_vec());
+        args.push(c.key.as_bytes().to_vec());
+        args.push(c.owner.as_bytes().to_vec());
+        args.push(netstrings(&fields));
+    }
+    let cmd = evalsha(&ORDER, &[&keys.holds, &keys.parked_prefix], &args);
+    let result: redis::RedisResult<Vec<i64>> = match cmd.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            load_scripts(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
+    };
+    Ok(result?.into_iter().map(|n| n == 1).collect())
 }

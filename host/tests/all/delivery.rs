@@ -294,3 +294,51 @@ async fn the_host_rides_out_a_redis_restart_without_losing_events() {
     assert_eq!(by_subscriber(&recs, "rec").len(), 200, "none handled twice");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_subscribers_handle_each_key_in_stream_order_even_across_retries() {
+    let env = Env::new();
+    let toml = format!("ordered = true\n{}", RECORDER_TOML.replace("max_attempts = 3", "max_attempts = 4"));
+    env.add_plugin("rec", fixtures::RECORDER, &toml);
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    // Key a: its first event fails twice and then succeeds; key b's first is rejected
+    // (dead-lettered: later b events continue after it); key c flows freely.
+    let mut sent = Vec::new();
+    for seq in 0..30 {
+        let key = ["a", "b", "c"][seq % 3];
+        let act = match (key, seq) {
+            ("a", 0) => r#","act":"retry","until":3"#,
+            ("b", 1) => r#","act":"reject""#,
+            _ => "",
+        };
+        let mut event = Event::new("Step", "tests", format!(r#"{{"seq":{seq}{act}}}"#));
+        event.partitionkey = Some(key.to_string());
+        ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+        sent.push(event);
+    }
+    let recs = env.records_at_least(29, Duration::from_secs(30)).await;
+    env.settled("events", Duration::from_secs(20)).await;
+    assert_eq!(recs.len(), 29, "everything but the rejected event handled once");
+    let seq_of = |r: &serde_json::Value| -> u64 {
+        let data: serde_json::Value = serde_json::from_str(r["data"].as_str().expect("data")).expect("json");
+        data["seq"].as_u64().expect("seq")
+    };
+    for key in ["a", "b", "c"] {
+        let seqs: Vec<u64> = recs.iter().filter(|r| r["partitionkey"] == key).map(seq_of).collect();
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        assert_eq!(seqs, sorted, "key {key} handled in stream order");
+    }
+    // Key c did not wait for key a's retries.
+    let first_a = recs.iter().position(|r| r["partitionkey"] == "a").expect("a handled");
+    let c_before = recs[..first_a].iter().filter(|r| r["partitionkey"] == "c").count();
+    assert!(c_before >= 5, "other keys flow while a waits (c handled before a's first: {c_before})");
+    assert_eq!(recs[first_a]["attempt"], 3);
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1);
+    let holds: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg("ferry:holds:{events}:rec").query_async(&mut conn).await.expect("holds");
+    assert!(holds.is_empty(), "every key released: {holds:?}");
+    host.stop().await;
+}
