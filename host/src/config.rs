@@ -57,6 +57,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Reading from Redis.
     pub read: ReadConfig,
+    /// Optional retention of the source streams this host reads (off by default).
+    pub retention: Option<RetentionConfig>,
     /// The WebAssembly engine, shared by every plugin.
     pub engine: EngineConfig,
     /// Admin HTTP endpoint (metrics, health, status page).
@@ -78,6 +80,7 @@ impl Default for Config {
             watch: true,
             shutdown_grace: Duration::from_secs(10),
             read: ReadConfig::default(),
+            retention: None,
             engine: EngineConfig::default(),
             admin: AdminConfig::default(),
             defaults: SubscriberConfig::default(),
@@ -109,6 +112,27 @@ pub struct ReadConfig {
 impl Default for ReadConfig {
     fn default() -> Self {
         Self { count: 500, block: Duration::from_secs(2), poll: Duration::from_millis(100), claim_idle: None }
+    }
+}
+
+/// Retention of source streams. Entries are removed only once every consumer group has
+/// settled them, whatever the limits say.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Keep at most this many entries (fewer may be removed if groups still need them).
+    pub max_len: Option<u64>,
+    /// Remove entries older than this.
+    #[serde(with = "humantime_serde::option")]
+    pub max_age: Option<Duration>,
+    /// How often to trim. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { max_len: None, max_age: None, interval: Duration::from_secs(10) }
     }
 }
 

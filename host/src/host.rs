@@ -140,6 +140,7 @@ impl Host {
             metrics,
             health: RedisHealth::default(),
             grace: config.shutdown_grace,
+            retention: config.retention.clone(),
         });
         let host =
             Arc::new(Host { config, engine, cache, ctx, running: Default::default(), refused: Default::default() });

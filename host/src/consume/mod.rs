@@ -14,6 +14,7 @@
 pub mod read;
 pub mod retry;
 pub mod settle;
+pub mod trim;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -131,6 +132,8 @@ pub struct Context {
     pub health: RedisHealth,
     /// How long in-flight batches may finish on stop.
     pub grace: Duration,
+    /// Retention of source streams.
+    pub retention: Option<crate::config::RetentionConfig>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -203,6 +206,8 @@ pub async fn run_stream(
     let mut backoff = Duration::from_millis(50);
     let mut last_poll = Instant::now() - ctx.read.poll;
     let mut last_claim = Instant::now();
+    let mut last_trim = Instant::now();
+    let trim_every = ctx.retention.as_ref().map_or(Duration::from_secs(10), |r| r.interval);
     tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
 
     loop {
@@ -253,6 +258,26 @@ pub async fn run_stream(
                 match claim(&ctx, &keys, &group, claim_idle, &in_flight).await {
                     Ok(entries) => claimed = entries,
                     Err(e) => tracing::warn!(subscriber = %group, %stream, "reclaiming idle entries failed: {e}"),
+                }
+                if let Err(e) = remove_dead_consumers(&ctx, &keys, &group, claim_idle * 2).await {
+                    tracing::warn!(subscriber = %group, %stream, "removing dead consumers failed: {e}");
+                }
+            }
+            if last_trim.elapsed() >= trim_every {
+                last_trim = Instant::now();
+                let mut shared = ctx.shared.clone();
+                let now = now_ms();
+                let source = match &ctx.retention {
+                    Some(r) => trim::trim(&mut shared, &keys.stream, Some(r), now).await,
+                    None => Ok(0),
+                };
+                let retry = trim::trim(&mut shared, &keys.retry, None, now).await;
+                match (source, retry) {
+                    (Ok(a), Ok(b)) if a + b > 0 => {
+                        tracing::debug!(subscriber = %group, %stream, source = a, retry = b, "trimmed settled entries")
+                    }
+                    (Err(e), _) | (_, Err(e)) => tracing::warn!(%stream, "trimming failed: {e}"),
+                    _ => {}
                 }
             }
         }
@@ -411,6 +436,57 @@ async fn claim_keys(
         }
     }
     Ok((parked, held))
+}
+
+/// Remove consumers of this group that have nothing pending and were not seen for `idle`
+/// (hosts that died or were replaced). A consumer with pending entries is kept until its
+/// entries are claimed: deleting it would drop them from the group.
+async fn remove_dead_consumers(
+    ctx: &Context,
+    keys: &SubscriberKeys,
+    group: &str,
+    idle: Duration,
+) -> redis::RedisResult<()> {
+    let mut shared = ctx.shared.clone();
+    for key in [&keys.stream, &keys.retry] {
+        let consumers: redis::Value =
+            redis::cmd("XINFO").arg("CONSUMERS").arg(key).arg(group).query_async(&mut shared).await?;
+        let redis::Value::Array(consumers) = consumers else { continue };
+        for c in consumers {
+            let flat = match c {
+                redis::Value::Array(items) => items,
+                redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => continue,
+            };
+            let mut name = None;
+            let (mut pending, mut idle_ms) = (0i64, 0i64);
+            for pair in flat.chunks(2) {
+                if let [redis::Value::BulkString(k), v] = pair {
+                    match (k.as_slice(), v) {
+                        (b"name", redis::Value::BulkString(n)) => name = String::from_utf8(n.clone()).ok(),
+                        (b"pending", redis::Value::Int(n)) => pending = *n,
+                        (b"idle", redis::Value::Int(n)) => idle_ms = *n,
+                        _ => {}
+                    }
+                }
+            }
+            if let Some(name) = name
+                && name != ctx.consumer
+                && pending == 0
+                && idle_ms as u128 > idle.as_millis()
+            {
+                let _: i64 = redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(key)
+                    .arg(group)
+                    .arg(&name)
+                    .query_async(&mut shared)
+                    .await?;
+                tracing::info!(subscriber = %group, stream = %key, consumer = %name, "removed a dead consumer with nothing pending");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn claim(

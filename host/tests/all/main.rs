@@ -5,3 +5,4 @@ mod support;
 
 mod delivery;
 mod e2e;
+mod recovery;

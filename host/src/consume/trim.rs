@@ -1,0 +1,116 @@
+//! Safe trimming: optional retention that never removes an entry still pending or not yet
+//! delivered to every consumer group.
+//!
+//! Redis 7.0 has no "acked only" trim, so the safe floor is computed from all groups of the
+//! stream (ferry's and anyone else's, including groups of removed plugins, whose events wait):
+//! for each group, its oldest pending entry, or the entry after its last delivered one. An
+//! entry below every group's floor has been delivered to and settled by every group. Ferry's
+//! own retry streams are always trimmed to their floor.
+
+use redis::aio::ConnectionLike;
+
+use super::read::{cmp_ids, parse_id};
+use crate::config::RetentionConfig;
+
+fn value_str(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The lowest id any group still needs on `stream`, or `None` when the stream has no group.
+pub async fn safe_floor<C: ConnectionLike>(conn: &mut C, stream: &str) -> redis::RedisResult<Option<String>> {
+    let groups: redis::Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await?;
+    let redis::Value::Array(groups) = groups else { return Ok(None) };
+    let mut floor: Option<String> = None;
+    for group in groups {
+        let flat = match group {
+            redis::Value::Array(items) => items,
+            redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => continue,
+        };
+        let mut name = None;
+        let mut last = None;
+        let mut pending = 0i64;
+        for pair in flat.chunks(2) {
+            let [k, v] = pair else { continue };
+            match value_str(k).as_deref() {
+                Some("name") => name = value_str(v),
+                Some("last-delivered-id") => last = value_str(v),
+                Some("pending") => pending = if let redis::Value::Int(n) = v { *n } else { 0 },
+                _ => {}
+            }
+        }
+        let (Some(name), Some(last)) = (name, last) else { continue };
+        let needed = if pending > 0 {
+            let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(&name).query_async(conn).await?;
+            match summary {
+                redis::Value::Array(items) => items.get(1).and_then(value_str).unwrap_or(last),
+                _ => last,
+            }
+        } else {
+            let (ms, seq) = parse_id(&last);
+            format!("{ms}-{}", seq + 1)
+        };
+        floor = Some(match floor {
+            Some(f) if cmp_ids(&f, &needed).is_le() => f,
+            _ => needed,
+        });
+    }
+    Ok(floor)
+}
+
+/// Trim `stream` by `retention` (or, with no limits, to its safe floor), never past the
+/// safe floor. Returns the number of entries removed.
+pub async fn trim<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    retention: Option<&RetentionConfig>,
+    now_ms: u64,
+) -> redis::RedisResult<u64> {
+    let Some(floor) = safe_floor(conn, stream).await? else { return Ok(0) };
+    let mut cut = match retention {
+        None => floor.clone(),
+        Some(r) => {
+            let mut cut: Option<String> = None;
+            if let Some(age) = r.max_age {
+                cut = Some(format!("{}-0", now_ms.saturating_sub(age.as_millis() as u64)));
+            }
+            if let Some(max_len) = r.max_len {
+                let newest: redis::Value = redis::cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(max_len.max(1))
+                    .query_async(conn)
+                    .await?;
+                let ids = super::read::parse_entries(stream, newest);
+                if ids.len() as u64 >= max_len.max(1)
+                    && let Some(oldest_kept) = ids.last()
+                {
+                    let len_cut = if max_len == 0 {
+                        let (ms, seq) = parse_id(&oldest_kept.id);
+                        format!("{ms}-{}", seq + 1)
+                    } else {
+                        oldest_kept.id.clone()
+                    };
+                    cut = Some(match cut {
+                        Some(c) if cmp_ids(&c, &len_cut).is_ge() => c,
+                        _ => len_cut,
+                    });
+                }
+            }
+            match cut {
+                Some(c) => c,
+                None => return Ok(0),
+            }
+        }
+    };
+    if cmp_ids(&cut, &floor).is_gt() {
+        cut = floor;
+    }
+    redis::cmd("XTRIM").arg(stream).arg("MINID").arg(&cut).query_async(conn).await
+}
