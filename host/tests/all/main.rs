@@ -6,3 +6,4 @@ mod support;
 mod delivery;
 mod e2e;
 mod recovery;
+mod sandbox;

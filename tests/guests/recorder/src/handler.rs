@@ -88,7 +88,7 @@ impl Handler for Recorder {
             }
             "log_flood" => {
                 for i in 0..100_000 {
-                    log::info(&format!("flood line {i} {}", "x".repeat(10_000)));
+                    log::info(&format!("flood line {i} {}", "x".repeat(1_000)));
                 }
                 "flooded the log".into()
             }
