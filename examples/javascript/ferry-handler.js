@@ -207,7 +207,12 @@ export function defineHandler({ subscribe, handle }) {
     },
     handle(event, delivery) {
       try {
-        handle(new Event(event, delivery));
+        const result = handle(new Event(event, delivery));
+        if (result && typeof result.then === 'function') {
+          // Every ferry import is synchronous; an async handler would be acknowledged before
+          // it finished. Fail loudly instead.
+          throw new TypeError('handle(event) must be synchronous (it returned a promise)');
+        }
       } catch (e) {
         const err = toHandlerError(e);
         // The thrown value's `payload` becomes the `err` case of the WIT result.
