@@ -34,7 +34,14 @@ export const handler = defineHandler({
 
     const stream = config.get('publish');
     if (stream) {
-      const id = publish.sendJson('WelcomeSent', { user_id: user.user_id }, { stream });
+      // `handled` echoes what the handler received (provenance; the tests check it).
+      const handled = {
+        id: event.id, type: event.type, source: event.source, time: event.time,
+        schemaversion: event.schemaVersion, subject: event.subject ?? null,
+        correlationid: event.correlationId ?? null, partitionkey: event.partitionKey ?? null,
+        attempt: event.attempt, stream: event.stream, data: new TextDecoder().decode(event.data),
+      };
+      const id = publish.sendJson('WelcomeSent', { user_id: user.user_id, handled }, { stream });
       log.debug(`published WelcomeSent ${id} to ${stream}`);
     }
   },

@@ -35,5 +35,13 @@ class Handler(FerryHandler):
 
         stream = config.get("publish")
         if stream:
-            new_id = publish.send_json("StockReserved", {"order_id": order_id}, stream=stream)
+            # `handled` echoes what the handler received (provenance; the tests check it).
+            handled = {
+                "id": event.id, "type": event.type, "source": event.source, "time": event.time,
+                "schemaversion": event.schema_version, "subject": event.subject,
+                "correlationid": event.correlation_id, "partitionkey": event.partition_key,
+                "attempt": event.attempt, "stream": event.stream, "data": event.text(),
+            }
+            reserved = {"order_id": order_id, "sku": sku, "quantity": quantity, "handled": handled}
+            new_id = publish.send_json("StockReserved", reserved, stream=stream)
             log.debug(f"published StockReserved {new_id} to {stream}")

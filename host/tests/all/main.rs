@@ -5,5 +5,6 @@ mod support;
 
 mod delivery;
 mod e2e;
+mod polyglot;
 mod recovery;
 mod sandbox;
