@@ -368,7 +368,10 @@ impl SubscriberConfig {
         if effective.retry.max_attempts == 0 {
             return Err(ConfigError::Invalid("retry.max_attempts must be at least 1".into()));
         }
-        if !(effective.retry.multiplier >= 1.0) || !(0.0..=1.0).contains(&effective.retry.jitter) {
+        if effective.retry.multiplier.is_nan()
+            || effective.retry.multiplier < 1.0
+            || !(0.0..=1.0).contains(&effective.retry.jitter)
+        {
             return Err(ConfigError::Invalid("retry.multiplier must be >= 1 and retry.jitter in 0..=1".into()));
         }
         if effective.limits.deadline.is_zero() {

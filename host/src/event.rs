@@ -307,15 +307,21 @@ mod tests {
         assert_eq!(Event::from_fields(&without_type), Err(InvalidEvent::Missing("type")));
 
         let mut bad_time = fields(&event);
-        bad_time.iter_mut().find(|(k, _)| k == b"time").map(|(_, v)| *v = b"yesterday".to_vec());
+        if let Some((_, v)) = bad_time.iter_mut().find(|(k, _)| k == b"time") {
+            *v = b"yesterday".to_vec();
+        }
         assert!(matches!(Event::from_fields(&bad_time), Err(InvalidEvent::Malformed { name: "time", .. })));
 
         let mut bad_version = fields(&event);
-        bad_version.iter_mut().find(|(k, _)| k == b"schemaversion").map(|(_, v)| *v = b"-1".to_vec());
+        if let Some((_, v)) = bad_version.iter_mut().find(|(k, _)| k == b"schemaversion") {
+            *v = b"-1".to_vec();
+        }
         assert!(matches!(Event::from_fields(&bad_version), Err(InvalidEvent::Malformed { name: "schemaversion", .. })));
 
         let mut local_time = fields(&event);
-        local_time.iter_mut().find(|(k, _)| k == b"time").map(|(_, v)| *v = b"2026-01-01T10:00:00+02:00".to_vec());
+        if let Some((_, v)) = local_time.iter_mut().find(|(k, _)| k == b"time") {
+            *v = b"2026-01-01T10:00:00+02:00".to_vec();
+        }
         assert!(matches!(Event::from_fields(&local_time), Err(InvalidEvent::Malformed { name: "time", .. })));
 
         assert_eq!(Event::from_fields(&[]), Err(InvalidEvent::Empty));

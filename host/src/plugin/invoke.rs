@@ -205,10 +205,11 @@ impl Runner {
             };
             let (outcome, healthy) = self.call(&mut current, job);
             out.push(outcome);
-            if healthy && self.grants.limits.instance_mode == InstanceMode::Reuse {
-                if current.uses < self.grants.limits.recycle_after {
-                    live = Some(current);
-                }
+            if healthy
+                && self.grants.limits.instance_mode == InstanceMode::Reuse
+                && current.uses < self.grants.limits.recycle_after
+            {
+                live = Some(current);
             }
         }
         if let Some(l) = live {

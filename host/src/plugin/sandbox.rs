@@ -228,7 +228,7 @@ impl publish::Host for HostState {
     fn send(&mut self, out: types::OutgoingEvent) -> Result<String, String> {
         let limits = &self.grants.limits;
         let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
-        if !self.grants.publish_streams.iter().any(|s| *s == stream) {
+        if !self.grants.publish_streams.contains(&stream) {
             return Err(format!("publishing to stream `{stream}` is not allowed for this plugin"));
         }
         keys::check_name("stream", &stream)?;
