@@ -208,3 +208,32 @@ async fn publish_command_prints_the_id_of_a_valid_event() {
     assert_eq!(event.correlationid.as_deref(), Some("c-9"));
     assert_eq!(event.source, "ferry-cli");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_writes_the_event_only_with_the_callers_own_writes() {
+    let env = Env::new();
+    let mut conn = env.conn().await;
+    let mut other = env.conn().await;
+    let event = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1"}"#);
+
+    // Committed together.
+    let mut tx = redis::pipe();
+    tx.atomic().hset("order:o-1", "status", "created").ignore();
+    ferry::outbox::add(&mut tx, "events", &event);
+    let (entry_id,): (String,) = tx.query_async(&mut conn).await.expect("transaction");
+    assert!(entry_id.contains('-'));
+
+    // Aborted together: a concurrent change to a watched key makes EXEC fail, and no event
+    // is left behind without its write.
+    let _: () = redis::cmd("WATCH").arg("order:o-2").query_async(&mut conn).await.expect("watch");
+    let _: () = redis::cmd("SET").arg("order:o-2").arg("changed elsewhere").query_async(&mut other).await.expect("set");
+    let mut tx = redis::pipe();
+    tx.atomic().hset("order:o-2:data", "status", "created").ignore();
+    ferry::outbox::add(&mut tx, "events", &Event::new("OrderCreated", "orders", r#"{"order_id":"o-2"}"#));
+    let aborted: Option<(String,)> = tx.query_async(&mut conn).await.expect("exec");
+    assert!(aborted.is_none(), "EXEC aborted");
+    let len: u64 = redis::cmd("XLEN").arg("events").query_async(&mut conn).await.expect("xlen");
+    assert_eq!(len, 1, "only the committed event exists");
+    let exists: bool = redis::cmd("EXISTS").arg("order:o-2:data").query_async(&mut conn).await.expect("exists");
+    assert!(!exists);
+}
