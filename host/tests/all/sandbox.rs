@@ -177,3 +177,25 @@ async fn a_neighbours_throughput_with_and_without_a_hostile_plugin() {
         2000.0 / beside.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_event_instances_carry_no_state_and_reused_ones_are_recycled() {
+    async fn calls(mode: &str) -> Vec<u64> {
+        let env = Env::new();
+        let toml = format!("{RECORDER_TOML}\n[limits]\ninstance_mode = \"{mode}\"\nrecycle_after = 3\n");
+        env.add_plugin("rec", fixtures::RECORDER, &toml);
+        let host = InProcessHost::start(env.config());
+        let mut conn = env.conn().await;
+        for i in 0..30 {
+            publish(&mut conn, "events", "Count", &format!(r#"{{"i":{i}}}"#)).await;
+        }
+        let recs = env.records_at_least(30, Duration::from_secs(30)).await;
+        host.stop().await;
+        recs.iter().map(|r| r["calls"].as_u64().expect("calls")).collect()
+    }
+    let fresh = calls("per-event").await;
+    assert!(fresh.iter().all(|c| *c == 1), "a fresh instance per event: {fresh:?}");
+    let reused = calls("reuse").await;
+    assert!(reused.iter().all(|c| (1..=3).contains(c)), "recycled after 3 events: {reused:?}");
+    assert!(reused.iter().any(|c| *c > 1), "instances are reused: {reused:?}");
+}

@@ -13,6 +13,9 @@ use serde_json::{Value, json};
 
 struct Recorder;
 
+/// Calls this instance has handled: shows whether instances are reused.
+static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn record(event: &Event, note: String) -> Result {
     let Some(stream) = config::get("record_to") else { return Ok(()) };
     let record = json!({
@@ -34,6 +37,7 @@ fn record(event: &Event, note: String) -> Result {
         "stream": event.stream(),
         "entry_id": event.entry_id(),
         "note": note,
+        "calls": CALLS.load(std::sync::atomic::Ordering::Relaxed),
     });
     publish::send(Outgoing::json("Recorded", &record)?.to_stream(&stream))?;
     Ok(())
@@ -50,6 +54,7 @@ impl Handler for Recorder {
     }
 
     fn handle(event: Event) -> Result {
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let data: Value = serde_json::from_slice(event.data()).unwrap_or(Value::Null);
         // An operator "fixes" the plugin by granting `ignore_acts`: every event then succeeds.
         let act = match config::get("ignore_acts") {
