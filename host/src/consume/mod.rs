@@ -453,23 +453,10 @@ async fn remove_dead_consumers(
             redis::cmd("XINFO").arg("CONSUMERS").arg(key).arg(group).query_async(&mut shared).await?;
         let redis::Value::Array(consumers) = consumers else { continue };
         for c in consumers {
-            let flat = match c {
-                redis::Value::Array(items) => items,
-                redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                _ => continue,
-            };
-            let mut name = None;
-            let (mut pending, mut idle_ms) = (0i64, 0i64);
-            for pair in flat.chunks(2) {
-                if let [redis::Value::BulkString(k), v] = pair {
-                    match (k.as_slice(), v) {
-                        (b"name", redis::Value::BulkString(n)) => name = String::from_utf8(n.clone()).ok(),
-                        (b"pending", redis::Value::Int(n)) => pending = *n,
-                        (b"idle", redis::Value::Int(n)) => idle_ms = *n,
-                        _ => {}
-                    }
-                }
-            }
+            let c = read::pairs(c);
+            let name = read::pair_str(&c, "name");
+            let pending = read::pair_int(&c, "pending").unwrap_or(0);
+            let idle_ms = read::pair_int(&c, "idle").unwrap_or(0);
             if let Some(name) = name
                 && name != ctx.consumer
                 && pending == 0
@@ -559,19 +546,9 @@ impl Batch {
             let disposition = match Event::from_fields(&entry.fields) {
                 Err(invalid) => {
                     tracing::warn!(subscriber = %name, %stream, entry_id = %entry.id, "invalid event set aside: {invalid}");
-                    tally.dead_lettered += 1;
-                    *tally.failures.entry(FailureKind::InvalidEvent).or_default() += 1;
-                    Disposition::DeadLetter {
-                        fields: dead_letter_fields(
-                            entry,
-                            &active,
-                            stream,
-                            FailureKind::InvalidEvent,
-                            &invalid.to_string(),
-                            attempt,
-                            now,
-                        ),
-                    }
+                    let failure =
+                        Failure { kind: FailureKind::InvalidEvent, reason: &invalid.to_string(), attempts: attempt };
+                    self.dead_letter(&active, entry, failure, now, &mut tally)
                 }
                 Ok(event) if !is_retry && !active.wants(stream, &event) => {
                     tally.skipped += 1;
@@ -581,19 +558,8 @@ impl Batch {
                     let reason = format!(
                         "the host stopped while handling this event ({deliveries} deliveries); attempts exhausted"
                     );
-                    tally.dead_lettered += 1;
-                    *tally.failures.entry(FailureKind::Crash).or_default() += 1;
-                    Disposition::DeadLetter {
-                        fields: dead_letter_fields(
-                            entry,
-                            &active,
-                            stream,
-                            FailureKind::Crash,
-                            &reason,
-                            attempt - 1,
-                            now,
-                        ),
-                    }
+                    let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt - 1 };
+                    self.dead_letter(&active, entry, failure, now, &mut tally)
                 }
                 Ok(event) => {
                     jobs.push((index, Job { event, stream: stream.clone(), entry_id: entry.id.clone(), attempt }));
@@ -711,7 +677,6 @@ impl Batch {
                 Disposition::Ack { dedupe, follow_ups }
             }
             Outcome::Failed { kind, reason, delay_hint } => {
-                *tally.failures.entry(kind).or_default() += 1;
                 let name = &self.subscriber.name;
                 if kind.retryable() && job.attempt < settings.retry.max_attempts {
                     let wait = retry::delay(&settings.retry, job.attempt, delay_hint);
@@ -720,6 +685,7 @@ impl Batch {
                         "handler failed, retry in {}: {reason}", humantime::format_duration(wait)
                     );
                     tally.retried += 1;
+                    *tally.failures.entry(kind).or_default() += 1;
                     Disposition::Retry {
                         due_ms: now + wait.as_millis() as u64,
                         fields: retry_fields(entry, &self.keys.stream, kind, &reason, job.attempt + 1, now),
@@ -729,10 +695,8 @@ impl Batch {
                         subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
                         "event dead-lettered: {reason}"
                     );
-                    tally.dead_lettered += 1;
-                    Disposition::DeadLetter {
-                        fields: dead_letter_fields(entry, active, &self.keys.stream, kind, &reason, job.attempt, now),
-                    }
+                    let failure = Failure { kind, reason: &reason, attempts: job.attempt };
+                    self.dead_letter(active, entry, failure, now, tally)
                 }
             }
             Outcome::HostError(e) => {
@@ -740,6 +704,20 @@ impl Batch {
                 Disposition::Leave
             }
         }
+    }
+
+    /// Count and build the dead-lettering of `entry`.
+    fn dead_letter(
+        &self,
+        active: &Active,
+        entry: &Entry,
+        failure: Failure<'_>,
+        now: u64,
+        tally: &mut Tally,
+    ) -> Disposition {
+        tally.dead_lettered += 1;
+        *tally.failures.entry(failure.kind).or_default() += 1;
+        Disposition::DeadLetter { fields: dead_letter_fields(entry, active, &self.keys.stream, &failure, now) }
     }
 
     /// Settle, retrying through Redis outages. On stop the entries stay pending instead:
@@ -818,20 +796,25 @@ fn retry_fields(
     fields
 }
 
+/// Why an event is dead-lettered.
+struct Failure<'a> {
+    kind: FailureKind,
+    reason: &'a str,
+    attempts: u32,
+}
+
 fn dead_letter_fields(
     entry: &Entry,
     active: &Active,
     stream: &str,
-    kind: FailureKind,
-    reason: &str,
-    attempts: u32,
+    failure: &Failure<'_>,
     now: u64,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut fields = settle::original_fields(entry);
     let runner = &active.runner;
-    fields.push((meta::REASON.into(), reason.as_bytes().to_vec()));
-    fields.push((meta::KIND.into(), kind.as_str().into()));
-    fields.push((meta::ATTEMPTS.into(), attempts.to_string().into_bytes()));
+    fields.push((meta::REASON.into(), failure.reason.as_bytes().to_vec()));
+    fields.push((meta::KIND.into(), failure.kind.as_str().into()));
+    fields.push((meta::ATTEMPTS.into(), failure.attempts.to_string().into_bytes()));
     fields.push((meta::SUBSCRIBER.into(), runner.name().as_bytes().to_vec()));
     fields.push((meta::VERSION.into(), runner.version().as_bytes().to_vec()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));

@@ -108,7 +108,7 @@ pub async fn delivery_counts<C: ConnectionLike>(
         for row in rows {
             if let Value::Array(cols) = row
                 && cols.len() >= 4
-                && let (Some(id), Value::Int(count)) = (as_string(&cols[0]), &cols[3])
+                && let (Some(id), Value::Int(count)) = (text(&cols[0]), &cols[3])
             {
                 out.insert(id, u32::try_from(*count).unwrap_or(u32::MAX));
             }
@@ -128,7 +128,39 @@ pub fn parse_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-fn as_string(value: &Value) -> Option<String> {
+/// The field/value pairs of a reply like `XINFO GROUPS`'s items (RESP2 flat array or RESP3
+/// map), with text keys.
+pub fn pairs(value: Value) -> Vec<(String, Value)> {
+    let flat = match value {
+        Value::Array(items) => items,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Some(k) = text(&k) {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// The value of `name` in `pairs` as text or integer.
+pub fn pair_str(pairs: &[(String, Value)], name: &str) -> Option<String> {
+    pairs.iter().find(|(k, _)| k == name).and_then(|(_, v)| text(v))
+}
+
+/// The value of `name` in `pairs` as an integer.
+pub fn pair_int(pairs: &[(String, Value)], name: &str) -> Option<i64> {
+    match pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v)? {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// A bulk or simple string reply as text.
+pub fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -163,7 +195,7 @@ pub fn parse_read_reply(value: Value) -> Vec<Entry> {
     };
     let mut out = Vec::new();
     for (key, entries) in streams {
-        let Some(key) = as_string(&key) else { continue };
+        let Some(key) = text(&key) else { continue };
         out.extend(parse_entries(&key, entries));
     }
     out
@@ -176,7 +208,7 @@ pub fn parse_entries(key: &str, value: Value) -> Vec<Entry> {
     for entry in entries {
         let Value::Array(parts) = entry else { continue };
         let mut parts = parts.into_iter();
-        let Some(id) = parts.next().as_ref().and_then(as_string) else { continue };
+        let Some(id) = parts.next().as_ref().and_then(text) else { continue };
         let fields = match parts.next() {
             Some(Value::Array(flat)) => {
                 let mut fields = Vec::with_capacity(flat.len() / 2);

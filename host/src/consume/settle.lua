@@ -8,17 +8,6 @@
 --   ack:   8 event id to record ('' for none), 9.. one netstring field list per follow-up
 --   retry: 8 due ms, 9 netstring fields of the retry entry
 --   dlq:   8 netstring fields of the dead-letter entry
-local function fields(s)
-  local out, i = {}, 1
-  while i <= #s do
-    local colon = string.find(s, ':', i, true)
-    local n = tonumber(string.sub(s, i, colon - 1))
-    out[#out + 1] = string.sub(s, colon + 1, colon + n)
-    i = colon + n + 2
-  end
-  return out
-end
-
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
   return 0
 end

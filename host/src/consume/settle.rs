@@ -81,9 +81,12 @@ pub struct Settlement {
     pub release: Option<(String, String)>,
 }
 
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("promote.lua")));
-static ORDER: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("order.lua")));
+const SETTLE_LUA: &str = concat!(include_str!("netstrings.lua"), include_str!("settle.lua"));
+const PROMOTE_LUA: &str = concat!(include_str!("netstrings.lua"), include_str!("promote.lua"));
+const ORDER_LUA: &str = include_str!("order.lua");
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE_LUA));
+static ORDER: LazyLock<Script> = LazyLock::new(|| Script::new(ORDER_LUA));
 
 /// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
 /// unlike JSON in Redis's Lua.
@@ -221,7 +224,7 @@ fn evalsha(script: &Script, keys: &[&str], args: &[Vec<u8>]) -> redis::Cmd {
 
 /// Load the scripts into the server's script cache (after a restart or `SCRIPT FLUSH`).
 pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
-    for body in [include_str!("settle.lua"), include_str!("promote.lua"), include_str!("order.lua")] {
+    for body in [SETTLE_LUA, PROMOTE_LUA, ORDER_LUA] {
         redis::cmd("SCRIPT").arg("LOAD").arg(body).query_async::<String>(conn).await?;
     }
     Ok(())

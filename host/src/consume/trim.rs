@@ -9,16 +9,8 @@
 
 use redis::aio::ConnectionLike;
 
-use super::read::{cmp_ids, parse_id};
+use super::read::{self, cmp_ids, parse_id};
 use crate::config::RetentionConfig;
-
-fn value_str(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
 
 /// The lowest id any group still needs on `stream`, or `None` when the stream has no group.
 pub async fn safe_floor<C: ConnectionLike>(conn: &mut C, stream: &str) -> redis::RedisResult<Option<String>> {
@@ -26,28 +18,15 @@ pub async fn safe_floor<C: ConnectionLike>(conn: &mut C, stream: &str) -> redis:
     let redis::Value::Array(groups) = groups else { return Ok(None) };
     let mut floor: Option<String> = None;
     for group in groups {
-        let flat = match group {
-            redis::Value::Array(items) => items,
-            redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-            _ => continue,
-        };
-        let mut name = None;
-        let mut last = None;
-        let mut pending = 0i64;
-        for pair in flat.chunks(2) {
-            let [k, v] = pair else { continue };
-            match value_str(k).as_deref() {
-                Some("name") => name = value_str(v),
-                Some("last-delivered-id") => last = value_str(v),
-                Some("pending") => pending = if let redis::Value::Int(n) = v { *n } else { 0 },
-                _ => {}
-            }
-        }
+        let group = read::pairs(group);
+        let name = read::pair_str(&group, "name");
+        let last = read::pair_str(&group, "last-delivered-id");
+        let pending = read::pair_int(&group, "pending").unwrap_or(0);
         let (Some(name), Some(last)) = (name, last) else { continue };
         let needed = if pending > 0 {
             let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(&name).query_async(conn).await?;
             match summary {
-                redis::Value::Array(items) => items.get(1).and_then(value_str).unwrap_or(last),
+                redis::Value::Array(items) => items.get(1).and_then(read::text).unwrap_or(last),
                 _ => last,
             }
         } else {

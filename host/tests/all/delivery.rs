@@ -215,14 +215,7 @@ async fn a_host_killed_mid_event_is_charged_an_attempt_and_dead_letters_a_host_k
     let killer = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":20000}"#).await;
     for round in 0..2 {
         let mut host = HostProcess::start(&config, dir.path(), "host");
-        env.wait_for("the event to be in flight", Duration::from_secs(20), || {
-            let mut conn = conn.clone();
-            async move {
-                let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
-                (groups.first()?.pending == 1).then_some(())
-            }
-        })
-        .await;
+        env.pending("events", 1, Duration::from_secs(20)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         host.kill();
         assert!(records(&mut conn, "records").await.is_empty(), "round {round}");
@@ -245,14 +238,7 @@ async fn sigterm_lets_in_flight_events_finish_and_exits_zero() {
     let mut host = HostProcess::start(&env.config(), dir.path(), "host");
     let mut conn = env.conn().await;
     let slow = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":1500}"#).await;
-    env.wait_for("the event to be in flight", Duration::from_secs(20), || {
-        let mut conn = conn.clone();
-        async move {
-            let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
-            (groups.first()?.pending == 1).then_some(())
-        }
-    })
-    .await;
+    env.pending("events", 1, Duration::from_secs(20)).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = host.terminate();
         (status, host.log())

@@ -25,14 +25,7 @@ async fn a_live_host_takes_over_a_dead_hosts_entries_and_removes_the_dead_consum
     let mut doomed = HostProcess::start(&config, dir.path(), "doomed");
     let mut conn = env.conn().await;
     let slow = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":1500}"#).await;
-    env.wait_for("the doomed host to take the event", Duration::from_secs(20), || {
-        let mut conn = conn.clone();
-        async move {
-            let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
-            (groups.first()?.pending == 1).then_some(())
-        }
-    })
-    .await;
+    env.pending("events", 1, Duration::from_secs(20)).await;
     doomed.kill();
 
     config.consumer = Some("survivor".into());

@@ -119,6 +119,20 @@ impl Env {
         .await
     }
 
+    /// Wait until the groups on `stream` have `n` entries pending in all (events in flight).
+    pub async fn pending(&self, stream: &str, n: u64, timeout: Duration) {
+        let conn = self.conn().await;
+        self.wait_for(&format!("{n} pending on {stream}"), timeout, || {
+            let mut conn = conn.clone();
+            let stream = stream.to_string();
+            async move {
+                let groups = ferry::status::collect(&mut conn, &[stream]).await.ok()?;
+                (groups.iter().map(|g| g.pending).sum::<u64>() == n).then_some(())
+            }
+        })
+        .await
+    }
+
     /// Wait until every group on `stream` has no lag, nothing pending and no waiting retry.
     pub async fn settled(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
         let conn = self.conn().await;
