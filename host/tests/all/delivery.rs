@@ -328,3 +328,57 @@ async fn ordered_subscribers_handle_each_key_in_stream_order_even_across_retries
     assert!(holds.is_empty(), "every key released: {holds:?}");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_and_show_print_a_table_and_json() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    let bad = publish(&mut conn, "events", "Bad", r#"{"act":"reject"}"#).await;
+    env.settled("events", Duration::from_secs(20)).await;
+    host.stop().await;
+    let url = env.redis.url();
+    let id = bad.id.clone();
+    let (table, json, show) = tokio::task::spawn_blocking(move || {
+        (
+            ferry(&["dlq", "list", "--redis", &url]),
+            ferry(&["dlq", "list", "--subscriber", "rec", "--json", "--redis", &url]),
+            ferry(&["dlq", "show", &id, "--redis", &url]),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(table.0.success(), "{}", table.2);
+    let header = table.1.lines().next().unwrap_or_default();
+    assert!(header.starts_with("SUBSCRIBER") && header.contains("REASON"), "{}", table.1);
+    assert!(table.1.contains("rejected on purpose") && table.1.contains("1 dead letter(s)"), "{}", table.1);
+    let listed: serde_json::Value = serde_json::from_str(&json.1).expect("json");
+    assert_eq!(listed[0]["event_id"], bad.id.as_str());
+    assert_eq!(listed[0]["kind"], "handler-reject");
+    let shown: serde_json::Value = serde_json::from_str(&show.1).expect("json");
+    assert_eq!(shown["reason"], "rejected on purpose");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_once_each_way_and_the_host_keeps_running() {
+    let env = Env::with_redis(ferry::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    env.add_plugin("rec2", fixtures::RECORDER, RECORDER_TOML);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = HostProcess::start(&env.config(), dir.path(), "host");
+    let mut conn = env.conn().await;
+    publish(&mut conn, "events", "Before", "{}").await;
+    env.records_at_least(2, Duration::from_secs(20)).await;
+    let mut redis = env.redis;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart().expect("redis restarts");
+    let env = Env { redis, plugins: env.plugins, cache: env.cache };
+    let mut conn = env.conn().await;
+    publish(&mut conn, "events", "After", "{}").await;
+    env.records_at_least(4, Duration::from_secs(30)).await;
+    let log = host.log();
+    assert_eq!(log.matches("redis unavailable").count(), 1, "one line going down:\n{log}");
+    assert_eq!(log.matches("redis reachable again").count(), 1, "one line coming back:\n{log}");
+}
