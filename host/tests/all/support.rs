@@ -140,11 +140,27 @@ impl Env {
             let mut conn = conn.clone();
             let stream = stream.to_string();
             async move {
-                let groups = ferry::status::collect(&mut conn, &[stream]).await.ok()?;
-                let done = !groups.is_empty()
+                let groups = ferry::status::collect(&mut conn, std::slice::from_ref(&stream)).await.ok()?;
+                let mut done = !groups.is_empty()
                     && groups.iter().all(|g| {
                         g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0
                     });
+                // A promoted retry sits in the retry stream, not yet read: not pending, but lag.
+                for g in &groups {
+                    let retry = ferry::keys::SubscriberKeys::new(&stream, &g.group).retry;
+                    // Compare ids rather than `lag`, which Redis reports as null after trimming.
+                    let info: redis::Value =
+                        redis::cmd("XINFO").arg("STREAM").arg(&retry).query_async(&mut conn).await.ok()?;
+                    let last = ferry::consume::read::pair_str(&ferry::consume::read::pairs(info), "last-generated-id");
+                    let value: redis::Value =
+                        redis::cmd("XINFO").arg("GROUPS").arg(&retry).query_async(&mut conn).await.ok()?;
+                    if let redis::Value::Array(items) = value {
+                        for item in items {
+                            let pairs = ferry::consume::read::pairs(item);
+                            done &= ferry::consume::read::pair_str(&pairs, "last-delivered-id") == last;
+                        }
+                    }
+                }
                 done.then_some(groups)
             }
         })
