@@ -19,8 +19,9 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
     if listen.is_empty() {
         return Ok(None);
     }
-    let listener =
-        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding the admin endpoint to {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("binding the admin endpoint to {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!("admin endpoint on http://{addr} (/metrics, /healthz, /readyz, /api/plugins, /)");
     let app = router(host);
@@ -52,12 +53,10 @@ async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
 async fn readyz(State(host): State<Arc<Host>>) -> impl IntoResponse {
     // Probe Redis now rather than trusting the last operation's result.
     let mut conn = host.context().shared.clone();
-    let redis_ok = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        redis::cmd("PING").query_async::<String>(&mut conn),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let redis_ok =
+        tokio::time::timeout(std::time::Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .is_ok_and(|r| r.is_ok());
     let plugins_ok = host.ready_plugins().await;
     if redis_ok && plugins_ok {
         (StatusCode::OK, "ready\n".to_string())

@@ -110,8 +110,16 @@ impl Metrics {
         registry.register("events_handled", "Events handled successfully", handled.clone());
         registry.register("events_retried", "Events scheduled for another attempt", retried.clone());
         registry.register("events_dead_lettered", "Events moved to the dead-letter stream", dead_lettered.clone());
-        registry.register("events_skipped", "Events acked without calling the plugin (not subscribed)", skipped.clone());
-        registry.register("events_deduplicated", "Events acked because their id was already handled", deduplicated.clone());
+        registry.register(
+            "events_skipped",
+            "Events acked without calling the plugin (not subscribed)",
+            skipped.clone(),
+        );
+        registry.register(
+            "events_deduplicated",
+            "Events acked because their id was already handled",
+            deduplicated.clone(),
+        );
         registry.register("failures", "Handler failures by kind", failures.clone());
         registry.register("events_in_flight", "Events being handled now", in_flight.clone());
         registry.register("handler_duration_seconds", "Time spent in the handler per event", duration.clone());

@@ -64,9 +64,7 @@ pub fn watch(host: Arc<Host>) -> anyhow::Result<Watcher> {
         }
     })
     .context("starting the plugin directory watcher")?;
-    debouncer
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .with_context(|| format!("watching {}", dir.display()))?;
+    debouncer.watch(&dir, RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
     tracing::info!(dir = %dir.display(), "watching for plugin changes");
     let task = tokio::spawn(async move {
         while let Some(mut paths) = rx.recv().await {

@@ -97,8 +97,14 @@ pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redi
     let mut streams: Vec<String> = extra.to_vec();
     let mut cursor = 0u64;
     loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg("ferry:retry:{*}:*").arg("COUNT").arg(1000).query_async(conn).await?;
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("ferry:retry:{*}:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
         for key in batch {
             if let Some(rest) = key.strip_prefix("ferry:retry:{")
                 && let Some((stream, _)) = rest.split_once("}:")
@@ -212,15 +218,20 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// The status as a text table.
 pub fn render(groups: &[GroupStatus]) -> String {
     let mut rows = vec![
-        ["STREAM", "SUBSCRIBER", "LAG", "PENDING", "OLDEST", "RETRIES", "DEAD", "CONSUMERS"]
-            .map(String::from)
-            .to_vec(),
+        ["STREAM", "SUBSCRIBER", "LAG", "PENDING", "OLDEST", "RETRIES", "DEAD", "CONSUMERS"].map(String::from).to_vec(),
     ];
     for g in groups {
         let consumers: Vec<String> = g
             .consumers
             .iter()
-            .map(|c| format!("{} ({} pending, seen {} ago)", c.name, c.pending, humantime::format_duration(std::time::Duration::from_millis(c.idle_ms / 1000 * 1000))))
+            .map(|c| {
+                format!(
+                    "{} ({} pending, seen {} ago)",
+                    c.name,
+                    c.pending,
+                    humantime::format_duration(std::time::Duration::from_millis(c.idle_ms / 1000 * 1000))
+                )
+            })
             .collect();
         rows.push(vec![
             g.stream.clone(),
