@@ -12,6 +12,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
 use crate::host::Host;
+use crate::metrics::{self, StreamLabels};
 
 /// Start the endpoint if configured; returns its task.
 pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -23,12 +24,14 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
         .await
         .with_context(|| format!("binding the admin endpoint to {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{addr} (/metrics, /healthz, /readyz, /api/plugins, /)");
-    let app = router(host);
+    tracing::info!("admin endpoint on http://{addr} (/metrics, /healthz, /readyz, /api/plugins, /api/status, /)");
+    let app = router(host.clone());
     Ok(Some(tokio::spawn(async move {
+        let poller = tokio::spawn(poll_gauges(host));
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("admin endpoint failed: {e}");
         }
+        poller.abort();
     })))
 }
 
@@ -39,6 +42,7 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/plugins", get(plugins))
+        .route("/api/status", get(status))
         .route("/", get(|| async { Html(include_str!("status.html")) }))
         .with_state(host)
 }
@@ -72,4 +76,77 @@ async fn readyz(State(host): State<Arc<Host>>) -> impl IntoResponse {
 
 async fn plugins(State(host): State<Arc<Host>>) -> impl IntoResponse {
     axum::Json(host.plugins().await)
+}
+
+/// Every `POLL` the queue gauges (lag, pending, retries waiting, dead letters) are refreshed
+/// from Redis for the streams the running subscribers read.
+pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn poll_gauges(host: Arc<Host>) {
+    loop {
+        if let Ok(groups) = groups(&host).await {
+            let m = &host.context().metrics;
+            for g in groups {
+                let labels = StreamLabels { subscriber: g.group.clone(), stream: g.stream.clone() };
+                m.lag.get_or_create(&labels).set(g.lag.map_or(-1, |l| l as i64));
+                m.pending.get_or_create(&labels).set(g.pending as i64);
+                m.retries_waiting.get_or_create(&labels).set((g.retries_scheduled + g.retries_pending) as i64);
+                m.dead_letters.get_or_create(&labels).set(g.dead_letters as i64);
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The groups of the running subscribers, straight from Redis.
+async fn groups(host: &Host) -> redis::RedisResult<Vec<crate::status::GroupStatus>> {
+    let plugins = host.plugins().await;
+    let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+    let mut streams: Vec<String> =
+        plugins.iter().flat_map(|p| p.subscriptions.iter().map(|s| s.stream.clone())).collect();
+    streams.sort();
+    streams.dedup();
+    let mut conn = host.context().shared.clone();
+    let groups = crate::status::collect(&mut conn, &streams).await?;
+    Ok(groups.into_iter().filter(|g| names.contains(&g.group.as_str())).collect())
+}
+
+/// What the status page shows: plugins, per-subscriber counters and the groups in Redis.
+#[derive(serde::Serialize)]
+struct StatusView {
+    plugins: Vec<crate::host::PluginStatus>,
+    counters: Vec<Counters>,
+    groups: Vec<crate::status::GroupStatus>,
+    redis_up: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Counters {
+    subscriber: String,
+    handled: u64,
+    retried: u64,
+    dead_lettered: u64,
+    skipped: u64,
+    deduplicated: u64,
+}
+
+async fn status(State(host): State<Arc<Host>>) -> impl IntoResponse {
+    let plugins = host.plugins().await;
+    let m = &host.context().metrics;
+    let counters = plugins
+        .iter()
+        .map(|p| Counters {
+            subscriber: p.name.clone(),
+            handled: metrics::count(&m.handled, &p.name),
+            retried: metrics::count(&m.retried, &p.name),
+            dead_lettered: metrics::count(&m.dead_lettered, &p.name),
+            skipped: metrics::count(&m.skipped, &p.name),
+            deduplicated: metrics::count(&m.deduplicated, &p.name),
+        })
+        .collect();
+    let (groups, redis_up) = match groups(&host).await {
+        Ok(groups) => (groups, true),
+        Err(_) => (Vec::new(), false),
+    };
+    axum::Json(StatusView { plugins, counters, groups, redis_up })
 }

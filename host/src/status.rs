@@ -9,6 +9,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::consume::read;
 use crate::keys::SubscriberKeys;
 
 /// `ferry status`.
@@ -43,7 +44,7 @@ pub struct GroupStatus {
     pub oldest_pending_ms: Option<u64>,
     /// Retries waiting for their due time.
     pub retries_scheduled: u64,
-    /// Entries in the subscriber's retry stream not yet settled.
+    /// Entries in the subscriber's retry stream not yet settled (read or not).
     pub retries_pending: u64,
     /// Dead letters.
     pub dead_letters: u64,
@@ -62,34 +63,8 @@ pub struct ConsumerStatus {
     pub idle_ms: u64,
 }
 
-fn field<'a>(map: &'a [(String, redis::Value)], name: &str) -> Option<&'a redis::Value> {
-    map.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-}
-
-fn as_u64(v: Option<&redis::Value>) -> Option<u64> {
-    match v? {
-        redis::Value::Int(i) => u64::try_from(*i).ok(),
-        redis::Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        _ => None,
-    }
-}
-
-fn pairs(v: redis::Value) -> Vec<(String, redis::Value)> {
-    let flat = match v {
-        redis::Value::Array(items) => items,
-        redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    };
-    let mut out = Vec::new();
-    let mut it = flat.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        if let redis::Value::BulkString(k) = k {
-            out.push((String::from_utf8_lossy(&k).into_owned(), v));
-        } else if let redis::Value::SimpleString(k) = k {
-            out.push((k, v));
-        }
-    }
-    out
+fn as_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|n| u64::try_from(n).ok())
 }
 
 /// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
@@ -132,29 +107,33 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
         };
         let redis::Value::Array(groups) = groups else { continue };
         for g in groups {
-            let g = pairs(g);
-            let Some(redis::Value::BulkString(name)) = field(&g, "name") else { continue };
-            let group = String::from_utf8_lossy(name).into_owned();
+            let g = read::pairs(g);
+            let Some(group) = read::pair_str(&g, "name") else { continue };
             let keys = SubscriberKeys::new(stream, &group);
-            let pending = as_u64(field(&g, "pending")).unwrap_or(0);
-            let lag = as_u64(field(&g, "lag"));
+            let pending = as_u64(read::pair_int(&g, "pending")).unwrap_or(0);
+            // `lag` is null after deletions or trimming: count what follows the last delivery.
+            let lag = match as_u64(read::pair_int(&g, "lag")) {
+                Some(lag) => Some(lag),
+                None => match read::pair_str(&g, "last-delivered-id") {
+                    Some(last) => Some(undelivered(conn, stream, &last).await?),
+                    None => None,
+                },
+            };
             let oldest_pending_ms = oldest_pending(conn, stream, &group).await?;
             let retries_scheduled: u64 = redis::cmd("ZCARD").arg(&keys.schedule).query_async(conn).await?;
-            let retries_pending = group_pending(conn, &keys.retry, &group).await?;
+            let retries_pending = retry_backlog(conn, &keys.retry, &group).await?;
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
             let consumers = match consumers {
                 redis::Value::Array(items) => items
                     .into_iter()
-                    .map(pairs)
+                    .map(read::pairs)
                     .map(|c| ConsumerStatus {
-                        name: match field(&c, "name") {
-                            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                            _ => String::new(),
-                        },
-                        pending: as_u64(field(&c, "pending")).unwrap_or(0),
-                        idle_ms: as_u64(field(&c, "inactive")).or_else(|| as_u64(field(&c, "idle"))).unwrap_or(0),
+                        name: read::pair_str(&c, "name").unwrap_or_default(),
+                        pending: as_u64(read::pair_int(&c, "pending")).unwrap_or(0),
+                        idle_ms: as_u64(read::pair_int(&c, "inactive").or_else(|| read::pair_int(&c, "idle")))
+                            .unwrap_or(0),
                     })
                     .collect(),
                 _ => Vec::new(),
@@ -175,12 +154,35 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
     Ok(out)
 }
 
-async fn group_pending<C: ConnectionLike>(conn: &mut C, key: &str, group: &str) -> redis::RedisResult<u64> {
-    let v: redis::RedisResult<redis::Value> = redis::cmd("XPENDING").arg(key).arg(group).query_async(conn).await;
-    Ok(match v {
-        Ok(redis::Value::Array(items)) => as_u64(items.first()).unwrap_or(0),
+/// Entries of `key` after `last` (not yet delivered), counted up to 100,000.
+async fn undelivered<C: ConnectionLike>(conn: &mut C, key: &str, last: &str) -> redis::RedisResult<u64> {
+    let value: redis::Value = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(format!("({last}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(100_000)
+        .query_async(conn)
+        .await?;
+    Ok(match value {
+        redis::Value::Array(items) => items.len() as u64,
         _ => 0,
     })
+}
+
+/// Retries in the subscriber's retry stream: delivered but unsettled, plus promoted but not
+/// yet read.
+async fn retry_backlog<C: ConnectionLike>(conn: &mut C, key: &str, group: &str) -> redis::RedisResult<u64> {
+    let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(key).query_async(conn).await;
+    let Ok(redis::Value::Array(groups)) = groups else { return Ok(0) };
+    for g in groups.into_iter().map(read::pairs) {
+        if read::pair_str(&g, "name").as_deref() == Some(group) {
+            let pending = as_u64(read::pair_int(&g, "pending")).unwrap_or(0);
+            let last = read::pair_str(&g, "last-delivered-id").unwrap_or_else(|| "0-0".into());
+            return Ok(pending + undelivered(conn, key, &last).await?);
+        }
+    }
+    Ok(0)
 }
 
 async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &str) -> redis::RedisResult<Option<u64>> {
@@ -189,7 +191,10 @@ async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &s
     if let redis::Value::Array(rows) = v
         && let Some(redis::Value::Array(cols)) = rows.first()
     {
-        return Ok(as_u64(cols.get(2)));
+        return Ok(match cols.get(2) {
+            Some(redis::Value::Int(ms)) => u64::try_from(*ms).ok(),
+            _ => None,
+        });
     }
     Ok(None)
 }

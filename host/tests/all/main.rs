@@ -5,6 +5,7 @@ mod support;
 
 mod delivery;
 mod e2e;
+mod observability;
 mod polyglot;
 mod recovery;
 mod sandbox;
