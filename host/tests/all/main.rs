@@ -8,4 +8,5 @@ mod e2e;
 mod observability;
 mod polyglot;
 mod recovery;
+mod reload;
 mod sandbox;
