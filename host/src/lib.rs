@@ -16,7 +16,7 @@
 //! - [`host`]: the running host: loads plugins, starts subscribers, reloads, shuts down.
 //! - [`reload`]: watch the plugin directory and swap plugins in place.
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, status page).
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
 //! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests.
 //! - [`demo`]: the README's end-to-end demo; [`bench`]: the benchmark.
@@ -38,3 +38,4 @@ pub mod plugin;
 pub mod redis_server;
 pub mod reload;
 pub mod status;
+pub mod telemetry;

@@ -3,20 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ferry::cli::{Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
+use ferry::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The benchmark's handlers log per event; keep its output to the figures by default.
     let default = if matches!(cli.command, ferry::cli::Command::Bench(_)) { "warn" } else { "info" };
-    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    // Before the runtime: the span exporter (feature `otel`) runs its own thread and blocks.
+    let telemetry = match ferry::telemetry::init(cli.log_format, default) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot set up logging: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -24,11 +24,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferry::cli::execute(cli)) {
+    let code = match runtime.block_on(ferry::cli::execute(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flush spans once nothing runs any more, outside the runtime.
+    drop(runtime);
+    telemetry.shutdown();
+    code
 }
