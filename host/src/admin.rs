@@ -2,6 +2,7 @@
 //!
 //! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -83,16 +84,28 @@ async fn plugins(State(host): State<Arc<Host>>) -> impl IntoResponse {
 pub const POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn poll_gauges(host: Arc<Host>) {
+    // Labels set by the previous poll: a subscriber removed since (or a stream it no longer
+    // reads) loses its series instead of showing its last value for ever.
+    let mut previous: HashSet<StreamLabels> = HashSet::new();
     loop {
         if let Ok(groups) = groups(&host).await {
             let m = &host.context().metrics;
+            let mut seen = HashSet::new();
             for g in groups {
                 let labels = StreamLabels { subscriber: g.group.clone(), stream: g.stream.clone() };
                 m.lag.get_or_create(&labels).set(g.lag.map_or(-1, |l| l as i64));
                 m.pending.get_or_create(&labels).set(g.pending as i64);
                 m.retries_waiting.get_or_create(&labels).set((g.retries_scheduled + g.retries_pending) as i64);
                 m.dead_letters.get_or_create(&labels).set(g.dead_letters as i64);
+                seen.insert(labels);
             }
+            for gone in previous.difference(&seen) {
+                m.lag.remove(gone);
+                m.pending.remove(gone);
+                m.retries_waiting.remove(gone);
+                m.dead_letters.remove(gone);
+            }
+            previous = seen;
         }
         tokio::time::sleep(POLL).await;
     }

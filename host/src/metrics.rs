@@ -64,7 +64,7 @@ pub struct Metrics {
     pub in_flight: Family<SubscriberLabels, Gauge>,
     /// Handler duration in seconds.
     pub duration: Family<SubscriberLabels, Histogram>,
-    /// Consumer-group lag, polled from `XINFO GROUPS`.
+    /// Consumer-group lag, polled from `XINFO GROUPS` (-1 when Redis cannot tell).
     pub lag: Family<StreamLabels, Gauge>,
     /// Pending entries of the group, polled from `XINFO GROUPS`.
     pub pending: Family<StreamLabels, Gauge>,
@@ -123,7 +123,7 @@ impl Metrics {
         registry.register("failures", "Handler failures by kind", failures.clone());
         registry.register("events_in_flight", "Events being handled now", in_flight.clone());
         registry.register("handler_duration_seconds", "Time spent in the handler per event", duration.clone());
-        registry.register("group_lag", "Entries not yet delivered to the consumer group", lag.clone());
+        registry.register("group_lag", "Entries not yet delivered to the consumer group (-1: unknown)", lag.clone());
         registry.register("group_pending", "Entries delivered but not yet settled", pending.clone());
         registry.register("retries_waiting", "Retries waiting for their due time", retries_waiting.clone());
         registry.register("dead_letters", "Entries in the dead-letter stream", dead_letters.clone());

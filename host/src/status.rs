@@ -103,7 +103,10 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
     for stream in streams {
         let groups: redis::Value = match redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await {
             Ok(v) => v,
-            Err(_) => continue,
+            // Redis answered (no such key, not a stream): nothing to show for this stream. A
+            // connection failure is the caller's to see, not an empty status.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) => continue,
+            Err(e) => return Err(e),
         };
         let redis::Value::Array(groups) = groups else { continue };
         for g in groups {
@@ -120,8 +123,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 },
             };
             let oldest_pending_ms = oldest_pending(conn, stream, &group).await?;
-            let retries_scheduled: u64 = redis::cmd("ZCARD").arg(&keys.schedule).query_async(conn).await?;
-            let retries_pending = retry_backlog(conn, &keys.retry, &group).await?;
+            let (retries_scheduled, retries_pending) = retry_state(conn, &keys, &group).await?;
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
@@ -170,19 +172,39 @@ async fn undelivered<C: ConnectionLike>(conn: &mut C, key: &str, last: &str) -> 
     })
 }
 
-/// Retries in the subscriber's retry stream: delivered but unsettled, plus promoted but not
-/// yet read.
-async fn retry_backlog<C: ConnectionLike>(conn: &mut C, key: &str, group: &str) -> redis::RedisResult<u64> {
-    let groups: redis::RedisResult<redis::Value> = redis::cmd("XINFO").arg("GROUPS").arg(key).query_async(conn).await;
-    let Ok(redis::Value::Array(groups)) = groups else { return Ok(0) };
+/// Retries waiting in the schedule, and retries in the subscriber's retry stream (delivered
+/// but unsettled, or promoted but not yet read), read in one `MULTI` so an entry moving
+/// between the two is never missed.
+async fn retry_state<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+) -> redis::RedisResult<(u64, u64)> {
+    let (scheduled, groups, stream): (u64, redis::Value, redis::Value) = redis::pipe()
+        .atomic()
+        .cmd("ZCARD")
+        .arg(&keys.schedule)
+        .cmd("XINFO")
+        .arg("GROUPS")
+        .arg(&keys.retry)
+        .cmd("XINFO")
+        .arg("STREAM")
+        .arg(&keys.retry)
+        .query_async(conn)
+        .await
+        .or_else(|e| {
+            if e.to_string().contains("no such key") { Ok((0, redis::Value::Nil, redis::Value::Nil)) } else { Err(e) }
+        })?;
+    let added = read::pair_int(&read::pairs(stream), "entries-added").unwrap_or(0);
+    let redis::Value::Array(groups) = groups else { return Ok((scheduled, 0)) };
     for g in groups.into_iter().map(read::pairs) {
         if read::pair_str(&g, "name").as_deref() == Some(group) {
             let pending = as_u64(read::pair_int(&g, "pending")).unwrap_or(0);
-            let last = read::pair_str(&g, "last-delivered-id").unwrap_or_else(|| "0-0".into());
-            return Ok(pending + undelivered(conn, key, &last).await?);
+            let read_so_far = read::pair_int(&g, "entries-read").unwrap_or(added);
+            return Ok((scheduled, pending + u64::try_from(added - read_so_far).unwrap_or(0)));
         }
     }
-    Ok(0)
+    Ok((scheduled, 0))
 }
 
 async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &str) -> redis::RedisResult<Option<u64>> {
@@ -200,24 +222,48 @@ async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &s
 }
 
 /// Run `ferry status`.
+///
+/// Once, the command fails when Redis does; with `--watch` it reports the failure in place of
+/// the table and keeps refreshing, so an operator watching through an outage sees it end.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let (_, mut conn) = crate::host::connect(&args.redis).await?;
     loop {
-        let streams = discover(&mut conn, &args.streams).await.context("listing streams")?;
-        let groups = collect(&mut conn, &streams).await.context("reading group state")?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&groups)?);
-        } else {
-            if args.watch.is_some() {
-                print!("\x1b[2J\x1b[H");
+        let snapshot = snapshot(&mut conn, &args.streams).await;
+        match (&args.watch, snapshot) {
+            (None, Err(e)) => return Err(e),
+            (None, Ok(groups)) if args.json => println!("{}", serde_json::to_string_pretty(&groups)?),
+            (None, Ok(groups)) => print!("{}", render(&groups)),
+            // Watching with --json: one compact document per line, for a script to follow.
+            (Some(_), Ok(groups)) if args.json => println!("{}", serde_json::to_string(&groups)?),
+            (Some(_), Err(e)) if args.json => println!("{}", serde_json::json!({ "error": format!("{e:#}") })),
+            (Some(secs), result) => {
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+                print!("\x1b[2J\x1b[H{} · every {}s · {now}\n\n", without_password(&args.redis), secs.max(&1));
+                match result {
+                    Ok(groups) => print!("{}", render(&groups)),
+                    Err(e) => println!("redis unreachable: {e:#}"),
+                }
             }
-            print!("{}", render(&groups));
         }
+        std::io::Write::flush(&mut std::io::stdout())?;
         match args.watch {
             Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
             None => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// `url` without its user and password, for showing on screen.
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
+        _ => url.to_string(),
+    }
+}
+
+async fn snapshot<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
+    let streams = discover(conn, extra).await.context("listing streams")?;
+    collect(conn, &streams).await.context("reading group state")
 }
 
 /// The status as a text table.
@@ -268,4 +314,35 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         anyhow::bail!("{status}: {body}");
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_header_never_shows_a_password() {
+        assert_eq!(without_password("redis://:s3cret@db:6379/0"), "redis://db:6379/0");
+        assert_eq!(without_password("rediss://user:pw@db"), "rediss://db");
+        assert_eq!(without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn the_table_shows_unknown_lag_and_consumers_last_seen() {
+        let g = GroupStatus {
+            stream: "orders".into(),
+            group: "billing".into(),
+            lag: None,
+            pending: 2,
+            oldest_pending_ms: Some(1500),
+            retries_scheduled: 1,
+            retries_pending: 3,
+            dead_letters: 4,
+            consumers: vec![ConsumerStatus { name: "host-a".into(), pending: 2, idle_ms: 61_500 }],
+        };
+        let table = render(&[g]);
+        let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
+        assert_eq!(&row[..7], ["orders", "billing", "?", "2", "1500ms", "1+3", "4"]);
+        assert!(table.contains("host-a (2 pending, seen 1m 1s ago)"), "{table}");
+    }
 }
