@@ -66,8 +66,16 @@ async fn poison_event_that_traps_is_dead_lettered_after_max_attempts_and_replays
     let mut conn = env.conn().await;
     let poison = publish(&mut conn, "events", "Poison", r#"{"act":"panic"}"#).await;
     let fine = publish(&mut conn, "events", "Fine", "{}").await;
+    let letters = env
+        .wait_for("the poison event to be dead-lettered", Duration::from_secs(20), || {
+            let mut conn = conn.clone();
+            async move {
+                let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?;
+                (!letters.is_empty()).then_some(letters)
+            }
+        })
+        .await;
     env.settled("events", Duration::from_secs(20)).await;
-    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, poison.id);
     assert_eq!(letters[0].kind, "trap");

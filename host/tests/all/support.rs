@@ -133,8 +133,15 @@ impl Env {
         .await
     }
 
-    /// Wait until every group on `stream` has no lag, nothing pending and no waiting retry.
+    /// Wait until every group on `stream` has no lag, nothing pending and no waiting retry,
+    /// seen on two polls in a row (one poll reads several keys and can fall between moves).
     pub async fn settled(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
+        self.settled_once(stream, timeout).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.settled_once(stream, timeout).await
+    }
+
+    async fn settled_once(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
         let conn = self.conn().await;
         self.wait_for(&format!("every group on {stream} to settle"), timeout, || {
             let mut conn = conn.clone();
