@@ -21,6 +21,10 @@ export FERRY_JS_PLUGIN="$root/target/polyglot/welcome-js.wasm"
 
 echo "== cargo test"
 cargo test --workspace --quiet
+echo "== the otel feature (OTLP export, trace continuation)"
+cargo clippy -p ferry-host --all-targets --features otel --quiet -- -D warnings
+cargo test -p ferry-host --features otel --quiet --lib telemetry
+cargo test -p ferry-host --features otel --quiet --test all otlp
 
 echo "== benchmark, quick mode"
 cargo run --quiet -p ferry-host -- bench --quick \
