@@ -97,6 +97,9 @@ async fn poll_gauges(host: Arc<Host>) {
                 m.pending.get_or_create(&labels).set(g.pending as i64);
                 m.retries_waiting.get_or_create(&labels).set((g.retries_scheduled + g.retries_pending) as i64);
                 m.dead_letters.get_or_create(&labels).set(g.dead_letters as i64);
+                m.held_keys.get_or_create(&labels).set(g.held_keys as i64);
+                m.parked.get_or_create(&labels).set(g.parked as i64);
+                m.oldest_hold_seconds.get_or_create(&labels).set(g.oldest_hold_ms.map_or(0, |ms| (ms / 1000) as i64));
                 seen.insert(labels);
             }
             for gone in previous.difference(&seen) {
@@ -104,6 +107,9 @@ async fn poll_gauges(host: Arc<Host>) {
                 m.pending.remove(gone);
                 m.retries_waiting.remove(gone);
                 m.dead_letters.remove(gone);
+                m.held_keys.remove(gone);
+                m.parked.remove(gone);
+                m.oldest_hold_seconds.remove(gone);
             }
             previous = seen;
         }

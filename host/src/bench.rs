@@ -23,7 +23,7 @@ use crate::consume::{self, Active, Context, RedisHealth, Subscriber};
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
 use crate::plugin::cache::Cache;
-use crate::plugin::invoke::{Invoke, Job, Outcome, Runner};
+use crate::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
 use crate::plugin::sandbox::Grants;
 use crate::plugin::{Engine, Plugin, Subscription};
 use crate::redis_server::RedisServer;
@@ -87,8 +87,8 @@ struct Sizes {
 struct Native;
 
 impl Invoke for Native {
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        jobs.iter().map(|_| Outcome::Handled { follow_ups: Vec::new() }).collect()
+    fn handle(&self, _job: Job) -> Handling {
+        Box::pin(std::future::ready(Outcome::Handled { follow_ups: Vec::new() }))
     }
     fn name(&self) -> &str {
         "native"
@@ -101,22 +101,21 @@ impl Invoke for Native {
 /// Wraps a handler and records publish→handled latency from the payload's `sent_us`.
 struct Probe {
     inner: Arc<dyn Invoke>,
-    samples: Mutex<Vec<u64>>,
+    samples: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Invoke for Probe {
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        let out = self.inner.handle_all(jobs);
-        let now = now_us();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        for job in jobs {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&job.event.data)
-                && let Some(sent) = v["sent_us"].as_u64()
-            {
-                samples.push(now.saturating_sub(sent));
+    fn handle(&self, job: Job) -> Handling {
+        let sent = serde_json::from_slice::<serde_json::Value>(&job.event.data).ok().and_then(|v| v["sent_us"].as_u64());
+        let handling = self.inner.handle(job);
+        let samples = self.samples.clone();
+        Box::pin(async move {
+            let out = handling.await;
+            if let Some(sent) = sent {
+                samples.lock().unwrap_or_else(|p| p.into_inner()).push(now_us().saturating_sub(sent));
             }
-        }
-        out
+            out
+        })
     }
     fn name(&self) -> &str {
         self.inner.name()
@@ -371,7 +370,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 2. Latency at a steady 5,000 events/s.
     let probe =
-        Arc::new(Probe { inner: bench.runner(&noop, "latency", InstanceMode::Reuse), samples: Mutex::new(Vec::new()) });
+        Arc::new(Probe { inner: bench.runner(&noop, "latency", InstanceMode::Reuse), samples: Arc::default() });
     let (stop, rx) = watch::channel(false);
     let sub = Arc::new(Subscriber::new("latency".into(), active(probe.clone(), "bench-latency")?));
     let task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-latency".into(), rx));

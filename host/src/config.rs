@@ -248,6 +248,11 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     /// Random spread, a fraction of the delay (0.2 = ±20%). Default 0.2.
     pub jitter: f64,
+    /// Runs of one event that may end without a verdict (the host died or was stopped
+    /// while handling it) before the event is dead-lettered as `crash`. Kept apart from
+    /// `max_attempts`: a crash of the host is not the event's fault, but an event that
+    /// brings the host down every time must not do so forever. Default 10.
+    pub max_deliveries: u32,
 }
 
 impl Default for RetryConfig {
@@ -258,6 +263,7 @@ impl Default for RetryConfig {
             multiplier: 2.0,
             max_delay: Duration::from_secs(300),
             jitter: 0.2,
+            max_deliveries: 10,
         }
     }
 }
@@ -368,6 +374,9 @@ impl SubscriberConfig {
         if effective.retry.max_attempts == 0 {
             return Err(ConfigError::Invalid("retry.max_attempts must be at least 1".into()));
         }
+        if effective.retry.max_deliveries == 0 {
+            return Err(ConfigError::Invalid("retry.max_deliveries must be at least 1".into()));
+        }
         if effective.retry.multiplier.is_nan()
             || effective.retry.multiplier < 1.0
             || !(0.0..=1.0).contains(&effective.retry.jitter)
@@ -396,7 +405,20 @@ impl Config {
         if let Some(host) = self.subscribers.get(name) {
             merged = host.over(&merged);
         }
-        merged.resolve()
+        let effective = merged.resolve()?;
+        // An entry is taken over after `claim_idle` of silence and a host keeps its entries
+        // alive every `claim_idle / 4`; a value below the deadline would let one stalled
+        // keep-alive hand a running event to another host.
+        if let Some(idle) = self.read.claim_idle
+            && idle <= effective.limits.deadline
+        {
+            return Err(ConfigError::Invalid(format!(
+                "read.claim_idle ({}) must be longer than the subscriber's deadline ({})",
+                humantime::format_duration(idle),
+                humantime::format_duration(effective.limits.deadline)
+            )));
+        }
+        Ok(effective)
     }
 
     /// The compiled-artifact cache directory, if enabled.

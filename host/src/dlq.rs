@@ -11,7 +11,8 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 
 use crate::consume::read::{self, Entry};
-use crate::consume::settle::{meta, original_fields};
+use crate::consume::scripts;
+use crate::consume::settle::{meta, netstrings, original_fields};
 use crate::keys::{self, SubscriberKeys};
 
 /// One dead letter.
@@ -177,6 +178,7 @@ pub async fn replay<C: ConnectionLike>(
 ) -> redis::RedisResult<usize> {
     let mut done = 0;
     for (key, stream, _) in streams(conn, Some(subscriber)).await? {
+        let mut seen = 0;
         let keys = SubscriberKeys::new(&stream, subscriber);
         crate::consume::ensure_groups(conn, &keys, subscriber, crate::config::Start::New).await?;
         let chosen = select(conn, &key, selection).await?;
@@ -184,22 +186,25 @@ pub async fn replay<C: ConnectionLike>(
         for chunk in chosen.chunks(200) {
             let mut pipe = redis::pipe();
             for entry in chunk {
-                pipe.atomic();
-                let mut xadd = redis::cmd("XADD");
-                xadd.arg(&keys.retry).arg("*");
-                for (k, v) in original_fields(entry) {
-                    xadd.arg(k).arg(v);
-                }
-                xadd.arg(meta::ATTEMPT).arg(1);
+                let mut fields = original_fields(entry);
+                fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
+                fields.push((meta::REPLAY.into(), crate::consume::now_ms().to_string().into_bytes()));
                 if let Some(origin) = entry.field(meta::ORIGIN) {
-                    xadd.arg(meta::ORIGIN).arg(origin);
+                    fields.push((meta::ORIGIN.into(), origin.to_vec()));
                 }
-                pipe.add_command(xadd).ignore();
-                pipe.cmd("XDEL").arg(&key).arg(&entry.id).ignore();
+                let args = [entry.id.as_bytes().to_vec(), netstrings(&fields)];
+                pipe.add_command(scripts::evalsha(&scripts::REPLAY, &[&key, &keys.retry], &args));
             }
-            pipe.query_async::<()>(conn).await?;
-            done += chunk.len();
-            progress(done, total);
+            let moved: Vec<i64> = match pipe.query_async(conn).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    scripts::load(conn).await?;
+                    pipe.query_async(conn).await?
+                }
+                other => other?,
+            };
+            seen += chunk.len();
+            done += moved.iter().filter(|&&n| n == 1).count();
+            progress(seen, total);
         }
     }
     Ok(done)

@@ -32,8 +32,22 @@ pub struct SubscriberKeys {
     pub dlq: String,
     /// Sorted set of handled event ids (score: time handled in ms), for deduplication.
     pub seen: String,
-    /// Hash of partition keys currently held by an event (per-key order).
+    /// Sorted set of dead-lettered event ids (score: time in ms): a later copy of a
+    /// dead-lettered event is acked as a duplicate; an operator's replay is not.
+    pub dead: String,
+    /// Hash of events being handled: event id → `lease-expiry-ms:starts:owner`. Makes
+    /// check-and-record of dedupe atomic with handling, and counts runs that ended without a
+    /// verdict (the crash budget).
+    pub inflight: String,
+    /// Hash of partition keys currently held by an event (per-key order): key → owner.
     pub holds: String,
+    /// The reverse of `holds`: owner → partition key, so a hold is released by its owner
+    /// even when the owner's entry was deleted and its key is unknown.
+    pub holders: String,
+    /// Sorted set of held partition keys by the time their hold began (ms).
+    pub hold_since: String,
+    /// Counter of events parked behind held keys.
+    pub parked_count: String,
     /// Prefix of the lists of events parked behind a held partition key.
     pub parked_prefix: String,
 }
@@ -47,7 +61,12 @@ impl SubscriberKeys {
             schedule: format!("ferry:schedule:{{{stream}}}:{subscriber}"),
             dlq: format!("ferry:dlq:{{{stream}}}:{subscriber}"),
             seen: format!("ferry:seen:{{{stream}}}:{subscriber}"),
+            dead: format!("ferry:dead:{{{stream}}}:{subscriber}"),
+            inflight: format!("ferry:inflight:{{{stream}}}:{subscriber}"),
             holds: format!("ferry:holds:{{{stream}}}:{subscriber}"),
+            holders: format!("ferry:holders:{{{stream}}}:{subscriber}"),
+            hold_since: format!("ferry:holdsince:{{{stream}}}:{subscriber}"),
+            parked_count: format!("ferry:parkedn:{{{stream}}}:{subscriber}"),
             parked_prefix: format!("ferry:parked:{{{stream}}}:{subscriber}:"),
         }
     }
@@ -83,7 +102,7 @@ mod tests {
     #[test]
     fn keys_share_the_stream_hash_tag() {
         let keys = SubscriberKeys::new("orders", "inventory");
-        for key in [&keys.retry, &keys.schedule, &keys.dlq, &keys.seen, &keys.holds] {
+        for key in [&keys.retry, &keys.schedule, &keys.dlq, &keys.seen, &keys.dead, &keys.inflight, &keys.holds, &keys.holders] {
             assert!(key.contains("{orders}"), "{key}");
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));

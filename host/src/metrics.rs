@@ -72,6 +72,12 @@ pub struct Metrics {
     pub retries_waiting: Family<StreamLabels, Gauge>,
     /// Entries in the dead-letter stream.
     pub dead_letters: Family<StreamLabels, Gauge>,
+    /// Partition keys held by an event (per-key order).
+    pub held_keys: Family<StreamLabels, Gauge>,
+    /// Events parked behind a held partition key.
+    pub parked: Family<StreamLabels, Gauge>,
+    /// Age of the oldest hold in seconds (0: none): a stuck key shows here.
+    pub oldest_hold_seconds: Family<StreamLabels, Gauge>,
     /// Plugin versions loaded (first load and reloads).
     pub plugin_loads: Family<PluginLabels, Counter>,
     /// Plugin versions refused (invalid file).
@@ -104,6 +110,9 @@ impl Metrics {
         let pending = Family::default();
         let retries_waiting = Family::default();
         let dead_letters = Family::default();
+        let held_keys = Family::default();
+        let parked = Family::default();
+        let oldest_hold_seconds = Family::default();
         let plugin_loads = Family::default();
         let plugin_refused = Family::default();
         let redis_up = Gauge::default();
@@ -127,6 +136,13 @@ impl Metrics {
         registry.register("group_pending", "Entries delivered but not yet settled", pending.clone());
         registry.register("retries_waiting", "Retries waiting for their due time", retries_waiting.clone());
         registry.register("dead_letters", "Entries in the dead-letter stream", dead_letters.clone());
+        registry.register("held_keys", "Partition keys held by an event (per-key order)", held_keys.clone());
+        registry.register("parked", "Events parked behind a held partition key", parked.clone());
+        registry.register(
+            "oldest_hold_seconds",
+            "Age of the oldest partition-key hold (0: none)",
+            oldest_hold_seconds.clone(),
+        );
         registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
         registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
         registry.register("redis_up", "1 while Redis is reachable", redis_up.clone());
@@ -144,6 +160,9 @@ impl Metrics {
             pending,
             retries_waiting,
             dead_letters,
+            held_keys,
+            parked,
+            oldest_hold_seconds,
             plugin_loads,
             plugin_refused,
             redis_up,

@@ -48,6 +48,12 @@ pub struct GroupStatus {
     pub retries_pending: u64,
     /// Dead letters.
     pub dead_letters: u64,
+    /// Partition keys held by an event (per-key order).
+    pub held_keys: u64,
+    /// Events parked behind a held key.
+    pub parked: u64,
+    /// Age of the oldest hold, ms: a key held for long is a stuck key.
+    pub oldest_hold_ms: Option<u64>,
     /// Consumers (host instances) with their idle time, ms.
     pub consumers: Vec<ConsumerStatus>,
 }
@@ -125,6 +131,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
             let oldest_pending_ms = oldest_pending(conn, stream, &group).await?;
             let (retries_scheduled, retries_pending) = retry_state(conn, &keys, &group).await?;
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
+            let (held_keys, parked, oldest_hold) = hold_state(conn, &keys).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
             let consumers = match consumers {
@@ -149,11 +156,35 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 retries_scheduled,
                 retries_pending,
                 dead_letters,
+                held_keys,
+                parked,
+                oldest_hold_ms: oldest_hold.map(|since| crate::consume::now_ms().saturating_sub(since)),
                 consumers,
             });
         }
     }
     Ok(out)
+}
+
+/// Per-key order: held keys, parked events and when the oldest hold began (ms).
+async fn hold_state<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+) -> redis::RedisResult<(u64, u64, Option<u64>)> {
+    let (held, parked, oldest): (u64, Option<i64>, Vec<(String, f64)>) = redis::pipe()
+        .cmd("HLEN")
+        .arg(&keys.holds)
+        .cmd("GET")
+        .arg(&keys.parked_count)
+        .cmd("ZRANGE")
+        .arg(&keys.hold_since)
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    let parked = parked.and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    Ok((held, parked, oldest.first().map(|(_, since)| *since as u64)))
 }
 
 /// Entries of `key` after `last` (not yet delivered), counted up to 100,000.
@@ -338,6 +369,9 @@ mod tests {
             retries_scheduled: 1,
             retries_pending: 3,
             dead_letters: 4,
+            held_keys: 0,
+            parked: 0,
+            oldest_hold_ms: None,
             consumers: vec![ConsumerStatus { name: "host-a".into(), pending: 2, idle_ms: 61_500 }],
         };
         let table = render(&[g]);

@@ -79,8 +79,12 @@ pub async fn auto_claim<C: ConnectionLike>(
     let mut parts = parts.into_iter();
     let _cursor = parts.next();
     let mut out = parts.next().map(|v| parse_entries(key, v)).unwrap_or_default();
-    // Ids of entries deleted while pending: nothing to handle, already out of the PEL.
-    out.retain(|e| !e.fields.is_empty());
+    // Ids of entries deleted while pending (Redis 7 lists them apart and has already dropped
+    // them from the pending list): returned as entries without fields, so whatever they held
+    // (a partition key) is released.
+    if let Some(Value::Array(deleted)) = parts.next() {
+        out.extend(deleted.iter().filter_map(text).map(|id| Entry { key: key.to_string(), id, fields: Vec::new() }));
+    }
     Ok(out)
 }
 

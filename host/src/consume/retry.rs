@@ -36,6 +36,7 @@ mod tests {
             multiplier: 2.0,
             max_delay: Duration::from_secs(1),
             jitter,
+            max_deliveries: 10,
         }
     }
 

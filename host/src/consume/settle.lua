@@ -1,43 +1,115 @@
--- Settle one entry atomically: ack it, then (only if the ack removed it from the pending
--- list) apply its side effect and, under per-key order, hand the partition key on. A replayed
--- or racing settle therefore writes nothing twice.
--- KEYS: 1 stream read from, 2 retry schedule, 3 dead-letter stream, 4 seen set, 5 holds hash,
---       6 parked list of the partition key, 7 retry stream, 8.. follow-up streams
--- ARGV: 1 group, 2 entry id, 3 now ms, 4 dedupe window ms, 5 partition key to release ('' for
---       none), 6 owner of the hold, 7 op, then per op:
---   ack:   8 event id to record ('' for none), 9.. one netstring field list per follow-up
---   retry: 8 due ms, 9 netstring fields of the retry entry
---   dlq:   8 netstring fields of the dead-letter entry
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
+-- Settle a group of entries, each atomically: validate what it will write, ack it, and only
+-- if the ack removed it from the pending list apply its effects. A replayed or racing settle
+-- therefore writes nothing twice, and a write that would fail (a key of the wrong type) is
+-- found before the ack, so nothing is acked and then lost.
+-- KEYS: 1 retry schedule, 2 dead-letter stream, 3 seen, 4 dead, 5 inflight, 6 holds,
+--       7 holders, 8 hold since, 9 parked count, 10 retry stream, 11 parked-list prefix
+-- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then one netstring list per
+--       entry: op, stream key, entry id, event id, owner, release ('1'/'0'), then per op:
+--   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
+--   retry:   due ms, netstring fields of the retry entry
+--   dlq:     netstring fields of the dead-letter entry
+--   skip:    nothing (a duplicate or an unsubscribed event: ack only)
+--   release: nothing; not acked: a host-side failure, no attempt charged
+-- Returns one code per entry: 1 settled, 0 not pending any more (settled elsewhere),
+-- -1 a follow-up stream holds another type, -2 the schedule or dead-letter key does.
+local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local function is_type(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  return t == 'none' or t == want
 end
-local op = ARGV[7]
-if op == 'ack' then
-  if ARGV[8] ~= '' and tonumber(ARGV[4]) > 0 then
-    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[8])
-  end
-  for i = 9, #ARGV do
-    redis.call('XADD', KEYS[8 + i - 9], '*', unpack(fields(ARGV[i])))
-  end
-elseif op == 'retry' then
-  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[9])
-elseif op == 'dlq' then
-  redis.call('XADD', KEYS[3], '*', unpack(fields(ARGV[8])))
+
+-- The run reached a verdict: forget its marker (and its count of runs) if this owner holds it.
+local function forget(id, owner)
+  local _, _, holder = marker(redis.call('HGET', KEYS[5], id))
+  if holder == owner then redis.call('HDEL', KEYS[5], id) end
 end
--- Per-key order: the event is done (handled or dead-lettered), so the next event parked
--- behind its partition key goes to the retry stream and takes the hold over.
-if ARGV[5] ~= '' and op ~= 'retry' and redis.call('HGET', KEYS[5], ARGV[5]) == ARGV[6] then
-  local nxt = redis.call('LPOP', KEYS[6])
+
+-- Per-key order: the holder is done, so the next event parked behind its key goes to the
+-- retry stream and takes the hold over. Found by owner, so a holder whose entry was deleted
+-- still releases its key.
+local function release(owner)
+  local pkey = redis.call('HGET', KEYS[7], owner)
+  if not pkey then return end
+  redis.call('HDEL', KEYS[7], owner)
+  if redis.call('HGET', KEYS[6], pkey) ~= owner then return end
+  local nxt = redis.call('LPOP', KEYS[11] .. pkey)
   if nxt then
+    redis.call('DECR', KEYS[9])
     local f = fields(nxt)
-    local owner = ''
+    local next_owner = ''
     for i = 1, #f, 2 do
-      if f[i] == '_origin' then owner = f[i + 1] end
+      if f[i] == '_origin' then next_owner = f[i + 1] end
     end
-    redis.call('XADD', KEYS[7], '*', unpack(f))
-    redis.call('HSET', KEYS[5], ARGV[5], owner)
+    redis.call('XADD', KEYS[10], '*', unpack(f))
+    redis.call('HSET', KEYS[6], pkey, next_owner)
+    redis.call('HSET', KEYS[7], next_owner, pkey)
+    redis.call('ZADD', KEYS[8], now, pkey)
   else
-    redis.call('HDEL', KEYS[5], ARGV[5])
+    redis.call('HDEL', KEYS[6], pkey)
+    redis.call('ZREM', KEYS[8], pkey)
   end
 end
-return 1
+
+local out = {}
+for i = 5, #ARGV do
+  local s = fields(ARGV[i])
+  local op, stream, entry, id, owner, rel = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
+  local code = 1
+  if op == 'release' then
+    local expiry, starts, holder = marker(redis.call('HGET', KEYS[5], id))
+    if holder == owner then
+      if starts <= 1 then
+        redis.call('HDEL', KEYS[5], id)
+      else
+        redis.call('HSET', KEYS[5], id, '0:' .. (starts - 1) .. ':' .. owner)
+      end
+    end
+  else
+    if op == 'ack' then
+      for j = 8, #s, 2 do
+        if not is_type(s[j], 'stream') then code = -1 end
+      end
+    elseif op == 'retry' then
+      if not is_type(KEYS[1], 'zset') then code = -2 end
+    elseif op == 'dlq' then
+      if not is_type(KEYS[2], 'stream') then code = -2 end
+    end
+    if code == 1 and redis.call('XACK', stream, ARGV[1], entry) == 0 then
+      code = 0
+      -- An entry deleted while pending (taken over by XAUTOCLAIM, which already dropped it
+      -- from the pending list) may have held its partition key: release it all the same.
+      if op == 'dlq' and id == '' and rel then release(owner) end
+    end
+    if code == 1 then
+      if op == 'ack' then
+        for j = 8, #s, 2 do
+          redis.call('XADD', s[j], '*', unpack(fields(s[j + 1])))
+        end
+        if s[7] == '1' and window > 0 then redis.call('ZADD', KEYS[3], now, id) end
+        forget(id, owner)
+      elseif op == 'retry' then
+        redis.call('ZADD', KEYS[1], s[7], s[8])
+        local _, _, holder = marker(redis.call('HGET', KEYS[5], id))
+        if holder == owner then
+          -- The event stays ours while it waits: copies keep waiting, the budget restarts.
+          redis.call('HSET', KEYS[5], id, (tonumber(s[7]) + lease) .. ':0:' .. owner)
+        end
+      elseif op == 'dlq' then
+        redis.call('XADD', KEYS[2], '*', unpack(fields(s[7])))
+        if id ~= '' then
+          if window > 0 then redis.call('ZADD', KEYS[4], now, id) end
+          forget(id, owner)
+        end
+      end
+      if rel and op ~= 'retry' then release(owner) end
+    end
+  end
+  out[#out + 1] = code
+end
+if window > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - window))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. (now - window))
+end
+return out

@@ -1,21 +1,25 @@
-//! Settling handled entries: ack, ack + schedule a retry, ack + dead-letter, ack + record
-//! dedupe + publish follow-ups, and promoting due retries.
+//! The settler: the last stage of an event's path. Each finished event becomes a
+//! [`Settlement`]; the [`Settler`] groups the settlements that are ready together into one
+//! round trip, so a slow event never holds back the acks of fast ones and a busy stream
+//! still settles hundreds of events per call.
 //!
-//! Every move is one atomic Redis operation over keys that share the stream's hash tag.
-//! Moves with side effects run as a Lua script that starts with `XACK` and does nothing else
-//! when the ack removed nothing: so a settle replayed after a lost reply, or a settle racing
-//! another consumer that claimed the entry, never writes a retry, a dead letter or a follow-up
-//! twice. Plain acks (the hot path) go as one `MULTI`/`EXEC` of `XACK` + `ZADD` per batch,
-//! which is idempotent by itself.
+//! Every move is one script over keys that share the stream's hash tag (`settle.lua`):
+//! validate what it will write, `XACK`, and only if the ack removed the entry apply its
+//! effects (record the event as handled, publish follow-ups, schedule a retry, write a dead
+//! letter, hand the partition key on). A settle replayed after a lost reply, or racing
+//! another consumer that took the entry over, therefore never writes anything twice, and a
+//! write that would fail is found before the ack, so nothing is acked and then lost.
 
-use std::sync::LazyLock;
+use std::time::Duration;
 
-use redis::Script;
 use redis::aio::ConnectionLike;
+use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
+use super::{Context, Counters, InFlight, now_ms, scripts};
 use crate::event::Event;
 use crate::keys::SubscriberKeys;
+use crate::plugin::invoke::FailureKind;
 use crate::plugin::sandbox::FollowUp;
 
 /// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
@@ -25,6 +29,8 @@ pub mod meta {
     pub const ATTEMPT: &str = "_attempt";
     /// `stream/entry-id` where the event was first read.
     pub const ORIGIN: &str = "_origin";
+    /// Set on entries an operator replayed from the dead-letter stream.
+    pub const REPLAY: &str = "_replay";
     /// Failure reason.
     pub const REASON: &str = "_reason";
     /// Failure kind.
@@ -41,16 +47,18 @@ pub mod meta {
     pub const LAST_FAILURE: &str = "_last_failure";
 }
 
-/// What to do with one entry.
+/// What to do with one entry: the disposition of its event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
-    /// Acknowledge; record the event id for dedupe if `dedupe`; publish follow-ups.
+    /// Handled: acknowledge, record the event id as handled if `record`, publish follow-ups.
     Ack {
-        /// Record the event id as handled.
-        dedupe: Option<String>,
+        /// Record the event id for dedupe.
+        record: bool,
         /// Follow-up events to publish with the ack.
         follow_ups: Vec<FollowUp>,
     },
+    /// Acknowledge only: a duplicate, or an event the subscriber does not want.
+    Skip,
     /// Acknowledge and schedule `fields` to be delivered again at `due_ms`.
     Retry {
         /// When the retry is due (Unix ms).
@@ -63,8 +71,26 @@ pub enum Disposition {
         /// Fields of the dead-letter entry.
         fields: Vec<(Vec<u8>, Vec<u8>)>,
     },
-    /// Do nothing: the entry stays pending and is delivered again (a host-side failure).
-    Leave,
+    /// No verdict (a host-side failure, or the host stopping): the entry stays pending and
+    /// is delivered again, and the run is taken off the event's crash budget.
+    Release,
+}
+
+/// What a settled entry adds to the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Nothing.
+    None,
+    /// Handled.
+    Handled,
+    /// Scheduled for a retry after a failure of this kind.
+    Retried(FailureKind),
+    /// Dead-lettered after a failure of this kind.
+    DeadLettered(FailureKind),
+    /// Not subscribed.
+    Skipped,
+    /// A duplicate of an event already handled or dead-lettered.
+    Deduplicated,
 }
 
 /// One entry to settle.
@@ -74,33 +100,49 @@ pub struct Settlement {
     pub key: String,
     /// Entry id.
     pub id: String,
+    /// The event's id (empty for an entry that is not a valid event).
+    pub event_id: String,
+    /// The run's owner: the event's `_origin`, stable across its retries.
+    pub owner: String,
+    /// Whether the event may hold a partition key to hand on.
+    pub release: bool,
     /// What to do.
     pub disposition: Disposition,
-    /// Under per-key order: the partition key this event holds and the hold's owner
-    /// (`_origin`), released once the event is handled or dead-lettered.
-    pub release: Option<(String, String)>,
+    /// The dead letter to write instead if a follow-up's stream refuses the ack.
+    pub fallback: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// What it adds to the metrics once settled.
+    pub tally: Tally,
 }
 
-const SETTLE_LUA: &str = concat!(include_str!("netstrings.lua"), include_str!("settle.lua"));
-const PROMOTE_LUA: &str = concat!(include_str!("netstrings.lua"), include_str!("promote.lua"));
-const ORDER_LUA: &str = include_str!("order.lua");
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(SETTLE_LUA));
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(PROMOTE_LUA));
-static ORDER: LazyLock<Script> = LazyLock::new(|| Script::new(ORDER_LUA));
+/// How a settle script answered for one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Settled now.
+    Done,
+    /// Not pending any more: another consumer settled it.
+    Elsewhere,
+    /// A follow-up's stream key holds another type: nothing was written or acked.
+    FollowUpRefused,
+    /// The schedule or dead-letter key holds another type: nothing was written or acked.
+    KeyRefused,
+}
 
 /// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
 /// unlike JSON in Redis's Lua.
-pub fn netstrings(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+pub fn netstrings<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in fields {
-        for part in [k, v] {
-            out.extend_from_slice(part.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(part);
-            out.push(b',');
-        }
+        push_netstring(&mut out, k.as_ref());
+        push_netstring(&mut out, v.as_ref());
     }
     out
+}
+
+fn push_netstring(out: &mut Vec<u8>, part: &[u8]) {
+    out.extend_from_slice(part.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(part);
+    out.push(b',');
 }
 
 /// Fields of an event as owned pairs, as `XADD` writes them.
@@ -116,181 +158,215 @@ pub fn original_fields(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
     entry.fields.iter().filter(|(k, _)| !k.starts_with(b"_")).cloned().collect()
 }
 
-/// Apply `settlements` for subscriber `group` using `keys`. All plain acks go in one
-/// `MULTI`/`EXEC`; every other move is its own guarded script, pipelined..
+/// The settle script's argument for one settlement.
+fn encode(s: &Settlement) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
+        Disposition::Ack { record, follow_ups } => {
+            let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
+            for f in follow_ups {
+                rest.push(f.stream.as_bytes().to_vec());
+                rest.push(netstrings(&event_fields(&f.event)));
+            }
+            ("ack", rest)
+        }
+        Disposition::Skip => ("skip", Vec::new()),
+        Disposition::Retry { due_ms, fields } => ("retry", vec![due_ms.to_string().into_bytes(), netstrings(fields)]),
+        Disposition::DeadLetter { fields } => ("dlq", vec![netstrings(fields)]),
+        Disposition::Release => ("release", Vec::new()),
+    };
+    let head: [&[u8]; 6] = [
+        op.as_bytes(),
+        s.key.as_bytes(),
+        s.id.as_bytes(),
+        s.event_id.as_bytes(),
+        s.owner.as_bytes(),
+        if s.release { b"1" } else { b"0" },
+    ];
+    for part in head {
+        push_netstring(&mut out, part);
+    }
+    for part in &rest {
+        push_netstring(&mut out, part);
+    }
+    out
+}
+
+/// Apply `settlements` for subscriber `group` in one script call; one answer each.
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
     keys: &SubscriberKeys,
     group: &str,
     dedupe_window_ms: u64,
-    now_ms: u64,
+    lease_ms: u64,
     settlements: &[Settlement],
-) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
-    let mut acks: Vec<(&str, Vec<&str>)> = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    let mut scripted = Vec::new();
-    for s in settlements {
-        match &s.disposition {
-            Disposition::Leave => {}
-            Disposition::Ack { dedupe, follow_ups } if follow_ups.is_empty() && s.release.is_none() => {
-                match acks.iter_mut().find(|(k, _)| *k == s.key) {
-                    Some((_, ids)) => ids.push(&s.id),
-                    None => acks.push((&s.key, vec![&s.id])),
-                }
-                if let Some(id) = dedupe {
-                    seen.push(id);
-                }
-            }
-            _ => scripted.push(s),
-        }
+) -> redis::RedisResult<Vec<Settled>> {
+    if settlements.is_empty() {
+        return Ok(Vec::new());
     }
-    if !acks.is_empty() {
-        pipe.atomic();
-        for (key, ids) in &acks {
-            pipe.cmd("XACK").arg(*key).arg(group).arg(ids).ignore();
-        }
-        if !seen.is_empty() && dedupe_window_ms > 0 {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(&keys.seen);
-            for id in &seen {
-                zadd.arg(now_ms).arg(*id);
-            }
-            pipe.add_command(zadd).ignore();
-            pipe.cmd("ZREMRANGEBYSCORE")
-                .arg(&keys.seen)
-                .arg("-inf")
-                .arg(format!("({}", now_ms.saturating_sub(dedupe_window_ms)))
-                .ignore();
-        }
-    }
-    if !acks.is_empty() {
-        pipe.query_async::<()>(conn).await?;
-    }
-    if scripted.is_empty() {
-        return Ok(());
-    }
-    let mut pipe = redis::pipe();
-    for s in scripted {
-        let (release_key, owner) = s.release.clone().unwrap_or_default();
-        let parked = keys.parked(&release_key);
-        let mut cmd_keys: Vec<&str> =
-            vec![&s.key, &keys.schedule, &keys.dlq, &keys.seen, &keys.holds, &parked, &keys.retry];
-        let mut args: Vec<Vec<u8>> = vec![
-            group.as_bytes().to_vec(),
-            s.id.as_bytes().to_vec(),
-            now_ms.to_string().into_bytes(),
-            dedupe_window_ms.to_string().into_bytes(),
-            release_key.into_bytes(),
-            owner.into_bytes(),
-        ];
-        match &s.disposition {
-            Disposition::Ack { dedupe, follow_ups } => {
-                args.push(b"ack".to_vec());
-                args.push(dedupe.as_deref().unwrap_or("").as_bytes().to_vec());
-                for f in follow_ups {
-                    cmd_keys.push(&f.stream);
-                    args.push(netstrings(&event_fields(&f.event)));
-                }
-            }
-            Disposition::Retry { due_ms, fields } => {
-                args.push(b"retry".to_vec());
-                args.push(due_ms.to_string().into_bytes());
-                args.push(netstrings(fields));
-            }
-            Disposition::DeadLetter { fields } => {
-                args.push(b"dlq".to_vec());
-                args.push(netstrings(fields));
-            }
-            Disposition::Leave => continue,
-        }
-        pipe.add_command(evalsha(&SETTLE, &cmd_keys, &args)).ignore();
-    }
-    match pipe.query_async::<()>(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            load_scripts(conn).await?;
-            pipe.query_async::<()>(conn).await
-        }
-        other => other,
-    }
-}
-
-/// `EVALSHA sha numkeys keys... args...` for `script`.
-fn evalsha(script: &Script, keys: &[&str], args: &[Vec<u8>]) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args);
-    cmd
-}
-
-/// Load the scripts into the server's script cache (after a restart or `SCRIPT FLUSH`).
-pub async fn load_scripts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
-    for body in [SETTLE_LUA, PROMOTE_LUA, ORDER_LUA] {
-        redis::cmd("SCRIPT").arg("LOAD").arg(body).query_async::<String>(conn).await?;
-    }
-    Ok(())
+    let mut args: Vec<Vec<u8>> = vec![
+        group.as_bytes().to_vec(),
+        now_ms().to_string().into_bytes(),
+        dedupe_window_ms.to_string().into_bytes(),
+        lease_ms.to_string().into_bytes(),
+    ];
+    args.extend(settlements.iter().map(encode));
+    let cmd = scripts::evalsha(
+        &scripts::SETTLE,
+        &[
+            &keys.schedule,
+            &keys.dlq,
+            &keys.seen,
+            &keys.dead,
+            &keys.inflight,
+            &keys.holds,
+            &keys.holders,
+            &keys.hold_since,
+            &keys.parked_count,
+            &keys.retry,
+            &keys.parked_prefix,
+        ],
+        &args,
+    );
+    let codes: Vec<i64> = scripts::run(conn, &cmd).await?;
+    Ok(codes
+        .into_iter()
+        .map(|c| match c {
+            1 => Settled::Done,
+            0 => Settled::Elsewhere,
+            -1 => Settled::FollowUpRefused,
+            _ => Settled::KeyRefused,
+        })
+        .collect())
 }
 
 /// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
-/// Returns how many moved. Atomic, so several hosts can promote at once.
+/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
 pub async fn promote<C: ConnectionLike>(
     conn: &mut C,
     keys: &SubscriberKeys,
     now_ms: u64,
     limit: usize,
 ) -> redis::RedisResult<usize> {
-    let cmd = evalsha(
-        &PROMOTE,
-        &[&keys.schedule, &keys.retry],
-        &[now_ms.to_string().into_bytes(), limit.to_string().into_bytes()],
-    );
-    match cmd.query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            load_scripts(conn).await?;
-            cmd.query_async(conn).await
+    let cmd = scripts::evalsha(&scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]);
+    scripts::run(conn, &cmd).await
+}
+
+/// The largest group of settlements sent in one call.
+const MAX_GROUP: usize = 512;
+
+/// The settler of one (subscriber, stream): receives settlements from the dispatcher and the
+/// workers and applies them, grouped, retrying through Redis outages until the host stops.
+pub struct Settler {
+    /// Shared host context.
+    pub ctx: std::sync::Arc<Context>,
+    /// The subscriber's keys on this stream.
+    pub keys: SubscriberKeys,
+    /// The consumer group (subscriber name).
+    pub group: String,
+    /// Dedupe window in ms (0: off).
+    pub dedupe_window_ms: u64,
+    /// Lease of a run in ms.
+    pub lease_ms: u64,
+    /// Entries in this host's hands; settled ones leave it.
+    pub in_flight: InFlight,
+    /// Metric handles.
+    pub counters: Counters,
+}
+
+impl Settler {
+    /// Settle what arrives on `rx` until every sender is gone. On `stop`, a settle that
+    /// cannot reach Redis is given up: its entries stay pending and are delivered again.
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.recv().await {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(s) => group.push(s),
+                    Err(_) => break,
+                }
+            }
+            self.settle_group(&mut group, &stop).await;
+            group.clear();
         }
-        other => other,
+    }
+
+    async fn settle_group(&self, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let mut conn = self.ctx.shared.clone();
+            let result = settle(&mut conn, &self.keys, &self.group, self.dedupe_window_ms, self.lease_ms, group).await;
+            match result {
+                Ok(answers) => {
+                    self.ctx.health.up(&self.ctx.metrics);
+                    let mut refused = Vec::new();
+                    for (s, answer) in group.iter().zip(answers) {
+                        match answer {
+                            Settled::Done => self.counters.count(s.tally),
+                            Settled::Elsewhere => {}
+                            Settled::FollowUpRefused => match &s.fallback {
+                                Some(fields) => {
+                                    tracing::warn!(subscriber = %self.group, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
+                                    let mut retry = s.clone();
+                                    retry.disposition = Disposition::DeadLetter { fields: fields.clone() };
+                                    retry.fallback = None;
+                                    retry.tally = Tally::DeadLettered(FailureKind::Trap);
+                                    refused.push(retry);
+                                    continue;
+                                }
+                                None => tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending"),
+                            },
+                            Settled::KeyRefused => tracing::error!(
+                                subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
+                                "cannot settle: the retry schedule or the dead-letter key holds another type of key; the entry stays pending until an operator fixes it"
+                            ),
+                        }
+                        self.in_flight.remove(&s.key, &s.id);
+                    }
+                    if refused.is_empty() {
+                        return;
+                    }
+                    *group = refused;
+                }
+                Err(e) => {
+                    self.ctx.health.down(&self.ctx.metrics, &e);
+                    if *stop.borrow() {
+                        for s in group.iter() {
+                            self.in_flight.remove(&s.key, &s.id);
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 }
 
-/// An entry that wants its partition key under per-key order.
-pub struct Claim<'a> {
-    /// The entry.
-    pub entry: &'a Entry,
-    /// Its partition key.
-    pub key: &'a str,
-    /// The hold's owner: the event's `_origin` (stable across retries).
-    pub owner: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Claim the partition keys of `claims` in order; returns, per claim, whether to handle it
-/// now (`true`) or it was parked behind its key (`false`, already acked and stored).
-pub async fn claim_keys<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &SubscriberKeys,
-    group: &str,
-    claims: &[Claim<'_>],
-) -> redis::RedisResult<Vec<bool>> {
-    if claims.is_empty() {
-        return Ok(Vec::new());
+    #[test]
+    fn netstrings_are_length_prefixed_and_binary_safe() {
+        let fields = vec![(b"a".to_vec(), b"x:y,".to_vec()), (b"".to_vec(), vec![0u8, 255])];
+        assert_eq!(netstrings(&fields), b"1:a,4:x:y,,0:,2:\x00\xff,".to_vec());
     }
-    let mut args: Vec<Vec<u8>> = vec![group.as_bytes().to_vec()];
-    for c in claims {
-        let mut fields = original_fields(c.entry);
-        fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
-        fields.push((meta::ORIGIN.into(), c.owner.as_bytes().to_vec()));
-        args.push(c.entry.key.as_bytes().to_vec());
-        args.push(c.entry.id.as_bytes().to_vec());
-        args.push(c.key.as_bytes().to_vec());
-        args.push(c.owner.as_bytes().to_vec());
-        args.push(netstrings(&fields));
+
+    #[test]
+    fn a_settlement_encodes_its_op_and_identity_first() {
+        let s = Settlement {
+            key: "events".into(),
+            id: "1-0".into(),
+            event_id: "e".into(),
+            owner: "events/1-0".into(),
+            release: true,
+            disposition: Disposition::Retry { due_ms: 7, fields: vec![(b"k".to_vec(), b"v".to_vec())] },
+            fallback: None,
+            tally: Tally::None,
+        };
+        assert_eq!(encode(&s), b"5:retry,6:events,3:1-0,1:e,10:events/1-0,1:1,1:7,8:1:k,1:v,,".to_vec());
     }
-    let cmd = evalsha(&ORDER, &[&keys.holds, &keys.parked_prefix], &args);
-    let result: redis::RedisResult<Vec<i64>> = match cmd.query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            load_scripts(conn).await?;
-            cmd.query_async(conn).await
-        }
-        other => other,
-    };
-    Ok(result?.into_iter().map(|n| n == 1).collect())
 }

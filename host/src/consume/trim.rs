@@ -10,7 +10,12 @@
 use redis::aio::ConnectionLike;
 
 use super::read::{self, cmp_ids, parse_id};
+use super::scripts;
 use crate::config::RetentionConfig;
+
+/// Most entries one trimming pass removes by length: the cut is found by walking that many
+/// entries inside Redis, so a large excess is trimmed over several passes.
+const MAX_CUT_PER_PASS: u64 = 10_000;
 
 /// The lowest id any group still needs on `stream`, or `None` when the stream has no group.
 pub async fn safe_floor<C: ConnectionLike>(conn: &mut C, stream: &str) -> redis::RedisResult<Option<String>> {
@@ -58,24 +63,13 @@ pub async fn trim<C: ConnectionLike>(
                 cut = Some(format!("{}-0", now_ms.saturating_sub(age.as_millis() as u64)));
             }
             if let Some(max_len) = r.max_len {
-                let newest: redis::Value = redis::cmd("XREVRANGE")
-                    .arg(stream)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(max_len.max(1))
-                    .query_async(conn)
-                    .await?;
-                let ids = super::read::parse_entries(stream, newest);
-                if ids.len() as u64 >= max_len.max(1)
-                    && let Some(oldest_kept) = ids.last()
-                {
-                    let len_cut = if max_len == 0 {
-                        let (ms, seq) = parse_id(&oldest_kept.id);
-                        format!("{ms}-{}", seq + 1)
-                    } else {
-                        oldest_kept.id.clone()
-                    };
+                let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+                let excess = len.saturating_sub(max_len);
+                if excess > 0 {
+                    let n = excess.min(MAX_CUT_PER_PASS);
+                    let cmd = scripts::evalsha(&scripts::CUT, &[stream], &[n]);
+                    let keep: Option<String> = scripts::run(conn, &cmd).await?;
+                    let len_cut = keep.unwrap_or_else(|| floor.clone());
                     cut = Some(match cut {
                         Some(c) if cmp_ids(&c, &len_cut).is_ge() => c,
                         _ => len_cut,

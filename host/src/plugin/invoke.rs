@@ -104,11 +104,16 @@ pub struct Job {
     pub attempt: u32,
 }
 
-/// Something that handles a batch of jobs: a plugin [`Runner`], or a native handler (the
-/// benchmark's baseline, which must share everything but WebAssembly).
-pub trait Invoke: Send + Sync {
-    /// Handle `jobs` in order, one outcome each. Blocking.
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome>;
+/// A handler's future: what [`Invoke::handle`] returns.
+pub type Handling = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'static>>;
+
+/// Something that handles one event at a time, possibly many at once: a plugin [`Runner`],
+/// or a native handler (the benchmark's baseline, which must share everything but
+/// WebAssembly).
+pub trait Invoke: Send + Sync + 'static {
+    /// Handle one job. Cancel-safe: dropping the future abandons the call and discards the
+    /// instance.
+    fn handle(&self, job: Job) -> Handling;
     /// Subscriber name.
     fn name(&self) -> &str;
     /// Version id recorded in dead letters.
@@ -116,8 +121,15 @@ pub trait Invoke: Send + Sync {
 }
 
 impl Invoke for Runner {
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        Runner::handle_all(self, jobs)
+    fn handle(&self, job: Job) -> Handling {
+        let runner = self.clone();
+        Box::pin(async move {
+            match tokio::task::spawn_blocking(move || runner.handle_all(std::slice::from_ref(&job)).pop()).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => Outcome::HostError("the handler returned no outcome".into()),
+                Err(e) => Outcome::HostError(format!("handler thread failed: {e}")),
+            }
+        })
     }
     fn name(&self) -> &str {
         &self.grants.subscriber
@@ -133,12 +145,14 @@ struct Live {
     uses: u64,
 }
 
-/// Runs one plugin version's handler for one subscriber, managing its instances.
+/// Runs one plugin version's handler for one subscriber, managing its instances. Clones
+/// share the instance pool.
+#[derive(Clone)]
 pub struct Runner {
     engine: Engine,
     plugin: Arc<Plugin>,
     grants: Arc<Grants>,
-    idle: Mutex<Vec<Live>>,
+    idle: Arc<Mutex<Vec<Live>>>,
 }
 
 /// A store for `grants`, with its limiter and nothing else granted.
@@ -158,7 +172,7 @@ pub fn new_store(engine: &Engine, grants: Arc<Grants>) -> Store<HostState> {
 impl Runner {
     /// A runner for `plugin` with `grants`.
     pub fn new(engine: Engine, plugin: Arc<Plugin>, grants: Arc<Grants>) -> Self {
-        Self { engine, plugin, grants, idle: Mutex::new(Vec::new()) }
+        Self { engine, plugin, grants, idle: Arc::new(Mutex::new(Vec::new())) }
     }
 
     /// The plugin version this runner runs.

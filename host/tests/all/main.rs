@@ -5,6 +5,7 @@ mod support;
 
 mod delivery;
 mod e2e;
+mod edges;
 mod observability;
 mod polyglot;
 mod recovery;

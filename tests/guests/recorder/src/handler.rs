@@ -3,7 +3,7 @@
 // what reached the handler and how often. The payload's `act` field makes it misbehave:
 //
 //   ok | retry (until attempt `until`, optional `delay_ms`) | reject | panic (until `until`)
-//   | loop | alloc | recurse | slow (`ms`) | log_flood | stdout_flood | open_file | env
+//   | loop | alloc | recurse | slow (`ms`, busy) | sleep (`ms`, in a WASI call) | log_flood | stdout_flood | open_file | env
 //   | socket (`port`) | publish_forbidden | publish_huge | follow (publish to `follow_to`,
 //   then retry until `until`)
 
@@ -90,6 +90,11 @@ impl Handler for Recorder {
                     std::hint::black_box(0);
                 }
                 format!("slow {ms}ms")
+            }
+            "sleep" => {
+                let ms = data.get("ms").and_then(Value::as_u64).unwrap_or(100);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                format!("slept {ms}ms")
             }
             "log_flood" => {
                 for i in 0..100_000 {

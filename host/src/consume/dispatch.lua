@@ -1,0 +1,49 @@
+-- Decide, atomically with recording it, what happens to each event of a read: handle it
+-- now, ack it as a duplicate, let it wait for another delivery of the same event to settle,
+-- dead-letter it (crash budget spent), or park it behind its partition key.
+-- KEYS: 1 seen, 2 dead, 3 inflight, 4 holds, 5 holders, 6 hold since, 7 parked count,
+--       8 parked-list prefix (a prefix, not a key)
+-- ARGV: 1 group, 2 now ms, 3 dedupe window ms (0: off), 4 lease ms, 5 max deliveries,
+--       6 ordered ('1'/'0'), then 7 values per event: stream key, entry id, event id,
+--       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park
+-- Returns one verdict per event: run, dup, dead, wait, crash or park.
+local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_deliveries, ordered = tonumber(ARGV[5]), ARGV[6] == '1'
+local cutoff = now - window
+local out = {}
+for i = 7, #ARGV, 7 do
+  local stream, entry, id, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local replay, pkey, parked = ARGV[i + 4] == '1', ARGV[i + 5], ARGV[i + 6]
+  local verdict
+  local expiry, starts, holder = marker(redis.call('HGET', KEYS[3], id))
+  if window > 0 then
+    local handled = redis.call('ZSCORE', KEYS[1], id)
+    if handled and tonumber(handled) >= cutoff then
+      verdict = 'dup'
+    elseif not replay then
+      local dead = redis.call('ZSCORE', KEYS[2], id)
+      if dead and tonumber(dead) >= cutoff then verdict = 'dead' end
+    end
+    if not verdict and holder and holder ~= owner and expiry > now then verdict = 'wait' end
+  end
+  if not verdict and starts >= max_deliveries then verdict = 'crash' end
+  if not verdict and ordered and pkey ~= '' then
+    local current = redis.call('HGET', KEYS[4], pkey)
+    if current and current ~= owner then
+      redis.call('XACK', stream, ARGV[1], entry)
+      redis.call('RPUSH', KEYS[8] .. pkey, parked)
+      redis.call('INCR', KEYS[7])
+      verdict = 'park'
+    elseif not current then
+      redis.call('HSET', KEYS[4], pkey, owner)
+      redis.call('HSET', KEYS[5], owner, pkey)
+      redis.call('ZADD', KEYS[6], now, pkey)
+    end
+  end
+  if not verdict then
+    redis.call('HSET', KEYS[3], id, (now + lease) .. ':' .. (starts + 1) .. ':' .. owner)
+    verdict = 'run'
+  end
+  out[#out + 1] = verdict
+end
+return out

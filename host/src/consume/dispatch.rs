@@ -1,0 +1,243 @@
+//! The dispatcher: turns the entries of a read into work and immediate settlements.
+//!
+//! For each entry it decides, in this order: is it a valid event of a sane size (else it is
+//! dead-lettered as `invalid-event`), does the subscriber want it (else it is acked as
+//! skipped), and then, in one script call for the whole read (`dispatch.lua`), atomically
+//! with recording the decision: was this event already handled or dead-lettered (a
+//! duplicate: acked without running), is another delivery of it being handled right now
+//! (it waits and is decided after that one settles), has it used up its crash budget
+//! (dead-lettered as `crash`), is its partition key held (parked behind the holder). What
+//! is left runs.
+
+use super::read::Entry;
+use super::settle::{Disposition, Settlement, Tally, meta, netstrings, original_fields};
+use super::{Active, now_ms, origin, scripts};
+use crate::event::Event;
+use crate::keys::SubscriberKeys;
+use crate::plugin::invoke::{FailureKind, Job};
+
+/// Most fields an entry may have (Lua's `unpack`, which every script write goes through,
+/// stops near 8,000 values).
+pub const MAX_FIELDS: usize = 1_000;
+/// Most bytes (field names and values together) an entry may have.
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+
+/// An event to run.
+#[derive(Debug)]
+pub struct Work {
+    /// The entry it came from.
+    pub entry: Entry,
+    /// What the handler gets.
+    pub job: Job,
+    /// The run's owner (`_origin`).
+    pub owner: String,
+}
+
+/// What the dispatcher made of a read.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Events to run, in read order.
+    pub run: Vec<Work>,
+    /// Entries settled without running.
+    pub settle: Vec<Settlement>,
+    /// Entries waiting for another delivery of the same event to settle.
+    pub wait: Vec<Entry>,
+    /// Entries parked behind their partition key (already acked and stored).
+    pub parked: Vec<Entry>,
+}
+
+/// Why an event fails without running; becomes a dead letter.
+pub struct Failure<'a> {
+    /// Kind recorded in the dead letter.
+    pub kind: FailureKind,
+    /// Reason recorded in the dead letter.
+    pub reason: &'a str,
+    /// Attempts made.
+    pub attempts: u32,
+}
+
+/// The dispatcher of one (subscriber, stream).
+pub struct Dispatcher {
+    /// The subscriber's keys on this stream.
+    pub keys: SubscriberKeys,
+    /// The consumer group (subscriber name).
+    pub group: String,
+    /// Lease of a run in ms: how long another delivery of the event waits for this one
+    /// unless the lease is pushed (the housekeeper pushes it while the event runs).
+    pub lease_ms: u64,
+}
+
+/// An entry's verdict before the script: the part decided from the entry alone.
+enum Local {
+    Settle(Settlement),
+    Candidate { event: Event, attempt: u32, owner: String, replay: bool },
+}
+
+impl Dispatcher {
+    /// Decide what happens to each of `entries` under `active`.
+    pub async fn plan<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        active: &Active,
+        entries: Vec<Entry>,
+    ) -> redis::RedisResult<Plan> {
+        let mut plan = Plan::default();
+        let mut candidates = Vec::new();
+        for entry in entries {
+            match self.local(active, &entry) {
+                Local::Settle(s) => plan.settle.push(s),
+                Local::Candidate { event, attempt, owner, replay } => {
+                    candidates.push((entry, event, attempt, owner, replay))
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(plan);
+        }
+        let settings = &active.settings;
+        let mut args: Vec<Vec<u8>> = vec![
+            self.group.as_bytes().to_vec(),
+            now_ms().to_string().into_bytes(),
+            (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
+            self.lease_ms.to_string().into_bytes(),
+            settings.retry.max_deliveries.to_string().into_bytes(),
+            if settings.ordered { b"1".to_vec() } else { b"0".to_vec() },
+        ];
+        for (entry, event, _, owner, replay) in &candidates {
+            let parked = match (&event.partitionkey, settings.ordered) {
+                (Some(_), true) => {
+                    let mut fields = original_fields(entry);
+                    fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
+                    fields.push((meta::ORIGIN.into(), owner.as_bytes().to_vec()));
+                    netstrings(&fields)
+                }
+                _ => Vec::new(),
+            };
+            args.extend([
+                entry.key.as_bytes().to_vec(),
+                entry.id.as_bytes().to_vec(),
+                event.id.as_bytes().to_vec(),
+                owner.as_bytes().to_vec(),
+                if *replay { b"1".to_vec() } else { b"0".to_vec() },
+                event.partitionkey.as_deref().unwrap_or("").as_bytes().to_vec(),
+                parked,
+            ]);
+        }
+        let keys = &self.keys;
+        let cmd = scripts::evalsha(
+            &scripts::DISPATCH,
+            &[
+                &keys.seen,
+                &keys.dead,
+                &keys.inflight,
+                &keys.holds,
+                &keys.holders,
+                &keys.hold_since,
+                &keys.parked_count,
+                &keys.parked_prefix,
+            ],
+            &args,
+        );
+        let verdicts: Vec<String> = scripts::run(conn, &cmd).await?;
+        for ((entry, event, attempt, owner, _), verdict) in candidates.into_iter().zip(verdicts) {
+            let release = event.partitionkey.is_some();
+            match verdict.as_str() {
+                "run" => {
+                    let job = Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event };
+                    plan.run.push(Work { entry, job, owner });
+                }
+                "dup" | "dead" => plan.settle.push(Settlement {
+                    key: entry.key.clone(),
+                    id: entry.id.clone(),
+                    event_id: event.id.clone(),
+                    owner,
+                    release: false,
+                    disposition: Disposition::Skip,
+                    fallback: None,
+                    tally: Tally::Deduplicated,
+                }),
+                "crash" => {
+                    let reason = format!(
+                        "the event was started {} times without a verdict (the host stopped or failed while handling it)",
+                        settings.retry.max_deliveries
+                    );
+                    let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
+                    let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
+                    plan.settle.push(Settlement {
+                        key: entry.key.clone(),
+                        id: entry.id.clone(),
+                        event_id: event.id.clone(),
+                        owner,
+                        release,
+                        disposition: Disposition::DeadLetter { fields },
+                        fallback: None,
+                        tally: Tally::DeadLettered(FailureKind::Crash),
+                    });
+                }
+                "wait" => plan.wait.push(entry),
+                _ => plan.parked.push(entry),
+            }
+        }
+        Ok(plan)
+    }
+
+    fn local(&self, active: &Active, entry: &Entry) -> Local {
+        let is_retry = entry.key == self.keys.retry;
+        let attempt = if is_retry {
+            entry.field(meta::ATTEMPT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(1u32).max(1)
+        } else {
+            1
+        };
+        let owner = String::from_utf8_lossy(&origin(entry, &self.keys.stream)).into_owned();
+        let invalid = |reason: String, fields: Option<&[&[u8]]>| {
+            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
+            let failure = Failure { kind: FailureKind::InvalidEvent, reason: &reason, attempts: attempt };
+            let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
+            if let Some(keep) = fields {
+                letter.retain(|(k, _)| k.starts_with(b"_") || keep.contains(&k.as_slice()));
+            }
+            Local::Settle(Settlement {
+                key: entry.key.clone(),
+                id: entry.id.clone(),
+                event_id: String::new(),
+                owner: owner.clone(),
+                // A deleted entry may have held its partition key: release it by owner.
+                release: true,
+                disposition: Disposition::DeadLetter { fields: letter },
+                fallback: None,
+                tally: Tally::DeadLettered(FailureKind::InvalidEvent),
+            })
+        };
+        if entry.fields.is_empty() {
+            return invalid("the entry was deleted or trimmed from its stream before it was handled".into(), None);
+        }
+        let bytes: usize = entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if entry.fields.len() > MAX_FIELDS || bytes > MAX_ENTRY_BYTES {
+            let reason = format!(
+                "the entry has {} fields and {bytes} bytes; at most {MAX_FIELDS} fields and {MAX_ENTRY_BYTES} bytes are accepted",
+                entry.fields.len()
+            );
+            // Keep the identifying attributes only: the whole entry stays in its stream.
+            let keep: &[&[u8]] = &[b"id", b"type", b"source", b"time"];
+            return invalid(reason, Some(keep));
+        }
+        let event = match Event::from_fields(&entry.fields) {
+            Ok(event) => event,
+            Err(e) => return invalid(e.to_string(), None),
+        };
+        if !is_retry && !active.wants(&self.keys.stream, &event) {
+            return Local::Settle(Settlement {
+                key: entry.key.clone(),
+                id: entry.id.clone(),
+                event_id: event.id,
+                owner,
+                release: false,
+                disposition: Disposition::Skip,
+                fallback: None,
+                tally: Tally::Skipped,
+            });
+        }
+        let replay = entry.field(meta::REPLAY).is_some();
+        Local::Candidate { event, attempt, owner, replay }
+    }
+}

@@ -1,0 +1,9 @@
+-- Replay one dead letter: move it to the subscriber's retry stream only if this call is the
+-- one that removed it, so two replays of the same dead letters at once publish each once.
+-- KEYS: 1 dead-letter stream, 2 retry stream. ARGV: 1 dead-letter entry id, 2 netstring
+-- fields of the retry entry. Returns 1 if replayed, 0 if already gone.
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[2], '*', unpack(fields(ARGV[2])))
+  return 1
+end
+return 0
