@@ -52,20 +52,26 @@ local function release(owner)
   end
 end
 
+-- A run that ended without a verdict (a host-side failure, a stop, a refused write): the
+-- entry stays pending and the run comes off the event's crash budget.
+local function give_back(id, owner)
+  local _, starts, holder = marker(redis.call('HGET', KEYS[5], id))
+  if holder == owner then
+    if starts <= 1 then
+      redis.call('HDEL', KEYS[5], id)
+    else
+      redis.call('HSET', KEYS[5], id, '0:' .. (starts - 1) .. ':' .. owner)
+    end
+  end
+end
+
 local out = {}
 for i = 5, #ARGV do
   local s = fields(ARGV[i])
   local op, stream, entry, id, owner, rel = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
   local code = 1
   if op == 'release' then
-    local expiry, starts, holder = marker(redis.call('HGET', KEYS[5], id))
-    if holder == owner then
-      if starts <= 1 then
-        redis.call('HDEL', KEYS[5], id)
-      else
-        redis.call('HSET', KEYS[5], id, '0:' .. (starts - 1) .. ':' .. owner)
-      end
-    end
+    give_back(id, owner)
   else
     if op == 'ack' then
       for j = 8, #s, 2 do
@@ -82,6 +88,8 @@ for i = 5, #ARGV do
       -- from the pending list) may have held its partition key: release it all the same.
       if op == 'dlq' and id == '' and rel then release(owner) end
     end
+    -- Refused before the ack: the run ended without a verdict that could be written.
+    if code == -2 then give_back(id, owner) end
     if code == 1 then
       if op == 'ack' then
         for j = 8, #s, 2 do

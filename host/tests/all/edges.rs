@@ -32,6 +32,23 @@ async fn in_flight(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) -> u
     redis::cmd("HLEN").arg(&keys.inflight).query_async(conn).await.expect("HLEN")
 }
 
+/// Runs of `event_id` recorded without a verdict (from its in-flight marker).
+async fn starts(conn: &mut MultiplexedConnection, keys: &SubscriberKeys, event_id: &str) -> u64 {
+    let marker: Option<String> = redis::cmd("HGET").arg(&keys.inflight).arg(event_id).query_async(conn).await.expect("HGET");
+    marker.and_then(|m| m.split(':').nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// Wait until `event_id` has been started `n` times without a verdict.
+async fn started(env: &Env, keys: &SubscriberKeys, event_id: &str, n: u64) {
+    let conn = env.conn().await;
+    env.wait_for(&format!("{event_id} started {n} times"), Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move { (starts(&mut conn, &keys, event_id).await >= n).then_some(()) }
+    })
+    .await;
+}
+
 /// Wait until `n` events of `keys` are being handled.
 async fn running(env: &Env, keys: &SubscriberKeys, n: u64) {
     let conn = env.conn().await;
@@ -43,8 +60,10 @@ async fn running(env: &Env, keys: &SubscriberKeys, n: u64) {
     .await;
 }
 
+/// The recorder's settings with `extra`: its top-level keys first, its sections last.
 fn recorder(extra: &str) -> String {
-    format!("{extra}\n{RECORDER_TOML}")
+    let (top, sections) = extra.split_at(extra.find('[').unwrap_or(extra.len()));
+    format!("{top}\n{RECORDER_TOML}\n{sections}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +289,8 @@ async fn turning_order_off_while_a_key_is_held_releases_it_and_drains_the_parked
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_deleted_while_pending_releases_its_key() {
     let env = Env::new();
-    env.add_plugin("ord", fixtures::RECORDER, &recorder("ordered = true"));
+    // Several workers, so the events behind the holder are read (and parked) while it runs.
+    env.add_plugin("ord", fixtures::RECORDER, &recorder("ordered = true\nconcurrency = 4"));
     let keys = SubscriberKeys::new("events", "ord");
     let dir = tempfile::tempdir().expect("temp dir");
     let config = env.config();
@@ -322,9 +342,9 @@ async fn host_crashes_do_not_spend_attempts_and_only_a_repeated_crash_dead_lette
     let config = env.config();
     let mut conn = env.conn().await;
     let survivor = publish(&mut conn, "events", "Slow", r#"{"act":"sleep","ms":1500}"#).await;
-    for _ in 0..2 {
+    for n in 1..=2 {
         let mut host = HostProcess::start(&config, dir.path(), "host");
-        running(&env, &keys, 1).await;
+        started(&env, &keys, &survivor.id, n).await;
         host.kill();
     }
     let host = HostProcess::start(&config, dir.path(), "host");
@@ -337,10 +357,10 @@ async fn host_crashes_do_not_spend_attempts_and_only_a_repeated_crash_dead_lette
 
     // An event that is running every time the host dies: dead-lettered as `crash` once its
     // runs without a verdict reach max_deliveries.
-    let doomed = publish(&mut conn, "events", "Slow", r#"{"act":"sleep","ms":20000}"#).await;
-    for _ in 0..3 {
+    let doomed = publish(&mut conn, "events", "Slow", r#"{"act":"sleep","ms":3000}"#).await;
+    for n in 1..=3 {
         let mut host = HostProcess::start(&config, dir.path(), "host");
-        running(&env, &keys, 1).await;
+        started(&env, &keys, &doomed.id, n).await;
         host.kill();
     }
     let host = HostProcess::start(&config, dir.path(), "host");
@@ -374,6 +394,8 @@ async fn two_hosts_never_take_over_each_others_live_work() {
     let mut a = env.config();
     a.consumer = Some("host-a".into());
     a.read.claim_idle = Some(Duration::from_millis(2500));
+    // Small reads, so both hosts hold work.
+    a.read.count = 5;
     let mut b = a.clone();
     b.consumer = Some("host-b".into());
     let host_a = InProcessHost::start(a);
@@ -449,8 +471,17 @@ async fn a_dead_letter_key_of_the_wrong_type_leaves_the_event_pending_not_lost()
     config.read.claim_idle = Some(Duration::from_millis(1500));
     let host = InProcessHost::start(config);
     let poison = publish(&mut conn, "events", "Poison", r#"{"act":"reject"}"#).await;
-    // The settle is refused before the ack: the entry stays pending.
-    env.pending("events", 1, Duration::from_secs(20)).await;
+    // The settle is refused before the ack: the entry stays pending (and its run is over).
+    env.wait_for("the refused settle", Duration::from_secs(20), || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            let summary: (u64, Option<String>, Option<String>, redis::Value) =
+                redis::cmd("XPENDING").arg("events").arg("rec").query_async(&mut conn).await.ok()?;
+            (summary.0 == 1 && in_flight(&mut conn, &keys).await == 0).then_some(())
+        }
+    })
+    .await;
     let _: () = redis::cmd("DEL").arg(&keys.dlq).query_async(&mut conn).await.expect("del");
     // Once the key is fixed, the entry is taken over again and dead-lettered.
     let letters = env
