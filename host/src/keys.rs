@@ -102,7 +102,9 @@ mod tests {
     #[test]
     fn keys_share_the_stream_hash_tag() {
         let keys = SubscriberKeys::new("orders", "inventory");
-        for key in [&keys.retry, &keys.schedule, &keys.dlq, &keys.seen, &keys.dead, &keys.inflight, &keys.holds, &keys.holders] {
+        for key in
+            [&keys.retry, &keys.schedule, &keys.dlq, &keys.seen, &keys.dead, &keys.inflight, &keys.holds, &keys.holders]
+        {
             assert!(key.contains("{orders}"), "{key}");
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));

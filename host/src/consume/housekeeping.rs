@@ -69,7 +69,9 @@ impl Housekeeper {
                         }
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "taking over idle entries failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "taking over idle entries failed: {e}")
+                    }
                 }
                 if let Err(e) = self.reap().await {
                     tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
@@ -128,7 +130,8 @@ impl Housekeeper {
         let min_idle = self.claim_idle.as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
             let claimed =
-                read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count).await?;
+                read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count)
+                    .await?;
             out.extend(claimed.into_iter().filter(|e| !self.in_flight.contains(&e.key, &e.id)));
         }
         if !out.is_empty() {

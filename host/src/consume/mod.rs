@@ -339,7 +339,12 @@ pub fn claim_idle(read: &ReadConfig, settings: &Effective) -> Duration {
 /// Run the consumer of `subscriber` on `stream` until `stop` turns true. Then stop taking
 /// work, let running events finish within the grace period, interrupt what still runs at
 /// its end, and give those entries back (pending, not charged).
-pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, mut stop: watch::Receiver<bool>) {
+pub async fn run_stream(
+    ctx: Arc<Context>,
+    subscriber: Arc<Subscriber>,
+    stream: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let keys = SubscriberKeys::new(&stream, &subscriber.name);
     let group = subscriber.name.clone();
     let first = subscriber.active();

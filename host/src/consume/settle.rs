@@ -315,7 +315,9 @@ impl Settler {
                                     refused.push(retry);
                                     continue;
                                 }
-                                None => tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending"),
+                                None => {
+                                    tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending")
+                                }
                             },
                             Settled::KeyRefused => tracing::error!(
                                 subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,

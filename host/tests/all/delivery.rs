@@ -213,32 +213,6 @@ async fn a_follow_up_of_a_retried_event_is_written_once_with_the_final_ack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_killed_mid_event_is_charged_an_attempt_and_dead_letters_a_host_killer() {
-    let env = Env::new();
-    let toml = RECORDER_TOML.replace("max_attempts = 3", "max_attempts = 2");
-    env.add_plugin("rec", fixtures::RECORDER, &format!("{toml}\n[limits]\ndeadline = \"30s\"\n"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = env.config();
-    let mut conn = env.conn().await;
-    let killer = publish(&mut conn, "events", "Slow", r#"{"act":"slow","ms":20000}"#).await;
-    for round in 0..2 {
-        let mut host = HostProcess::start(&config, dir.path(), "host");
-        env.pending("events", 1, Duration::from_secs(20)).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        host.kill();
-        assert!(records(&mut conn, "records").await.is_empty(), "round {round}");
-    }
-    // Third start: the delivery count says two attempts died with the host.
-    let host = HostProcess::start(&config, dir.path(), "host");
-    env.settled("events", Duration::from_secs(30)).await;
-    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
-    assert_eq!(letters.len(), 1, "{}", host.log());
-    assert_eq!(letters[0].event_id, killer.id);
-    assert_eq!(letters[0].kind, "crash");
-    assert_eq!(letters[0].attempts, "2");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_events_finish_and_exits_zero() {
     let env = Env::new();
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);

@@ -34,7 +34,8 @@ async fn in_flight(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) -> u
 
 /// Runs of `event_id` recorded without a verdict (from its in-flight marker).
 async fn starts(conn: &mut MultiplexedConnection, keys: &SubscriberKeys, event_id: &str) -> u64 {
-    let marker: Option<String> = redis::cmd("HGET").arg(&keys.inflight).arg(event_id).query_async(conn).await.expect("HGET");
+    let marker: Option<String> =
+        redis::cmd("HGET").arg(&keys.inflight).arg(event_id).query_async(conn).await.expect("HGET");
     marker.and_then(|m| m.split(':').nth(1)?.parse().ok()).unwrap_or(0)
 }
 
@@ -323,7 +324,8 @@ async fn a_holder_deleted_while_pending_releases_its_key() {
 
 /// (entry id, event id) of every entry of `stream`.
 async fn records_of(conn: &mut MultiplexedConnection, stream: &str) -> Vec<(String, String)> {
-    let value: redis::Value = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.expect("xrange");
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.expect("xrange");
     ferry::consume::read::parse_entries(stream, value)
         .into_iter()
         .map(|e| (e.id.clone(), e.field("id").map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
@@ -524,7 +526,8 @@ async fn silent_consumers_with_nothing_pending_are_reaped_and_busy_ones_kept() {
     let env = Env::new();
     let mut conn = env.conn().await;
     publish(&mut conn, "events", "A", "{}").await;
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg("events").arg("g").arg("0").query_async(&mut conn).await.expect("group");
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg("events").arg("g").arg("0").query_async(&mut conn).await.expect("group");
     // `busy` holds an entry; `idle` read nothing; `me` is the caller.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
@@ -538,8 +541,14 @@ async fn silent_consumers_with_nothing_pending_are_reaped_and_busy_ones_kept() {
         .query_async(&mut conn)
         .await
         .expect("read");
-    let _: i64 =
-        redis::cmd("XGROUP").arg("CREATECONSUMER").arg("events").arg("g").arg("idle").query_async(&mut conn).await.expect("c");
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg("events")
+        .arg("g")
+        .arg("idle")
+        .query_async(&mut conn)
+        .await
+        .expect("c");
     // Both are now idle for longer than the 10 ms the script is given.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cmd = ferry::consume::scripts::evalsha(&ferry::consume::scripts::REAP, &["events"], &["g", "me", "10"]);
@@ -558,7 +567,8 @@ async fn trimming_by_length_does_not_read_payloads_out_of_redis() {
     }
     let _: Vec<String> = pipe.query_async(&mut conn).await.expect("xadd");
     // A group that has read and settled everything: the floor is the end of the stream.
-    let _: () = redis::cmd("XGROUP").arg("CREATE").arg("events").arg("g").arg("$").query_async(&mut conn).await.expect("group");
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg("events").arg("g").arg("$").query_async(&mut conn).await.expect("group");
     let out_bytes = |info: String| -> u64 {
         info.lines().find_map(|l| l.strip_prefix("total_net_output_bytes:")?.trim().parse().ok()).unwrap_or(0)
     };

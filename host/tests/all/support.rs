@@ -70,6 +70,9 @@ impl Env {
             ..Config::default()
         };
         config.admin.listen = String::new();
+        // One event at a time unless a test's plugin file says otherwise: many tests read
+        // their records in publish order, which only per-key order or a single worker keeps.
+        config.defaults.concurrency = Some(1);
         config.read.poll = Duration::from_millis(20);
         config.read.block = Duration::from_millis(100);
         config
