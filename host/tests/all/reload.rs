@@ -27,19 +27,34 @@ async fn plugin_state(host: &ferry::host::Host, name: &str) -> Option<ferry::hos
     host.plugins().await.into_iter().find(|p| p.name == name)
 }
 
+/// A stream entry id as a comparable pair.
+fn entry_pos(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("stream entry id");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2() {
     let env = Env::new();
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
-    let host = InProcessHost::start(watched(&env));
+    let host = ferry::host::Host::start(watched(&env)).await.expect("host");
+    let watcher = ferry::reload::watch(host.clone()).expect("watch");
+    let v1 = plugin_state(&host, "rec").await.and_then(|p| p.version).expect("v1");
     let url = env.redis.url();
-    let total = 1500;
+    // The producer publishes until it is told the swap happened, then 300 more: the overlap
+    // is forced, whatever the speed of the machine or of the compiler.
+    let (swapped_tx, mut swapped_rx) = tokio::sync::watch::channel(false);
     let producer = tokio::spawn(async move {
         let mut conn = redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("conn");
         let mut ids = Vec::new();
-        for i in 0..total {
+        let mut after = 0;
+        let mut i = 0;
+        while after < 300 {
             ids.push(publish(&mut conn, "events", "Load", &format!(r#"{{"i":{i}}}"#)).await.id);
-            if i % 10 == 0 {
+            i += 1;
+            if *swapped_rx.borrow_and_update() {
+                after += 1;
+            } else if i % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -47,8 +62,13 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
     });
     env.records_at_least(100, Duration::from_secs(20)).await;
     deploy(env.plugins.path(), "rec", fixtures::RECORDER_V2);
+    env.wait_for("v2 to be swapped in", Duration::from_secs(60), || async {
+        plugin_state(&host, "rec").await.and_then(|p| p.version).filter(|v| *v != v1)
+    })
+    .await;
+    swapped_tx.send(true).expect("producer alive");
     let sent = producer.await.expect("producer");
-    let recs = env.records_at_least(total, Duration::from_secs(60)).await;
+    let recs = env.records_at_least(sent.len(), Duration::from_secs(60)).await;
     env.settled("events", Duration::from_secs(20)).await;
 
     let mut seen: HashMap<&str, usize> = HashMap::new();
@@ -56,11 +76,18 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
         *seen.entry(r["id"].as_str().expect("id")).or_default() += 1;
     }
     assert!(sent.iter().all(|id| seen.get(id.as_str()) == Some(&1)), "every event exactly once");
-    let first_v2 = recs.iter().position(|r| r["mark"] == "v2").expect("v2 took over");
-    assert!(recs[first_v2..].iter().all(|r| r["mark"] == "v2"), "after the first v2 record, only v2");
-    assert!(recs[..first_v2].iter().all(|r| r["mark"] == "v1"));
-    println!("swap under load: v2 took over after {first_v2} v1 records of {total}");
-    host.stop().await;
+    assert_eq!(recs.len(), sent.len(), "nothing else");
+    // The first event (in stream order) that v2 handled cuts the stream in two: v1 before
+    // it, v2 after it (events read before the swap may finish on v1, but none after).
+    let pos = |r: &serde_json::Value| entry_pos(r["entry_id"].as_str().expect("entry id"));
+    let first_v2 = recs.iter().filter(|r| r["mark"] == "v2").map(pos).min().expect("v2 took over");
+    assert!(recs.iter().filter(|r| pos(r) >= first_v2).all(|r| r["mark"] == "v2"), "after v2's first, only v2");
+    assert!(recs.iter().filter(|r| pos(r) < first_v2).all(|r| r["mark"] == "v1"));
+    let on_v1 = recs.iter().filter(|r| r["mark"] == "v1").count();
+    assert!(on_v1 >= 100 && recs.len() - on_v1 >= 300, "both versions served: {on_v1} on v1 of {}", recs.len());
+    println!("swap under load: {on_v1} events on v1, {} on v2", recs.len() - on_v1);
+    drop(watcher);
+    host.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
