@@ -214,8 +214,9 @@ pub struct SubscriberConfig {
     pub subscriptions: Option<Vec<SubscriptionConfig>>,
     /// Where a new consumer group starts. Default `new`.
     pub start: Option<Start>,
-    /// Events handled at the same time by this subscriber on one stream. Default 1 when
-    /// `ordered`, else 4.
+    /// Events handled at the same time by this subscriber on one stream, each settled as
+    /// soon as it finishes. Default 1 when `ordered` (events of different keys could run
+    /// together, but one at a time keeps the simplest guarantee), else 16.
     pub concurrency: Option<usize>,
     /// Keep events with the same `partitionkey` in stream order. Default false.
     pub ordered: Option<bool>,
@@ -360,7 +361,7 @@ impl SubscriberConfig {
         let effective = Effective {
             subscriptions: self.subscriptions.clone(),
             start: self.start.unwrap_or(Start::New),
-            concurrency: self.concurrency.unwrap_or(if ordered { 1 } else { 4 }),
+            concurrency: self.concurrency.unwrap_or(if ordered { 1 } else { 16 }),
             ordered,
             dedupe_window: self.dedupe_window.unwrap_or(Duration::from_secs(3600)),
             retry: self.retry.unwrap_or_default(),

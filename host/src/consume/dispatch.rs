@@ -70,7 +70,20 @@ pub struct Dispatcher {
 /// An entry's verdict before the script: the part decided from the entry alone.
 enum Local {
     Settle(Settlement),
-    Candidate { event: Event, attempt: u32, owner: String, replay: bool },
+    Candidate(Candidate),
+}
+
+/// A valid, wanted event whose fate the dispatch script decides.
+struct Candidate {
+    entry: Entry,
+    event: Event,
+    attempt: u32,
+    owner: String,
+    replay: bool,
+}
+
+fn flag(on: bool) -> Vec<u8> {
+    if on { b"1".to_vec() } else { b"0".to_vec() }
 }
 
 impl Dispatcher {
@@ -84,44 +97,13 @@ impl Dispatcher {
         let mut plan = Plan::default();
         let mut candidates = Vec::new();
         for entry in entries {
-            match self.local(active, &entry) {
+            match self.local(active, entry) {
                 Local::Settle(s) => plan.settle.push(s),
-                Local::Candidate { event, attempt, owner, replay } => {
-                    candidates.push((entry, event, attempt, owner, replay))
-                }
+                Local::Candidate(c) => candidates.push(c),
             }
         }
         if candidates.is_empty() {
             return Ok(plan);
-        }
-        let settings = &active.settings;
-        let mut args: Vec<Vec<u8>> = vec![
-            self.group.as_bytes().to_vec(),
-            now_ms().to_string().into_bytes(),
-            (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
-            self.lease_ms.to_string().into_bytes(),
-            settings.retry.max_deliveries.to_string().into_bytes(),
-            if settings.ordered { b"1".to_vec() } else { b"0".to_vec() },
-        ];
-        for (entry, event, _, owner, replay) in &candidates {
-            let parked = match (&event.partitionkey, settings.ordered) {
-                (Some(_), true) => {
-                    let mut fields = original_fields(entry);
-                    fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
-                    fields.push((meta::ORIGIN.into(), owner.as_bytes().to_vec()));
-                    netstrings(&fields)
-                }
-                _ => Vec::new(),
-            };
-            args.extend([
-                entry.key.as_bytes().to_vec(),
-                entry.id.as_bytes().to_vec(),
-                event.id.as_bytes().to_vec(),
-                owner.as_bytes().to_vec(),
-                if *replay { b"1".to_vec() } else { b"0".to_vec() },
-                event.partitionkey.as_deref().unwrap_or("").as_bytes().to_vec(),
-                parked,
-            ]);
         }
         let keys = &self.keys;
         let cmd = scripts::evalsha(
@@ -136,63 +118,97 @@ impl Dispatcher {
                 &keys.parked_count,
                 &keys.parked_prefix,
             ],
-            &args,
+            &self.script_args(active, &candidates),
         );
         let verdicts: Vec<String> = scripts::run(conn, &cmd).await?;
-        for ((entry, event, attempt, owner, _), verdict) in candidates.into_iter().zip(verdicts) {
-            let release = event.partitionkey.is_some();
-            match verdict.as_str() {
-                "run" => {
-                    let job = Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event };
-                    plan.run.push(Work { entry, job, owner });
-                }
-                "dup" | "dead" => plan.settle.push(Settlement {
-                    key: entry.key.clone(),
-                    id: entry.id.clone(),
-                    event_id: event.id.clone(),
-                    owner,
-                    release: false,
-                    disposition: Disposition::Skip,
-                    fallback: None,
-                    tally: Tally::Deduplicated,
-                }),
-                "crash" => {
-                    let reason = format!(
-                        "the event was started {} times without a verdict (the host stopped or failed while handling it)",
-                        settings.retry.max_deliveries
-                    );
-                    let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
-                    let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
-                    plan.settle.push(Settlement {
-                        key: entry.key.clone(),
-                        id: entry.id.clone(),
-                        event_id: event.id.clone(),
-                        owner,
-                        release,
-                        disposition: Disposition::DeadLetter { fields },
-                        fallback: None,
-                        tally: Tally::DeadLettered(FailureKind::Crash),
-                    });
-                }
-                "wait" => plan.wait.push(entry),
-                _ => plan.parked.push(entry),
-            }
+        for (candidate, verdict) in candidates.into_iter().zip(verdicts) {
+            self.apply(active, &mut plan, candidate, &verdict);
         }
         Ok(plan)
     }
 
-    fn local(&self, active: &Active, entry: &Entry) -> Local {
+    /// The dispatch script's arguments for `candidates`.
+    fn script_args(&self, active: &Active, candidates: &[Candidate]) -> Vec<Vec<u8>> {
+        let settings = &active.settings;
+        let mut args: Vec<Vec<u8>> = vec![
+            self.group.as_bytes().to_vec(),
+            now_ms().to_string().into_bytes(),
+            (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
+            self.lease_ms.to_string().into_bytes(),
+            settings.retry.max_deliveries.to_string().into_bytes(),
+            flag(settings.ordered),
+        ];
+        for c in candidates {
+            // Under per-key order, what to store if the event is parked behind its key.
+            let parked = match (&c.event.partitionkey, settings.ordered) {
+                (Some(_), true) => {
+                    let mut fields = original_fields(&c.entry);
+                    fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
+                    fields.push((meta::ORIGIN.into(), c.owner.as_bytes().to_vec()));
+                    netstrings(&fields)
+                }
+                _ => Vec::new(),
+            };
+            args.extend([
+                c.entry.key.as_bytes().to_vec(),
+                c.entry.id.as_bytes().to_vec(),
+                c.event.id.as_bytes().to_vec(),
+                c.owner.as_bytes().to_vec(),
+                flag(c.replay),
+                c.event.partitionkey.as_deref().unwrap_or("").as_bytes().to_vec(),
+                parked,
+            ]);
+        }
+        args
+    }
+
+    /// Add `candidate` to `plan` as the script's `verdict` says.
+    fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, verdict: &str) {
+        let Candidate { entry, event, attempt, owner, .. } = candidate;
+        let settle = |disposition, tally, release| Settlement {
+            key: entry.key.clone(),
+            id: entry.id.clone(),
+            event_id: event.id.clone(),
+            owner: owner.clone(),
+            release,
+            disposition,
+            fallback: None,
+            tally,
+        };
+        match verdict {
+            "run" => {
+                let job = Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event };
+                plan.run.push(Work { entry, job, owner });
+            }
+            "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
+            "crash" => {
+                let reason = format!(
+                    "the event was started {} times without a verdict (the host stopped or failed while handling it)",
+                    active.settings.retry.max_deliveries
+                );
+                let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
+                let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
+                let release = event.partitionkey.is_some();
+                let tally = Tally::DeadLettered(FailureKind::Crash);
+                plan.settle.push(settle(Disposition::DeadLetter { fields }, tally, release));
+            }
+            "wait" => plan.wait.push(entry),
+            _ => plan.parked.push(entry),
+        }
+    }
+
+    fn local(&self, active: &Active, entry: Entry) -> Local {
         let is_retry = entry.key == self.keys.retry;
         let attempt = if is_retry {
             entry.field(meta::ATTEMPT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(1u32).max(1)
         } else {
             1
         };
-        let owner = String::from_utf8_lossy(&origin(entry, &self.keys.stream)).into_owned();
+        let owner = String::from_utf8_lossy(&origin(&entry, &self.keys.stream)).into_owned();
         let invalid = |reason: String, fields: Option<&[&[u8]]>| {
             tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
             let failure = Failure { kind: FailureKind::InvalidEvent, reason: &reason, attempts: attempt };
-            let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
+            let mut letter = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = fields {
                 letter.retain(|(k, _)| k.starts_with(b"_") || keep.contains(&k.as_slice()));
             }
@@ -238,6 +254,85 @@ impl Dispatcher {
             });
         }
         let replay = entry.field(meta::REPLAY).is_some();
-        Local::Candidate { event, attempt, owner, replay }
+        Local::Candidate(Candidate { entry, event, attempt, owner, replay })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consume::testing::{active, entry};
+
+    fn dispatcher() -> Dispatcher {
+        Dispatcher { keys: SubscriberKeys::new("events", "sub"), group: "sub".into(), lease_ms: 1000 }
+    }
+
+    fn field<'a>(s: &'a Settlement, name: &str) -> Option<&'a [u8]> {
+        match &s.disposition {
+            Disposition::DeadLetter { fields } => {
+                fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice())
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_entry_that_is_not_an_event_is_dead_lettered_with_its_reason() {
+        let bad = Entry { key: "events".into(), id: "1-0".into(), fields: vec![(b"type".to_vec(), b"A".to_vec())] };
+        let Local::Settle(s) = dispatcher().local(&active("*"), bad) else { panic!("settled at once") };
+        assert_eq!(s.tally, Tally::DeadLettered(FailureKind::InvalidEvent));
+        assert_eq!(field(&s, meta::KIND), Some(&b"invalid-event"[..]));
+        assert!(s.release, "it may have held a partition key");
+    }
+
+    #[test]
+    fn an_entry_deleted_while_pending_is_named_so() {
+        let gone = Entry { key: "events".into(), id: "1-0".into(), fields: Vec::new() };
+        let Local::Settle(s) = dispatcher().local(&active("*"), gone) else { panic!("settled at once") };
+        let reason = String::from_utf8_lossy(field(&s, meta::REASON).expect("reason")).into_owned();
+        assert!(reason.contains("deleted or trimmed"), "{reason}");
+    }
+
+    #[test]
+    fn an_over_large_entry_keeps_only_its_identifying_attributes_in_the_dead_letter() {
+        let event = Event::new("A", "tests", "{}");
+        let mut e = entry("events", "1-0", &event);
+        e.fields.extend((0..MAX_FIELDS).map(|i| (format!("x{i}").into_bytes(), b"v".to_vec())));
+        let Local::Settle(s) = dispatcher().local(&active("*"), e) else { panic!("settled at once") };
+        assert_eq!(field(&s, "id"), Some(event.id.as_bytes()));
+        assert_eq!(field(&s, "x1"), None);
+        let reason = String::from_utf8_lossy(field(&s, meta::REASON).expect("reason")).into_owned();
+        assert!(reason.contains("at most 1000 fields"), "{reason}");
+    }
+
+    #[test]
+    fn an_unsubscribed_event_is_skipped_but_a_retry_of_it_still_runs() {
+        let event = Event::new("Other", "tests", "{}");
+        let Local::Settle(s) = dispatcher().local(&active("Mine"), entry("events", "1-0", &event)) else {
+            panic!("skipped")
+        };
+        assert_eq!((s.disposition, s.tally), (Disposition::Skip, Tally::Skipped));
+        let mut retry = entry("ferry:retry:{events}:sub", "2-0", &event);
+        retry.fields.push((meta::ATTEMPT.into(), b"3".to_vec()));
+        retry.fields.push((meta::ORIGIN.into(), b"events/1-0".to_vec()));
+        retry.fields.push((meta::REPLAY.into(), b"1".to_vec()));
+        let Local::Candidate(c) = dispatcher().local(&active("Mine"), retry) else { panic!("runs") };
+        assert_eq!((c.attempt, c.owner.as_str(), c.replay), (3, "events/1-0", true));
+    }
+
+    #[test]
+    fn verdicts_sort_candidates_into_the_plan() {
+        let d = dispatcher();
+        let a = active("*");
+        let mut plan = Plan::default();
+        for (i, verdict) in ["run", "dup", "dead", "wait", "park", "crash"].iter().enumerate() {
+            let event = Event::new("A", "tests", "{}");
+            let e = entry("events", &format!("{i}-0"), &event);
+            let c = Candidate { entry: e, event, attempt: 1, owner: format!("events/{i}-0"), replay: false };
+            d.apply(&a, &mut plan, c, verdict);
+        }
+        assert_eq!((plan.run.len(), plan.wait.len(), plan.parked.len()), (1, 1, 1));
+        let tallies: Vec<Tally> = plan.settle.iter().map(|s| s.tally).collect();
+        assert_eq!(tallies, vec![Tally::Deduplicated, Tally::Deduplicated, Tally::DeadLettered(FailureKind::Crash)]);
     }
 }

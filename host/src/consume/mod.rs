@@ -18,13 +18,18 @@
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
 //! - [`housekeeping`]: everything on a timer.
+//! - [`pipeline`]: wires the stages together for one (subscriber, stream) and owns shutdown;
+//!   [`inflight`]: the entries in this host's hands; [`letters`]: the fields of retry and
+//!   dead-letter entries.
 //! - [`read`]: reply parsing; [`scripts`]: the Lua scripts; [`retry`]: the backoff policy;
 //!   [`trim`]: safe trimming.
 //!
-//! [`run_stream`] only wires the stages together and owns shutdown.
 
 pub mod dispatch;
 pub mod housekeeping;
+pub mod inflight;
+pub mod letters;
+pub mod pipeline;
 pub mod read;
 pub mod reader;
 pub mod retry;
@@ -33,22 +38,15 @@ pub mod settle;
 pub mod trim;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 
-use self::dispatch::{Dispatcher, Failure, Work};
-use self::housekeeping::Housekeeper;
-use self::read::Entry;
-use self::reader::Reader;
-use self::settle::{Disposition, Settlement, Settler, Tally, meta};
+use self::settle::Tally;
 use crate::config::{Effective, ReadConfig, Start};
 use crate::event::Event;
 use crate::keys::SubscriberKeys;
@@ -164,13 +162,6 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// RFC 3339 of a Unix-ms instant.
-fn rfc3339_ms(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
 /// Open a connection whose response timeout exceeds the blocking read time.
 pub async fn reader_connection(client: &redis::Client, block: Duration) -> redis::RedisResult<MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
@@ -202,69 +193,10 @@ pub async fn ensure_groups<C: redis::aio::ConnectionLike>(
     Ok(())
 }
 
-/// One entry in this host's hands: read and not yet settled (waiting for a permit,
-/// running, waiting for another delivery of its event, or queued to settle).
-#[derive(Debug, Clone)]
-pub struct Held {
-    /// Stream key it was read from.
-    pub key: String,
-    /// Entry id.
-    pub id: String,
-    /// Its event's id once a run was recorded for it; empty before.
-    pub event_id: String,
-    /// The run's owner.
-    pub owner: String,
-}
-
-/// The entries of one (subscriber, stream) in this host's hands, so a re-read of the pending
-/// list or a takeover does not dispatch them twice, and the housekeeper keeps them alive.
-#[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<(String, String), Held>>>);
-
-impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Held>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Take `entries` into this host's hands; returns those that were not already.
-    pub fn admit(&self, entries: Vec<Entry>) -> Vec<Entry> {
-        let mut held = self.lock();
-        entries
-            .into_iter()
-            .filter(|e| {
-                let key = (e.key.clone(), e.id.clone());
-                if held.contains_key(&key) {
-                    return false;
-                }
-                let h = Held { key: e.key.clone(), id: e.id.clone(), event_id: String::new(), owner: String::new() };
-                held.insert(key, h);
-                true
-            })
-            .collect()
-    }
-
-    /// Note that a run of `event_id` owned by `owner` was recorded for the entry.
-    pub fn running(&self, key: &str, id: &str, event_id: &str, owner: &str) {
-        if let Some(h) = self.lock().get_mut(&(key.to_string(), id.to_string())) {
-            h.event_id = event_id.to_string();
-            h.owner = owner.to_string();
-        }
-    }
-
-    /// The entry left this host's hands.
-    pub fn remove(&self, key: &str, id: &str) {
-        self.lock().remove(&(key.to_string(), id.to_string()));
-    }
-
-    /// Whether the entry is in this host's hands.
-    pub fn contains(&self, key: &str, id: &str) -> bool {
-        self.lock().contains_key(&(key.to_string(), id.to_string()))
-    }
-
-    /// Every entry in this host's hands.
-    pub fn snapshot(&self) -> Vec<Held> {
-        self.lock().values().cloned().collect()
-    }
+/// How long an entry may sit idle on a consumer before another takes it over: configured,
+/// or twice the deadline plus 10 s.
+pub fn claim_idle(read: &ReadConfig, settings: &Effective) -> Duration {
+    read.claim_idle.unwrap_or(settings.limits.deadline * 2 + Duration::from_secs(10))
 }
 
 /// The metric handles of one subscriber, looked up once so the per-event path does no
@@ -330,227 +262,46 @@ impl Counters {
     }
 }
 
-/// How long an entry may sit idle on a consumer before another takes it over: configured,
-/// or twice the deadline plus 10 s.
-pub fn claim_idle(read: &ReadConfig, settings: &Effective) -> Duration {
-    read.claim_idle.unwrap_or(settings.limits.deadline * 2 + Duration::from_secs(10))
-}
+pub use self::inflight::{Held, InFlight};
+pub(crate) use self::letters::{dead_letter_fields, origin, retry_fields};
+pub use self::pipeline::run_stream;
 
-/// Run the consumer of `subscriber` on `stream` until `stop` turns true. Then stop taking
-/// work, let running events finish within the grace period, interrupt what still runs at
-/// its end, and give those entries back (pending, not charged).
-pub async fn run_stream(
-    ctx: Arc<Context>,
-    subscriber: Arc<Subscriber>,
-    stream: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    let keys = SubscriberKeys::new(&stream, &subscriber.name);
-    let group = subscriber.name.clone();
-    let first = subscriber.active();
-    let claim_idle = claim_idle(&ctx.read, &first.settings);
-    let lease_ms = claim_idle.as_millis() as u64;
-    let in_flight = InFlight::default();
-    let counters = Counters::new(&ctx.metrics, &group);
-    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-    let (claimed_tx, mut claimed_rx) = mpsc::channel(4);
-    let settler = Settler {
-        ctx: ctx.clone(),
-        keys: keys.clone(),
-        group: group.clone(),
-        dedupe_window_ms: first.settings.dedupe_window.as_millis() as u64,
-        lease_ms,
-        in_flight: in_flight.clone(),
-        counters: counters.clone(),
-    };
-    let settler = tokio::spawn(settler.run(settle_rx, stop.clone()));
-    let housekeeper = Housekeeper {
-        ctx: ctx.clone(),
-        keys: keys.clone(),
-        group: group.clone(),
-        claim_idle,
-        in_flight: in_flight.clone(),
-        claimed: claimed_tx,
-    };
-    let housekeeper = tokio::spawn(housekeeper.run(stop.clone()));
-    let dispatcher = Dispatcher { keys: keys.clone(), group: group.clone(), lease_ms };
-    let block = ctx.read.block.max(Duration::from_millis(1));
-    let mut reader = Reader::new(keys.clone(), group.clone(), first.settings.start, block);
-    let permits = Arc::new(Semaphore::new(first.settings.concurrency));
-    let mut workers = JoinSet::new();
-    let mut waiting: Vec<Entry> = Vec::new();
-    let mut recheck = Instant::now();
-    tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
+/// What the stages' unit tests share: an [`Active`] whose handler never runs.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
 
-    'read: loop {
-        while let Some(done) = workers.try_join_next() {
-            if let Err(e) = done {
-                tracing::error!(subscriber = %group, "an event's task failed: {e}; its entry stays pending");
-            }
+    use super::Active;
+    use super::read::Entry;
+    use super::settle::event_fields;
+    use crate::config::SubscriberConfig;
+    use crate::event::Event;
+    use crate::plugin::Subscription;
+    use crate::plugin::invoke::{Handling, Invoke, Job, Outcome};
+
+    struct Unused;
+
+    impl Invoke for Unused {
+        fn handle(&self, _job: Job) -> Handling {
+            Box::pin(std::future::ready(Outcome::HostError("not in unit tests".into())))
         }
-        // Read only when a worker is free: what is read waits in this host's hands.
-        tokio::select! {
-            p = permits.clone().acquire_owned() => drop(p),
-            _ = stop.changed() => break,
+        fn name(&self) -> &str {
+            "sub"
         }
-        if *stop.borrow() {
-            break;
-        }
-        // Taken-over and waiting entries first; a read is never cancelled for them (a
-        // cancelled XREADGROUP still delivers its entries into this consumer's pending list).
-        let entries = if !waiting.is_empty() && recheck <= Instant::now() {
-            std::mem::take(&mut waiting)
-        } else if let Ok(taken) = claimed_rx.try_recv() {
-            in_flight.admit(taken)
-        } else {
-            tokio::select! {
-                _ = stop.changed() => break,
-                read = reader.next(&ctx, ctx.read.count) => in_flight.admit(read),
-            }
-        };
-        if entries.is_empty() {
-            continue;
-        }
-        let active = subscriber.active();
-        let ids: Vec<(String, String)> = entries.iter().map(|e| (e.key.clone(), e.id.clone())).collect();
-        let mut conn = ctx.shared.clone();
-        let plan = match dispatcher.plan(&mut conn, &active, entries).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                // Not knowing what was recorded, give the entries back: they stay pending and
-                // are read again from this consumer's pending list.
-                ctx.health.down(&ctx.metrics, &e);
-                for (key, id) in ids {
-                    in_flight.remove(&key, &id);
-                }
-                reader.rewind();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = stop.changed() => break,
-                }
-                continue;
-            }
-        };
-        for entry in &plan.parked {
-            in_flight.remove(&entry.key, &entry.id);
-        }
-        for s in plan.settle {
-            let _ = settle_tx.send(s);
-        }
-        if !plan.wait.is_empty() {
-            waiting.extend(plan.wait);
-            recheck = Instant::now() + ctx.read.poll;
-        }
-        let mut run = plan.run.into_iter();
-        while let Some(work) = run.next() {
-            in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p,
-                _ = stop.changed() => {
-                    // Recorded but never started: give them back uncharged.
-                    for w in std::iter::once(work).chain(run) {
-                        let _ = settle_tx.send(release(&w));
-                    }
-                    break 'read;
-                }
-            };
-            let Ok(permit) = permit else { break 'read };
-            let (active, tx, counters, stream) = (active.clone(), settle_tx.clone(), counters.clone(), stream.clone());
-            workers.spawn(async move {
-                let settlement = worker::run(active, &stream, work, &counters).await;
-                let _ = tx.send(settlement);
-                drop(permit);
-            });
+        fn version(&self) -> &str {
+            "v1"
         }
     }
 
-    // Stop: no more reads. Running events may finish within the grace period.
-    let finished = tokio::time::timeout(ctx.grace, async { while workers.join_next().await.is_some() {} }).await;
-    if finished.is_err() {
-        tracing::warn!(subscriber = %group, %stream, "grace period over: interrupting running events; they stay pending");
-        workers.abort_all();
-        while workers.join_next().await.is_some() {}
+    /// A subscriber of `event_type` on stream `events`, with default settings.
+    pub fn active(event_type: &str) -> Active {
+        let settings = SubscriberConfig::default().resolve().expect("defaults are valid");
+        let subscription = Subscription { event_type: event_type.into(), versions: Vec::new(), stream: None };
+        Active { runner: Arc::new(Unused), subscriptions: vec![("events".into(), subscription)], settings }
     }
-    // Whatever still holds a recorded run got no verdict: give it back uncharged. (An entry
-    // whose settlement is already queued is settled first; its release then finds nothing.)
-    for held in in_flight.snapshot() {
-        if !held.event_id.is_empty() {
-            let _ = settle_tx.send(Settlement {
-                key: held.key,
-                id: held.id,
-                event_id: held.event_id,
-                owner: held.owner,
-                release: false,
-                disposition: Disposition::Release,
-                fallback: None,
-                tally: Tally::None,
-            });
-        }
+
+    /// An entry of `key` holding `event`.
+    pub fn entry(key: &str, id: &str, event: &Event) -> Entry {
+        Entry { key: key.into(), id: id.into(), fields: event_fields(event) }
     }
-    drop(settle_tx);
-    if tokio::time::timeout(Duration::from_millis(800), settler).await.is_err() {
-        tracing::warn!(subscriber = %group, %stream, "settling at shutdown took too long; unsettled entries stay pending");
-    }
-    housekeeper.abort();
-    tracing::info!(subscriber = %group, %stream, "consumer stopped");
-}
-
-/// The settlement that gives `work` back without a verdict.
-fn release(work: &Work) -> Settlement {
-    Settlement {
-        key: work.entry.key.clone(),
-        id: work.entry.id.clone(),
-        event_id: work.job.event.id.clone(),
-        owner: work.owner.clone(),
-        release: false,
-        disposition: Disposition::Release,
-        fallback: None,
-        tally: Tally::None,
-    }
-}
-
-pub(crate) fn origin(entry: &Entry, stream: &str) -> Vec<u8> {
-    entry.field(meta::ORIGIN).map(<[u8]>::to_vec).unwrap_or_else(|| format!("{stream}/{}", entry.id).into_bytes())
-}
-
-fn first_failure(entry: &Entry, now: u64) -> Vec<u8> {
-    entry.field(meta::FIRST_FAILURE).map(<[u8]>::to_vec).unwrap_or_else(|| rfc3339_ms(now).into_bytes())
-}
-
-pub(crate) fn retry_fields(
-    entry: &Entry,
-    stream: &str,
-    kind: FailureKind,
-    reason: &str,
-    next_attempt: u32,
-    now: u64,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = settle::original_fields(entry);
-    fields.push((meta::ATTEMPT.into(), next_attempt.to_string().into_bytes()));
-    fields.push((meta::ORIGIN.into(), origin(entry, stream)));
-    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, now)));
-    fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));
-    fields.push((meta::KIND.into(), kind.as_str().into()));
-    fields.push((meta::REASON.into(), reason.as_bytes().to_vec()));
-    fields
-}
-
-pub(crate) fn dead_letter_fields(
-    entry: &Entry,
-    active: &Active,
-    stream: &str,
-    failure: &Failure<'_>,
-    now: u64,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = settle::original_fields(entry);
-    let runner = &active.runner;
-    fields.push((meta::REASON.into(), failure.reason.as_bytes().to_vec()));
-    fields.push((meta::KIND.into(), failure.kind.as_str().into()));
-    fields.push((meta::ATTEMPTS.into(), failure.attempts.to_string().into_bytes()));
-    fields.push((meta::SUBSCRIBER.into(), runner.name().as_bytes().to_vec()));
-    fields.push((meta::VERSION.into(), runner.version().as_bytes().to_vec()));
-    fields.push((meta::ORIGIN.into(), origin(entry, stream)));
-    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, now)));
-    fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));
-    fields
 }

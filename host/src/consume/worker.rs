@@ -86,3 +86,49 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
     }
     settlement
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consume::settle::meta;
+    use crate::consume::testing::{active, entry};
+    use crate::event::Event;
+    use crate::plugin::invoke::{FailureKind, Job};
+
+    fn work(attempt: u32) -> Work {
+        let event = Event::new("A", "tests", "{}");
+        let entry = entry("events", "1-0", &event);
+        let job = Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt };
+        Work { entry, job, owner: "events/1-0".into() }
+    }
+
+    fn failed(kind: FailureKind) -> Outcome {
+        Outcome::Failed { kind, reason: "no".into(), delay_hint: None }
+    }
+
+    #[test]
+    fn a_handled_event_is_acked_and_recorded() {
+        let s = dispose(&active("*"), "events", work(1), Outcome::Handled { follow_ups: Vec::new() });
+        assert_eq!(s.disposition, Disposition::Ack { record: true, follow_ups: Vec::new() });
+        assert_eq!(s.tally, Tally::Handled);
+    }
+
+    #[test]
+    fn a_failure_retries_until_the_last_attempt_and_then_dead_letters() {
+        let a = active("*");
+        let s = dispose(&a, "events", work(1), failed(FailureKind::Trap));
+        let Disposition::Retry { fields, .. } = &s.disposition else { panic!("retry: {s:?}") };
+        assert!(fields.contains(&(meta::ATTEMPT.into(), b"2".to_vec())));
+        let last = a.settings.retry.max_attempts;
+        let s = dispose(&a, "events", work(last), failed(FailureKind::Trap));
+        assert!(matches!(s.disposition, Disposition::DeadLetter { .. }), "{s:?}");
+        let s = dispose(&a, "events", work(1), failed(FailureKind::HandlerReject));
+        assert_eq!(s.tally, Tally::DeadLettered(FailureKind::HandlerReject), "a reject is never retried");
+    }
+
+    #[test]
+    fn a_host_error_gives_the_event_back_without_a_verdict() {
+        let s = dispose(&active("*"), "events", work(1), Outcome::HostError("pool full".into()));
+        assert_eq!((s.disposition, s.tally), (Disposition::Release, Tally::None));
+    }
+}

@@ -1,0 +1,258 @@
+//! The pipeline of one (subscriber, stream): wires reader → dispatcher → workers → settler,
+//! starts the housekeeper beside them, and owns shutdown.
+//!
+//! Backpressure: the reader reads only when a worker is free, and a read's events are
+//! started one permit at a time, so what this host holds is bounded by `concurrency` plus
+//! one read. Everything it holds is kept alive by the housekeeper.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::dispatch::{Dispatcher, Plan, Work};
+use super::housekeeping::Housekeeper;
+use super::read::Entry;
+use super::reader::Reader;
+use super::settle::{Disposition, Settlement, Settler, Tally};
+use super::{Active, Context, Counters, InFlight, Subscriber, claim_idle, worker};
+use crate::keys::SubscriberKeys;
+
+/// Run the consumer of `subscriber` on `stream` until `stop` turns true. Then stop taking
+/// work, let running events finish within the grace period, interrupt what still runs at
+/// its end, and give those entries back (pending, not charged).
+pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: watch::Receiver<bool>) {
+    let mut pipeline = Pipeline::start(ctx, subscriber, stream, stop);
+    while let Some(entries) = pipeline.next_entries().await {
+        let active = pipeline.subscriber.active();
+        let Some(plan) = pipeline.dispatch(&active, entries).await else { continue };
+        if !pipeline.start_work(&active, plan).await {
+            break;
+        }
+    }
+    pipeline.shutdown().await;
+}
+
+/// The stages of one (subscriber, stream) and what they share.
+struct Pipeline {
+    ctx: Arc<Context>,
+    subscriber: Arc<Subscriber>,
+    stream: String,
+    stop: watch::Receiver<bool>,
+    in_flight: InFlight,
+    counters: Counters,
+    reader: Reader,
+    dispatcher: Dispatcher,
+    permits: Arc<Semaphore>,
+    workers: JoinSet<()>,
+    settle_tx: mpsc::UnboundedSender<Settlement>,
+    settler: JoinHandle<()>,
+    claimed_rx: mpsc::Receiver<Vec<Entry>>,
+    housekeeper: JoinHandle<()>,
+    /// Entries waiting for another delivery of their event to settle, and when to look again.
+    waiting: Vec<Entry>,
+    recheck: Instant,
+}
+
+impl Pipeline {
+    fn start(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: watch::Receiver<bool>) -> Self {
+        let keys = SubscriberKeys::new(&stream, &subscriber.name);
+        let group = subscriber.name.clone();
+        let first = subscriber.active();
+        let claim_idle = claim_idle(&ctx.read, &first.settings);
+        let lease_ms = claim_idle.as_millis() as u64;
+        let in_flight = InFlight::default();
+        let counters = Counters::new(&ctx.metrics, &group);
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        let (claimed_tx, claimed_rx) = mpsc::channel(4);
+        let settler = Settler {
+            ctx: ctx.clone(),
+            keys: keys.clone(),
+            group: group.clone(),
+            dedupe_window_ms: first.settings.dedupe_window.as_millis() as u64,
+            lease_ms,
+            in_flight: in_flight.clone(),
+            counters: counters.clone(),
+        };
+        let settler = tokio::spawn(settler.run(settle_rx, stop.clone()));
+        let housekeeper = Housekeeper {
+            ctx: ctx.clone(),
+            keys: keys.clone(),
+            group: group.clone(),
+            claim_idle,
+            in_flight: in_flight.clone(),
+            claimed: claimed_tx,
+        };
+        let housekeeper = tokio::spawn(housekeeper.run(stop.clone()));
+        let block = ctx.read.block.max(Duration::from_millis(1));
+        tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
+        Self {
+            reader: Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+            dispatcher: Dispatcher { keys, group, lease_ms },
+            permits: Arc::new(Semaphore::new(first.settings.concurrency)),
+            workers: JoinSet::new(),
+            ctx,
+            subscriber,
+            stream,
+            stop,
+            in_flight,
+            counters,
+            settle_tx,
+            settler,
+            claimed_rx,
+            housekeeper,
+            waiting: Vec::new(),
+            recheck: Instant::now(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// The next entries to dispatch, taken into this host's hands; `None` once stopped.
+    /// Taken-over and waiting entries come first; a read is never cancelled for them (a
+    /// cancelled XREADGROUP still delivers its entries into this consumer's pending list).
+    async fn next_entries(&mut self) -> Option<Vec<Entry>> {
+        loop {
+            while let Some(done) = self.workers.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(subscriber = %self.subscriber.name, "an event's task failed: {e}; its entry stays pending");
+                }
+            }
+            // Read only when a worker is free: what is read waits in this host's hands.
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => drop(p),
+                _ = self.stop.changed() => return None,
+            }
+            if self.stopped() {
+                return None;
+            }
+            let entries = if !self.waiting.is_empty() && self.recheck <= Instant::now() {
+                std::mem::take(&mut self.waiting)
+            } else if let Ok(taken) = self.claimed_rx.try_recv() {
+                self.in_flight.admit(taken)
+            } else {
+                tokio::select! {
+                    _ = self.stop.changed() => return None,
+                    read = self.reader.next(&self.ctx, self.ctx.read.count) => self.in_flight.admit(read),
+                }
+            };
+            if !entries.is_empty() {
+                return Some(entries);
+            }
+        }
+    }
+
+    /// Dispatch `entries` under `active`: settlements go to the settler, waiting entries
+    /// aside; the work to run is returned. `None` when Redis could not record the plan.
+    async fn dispatch(&mut self, active: &Active, entries: Vec<Entry>) -> Option<Plan> {
+        let ids: Vec<(String, String)> = entries.iter().map(|e| (e.key.clone(), e.id.clone())).collect();
+        let mut conn = self.ctx.shared.clone();
+        let mut plan = match self.dispatcher.plan(&mut conn, active, entries).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                // Not knowing what was recorded, give the entries back: they stay pending and
+                // are read again from this consumer's pending list.
+                self.ctx.health.down(&self.ctx.metrics, &e);
+                for (key, id) in ids {
+                    self.in_flight.remove(&key, &id);
+                }
+                self.reader.rewind();
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = self.stop.changed() => {}
+                }
+                return None;
+            }
+        };
+        for entry in &plan.parked {
+            self.in_flight.remove(&entry.key, &entry.id);
+        }
+        for s in std::mem::take(&mut plan.settle) {
+            let _ = self.settle_tx.send(s);
+        }
+        if !plan.wait.is_empty() {
+            self.waiting.append(&mut plan.wait);
+            self.recheck = Instant::now() + self.ctx.read.poll;
+        }
+        Some(plan)
+    }
+
+    /// Start a worker for each event of `plan`, one permit at a time. Returns false once
+    /// stopped (the events not started are given back uncharged).
+    async fn start_work(&mut self, active: &Arc<Active>, plan: Plan) -> bool {
+        let mut run = plan.run.into_iter();
+        while let Some(work) = run.next() {
+            self.in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
+            let permit: Option<OwnedSemaphorePermit> = tokio::select! {
+                p = self.permits.clone().acquire_owned() => p.ok(),
+                _ = self.stop.changed() => None,
+            };
+            let Some(permit) = permit else {
+                for w in std::iter::once(work).chain(run) {
+                    let _ = self.settle_tx.send(give_back(&w));
+                }
+                return false;
+            };
+            let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
+            let stream = self.stream.clone();
+            self.workers.spawn(async move {
+                let settlement = worker::run(active, &stream, work, &counters).await;
+                let _ = tx.send(settlement);
+                drop(permit);
+            });
+        }
+        true
+    }
+
+    /// No more reads. Running events may finish within the grace period; then they are
+    /// interrupted, and every entry with a recorded run but no verdict is given back.
+    async fn shutdown(mut self) {
+        let (group, stream) = (self.subscriber.name.clone(), self.stream.clone());
+        let workers = &mut self.workers;
+        let finished = tokio::time::timeout(self.ctx.grace, async { while workers.join_next().await.is_some() {} });
+        if finished.await.is_err() {
+            tracing::warn!(subscriber = %group, %stream, "grace period over: interrupting running events; they stay pending");
+            self.workers.abort_all();
+            while self.workers.join_next().await.is_some() {}
+        }
+        // An entry whose settlement is already queued is settled first; its give-back then
+        // finds nothing to give back.
+        for held in self.in_flight.snapshot() {
+            if !held.event_id.is_empty() {
+                let _ = self.settle_tx.send(Settlement {
+                    key: held.key,
+                    id: held.id,
+                    event_id: held.event_id,
+                    owner: held.owner,
+                    release: false,
+                    disposition: Disposition::Release,
+                    fallback: None,
+                    tally: Tally::None,
+                });
+            }
+        }
+        drop(self.settle_tx);
+        if tokio::time::timeout(Duration::from_millis(800), self.settler).await.is_err() {
+            tracing::warn!(subscriber = %group, %stream, "settling at shutdown took too long; unsettled entries stay pending");
+        }
+        self.housekeeper.abort();
+        tracing::info!(subscriber = %group, %stream, "consumer stopped");
+    }
+}
+
+/// The settlement that gives `work` back without a verdict.
+fn give_back(work: &Work) -> Settlement {
+    Settlement {
+        key: work.entry.key.clone(),
+        id: work.entry.id.clone(),
+        event_id: work.job.event.id.clone(),
+        owner: work.owner.clone(),
+        release: false,
+        disposition: Disposition::Release,
+        fallback: None,
+        tally: Tally::None,
+    }
+}
