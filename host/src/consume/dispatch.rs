@@ -70,7 +70,7 @@ pub struct Dispatcher {
 /// An entry's verdict before the script: the part decided from the entry alone.
 enum Local {
     Settle(Settlement),
-    Candidate(Candidate),
+    Candidate(Box<Candidate>),
 }
 
 /// A valid, wanted event whose fate the dispatch script decides.
@@ -99,7 +99,7 @@ impl Dispatcher {
         for entry in entries {
             match self.local(active, entry) {
                 Local::Settle(s) => plan.settle.push(s),
-                Local::Candidate(c) => candidates.push(c),
+                Local::Candidate(c) => candidates.push(*c),
             }
         }
         if candidates.is_empty() {
@@ -254,7 +254,7 @@ impl Dispatcher {
             });
         }
         let replay = entry.field(meta::REPLAY).is_some();
-        Local::Candidate(Candidate { entry, event, attempt, owner, replay })
+        Local::Candidate(Box::new(Candidate { entry, event, attempt, owner, replay }))
     }
 }
 
