@@ -52,6 +52,25 @@ pub struct BenchArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
+    /// Run only these throughput rows (and their cost), nothing else: for profiling one
+    /// consumer, e.g. `perf record -- ferry bench --only rust`. Repeat or comma-separate.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Only>,
+}
+
+/// A throughput row `--only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The plain redis-rs consumer.
+    Plain,
+    /// ferry's loop with a native no-op handler.
+    Native,
+    /// The Rust plugin.
+    Rust,
+    /// The Python plugin (needs --python).
+    Python,
+    /// The JavaScript plugin (needs --javascript).
+    Javascript,
 }
 
 /// One measured figure.
@@ -409,9 +428,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (_, cached) = load(&bench.engine, &noop_path, Some(&cache))?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
+    let wants = |which: Only| args.only.is_empty() || args.only.contains(&which);
     let mut polyglot: Vec<(&str, Arc<Plugin>, Shape)> = Vec::new();
-    for (lang, path, shape) in [("Python", &args.python, Shape::Order), ("JavaScript", &args.javascript, Shape::User)] {
-        if let Some(path) = path {
+    for (lang, path, shape, which) in [
+        ("Python", &args.python, Shape::Order, Only::Python),
+        ("JavaScript", &args.javascript, Shape::User, Only::Javascript),
+    ] {
+        if let Some(path) = path.as_ref().filter(|_| wants(which)) {
             let (plugin, cold) = load(&bench.engine, path, Some(&cache))?;
             let (_, cached) = load(&bench.engine, path, Some(&cache))?;
             report.add(format!("start-up: {lang} plugin, cold compile"), cold, "ms", "");
@@ -422,32 +445,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 1. Throughput.
     let n = sizes.events;
-    let (plain, plain_cost) = bench.plain(n).await?;
-    report.throughput(
-        format!("throughput: plain redis-rs consumer, {n} events"),
-        plain,
-        "events/s",
-        plain,
-        format!("XREADGROUP COUNT {} + XACK, nothing else: the ceiling", plain::COUNT),
-    );
-    let (native, native_cost) = bench.throughput("native", Arc::new(Native), n, Shape::Order).await?;
-    report.throughput(
-        format!("throughput: native consumer, {n} events"),
-        native,
-        "events/s",
-        plain,
-        "ferry's loop, no-op native handler",
-    );
-    let (rust, rust_cost) =
-        bench.throughput("rust", bench.runner(&noop, "rust", InstanceMode::Reuse), n, Shape::Order).await?;
-    report.throughput(
-        format!("throughput: Rust plugin, {n} events"),
-        rust,
-        "events/s",
-        plain,
-        format!("{:.2}x native; target >= 0.9x plain", rust / native),
-    );
-    let mut polyglot_costs = Vec::new();
+    let mut costs = Vec::new();
+    let mut plain = 0.0;
+    if wants(Only::Plain) {
+        let cost;
+        (plain, cost) = bench.plain(n).await?;
+        report.throughput(
+            format!("throughput: plain redis-rs consumer, {n} events"),
+            plain,
+            "events/s",
+            plain,
+            format!("XREADGROUP COUNT {} + XACK, nothing else: the ceiling", plain::COUNT),
+        );
+        costs.push(("plain consumer".to_string(), cost));
+    }
+    let mut native = f64::NAN;
+    if wants(Only::Native) {
+        let cost;
+        (native, cost) = bench.throughput("native", Arc::new(Native), n, Shape::Order).await?;
+        report.throughput(
+            format!("throughput: native consumer, {n} events"),
+            native,
+            "events/s",
+            plain,
+            "ferry's loop, no-op native handler",
+        );
+        costs.push(("native consumer".to_string(), cost));
+    }
+    if wants(Only::Rust) {
+        let (rust, cost) =
+            bench.throughput("rust", bench.runner(&noop, "rust", InstanceMode::Reuse), n, Shape::Order).await?;
+        report.throughput(
+            format!("throughput: Rust plugin, {n} events"),
+            rust,
+            "events/s",
+            plain,
+            format!("{:.2}x native; target >= 0.9x plain", rust / native),
+        );
+        costs.push(("Rust plugin".to_string(), cost));
+    }
     for (lang, plugin, shape) in &polyglot {
         let m = sizes.polyglot_events;
         let (tp, cost) =
@@ -460,13 +496,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             plain,
             format!("{:.2}x native; target >= {target}", tp / native),
         );
-        polyglot_costs.push((format!("{lang} plugin"), cost));
+        costs.push((format!("{lang} plugin"), cost));
     }
-    report.cost("plain consumer", &plain_cost);
-    report.cost("native consumer", &native_cost);
-    report.cost("Rust plugin", &rust_cost);
-    for (label, cost) in &polyglot_costs {
+    for (label, cost) in &costs {
         report.cost(label, cost);
+    }
+    if !args.only.is_empty() {
+        return finish(&args, &report);
     }
 
     // 2. Latency at a steady 5,000 events/s.
@@ -542,6 +578,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // 7. Scaling with work.
     scaling(&bench, &noop, &args, &cache, &sizes, plain, &mut report).await?;
 
+    finish(&args, &report)
+}
+
+/// Print the table and write the JSON.
+fn finish(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -696,14 +737,17 @@ async fn scaling(
         let label = format!("payload-{bytes}");
         let runner = bench.runner(noop, &label, InstanceMode::Reuse);
         let (tp, cost) = bench.throughput(&label, runner, n, Shape::Padded(bytes)).await?;
-        let per_kb = (cost.host_us + cost.redis_us) / (bytes as f64 / 1024.0);
+        let total = cost.host_us + cost.redis_us;
+        let per_kb = total / (bytes as f64 / 1024.0);
         let growth = match base {
             None => {
-                base = Some(cost.host_us + cost.redis_us);
+                base = Some(total);
                 String::new()
             }
             Some(b) => {
-                format!("; {:.1}x the 100 B cost for {}x the bytes", (cost.host_us + cost.redis_us) / b, bytes / 100)
+                let (grew, bigger) = (total / b, bytes as f64 / 100.0);
+                let flag = if grew > bigger { " FASTER THAN LINEAR" } else { "" };
+                format!("; {grew:.1}x the 100 B cost for {bigger:.0}x the bytes{flag}")
             }
         };
         report.throughput(
@@ -723,6 +767,7 @@ async fn scaling(
     // Subscribers on one stream: deliveries/s with 1, 4 and 16 groups.
     let m = sizes.scaling_fanout_events;
     let mut one = None;
+    let mut first_cost: Option<f64> = None;
     for k in [1usize, 4, 16] {
         let stream = format!("bench-scale-subs-{k}");
         let mut conn = bench.ctx.shared.clone();
@@ -741,13 +786,17 @@ async fn scaling(
         let c = cost::Cost::between(&before, &after, k * m);
         let vs_one = *one.get_or_insert(deliveries);
         let target = if k == 4 { "; target >= 0.8x of 1" } else { "" };
+        // CPU per delivery should stay flat as subscribers are added.
+        let per_delivery = c.host_us + c.redis_us;
+        let flag =
+            if per_delivery > 1.5 * *first_cost.get_or_insert(per_delivery) { " FASTER THAN LINEAR" } else { "" };
         report.throughput(
-            format!("scaling: {k} Rust subscribers on one stream, {m} events"),
+            format!("scaling: {k} Rust subscriber{} on one stream, {m} events", if k == 1 { "" } else { "s" }),
             deliveries,
             "deliveries/s",
             plain,
             format!(
-                "{:.2}x the 1-subscriber rate{target}; host {:.1} + Redis {:.1} us/delivery",
+                "{:.2}x the 1-subscriber rate{target}; host {:.1} + Redis {:.1} us/delivery{flag}",
                 deliveries / vs_one,
                 c.host_us,
                 c.redis_us
@@ -757,6 +806,7 @@ async fn scaling(
 
     // Plugins loaded: start-up of a host (artifacts cached) and its memory.
     let noop_path = args.guests.join("fixture_noop.wasm");
+    let mut per_plugin_first: Option<(f64, f64)> = None;
     for k in [1usize, 20, 100] {
         let dir = tempfile::tempdir()?;
         for i in 0..k {
@@ -780,17 +830,21 @@ async fn scaling(
         tokio::time::sleep(Duration::from_millis(300)).await;
         let grown = rss_mb() - base;
         host.stop_all().await;
+        let (ms_each, mb_each) = (start_ms / k as f64, grown / k as f64);
+        let (ms_first, mb_first) = *per_plugin_first.get_or_insert((ms_each, mb_each));
+        let flag = |each: f64, first: f64| if k > 1 && each > 1.5 * first { " FASTER THAN LINEAR" } else { "" };
+        let plugins = if k == 1 { "plugin" } else { "plugins" };
         report.add(
-            format!("scaling: {k} Rust plugins loaded: start-up"),
+            format!("scaling: {k} Rust {plugins} loaded: start-up"),
             start_ms,
             "ms",
-            format!("{:.2} ms per plugin, artifacts cached", start_ms / k as f64),
+            format!("{ms_each:.2} ms per plugin, artifacts cached{}", flag(ms_each, ms_first)),
         );
         report.add(
-            format!("scaling: {k} Rust plugins loaded: memory"),
+            format!("scaling: {k} Rust {plugins} loaded: memory"),
             grown,
             "MB RSS",
-            format!("{:.2} MB per plugin, idle", grown / k as f64),
+            format!("{mb_each:.2} MB per plugin, idle{}", flag(mb_each, mb_first)),
         );
     }
     Ok(())
