@@ -11,6 +11,8 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== module dependencies (no import cycle in the library)"
+"$root/scripts/module-deps.sh"
 
 echo "== Python and JavaScript example plugins"
 mkdir -p "$root/target/polyglot"

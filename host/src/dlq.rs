@@ -131,6 +131,17 @@ pub async fn list<C: ConnectionLike>(
     Ok(out)
 }
 
+/// How many dead letters there are, of one subscriber or all (what [`list`] would return
+/// without a limit).
+pub async fn total<C: ConnectionLike>(conn: &mut C, subscriber: Option<&str>) -> redis::RedisResult<u64> {
+    let mut total = 0;
+    for (key, _, _) in streams(conn, subscriber).await? {
+        let n: u64 = redis::cmd("XLEN").arg(&key).query_async(conn).await?;
+        total += n;
+    }
+    Ok(total)
+}
+
 /// Count of dead letters per (stream, subscriber).
 pub async fn counts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<Vec<(String, String, u64)>> {
     let mut out = Vec::new();

@@ -4,7 +4,6 @@
 //! test can start a whole host in-process and stop it when it likes.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -103,22 +102,6 @@ pub async fn connect(url: &str) -> anyhow::Result<(redis::Client, redis::aio::Co
     let _: String =
         redis::cmd("PING").query_async(&mut manager).await.with_context(|| format!("cannot reach Redis at {url}"))?;
     Ok((client, manager))
-}
-
-/// Run a host with `config` until `shutdown` completes, then stop gracefully.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let host = Host::start(config).await?;
-    let admin = crate::admin::spawn(host.clone()).await?;
-    let watcher = if host.config.watch { Some(crate::reload::watch(host.clone())?) } else { None };
-    shutdown.await;
-    tracing::info!("shutting down: no new reads; letting in-flight events finish");
-    drop(watcher);
-    host.stop_all().await;
-    if let Some(admin) = admin {
-        admin.abort();
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 impl Host {

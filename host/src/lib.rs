@@ -13,21 +13,25 @@
 //! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
 //!   dead-letter), plus promotion of due retries and reclaiming entries of dead consumers.
 //! - [`dlq`]: inspect, replay and purge dead letters.
-//! - [`host`]: the running host: loads plugins, starts subscribers, reloads, shuts down.
-//! - [`reload`]: watch the plugin directory and swap plugins in place.
-//! - [`admin`]: the admin HTTP endpoint (metrics, health, status page).
+//! - [`host`]: the running host: loads plugins, starts and swaps subscribers, shuts down.
+//! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
 //! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
-//! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests.
-//! - [`demo`]: the README's end-to-end demo; [`bench`]: the benchmark.
-//! - [`cli`]: the `ferry` command line; [`status`]: `ferry status` straight from Redis.
+//!
+//! Around the host, each depending on it and never the other way round:
+//!
+//! - [`reload`]: watch the plugin directory and apply changes to a [`host::Host`].
+//! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page).
+//! - [`redis_server`]: a throwaway `redis-server` for the demo, the benchmark and tests.
+//!
+//! The `ferry` binary (`src/main.rs`, `src/cli/`) holds the command line and its commands,
+//! the demo and the benchmark; its `run` command wires [`host::Host`], [`admin`] and
+//! [`reload`] together. Modules import each other without cycles: `scripts/module-deps.sh`
+//! checks it.
 
 pub mod admin;
-pub mod bench;
-pub mod cli;
 pub mod config;
 pub mod consume;
-pub mod demo;
 pub mod dlq;
 pub mod event;
 pub mod host;

@@ -1,16 +1,21 @@
 //! The `ferry` binary: parse the command line, set up logging, run the command.
+//!
+//! The command line and every command (`run`, `publish`, `plugins`, `dlq`, `status`, `demo`,
+//! `bench`) live here, in [`cli`], on the binary side: the `ferry` library is what an
+//! embedding application or a test needs, and never imports the CLI.
+
+mod cli;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ferry::cli::Cli;
+use cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The benchmark's handlers log per event; keep its output to the figures by default.
-    let default = if matches!(cli.command, ferry::cli::Command::Bench(_)) { "warn" } else { "info" };
+    let default = cli.command.default_log_filter();
     // Before the runtime: the span exporter (feature `otel`) runs its own thread and blocks.
-    let telemetry = match ferry::telemetry::init(cli.log_format, default) {
+    let telemetry = match ferry::telemetry::init(cli.log_format.into(), default) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot set up logging: {e:#}");
@@ -24,7 +29,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(ferry::cli::execute(cli)) {
+    let code = match runtime.block_on(cli::execute(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

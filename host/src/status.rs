@@ -1,33 +1,14 @@
-//! `ferry status`: streams, groups, lag, pending, retries and dead letters, straight from
-//! Redis (no running host needed); and a tiny HTTP client for asking a running host.
-
-use std::process::ExitCode;
+//! Queue state straight from Redis: streams, groups, lag, pending, retries and dead letters
+//! (no running host needed). `ferry status`, the admin endpoint's gauges and status page and
+//! the tests read it; and a tiny HTTP client for asking a running host's admin endpoint.
 
 use anyhow::Context as _;
-use clap::Args;
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::consume::read;
 use crate::keys::SubscriberKeys;
-
-/// `ferry status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Redis URL.
-    #[arg(long, env = "FERRY_REDIS", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
-    /// Streams to show (default: every stream that has a ferry consumer group).
-    #[arg(long = "stream")]
-    pub streams: Vec<String>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Refresh every N seconds until interrupted.
-    #[arg(long, value_name = "SECONDS")]
-    pub watch: Option<u64>,
-}
 
 /// One consumer group on one stream.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -252,81 +233,10 @@ async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &s
     Ok(None)
 }
 
-/// Run `ferry status`.
-///
-/// Once, the command fails when Redis does; with `--watch` it reports the failure in place of
-/// the table and keeps refreshing, so an operator watching through an outage sees it end.
-pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let (_, mut conn) = crate::host::connect(&args.redis).await?;
-    loop {
-        let snapshot = snapshot(&mut conn, &args.streams).await;
-        match (&args.watch, snapshot) {
-            (None, Err(e)) => return Err(e),
-            (None, Ok(groups)) if args.json => println!("{}", serde_json::to_string_pretty(&groups)?),
-            (None, Ok(groups)) => print!("{}", render(&groups)),
-            // Watching with --json: one compact document per line, for a script to follow.
-            (Some(_), Ok(groups)) if args.json => println!("{}", serde_json::to_string(&groups)?),
-            (Some(_), Err(e)) if args.json => println!("{}", serde_json::json!({ "error": format!("{e:#}") })),
-            (Some(secs), result) => {
-                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-                print!("\x1b[2J\x1b[H{} · every {}s · {now}\n\n", without_password(&args.redis), secs.max(&1));
-                match result {
-                    Ok(groups) => print!("{}", render(&groups)),
-                    Err(e) => println!("redis unreachable: {e:#}"),
-                }
-            }
-        }
-        std::io::Write::flush(&mut std::io::stdout())?;
-        match args.watch {
-            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
-            None => return Ok(ExitCode::SUCCESS),
-        }
-    }
-}
-
-/// `url` without its user and password, for showing on screen.
-fn without_password(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
-        _ => url.to_string(),
-    }
-}
-
-async fn snapshot<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
+/// Every ferry group on the streams that carry one, plus `extra` streams.
+pub async fn snapshot<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
     let streams = discover(conn, extra).await.context("listing streams")?;
     collect(conn, &streams).await.context("reading group state")
-}
-
-/// The status as a text table.
-pub fn render(groups: &[GroupStatus]) -> String {
-    let mut rows = vec![
-        ["STREAM", "SUBSCRIBER", "LAG", "PENDING", "OLDEST", "RETRIES", "DEAD", "CONSUMERS"].map(String::from).to_vec(),
-    ];
-    for g in groups {
-        let consumers: Vec<String> = g
-            .consumers
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} ({} pending, seen {} ago)",
-                    c.name,
-                    c.pending,
-                    humantime::format_duration(std::time::Duration::from_millis(c.idle_ms / 1000 * 1000))
-                )
-            })
-            .collect();
-        rows.push(vec![
-            g.stream.clone(),
-            g.group.clone(),
-            g.lag.map_or("?".into(), |l| l.to_string()),
-            g.pending.to_string(),
-            g.oldest_pending_ms.map_or("-".into(), |ms| format!("{ms}ms")),
-            format!("{}+{}", g.retries_scheduled, g.retries_pending),
-            g.dead_letters.to_string(),
-            consumers.join(", "),
-        ]);
-    }
-    crate::cli::table(&rows)
 }
 
 /// `GET path` from a host's admin endpoint at `addr` (`host:port`), returning the body.
@@ -345,38 +255,4 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         anyhow::bail!("{status}: {body}");
     }
     Ok(body.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_watch_header_never_shows_a_password() {
-        assert_eq!(without_password("redis://:s3cret@db:6379/0"), "redis://db:6379/0");
-        assert_eq!(without_password("rediss://user:pw@db"), "rediss://db");
-        assert_eq!(without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn the_table_shows_unknown_lag_and_consumers_last_seen() {
-        let g = GroupStatus {
-            stream: "orders".into(),
-            group: "billing".into(),
-            lag: None,
-            pending: 2,
-            oldest_pending_ms: Some(1500),
-            retries_scheduled: 1,
-            retries_pending: 3,
-            dead_letters: 4,
-            held_keys: 0,
-            parked: 0,
-            oldest_hold_ms: None,
-            consumers: vec![ConsumerStatus { name: "host-a".into(), pending: 2, idle_ms: 61_500 }],
-        };
-        let table = render(&[g]);
-        let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
-        assert_eq!(&row[..7], ["orders", "billing", "?", "2", "1500ms", "1+3", "4"]);
-        assert!(table.contains("host-a (2 pending, seen 1m 1s ago)"), "{table}");
-    }
 }

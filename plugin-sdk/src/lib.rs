@@ -198,6 +198,10 @@ impl fmt::Display for Error {
 /// Log lines go into the host's tracing, tagged with the plugin name and the event id.
 pub mod log {
     use crate::bindings::ferry::plugin::log::{Level, write};
+    /// Log at trace level (the most verbose; hosts usually filter it out).
+    pub fn trace(message: &str) {
+        write(Level::Trace, message)
+    }
     /// Log at debug level.
     pub fn debug(message: &str) {
         write(Level::Debug, message)

@@ -195,6 +195,22 @@ pub async fn publish(conn: &mut MultiplexedConnection, stream: &str, event_type:
     event
 }
 
+/// What `ferry run` does, in this process: the host, its admin endpoint and the plugin-directory
+/// watcher (each as configured) until `shutdown`, then a graceful stop. The binary's `run`
+/// command wires the same three pieces; the library leaves the composition to its user.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let host = ferry::host::Host::start(config).await?;
+    let admin = ferry::admin::spawn(host.clone()).await?;
+    let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
+    shutdown.await;
+    drop(watcher);
+    host.stop_all().await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    Ok(())
+}
+
 /// A host running in this process until stopped.
 pub struct InProcessHost {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -204,7 +220,7 @@ pub struct InProcessHost {
 impl InProcessHost {
     pub fn start(config: Config) -> Self {
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(ferry::host::run(config, async move {
+        let handle = tokio::spawn(serve(config, async move {
             let _ = rx.await;
         }));
         Self { stop: Some(stop), handle }

@@ -1,11 +1,17 @@
 //! `ferry bench`: the benchmark, on a throwaway `redis-server` it starts itself.
 //!
-//! It measures, in one run: throughput of preloaded events through the real consumer loop for
-//! a native handler (the ceiling: same reads, batching and acks, no WebAssembly), the Rust
-//! plugin and, when given, the Python and JavaScript plugins; publish→handled latency at a
-//! steady rate; fan-out to 4 subscribers; per-event cost of a fresh versus a reused instance;
-//! cold versus cached plugin start; the hot-reload swap time; and host memory with 1 and 20
-//! plugins, idle and under load. It prints a table and writes the same figures as JSON.
+//! It measures, in one run: throughput of preloaded events for a plain redis-rs consumer
+//! ([`plain`]: read and ack, nothing else; the honest ceiling every throughput row is a ratio
+//! to), ferry's real consumer loop with a native handler (same loop, no WebAssembly), the Rust
+//! plugin and, when given, the Python and JavaScript plugins, each with its cost per event
+//! ([`cost`]: Redis CPU, per Redis command, host CPU); publish→handled latency at a steady
+//! rate; fan-out to 4 subscribers; per-event cost of a fresh versus a reused instance; cold
+//! versus cached plugin start; the hot-reload swap time; host memory with 1 and 20 plugins,
+//! idle and under load; and how cost scales with payload size, subscribers and plugins
+//! loaded. It prints a table and writes the same figures as JSON.
+
+mod cost;
+mod plain;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,15 +24,15 @@ use clap::Args;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::config::{Config, InstanceMode, LimitsConfig, Start, SubscriberConfig};
-use crate::consume::{self, Active, Context, RedisHealth, Subscriber};
-use crate::event::Event;
-use crate::metrics::{self, Metrics};
-use crate::plugin::cache::Cache;
-use crate::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
-use crate::plugin::sandbox::Grants;
-use crate::plugin::{Engine, Plugin, Subscription};
-use crate::redis_server::RedisServer;
+use ferry::config::{Config, InstanceMode, LimitsConfig, Start, SubscriberConfig};
+use ferry::consume::{self, Active, Context, RedisHealth, Subscriber};
+use ferry::event::Event;
+use ferry::metrics::{self, Metrics};
+use ferry::plugin::cache::Cache;
+use ferry::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
+use ferry::plugin::sandbox::Grants;
+use ferry::plugin::{Engine, Plugin, Subscription};
+use ferry::redis_server::RedisServer;
 
 /// `ferry bench`.
 #[derive(Debug, Args)]
@@ -46,6 +52,25 @@ pub struct BenchArgs {
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
+    /// Run only these throughput rows (and their cost), nothing else: for profiling one
+    /// consumer, e.g. `perf record -- ferry bench --only rust`. Repeat or comma-separate.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Only>,
+}
+
+/// A throughput row `--only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The plain redis-rs consumer.
+    Plain,
+    /// ferry's loop with a native no-op handler.
+    Native,
+    /// The Rust plugin.
+    Rust,
+    /// The Python plugin (needs --python).
+    Python,
+    /// The JavaScript plugin (needs --javascript).
+    Javascript,
 }
 
 /// One measured figure.
@@ -57,6 +82,9 @@ pub struct Row {
     pub value: f64,
     /// Its unit.
     pub unit: String,
+    /// For throughput rows: the figure as a ratio to the plain redis-rs consumer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_plain: Option<f64>,
     /// Context: ratio to the ceiling, target, notes.
     pub note: String,
 }
@@ -68,14 +96,43 @@ struct Report {
 
 impl Report {
     fn add(&mut self, name: impl Into<String>, value: f64, unit: &str, note: impl Into<String>) {
-        let row = Row { name: name.into(), value, unit: unit.into(), note: note.into() };
-        eprintln!("  {:<52} {:>12.1} {:<10} {}", row.name, row.value, row.unit, row.note);
+        self.push(Row { name: name.into(), value, unit: unit.into(), ratio_to_plain: None, note: note.into() });
+    }
+
+    /// A throughput row, with its ratio to the plain consumer's `plain` events/s.
+    fn throughput(&mut self, name: impl Into<String>, value: f64, unit: &str, plain: f64, note: impl Into<String>) {
+        let ratio = (plain > 0.0).then(|| value / plain);
+        self.push(Row { name: name.into(), value, unit: unit.into(), ratio_to_plain: ratio, note: note.into() });
+    }
+
+    /// The cost rows of one measured run: host and Redis CPU per event, then each Redis
+    /// command's share.
+    fn cost(&mut self, label: &str, cost: &cost::Cost) {
+        self.add(format!("cost: {label}: host CPU"), cost.host_us, "us/event", "this process, every thread");
+        self.add(format!("cost: {label}: Redis CPU"), cost.redis_us, "us/event", "redis-server user+sys");
+        for (command, calls, us, per_call) in &cost.commands {
+            self.add(
+                format!("cost: {label}: redis {command}"),
+                *us,
+                "us/event",
+                format!("{calls:.3} calls/event, {per_call:.1} us/call"),
+            );
+        }
+    }
+
+    fn push(&mut self, row: Row) {
+        let ratio = row.ratio_to_plain.map_or(String::new(), |r| format!("{r:.2}x plain"));
+        eprintln!("  {:<52} {:>12.1} {:<12} {:<12} {}", row.name, row.value, row.unit, ratio, row.note);
         self.rows.push(row);
     }
 }
 
 struct Sizes {
     events: usize,
+    /// Events per payload size: 100 B, 10 KB, 1 MB.
+    payload_events: [usize; 3],
+    /// Events for each of the 1/4/16-subscriber runs.
+    scaling_fanout_events: usize,
     latency_secs: u64,
     fanout_events: usize,
     calls: usize,
@@ -146,6 +203,8 @@ enum Shape {
     Order,
     /// `UserRegistered` (the JavaScript welcome plugin).
     User,
+    /// `OrderCreated` with its JSON payload padded to about this many bytes.
+    Padded(usize),
 }
 
 /// A realistic event with a ~100-byte JSON payload.
@@ -163,13 +222,18 @@ fn shaped_event(i: usize, shape: Shape) -> Event {
         e.correlationid = Some(format!("signup-{i}"));
         return e;
     }
-    let data = format!(
+    let mut data = format!(
         r#"{{"order_id":"o-{i:08}","sku":"sku-{:04}","quantity":{},"price_cents":{},"sent_us":{}}}"#,
         i % 9973,
         1 + i % 5,
         1999 + i % 100,
         now_us()
     );
+    if let Shape::Padded(bytes) = shape {
+        let pad = bytes.saturating_sub(data.len() + 10);
+        data.pop();
+        data.push_str(&format!(r#","note":"{}"}}"#, "x".repeat(pad)));
+    }
     let mut e = Event::new("OrderCreated", "orders", data);
     e.correlationid = Some(format!("checkout-{i}"));
     e.partitionkey = Some(format!("o-{i:08}"));
@@ -186,10 +250,16 @@ async fn preload_shaped(
     n: usize,
     shape: Shape,
 ) -> anyhow::Result<()> {
-    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+    // Pipelines of at most ~8 MB, so 1 MB payloads do not build one huge request.
+    let per_pipe = match shape {
+        Shape::Padded(bytes) => (8 << 20) / bytes.max(1),
+        _ => 1000,
+    }
+    .clamp(1, 1000);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(per_pipe) {
         let mut pipe = redis::pipe();
         for i in chunk {
-            crate::outbox::add(&mut pipe, stream, &shaped_event(*i, shape));
+            ferry::outbox::add(&mut pipe, stream, &shaped_event(*i, shape));
             pipe.ignore();
         }
         pipe.query_async::<()>(conn).await?;
@@ -197,7 +267,7 @@ async fn preload_shaped(
     Ok(())
 }
 
-fn settings() -> anyhow::Result<crate::config::Effective> {
+fn settings() -> anyhow::Result<ferry::config::Effective> {
     Ok(SubscriberConfig { start: Some(Start::Beginning), ..SubscriberConfig::default() }.resolve()?)
 }
 
@@ -257,12 +327,32 @@ impl Bench {
         Arc::new(Runner::new(self.engine.clone(), plugin.clone(), grants))
     }
 
-    async fn throughput(&self, label: &str, invoke: Arc<dyn Invoke>, n: usize, shape: Shape) -> anyhow::Result<f64> {
+    /// Events/s through one subscriber on a stream preloaded with `n` events, and the cost.
+    async fn throughput(
+        &self,
+        label: &str,
+        invoke: Arc<dyn Invoke>,
+        n: usize,
+        shape: Shape,
+    ) -> anyhow::Result<(f64, cost::Cost)> {
         let stream = format!("bench-{label}");
         let mut conn = self.ctx.shared.clone();
         preload_shaped(&mut conn, &stream, n, shape).await?;
+        let before = cost::sample(&mut conn).await?;
         let secs = self.drain(&stream, vec![(format!("tp-{label}"), invoke)], n).await?;
-        Ok(n as f64 / secs)
+        let after = cost::sample(&mut conn).await?;
+        Ok((n as f64 / secs, cost::Cost::between(&before, &after, n)))
+    }
+
+    /// The plain redis-rs consumer on `n` preloaded events of the same shape.
+    async fn plain(&self, n: usize) -> anyhow::Result<(f64, cost::Cost)> {
+        let stream = "bench-plain";
+        let mut conn = self.ctx.shared.clone();
+        preload_shaped(&mut conn, stream, n, Shape::Order).await?;
+        let before = cost::sample(&mut conn).await?;
+        let secs = plain::drain(&self.url, stream, n).await?;
+        let after = cost::sample(&mut conn).await?;
+        Ok((n as f64 / secs, cost::Cost::between(&before, &after, n)))
     }
 }
 
@@ -291,6 +381,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let sizes = if args.quick {
         Sizes {
             events: 5_000,
+            payload_events: [1_000, 200, 10],
+            scaling_fanout_events: 1_000,
             latency_secs: 1,
             fanout_events: 2_000,
             calls: 2_000,
@@ -300,6 +392,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         Sizes {
             events: 200_000,
+            payload_events: [50_000, 10_000, 100],
+            scaling_fanout_events: 20_000,
             latency_secs: 10,
             fanout_events: 100_000,
             calls: 20_000,
@@ -308,9 +402,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
-    let (client, shared) = crate::host::connect(&server.url()).await?;
+    let (client, shared) = ferry::host::connect(&server.url()).await?;
     let metrics = Metrics::new();
-    let read = crate::config::ReadConfig::default();
+    let read = ferry::config::ReadConfig::default();
     let ctx = Arc::new(Context {
         client,
         shared,
@@ -334,9 +428,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (_, cached) = load(&bench.engine, &noop_path, Some(&cache))?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
+    let wants = |which: Only| args.only.is_empty() || args.only.contains(&which);
     let mut polyglot: Vec<(&str, Arc<Plugin>, Shape)> = Vec::new();
-    for (lang, path, shape) in [("Python", &args.python, Shape::Order), ("JavaScript", &args.javascript, Shape::User)] {
-        if let Some(path) = path {
+    for (lang, path, shape, which) in [
+        ("Python", &args.python, Shape::Order, Only::Python),
+        ("JavaScript", &args.javascript, Shape::User, Only::Javascript),
+    ] {
+        if let Some(path) = path.as_ref().filter(|_| wants(which)) {
             let (plugin, cold) = load(&bench.engine, path, Some(&cache))?;
             let (_, cached) = load(&bench.engine, path, Some(&cache))?;
             report.add(format!("start-up: {lang} plugin, cold compile"), cold, "ms", "");
@@ -347,26 +445,64 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 1. Throughput.
     let n = sizes.events;
-    let native = bench.throughput("native", Arc::new(Native), n, Shape::Order).await?;
-    report.add(format!("throughput: native consumer, {n} events"), native, "events/s", "ceiling");
-    let rust = bench.throughput("rust", bench.runner(&noop, "rust", InstanceMode::Reuse), n, Shape::Order).await?;
-    let ratio = rust / native;
-    report.add(
-        format!("throughput: Rust plugin, {n} events"),
-        rust,
-        "events/s",
-        format!("{ratio:.2}x native; target >= 100000 and >= 0.8x"),
-    );
+    let mut costs = Vec::new();
+    let mut plain = 0.0;
+    if wants(Only::Plain) {
+        let cost;
+        (plain, cost) = bench.plain(n).await?;
+        report.throughput(
+            format!("throughput: plain redis-rs consumer, {n} events"),
+            plain,
+            "events/s",
+            plain,
+            format!("XREADGROUP COUNT {} + XACK, nothing else: the ceiling", plain::COUNT),
+        );
+        costs.push(("plain consumer".to_string(), cost));
+    }
+    let mut native = f64::NAN;
+    if wants(Only::Native) {
+        let cost;
+        (native, cost) = bench.throughput("native", Arc::new(Native), n, Shape::Order).await?;
+        report.throughput(
+            format!("throughput: native consumer, {n} events"),
+            native,
+            "events/s",
+            plain,
+            "ferry's loop, no-op native handler",
+        );
+        costs.push(("native consumer".to_string(), cost));
+    }
+    if wants(Only::Rust) {
+        let (rust, cost) =
+            bench.throughput("rust", bench.runner(&noop, "rust", InstanceMode::Reuse), n, Shape::Order).await?;
+        report.throughput(
+            format!("throughput: Rust plugin, {n} events"),
+            rust,
+            "events/s",
+            plain,
+            format!("{:.2}x native; target >= 0.9x plain", rust / native),
+        );
+        costs.push(("Rust plugin".to_string(), cost));
+    }
     for (lang, plugin, shape) in &polyglot {
         let m = sizes.polyglot_events;
-        let tp =
+        let (tp, cost) =
             bench.throughput(&lang.to_lowercase(), bench.runner(plugin, lang, InstanceMode::Reuse), m, *shape).await?;
-        report.add(
+        let target = if *lang == "Python" { 50_000 } else { 20_000 };
+        report.throughput(
             format!("throughput: {lang} plugin, {m} events"),
             tp,
             "events/s",
-            format!("{:.2}x native; target >= 20000", tp / native),
+            plain,
+            format!("{:.2}x native; target >= {target}", tp / native),
         );
+        costs.push((format!("{lang} plugin"), cost));
+    }
+    for (label, cost) in &costs {
+        report.cost(label, cost);
+    }
+    if !args.only.is_empty() {
+        return finish(&args, &report);
     }
 
     // 2. Latency at a steady 5,000 events/s.
@@ -383,7 +519,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         tick.tick().await;
         let mut pipe = redis::pipe();
         for i in sent..sent + 10 {
-            crate::outbox::add(&mut pipe, "bench-latency", &sample_event(i));
+            ferry::outbox::add(&mut pipe, "bench-latency", &sample_event(i));
             pipe.ignore();
         }
         pipe.query_async::<()>(&mut conn).await?;
@@ -403,7 +539,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             / 1000.0
     };
     report.add("latency at 5000 events/s: p50", pct(0.50), "ms", "publish -> handled");
-    report.add("latency at 5000 events/s: p99", pct(0.99), "ms", "target < 5 ms");
+    report.add("latency at 5000 events/s: p99", pct(0.99), "ms", "target < 2 ms");
     report.add("latency at 5000 events/s: max", samples.last().copied().unwrap_or(0) as f64 / 1000.0, "ms", "");
 
     // 3. Fan-out: 4 subscribers on one stream.
@@ -417,10 +553,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     let secs = bench.drain("bench-fanout", subs, m).await?;
-    report.add(
+    report.throughput(
         format!("fan-out: 4 Rust subscribers, {m} events"),
         4.0 * m as f64 / secs,
         "deliveries/s",
+        plain,
         format!("{:.0} events/s through all four", m as f64 / secs),
     );
 
@@ -437,6 +574,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // 5b. Hot-reload swap, 6. memory: a real host on a plugin directory.
     host_figures(&bench, &args, &cache, &sizes, &mut report).await?;
 
+    // 7. Scaling with work.
+    scaling(&bench, &noop, &args, &cache, &sizes, plain, &mut report).await?;
+
+    finish(&args, &report)
+}
+
+/// Print the table and write the JSON.
+fn finish(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -466,7 +611,7 @@ async fn host_figures(
     config.admin.listen = String::new();
     config.defaults.start = Some(Start::Beginning);
     std::fs::copy(&noop, dir.path().join("mem-0.wasm"))?;
-    let host = crate::host::Host::start(config.clone()).await?;
+    let host = ferry::host::Host::start(config.clone()).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let one = rss_mb();
     report.add("memory: host with 1 Rust plugin, idle", one - base, "MB RSS", "growth over the benchmark process");
@@ -517,8 +662,8 @@ async fn host_figures(
         let mut config = config.clone();
         config.plugins = swap_dir.path().to_path_buf();
         config.stream = "bench-swap".into();
-        let host = crate::host::Host::start(config).await?;
-        let watcher = crate::reload::watch(host.clone())?;
+        let host = ferry::host::Host::start(config).await?;
+        let watcher = ferry::reload::watch(host.clone())?;
         // Compile v2 into the cache first, as a deploy pipeline would with `ferry plugins check`.
         Plugin::load(&bench.engine, &recorder_v2, Some(cache))?;
         let tmp = swap_dir.path().join("swap.new");
@@ -527,7 +672,7 @@ async fn host_figures(
             let mut conn = conn.clone();
             async move {
                 for i in 0..5000 {
-                    let _ = crate::outbox::publish(&mut conn, "bench-swap", &sample_event(i)).await;
+                    let _ = ferry::outbox::publish(&mut conn, "bench-swap", &sample_event(i)).await;
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
@@ -545,7 +690,7 @@ async fn host_figures(
                 .arg(1)
                 .query_async(&mut conn)
                 .await?;
-            let last = crate::consume::read::parse_entries("bench-swap-records", value);
+            let last = ferry::consume::read::parse_entries("bench-swap-records", value);
             if last.first().and_then(|e| e.field("data")).is_some_and(|d| String::from_utf8_lossy(d).contains("\"v2\""))
             {
                 swap_ms = Some(renamed.elapsed().as_secs_f64() * 1000.0);
@@ -567,9 +712,147 @@ async fn host_figures(
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut out = vec![vec!["MEASURE".to_string(), "VALUE".into(), "UNIT".into(), "NOTE".into()]];
+    let mut out = vec![super::table::header(&["MEASURE", "VALUE", "UNIT", "VS PLAIN", "NOTE"])];
     for r in rows {
-        out.push(vec![r.name.clone(), format!("{:.1}", r.value), r.unit.clone(), r.note.clone()]);
+        let ratio = r.ratio_to_plain.map_or(String::new(), |x| format!("{x:.2}x"));
+        out.push(vec![r.name.clone(), format!("{:.1}", r.value), r.unit.clone(), ratio, r.note.clone()]);
     }
-    crate::cli::table(&out)
+    super::table::table(&out)
+}
+
+/// How cost grows with payload size, subscribers on one stream and plugins loaded.
+async fn scaling(
+    bench: &Bench,
+    noop: &Arc<Plugin>,
+    args: &BenchArgs,
+    cache: &Cache,
+    sizes: &Sizes,
+    plain: f64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Payload size: the Rust plugin parses the JSON payload, so its work grows with it.
+    let mut base: Option<f64> = None;
+    for (bytes, n) in [100usize, 10 << 10, 1 << 20].into_iter().zip(sizes.payload_events) {
+        let label = format!("payload-{bytes}");
+        let runner = bench.runner(noop, &label, InstanceMode::Reuse);
+        let (tp, cost) = bench.throughput(&label, runner, n, Shape::Padded(bytes)).await?;
+        let total = cost.host_us + cost.redis_us;
+        let per_kb = total / (bytes as f64 / 1024.0);
+        let growth = match base {
+            None => {
+                base = Some(total);
+                String::new()
+            }
+            Some(b) => {
+                let (grew, bigger) = (total / b, bytes as f64 / 100.0);
+                let flag = if grew > bigger { " FASTER THAN LINEAR" } else { "" };
+                format!("; {grew:.1}x the 100 B cost for {bigger:.0}x the bytes{flag}")
+            }
+        };
+        report.throughput(
+            format!("scaling: payload {}, Rust plugin, {n} events", human_bytes(bytes)),
+            tp,
+            "events/s",
+            plain,
+            format!(
+                "{:.1} MB/s; host {:.1} + Redis {:.1} us/event ({per_kb:.2} us/KB){growth}",
+                tp * bytes as f64 / 1e6,
+                cost.host_us,
+                cost.redis_us
+            ),
+        );
+    }
+
+    // Subscribers on one stream: deliveries/s with 1, 4 and 16 groups.
+    let m = sizes.scaling_fanout_events;
+    let mut one = None;
+    let mut first_cost: Option<f64> = None;
+    for k in [1usize, 4, 16] {
+        let stream = format!("bench-scale-subs-{k}");
+        let mut conn = bench.ctx.shared.clone();
+        preload(&mut conn, &stream, m).await?;
+        let subs: Vec<(String, Arc<dyn Invoke>)> = (0..k)
+            .map(|i| {
+                let name = format!("scale-{k}-{i}");
+                let runner: Arc<dyn Invoke> = bench.runner(noop, &name, InstanceMode::Reuse);
+                (name, runner)
+            })
+            .collect();
+        let before = cost::sample(&mut conn).await?;
+        let secs = bench.drain(&stream, subs, m).await?;
+        let after = cost::sample(&mut conn).await?;
+        let deliveries = k as f64 * m as f64 / secs;
+        let c = cost::Cost::between(&before, &after, k * m);
+        let vs_one = *one.get_or_insert(deliveries);
+        let target = if k == 4 { "; target >= 0.8x of 1" } else { "" };
+        // CPU per delivery should stay flat as subscribers are added.
+        let per_delivery = c.host_us + c.redis_us;
+        let flag =
+            if per_delivery > 1.5 * *first_cost.get_or_insert(per_delivery) { " FASTER THAN LINEAR" } else { "" };
+        report.throughput(
+            format!("scaling: {k} Rust subscriber{} on one stream, {m} events", if k == 1 { "" } else { "s" }),
+            deliveries,
+            "deliveries/s",
+            plain,
+            format!(
+                "{:.2}x the 1-subscriber rate{target}; host {:.1} + Redis {:.1} us/delivery{flag}",
+                deliveries / vs_one,
+                c.host_us,
+                c.redis_us
+            ),
+        );
+    }
+
+    // Plugins loaded: start-up of a host (artifacts cached) and its memory.
+    let noop_path = args.guests.join("fixture_noop.wasm");
+    let mut per_plugin_first: Option<(f64, f64)> = None;
+    for k in [1usize, 20, 100] {
+        let dir = tempfile::tempdir()?;
+        for i in 0..k {
+            std::fs::copy(&noop_path, dir.path().join(format!("load-{i}.wasm")))?;
+        }
+        let mut config = Config {
+            redis: bench.url.clone(),
+            plugins: dir.path().to_path_buf(),
+            cache_dir: Some(cache.dir().to_path_buf()),
+            stream: format!("bench-scale-plugins-{k}"),
+            watch: false,
+            ..Config::default()
+        };
+        config.admin.listen = String::new();
+        let base = rss_mb();
+        let started = Instant::now();
+        let host = ferry::host::Host::start(config).await?;
+        let start_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let running = host.plugins().await.iter().filter(|p| p.state == "running").count();
+        anyhow::ensure!(running == k, "{running} of {k} plugins running");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let grown = rss_mb() - base;
+        host.stop_all().await;
+        let (ms_each, mb_each) = (start_ms / k as f64, grown / k as f64);
+        let (ms_first, mb_first) = *per_plugin_first.get_or_insert((ms_each, mb_each));
+        let flag = |each: f64, first: f64| if k > 1 && each > 1.5 * first { " FASTER THAN LINEAR" } else { "" };
+        let plugins = if k == 1 { "plugin" } else { "plugins" };
+        report.add(
+            format!("scaling: {k} Rust {plugins} loaded: start-up"),
+            start_ms,
+            "ms",
+            format!("{ms_each:.2} ms per plugin, artifacts cached{}", flag(ms_each, ms_first)),
+        );
+        report.add(
+            format!("scaling: {k} Rust {plugins} loaded: memory"),
+            grown,
+            "MB RSS",
+            format!("{mb_each:.2} MB per plugin, idle{}", flag(mb_each, mb_first)),
+        );
+    }
+    Ok(())
+}
+
+fn human_bytes(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{} MB", b >> 20),
+        b if b >= 1 << 10 => format!("{} KB", b >> 10),
+        b => format!("{b} B"),
+    }
 }

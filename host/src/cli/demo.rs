@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::config::{Config, RetryConfig, Start, SubscriberConfig};
-use crate::event::Event;
-use crate::host::Host;
-use crate::metrics;
-use crate::redis_server::RedisServer;
+use ferry::config::{Config, RetryConfig, Start, SubscriberConfig};
+use ferry::event::Event;
+use ferry::host::Host;
+use ferry::metrics;
+use ferry::redis_server::RedisServer;
 
 /// `ferry demo`.
 #[derive(Debug, Args)]
@@ -77,14 +77,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("plugin {} {} {}", p.name, p.version.as_deref().unwrap_or("-"), p.state);
     }
 
-    let (_, mut conn) = crate::host::connect(&url).await?;
+    let (_, mut conn) = ferry::host::connect(&url).await?;
     // The orders module writes its order and the event in one transaction (the outbox pattern).
     let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
     order.partitionkey = Some("o-1001".into());
     order.correlationid = Some("checkout-7".into());
     let mut tx = redis::pipe();
     tx.atomic().hset("demo:order:o-1001", "status", "created").ignore();
-    crate::outbox::add(&mut tx, &stream, &order);
+    ferry::outbox::add(&mut tx, &stream, &order);
     tx.query_async::<()>(&mut conn).await?;
     let seeds = [
         Event::new("UserRegistered", "users", r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada Lovelace"}"#),
@@ -96,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
     ];
     for e in &seeds {
-        crate::outbox::publish(&mut conn, &stream, e).await?;
+        ferry::outbox::publish(&mut conn, &stream, e).await?;
     }
     // A producer bug: an entry that is not a valid event. It is set aside, never handled.
     redis::cmd("XADD")
@@ -112,18 +112,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {
-        let groups = crate::status::collect(&mut conn, std::slice::from_ref(&stream)).await?;
+        let groups = ferry::status::collect(&mut conn, std::slice::from_ref(&stream)).await?;
         let done = !groups.is_empty()
             && groups
                 .iter()
                 .all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
         if done {
             println!();
-            print!("{}", crate::status::render(&groups));
+            print!("{}", super::status::render(&groups));
             break;
         }
         if Instant::now() > deadline {
-            print!("{}", crate::status::render(&groups));
+            print!("{}", super::status::render(&groups));
             anyhow::bail!("the demo did not settle within {}s", args.timeout);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,7 +140,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!();
-    for d in crate::dlq::list(&mut conn, None, 100).await? {
+    for d in ferry::dlq::list(&mut conn, None, 100).await? {
         println!("dead letter for {}: {} {} ({}): {}", d.subscriber, d.event_type, d.event_id, d.kind, d.reason);
     }
     host.stop_all().await;

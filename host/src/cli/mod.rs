@@ -1,0 +1,152 @@
+//! The `ferry` command line: argument definitions, the configuration every command reads,
+//! and dispatch to one module per command.
+//!
+//! Every command reads the same configuration with the same precedence as `ferry run`:
+//! flags, then `FERRY_*` environment variables, then the `--config` file, then the built-in
+//! defaults. So `ferry status --config ferry.toml` talks to the Redis the host uses.
+
+mod bench;
+mod demo;
+mod dlq;
+mod plugins;
+mod publish;
+mod run;
+mod status;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ferry::config::Config;
+
+/// ferry: integration events from a Redis Streams outbox, handled by sandboxed WebAssembly
+/// plugins.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormat> for ferry::telemetry::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the host: load plugins, consume streams, hot-reload on changes.
+    Run(run::RunArgs),
+    /// Publish one event to a stream and print its id.
+    Publish(publish::PublishArgs),
+    /// Inspect plugins.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCommand),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Show streams, groups, lag, pending, retries and dead letters, straight from Redis.
+    Status(status::StatusArgs),
+    /// Run the end-to-end demo on a local Redis (started if --redis is not given).
+    Demo(demo::DemoArgs),
+    /// Run the benchmark and print its table (and JSON).
+    Bench(bench::BenchArgs),
+}
+
+impl Command {
+    /// The log filter when `FERRY_LOG` is unset. The benchmark's handlers log per event;
+    /// keep its output to the figures.
+    pub fn default_log_filter(&self) -> &'static str {
+        if matches!(self, Command::Bench(_)) { "warn" } else { "info" }
+    }
+}
+
+/// `--config FILE`: the host's configuration file, read by every command.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigFile {
+    /// TOML configuration file (the one `ferry run` reads); flags and `FERRY_*` variables
+    /// override it.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    /// The file's configuration, or the defaults without one.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        match &self.config {
+            Some(path) => Ok(Config::load(path)?),
+            None => Ok(Config::default()),
+        }
+    }
+}
+
+/// `--config` and `--redis`: what a command that talks to Redis reads.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    #[command(flatten)]
+    pub file: ConfigFile,
+    /// Redis URL (overrides the file; default redis://127.0.0.1:6379).
+    #[arg(long, env = "FERRY_REDIS")]
+    pub redis: Option<String>,
+}
+
+impl RedisArgs {
+    /// The configuration with `--redis` applied.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = self.file.load()?;
+        if let Some(v) = &self.redis {
+            config.redis = v.clone();
+        }
+        Ok(config)
+    }
+
+    /// The Redis URL the command talks to.
+    pub fn url(&self) -> anyhow::Result<String> {
+        Ok(self.config()?.redis)
+    }
+
+    /// A connection to that Redis.
+    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let url = self.url()?;
+        let (_, conn) = ferry::host::connect(&url).await?;
+        Ok(conn)
+    }
+}
+
+/// A path flag where `""` is a value (it turns the feature off), which clap's default
+/// path parser refuses as empty.
+pub fn path_or_empty(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
+/// Run a parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
+        Command::Plugins(cmd) => plugins::run(cmd).await,
+        Command::Dlq(cmd) => dlq::run(cmd).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}

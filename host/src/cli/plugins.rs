@@ -1,0 +1,98 @@
+//! `ferry plugins check` (validate a file before deploying it) and `ferry plugins list` (ask a
+//! running host through its admin endpoint).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use super::ConfigFile;
+use super::table::{header, table};
+
+/// `ferry plugins ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Compile and validate a plugin file and print its subscriptions.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+    /// List the plugins of a running host (through its admin endpoint).
+    List {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Admin endpoint of the running host (overrides the file's `admin.listen`; default
+        /// 127.0.0.1:9464).
+        #[arg(long, env = "FERRY_ADMIN")]
+        admin: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `ferry plugins ...`.
+pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PluginsCommand::Check { file } => check(&file),
+        PluginsCommand::List { file, admin, json } => {
+            let admin = match admin {
+                Some(admin) => admin,
+                None => file.load()?.admin.listen,
+            };
+            if admin.is_empty() {
+                anyhow::bail!("the admin endpoint is off (admin.listen = \"\"); pass --admin ADDR of a running host");
+            }
+            list(&admin, json).await
+        }
+    }
+}
+
+fn check(file: &Path) -> anyhow::Result<ExitCode> {
+    let engine = ferry::plugin::Engine::new(&Default::default())?;
+    match ferry::plugin::Plugin::load(&engine, file, None) {
+        Ok(plugin) => {
+            println!("{}: ok (version {})", file.display(), plugin.version);
+            if plugin.declared.is_empty() {
+                println!("  declares no subscriptions (configure them in the host config)");
+            }
+            for s in &plugin.declared {
+                let versions = if s.versions.is_empty() {
+                    "all versions".to_string()
+                } else {
+                    format!("versions {:?}", s.versions)
+                };
+                let stream = s.stream.as_deref().unwrap_or("(default stream)");
+                println!("  subscribes to {} ({versions}) on {stream}", s.event_type);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn list(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let body = ferry::status::http_get(admin, "/api/plugins")
+        .await
+        .with_context(|| format!("asking the running host at {admin} (is `ferry run` up with its admin endpoint?)"))?;
+    if json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let plugins: Vec<ferry::host::PluginStatus> = serde_json::from_str(&body).context("reading the host's answer")?;
+    let mut rows = vec![header(&["PLUGIN", "VERSION", "STATE", "SUBSCRIPTIONS"])];
+    for p in plugins {
+        let subs: Vec<String> = p.subscriptions.iter().map(|s| format!("{}:{}", s.stream, s.event_type)).collect();
+        let state = match &p.error {
+            Some(e) => format!("{} ({e})", p.state),
+            None => p.state.clone(),
+        };
+        rows.push(vec![p.name, p.version.unwrap_or_else(|| "-".into()), state, subs.join(", ")]);
+    }
+    print!("{}", table(&rows));
+    Ok(ExitCode::SUCCESS)
+}

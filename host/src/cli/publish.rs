@@ -1,0 +1,78 @@
+//! `ferry publish`: add one event to a stream from the command line (tests, demos, manual
+//! replays of a fact).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Args;
+use ferry::event::Event;
+
+use super::RedisArgs;
+
+/// `ferry publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Event type.
+    #[arg(long = "type")]
+    pub event_type: String,
+    /// Payload (JSON unless --content-type says otherwise).
+    #[arg(long, conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the payload from a file.
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// Stream to add the event to (default: the configuration's `stream`, `events`).
+    #[arg(long, env = "FERRY_STREAM")]
+    pub stream: Option<String>,
+    /// The emitting module.
+    #[arg(long, default_value = "ferry-cli")]
+    pub source: String,
+    /// Partition key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Correlation id.
+    #[arg(long)]
+    pub correlation_id: Option<String>,
+    /// Causation id.
+    #[arg(long)]
+    pub causation_id: Option<String>,
+    /// Subject.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Payload schema version.
+    #[arg(long, default_value_t = 1)]
+    pub schema_version: u32,
+    /// Media type of the payload.
+    #[arg(long, default_value = ferry::event::JSON)]
+    pub content_type: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// Run `ferry publish`.
+pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let config = args.redis.config()?;
+    let stream = args.stream.unwrap_or(config.stream);
+    let data = match (&args.data, &args.data_file) {
+        (Some(d), _) => d.clone().into_bytes(),
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => b"{}".to_vec(),
+    };
+    ferry::keys::check_name("stream", &stream).map_err(anyhow::Error::msg)?;
+    let mut event = Event::new(args.event_type, args.source, data);
+    event.partitionkey = args.key;
+    event.correlationid = args.correlation_id;
+    event.causationid = args.causation_id;
+    event.subject = args.subject;
+    event.schemaversion = args.schema_version;
+    event.datacontenttype = args.content_type;
+    if ferry::event::is_json(&event.datacontenttype) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            .context("--data is not valid JSON (pass --content-type for other payloads)")?;
+    }
+    let (_, mut conn) = ferry::host::connect(&config.redis).await?;
+    ferry::outbox::publish(&mut conn, &stream, &event).await.context("adding the event to the stream")?;
+    println!("{}", event.id);
+    Ok(ExitCode::SUCCESS)
+}

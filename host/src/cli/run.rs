@@ -1,0 +1,117 @@
+//! `ferry run`: the one place that wires the runtime together: the [`Host`], its admin
+//! endpoint and the plugin-directory watcher, until SIGINT or SIGTERM.
+//!
+//! The library's runtime modules never import the admin endpoint or the reloader; this
+//! command (and a test or an embedding application doing the same) composes them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use ferry::config::Config;
+use ferry::host::Host;
+
+use super::ConfigFile;
+
+/// `ferry run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub file: ConfigFile,
+    /// Redis URL (overrides the file).
+    #[arg(long, env = "FERRY_REDIS")]
+    pub redis: Option<String>,
+    /// Plugin directory (overrides the file).
+    #[arg(long, env = "FERRY_PLUGINS")]
+    pub plugins: Option<PathBuf>,
+    /// Default stream (overrides the file).
+    #[arg(long, env = "FERRY_STREAM")]
+    pub stream: Option<String>,
+    /// Consumer name of this instance (overrides the file).
+    #[arg(long, env = "FERRY_CONSUMER")]
+    pub consumer: Option<String>,
+    /// Admin endpoint address, "" to turn it off (overrides the file).
+    #[arg(long, env = "FERRY_ADMIN")]
+    pub admin: Option<String>,
+    /// Compiled-artifact cache directory, "" to turn it off (overrides the file).
+    #[arg(long, env = "FERRY_CACHE_DIR", value_parser = super::path_or_empty)]
+    pub cache_dir: Option<PathBuf>,
+    /// Do not watch the plugin directory.
+    #[arg(long, env = "FERRY_NO_WATCH")]
+    pub no_watch: bool,
+}
+
+impl RunArgs {
+    /// The configuration: file (if any), then flags and environment on top.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = self.file.load()?;
+        if let Some(v) = &self.redis {
+            config.redis = v.clone();
+        }
+        if let Some(v) = &self.plugins {
+            config.plugins = v.clone();
+        }
+        if let Some(v) = &self.stream {
+            config.stream = v.clone();
+        }
+        if let Some(v) = &self.consumer {
+            config.consumer = Some(v.clone());
+        }
+        if let Some(v) = &self.admin {
+            config.admin.listen = v.clone();
+        }
+        if let Some(v) = &self.cache_dir {
+            config.cache_dir = Some(v.clone());
+        }
+        if self.no_watch {
+            config.watch = false;
+        }
+        Ok(config)
+    }
+}
+
+/// Run `ferry run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    serve(args.config()?, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run a host with `config`, its admin endpoint and (if configured) the plugin-directory
+/// watcher until `shutdown` completes, then stop gracefully.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let host = Host::start(config).await?;
+    let admin = ferry::admin::spawn(host.clone()).await?;
+    let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
+    shutdown.await;
+    tracing::info!("shutting down: no new reads; letting in-flight events finish");
+    drop(watcher);
+    host.stop_all().await;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,216 @@
+//! The command line as a user meets it: every command reads `--config` with the same
+//! precedence as `ferry run` (flags > `FERRY_*` variables > file > defaults), `ferry dlq list`
+//! gives the total when it cuts the list, and `--cache-dir ""` turns the cache off.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ferry::config::Config;
+use ferry::keys::SubscriberKeys;
+use ferry_test_fixtures as fixtures;
+
+use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry_bin, publish};
+
+/// A Redis URL nothing listens on: a command that used it instead of the file's would fail.
+fn dead_redis() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("redis://127.0.0.1:{port}")
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+fn write_config(dir: &Path, config: &Config) -> PathBuf {
+    let path = dir.join("ferry.toml");
+    std::fs::write(&path, toml::to_string(config).expect("config serializes")).expect("writing config");
+    path
+}
+
+/// Run `ferry` with `args` and extra environment variables; no `FERRY_*` variable of the
+/// caller leaks in. Returns (success, stdout, stderr).
+fn ferry_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(ferry_bin());
+    cmd.args(args).env("FERRY_LOG", "warn").stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FERRY_") && k != "FERRY_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running ferry");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("join")
+}
+
+/// Dead letters of `subscriber` on `events`, written as the host writes them.
+async fn dead_letters(env: &Env, subscriber: &str, n: usize) {
+    let mut conn = env.conn().await;
+    let key = SubscriberKeys::new("events", subscriber).dlq;
+    for i in 0..n {
+        let id = format!("evt-{subscriber}-{i}");
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("id")
+            .arg(&id)
+            .arg("type")
+            .arg("Bad")
+            .arg("_reason")
+            .arg("rejected on purpose")
+            .arg("_kind")
+            .arg("handler-reject")
+            .arg("_attempts")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .expect("XADD");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
+    let env = Env::new();
+    dead_letters(&env, "rec", 2).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = env.config();
+    config.stream = "orders".into();
+    let file = write_config(dir.path(), &config);
+    let file = file.to_str().expect("utf-8").to_string();
+    let (status, dlq, show, published) = blocking(move || {
+        (
+            ferry_env(&["status", "--config", &file, "--stream", "events", "--json"], &[]),
+            ferry_env(&["dlq", "list", "--config", &file], &[]),
+            ferry_env(&["dlq", "show", "evt-rec-1"], &[("FERRY_CONFIG", &file)]),
+            ferry_env(&["publish", "--config", &file, "--type", "Placed", "--data", "{}"], &[]),
+        )
+    })
+    .await;
+    assert!(status.0, "status read the file's redis: {}", status.2);
+    serde_json::from_str::<serde_json::Value>(&status.1).expect("status printed JSON");
+    assert!(dlq.0 && dlq.1.contains("2 dead letter(s)"), "dlq list read the file's redis: {}{}", dlq.1, dlq.2);
+    assert!(show.0 && show.1.contains("evt-rec-1"), "FERRY_CONFIG is read too: {}{}", show.1, show.2);
+    assert!(published.0, "publish read the file's redis: {}", published.2);
+    let mut conn = env.conn().await;
+    let len: u64 = redis::cmd("XLEN").arg("orders").query_async(&mut conn).await.expect("XLEN");
+    assert_eq!(len, 1, "publish used the file's stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_environment_which_overrides_the_file() {
+    let env = Env::new();
+    dead_letters(&env, "rec", 1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = env.redis.url();
+    let dead = dead_redis();
+    // The file points nowhere; the environment or a flag brings the right Redis.
+    let mut config = env.config();
+    config.redis = dead.clone();
+    let nowhere = write_config(dir.path(), &config).to_str().expect("utf-8").to_string();
+    let (file_only, env_over_file, flag_over_env) = blocking(move || {
+        (
+            ferry_env(&["dlq", "list", "--config", &nowhere], &[]),
+            ferry_env(&["dlq", "list", "--config", &nowhere], &[("FERRY_REDIS", &good)]),
+            ferry_env(&["dlq", "list", "--config", &nowhere, "--redis", &good], &[("FERRY_REDIS", &dead)]),
+        )
+    })
+    .await;
+    assert!(!file_only.0, "the file's dead Redis was used: {}", file_only.1);
+    assert!(file_only.2.contains("cannot reach Redis"), "{}", file_only.2);
+    assert!(env_over_file.0 && env_over_file.1.contains("1 dead letter(s)"), "{}{}", env_over_file.1, env_over_file.2);
+    assert!(flag_over_env.0 && flag_over_env.1.contains("1 dead letter(s)"), "{}{}", flag_over_env.1, flag_over_env.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_list_finds_the_admin_endpoint_in_the_config_file() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let mut config = env.config();
+    config.admin.listen = free_addr();
+    let host = InProcessHost::start(config.clone());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_config(dir.path(), &config).to_str().expect("utf-8").to_string();
+    let listed = env
+        .wait_for("the host to list its plugin", Duration::from_secs(30), || {
+            let file = file.clone();
+            async move {
+                let out = blocking(move || ferry_env(&["plugins", "list", "--config", &file], &[])).await;
+                (out.0 && out.1.contains("running")).then_some(out.1)
+            }
+        })
+        .await;
+    assert!(listed.starts_with("PLUGIN") && listed.contains("rec"), "{listed}");
+    host.stop().await;
+    let mut off = config;
+    off.admin.listen = String::new();
+    let file = write_config(dir.path(), &off).to_str().expect("utf-8").to_string();
+    let out = blocking(move || ferry_env(&["plugins", "list", "--config", &file], &[])).await;
+    assert!(!out.0 && out.2.contains("admin endpoint is off"), "{}", out.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_prints_the_total_and_says_when_the_list_was_cut() {
+    let env = Env::new();
+    dead_letters(&env, "rec", 5).await;
+    dead_letters(&env, "other", 2).await;
+    let url = env.redis.url();
+    let (cut, whole, one_subscriber, json) = blocking(move || {
+        (
+            ferry_env(&["dlq", "list", "--limit", "3", "--redis", &url], &[]),
+            ferry_env(&["dlq", "list", "--redis", &url], &[]),
+            ferry_env(&["dlq", "list", "--subscriber", "rec", "--limit", "4", "--redis", &url], &[]),
+            ferry_env(&["dlq", "list", "--limit", "3", "--json", "--redis", &url], &[]),
+        )
+    })
+    .await;
+    assert!(cut.0, "{}", cut.2);
+    assert_eq!(cut.1.lines().count(), 1 + 3 + 1, "header, 3 rows, summary:\n{}", cut.1);
+    assert!(cut.1.ends_with("7 dead letter(s); showing the first 3 (--limit 3)\n"), "{}", cut.1);
+    assert!(whole.1.ends_with("\n7 dead letter(s)\n"), "{}", whole.1);
+    assert!(one_subscriber.1.ends_with("5 dead letter(s); showing the first 4 (--limit 4)\n"), "{}", one_subscriber.1);
+    let shown: Vec<serde_json::Value> = serde_json::from_str(&json.1).expect("json");
+    assert_eq!(shown.len(), 3);
+    assert!(json.2.contains("showing 3 of 7"), "{}", json.2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_cache_dir_flag_runs_without_a_cache() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let xdg = tempfile::tempdir().expect("temp dir");
+    let config = env.config();
+    let file = write_config(dir.path(), &config);
+    let log = dir.path().join("host.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(ferry_bin())
+        .args(["run", "--config", file.to_str().expect("utf-8"), "--cache-dir", ""])
+        .env("FERRY_LOG", "info")
+        .env("XDG_CACHE_HOME", xdg.path())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .spawn()
+        .expect("starting ferry");
+    let mut host = HostProcess { child, log };
+    let mut conn = env.conn().await;
+    publish(&mut conn, "events", "Placed", "{}").await;
+    env.records_at_least(1, Duration::from_secs(30)).await;
+    assert!(host.terminate().success(), "{}", host.log());
+    let written = |d: &Path| std::fs::read_dir(d).expect("read dir").count();
+    assert_eq!(written(env.cache.path()), 0, "the file's cache dir was not used");
+    assert_eq!(written(xdg.path()), 0, "the default cache dir was not used");
+}
