@@ -50,6 +50,33 @@ async fn started(env: &Env, keys: &SubscriberKeys, event_id: &str, n: u64) {
     .await;
 }
 
+/// Wait until `subscriber` has dead letters; returns them.
+async fn dead_letters(env: &Env, subscriber: &str) -> Vec<ferry::dlq::DeadLetter> {
+    let conn = env.conn().await;
+    env.wait_for(&format!("dead letters of {subscriber}"), Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        async move {
+            let letters = ferry::dlq::list(&mut conn, Some(subscriber), 10).await.ok()?;
+            (!letters.is_empty()).then_some(letters)
+        }
+    })
+    .await
+}
+
+/// Wait until `n` events are parked behind held keys.
+async fn parked(env: &Env, keys: &SubscriberKeys, n: i64) {
+    let conn = env.conn().await;
+    env.wait_for(&format!("{n} parked"), Duration::from_secs(20), || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
+            (parked == Some(n)).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Wait until `n` events of `keys` are being handled.
 async fn running(env: &Env, keys: &SubscriberKeys, n: u64) {
     let conn = env.conn().await;
@@ -268,15 +295,7 @@ async fn turning_order_off_while_a_key_is_held_releases_it_and_drains_the_parked
     for i in 1..=3 {
         publish_keyed(&mut conn, "K", &format!(r#"{{"i":{i}}}"#)).await;
     }
-    env.wait_for("three parked", Duration::from_secs(20), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        async move {
-            let n: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
-            (n == Some(3)).then_some(())
-        }
-    })
-    .await;
+    parked(&env, &keys, 3).await;
     host.stop_all().await;
     // Reloaded (here: restarted) with per-key order off while the key is held.
     std::fs::write(env.plugins.path().join("ord.toml"), recorder("ordered = false")).expect("write");
@@ -301,15 +320,7 @@ async fn a_holder_deleted_while_pending_releases_its_key() {
     running(&env, &keys, 1).await;
     publish_keyed(&mut conn, "K", r#"{"i":1}"#).await;
     publish_keyed(&mut conn, "K", r#"{"i":2}"#).await;
-    env.wait_for("two parked", Duration::from_secs(20), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        async move {
-            let n: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
-            (n == Some(2)).then_some(())
-        }
-    })
-    .await;
+    parked(&env, &keys, 2).await;
     doomed.kill();
     // A producer's MAXLEN (here: XDEL) removes the holder's entry while it is pending.
     let entries = records_of(&mut conn, "events").await;
@@ -366,15 +377,7 @@ async fn host_crashes_do_not_spend_attempts_and_only_a_repeated_crash_dead_lette
         host.kill();
     }
     let host = HostProcess::start(&config, dir.path(), "host");
-    let letters = env
-        .wait_for("the crash dead letter", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let l = ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?;
-                (!l.is_empty()).then_some(l)
-            }
-        })
-        .await;
+    let letters = dead_letters(&env, "rec").await;
     assert_eq!(letters[0].event_id, doomed.id);
     assert_eq!(letters[0].kind, "crash");
     drop(host);
@@ -486,15 +489,7 @@ async fn a_dead_letter_key_of_the_wrong_type_leaves_the_event_pending_not_lost()
     .await;
     let _: () = redis::cmd("DEL").arg(&keys.dlq).query_async(&mut conn).await.expect("del");
     // Once the key is fixed, the entry is taken over again and dead-lettered.
-    let letters = env
-        .wait_for("the dead letter", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let l = ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?;
-                (!l.is_empty()).then_some(l)
-            }
-        })
-        .await;
+    let letters = dead_letters(&env, "rec").await;
     assert_eq!(letters[0].event_id, poison.id);
     host.stop().await;
 }
@@ -507,15 +502,7 @@ async fn a_follow_up_to_a_key_of_the_wrong_type_dead_letters_the_event_instead_o
     let _: () = redis::cmd("SET").arg("records").arg("not a stream").query_async(&mut conn).await.expect("set");
     let host = InProcessHost::start(env.config());
     let event = publish(&mut conn, "events", "Any", "{}").await;
-    let letters = env
-        .wait_for("the dead letter", Duration::from_secs(30), || {
-            let mut conn = conn.clone();
-            async move {
-                let l = ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?;
-                (!l.is_empty()).then_some(l)
-            }
-        })
-        .await;
+    let letters = dead_letters(&env, "rec").await;
     assert_eq!(letters[0].event_id, event.id);
     assert!(letters[0].reason.contains("another type"), "{}", letters[0].reason);
     host.stop().await;
