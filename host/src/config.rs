@@ -39,8 +39,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Redis URL. Default `redis://127.0.0.1:6379`.
+    /// Redis URL. Default `redis://127.0.0.1:6379`. With `cluster`, a comma-separated list of
+    /// seed nodes.
     pub redis: String,
+    /// Talk to a Redis Cluster (`redis` lists seed nodes). Default false.
+    pub cluster: bool,
     /// Directory of `*.wasm` plugins (and optional `NAME.toml` beside each). Default `plugins`.
     pub plugins: PathBuf,
     /// Stream read by subscriptions that do not name one. Default `events`.
@@ -73,6 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             redis: "redis://127.0.0.1:6379".into(),
+            cluster: false,
             plugins: PathBuf::from("plugins"),
             stream: "events".into(),
             consumer: None,
@@ -392,6 +396,11 @@ impl SubscriberConfig {
 }
 
 impl Config {
+    /// Where Redis is.
+    pub fn target(&self) -> crate::connection::Target {
+        crate::connection::Target::new(&self.redis, self.cluster)
+    }
+
     /// Read a host configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         parse_file(path)

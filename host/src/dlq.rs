@@ -77,30 +77,13 @@ pub async fn streams<C: ConnectionLike>(
         Some(s) => keys::dlq_pattern(s),
         None => keys::ALL_DLQ_PATTERN.to_string(),
     };
-    let mut cursor = 0u64;
     let mut out = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("stream")
-            .query_async(conn)
-            .await?;
-        for key in batch {
-            if let Some((stream, sub)) = keys::parse_dlq(&key)
-                && subscriber.is_none_or(|s| s == sub)
-            {
-                out.push((key.clone(), stream.to_string(), sub.to_string()));
-            }
+    for key in crate::connection::scan(conn, &pattern, Some("stream")).await? {
+        if let Some((stream, sub)) = keys::parse_dlq(&key)
+            && subscriber.is_none_or(|s| s == sub)
+        {
+            out.push((key.clone(), stream.to_string(), sub.to_string()));
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     out.sort();
     out.dedup();

@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
-use redis::aio::ConnectionManagerConfig;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -86,37 +85,19 @@ pub fn default_consumer() -> String {
         .unwrap_or_else(|| "ferry".to_string())
 }
 
-/// Connect to Redis, failing with a clear message when it is unreachable.
-pub async fn connect(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
-    let client = redis::Client::open(url).with_context(|| format!("invalid Redis URL {url:?}"))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let mut manager = tokio::time::timeout(Duration::from_secs(5), client.get_connection_manager_with_config(config))
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
-        .with_context(|| format!("cannot reach Redis at {url}"))?;
-    let _: String =
-        redis::cmd("PING").query_async(&mut manager).await.with_context(|| format!("cannot reach Redis at {url}"))?;
-    Ok((client, manager))
-}
-
 impl Host {
     /// Connect, build the engine and start a subscriber for every valid plugin in the
     /// plugin directory. Invalid plugins are refused with a log line; the rest run.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Host>> {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
-        let (client, shared) = connect(&config.redis).await?;
+        let (redis, shared) = crate::connection::connect(&config.target()).await?;
         let engine = Engine::new(&config.engine)?;
         let cache = config.cache_dir().map(Cache::new);
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
         let metrics = Metrics::new();
         metrics.redis_up.set(1);
         let ctx = Arc::new(Context {
-            client,
+            redis,
             shared,
             consumer,
             read: config.read.clone(),

@@ -7,6 +7,29 @@
 //! Lua script or MULTI over them is legal on a cluster. Stream names therefore must not
 //! contain `{` or `}`.
 
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between
+/// the first `{` and the next `}`, if not empty) or of the whole key, modulo 16384.
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key
+        .find('{')
+        .and_then(|open| key[open + 1..].find('}').map(|close| &bytes[open + 1..open + 1 + close]))
+        .filter(|tag| !tag.is_empty());
+    crc16(tagged.unwrap_or(bytes)) % 16384
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster uses.
+pub fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in bytes {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
 /// Whether `name` can be used as a stream or subscriber name.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -50,6 +73,9 @@ pub struct SubscriberKeys {
     pub parked_count: String,
     /// Prefix of the lists of events parked behind a held partition key.
     pub parked_prefix: String,
+    /// On a cluster: follow-ups bound for streams in other slots, written here with the ack
+    /// (same slot) and forwarded with their ids (`_to` names the target stream).
+    pub forward: String,
 }
 
 impl SubscriberKeys {
@@ -68,6 +94,7 @@ impl SubscriberKeys {
             hold_since: format!("ferry:holdsince:{{{stream}}}:{subscriber}"),
             parked_count: format!("ferry:parkedn:{{{stream}}}:{subscriber}"),
             parked_prefix: format!("ferry:parked:{{{stream}}}:{subscriber}:"),
+            forward: format!("ferry:forward:{{{stream}}}"),
         }
     }
 
@@ -109,5 +136,17 @@ mod tests {
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));
         assert!(check_name("stream", "a{b}").is_err());
+    }
+
+    #[test]
+    fn slots_follow_redis_cluster() {
+        // Test vectors from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"), "an empty tag hashes the whole key");
+        let keys = SubscriberKeys::new("orders", "inventory");
+        assert_eq!(slot(&keys.retry), slot("orders"));
+        assert_eq!(slot(&keys.forward), slot("orders"));
     }
 }

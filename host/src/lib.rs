@@ -8,6 +8,7 @@
 //! - [`event`]: the envelope (CloudEvents attribute names) and its stream-entry encoding.
 //! - [`outbox`]: the producer side: add events to a stream, inside the caller's MULTI/EXEC.
 //! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
+//! - [`connection`]: connections to one Redis node or a Redis Cluster, behind one type.
 //! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
 //!   imports, invoking the handler and naming failures; the compiled-artifact cache.
 //! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
@@ -31,6 +32,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod connection;
 pub mod consume;
 pub mod dlq;
 pub mod event;

@@ -15,6 +15,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Run as a Redis Cluster node.
+    cluster: bool,
     appendonly: bool,
 }
 
@@ -28,7 +30,7 @@ impl RedisServer {
     /// restart keeps everything.
     pub fn start_with(appendonly: bool) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-redis-").tempdir()?;
-        let mut server = Self { child: None, port: 0, dir, appendonly };
+        let mut server = Self { child: None, port: 0, dir, appendonly, cluster: false };
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
@@ -57,6 +59,11 @@ impl RedisServer {
             .arg(self.dir.path().join("redis.log"))
             .arg("--daemonize")
             .arg("no");
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join("nodes.conf"));
+        }
         if self.appendonly {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -139,6 +146,134 @@ impl Drop for RedisServer {
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free port below 55535: a cluster node also listens on its port + 10000 (the bus).
+fn free_cluster_port() -> std::io::Result<u16> {
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if port < 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free port below 55535 with a free bus port"))
+}
+
+/// A throwaway local Redis Cluster: 3 primaries and 3 replicas, each in its own temp dir on
+/// free ports, created with `redis-cli --cluster create` and ready (`cluster_state:ok` on
+/// every node) when [`RedisCluster::start`] returns. Stopped on drop.
+pub struct RedisCluster {
+    /// The nodes, primaries first as created.
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Start six nodes and join them into a cluster.
+    pub fn start() -> std::io::Result<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let dir = tempfile::Builder::new().prefix("ferry-redis-cluster-").tempdir()?;
+            let mut node = RedisServer { child: None, port: 0, dir, appendonly: false, cluster: true };
+            let mut started = false;
+            for _ in 0..5 {
+                node.port = free_cluster_port()?;
+                if node.spawn().is_ok() {
+                    started = true;
+                    break;
+                }
+                node.kill();
+            }
+            if !started {
+                return Err(std::io::Error::other("a cluster node did not start"));
+            }
+            nodes.push(node);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            return Err(std::io::Error::other(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let cluster = Self { nodes };
+        cluster.wait_ok(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Wait until every running node reports `cluster_state:ok` and agrees on the slots.
+    pub fn wait_ok(&self, timeout: Duration) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = cli(n.port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+            });
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("the cluster did not reach cluster_state:ok"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Seed node URLs, comma-separated, as `--redis` takes them with `--cluster`.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// The index of the node that serves `slot` as primary now.
+    pub fn primary_of(&self, slot: u16) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.child.is_some() && cli(n.port, &["ROLE"]).starts_with("master") && owns(n.port, slot))
+    }
+
+    /// The index of a replica of node `primary`.
+    pub fn replica_of(&self, primary: usize) -> Option<usize> {
+        let id = cli(self.nodes[primary].port, &["CLUSTER", "MYID"]).trim().to_string();
+        self.nodes.iter().position(|n| {
+            n.child.is_some()
+                && cli(n.port, &["CLUSTER", "NODES"]).lines().any(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.len() > 3 && f[2].contains("myself") && f[2].contains("slave") && f[3] == id
+                })
+        })
+    }
+
+    /// `redis-cli -p PORT args...` on node `i`; its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        cli(self.nodes[i].port, args)
+    }
+}
+
+/// Whether the node on `port` serves `slot`, from its own line of `CLUSTER NODES`.
+fn owns(port: u16, slot: u16) -> bool {
+    cli(port, &["CLUSTER", "NODES"]).lines().filter(|l| l.contains("myself")).any(|l| {
+        l.split_whitespace().skip(8).any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+        })
+    })
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn ping(port: u16) -> bool {

@@ -57,27 +57,12 @@ fn as_u64(v: Option<i64>) -> Option<u64> {
 /// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
 pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
     let mut streams: Vec<String> = extra.to_vec();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg("ferry:retry:{*}:*")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        for key in batch {
-            if let Some(rest) = key.strip_prefix("ferry:retry:{")
-                && let Some((stream, _)) = rest.split_once("}:")
-            {
-                streams.push(stream.to_string());
-            }
+    for key in crate::connection::scan(conn, "ferry:retry:{*}:*", None).await? {
+        if let Some(rest) = key.strip_prefix("ferry:retry:{")
+            && let Some((stream, _)) = rest.split_once("}:")
+        {
+            streams.push(stream.to_string());
         }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
     }
     streams.sort();
     streams.dedup();

@@ -104,9 +104,13 @@ impl ConfigFile {
 pub struct RedisArgs {
     #[command(flatten)]
     pub file: ConfigFile,
-    /// Redis URL (overrides the file; default redis://127.0.0.1:6379).
+    /// Redis URL (overrides the file; default redis://127.0.0.1:6379). With --cluster, a
+    /// comma-separated list of seed nodes.
     #[arg(long, env = "FERRY_REDIS")]
     pub redis: Option<String>,
+    /// Talk to a Redis Cluster (overrides the file).
+    #[arg(long, env = "FERRY_CLUSTER")]
+    pub cluster: bool,
 }
 
 impl RedisArgs {
@@ -116,6 +120,7 @@ impl RedisArgs {
         if let Some(v) = &self.redis {
             config.redis = v.clone();
         }
+        config.cluster |= self.cluster;
         Ok(config)
     }
 
@@ -124,10 +129,9 @@ impl RedisArgs {
         Ok(self.config()?.redis)
     }
 
-    /// A connection to that Redis.
-    pub async fn connect(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
-        let url = self.url()?;
-        let (_, conn) = ferry::host::connect(&url).await?;
+    /// A connection to that Redis (a node or a cluster).
+    pub async fn connect(&self) -> anyhow::Result<ferry::connection::Conn> {
+        let (_, conn) = ferry::connection::connect(&self.config()?.target()).await?;
         Ok(conn)
     }
 }

@@ -53,7 +53,7 @@ pub struct PublishArgs {
 /// Run `ferry publish`.
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let config = args.redis.config()?;
-    let stream = args.stream.unwrap_or(config.stream);
+    let stream = args.stream.unwrap_or_else(|| config.stream.clone());
     let data = match (&args.data, &args.data_file) {
         (Some(d), _) => d.clone().into_bytes(),
         (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
@@ -71,7 +71,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
             .context("--data is not valid JSON (pass --content-type for other payloads)")?;
     }
-    let (_, mut conn) = ferry::host::connect(&config.redis).await?;
+    let (_, mut conn) = ferry::connection::connect(&config.target()).await?;
     ferry::outbox::publish(&mut conn, &stream, &event).await.context("adding the event to the stream")?;
     println!("{}", event.id);
     Ok(ExitCode::SUCCESS)

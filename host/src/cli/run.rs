@@ -18,9 +18,12 @@ use super::ConfigFile;
 pub struct RunArgs {
     #[command(flatten)]
     pub file: ConfigFile,
-    /// Redis URL (overrides the file).
+    /// Redis URL (overrides the file). With --cluster, a comma-separated list of seed nodes.
     #[arg(long, env = "FERRY_REDIS")]
     pub redis: Option<String>,
+    /// Talk to a Redis Cluster (overrides the file).
+    #[arg(long, env = "FERRY_CLUSTER")]
+    pub cluster: bool,
     /// Plugin directory (overrides the file).
     #[arg(long, env = "FERRY_PLUGINS")]
     pub plugins: Option<PathBuf>,
@@ -48,6 +51,7 @@ impl RunArgs {
         if let Some(v) = &self.redis {
             config.redis = v.clone();
         }
+        config.cluster |= self.cluster;
         if let Some(v) = &self.plugins {
             config.plugins = v.clone();
         }

@@ -31,7 +31,7 @@ pub struct StatusArgs {
 /// the table and keeps refreshing, so an operator watching through an outage sees it end.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let url = args.redis.url()?;
-    let (_, mut conn) = ferry::host::connect(&url).await?;
+    let mut conn = args.redis.connect().await?;
     loop {
         let snapshot = snapshot(&mut conn, &args.streams).await;
         match (&args.watch, snapshot) {

@@ -17,6 +17,9 @@ use super::read::{self, Entry};
 use super::{Context, InFlight, now_ms, scripts, settle, trim};
 use crate::keys::SubscriberKeys;
 
+/// The consumer group of the forwarders on a stream's forward key.
+const FORWARDERS: &str = "ferry-forward";
+
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
 
@@ -57,6 +60,11 @@ impl Housekeeper {
             if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
+            if self.ctx.redis.is_cluster()
+                && let Err(e) = self.forward().await
+            {
+                tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
+            }
             if last_liveness.elapsed() >= self.claim_idle / 4 {
                 last_liveness = Instant::now();
                 if let Err(e) = self.refresh().await {
@@ -86,6 +94,57 @@ impl Housekeeper {
                 self.trim().await;
             }
         }
+    }
+
+    /// On a cluster: move follow-ups bound for other slots from the stream's forward key to
+    /// their streams, each with its own event id. Read through a consumer group, so hosts
+    /// share the work and a dead forwarder's entries are taken over; `XADD` comes before the
+    /// ack, so a forwarder that dies in between re-sends the same event, which consumers'
+    /// dedupe absorbs. Nothing is lost.
+    async fn forward(&self) -> redis::RedisResult<()> {
+        let mut conn = self.ctx.shared.clone();
+        let key = &self.keys.forward;
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(FORWARDERS)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = created
+            && !e.to_string().contains("BUSYGROUP")
+        {
+            return Err(e);
+        }
+        let idle = self.claim_idle.as_millis() as u64;
+        let mut entries = read::auto_claim(&mut conn, key, FORWARDERS, &self.ctx.consumer, idle, 100).await?;
+        entries.extend(read::read_group(&mut conn, FORWARDERS, &self.ctx.consumer, 100, None, &[key], ">").await?);
+        for entry in entries {
+            let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
+            if let Some(target) = target {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(&target).arg("*");
+                for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
+                    xadd.arg(k).arg(v);
+                }
+                let _: String = xadd.query_async(&mut conn).await?;
+            }
+            let _: () = redis::pipe()
+                .atomic()
+                .cmd("XACK")
+                .arg(key)
+                .arg(FORWARDERS)
+                .arg(&entry.id)
+                .ignore()
+                .cmd("XDEL")
+                .arg(key)
+                .arg(&entry.id)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reset the idle time of every entry this host holds and push their leases.

@@ -44,10 +44,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 
 use self::settle::Tally;
 use crate::config::{Effective, ReadConfig, Start};
+use crate::connection::{Conn, Redis};
 use crate::event::Event;
 use crate::keys::SubscriberKeys;
 use crate::metrics::{FailureLabels, Metrics};
@@ -140,9 +140,9 @@ impl RedisHealth {
 /// What every stream consumer of a host shares.
 pub struct Context {
     /// Redis client, for the per-reader connections.
-    pub client: redis::Client,
+    pub redis: Redis,
     /// Shared connection for settling, promoting and claiming.
-    pub shared: ConnectionManager,
+    pub shared: Conn,
     /// This host instance's consumer name.
     pub consumer: String,
     /// Read settings.
@@ -160,14 +160,6 @@ pub struct Context {
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Open a connection whose response timeout exceeds the blocking read time.
-pub async fn reader_connection(client: &redis::Client, block: Duration) -> redis::RedisResult<MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(block + Duration::from_secs(5)));
-    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// Create the subscriber's groups on `keys` (idempotent).

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-
 use super::read::{self, Entry};
-use super::{Context, ensure_groups, reader_connection};
+use super::{Context, ensure_groups};
 use crate::config::Start;
+use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
 
 /// Reads entries for one (subscriber, stream), reconnecting with backoff.
@@ -18,7 +17,7 @@ pub struct Reader {
     group: String,
     start: Start,
     block: Duration,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     /// Per stream (source, retry): where the pending phase has got to.
     cursors: [String; 2],
     pending_phase: bool,
@@ -52,7 +51,7 @@ impl Reader {
     pub async fn next(&mut self, ctx: &Context, count: usize) -> Vec<Entry> {
         let Some(conn) = self.conn.as_mut() else {
             let connected = async {
-                let mut c = reader_connection(&ctx.client, self.block).await?;
+                let mut c = ctx.redis.dedicated(self.block).await?;
                 ensure_groups(&mut c, &self.keys, &self.group, self.start).await?;
                 Ok::<_, redis::RedisError>(c)
             };

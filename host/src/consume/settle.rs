@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::read::Entry;
 use super::{Context, Counters, InFlight, now_ms, scripts};
 use crate::event::Event;
-use crate::keys::SubscriberKeys;
+use crate::keys::{self, SubscriberKeys};
 use crate::plugin::invoke::FailureKind;
 use crate::plugin::sandbox::FollowUp;
 
@@ -158,15 +158,36 @@ pub fn original_fields(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
     entry.fields.iter().filter(|(k, _)| !k.starts_with(b"_")).cloned().collect()
 }
 
+/// Where a settle writes follow-ups: straight to their streams, or, on a cluster, the ones
+/// bound for another hash slot into the stream's forward key (same slot, written with the
+/// ack), from which the housekeeper forwards them with their ids.
+#[derive(Debug, Clone, Copy)]
+pub struct Routing<'a> {
+    /// Talking to a cluster.
+    pub cluster: bool,
+    /// The subscriber's keys on the source stream.
+    pub keys: &'a SubscriberKeys,
+}
+
+/// The meta field naming a forwarded follow-up's target stream.
+pub const FORWARD_TO: &str = "_to";
+
 /// The settle script's argument for one settlement.
-fn encode(s: &Settlement) -> Vec<u8> {
+fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
         Disposition::Ack { record, follow_ups } => {
             let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
+            let home = keys::slot(&routing.keys.stream);
             for f in follow_ups {
-                rest.push(f.stream.as_bytes().to_vec());
-                rest.push(netstrings(&event_fields(&f.event)));
+                let mut fields = event_fields(&f.event);
+                if routing.cluster && keys::slot(&f.stream) != home {
+                    fields.push((FORWARD_TO.into(), f.stream.as_bytes().to_vec()));
+                    rest.push(routing.keys.forward.as_bytes().to_vec());
+                } else {
+                    rest.push(f.stream.as_bytes().to_vec());
+                }
+                rest.push(netstrings(&fields));
             }
             ("ack", rest)
         }
@@ -195,7 +216,7 @@ fn encode(s: &Settlement) -> Vec<u8> {
 /// Apply `settlements` for subscriber `group` in one script call; one answer each.
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
-    keys: &SubscriberKeys,
+    routing: Routing<'_>,
     group: &str,
     dedupe_window_ms: u64,
     lease_ms: u64,
@@ -210,7 +231,8 @@ pub async fn settle<C: ConnectionLike>(
         dedupe_window_ms.to_string().into_bytes(),
         lease_ms.to_string().into_bytes(),
     ];
-    args.extend(settlements.iter().map(encode));
+    args.extend(settlements.iter().map(|s| encode(s, routing)));
+    let keys = routing.keys;
     let cmd = scripts::evalsha(
         &scripts::SETTLE,
         &[
@@ -296,7 +318,8 @@ impl Settler {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut conn = self.ctx.shared.clone();
-            let result = settle(&mut conn, &self.keys, &self.group, self.dedupe_window_ms, self.lease_ms, group).await;
+            let routing = Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys };
+            let result = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await;
             match result {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
@@ -358,6 +381,32 @@ mod tests {
     }
 
     #[test]
+    fn on_a_cluster_a_follow_up_to_another_slot_goes_to_the_forward_key() {
+        let keys = SubscriberKeys::new("events", "sub");
+        let follow = |stream: &str| FollowUp { stream: stream.into(), event: Event::new("F", "sub", "{}") };
+        assert_ne!(keys::slot("records"), keys::slot("events"));
+        let s = Settlement {
+            key: "events".into(),
+            id: "1-0".into(),
+            event_id: "e".into(),
+            owner: "events/1-0".into(),
+            release: false,
+            disposition: Disposition::Ack { record: true, follow_ups: vec![follow("records"), follow("{events}x")] },
+            fallback: None,
+            tally: Tally::Handled,
+        };
+        let text = |routing| String::from_utf8_lossy(&encode(&s, routing)).into_owned();
+        let on_cluster = text(Routing { cluster: true, keys: &keys });
+        assert!(
+            on_cluster.contains("ferry:forward:{events}") && on_cluster.contains("3:_to,7:records,"),
+            "{on_cluster}"
+        );
+        assert!(on_cluster.contains("9:{events}x,"), "same slot: written directly");
+        let single = text(Routing { cluster: false, keys: &keys });
+        assert!(!single.contains("forward") && single.contains("7:records,"));
+    }
+
+    #[test]
     fn a_settlement_encodes_its_op_and_identity_first() {
         let s = Settlement {
             key: "events".into(),
@@ -369,6 +418,10 @@ mod tests {
             fallback: None,
             tally: Tally::None,
         };
-        assert_eq!(encode(&s), b"5:retry,6:events,3:1-0,1:e,10:events/1-0,1:1,1:7,8:1:k,1:v,,".to_vec());
+        let keys = SubscriberKeys::new("events", "sub");
+        assert_eq!(
+            encode(&s, Routing { cluster: true, keys: &keys }),
+            b"5:retry,6:events,3:1-0,1:e,10:events/1-0,1:1,1:7,8:1:k,1:v,,".to_vec()
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod delivery;
 mod e2e;
 mod edges;

@@ -240,12 +240,12 @@ fn shaped_event(i: usize, shape: Shape) -> Event {
     e
 }
 
-async fn preload(conn: &mut redis::aio::ConnectionManager, stream: &str, n: usize) -> anyhow::Result<()> {
+async fn preload(conn: &mut ferry::connection::Conn, stream: &str, n: usize) -> anyhow::Result<()> {
     preload_shaped(conn, stream, n, Shape::Order).await
 }
 
 async fn preload_shaped(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut ferry::connection::Conn,
     stream: &str,
     n: usize,
     shape: Shape,
@@ -402,11 +402,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
-    let (client, shared) = ferry::host::connect(&server.url()).await?;
+    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::Node(server.url())).await?;
     let metrics = Metrics::new();
     let read = ferry::config::ReadConfig::default();
     let ctx = Arc::new(Context {
-        client,
+        redis,
         shared,
         consumer: "bench".into(),
         read,

@@ -1,0 +1,252 @@
+//! Redis connections, to one node or to a Redis Cluster, behind one type.
+//!
+//! Everything ferry sends is either keyed on one hash slot (a script over one stream's keys,
+//! an `XADD`) or sent to one node on purpose (a scan), so the rest of the code works on
+//! [`Conn`] whatever the deployment. Two kinds of connection exist, as the field notes
+//! require: the shared one ([`Redis::shared`]) for settles, scripts and reads that do not
+//! block, and a dedicated one per blocking reader ([`Redis::dedicated`]): a blocked
+//! `XREADGROUP` on a shared multiplexed (or cluster) connection stalls every command behind
+//! it. Response timeouts always exceed the blocking time.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// Where Redis is: one node, or the seed nodes of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A single node (or a proxy): one URL.
+    Node(String),
+    /// A Redis Cluster: seed node URLs; the client discovers the rest.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// `redis` as given on the command line or in the config: with `cluster`, a
+    /// comma-separated list of seed nodes.
+    pub fn new(redis: &str, cluster: bool) -> Self {
+        if cluster {
+            Self::Cluster(redis.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        } else {
+            Self::Node(redis.to_string())
+        }
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Node(url) => url.clone(),
+            Self::Cluster(seeds) => format!("the cluster at {}", seeds.join(",")),
+        }
+    }
+}
+
+/// A client for a [`Target`]: opens connections.
+#[derive(Clone)]
+pub enum Redis {
+    /// One node.
+    Node(redis::Client),
+    /// A cluster.
+    Cluster(ClusterClient),
+}
+
+/// A connection to a node or a cluster; cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub enum Conn {
+    /// The shared connection to one node: reconnects by itself.
+    Managed(ConnectionManager),
+    /// A dedicated connection to one node.
+    Node(MultiplexedConnection),
+    /// A connection to a cluster: follows `MOVED`/`ASK` and retries `TRYAGAIN`/`CLUSTERDOWN`.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(c) => c.req_packed_command(cmd),
+            Self::Node(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(c) => c.get_db(),
+            Self::Node(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Redis {
+    /// A client for `target` (no connection yet).
+    pub fn open(target: &Target) -> anyhow::Result<Self> {
+        Ok(match target {
+            Target::Node(url) => {
+                Self::Node(redis::Client::open(url.as_str()).with_context(|| format!("invalid Redis URL {url:?}"))?)
+            }
+            Target::Cluster(seeds) => {
+                anyhow::ensure!(!seeds.is_empty(), "--cluster needs at least one seed node in --redis");
+                Self::Cluster(
+                    ClusterClient::builder(seeds.iter().map(String::as_str))
+                        .connection_timeout(Duration::from_secs(2))
+                        .response_timeout(Duration::from_secs(10))
+                        .retries(16)
+                        .build()
+                        .with_context(|| format!("invalid Redis Cluster seeds {seeds:?}"))?,
+                )
+            }
+        })
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// The shared connection: settles, scripts, housekeeping, reads that do not block.
+    pub async fn shared(&self) -> redis::RedisResult<Conn> {
+        match self {
+            Self::Node(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(10)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(1));
+                Ok(Conn::Managed(client.get_connection_manager_with_config(config).await?))
+            }
+            Self::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
+    /// A connection of its own for a reader that blocks up to `block`.
+    pub async fn dedicated(&self, block: Duration) -> redis::RedisResult<Conn> {
+        let timeout = block + Duration::from_secs(5);
+        match self {
+            Self::Node(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(timeout));
+                Ok(Conn::Node(client.get_multiplexed_async_connection_with_config(&config).await?))
+            }
+            Self::Cluster(client) => {
+                let config = redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(Duration::from_secs(2))
+                    .set_response_timeout(timeout);
+                Ok(Conn::Cluster(client.get_async_connection_with_config(config).await?))
+            }
+        }
+    }
+}
+
+/// Connect to `target`, failing with a clear message when it is unreachable: the client
+/// and its shared connection.
+pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {
+    let redis = Redis::open(target)?;
+    let what = target.describe();
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), redis.shared())
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("cannot reach Redis at {what}"))?;
+    let _: String =
+        redis::cmd("PING").query_async(&mut conn).await.with_context(|| format!("cannot reach Redis at {what}"))?;
+    Ok((redis, conn))
+}
+
+/// Every key matching `pattern` (of `kind`, e.g. `stream`, if given), on every primary: a
+/// `SCAN` sees one node, so on a cluster each primary (from `CLUSTER NODES`) is scanned on a
+/// connection of its own.
+pub async fn scan<C: ConnectionLike>(
+    conn: &mut C,
+    pattern: &str,
+    kind: Option<&str>,
+) -> redis::RedisResult<Vec<String>> {
+    let nodes: redis::RedisResult<String> = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await;
+    let Ok(nodes) = nodes else { return scan_node(conn, pattern, kind).await };
+    let mut out = Vec::new();
+    for addr in primaries(&nodes) {
+        let client = redis::Client::open(format!("redis://{addr}"))?;
+        let mut node = client.get_multiplexed_async_connection().await?;
+        out.extend(scan_node(&mut node, pattern, kind).await?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The `host:port` of every primary that is not failed, from a `CLUSTER NODES` reply.
+pub fn primaries(nodes: &str) -> Vec<String> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (_, addr, flags) = (parts.next()?, parts.next()?, parts.next()?);
+            let primary = flags.split(',').any(|f| f == "master") && !flags.contains("fail");
+            primary.then(|| addr.split('@').next().unwrap_or(addr).to_string())
+        })
+        .collect()
+}
+
+async fn scan_node<C: ConnectionLike>(
+    conn: &mut C,
+    pattern: &str,
+    kind: Option<&str>,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor = 0u64;
+    let mut out = Vec::new();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+        if let Some(kind) = kind {
+            cmd.arg("TYPE").arg(kind);
+        }
+        let (next, batch): (u64, Vec<String>) = cmd.query_async(conn).await?;
+        out.extend(batch);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_target_is_a_list_of_seeds() {
+        assert_eq!(
+            Target::new("redis://a:1, redis://b:2,", true),
+            Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+        );
+        assert_eq!(Target::new("redis://a:1", false), Target::Node("redis://a:1".into()));
+    }
+
+    #[test]
+    fn primaries_are_read_from_cluster_nodes() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 slave a1 0 0 1 connected\n\
+                     c3 127.0.0.1:7002@17002 master,fail - 0 0 2 disconnected\n\
+                     d4 127.0.0.1:7003@17003 master - 0 0 3 connected 5461-10922\n";
+        assert_eq!(primaries(nodes), vec!["127.0.0.1:7000".to_string(), "127.0.0.1:7003".to_string()]);
+    }
+}
