@@ -51,7 +51,7 @@ pub enum Redis {
     /// One node.
     Node(redis::Client),
     /// A cluster.
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A connection to a node or a cluster; cheap to clone (clones share the connection).
@@ -105,14 +105,14 @@ impl Redis {
             }
             Target::Cluster(seeds) => {
                 anyhow::ensure!(!seeds.is_empty(), "--cluster needs at least one seed node in --redis");
-                Self::Cluster(
+                Self::Cluster(Box::new(
                     ClusterClient::builder(seeds.iter().map(String::as_str))
                         .connection_timeout(Duration::from_secs(2))
                         .response_timeout(Duration::from_secs(10))
                         .retries(16)
                         .build()
                         .with_context(|| format!("invalid Redis Cluster seeds {seeds:?}"))?,
-                )
+                ))
             }
         })
     }
