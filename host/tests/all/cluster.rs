@@ -152,11 +152,11 @@ async fn three_hosts_on_a_cluster_lose_nothing_through_host_kills_and_a_failover
     });
     // Faults while the producer runs: two host kills (restarted), then a coordinated failover
     // of the primary that serves the stream.
-    for round in 0..2 {
+    for (round, host) in hosts.iter_mut().take(2).enumerate() {
         wait_records(&mut conn, "records", 300 * (round + 1), Duration::from_secs(60)).await;
-        hosts[round].kill();
+        host.kill();
         config.consumer = Some(format!("host-{round}"));
-        hosts[round] = HostProcess::start(&config, dir.path(), &format!("host-{round}"));
+        *host = HostProcess::start(&config, dir.path(), &format!("host-{round}"));
     }
     let primary = world.cluster.primary_of(keys::slot("events")).expect("a primary serves events");
     let replica = world.cluster.replica_of(primary).expect("it has a replica");
