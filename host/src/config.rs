@@ -70,6 +70,24 @@ pub struct Config {
     pub defaults: SubscriberConfig,
     /// Per-subscriber settings, by plugin name.
     pub subscribers: BTreeMap<String, SubscriberConfig>,
+    /// Per-stream settings, by stream name (`[streams.orders]`).
+    pub streams: BTreeMap<String, StreamConfig>,
+}
+
+/// Settings of one logical stream.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Number of partitions: stream keys `NAME#0` … `NAME#N-1`, each in its own hash slot,
+    /// events routed by partition key (docs/scale-out.md). Default 1 (the stream itself).
+    /// Changing it on a stream that has data is refused.
+    pub partitions: u32,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { partitions: 1 }
+    }
 }
 
 impl Default for Config {
@@ -89,6 +107,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             defaults: SubscriberConfig::default(),
             subscribers: BTreeMap::new(),
+            streams: BTreeMap::new(),
         }
     }
 }
@@ -396,6 +415,11 @@ impl SubscriberConfig {
 }
 
 impl Config {
+    /// The partitions of every stream that has more than one.
+    pub fn partitions(&self) -> BTreeMap<String, u32> {
+        self.streams.iter().filter(|(_, s)| s.partitions > 1).map(|(name, s)| (name.clone(), s.partitions)).collect()
+    }
+
     /// Where Redis is.
     pub fn target(&self) -> crate::connection::Target {
         crate::connection::Target::new(&self.redis, self.cluster)

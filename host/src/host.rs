@@ -90,7 +90,8 @@ impl Host {
     /// plugin directory. Invalid plugins are refused with a log line; the rest run.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Host>> {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
-        let (redis, shared) = crate::connection::connect(&config.target()).await?;
+        let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
+        check_partitions(&mut shared, &config).await?;
         let engine = Engine::new(&config.engine)?;
         let cache = config.cache_dir().map(Cache::new);
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
@@ -105,6 +106,7 @@ impl Host {
             health: RedisHealth::default(),
             grace: config.shutdown_grace,
             retention: config.retention.clone(),
+            partitions: config.partitions(),
         });
         let host =
             Arc::new(Host { config, engine, cache, ctx, running: Default::default(), refused: Default::default() });
@@ -251,7 +253,15 @@ impl Host {
         };
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         self.ctx.metrics.plugin_loads.get_or_create(&PluginLabels { plugin: name.to_string() }).inc();
-        let wanted = active.streams();
+        // A partitioned stream is read as its partitions, each by a pipeline of its own.
+        let wanted: Vec<String> = active
+            .streams()
+            .into_iter()
+            .flat_map(|s| match self.ctx.partitions_of(&s) {
+                1 => vec![s],
+                n => (0..n).map(|p| keys::partition(&s, p)).collect(),
+            })
+            .collect();
         let describe: Vec<String> =
             active.subscriptions.iter().map(|(stream, s)| format!("{stream}:{}", s.event_type)).collect();
         let entry = match running.remove(name) {
@@ -364,4 +374,36 @@ async fn stop_streams(tasks: BTreeMap<String, StreamTask>) {
     for (_, task) in tasks {
         let _ = task.handle.await;
     }
+}
+
+/// Record each partitioned stream's partition count in Redis (`ferry:partitions:{STREAM}`),
+/// and refuse to start with a different count while the stream has data: its events would be
+/// read from the wrong keys and per-key order broken. docs/scale-out.md says how to migrate.
+async fn check_partitions(conn: &mut crate::connection::Conn, config: &Config) -> anyhow::Result<()> {
+    for (stream, settings) in &config.streams {
+        keys::check_name("stream", stream).map_err(anyhow::Error::msg)?;
+        let wanted = settings.partitions.max(1);
+        let key = format!("ferry:partitions:{{{stream}}}");
+        let recorded: Option<u32> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+        let current = recorded.unwrap_or(1);
+        if current != wanted {
+            let old_keys: Vec<String> = if current == 1 {
+                vec![stream.clone()]
+            } else {
+                (0..current).map(|p| keys::partition(stream, p)).collect()
+            };
+            let mut entries = 0u64;
+            for k in &old_keys {
+                let n: u64 = redis::cmd("XLEN").arg(k).query_async(conn).await?;
+                entries += n;
+            }
+            anyhow::ensure!(
+                entries == 0,
+                "stream `{stream}` has {current} partition(s) holding {entries} entries; changing it to {wanted} is refused \
+                 (drain it first, or publish to a new stream name: see docs/scale-out.md)"
+            );
+        }
+        let _: () = redis::cmd("SET").arg(&key).arg(wanted).query_async(conn).await?;
+    }
+    Ok(())
 }

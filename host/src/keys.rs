@@ -30,13 +30,44 @@ pub fn crc16(bytes: &[u8]) -> u16 {
     crc
 }
 
+/// The key of partition `p` of `stream`: `STREAM#P`. Its own hash slot (the whole name is
+/// hashed), with its own ferry keys in that slot (`ferry:retry:{STREAM#P}:SUB`).
+pub fn partition(stream: &str, p: u32) -> String {
+    format!("{stream}#{p}")
+}
+
+/// The logical stream of a stream key: `orders` for `orders#3` and for `orders`.
+pub fn logical(stream_key: &str) -> &str {
+    match stream_key.rsplit_once('#') {
+        Some((stream, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => stream,
+        _ => stream_key,
+    }
+}
+
+/// The partition of `stream` (of `partitions`) an event goes to: CRC16-XMODEM of its
+/// `partitionkey`, or of its id when it has none (so copies of one event land together and
+/// are deduplicated), modulo `partitions`. The function and its test vectors are in
+/// docs/scale-out.md so producers in any language can compute it.
+pub fn partition_of(partitionkey: Option<&str>, event_id: &str, partitions: u32) -> u32 {
+    u32::from(crc16(partitionkey.unwrap_or(event_id).as_bytes())) % partitions.max(1)
+}
+
+/// The stream key an event for `stream` is added to: `stream` itself, or its partition.
+pub fn route(stream: &str, partitions: u32, partitionkey: Option<&str>, event_id: &str) -> String {
+    if partitions <= 1 {
+        stream.to_string()
+    } else {
+        partition(stream, partition_of(partitionkey, event_id, partitions))
+    }
+}
+
 /// Whether `name` can be used as a stream or subscriber name.
 pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("{kind} name is empty"));
     }
-    if name.contains(['{', '}', ' ']) || name.chars().any(char::is_control) {
-        return Err(format!("{kind} name `{name}` must not contain braces, spaces or control characters"));
+    if name.contains(['{', '}', ' ', '#']) || name.chars().any(char::is_control) {
+        return Err(format!("{kind} name `{name}` must not contain braces, `#`, spaces or control characters"));
     }
     Ok(())
 }
@@ -148,5 +179,22 @@ mod tests {
         let keys = SubscriberKeys::new("orders", "inventory");
         assert_eq!(slot(&keys.retry), slot("orders"));
         assert_eq!(slot(&keys.forward), slot("orders"));
+    }
+
+    #[test]
+    fn partitions_are_chosen_by_key_or_else_by_id() {
+        // The vectors of docs/scale-out.md.
+        assert_eq!(partition_of(Some("customer-42"), "ignored", 6), u32::from(crc16(b"customer-42")) % 6);
+        assert_eq!(partition_of(Some("123456789"), "x", 16), 0x31C3 % 16);
+        assert_eq!(partition_of(None, "123456789", 6), 0x31C3 % 6);
+        assert_eq!(route("orders", 1, Some("k"), "id"), "orders");
+        assert_eq!(route("orders", 6, Some("123456789"), "id"), format!("orders#{}", 0x31C3 % 6));
+        assert_eq!(logical("orders#3"), "orders");
+        assert_eq!(logical("orders"), "orders");
+        assert!(check_name("stream", "a#1").is_err());
+        let slots: std::collections::HashSet<u16> = (0..6).map(|p| slot(&partition("orders", p))).collect();
+        assert_eq!(slots.len(), 6, "each partition in its own slot");
+        let keys = SubscriberKeys::new(&partition("orders", 2), "inventory");
+        assert_eq!(slot(&keys.retry), slot("orders#2"));
     }
 }

@@ -35,6 +35,12 @@ pub fn add(pipe: &mut redis::Pipeline, stream: &str, event: &Event) {
     pipe.add_command(xadd(stream, event));
 }
 
+/// The stream key `event` goes to when `stream` has `partitions` partitions (see
+/// [`crate::keys::route`]): use it with [`add`] or [`publish`] for a partitioned stream.
+pub fn route(stream: &str, partitions: u32, event: &Event) -> String {
+    crate::keys::route(stream, partitions, event.partitionkey.as_deref(), &event.id)
+}
+
 /// Add `event` to `stream` on its own; returns the stream entry id.
 pub async fn publish<C: ConnectionLike>(conn: &mut C, stream: &str, event: &Event) -> redis::RedisResult<String> {
     xadd(stream, event).query_async(conn).await

@@ -72,7 +72,10 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             .context("--data is not valid JSON (pass --content-type for other payloads)")?;
     }
     let (_, mut conn) = ferry::connection::connect(&config.target()).await?;
-    ferry::outbox::publish(&mut conn, &stream, &event).await.context("adding the event to the stream")?;
+    // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.
+    let partitions = config.streams.get(&stream).map_or(1, |s| s.partitions);
+    let key = ferry::keys::route(&stream, partitions, event.partitionkey.as_deref(), &event.id);
+    ferry::outbox::publish(&mut conn, &key, &event).await.context("adding the event to the stream")?;
     println!("{}", event.id);
     Ok(ExitCode::SUCCESS)
 }

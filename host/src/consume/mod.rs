@@ -74,8 +74,10 @@ impl Active {
         streams
     }
 
-    /// Whether an event read from `stream` is wanted.
+    /// Whether an event read from `stream` (a stream key: a partition counts as its stream)
+    /// is wanted.
     pub fn wants(&self, stream: &str, event: &Event) -> bool {
+        let stream = crate::keys::logical(stream);
         self.subscriptions.iter().any(|(s, sub)| s == stream && sub.matches(event))
     }
 }
@@ -155,6 +157,16 @@ pub struct Context {
     pub grace: Duration,
     /// Retention of source streams.
     pub retention: Option<crate::config::RetentionConfig>,
+    /// Partition counts of partitioned streams (others have one): subscribers read every
+    /// partition, follow-ups are routed to one.
+    pub partitions: std::collections::BTreeMap<String, u32>,
+}
+
+impl Context {
+    /// The partitions of `stream` (1: not partitioned).
+    pub fn partitions_of(&self, stream: &str) -> u32 {
+        self.partitions.get(stream).copied().unwrap_or(1)
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -167,6 +167,8 @@ pub struct Routing<'a> {
     pub cluster: bool,
     /// The subscriber's keys on the source stream.
     pub keys: &'a SubscriberKeys,
+    /// Partition counts of partitioned streams: a follow-up goes to its partition.
+    pub partitions: &'a std::collections::BTreeMap<String, u32>,
 }
 
 /// The meta field naming a forwarded follow-up's target stream.
@@ -181,11 +183,13 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
             let home = keys::slot(&routing.keys.stream);
             for f in follow_ups {
                 let mut fields = event_fields(&f.event);
-                if routing.cluster && keys::slot(&f.stream) != home {
-                    fields.push((FORWARD_TO.into(), f.stream.as_bytes().to_vec()));
+                let n = routing.partitions.get(&f.stream).copied().unwrap_or(1);
+                let target = keys::route(&f.stream, n, f.event.partitionkey.as_deref(), &f.event.id);
+                if routing.cluster && keys::slot(&target) != home {
+                    fields.push((FORWARD_TO.into(), target.into_bytes()));
                     rest.push(routing.keys.forward.as_bytes().to_vec());
                 } else {
-                    rest.push(f.stream.as_bytes().to_vec());
+                    rest.push(target.into_bytes());
                 }
                 rest.push(netstrings(&fields));
             }
@@ -318,7 +322,8 @@ impl Settler {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut conn = self.ctx.shared.clone();
-            let routing = Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys };
+            let routing =
+                Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
             let result = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await;
             match result {
                 Ok(answers) => {
@@ -395,14 +400,15 @@ mod tests {
             fallback: None,
             tally: Tally::Handled,
         };
+        let none = std::collections::BTreeMap::new();
         let text = |routing| String::from_utf8_lossy(&encode(&s, routing)).into_owned();
-        let on_cluster = text(Routing { cluster: true, keys: &keys });
+        let on_cluster = text(Routing { cluster: true, keys: &keys, partitions: &none });
         assert!(
             on_cluster.contains("ferry:forward:{events}") && on_cluster.contains("3:_to,7:records,"),
             "{on_cluster}"
         );
         assert!(on_cluster.contains("9:{events}x,"), "same slot: written directly");
-        let single = text(Routing { cluster: false, keys: &keys });
+        let single = text(Routing { cluster: false, keys: &keys, partitions: &none });
         assert!(!single.contains("forward") && single.contains("7:records,"));
     }
 
@@ -420,7 +426,7 @@ mod tests {
         };
         let keys = SubscriberKeys::new("events", "sub");
         assert_eq!(
-            encode(&s, Routing { cluster: true, keys: &keys }),
+            encode(&s, Routing { cluster: true, keys: &keys, partitions: &Default::default() }),
             b"5:retry,6:events,3:1-0,1:e,10:events/1-0,1:1,1:7,8:1:k,1:v,,".to_vec()
         );
     }

@@ -181,3 +181,90 @@ async fn three_hosts_on_a_cluster_lose_nothing_through_host_kills_and_a_failover
     assert_eq!(twice, 0, "each event handled once: its follow-up is written with its ack");
     drop(hosts);
 }
+
+/// Publish `n` events per key (`k0`…`k9`) to partitioned `events` through `conn`, in order
+/// per key; returns their ids.
+async fn publish_keyed<C: redis::aio::ConnectionLike>(conn: &mut C, partitions: u32, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        for k in 0..10 {
+            let mut event = Event::new("Keyed", "tests", format!(r#"{{"i":{i}}}"#));
+            event.partitionkey = Some(format!("k{k}"));
+            let key = ferry::outbox::route("events", partitions, &event);
+            ferry::outbox::publish(conn, &key, &event).await.expect("publish");
+            ids.push(event.id);
+        }
+    }
+    ids
+}
+
+fn partitioned(config: &mut ferry::config::Config, partitions: u32) {
+    config.streams.insert("events".into(), ferry::config::StreamConfig { partitions });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_stream_is_read_in_every_partition_with_per_key_order() {
+    let env = Env::new();
+    env.add_plugin("ord", fixtures::RECORDER, &format!("ordered = true\n{RECORDER_TOML}"));
+    let mut config = env.config();
+    partitioned(&mut config, 6);
+    let host = InProcessHost::start(config);
+    let mut conn = env.conn().await;
+    let sent = publish_keyed(&mut conn, 6, 30).await;
+    let used: u64 = {
+        let mut n = 0;
+        for p in 0..6 {
+            let len: u64 =
+                redis::cmd("XLEN").arg(keys::partition("events", p)).query_async(&mut conn).await.expect("xlen");
+            n += u64::from(len > 0);
+        }
+        n
+    };
+    assert!(used >= 3, "keys spread over the partitions ({used} of 6 used)");
+    let recs = env.records_at_least(sent.len(), Duration::from_secs(60)).await;
+    for k in 0..10 {
+        let key = format!("k{k}");
+        let order: Vec<u64> = recs
+            .iter()
+            .filter(|r| r["partitionkey"] == key.as_str())
+            .filter_map(|r| serde_json::from_str::<Value>(r["data"].as_str()?).ok()?["i"].as_u64())
+            .collect();
+        assert_eq!(order, (0..30).collect::<Vec<u64>>(), "key {key} in order");
+        let partition = recs.iter().filter(|r| r["partitionkey"] == key.as_str()).map(|r| r["stream"].clone());
+        assert_eq!(partition.collect::<HashSet<Value>>().len(), 1, "key {key} lives in one partition");
+    }
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_partition_count_of_a_stream_with_data_is_refused() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let mut conn = env.conn().await;
+    crate::support::publish(&mut conn, "events", "Before", "{}").await;
+    let mut config = env.config();
+    partitioned(&mut config, 4);
+    let err = ferry::host::Host::start(config).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("changing it to 4 is refused"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_a_partitioned_stream_on_a_cluster_and_handle_each_event_once() {
+    let world = ClusterEnv::new();
+    world.env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let mut config = world.config();
+    partitioned(&mut config, 6);
+    config.consumer = Some("host-a".into());
+    let a = InProcessHost::start(config.clone());
+    config.consumer = Some("host-b".into());
+    let b = InProcessHost::start(config);
+    let mut conn = world.conn().await;
+    let sent = publish_keyed(&mut conn, 6, 50).await;
+    let handled = wait_records(&mut conn, "records", sent.len(), Duration::from_secs(90)).await;
+    assert!(sent.iter().all(|id| handled.get(id).map(HashSet::len) == Some(1)), "each event once");
+    let nodes: HashSet<Option<usize>> =
+        (0..6).map(|p| world.cluster.primary_of(keys::slot(&keys::partition("events", p)))).collect();
+    assert!(nodes.len() >= 2, "the partitions live on several primaries: {nodes:?}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -414,6 +414,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         health: RedisHealth::default(),
         grace: Duration::from_secs(10),
         retention: None,
+        partitions: Default::default(),
     });
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
