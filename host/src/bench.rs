@@ -23,7 +23,7 @@ use crate::consume::{self, Active, Context, RedisHealth, Subscriber};
 use crate::event::Event;
 use crate::metrics::{self, Metrics};
 use crate::plugin::cache::Cache;
-use crate::plugin::invoke::{Invoke, Job, Outcome, Runner};
+use crate::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
 use crate::plugin::sandbox::Grants;
 use crate::plugin::{Engine, Plugin, Subscription};
 use crate::redis_server::RedisServer;
@@ -87,8 +87,8 @@ struct Sizes {
 struct Native;
 
 impl Invoke for Native {
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        jobs.iter().map(|_| Outcome::Handled { follow_ups: Vec::new() }).collect()
+    fn handle(&self, _job: Job) -> Handling {
+        Box::pin(std::future::ready(Outcome::Handled { follow_ups: Vec::new() }))
     }
     fn name(&self) -> &str {
         "native"
@@ -101,22 +101,22 @@ impl Invoke for Native {
 /// Wraps a handler and records publish→handled latency from the payload's `sent_us`.
 struct Probe {
     inner: Arc<dyn Invoke>,
-    samples: Mutex<Vec<u64>>,
+    samples: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Invoke for Probe {
-    fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        let out = self.inner.handle_all(jobs);
-        let now = now_us();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        for job in jobs {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&job.event.data)
-                && let Some(sent) = v["sent_us"].as_u64()
-            {
-                samples.push(now.saturating_sub(sent));
+    fn handle(&self, job: Job) -> Handling {
+        let sent = serde_json::from_slice::<serde_json::Value>(&job.event.data)
+            .ok()
+            .and_then(|v| v["sent_us"].as_u64());
+        let (handling, samples) = (self.inner.handle(job), self.samples.clone());
+        Box::pin(async move {
+            let out = handling.await;
+            if let Some(sent) = sent {
+                samples.lock().unwrap_or_else(|p| p.into_inner()).push(now_us().saturating_sub(sent));
             }
-        }
-        out
+            out
+        })
     }
     fn name(&self) -> &str {
         self.inner.name()
@@ -266,24 +266,30 @@ impl Bench {
     }
 }
 
-fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Result<(Arc<Plugin>, f64)> {
+async fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Result<(Arc<Plugin>, f64)> {
     let started = Instant::now();
-    let plugin = Plugin::load(engine, path, cache).with_context(|| format!("loading {}", path.display()))?;
+    let plugin = Plugin::load(engine, path, cache, &LimitsConfig::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok((plugin, started.elapsed().as_secs_f64() * 1000.0))
 }
 
-fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
+async fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
     let jobs: Vec<Job> = (0..calls)
         .map(|i| Job { event: shaped_event(i, shape), stream: "bench".into(), entry_id: format!("{i}-0"), attempt: 1 })
         .collect();
-    let per_call = |mode| {
+    let per_call = async |mode| {
         let runner = bench.runner(plugin, "cost", mode);
-        runner.handle_all(&jobs[..jobs.len().min(10)]);
+        for job in &jobs[..jobs.len().min(10)] {
+            runner.handle(job.clone()).await;
+        }
         let started = Instant::now();
-        runner.handle_all(&jobs);
+        for job in &jobs {
+            runner.handle(job.clone()).await;
+        }
         started.elapsed().as_secs_f64() * 1e6 / calls as f64
     };
-    (per_call(InstanceMode::PerEvent), per_call(InstanceMode::Reuse))
+    (per_call(InstanceMode::PerEvent).await, per_call(InstanceMode::Reuse).await)
 }
 
 /// Run the benchmark.
@@ -330,15 +336,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 5. Start-up (first, so the cold compile is really cold).
     let noop_path = args.guests.join("fixture_noop.wasm");
-    let (noop, cold) = load(&bench.engine, &noop_path, Some(&cache))?;
-    let (_, cached) = load(&bench.engine, &noop_path, Some(&cache))?;
+    let (noop, cold) = load(&bench.engine, &noop_path, Some(&cache)).await?;
+    let (_, cached) = load(&bench.engine, &noop_path, Some(&cache)).await?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
     let mut polyglot: Vec<(&str, Arc<Plugin>, Shape)> = Vec::new();
     for (lang, path, shape) in [("Python", &args.python, Shape::Order), ("JavaScript", &args.javascript, Shape::User)] {
         if let Some(path) = path {
-            let (plugin, cold) = load(&bench.engine, path, Some(&cache))?;
-            let (_, cached) = load(&bench.engine, path, Some(&cache))?;
+            let (plugin, cold) = load(&bench.engine, path, Some(&cache)).await?;
+            let (_, cached) = load(&bench.engine, path, Some(&cache)).await?;
             report.add(format!("start-up: {lang} plugin, cold compile"), cold, "ms", "");
             report.add(format!("start-up: {lang} plugin, from the artifact cache"), cached, "ms", "target < 1000 ms");
             polyglot.push((lang, plugin, shape));
@@ -371,7 +377,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 2. Latency at a steady 5,000 events/s.
     let probe =
-        Arc::new(Probe { inner: bench.runner(&noop, "latency", InstanceMode::Reuse), samples: Mutex::new(Vec::new()) });
+        Arc::new(Probe { inner: bench.runner(&noop, "latency", InstanceMode::Reuse), samples: Arc::new(Mutex::new(Vec::new())) });
     let (stop, rx) = watch::channel(false);
     let sub = Arc::new(Subscriber::new("latency".into(), active(probe.clone(), "bench-latency")?));
     let task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-latency".into(), rx));
@@ -426,11 +432,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     // 4. Invocation cost.
-    let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order);
+    let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order).await;
     report.add("invocation: Rust, fresh instance per event", fresh, "us/event", "");
     report.add("invocation: Rust, reused instance", reused, "us/event", "");
     for (lang, plugin, shape) in &polyglot {
-        let (fresh, reused) = invocation_cost(&bench, plugin, sizes.calls / 10, *shape);
+        let (fresh, reused) = invocation_cost(&bench, plugin, sizes.calls / 10, *shape).await;
         report.add(format!("invocation: {lang}, fresh instance per event"), fresh, "us/event", "");
         report.add(format!("invocation: {lang}, reused instance"), reused, "us/event", "");
     }
@@ -521,7 +527,7 @@ async fn host_figures(
         let host = crate::host::Host::start(config).await?;
         let watcher = crate::reload::watch(host.clone())?;
         // Compile v2 into the cache first, as a deploy pipeline would with `ferry plugins check`.
-        Plugin::load(&bench.engine, &recorder_v2, Some(cache))?;
+        Plugin::load(&bench.engine, &recorder_v2, Some(cache), &LimitsConfig::default()).await?;
         let tmp = swap_dir.path().join("swap.new");
         std::fs::copy(&recorder_v2, &tmp)?;
         let published = tokio::spawn({

@@ -162,10 +162,14 @@ pub struct PublishArgs {
 /// `ferry plugins ...`.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// Compile and validate a plugin file and print its subscriptions.
+    /// Compile and validate a plugin file and print its subscriptions. The compiled artifact
+    /// goes into the same cache the host uses, so the host's start after a check is fast.
     Check {
         /// The `.wasm` file.
         file: PathBuf,
+        /// Compiled-artifact cache directory (default: the host's default cache).
+        #[arg(long, env = "FERRY_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// List the plugins of a running host (through its admin endpoint).
     List {
@@ -248,7 +252,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish(args).await,
-        Command::Plugins(PluginsCommand::Check { file }) => check(&file),
+        Command::Plugins(PluginsCommand::Check { file, cache_dir }) => check(&file, cache_dir).await,
         Command::Plugins(PluginsCommand::List { admin, json }) => list_plugins(&admin, json).await,
         Command::Dlq(cmd) => dlq_command(cmd).await,
         Command::Status(args) => crate::status::run(args).await,
@@ -304,9 +308,14 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let engine = crate::plugin::Engine::new(&Default::default())?;
-    match crate::plugin::Plugin::load(&engine, file, None) {
+/// Load `file` as the host would: through the default compiled-artifact cache (so a later
+/// check or host start is fast) and with its `subscriptions` export under the default deadline.
+async fn check(file: &std::path::Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config { cache_dir, ..Default::default() };
+    let engine = crate::plugin::Engine::new(&config.engine)?;
+    let cache = config.cache_dir().map(crate::plugin::cache::Cache::new);
+    let limits = crate::config::LimitsConfig::default();
+    match crate::plugin::Plugin::load(&engine, file, cache.as_ref(), &limits).await {
         Ok(plugin) => {
             println!("{}: ok (version {})", file.display(), plugin.version);
             if plugin.declared.is_empty() {

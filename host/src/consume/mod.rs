@@ -609,8 +609,8 @@ impl Batch {
             let runner = active.runner.clone();
             let (indices, batch_jobs): (Vec<usize>, Vec<Job>) = jobs.into_iter().unzip();
             let started = Instant::now();
-            let handled = tokio::task::spawn_blocking(move || {
-                let outcomes = run_with_host_retries(runner.as_ref(), &batch_jobs);
+            let handled = tokio::spawn(async move {
+                let outcomes = run_with_host_retries(runner.as_ref(), &batch_jobs).await;
                 (batch_jobs, outcomes)
             })
             .await;
@@ -752,19 +752,20 @@ impl Batch {
 
 /// Run the jobs; retry host-side failures (instantiation, a full pool) a few times without
 /// charging an attempt to the event.
-fn run_with_host_retries(runner: &dyn Invoke, jobs: &[Job]) -> Vec<Outcome> {
-    let mut outcomes = runner.handle_all(jobs);
+async fn run_with_host_retries(runner: &dyn Invoke, jobs: &[Job]) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        outcomes.push(runner.handle(job.clone()).await);
+    }
     for round in 0..5u32 {
         let failed: Vec<usize> =
             outcomes.iter().enumerate().filter(|(_, o)| matches!(o, Outcome::HostError(_))).map(|(i, _)| i).collect();
         if failed.is_empty() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20 << round));
+        tokio::time::sleep(Duration::from_millis(20 << round)).await;
         for i in failed {
-            if let Some(o) = runner.handle_all(std::slice::from_ref(&jobs[i])).pop() {
-                outcomes[i] = o;
-            }
+            outcomes[i] = runner.handle(jobs[i].clone()).await;
         }
     }
     outcomes

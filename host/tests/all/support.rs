@@ -273,7 +273,14 @@ impl Drop for HostProcess {
 
 /// Run the `ferry` binary with `args`; returns (status, stdout, stderr).
 pub fn ferry(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let out = Command::new(ferry_bin()).args(args).env("FERRY_LOG", "warn").output().expect("running ferry");
+    // Never the user's own artifact cache.
+    let cache = std::env::temp_dir().join("ferry-tests-cache");
+    let out = Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .env("FERRY_CACHE_DIR", cache)
+        .output()
+        .expect("running ferry");
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
