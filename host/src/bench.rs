@@ -106,9 +106,8 @@ struct Probe {
 
 impl Invoke for Probe {
     fn handle(&self, job: Job) -> Handling {
-        let sent = serde_json::from_slice::<serde_json::Value>(&job.event.data)
-            .ok()
-            .and_then(|v| v["sent_us"].as_u64());
+        let sent =
+            serde_json::from_slice::<serde_json::Value>(&job.event.data).ok().and_then(|v| v["sent_us"].as_u64());
         let (handling, samples) = (self.inner.handle(job), self.samples.clone());
         Box::pin(async move {
             let out = handling.await;
@@ -376,8 +375,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     // 2. Latency at a steady 5,000 events/s.
-    let probe =
-        Arc::new(Probe { inner: bench.runner(&noop, "latency", InstanceMode::Reuse), samples: Arc::new(Mutex::new(Vec::new())) });
+    let probe = Arc::new(Probe {
+        inner: bench.runner(&noop, "latency", InstanceMode::Reuse),
+        samples: Arc::new(Mutex::new(Vec::new())),
+    });
     let (stop, rx) = watch::channel(false);
     let sub = Arc::new(Subscriber::new("latency".into(), active(probe.clone(), "bench-latency")?));
     let task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-latency".into(), rx));

@@ -287,15 +287,9 @@ impl Host {
         *tried = Some(attempt);
         let started = std::time::Instant::now();
         self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let plugin = Plugin::from_bytes(
-            &self.engine,
-            name.to_string(),
-            wasm,
-            bytes,
-            self.cache.as_ref(),
-            &effective.limits,
-        )
-        .await?;
+        let plugin =
+            Plugin::from_bytes(&self.engine, name.to_string(), wasm, bytes, self.cache.as_ref(), &effective.limits)
+                .await?;
         tracing::info!(
             plugin = %name,
             version = %plugin.version,

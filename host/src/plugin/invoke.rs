@@ -500,7 +500,12 @@ impl Throttle {
 }
 
 /// Name a failed call: the kind and a reason without wasmtime's doubled prefixes.
-pub(crate) fn classify(err: &wasmtime::Error, deadline: Duration, memory: u64, elapsed: Duration) -> (FailureKind, String) {
+pub(crate) fn classify(
+    err: &wasmtime::Error,
+    deadline: Duration,
+    memory: u64,
+    elapsed: Duration,
+) -> (FailureKind, String) {
     if let Some(limit) = err.downcast_ref::<MemoryLimitExceeded>() {
         return (FailureKind::OutOfMemory, limit.to_string());
     }

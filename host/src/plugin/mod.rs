@@ -182,7 +182,11 @@ impl Plugin {
         Ok(Arc::new(plugin))
     }
 
-    async fn read_subscriptions(&self, engine: &Engine, limits: &LimitsConfig) -> Result<Vec<Subscription>, PluginError> {
+    async fn read_subscriptions(
+        &self,
+        engine: &Engine,
+        limits: &LimitsConfig,
+    ) -> Result<Vec<Subscription>, PluginError> {
         let grants = Arc::new(Grants {
             subscriber: self.name.as_str().into(),
             version: self.version.as_str().into(),

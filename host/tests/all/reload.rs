@@ -33,11 +33,14 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
     let host = InProcessHost::start(watched(&env));
     let url = env.redis.url();
-    let total = 1500;
+    // Publish until v2 has handled events: a loaded machine may take seconds to compile v2, and
+    // the swap must happen under load, not after it.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let producer = tokio::spawn(async move {
         let mut conn = redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("conn");
         let mut ids = Vec::new();
-        for i in 0..total {
+        while ids.len() < 1500 || (!*stopped.borrow() && ids.len() < 50_000) {
+            let i = ids.len();
             ids.push(publish(&mut conn, "events", "Load", &format!(r#"{{"i":{i}}}"#)).await.id);
             if i % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -47,7 +50,28 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
     });
     env.records_at_least(100, Duration::from_secs(20)).await;
     deploy(env.plugins.path(), "rec", fixtures::RECORDER_V2);
+    let conn = env.conn().await;
+    env.wait_for("v2 handling events", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        async move {
+            let last: redis::Value = redis::cmd("XREVRANGE")
+                .arg("records")
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let last = ferry::consume::read::parse_entries("records", last);
+            let data: serde_json::Value = serde_json::from_slice(last.first()?.field("data")?).ok()?;
+            (data["mark"] == "v2").then_some(())
+        }
+    })
+    .await;
+    let _ = stop.send(true);
     let sent = producer.await.expect("producer");
+    let total = sent.len();
     let recs = env.records_at_least(total, Duration::from_secs(60)).await;
     env.settled("events", Duration::from_secs(20)).await;
 

@@ -124,6 +124,9 @@ async fn log_and_stdout_floods_are_capped_and_the_host_stays_up() {
         log.lines().filter(|l| l.contains("dropped")).collect::<Vec<_>>().join("\n")
     );
     assert!(log.contains("dropped_bytes=10481824"), "stdout capped at 4096 of 10485920 bytes");
+    // Issue 17: absent span values are left out, not printed empty.
+    assert!(log.contains("event{event_id="), "event lines carry the event span");
+    assert!(!log.contains("correlationid=\"\"") && !log.contains("traceparent=\"\""), "no empty span fields");
     // 100 lines of at most 2048 bytes plus 4 KiB of stdout, not the 100 MB the guest wrote
     // (99,900 flood lines over the cap; the recorder's own debug line is below the log level,
     // so it is neither written nor counted).
