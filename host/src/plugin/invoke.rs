@@ -569,3 +569,43 @@ fn to_wit(e: &Event) -> wit::Event {
         data: e.data.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_throttle_halves_on_failures_and_recovers_one_by_one() {
+        let throttle = Throttle::new(8);
+        assert!(!throttle.penalized());
+        for expected in [4, 2, 1, 1] {
+            throttle.record(false);
+            assert_eq!(throttle.limit(), expected);
+            assert!(throttle.penalized());
+        }
+        throttle.record(true);
+        assert_eq!(throttle.limit(), 2, "one more per healthy call");
+        for _ in 0..10 {
+            throttle.record(true);
+        }
+        assert_eq!(throttle.limit(), 8, "never above the subscriber's concurrency");
+        assert!(!throttle.penalized());
+    }
+
+    #[tokio::test]
+    async fn a_throttled_subscriber_waits_for_its_slot() {
+        let throttle = Arc::new(Throttle::new(2));
+        throttle.record(false);
+        let first = throttle.acquire().await;
+        let waiting = {
+            let throttle = throttle.clone();
+            tokio::spawn(async move {
+                let _slot = throttle.acquire().await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the limit is 1 and the slot is taken");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
+    }
+}

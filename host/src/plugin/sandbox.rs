@@ -468,3 +468,29 @@ impl OutputStream for CappedPipe {
 impl Pollable for CappedPipe {
     async fn ready(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rate_caps_lines_and_bytes_per_window() {
+        let rate = LogRate::new(3, 100);
+        assert!(rate.admit("p", 10) && rate.admit("p", 10));
+        assert!(!rate.admit("p", 90), "over the bytes");
+        assert!(rate.admit("p", 10));
+        assert!(!rate.admit("p", 1), "over the lines");
+        let w = rate.window.lock().expect("lock");
+        assert_eq!((w.lines, w.bytes, w.dropped_lines, w.dropped_bytes), (3, 30, 2, 91));
+    }
+
+    #[test]
+    fn a_new_window_starts_after_a_second() {
+        let rate = LogRate::new(1, 100);
+        assert!(rate.admit("p", 1));
+        assert!(!rate.admit("p", 1));
+        rate.window.lock().expect("lock").start -= RATE_WINDOW;
+        assert!(rate.admit("p", 1), "the window rolled over");
+        assert_eq!(rate.window.lock().expect("lock").dropped_lines, 0, "and its drops were summed up");
+    }
+}

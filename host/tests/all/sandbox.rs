@@ -424,7 +424,13 @@ async fn recursion_through_the_guests_own_stack_is_named_a_stack_overflow() {
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, event.id);
     assert_eq!(letters[0].kind, "stack-overflow", "{}", letters[0].reason);
-    assert!(letters[0].reason.contains("stack overflow"), "{}", letters[0].reason);
+    // Named from the backtrace: the trap itself is an out-of-bounds access in linear memory.
+    assert!(
+        letters[0].reason.contains("stack overflow: the guest's own stack in linear memory"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(!letters[0].reason.contains("wasm trap: wasm trap"), "{}", letters[0].reason);
     host.stop_all().await;
 }
 
