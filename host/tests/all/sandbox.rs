@@ -58,13 +58,19 @@ async fn each_hostile_behaviour_is_stopped_named_and_dead_lettered_while_a_neigh
     }
     let recs = records(&mut conn, "records").await;
     assert_eq!(by_subscriber(&recs, "good").len(), 100, "the neighbour handled every event");
+    // Every attempt's failure is counted under its kind. A subscriber that keeps failing is
+    // throttled (its long calls slowed to a quarter), so on a loaded machine a heavy attempt
+    // (the memory bomb) may end as a deadline before it reaches its cap: count them together.
     let m = &host.context().metrics;
+    let count = |kind: &str| {
+        m.failures
+            .get_or_create(&ferry::metrics::FailureLabels { subscriber: "hostile".into(), kind: kind.into() })
+            .get()
+    };
+    let all: u64 = ["deadline", "out-of-memory", "stack-overflow", "trap"].into_iter().map(count).sum();
+    assert_eq!(all, 2 * cases.len() as u64, "two attempts of each case counted");
     for (_, kind, _) in &cases {
-        let failures = m
-            .failures
-            .get_or_create(&ferry::metrics::FailureLabels { subscriber: "hostile".into(), kind: (*kind).into() })
-            .get();
-        assert!(failures >= 2, "{kind} counted: {failures}");
+        assert!(count(kind) >= 1, "{kind} counted");
     }
     host.stop_all().await;
 }
