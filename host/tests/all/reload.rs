@@ -41,7 +41,11 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
         let mut ids = Vec::new();
         while ids.len() < 1500 || (!*stopped.borrow() && ids.len() < 50_000) {
             let i = ids.len();
-            ids.push(publish(&mut conn, "events", "Load", &format!(r#"{{"i":{i}}}"#)).await.id);
+            let event = ferry::event::Event::new("Load", "tests", format!(r#"{{"i":{i}}}"#));
+            // On a loaded machine a publish may time out; only published events count.
+            if ferry::outbox::publish(&mut conn, "events", &event).await.is_ok() {
+                ids.push(event.id);
+            }
             if i % 10 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
