@@ -315,6 +315,11 @@ pub struct LimitsConfig {
     pub log_lines: u32,
     /// Bytes kept of one log line. Default 2048.
     pub log_line_bytes: usize,
+    /// Log lines (including captured stdout/stderr) one plugin may write per second across
+    /// all its events; more are dropped and summed up in one line per second. Default 100.
+    pub log_rate_lines: u32,
+    /// Log bytes one plugin may write per second across all its events. Default 64 KiB.
+    pub log_rate_bytes: u64,
     /// Follow-up events per handled event. Default 100.
     pub publish_count: usize,
     /// Bytes of one follow-up event's data. Default 1 MiB.
@@ -333,6 +338,8 @@ impl Default for LimitsConfig {
             stdio_bytes: 4096,
             log_lines: 100,
             log_line_bytes: 2048,
+            log_rate_lines: 100,
+            log_rate_bytes: 64 << 10,
             publish_count: 100,
             publish_bytes: 1 << 20,
         }

@@ -2,6 +2,12 @@
 //!
 //! [`run`] takes the shutdown signal as a future (as mini-redis's `server::run` does), so a
 //! test can start a whole host in-process and stop it when it likes.
+//!
+//! Plugins load concurrently, each within its own deadline, after the admin endpoint is up:
+//! a plugin that sleeps or loops while loading is refused in bounded time and never holds
+//! up the host, the endpoint or another plugin. Loads of one plugin are serialized (its
+//! versions apply in order); a file whose contents and settings did not change is not loaded
+//! again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +77,17 @@ pub struct Host {
     ctx: Arc<Context>,
     running: tokio::sync::Mutex<BTreeMap<String, Running>>,
     refused: Mutex<BTreeMap<String, String>>,
+    /// Per plugin: serializes its loads, and remembers the last contents and settings tried.
+    loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Tried>>>>>,
+    /// Plugin versions compiled (or taken from the cache) and validated, all plugins together.
+    loads: std::sync::atomic::AtomicU64,
+}
+
+/// What was last tried for a plugin: its file's hash and its settings.
+#[derive(PartialEq)]
+struct Tried {
+    hash: String,
+    effective: Effective,
 }
 
 /// The default consumer name: the host name, stable across restarts so a restarted host
@@ -87,8 +104,16 @@ pub fn default_consumer() -> String {
 
 impl Host {
     /// Connect, build the engine and start a subscriber for every valid plugin in the
-    /// plugin directory. Invalid plugins are refused with a log line; the rest run.
+    /// plugin directory; returns once each has loaded or been refused. Invalid plugins are
+    /// refused with a log line; the rest run.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Host>> {
+        let host = Host::new(config).await?;
+        host.load_all().await?;
+        Ok(host)
+    }
+
+    /// Connect and build the engine; no plugin is loaded yet (see [`Host::load_all`]).
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Host>> {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
         let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
         check_partitions(&mut shared, &config).await?;
@@ -108,9 +133,22 @@ impl Host {
             retention: config.retention.clone(),
             partitions: config.partitions(),
         });
-        let host =
-            Arc::new(Host { config, engine, cache, ctx, running: Default::default(), refused: Default::default() });
-        let dir = host.config.plugins.clone();
+        Ok(Arc::new(Host {
+            config,
+            engine,
+            cache,
+            ctx,
+            running: Default::default(),
+            refused: Default::default(),
+            loading: Default::default(),
+            loads: Default::default(),
+        }))
+    }
+
+    /// Load every plugin in the plugin directory, all at once; returns when each has loaded
+    /// or been refused.
+    pub async fn load_all(self: &Arc<Self>) -> anyhow::Result<()> {
+        let dir = self.config.plugins.clone();
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading plugin directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -120,10 +158,18 @@ impl Host {
         if paths.is_empty() {
             tracing::warn!(dir = %dir.display(), "no *.wasm plugins found; waiting for some to be added");
         }
+        let mut loads = tokio::task::JoinSet::new();
         for path in paths {
-            host.apply(&path).await;
+            let host = self.clone();
+            loads.spawn(async move { host.apply(&path).await });
         }
-        Ok(host)
+        while loads.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// How many plugin versions were compiled (or taken from the cache) and validated.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The shared consumer context (metrics, health, connections).
@@ -151,13 +197,17 @@ impl Host {
                 return;
             }
         };
+        let lock = self.loading.lock().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone();
+        let mut tried = lock.lock().await;
         let wasm = self.config.plugins.join(format!("{name}.wasm"));
         if !wasm.exists() {
+            *tried = None;
             self.remove(&name).await;
             return;
         }
-        match self.prepare(&name, &wasm).await {
-            Ok((plugin, effective)) => self.install(&name, plugin, effective).await,
+        match self.prepare(&name, &wasm, &mut tried).await {
+            Ok(None) => {}
+            Ok(Some((plugin, effective))) => self.install(&name, plugin, effective).await,
             Err(e) => {
                 self.ctx.metrics.plugin_refused.get_or_create(&PluginLabels { plugin: name.clone() }).inc();
                 let kept =
@@ -168,7 +218,14 @@ impl Host {
         }
     }
 
-    async fn prepare(&self, name: &str, wasm: &Path) -> anyhow::Result<(Arc<Plugin>, Effective)> {
+    /// Compile and validate `wasm` with its settings; `None` when neither changed since the
+    /// last try (reading a file must not reload it).
+    async fn prepare(
+        &self,
+        name: &str,
+        wasm: &Path,
+        tried: &mut Option<Tried>,
+    ) -> anyhow::Result<Option<(Arc<Plugin>, Effective)>> {
         let side = self.config.plugins.join(format!("{name}.toml"));
         let plugin_file = if side.exists() { Some(config::load_plugin_file(&side)?) } else { None };
         let effective = self.config.subscriber(name, plugin_file.as_ref())?;
@@ -182,14 +239,18 @@ impl Host {
         if effective.limits.fuel.is_some() && !self.config.engine.fuel {
             anyhow::bail!("limits.fuel is set but engine.fuel is off");
         }
-        let engine = self.engine.clone();
-        let cache = self.cache.clone();
-        let path = wasm.to_path_buf();
+        let bytes = tokio::fs::read(wasm).await.with_context(|| format!("reading {}", wasm.display()))?;
+        let attempt = Tried { hash: crate::plugin::version_hash(&bytes), effective: effective.clone() };
+        if tried.as_ref() == Some(&attempt) {
+            tracing::debug!(plugin = %name, "plugin file and settings unchanged; not reloaded");
+            return Ok(None);
+        }
+        *tried = Some(attempt);
         let started = std::time::Instant::now();
-        // Compilation is CPU-bound (seconds for a big component): keep it off the runtime threads.
-        let plugin = tokio::task::spawn_blocking(move || Plugin::load(&engine, &path, cache.as_ref()))
-            .await
-            .context("plugin loader thread failed")??;
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let plugin =
+            Plugin::from_bytes(&self.engine, name.to_string(), wasm, bytes, self.cache.as_ref(), &effective.limits)
+                .await?;
         tracing::info!(
             plugin = %name,
             version = %plugin.version,
@@ -197,7 +258,7 @@ impl Host {
             "plugin compiled and validated in {:.0?}",
             started.elapsed()
         );
-        Ok((plugin, effective))
+        Ok(Some((plugin, effective)))
     }
 
     fn active(&self, plugin: Arc<Plugin>, effective: Effective) -> Result<Active, PluginError> {
@@ -228,7 +289,8 @@ impl Host {
             publish_streams: effective.publish_streams.clone(),
             limits: effective.limits,
         });
-        let runner: Arc<dyn crate::plugin::invoke::Invoke> = Arc::new(Runner::new(self.engine.clone(), plugin, grants));
+        let runner: Arc<dyn crate::plugin::invoke::Invoke> =
+            Arc::new(Runner::with_concurrency(self.engine.clone(), plugin, grants, effective.concurrency));
         Ok(Active { runner, subscriptions, settings: effective })
     }
 

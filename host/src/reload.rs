@@ -6,6 +6,11 @@
 //! its subscriber. A half-written file fails validation and is refused with a log line; the
 //! running version keeps serving until a complete file arrives. The safe way to deploy is to
 //! write elsewhere in the same filesystem and `mv` into place (an atomic rename).
+//!
+//! Only changes count: access events (a `cat`, a checksum, a backup tool reading the file)
+//! are ignored, and the host skips a file whose contents and settings are unchanged. Each
+//! plugin's change is applied in a task of its own, so a plugin that is slow to load never
+//! holds up another.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
+use notify_debouncer_full::notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 
 use crate::host::Host;
@@ -48,14 +54,27 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     a == b || a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
 }
 
+/// Whether a file event may have changed contents: opening, reading and closing a file
+/// do not (closing after a write does).
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// Start watching the host's plugin directory.
 pub fn watch(host: Arc<Host>) -> anyhow::Result<Watcher> {
     let dir = host.config().plugins.clone();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| match result {
         Ok(events) => {
-            let paths: Vec<PathBuf> = events.into_iter().flat_map(|e| e.event.paths).collect();
-            let _ = tx.send(paths);
+            let paths: Vec<PathBuf> =
+                events.into_iter().filter(|e| changes(&e.event.kind)).flat_map(|e| e.event.paths).collect();
+            if !paths.is_empty() {
+                let _ = tx.send(paths);
+            }
         }
         Err(errors) => {
             for e in errors {
@@ -72,7 +91,9 @@ pub fn watch(host: Arc<Host>) -> anyhow::Result<Watcher> {
                 paths.extend(more);
             }
             for name in affected(&dir, &paths) {
-                host.apply(&dir.join(format!("{name}.wasm"))).await;
+                // The host serializes loads of one plugin, in the order they were asked for.
+                let (host, path) = (host.clone(), dir.join(format!("{name}.wasm")));
+                tokio::spawn(async move { host.apply(&path).await });
             }
         }
     });
@@ -95,5 +116,16 @@ mod tests {
         ];
         let names: Vec<String> = affected(dir, &paths).into_iter().collect();
         assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn reading_a_file_is_not_a_change() {
+        use notify_debouncer_full::notify::event::{CreateKind, ModifyKind};
+        assert!(!changes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes(&EventKind::Access(AccessKind::Read)));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(changes(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
     }
 }

@@ -14,9 +14,16 @@ use super::table::{header, table};
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
     /// Compile and validate a plugin file and print its subscriptions.
+    /// The compiled artifact goes into the same cache the host uses, so the host's start
+    /// after a check is fast; a plugin that sleeps or loops in `subscriptions()` is refused
+    /// after the default deadline.
     Check {
         /// The `.wasm` file.
         file: PathBuf,
+        /// Compiled-artifact cache directory, "" to turn it off (default: the host's default
+        /// cache).
+        #[arg(long, env = "FERRY_CACHE_DIR", value_parser = super::path_or_empty)]
+        cache_dir: Option<PathBuf>,
     },
     /// List the plugins of a running host (through its admin endpoint).
     List {
@@ -35,7 +42,7 @@ pub enum PluginsCommand {
 /// Run `ferry plugins ...`.
 pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PluginsCommand::Check { file } => check(&file),
+        PluginsCommand::Check { file, cache_dir } => check(&file, cache_dir).await,
         PluginsCommand::List { file, admin, json } => {
             let admin = match admin {
                 Some(admin) => admin,
@@ -49,9 +56,14 @@ pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn check(file: &Path) -> anyhow::Result<ExitCode> {
-    let engine = ferry::plugin::Engine::new(&Default::default())?;
-    match ferry::plugin::Plugin::load(&engine, file, None) {
+/// Load `file` as the host would: through the compiled-artifact cache and with its
+/// `subscriptions` export under the default deadline.
+async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = ferry::config::Config { cache_dir, ..Default::default() };
+    let engine = ferry::plugin::Engine::new(&config.engine)?;
+    let cache = config.cache_dir().map(ferry::plugin::cache::Cache::new);
+    let limits = ferry::config::LimitsConfig::default();
+    match ferry::plugin::Plugin::load(&engine, file, cache.as_ref(), &limits).await {
         Ok(plugin) => {
             println!("{}: ok (version {})", file.display(), plugin.version);
             if plugin.declared.is_empty() {

@@ -82,13 +82,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Run a host with `config`, its admin endpoint and (if configured) the plugin-directory
 /// watcher until `shutdown` completes, then stop gracefully.
+///
+/// Plugins load after the admin endpoint is up, all at once and each within its deadline, so
+/// a plugin that sleeps or loops while loading never holds up the host or its neighbours.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let host = Host::start(config).await?;
+    let host = Host::new(config).await?;
     let admin = ferry::admin::spawn(host.clone()).await?;
     let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
+    let loader = host.clone();
+    let loading = tokio::spawn(async move { loader.load_all().await });
     shutdown.await;
     tracing::info!("shutting down: no new reads; letting in-flight events finish");
     drop(watcher);
+    // Loads are bounded (compile, then the plugin's deadline); finish them so every started
+    // stream is known and stopped below.
+    let _ = loading.await;
     host.stop_all().await;
     if let Some(admin) = admin {
         admin.abort();

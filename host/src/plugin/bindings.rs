@@ -6,6 +6,9 @@
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
     world: "subscriber",
+    // Exports are called asynchronously so that a deadline can stop a guest anywhere: epoch
+    // ticks make guest code yield, and a call blocked in a WASI host call can be dropped.
+    exports: { default: async },
 });
 
 /// The contract version this host implements, as it appears in interface names.

@@ -1,10 +1,15 @@
-//! The one long-lived wasmtime [`Engine`](wasmtime::Engine) and its linker.
+//! The one long-lived wasmtime [`Engine`](wasmtime::Engine), its linker and the permits that
+//! bound how much guest code runs at once.
 //!
 //! wasmtime 48 keeps compiler state per engine, so ferry builds exactly one and reuses it for
-//! every plugin and every reload. Epoch interruption enforces per-event deadlines; the epoch
-//! is ticked by a plain OS thread (a tokio task could starve on a busy runtime) that holds only
-//! a weak handle, so it ends when the engine is dropped.
+//! every plugin and every reload. Guests run as async calls on the tokio runtime: every epoch
+//! tick makes a running guest yield (see `invoke`), so a guest in a loop holds a runtime thread
+//! for at most one tick at a time. The epoch is ticked by a plain OS thread (a tokio task could
+//! starve on a busy runtime) that holds only a weak handle, so it ends when the engine is
+//! dropped. WASI is linked in its async form: a guest blocked in a host call (`sleep`, `poll`)
+//! waits on a tokio timer, so the call can be cut off by dropping it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,6 +32,15 @@ pub struct Engine {
     pub linker: Linker<HostState>,
     /// Engine-wide settings it was built with.
     pub config: EngineConfig,
+    /// Permits to run guest code past its first epoch tick, shared by every plugin: one fewer
+    /// than the machine's cores (at least one), so long-running guests, however many, never
+    /// take every core from the host's own work and from short handler calls.
+    pub permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many guest calls may run past their first tick at once on this machine.
+pub fn guest_permits() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
 
 impl Engine {
@@ -37,6 +51,9 @@ impl Engine {
             .epoch_interruption(true)
             .consume_fuel(config.fuel)
             .max_wasm_stack(config.max_stack)
+            // The async stack must stay above the wasm stack limit (else overflowing it aborts
+            // the process); 2 MiB is wasmtime's default.
+            .async_stack_size((config.max_stack + (512 << 10)).max(2 << 20))
             .parallel_compilation(true);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::default();
@@ -56,7 +73,7 @@ impl Engine {
             wasmtime::Engine::new(&wasm).map_err(super::wasm_err).context("configuring the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(super::wasm_err).context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(super::wasm_err).context("linking WASI")?;
         Subscriber::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(super::wasm_err)
             .context("linking ferry imports")?;
@@ -73,7 +90,8 @@ impl Engine {
             })
             .context("starting the epoch thread")?;
 
-        Ok(Self { engine, linker, config: config.clone() })
+        let permits = Arc::new(tokio::sync::Semaphore::new(guest_permits()));
+        Ok(Self { engine, linker, config: config.clone(), permits })
     }
 
     /// Epoch ticks that make up `deadline` (at least one).

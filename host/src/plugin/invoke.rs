@@ -1,28 +1,44 @@
 //! Invoking a plugin's handler on an event, and naming what went wrong.
 //!
-//! Calls are synchronous wasmtime calls made on blocking threads: every import ferry provides
-//! is synchronous (log, config, publish only touch store state), so there is no need for
-//! async wasmtime and its fiber stacks. A handler's own error, a trap or limit hit, and a
-//! host-side failure are kept apart because they lead to different dispositions.
+//! Every call is an async wasmtime call on the tokio runtime, so a deadline ends any guest
+//! (issue 12): guest code in wasm yields at every epoch tick and is interrupted by the epoch
+//! callback once the deadline has passed; a guest blocked in a WASI host call (`sleep`,
+//! `poll`) waits on the runtime and is cut off by `tokio::time::timeout`. Either way the
+//! instance is thrown away and the failure reports the time the call actually took. Dropping
+//! the future of [`Invoke::handle`] abandons the call the same way, which is what makes it
+//! cancel-safe.
+//!
+//! Neighbours keep their throughput: a call's first epoch tick is free, so short handler
+//! calls never wait; past it a call needs one of the engine's permits (one fewer than the
+//! cores), re-taken at every tick, so long-running guests share what is left of the machine.
+//! Each subscriber has an adaptive limit of calls in flight ([`Throttle`]): halved whenever a
+//! call hits its deadline, traps or runs out of memory, raised by one on each healthy call. A
+//! subscriber below its limit is penalized: its long calls pause between ticks.
+//!
+//! A handler's own error, a trap or limit hit, and a host-side failure are kept apart because
+//! they lead to different dispositions.
 //!
 //! Instance lifecycle: `reuse` (default) keeps instances for up to `recycle_after` events and
-//! throws one away after any trap (a trap poisons the store); `per-event` instantiates for
-//! every event. Measured in `ferry bench`: reuse costs about a microsecond a call for a Rust
-//! plugin, a fresh instance tens of microseconds, so reuse is the default; `per-event` is for
-//! plugins that must not carry state between events.
+//! throws one away after any trap (a trap poisons the store) or abandoned call; `per-event`
+//! instantiates for every event. Measured in `ferry bench`: reuse costs about a microsecond a
+//! call for a Rust plugin, a fresh instance tens of microseconds, so reuse is the default;
+//! `per-event` is for plugins that must not carry state between events.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use tracing::Instrument as _;
+use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 
 use super::bindings::Subscriber;
 use super::bindings::ferry::plugin::types::{self as wit, HandlerError};
-use super::sandbox::{Current, FollowUp, Grants, HostState, MemoryLimitExceeded};
+use super::engine::EPOCH_TICK;
+use super::sandbox::{CallState, Current, FollowUp, Grants, HostState, LogRate, MemoryLimitExceeded};
 use super::{Engine, Plugin};
 use crate::config::InstanceMode;
 use crate::event::Event;
-
 /// The kind of a failure, recorded in dead-letter entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -104,15 +120,17 @@ pub struct Job {
     pub attempt: u32,
 }
 
-/// A handler's future: what [`Invoke::handle`] returns.
-pub type Handling = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'static>>;
+/// The future [`Invoke::handle`] returns.
+pub type Handling = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
-/// Something that handles one event at a time, possibly many at once: a plugin [`Runner`],
-/// or a native handler (the benchmark's baseline, which must share everything but
-/// WebAssembly).
+/// Something that handles jobs: a plugin [`Runner`], or a native handler (the benchmark's
+/// baseline, which must share everything but WebAssembly).
 pub trait Invoke: Send + Sync + 'static {
     /// Handle one job. Cancel-safe: dropping the future abandons the call and discards the
-    /// instance.
+    /// instance. Resolves within the subscriber's deadline plus a small slack once the guest
+    /// runs, whatever the guest does (loops in wasm, blocks in a WASI call such as
+    /// sleep/poll); before that it may wait for the subscriber's adaptive limit of calls in
+    /// flight (see [`Throttle`]), which only a subscriber that keeps failing ever meets.
     fn handle(&self, job: Job) -> Handling;
     /// Subscriber name.
     fn name(&self) -> &str;
@@ -122,20 +140,13 @@ pub trait Invoke: Send + Sync + 'static {
 
 impl Invoke for Runner {
     fn handle(&self, job: Job) -> Handling {
-        let runner = self.clone();
-        Box::pin(async move {
-            match tokio::task::spawn_blocking(move || runner.handle_all(std::slice::from_ref(&job)).pop()).await {
-                Ok(Some(outcome)) => outcome,
-                Ok(None) => Outcome::HostError("the handler returned no outcome".into()),
-                Err(e) => Outcome::HostError(format!("handler thread failed: {e}")),
-            }
-        })
+        Box::pin(self.inner.clone().run(job))
     }
     fn name(&self) -> &str {
-        &self.grants.subscriber
+        &self.inner.grants.subscriber
     }
     fn version(&self) -> &str {
-        &self.grants.version
+        &self.inner.grants.version
     }
 }
 
@@ -145,23 +156,29 @@ struct Live {
     uses: u64,
 }
 
-/// Runs one plugin version's handler for one subscriber, managing its instances. Clones
-/// share the instance pool.
-#[derive(Clone)]
+/// Runs one plugin version's handler for one subscriber, managing its instances. Calls may
+/// run concurrently: each takes an instance of its own from the pool.
 pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     engine: Engine,
     plugin: Arc<Plugin>,
     grants: Arc<Grants>,
-    idle: Arc<Mutex<Vec<Live>>>,
+    rate: Arc<LogRate>,
+    throttle: Throttle,
+    idle: Mutex<Vec<Live>>,
 }
 
-/// A store for `grants`, with its limiter and nothing else granted.
-pub fn new_store(engine: &Engine, grants: Arc<Grants>) -> Store<HostState> {
+/// A store for `grants`, with its limiter, the epoch callback that enforces deadlines and
+/// shares the CPU, and nothing else granted.
+pub fn new_store(engine: &Engine, grants: Arc<Grants>, rate: Arc<LogRate>) -> Store<HostState> {
     let fuel = grants.limits.fuel;
-    let deadline = grants.limits.deadline;
-    let mut store = Store::new(&engine.engine, HostState::new(grants));
+    let mut store = Store::new(&engine.engine, HostState::new(grants, rate));
     store.limiter(|state| state.limiter());
-    store.set_epoch_deadline(Engine::ticks(deadline));
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(on_tick);
     if engine.config.fuel {
         // Without a configured budget a metered engine still needs fuel to run at all.
         let _ = store.set_fuel(fuel.unwrap_or(u64::MAX));
@@ -169,84 +186,143 @@ pub fn new_store(engine: &Engine, grants: Arc<Grants>) -> Store<HostState> {
     store
 }
 
+/// Called at every epoch tick while guest code runs: interrupt a call past its deadline, else
+/// yield to the runtime, first taking (or re-taking) one of the engine's permits.
+fn on_tick(mut ctx: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    let Some(call) = ctx.data_mut().call.as_ref() else {
+        return Ok(UpdateDeadline::Yield(1));
+    };
+    if Instant::now() >= call.deadline_at {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    let held = call.permit.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+    if held && !call.penalized {
+        return Ok(UpdateDeadline::Yield(1));
+    }
+    let (slot, permits, penalized) = (call.permit.clone(), call.permits.clone(), call.penalized);
+    Ok(UpdateDeadline::YieldCustom(
+        1,
+        Box::pin(async move {
+            // Let go of the permit while pausing, so others run; queue for it again (FIFO).
+            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if penalized {
+                tokio::time::sleep(PENALTY_PAUSE).await;
+            }
+            if let Ok(permit) = permits.acquire_owned().await {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+            }
+        }),
+    ))
+}
+
+/// How long a penalized subscriber's long call pauses at every tick: three ticks, so it runs
+/// at most a quarter of the time.
+const PENALTY_PAUSE: Duration = Duration::from_millis(3 * EPOCH_TICK.as_millis() as u64);
+
+/// Slack beyond the deadline before the host call is cut off: the epoch callback stops guest
+/// code in wasm itself, within a tick.
+const SLACK: Duration = Duration::from_millis(2 * EPOCH_TICK.as_millis() as u64);
+
+/// Mark `store` as running a call with `deadline` for the epoch callback; returns when the
+/// call started. Wrap the call in `tokio::time::timeout(cutoff(deadline), ..)` and [`disarm`]
+/// after.
+pub(crate) fn arm(store: &mut Store<HostState>, engine: &Engine, deadline: Duration, penalized: bool) -> Instant {
+    let started = Instant::now();
+    store.data_mut().call = Some(CallState {
+        deadline_at: started + deadline,
+        permit: Arc::new(Mutex::new(None)),
+        permits: engine.permits.clone(),
+        penalized,
+    });
+    // Fire the callback at the next tick: that is where the deadline and the permits live.
+    store.set_epoch_deadline(1);
+    started
+}
+
+/// The call on `store` is over: give its permit back.
+pub(crate) fn disarm(store: &mut Store<HostState>) {
+    store.data_mut().call = None;
+}
+
+/// The time a deadline allows beyond itself before the host call is cut off.
+pub(crate) fn cutoff(deadline: Duration) -> Duration {
+    deadline + SLACK
+}
+
+/// The reason given when a deadline stopped a call after `elapsed`.
+pub(crate) fn deadline_reason(deadline: Duration, elapsed: Duration, in_host_call: bool) -> String {
+    let ms = Duration::from_millis(elapsed.as_millis() as u64);
+    let place = if in_host_call { " (blocked in a host call)" } else { "" };
+    format!(
+        "deadline of {} exceeded: stopped after {}{place}",
+        humantime::format_duration(deadline),
+        humantime::format_duration(ms)
+    )
+}
+
 impl Runner {
-    /// A runner for `plugin` with `grants`.
+    /// A runner for `plugin` with `grants`, allowing up to 16 calls in flight.
     pub fn new(engine: Engine, plugin: Arc<Plugin>, grants: Arc<Grants>) -> Self {
-        Self { engine, plugin, grants, idle: Arc::new(Mutex::new(Vec::new())) }
+        Self::with_concurrency(engine, plugin, grants, 16)
+    }
+
+    /// A runner allowing up to `concurrency` calls in flight (the subscriber's setting).
+    pub fn with_concurrency(engine: Engine, plugin: Arc<Plugin>, grants: Arc<Grants>, concurrency: usize) -> Self {
+        let rate = LogRate::of(&grants.limits);
+        let throttle = Throttle::new(concurrency);
+        Self { inner: Arc::new(Inner { engine, plugin, grants, rate, throttle, idle: Mutex::new(Vec::new()) }) }
     }
 
     /// The plugin version this runner runs.
     pub fn plugin(&self) -> &Arc<Plugin> {
-        &self.plugin
+        &self.inner.plugin
     }
 
     /// What the plugin was granted.
     pub fn grants(&self) -> &Arc<Grants> {
-        &self.grants
+        &self.inner.grants
     }
 
-    fn take(&self) -> Result<Live, String> {
-        if self.grants.limits.instance_mode == InstanceMode::Reuse
-            && let Some(live) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
-        {
-            return Ok(live);
-        }
-        let mut store = new_store(&self.engine, self.grants.clone());
-        let bindings = self.plugin.pre.instantiate(&mut store).map_err(|e| format!("cannot instantiate: {e:#}"))?;
-        Ok(Live { store, bindings, uses: 0 })
+    /// The subscriber's adaptive limit of calls in flight now.
+    pub fn limit(&self) -> usize {
+        self.inner.throttle.limit()
+    }
+}
+
+impl Inner {
+    fn reuse(&self) -> bool {
+        self.grants.limits.instance_mode == InstanceMode::Reuse
     }
 
-    fn give_back(&self, live: Live) {
-        if self.grants.limits.instance_mode == InstanceMode::Reuse && live.uses < self.grants.limits.recycle_after {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(live);
+    async fn run(self: Arc<Self>, job: Job) -> Outcome {
+        let _slot = self.throttle.acquire().await;
+        let (outcome, health) = self.call(&job).await;
+        match health {
+            Health::Healthy => self.throttle.record(true),
+            Health::Unhealthy => self.throttle.record(false),
+            Health::Unknown => {}
         }
+        outcome
     }
 
-    /// Handle `jobs` one after the other, in order. Blocking: run on a blocking thread.
-    pub fn handle_all(&self, jobs: &[Job]) -> Vec<Outcome> {
-        let mut live: Option<Live> = None;
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let mut current = match live.take() {
-                Some(l) => l,
-                None => match self.take() {
-                    Ok(l) => l,
-                    Err(e) => {
-                        out.push(Outcome::HostError(e));
-                        continue;
-                    }
-                },
-            };
-            let (outcome, healthy) = self.call(&mut current, job);
-            out.push(outcome);
-            if healthy
-                && self.grants.limits.instance_mode == InstanceMode::Reuse
-                && current.uses < self.grants.limits.recycle_after
-            {
-                live = Some(current);
-            }
-        }
-        if let Some(l) = live {
-            self.give_back(l);
-        }
-        out
-    }
-
-    /// Call the handler once. Returns the outcome and whether the instance may be reused.
-    fn call(&self, live: &mut Live, job: &Job) -> (Outcome, bool) {
+    /// Call the handler once on a pooled or fresh instance.
+    async fn call(&self, job: &Job) -> (Outcome, Health) {
         let limits = &self.grants.limits;
-        live.uses += 1;
+        let idle = if self.reuse() { self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
+        let (mut store, bindings, uses) = match idle {
+            Some(live) => (live.store, Some(live.bindings), live.uses),
+            None => (new_store(&self.engine, self.grants.clone(), self.rate.clone()), None, 0),
+        };
         let event = &job.event;
-        live.store.data_mut().begin(Current {
+        store.data_mut().begin(Current {
             event_id: event.id.clone(),
             correlationid: event.correlationid.clone(),
             stream: job.stream.clone(),
         });
-        live.store.set_epoch_deadline(Engine::ticks(limits.deadline));
         if let Some(fuel) = limits.fuel
             && self.engine.config.fuel
         {
-            let _ = live.store.set_fuel(fuel);
+            let _ = store.set_fuel(fuel);
         }
         let wit_event = to_wit(event);
         let delivery = wit::Delivery {
@@ -255,6 +331,7 @@ impl Runner {
             attempt: job.attempt,
             subscriber: self.grants.subscriber.to_string(),
         };
+        // Absent values are left out of the span (and of text logs) rather than shown empty.
         let span = tracing::info_span!(
             "event",
             event_id = %event.id,
@@ -262,51 +339,187 @@ impl Runner {
             subscriber = %self.grants.subscriber,
             plugin_version = %self.grants.version,
             attempt = job.attempt,
-            correlationid = event.correlationid.as_deref().unwrap_or(""),
-            traceparent = event.traceparent.as_deref().unwrap_or(""),
+            correlationid = event.correlationid.as_deref(),
+            traceparent = event.traceparent.as_deref(),
         );
-        let _entered = span.enter();
-        let result = live.bindings.ferry_plugin_handler().call_handle(&mut live.store, &wit_event, &delivery);
-        let stderr = live.store.data_mut().drain_stdio();
+        let pre = &self.plugin.pre;
+        let started = arm(&mut store, &self.engine, limits.deadline, self.throttle.penalized());
+        let result = tokio::time::timeout(
+            cutoff(limits.deadline),
+            async {
+                let bindings = match bindings {
+                    Some(b) => b,
+                    None => match pre.instantiate_async(&mut store).await {
+                        Ok(b) => b,
+                        Err(e) => return Err(format!("cannot instantiate: {e:#}")),
+                    },
+                };
+                let result = bindings.ferry_plugin_handler().call_handle(&mut store, &wit_event, &delivery).await;
+                Ok((bindings, result))
+            }
+            .instrument(span.clone()),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        disarm(&mut store);
+        let stderr = span.in_scope(|| store.data_mut().drain_stdio());
+        let (bindings, result) = match result {
+            Err(_) => {
+                // Cut off in a host call; the abandoned instance goes with the store.
+                let reason = deadline_reason(limits.deadline, elapsed, true);
+                return (Outcome::Failed { kind: FailureKind::Deadline, reason, delay_hint: None }, Health::Unhealthy);
+            }
+            Ok(Err(e)) => return (Outcome::HostError(e), Health::Unknown),
+            Ok(Ok(done)) => done,
+        };
+        let keep = |store: Store<HostState>| {
+            let uses = uses + 1;
+            if self.reuse() && uses < limits.recycle_after {
+                self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(Live { store, bindings, uses });
+            }
+        };
         match result {
             Ok(Ok(())) => {
-                let follow_ups = std::mem::take(&mut live.store.data_mut().follow_ups);
-                (Outcome::Handled { follow_ups }, true)
+                let follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
+                keep(store);
+                (Outcome::Handled { follow_ups }, Health::Healthy)
             }
-            Ok(Err(HandlerError::Retry(r))) => (
-                Outcome::Failed {
-                    kind: FailureKind::HandlerRetry,
-                    reason: r.reason,
-                    delay_hint: r.delay_ms.map(Duration::from_millis),
-                },
-                true,
-            ),
+            Ok(Err(HandlerError::Retry(r))) => {
+                keep(store);
+                let delay_hint = r.delay_ms.map(Duration::from_millis);
+                (Outcome::Failed { kind: FailureKind::HandlerRetry, reason: r.reason, delay_hint }, Health::Healthy)
+            }
             Ok(Err(HandlerError::Reject(reason))) => {
-                (Outcome::Failed { kind: FailureKind::HandlerReject, reason, delay_hint: None }, true)
+                keep(store);
+                (Outcome::Failed { kind: FailureKind::HandlerReject, reason, delay_hint: None }, Health::Healthy)
             }
             Err(err) => {
-                let (kind, mut reason) = classify(&err, limits.deadline, limits.memory);
+                let (kind, mut reason) = classify(&err, limits.deadline, limits.memory, elapsed);
                 if !stderr.is_empty() {
                     reason.push_str("; stderr: ");
                     reason.push_str(super::sandbox::truncate(stderr.trim(), 1024));
                 }
-                (Outcome::Failed { kind, reason, delay_hint: None }, false)
+                (Outcome::Failed { kind, reason, delay_hint: None }, Health::Unhealthy)
             }
         }
     }
 }
 
-fn classify(err: &wasmtime::Error, deadline: Duration, memory: u64) -> (FailureKind, String) {
+/// What a call says about the subscriber's behaviour, for its [`Throttle`].
+enum Health {
+    /// The guest ran and returned.
+    Healthy,
+    /// The guest hit its deadline, trapped or hit a limit.
+    Unhealthy,
+    /// The host could not run it: says nothing about the guest.
+    Unknown,
+}
+
+/// A subscriber's adaptive limit of calls in flight: halved on every call that hits its
+/// deadline, traps or hits a limit, raised by one on every healthy call, between 1 and the
+/// subscriber's concurrency. While below its maximum (or right after a failure) the subscriber
+/// is penalized: its long calls pause between ticks.
+pub struct Throttle {
+    max: usize,
+    state: Mutex<ThrottleState>,
+    changed: tokio::sync::Notify,
+}
+
+struct ThrottleState {
+    limit: usize,
+    running: usize,
+    failing: bool,
+}
+
+/// A call's place under its subscriber's [`Throttle`]; released on drop.
+struct Slot<'a>(&'a Throttle);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Throttle {
+    /// A throttle allowing `max` calls in flight while healthy.
+    pub fn new(max: usize) -> Self {
+        let max = max.max(1);
+        Self {
+            max,
+            state: Mutex::new(ThrottleState { limit: max, running: 0, failing: false }),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn acquire(&self) -> Slot<'_> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.running < state.limit {
+                    state.running += 1;
+                    return Slot(self);
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Adjust the limit after a call.
+    pub fn record(&self, healthy: bool) {
+        let mut state = self.lock();
+        state.failing = !healthy;
+        if healthy {
+            if state.limit < self.max {
+                state.limit += 1;
+                drop(state);
+                self.changed.notify_waiters();
+            }
+        } else {
+            state.limit = (state.limit / 2).max(1);
+        }
+    }
+
+    /// The limit now.
+    pub fn limit(&self) -> usize {
+        self.lock().limit
+    }
+
+    /// Whether the subscriber's long calls should pause between ticks.
+    pub fn penalized(&self) -> bool {
+        let state = self.lock();
+        state.failing || state.limit < self.max
+    }
+}
+
+/// Name a failed call: the kind and a reason without wasmtime's doubled prefixes.
+pub(crate) fn classify(
+    err: &wasmtime::Error,
+    deadline: Duration,
+    memory: u64,
+    elapsed: Duration,
+) -> (FailureKind, String) {
     if let Some(limit) = err.downcast_ref::<MemoryLimitExceeded>() {
         return (FailureKind::OutOfMemory, limit.to_string());
     }
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            (FailureKind::Deadline, format!("deadline of {} exceeded", humantime::format_duration(deadline)))
-        }
+        Some(Trap::Interrupt) => (FailureKind::Deadline, deadline_reason(deadline, elapsed, false)),
         Some(Trap::OutOfFuel) => (FailureKind::OutOfFuel, "fuel exhausted".into()),
-        Some(Trap::StackOverflow) => (FailureKind::StackOverflow, "wasm stack overflow".into()),
-        Some(trap) => (FailureKind::Trap, format!("wasm trap: {trap}")),
+        Some(Trap::StackOverflow) => (FailureKind::StackOverflow, "stack overflow: wasm call stack exhausted".into()),
+        Some(Trap::MemoryOutOfBounds) if recursing(err) => (
+            FailureKind::StackOverflow,
+            "stack overflow: the guest's own stack in linear memory ran out in deep recursion (trapped as an out of bounds memory access)"
+                .into(),
+        ),
+        // `Trap`'s own text already reads "wasm trap: ...".
+        Some(trap) => (FailureKind::Trap, trap.to_string()),
         None => {
             let text = format!("{err:#}");
             if text.contains("memory") && text.contains("limit") {
@@ -316,6 +529,26 @@ fn classify(err: &wasmtime::Error, deadline: Duration, memory: u64) -> (FailureK
             }
         }
     }
+}
+
+/// Whether the trap's backtrace is a deep recursion: every captured frame (wasmtime keeps
+/// 20) is one of at most three functions. Compilers for wasm (Rust, C) keep large locals on a
+/// stack of their own in linear memory; when recursion exhausts it, the stack pointer wraps
+/// below address zero and the next store is out of bounds, not a wasm stack overflow.
+fn recursing(err: &wasmtime::Error) -> bool {
+    let Some(trace) = err.downcast_ref::<WasmBacktrace>() else { return false };
+    let frames = trace.frames();
+    if frames.len() < 16 {
+        return false;
+    }
+    let mut seen: Vec<(Option<&str>, u32)> = Vec::new();
+    for frame in frames {
+        let key = (frame.module().name(), frame.func_index());
+        if !seen.contains(&key) {
+            seen.push(key);
+        }
+    }
+    seen.len() <= 3
 }
 
 fn to_wit(e: &Event) -> wit::Event {
@@ -334,5 +567,45 @@ fn to_wit(e: &Event) -> wit::Event {
         partitionkey: e.partitionkey.clone(),
         traceparent: e.traceparent.clone(),
         data: e.data.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_throttle_halves_on_failures_and_recovers_one_by_one() {
+        let throttle = Throttle::new(8);
+        assert!(!throttle.penalized());
+        for expected in [4, 2, 1, 1] {
+            throttle.record(false);
+            assert_eq!(throttle.limit(), expected);
+            assert!(throttle.penalized());
+        }
+        throttle.record(true);
+        assert_eq!(throttle.limit(), 2, "one more per healthy call");
+        for _ in 0..10 {
+            throttle.record(true);
+        }
+        assert_eq!(throttle.limit(), 8, "never above the subscriber's concurrency");
+        assert!(!throttle.penalized());
+    }
+
+    #[tokio::test]
+    async fn a_throttled_subscriber_waits_for_its_slot() {
+        let throttle = Arc::new(Throttle::new(2));
+        throttle.record(false);
+        let first = throttle.acquire().await;
+        let waiting = {
+            let throttle = throttle.clone();
+            tokio::spawn(async move {
+                let _slot = throttle.acquire().await;
+            })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the limit is 1 and the slot is taken");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
     }
 }

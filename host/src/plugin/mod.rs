@@ -4,7 +4,9 @@
 //! subscriptions it declares (its `subscriptions` export), so no side file is needed. Loading
 //! reads, hashes (the hash is the plugin's version id), compiles through the on-disk
 //! compiled-artifact cache, checks the contract and pre-instantiates, or says precisely what
-//! is wrong.
+//! is wrong. Its `subscriptions` export is guest code like any other: it runs under the
+//! plugin's deadline (see `invoke`), so a plugin that sleeps or loops there is refused in
+//! bounded time instead of hanging whoever loads it.
 
 pub mod bindings;
 pub mod cache;
@@ -20,7 +22,7 @@ use wasmtime::component::Component;
 
 use self::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION, HANDLER_EXPORT, SubscriberPre};
 pub use self::engine::Engine;
-use self::sandbox::{Grants, HostState};
+use self::sandbox::{Grants, HostState, LogRate};
 use crate::config::LimitsConfig;
 use crate::event::Event;
 
@@ -132,21 +134,28 @@ pub fn name_of(path: &Path) -> Result<String, PluginError> {
 }
 
 impl Plugin {
-    /// Load, compile (or fetch from `cache`), validate and pre-instantiate the plugin at `path`.
-    /// Blocking: call it off the async runtime threads.
-    pub fn load(engine: &Engine, path: &Path, cache: Option<&cache::Cache>) -> Result<Arc<Plugin>, PluginError> {
+    /// Load, compile (or fetch from `cache`), validate and pre-instantiate the plugin at `path`,
+    /// then read its subscriptions within `limits` (its deadline above all). Compilation runs
+    /// on a blocking thread.
+    pub async fn load(
+        engine: &Engine,
+        path: &Path,
+        cache: Option<&cache::Cache>,
+        limits: &LimitsConfig,
+    ) -> Result<Arc<Plugin>, PluginError> {
         let name = name_of(path)?;
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Read { path: path.into(), source })?;
-        Self::from_bytes(engine, name, path, &bytes, cache)
+        let bytes = tokio::fs::read(path).await.map_err(|source| PluginError::Read { path: path.into(), source })?;
+        Self::from_bytes(engine, name, path, bytes, cache, limits).await
     }
 
     /// Like [`Plugin::load`] with the file already read.
-    pub fn from_bytes(
+    pub async fn from_bytes(
         engine: &Engine,
         name: String,
         path: &Path,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         cache: Option<&cache::Cache>,
+        limits: &LimitsConfig,
     ) -> Result<Arc<Plugin>, PluginError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(PluginError::NotWasm);
@@ -155,37 +164,69 @@ impl Plugin {
         if bytes.get(6..8) != Some(&[1, 0]) {
             return Err(PluginError::NotComponent);
         }
-        let hash = hex(&Sha256::digest(bytes));
+        let hash = version_hash(&bytes);
         let version = hash[..12].to_string();
-        let (component, cached) = match cache {
-            Some(cache) => cache.get_or_compile(&engine.engine, &hash, bytes)?,
-            None => (Component::new(&engine.engine, bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?, false),
-        };
+        let (wasm, cache) = (engine.engine.clone(), cache.cloned());
+        // Compilation is CPU-bound (seconds for a big component): keep it off the runtime threads.
+        let (component, cached) = tokio::task::spawn_blocking(move || match cache {
+            Some(cache) => cache.get_or_compile(&wasm, &hash, &bytes),
+            None => Ok((Component::new(&wasm, &bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?, false)),
+        })
+        .await
+        .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
         check_contract(engine, &component)?;
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached };
-        plugin.declared = plugin.read_subscriptions(engine)?;
+        plugin.declared = plugin.read_subscriptions(engine, limits).await?;
         Ok(Arc::new(plugin))
     }
 
-    fn read_subscriptions(&self, engine: &Engine) -> Result<Vec<Subscription>, PluginError> {
+    async fn read_subscriptions(
+        &self,
+        engine: &Engine,
+        limits: &LimitsConfig,
+    ) -> Result<Vec<Subscription>, PluginError> {
         let grants = Arc::new(Grants {
             subscriber: self.name.as_str().into(),
             version: self.version.as_str().into(),
             config: Default::default(),
             publish_streams: Vec::new(),
-            limits: LimitsConfig::default(),
+            limits: *limits,
         });
-        let mut store = invoke::new_store(engine, grants);
-        let fail = |e: wasmtime::Error| PluginError::Subscriptions(format!("{e:#}"));
-        let instance = self.pre.instantiate(&mut store).map_err(fail)?;
-        let declared = instance.ferry_plugin_handler().call_subscriptions(&mut store).map_err(fail)?;
+        let mut store = invoke::new_store(engine, grants, LogRate::of(limits));
+        let started = invoke::arm(&mut store, engine, limits.deadline, false);
+        let pre = &self.pre;
+        let result = tokio::time::timeout(invoke::cutoff(limits.deadline), async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.ferry_plugin_handler().call_subscriptions(&mut store).await
+        })
+        .await;
+        let elapsed = started.elapsed();
+        invoke::disarm(&mut store);
+        let stderr = store.data_mut().drain_stdio();
+        let declared = match result {
+            Err(_) => return Err(PluginError::Subscriptions(invoke::deadline_reason(limits.deadline, elapsed, true))),
+            Ok(Err(e)) => {
+                let (kind, mut reason) = invoke::classify(&e, limits.deadline, limits.memory, elapsed);
+                if !stderr.is_empty() {
+                    reason.push_str("; stderr: ");
+                    reason.push_str(sandbox::truncate(stderr.trim(), 1024));
+                }
+                return Err(PluginError::Subscriptions(format!("{}: {reason}", kind.as_str())));
+            }
+            Ok(Ok(declared)) => declared,
+        };
         Ok(declared
             .into_iter()
             .map(|s| Subscription { event_type: s.event_type, versions: s.versions, stream: s.stream })
             .collect())
     }
+}
+
+/// The SHA-256 of a plugin file in hex; its first 12 digits are the plugin's version id.
+pub fn version_hash(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {

@@ -4,12 +4,14 @@
 //! arguments, no sockets, no name lookup, no stdin); clocks and randomness stay available.
 //! Guest stdout/stderr go to a capped in-memory pipe that the host writes into its log after
 //! each event. The `log`, `config` and `publish` imports are implemented here with their
-//! per-event caps.
+//! per-event caps; everything a plugin writes into the host's log also passes its per-plugin
+//! rate ([`LogRate`]), so a plugin flooding the log across many events is capped in time too.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
@@ -67,6 +69,19 @@ pub struct MemoryLimitExceeded {
     pub limit: u64,
 }
 
+/// The call a store is running, as the epoch callback needs it (see `invoke`).
+pub struct CallState {
+    /// When the call's deadline passes.
+    pub deadline_at: Instant,
+    /// The engine-wide permit this call holds to run past its first tick, if it holds one.
+    pub permit: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
+    /// The engine-wide permits.
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Whether the subscriber is being throttled for hitting deadlines or trapping: its long
+    /// calls then pause between ticks, so it gets less CPU, not more.
+    pub penalized: bool,
+}
+
 /// Store state of one plugin instance.
 pub struct HostState {
     wasi: WasiCtx,
@@ -74,6 +89,10 @@ pub struct HostState {
     limiter: Limiter,
     /// What the plugin was granted.
     pub grants: Arc<Grants>,
+    /// The plugin's log rate, shared by all its instances.
+    pub rate: Arc<LogRate>,
+    /// The call in progress, if any.
+    pub call: Option<CallState>,
     /// The event being handled.
     pub current: Current,
     /// Follow-ups queued by the current event.
@@ -90,7 +109,7 @@ pub struct HostState {
 
 impl HostState {
     /// A fresh state with nothing granted but what `grants` says.
-    pub fn new(grants: Arc<Grants>) -> Self {
+    pub fn new(grants: Arc<Grants>, rate: Arc<LogRate>) -> Self {
         let stdout = CappedPipe::new(grants.limits.stdio_bytes);
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
@@ -100,6 +119,8 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             grants,
+            rate,
+            call: None,
             current: Current::default(),
             follow_ups: Vec::new(),
             log_lines: 0,
@@ -135,6 +156,9 @@ impl HostState {
             if name == "stderr" {
                 stderr = text.to_string();
             }
+            if !self.rate.admit(&self.grants.subscriber, bytes.len()) {
+                continue;
+            }
             tracing::info!(
                 target: "ferry::plugin",
                 plugin = %self.grants.subscriber,
@@ -144,7 +168,7 @@ impl HostState {
                 text.trim_end()
             );
         }
-        if self.log_dropped > 0 {
+        if self.log_dropped > 0 && self.rate.admit(&self.grants.subscriber, 0) {
             tracing::warn!(
                 plugin = %self.grants.subscriber,
                 event_id = %self.current.event_id,
@@ -153,6 +177,7 @@ impl HostState {
                 self.grants.limits.log_lines
             );
         }
+        self.rate.summarize(&self.grants.subscriber);
         stderr
     }
 }
@@ -200,12 +225,25 @@ impl types::Host for HostState {}
 
 impl log::Host for HostState {
     fn write(&mut self, level: log::Level, message: String) {
+        let enabled = match level {
+            log::Level::Trace => tracing::enabled!(target: "ferry::plugin", tracing::Level::TRACE),
+            log::Level::Debug => tracing::enabled!(target: "ferry::plugin", tracing::Level::DEBUG),
+            log::Level::Info => tracing::enabled!(target: "ferry::plugin", tracing::Level::INFO),
+            log::Level::Warn => tracing::enabled!(target: "ferry::plugin", tracing::Level::WARN),
+            log::Level::Error => tracing::enabled!(target: "ferry::plugin", tracing::Level::ERROR),
+        };
+        if !enabled {
+            return;
+        }
         self.log_lines += 1;
         if self.log_lines > self.grants.limits.log_lines {
             self.log_dropped += 1;
             return;
         }
         let message = truncate(&message, self.grants.limits.log_line_bytes);
+        if !self.rate.admit(&self.grants.subscriber, message.len()) {
+            return;
+        }
         let plugin = &*self.grants.subscriber;
         let event_id = &*self.current.event_id;
         match level {
@@ -260,6 +298,85 @@ impl publish::Host for HostState {
         let id = event.id.clone();
         self.follow_ups.push(FollowUp { stream, event });
         Ok(id)
+    }
+}
+
+/// A plugin's log rate: lines and bytes per second across all its instances and events, in
+/// one-second windows. What a window drops is summed up in one warning when the window ends.
+#[derive(Debug)]
+pub struct LogRate {
+    lines: u32,
+    bytes: u64,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    lines: u32,
+    bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+/// Length of one rate window.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+impl LogRate {
+    /// A rate of `lines` lines and `bytes` bytes per second.
+    pub fn new(lines: u32, bytes: u64) -> Self {
+        let window = Window { start: Instant::now(), lines: 0, bytes: 0, dropped_lines: 0, dropped_bytes: 0 };
+        Self { lines, bytes, window: Mutex::new(window) }
+    }
+
+    /// The rate `limits` set.
+    pub fn of(limits: &LimitsConfig) -> Arc<Self> {
+        Arc::new(Self::new(limits.log_rate_lines, limits.log_rate_bytes))
+    }
+
+    /// Whether a line of `len` bytes of `plugin` may be written now; counts it as dropped if
+    /// not. Ends the window first if it is over.
+    pub fn admit(&self, plugin: &str, len: usize) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll(&mut w, plugin);
+        let len = len as u64;
+        if w.lines < self.lines && w.bytes + len <= self.bytes {
+            w.lines += 1;
+            w.bytes += len;
+            true
+        } else {
+            w.dropped_lines += 1;
+            w.dropped_bytes += len;
+            false
+        }
+    }
+
+    /// If the current window is over, log what it dropped (one line) and start a new one.
+    pub fn summarize(&self, plugin: &str) {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        self.roll(&mut w, plugin);
+    }
+
+    fn roll(&self, w: &mut Window, plugin: &str) {
+        let elapsed = w.start.elapsed();
+        if elapsed < RATE_WINDOW {
+            return;
+        }
+        if w.dropped_lines > 0 {
+            tracing::warn!(
+                target: "ferry::plugin",
+                plugin,
+                dropped_lines = w.dropped_lines,
+                dropped_bytes = w.dropped_bytes,
+                "dropped {} log lines ({} bytes) of this plugin in the last {:.1?}: over its rate of {} lines and {} bytes per second",
+                w.dropped_lines,
+                w.dropped_bytes,
+                elapsed,
+                self.lines,
+                self.bytes
+            );
+        }
+        *w = Window { start: Instant::now(), lines: 0, bytes: 0, dropped_lines: 0, dropped_bytes: 0 };
     }
 }
 
@@ -350,4 +467,30 @@ impl OutputStream for CappedPipe {
 #[wasmtime_wasi_io::async_trait]
 impl Pollable for CappedPipe {
     async fn ready(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rate_caps_lines_and_bytes_per_window() {
+        let rate = LogRate::new(3, 100);
+        assert!(rate.admit("p", 10) && rate.admit("p", 10));
+        assert!(!rate.admit("p", 90), "over the bytes");
+        assert!(rate.admit("p", 10));
+        assert!(!rate.admit("p", 1), "over the lines");
+        let w = rate.window.lock().expect("lock");
+        assert_eq!((w.lines, w.bytes, w.dropped_lines, w.dropped_bytes), (3, 30, 2, 91));
+    }
+
+    #[test]
+    fn a_new_window_starts_after_a_second() {
+        let rate = LogRate::new(1, 100);
+        assert!(rate.admit("p", 1));
+        assert!(!rate.admit("p", 1));
+        rate.window.lock().expect("lock").start -= RATE_WINDOW;
+        assert!(rate.admit("p", 1), "the window rolled over");
+        assert_eq!(rate.window.lock().expect("lock").dropped_lines, 0, "and its drops were summed up");
+    }
 }

@@ -121,7 +121,9 @@ async fn chaos_sigkill_and_restart_loses_nothing() {
     let url = env.redis.url();
     // A producer publishes steadily while the host is killed and restarted.
     let producer = tokio::spawn(async move {
-        let mut conn = redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("conn");
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.expect("conn");
         let mut ids = Vec::new();
         for i in 0..total {
             // For `flaky`: every 7th event fails once; every 97th is rejected (dead-lettered).

@@ -45,7 +45,11 @@ async fn a_swap_under_load_handles_every_event_exactly_once_and_then_only_on_v2(
     // is forced, whatever the speed of the machine or of the compiler.
     let (swapped_tx, mut swapped_rx) = tokio::sync::watch::channel(false);
     let producer = tokio::spawn(async move {
-        let mut conn = redis::Client::open(url).expect("url").get_multiplexed_async_connection().await.expect("conn");
+        // A long response timeout: on a loaded machine a reply may take longer than the
+        // client's default 500 ms, and a publish must not fail for that.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let client = redis::Client::open(url).expect("url");
+        let mut conn = client.get_multiplexed_async_connection_with_config(&config).await.expect("conn");
         let mut ids = Vec::new();
         let mut after = 0;
         let mut i = 0;
@@ -203,11 +207,12 @@ async fn the_artifact_cache_makes_a_restart_fast_and_a_corrupt_entry_is_rebuilt(
     let cache = ferry::plugin::cache::Cache::new(cache_dir.path());
     let engine = ferry::plugin::Engine::new(&Default::default()).expect("engine");
     let path = Path::new(fixtures::RECORDER);
+    let limits = ferry::config::LimitsConfig::default();
     let started = Instant::now();
-    let cold = ferry::plugin::Plugin::load(&engine, path, Some(&cache)).expect("cold");
+    let cold = ferry::plugin::Plugin::load(&engine, path, Some(&cache), &limits).await.expect("cold");
     let cold_time = started.elapsed();
     let started = Instant::now();
-    let warm = ferry::plugin::Plugin::load(&engine, path, Some(&cache)).expect("warm");
+    let warm = ferry::plugin::Plugin::load(&engine, path, Some(&cache), &limits).await.expect("warm");
     let warm_time = started.elapsed();
     assert!(!cold.cached && warm.cached);
     assert_eq!(cold.version, warm.version);
@@ -224,9 +229,9 @@ async fn the_artifact_cache_makes_a_restart_fast_and_a_corrupt_entry_is_rebuilt(
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&entry, &bytes).expect("write");
-    let rebuilt = ferry::plugin::Plugin::load(&engine, path, Some(&cache)).expect("rebuilt");
+    let rebuilt = ferry::plugin::Plugin::load(&engine, path, Some(&cache), &limits).await.expect("rebuilt");
     assert!(!rebuilt.cached, "a corrupt entry is never trusted");
-    let again = ferry::plugin::Plugin::load(&engine, path, Some(&cache)).expect("again");
+    let again = ferry::plugin::Plugin::load(&engine, path, Some(&cache), &limits).await.expect("again");
     assert!(again.cached, "the rebuilt entry is valid");
 
     // And a whole host on the same cache handles events.
@@ -239,4 +244,36 @@ async fn the_artifact_cache_makes_a_restart_fast_and_a_corrupt_entry_is_rebuilt(
     publish(&mut conn, "events", "Cached", "{}").await;
     env.records_at_least(1, Duration::from_secs(20)).await;
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_a_plugin_file_never_reloads_it() {
+    let env = Env::new();
+    let path = env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(watched(&env)).await.expect("host");
+    let _watcher = ferry::reload::watch(host.clone()).expect("watch");
+    assert_eq!(host.loads(), 1);
+    let marker = async |name: &str| {
+        deploy(env.plugins.path(), name, fixtures::NOOP);
+        env.wait_for(&format!("{name} loaded"), Duration::from_secs(30), || async {
+            plugin_state(&host, name).await.filter(|p| p.state == "running")
+        })
+        .await;
+    };
+    // What `cat`, `sha256sum` or a backup tool does: open, read, close.
+    for _ in 0..20 {
+        std::fs::read(&path).expect("read");
+        std::fs::read(path.with_extension("toml")).expect("read");
+    }
+    // Loads are applied in order per batch of changes: two markers later, the reads are long
+    // past the watcher.
+    marker("marker-1").await;
+    marker("marker-2").await;
+    assert_eq!(host.loads(), 3, "the markers loaded; reading rec.wasm loaded nothing");
+    // Writing the same bytes again is no change either.
+    std::fs::write(&path, std::fs::read(&path).expect("read")).expect("write");
+    marker("marker-3").await;
+    marker("marker-4").await;
+    assert_eq!(host.loads(), 5, "unchanged contents are not reloaded");
+    host.stop_all().await;
 }

@@ -78,10 +78,13 @@ impl Env {
         config
     }
 
+    /// A connection to this test's Redis, with a response timeout long enough for a loaded
+    /// machine (redis-rs's default is 500 ms).
     pub async fn conn(&self) -> MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.redis.url())
             .expect("url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("connecting to the test redis")
     }
@@ -292,7 +295,14 @@ impl Drop for HostProcess {
 
 /// Run the `ferry` binary with `args`; returns (status, stdout, stderr).
 pub fn ferry(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let out = Command::new(ferry_bin()).args(args).env("FERRY_LOG", "warn").output().expect("running ferry");
+    // Never the user's own artifact cache.
+    let cache = std::env::temp_dir().join("ferry-tests-cache");
+    let out = Command::new(ferry_bin())
+        .args(args)
+        .env("FERRY_LOG", "warn")
+        .env("FERRY_CACHE_DIR", cache)
+        .output()
+        .expect("running ferry");
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -356,24 +356,30 @@ impl Bench {
     }
 }
 
-fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Result<(Arc<Plugin>, f64)> {
+async fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Result<(Arc<Plugin>, f64)> {
     let started = Instant::now();
-    let plugin = Plugin::load(engine, path, cache).with_context(|| format!("loading {}", path.display()))?;
+    let plugin = Plugin::load(engine, path, cache, &LimitsConfig::default())
+        .await
+        .with_context(|| format!("loading {}", path.display()))?;
     Ok((plugin, started.elapsed().as_secs_f64() * 1000.0))
 }
 
-fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
+async fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
     let jobs: Vec<Job> = (0..calls)
         .map(|i| Job { event: shaped_event(i, shape), stream: "bench".into(), entry_id: format!("{i}-0"), attempt: 1 })
         .collect();
-    let per_call = |mode| {
+    let per_call = async |mode| {
         let runner = bench.runner(plugin, "cost", mode);
-        runner.handle_all(&jobs[..jobs.len().min(10)]);
+        for job in &jobs[..jobs.len().min(10)] {
+            runner.handle(job.clone()).await;
+        }
         let started = Instant::now();
-        runner.handle_all(&jobs);
+        for job in &jobs {
+            runner.handle(job.clone()).await;
+        }
         started.elapsed().as_secs_f64() * 1e6 / calls as f64
     };
-    (per_call(InstanceMode::PerEvent), per_call(InstanceMode::Reuse))
+    (per_call(InstanceMode::PerEvent).await, per_call(InstanceMode::Reuse).await)
 }
 
 /// Run the benchmark.
@@ -425,8 +431,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // 5. Start-up (first, so the cold compile is really cold).
     let noop_path = args.guests.join("fixture_noop.wasm");
-    let (noop, cold) = load(&bench.engine, &noop_path, Some(&cache))?;
-    let (_, cached) = load(&bench.engine, &noop_path, Some(&cache))?;
+    let (noop, cold) = load(&bench.engine, &noop_path, Some(&cache)).await?;
+    let (_, cached) = load(&bench.engine, &noop_path, Some(&cache)).await?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
     let wants = |which: Only| args.only.is_empty() || args.only.contains(&which);
@@ -436,8 +442,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         ("JavaScript", &args.javascript, Shape::User, Only::Javascript),
     ] {
         if let Some(path) = path.as_ref().filter(|_| wants(which)) {
-            let (plugin, cold) = load(&bench.engine, path, Some(&cache))?;
-            let (_, cached) = load(&bench.engine, path, Some(&cache))?;
+            let (plugin, cold) = load(&bench.engine, path, Some(&cache)).await?;
+            let (_, cached) = load(&bench.engine, path, Some(&cache)).await?;
             report.add(format!("start-up: {lang} plugin, cold compile"), cold, "ms", "");
             report.add(format!("start-up: {lang} plugin, from the artifact cache"), cached, "ms", "target < 1000 ms");
             polyglot.push((lang, plugin, shape));
@@ -563,11 +569,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
 
     // 4. Invocation cost.
-    let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order);
+    let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order).await;
     report.add("invocation: Rust, fresh instance per event", fresh, "us/event", "");
     report.add("invocation: Rust, reused instance", reused, "us/event", "");
     for (lang, plugin, shape) in &polyglot {
-        let (fresh, reused) = invocation_cost(&bench, plugin, sizes.calls / 10, *shape);
+        let (fresh, reused) = invocation_cost(&bench, plugin, sizes.calls / 10, *shape).await;
         report.add(format!("invocation: {lang}, fresh instance per event"), fresh, "us/event", "");
         report.add(format!("invocation: {lang}, reused instance"), reused, "us/event", "");
     }
@@ -666,7 +672,7 @@ async fn host_figures(
         let host = ferry::host::Host::start(config).await?;
         let watcher = ferry::reload::watch(host.clone())?;
         // Compile v2 into the cache first, as a deploy pipeline would with `ferry plugins check`.
-        Plugin::load(&bench.engine, &recorder_v2, Some(cache))?;
+        Plugin::load(&bench.engine, &recorder_v2, Some(cache), &LimitsConfig::default()).await?;
         let tmp = swap_dir.path().join("swap.new");
         std::fs::copy(&recorder_v2, &tmp)?;
         let published = tokio::spawn({
