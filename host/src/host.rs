@@ -1,7 +1,9 @@
-//! The running host: loads plugins, runs their subscribers, reloads them, shuts down.
+//! The running host: loads plugins, runs their subscribers, swaps them in place, shuts down.
 //!
-//! [`run`] takes the shutdown signal as a future (as mini-redis's `server::run` does), so a
-//! test can start a whole host in-process and stop it when it likes.
+//! [`Host::start`] and [`Host::stop_all`] bracket a host's life, so a test or an embedding
+//! application can run a whole host in-process. The host knows nothing of the admin endpoint
+//! or the plugin-directory watcher: those depend on it (`crate::admin`, `crate::reload`), and
+//! the `ferry run` command wires the three together.
 //!
 //! Plugins load concurrently, each within its own deadline, after the admin endpoint is up:
 //! a plugin that sleeps or loops while loading is refused in bounded time and never holds

@@ -812,7 +812,8 @@ async fn scaling(
 
     // Plugins loaded: start-up of a host (artifacts cached) and its memory.
     let noop_path = args.guests.join("fixture_noop.wasm");
-    let mut per_plugin_first: Option<(f64, f64)> = None;
+    // Per-plugin cost at the previous size: growing by half again or more is flagged.
+    let mut previous: Option<(f64, f64, f64)> = None;
     for k in [1usize, 20, 100] {
         let dir = tempfile::tempdir()?;
         for i in 0..k {
@@ -835,22 +836,42 @@ async fn scaling(
         anyhow::ensure!(running == k, "{running} of {k} plugins running");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let grown = rss_mb() - base;
+        // What idle subscribers cost Redis: their reads, promotion and takeover timers.
+        let mut conn = bench.ctx.shared.clone();
+        let before = cost::sample(&mut conn).await?;
+        let idle = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = cost::sample(&mut conn).await?;
+        let idle_secs = idle.elapsed().as_secs_f64();
         host.stop_all().await;
-        let (ms_each, mb_each) = (start_ms / k as f64, grown / k as f64);
-        let (ms_first, mb_first) = *per_plugin_first.get_or_insert((ms_each, mb_each));
-        let flag = |each: f64, first: f64| if k > 1 && each > 1.5 * first { " FASTER THAN LINEAR" } else { "" };
+        let idle_cost = cost::Cost::between(&before, &after, 1);
+        let idle_calls: f64 = idle_cost.commands.iter().map(|c| c.1).sum::<f64>() / idle_secs;
+        let idle_redis_pct = idle_cost.redis_us / idle_secs / 1e4;
+        let (ms_each, mb_each, calls_each) = (start_ms / k as f64, grown / k as f64, idle_calls / k as f64);
+        let (ms_before, mb_before, calls_before) = previous.unwrap_or((ms_each, mb_each, calls_each));
+        previous = Some((ms_each, mb_each, calls_each));
+        let flag = |each: f64, before: f64| if each > 1.5 * before { " FASTER THAN LINEAR" } else { "" };
         let plugins = if k == 1 { "plugin" } else { "plugins" };
         report.add(
             format!("scaling: {k} Rust {plugins} loaded: start-up"),
             start_ms,
             "ms",
-            format!("{ms_each:.2} ms per plugin, artifacts cached{}", flag(ms_each, ms_first)),
+            format!("{ms_each:.2} ms per plugin, artifacts cached{}", flag(ms_each, ms_before)),
         );
         report.add(
             format!("scaling: {k} Rust {plugins} loaded: memory"),
             grown,
             "MB RSS",
-            format!("{mb_each:.2} MB per plugin, idle{}", flag(mb_each, mb_first)),
+            format!("{mb_each:.2} MB per plugin, idle{}", flag(mb_each, mb_before)),
+        );
+        report.add(
+            format!("scaling: {k} Rust {plugins} loaded: idle Redis load"),
+            idle_calls,
+            "calls/s",
+            format!(
+                "{calls_each:.1} calls/s per plugin; Redis CPU {idle_redis_pct:.1}% of a core{}",
+                flag(calls_each, calls_before)
+            ),
         );
     }
     Ok(())
