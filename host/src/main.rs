@@ -36,8 +36,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    // Flush spans once nothing runs any more, outside the runtime.
-    drop(runtime);
+    // Flush spans once nothing runs any more, outside the runtime. Do not wait for blocking
+    // tasks still running (a plugin compile started just before a SIGTERM): the command is
+    // done, and exiting within the shutdown grace is a promise (docs/security.md).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     telemetry.shutdown();
     code
 }
