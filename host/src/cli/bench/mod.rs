@@ -133,6 +133,8 @@ struct Sizes {
     payload_events: [usize; 3],
     /// Events for each of the 1/4/16-subscriber runs.
     scaling_fanout_events: usize,
+    /// Backlogs drained for the backlog-size rows.
+    backlog_events: [usize; 2],
     latency_secs: u64,
     fanout_events: usize,
     calls: usize,
@@ -389,6 +391,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             events: 5_000,
             payload_events: [1_000, 200, 10],
             scaling_fanout_events: 1_000,
+            backlog_events: [1_000, 10_000],
             latency_secs: 1,
             fanout_events: 2_000,
             calls: 2_000,
@@ -400,6 +403,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             events: 200_000,
             payload_events: [50_000, 10_000, 100],
             scaling_fanout_events: 20_000,
+            backlog_events: [10_000, 1_000_000],
             latency_secs: 10,
             fanout_events: 100_000,
             calls: 20_000,
@@ -766,6 +770,30 @@ async fn scaling(
                 tp * bytes as f64 / 1e6,
                 cost.host_us,
                 cost.redis_us
+            ),
+        );
+    }
+
+    // Backlog size: a subscriber that starts behind by 10k or 1M events drains it. The cost per
+    // event should not grow with the backlog (the dedupe record grows, the reads do not).
+    let mut small: Option<f64> = None;
+    for n in sizes.backlog_events {
+        let label = format!("backlog-{n}");
+        let runner = bench.runner(noop, &label, InstanceMode::Reuse);
+        let (tp, cost) = bench.throughput(&label, runner, n, Shape::Order).await?;
+        let per_event = cost.host_us + cost.redis_us;
+        let base = *small.get_or_insert(per_event);
+        let flag = if per_event > 1.5 * base { " FASTER THAN LINEAR" } else { "" };
+        report.throughput(
+            format!("scaling: backlog of {n} events, Rust plugin"),
+            tp,
+            "events/s",
+            plain,
+            format!(
+                "host {:.1} + Redis {:.1} us/event; {:.2}x the smallest backlog's cost{flag}",
+                cost.host_us,
+                cost.redis_us,
+                per_event / base
             ),
         );
     }
