@@ -6,8 +6,11 @@
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms (0: off), 4 lease ms, 5 max deliveries,
 --       6 ordered ('1'/'0'), then 7 values per event: stream key, entry id, event id,
 --       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park
--- Returns one verdict per event: run, dup, dead, wait, crash or park.
+-- Returns one verdict per event: run, runh (run, and it holds its partition key: its settle
+-- must hand the key on), dup, dead, wait, crash or park.
 local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+-- Holds exist only under per-key order (or left from it): skip the lookups when none do.
+local any_holds = redis.call('HLEN', KEYS[4]) > 0
 local max_deliveries, ordered = tonumber(ARGV[5]), ARGV[6] == '1'
 local cutoff = now - window
 local out = {}
@@ -27,6 +30,7 @@ for i = 7, #ARGV, 7 do
     if not verdict and holder and holder ~= owner and expiry > now then verdict = 'wait' end
   end
   if not verdict and starts >= max_deliveries then verdict = 'crash' end
+  local holds = false
   if not verdict and ordered and pkey ~= '' then
     local current = redis.call('HGET', KEYS[4], pkey)
     if current and current ~= owner then
@@ -34,15 +38,20 @@ for i = 7, #ARGV, 7 do
       redis.call('RPUSH', KEYS[8] .. pkey, parked)
       redis.call('INCR', KEYS[7])
       verdict = 'park'
-    elseif not current then
-      redis.call('HSET', KEYS[4], pkey, owner)
-      redis.call('HSET', KEYS[5], owner, pkey)
-      redis.call('ZADD', KEYS[6], now, pkey)
+    else
+      if not current then
+        redis.call('HSET', KEYS[4], pkey, owner)
+        redis.call('HSET', KEYS[5], owner, pkey)
+        redis.call('ZADD', KEYS[6], now, pkey)
+      end
+      holds = true
     end
   end
   if not verdict then
+    -- A holder from before `ordered` was turned off still hands its key on.
+    if not holds and any_holds and redis.call('HEXISTS', KEYS[5], owner) == 1 then holds = true end
     redis.call('HSET', KEYS[3], id, (now + lease) .. ':' .. (starts + 1) .. ':' .. owner)
-    verdict = 'run'
+    verdict = holds and 'runh' or 'run'
   end
   out[#out + 1] = verdict
 end

@@ -31,6 +31,8 @@ pub struct Work {
     pub job: Job,
     /// The run's owner (`_origin`).
     pub owner: String,
+    /// It holds its partition key: its settle hands the key on.
+    pub release: bool,
 }
 
 /// What the dispatcher made of a read.
@@ -176,9 +178,9 @@ impl Dispatcher {
             tally,
         };
         match verdict {
-            "run" => {
+            "run" | "runh" => {
                 let job = Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event };
-                plan.run.push(Work { entry, job, owner });
+                plan.run.push(Work { entry, job, owner, release: verdict == "runh" });
             }
             "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
             "crash" => {

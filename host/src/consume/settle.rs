@@ -229,6 +229,94 @@ pub async fn settle<C: ConnectionLike>(
     if settlements.is_empty() {
         return Ok(Vec::new());
     }
+    // The hot path: acks without follow-ups or a key to hand on go as one MULTI of native
+    // commands (no Lua); the rest through the script.
+    let (plain, scripted): (Vec<usize>, Vec<usize>) = (0..settlements.len()).partition(|&i| is_plain(&settlements[i]));
+    let mut answers = vec![Settled::Done; settlements.len()];
+    if !plain.is_empty() {
+        let plain: Vec<&Settlement> = plain.iter().map(|&i| &settlements[i]).collect();
+        settle_plain(conn, routing.keys, group, dedupe_window_ms, &plain).await?;
+    }
+    if !scripted.is_empty() {
+        let scripted_settlements: Vec<Settlement> = scripted.iter().map(|&i| settlements[i].clone()).collect();
+        let codes = settle_scripted(conn, routing, group, dedupe_window_ms, lease_ms, &scripted_settlements).await?;
+        for (i, code) in scripted.into_iter().zip(codes) {
+            answers[i] = code;
+        }
+    }
+    Ok(answers)
+}
+
+/// Whether `s` can go the plain way: an ack (or skip) with nothing else to write.
+fn is_plain(s: &Settlement) -> bool {
+    !s.release
+        && match &s.disposition {
+            Disposition::Ack { follow_ups, .. } => follow_ups.is_empty(),
+            Disposition::Skip => true,
+            _ => false,
+        }
+}
+
+/// Settle plain acks in one MULTI: `XACK` per stream, the handled ids recorded, their
+/// in-flight markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
+/// removed whoever holds it: the event is recorded as handled in the same step, so any other
+/// delivery of it is a duplicate from now on.
+async fn settle_plain<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+    dedupe_window_ms: u64,
+    settlements: &[&Settlement],
+) -> redis::RedisResult<()> {
+    let now = now_ms();
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    let mut by_key: Vec<(&str, Vec<&str>)> = Vec::new();
+    for s in settlements {
+        match by_key.iter_mut().find(|(k, _)| *k == s.key) {
+            Some((_, ids)) => ids.push(&s.id),
+            None => by_key.push((&s.key, vec![&s.id])),
+        }
+    }
+    for (key, ids) in &by_key {
+        pipe.cmd("XACK").arg(*key).arg(group).arg(ids).ignore();
+    }
+    let handled: Vec<&str> = settlements
+        .iter()
+        .filter(|s| matches!(s.disposition, Disposition::Ack { record: true, .. }))
+        .map(|s| s.event_id.as_str())
+        .collect();
+    if !handled.is_empty() && dedupe_window_ms > 0 {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(&keys.seen);
+        for id in &handled {
+            zadd.arg(now).arg(*id);
+        }
+        pipe.add_command(zadd).ignore();
+        let cutoff = format!("({}", now.saturating_sub(dedupe_window_ms));
+        pipe.cmd("ZREMRANGEBYSCORE").arg(&keys.seen).arg("-inf").arg(&cutoff).ignore();
+        pipe.cmd("ZREMRANGEBYSCORE").arg(&keys.dead).arg("-inf").arg(&cutoff).ignore();
+    }
+    let runs: Vec<&str> = settlements
+        .iter()
+        .filter(|s| matches!(s.disposition, Disposition::Ack { .. }) && !s.event_id.is_empty())
+        .map(|s| s.event_id.as_str())
+        .collect();
+    if !runs.is_empty() {
+        pipe.cmd("HDEL").arg(&keys.inflight).arg(&runs).ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Settle through `settle.lua`; one answer each.
+async fn settle_scripted<C: ConnectionLike>(
+    conn: &mut C,
+    routing: Routing<'_>,
+    group: &str,
+    dedupe_window_ms: u64,
+    lease_ms: u64,
+    settlements: &[Settlement],
+) -> redis::RedisResult<Vec<Settled>> {
     let mut args: Vec<Vec<u8>> = vec![
         group.as_bytes().to_vec(),
         now_ms().to_string().into_bytes(),

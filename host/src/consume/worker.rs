@@ -42,7 +42,7 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         id: work.entry.id.clone(),
         event_id: job.event.id.clone(),
         owner: work.owner.clone(),
-        release: job.event.partitionkey.is_some(),
+        release: work.release,
         disposition: Disposition::Release,
         fallback: None,
         tally: Tally::None,
@@ -99,7 +99,7 @@ mod tests {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
         let job = Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt };
-        Work { entry, job, owner: "events/1-0".into() }
+        Work { entry, job, owner: "events/1-0".into(), release: false }
     }
 
     fn failed(kind: FailureKind) -> Outcome {
