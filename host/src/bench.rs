@@ -81,6 +81,7 @@ struct Sizes {
     calls: usize,
     polyglot_events: usize,
     many_plugins: usize,
+    relay_rows: usize,
 }
 
 /// The native ceiling: acknowledges every event without WebAssembly.
@@ -296,6 +297,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             calls: 2_000,
             polyglot_events: 1_000,
             many_plugins: 5,
+            relay_rows: 2_000,
         }
     } else {
         Sizes {
@@ -305,6 +307,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             calls: 20_000,
             polyglot_events: 50_000,
             many_plugins: 20,
+            relay_rows: 50_000,
         }
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
@@ -407,6 +410,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.add("latency at 5000 events/s: p99", pct(0.99), "ms", "target < 5 ms");
     report.add("latency at 5000 events/s: max", samples.last().copied().unwrap_or(0) as f64 / 1000.0, "ms", "");
 
+    // 2b. The PostgreSQL outbox relay (skipped when PostgreSQL is not installed).
+    if let Err(e) = relay_figures(&bench, &noop, &sizes, &mut report).await {
+        eprintln!("  relay figures skipped: {e:#}");
+    }
+
     // 3. Fan-out: 4 subscribers on one stream.
     let m = sizes.fanout_events;
     preload(&mut conn, "bench-fanout", m).await?;
@@ -445,6 +453,97 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!("{}", table(&report.rows));
     println!("results written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The outbox relay: rows/s relayed from a preloaded table, and commit → handled latency at a
+/// steady 1,000 transactions/s (one row each), on a throwaway PostgreSQL.
+async fn relay_figures(bench: &Bench, noop: &Arc<Plugin>, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let pg = tokio::task::spawn_blocking(crate::postgres_server::PostgresServer::start)
+        .await?
+        .context("starting PostgreSQL")?;
+    let (client, _) = crate::relay::connect(&pg.url(), "ferry bench").await?;
+    let table = crate::relay::Table::default();
+    crate::relay::manage::init(&client, &table).await?;
+    let relay_config = crate::config::RelayConfig { postgres: pg.url(), ..Default::default() };
+    let run_relay = |stream: &str| -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+        let settings = crate::relay::Settings::from_config(&relay_config, &bench.url, stream)?;
+        let relay = crate::relay::Relay::new(settings, bench.ctx.metrics.relay.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        Ok((
+            stop,
+            tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }),
+        ))
+    };
+    let relayed =
+        || bench.ctx.metrics.relay.relayed.get_or_create(&metrics::RelayLabels { table: "ferry_outbox".into() }).get();
+
+    // Throughput: rows committed beforehand, relayed in batches of 500.
+    let n = sizes.relay_rows;
+    client
+        .execute(
+            "INSERT INTO ferry_outbox (id, type, source, data, partitionkey) \
+             SELECT gen_random_uuid(), 'OrderCreated', 'bench', jsonb_build_object('order_id', i), 'k' || (i % 100) \
+             FROM generate_series(1, $1::int) AS i",
+            &[&(n as i32)],
+        )
+        .await?;
+    let started = Instant::now();
+    let (stop, task) = run_relay("bench-relay-throughput")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while relayed() < n as u64 {
+        anyhow::ensure!(Instant::now() < deadline, "the relay did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let _ = task.await;
+    report.add(format!("relay: PostgreSQL outbox -> stream, {n} rows"), n as f64 / secs, "rows/s", "batches of 500");
+
+    // Latency: one row per transaction at a steady rate; stamped just before COMMIT.
+    let probe = Arc::new(Probe {
+        inner: bench.runner(noop, "relay-latency", InstanceMode::Reuse),
+        samples: Mutex::new(Vec::new()),
+    });
+    let (stop_sub, rx) = watch::channel(false);
+    let sub = Arc::new(Subscriber::new("relay-latency".into(), active(probe.clone(), "bench-relay-latency")?));
+    let sub_task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-relay-latency".into(), rx));
+    let (stop, task) = run_relay("bench-relay-latency")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total = 1_000 * sizes.latency_secs as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut producer, _) = crate::relay::connect(&pg.url(), "ferry bench producer").await?;
+    for i in 0..total {
+        tick.tick().await;
+        let tx = producer.transaction().await?;
+        let data = serde_json::json!({ "order_id": i, "sent_us": now_us() }).to_string();
+        crate::relay::add(&tx, &Event::new("OrderCreated", "bench", data)).await?;
+        tx.commit().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics::count(&bench.ctx.metrics.handled, "relay-latency") < total as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    let _ = stop_sub.send(true);
+    let _ = sub_task.await;
+    let mut samples = std::mem::take(&mut *probe.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0)
+            as f64
+            / 1000.0
+    };
+    report.add("relay latency at 1000 commits/s: p50", pct(0.50), "ms", "commit -> handled, through PostgreSQL");
+    report.add("relay latency at 1000 commits/s: p99", pct(0.99), "ms", "");
+    drop(pg);
+    Ok(())
 }
 
 async fn host_figures(

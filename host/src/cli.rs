@@ -55,6 +55,8 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Run the benchmark and print its table (and JSON).
     Bench(crate::bench::BenchArgs),
+    /// Relay a PostgreSQL outbox table to the streams; manage the table.
+    Relay(crate::relay::command::RelayArgs),
 }
 
 /// `ferry run`.
@@ -254,6 +256,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => crate::status::run(args).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Relay(args) => crate::relay::command::run(args).await,
     }
 }
 

@@ -110,8 +110,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let host = Host::start(config).await?;
     let admin = crate::admin::spawn(host.clone()).await?;
     let watcher = if host.config.watch { Some(crate::reload::watch(host.clone())?) } else { None };
+    let relay = match &host.config.relay {
+        Some(section) => {
+            let settings = crate::relay::Settings::from_config(section, &host.config.redis, &host.config.stream)
+                .context("invalid [relay] section")?;
+            let relay = crate::relay::Relay::new(settings, host.ctx.metrics.relay.clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            Some((stop, task))
+        }
+        None => None,
+    };
     shutdown.await;
     tracing::info!("shutting down: no new reads; letting in-flight events finish");
+    if let Some((stop, task)) = relay {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     drop(watcher);
     host.stop_all().await;
     if let Some(admin) = admin {

@@ -7,6 +7,8 @@
 //!
 //! - [`event`]: the envelope (CloudEvents attribute names) and its stream-entry encoding.
 //! - [`outbox`]: the producer side: add events to a stream, inside the caller's MULTI/EXEC.
+//! - [`relay`]: the PostgreSQL outbox: a table in the application's database relayed to the
+//!   streams (`ferry relay`).
 //! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
 //! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
 //!   imports, invoking the handler and naming failures; the compiled-artifact cache.
@@ -18,7 +20,8 @@
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, status page).
 //! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
-//! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests.
+//! - [`redis_server`]: a throwaway `redis-server` for the demo, benchmarks and tests;
+//!   [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
 //! - [`demo`]: the README's end-to-end demo; [`bench`]: the benchmark.
 //! - [`cli`]: the `ferry` command line; [`status`]: `ferry status` straight from Redis.
 
@@ -35,7 +38,9 @@ pub mod keys;
 pub mod metrics;
 pub mod outbox;
 pub mod plugin;
+pub mod postgres_server;
 pub mod redis_server;
+pub mod relay;
 pub mod reload;
 pub mod status;
 pub mod telemetry;

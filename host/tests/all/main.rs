@@ -1,6 +1,7 @@
 //! ferry's integration tests: one binary (as wasmtime's `tests/all`), real `redis-server`
 //! processes and real components built from source.
 
+mod pg;
 mod support;
 
 mod delivery;
@@ -8,5 +9,6 @@ mod e2e;
 mod observability;
 mod polyglot;
 mod recovery;
+mod relay;
 mod reload;
 mod sandbox;
