@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// The JavaScript example plugin, if built.
     #[arg(long)]
     pub javascript: Option<PathBuf>,
+    /// Measure only the PostgreSQL outbox relay (needs PostgreSQL installed).
+    #[arg(long)]
+    pub relay_only: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
@@ -337,6 +340,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (_, cached) = load(&bench.engine, &noop_path, Some(&cache))?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
+    if args.relay_only {
+        relay_figures(&bench, &noop, &sizes, &mut report).await?;
+        return finish(&args, &report);
+    }
     let mut polyglot: Vec<(&str, Arc<Plugin>, Shape)> = Vec::new();
     for (lang, path, shape) in [("Python", &args.python, Shape::Order), ("JavaScript", &args.javascript, Shape::User)] {
         if let Some(path) = path {
@@ -446,6 +453,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // 5b. Hot-reload swap, 6. memory: a real host on a plugin directory.
     host_figures(&bench, &args, &cache, &sizes, &mut report).await?;
 
+    finish(&args, &report)
+}
+
+fn finish(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -81,6 +81,12 @@ pub enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Backlog, oldest waiting row, failed and kept rows, and which relay is active.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-queue failed rows (after fixing them) so the relay tries them again.
     Retry {
         /// Event ids of the rows.
@@ -151,6 +157,32 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
                 }
                 print!("{}", crate::cli::table(&out));
                 println!("{} failed row(s)", rows.len());
+            }
+        }
+        RelayCommand::Status { json } => {
+            let status = manage::status(&client, &table).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let rows = vec![
+                    vec![
+                        "TABLE".to_string(),
+                        "BACKLOG".into(),
+                        "OLDEST".into(),
+                        "FAILED".into(),
+                        "KEPT".into(),
+                        "ACTIVE RELAY".into(),
+                    ],
+                    vec![
+                        status.table.clone(),
+                        status.backlog.to_string(),
+                        format!("{:.1}s", status.oldest_unrelayed_age_seconds),
+                        status.failed.to_string(),
+                        status.published_kept.to_string(),
+                        status.active_relay.clone().unwrap_or_else(|| "none".into()),
+                    ],
+                ];
+                print!("{}", crate::cli::table(&rows));
             }
         }
         RelayCommand::Retry { ids, all } => {

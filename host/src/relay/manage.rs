@@ -68,3 +68,58 @@ pub async fn retry(client: &tokio_postgres::Client, table: &Table, ids: Option<&
     client.execute("SELECT pg_notify($1, '')", &[&table.channel()]).await?;
     Ok(n)
 }
+
+/// The state of an outbox table, for `ferry relay status`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableStatus {
+    /// The table.
+    pub table: String,
+    /// Rows waiting to be relayed (neither published nor failed).
+    pub backlog: i64,
+    /// Age of the oldest of them, in seconds (0 when none).
+    pub oldest_unrelayed_age_seconds: f64,
+    /// Rows marked failed.
+    pub failed: i64,
+    /// Published rows still kept (retention).
+    pub published_kept: i64,
+    /// The active relay's session (`application_name` and address), if one holds the lock.
+    pub active_relay: Option<String>,
+}
+
+/// Count the table's rows by state and find the active relay.
+pub async fn status(client: &tokio_postgres::Client, table: &Table) -> Result<TableStatus, RelayError> {
+    let counts = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE published_at IS NULL AND failed_at IS NULL), \
+                 COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at) \
+                 FILTER (WHERE published_at IS NULL AND failed_at IS NULL))::float8, 0), \
+                 count(*) FILTER (WHERE failed_at IS NOT NULL), count(*) FILTER (WHERE published_at IS NOT NULL) \
+                 FROM {}",
+                table.name()
+            ),
+            &[],
+        )
+        .await?;
+    // An advisory lock's bigint key is split into classid (high half) and objid (low half).
+    let active = client
+        .query_opt(
+            &format!(
+                "SELECT a.application_name || COALESCE(' at ' || host(a.client_addr), '') \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                 AND ((l.classid::bigint << 32) | l.objid::bigint) = {}",
+                table.lock_key_sql()
+            ),
+            &[],
+        )
+        .await?;
+    Ok(TableStatus {
+        table: table.name().to_string(),
+        backlog: counts.try_get(0)?,
+        oldest_unrelayed_age_seconds: counts.try_get(1)?,
+        failed: counts.try_get(2)?,
+        published_kept: counts.try_get(3)?,
+        active_relay: active.map(|r| r.try_get(0)).transpose()?,
+    })
+}

@@ -129,30 +129,32 @@ CREATE TRIGGER {base}_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNC
 
     /// Rows ready to relay: neither published nor failed, written by a transaction older than
     /// every transaction still running (so committed, and nothing can commit before them any
-    /// more), in (xid, seq) order. `$1`: the batch size.
-    pub fn select_ready(&self) -> String {
+    /// more), in (xid, seq) order, at most `batch`. The limit is written into the statement
+    /// rather than passed: a prepared statement's generic plan cannot see a parameter's value
+    /// and may then prefer a full scan and sort over the `(xid, seq)` index.
+    pub fn select_ready(&self, batch: usize) -> String {
         format!(
             "SELECT seq, id, type, source, data::text, data_binary, time, stream, schemaversion, datacontenttype, \
              subject, dataschema, partitionkey, correlationid, causationid, traceparent, created_at \
              FROM {} WHERE published_at IS NULL AND failed_at IS NULL \
-             AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY xid, seq LIMIT $1",
+             AND xid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY xid, seq LIMIT {batch}",
             self.name
         )
     }
 
-    /// Mark rows published. `$1`: their seqs.
+    /// Mark rows published. `$1`: their ids (the primary key: an index lookup per row).
     pub fn mark_published(&self) -> String {
-        format!("UPDATE {} SET published_at = now(), attempts = attempts + 1 WHERE seq = ANY($1)", self.name)
+        format!("UPDATE {} SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)", self.name)
     }
 
-    /// Delete published rows. `$1`: their seqs.
+    /// Delete published rows. `$1`: their ids.
     pub fn delete_published(&self) -> String {
-        format!("DELETE FROM {} WHERE seq = ANY($1)", self.name)
+        format!("DELETE FROM {} WHERE id = ANY($1)", self.name)
     }
 
-    /// Mark one row failed. `$1`: seq, `$2`: the error.
+    /// Mark one row failed. `$1`: id, `$2`: the error.
     pub fn mark_failed(&self) -> String {
-        format!("UPDATE {} SET failed_at = now(), error = $2, attempts = attempts + 1 WHERE seq = $1", self.name)
+        format!("UPDATE {} SET failed_at = now(), error = $2, attempts = attempts + 1 WHERE id = $1", self.name)
     }
 
     /// Backlog and the age of its oldest row, in seconds.

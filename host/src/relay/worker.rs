@@ -152,17 +152,26 @@ impl Relay {
         tracing::info!(table = %table.name(), "active relay");
         self.metrics.active.get_or_create(&self.labels).set(1);
 
-        let select = table.select_ready();
+        // Prepared once per session: one round trip per statement instead of two.
+        let statements = Statements {
+            select: within(work.prepare(&table.select_ready(self.settings.batch))).await?,
+            published: within(work.prepare(&match self.settings.retention {
+                Retention::Delete => table.delete_published(),
+                Retention::Keep(_) => table.mark_published(),
+            }))
+            .await?,
+            failed: within(work.prepare(&table.mark_failed())).await?,
+        };
         let mut last_stats: Option<Instant> = None;
         let mut last_purge: Option<Instant> = None;
         loop {
             if lock.is_closed() {
                 return Err(RelayError::LockLost);
             }
-            let rows = within(work.query(&select, &[&(self.settings.batch as i64)])).await?;
+            let rows = within(work.query(&statements.select, &[])).await?;
             let busy = !rows.is_empty();
             if busy {
-                self.round(&mut work, &mut redis, &rows).await?;
+                self.round(&mut work, &statements, &mut redis, &rows).await?;
             }
             if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
                 self.stats(&work).await?;
@@ -187,24 +196,25 @@ impl Relay {
     async fn round(
         &self,
         work: &mut tokio_postgres::Client,
+        statements: &Statements,
         redis: &mut redis::aio::MultiplexedConnection,
         rows: &[tokio_postgres::Row],
     ) -> Result<(), RelayError> {
         let mut pipe = redis::pipe();
-        let mut published: Vec<i64> = Vec::with_capacity(rows.len());
+        let mut published: Vec<uuid::Uuid> = Vec::with_capacity(rows.len());
         let mut created: Vec<OffsetDateTime> = Vec::with_capacity(rows.len());
-        let mut failed: Vec<(i64, String)> = Vec::new();
+        let mut failed: Vec<(uuid::Uuid, String)> = Vec::new();
         for pg_row in rows {
             let row = Row::from_pg(pg_row)?;
             match row.to_event(&self.settings.rules) {
                 Ok((stream, event)) => {
                     crate::outbox::add(&mut pipe, &stream, &event);
-                    published.push(row.seq);
+                    published.push(row.id);
                     created.push(row.created_at);
                 }
                 Err(reason) => {
                     tracing::warn!(table = %self.settings.table.name(), id = %row.id, "outbox row failed: {reason}");
-                    failed.push((row.seq, reason));
+                    failed.push((row.id, reason));
                 }
             }
         }
@@ -213,19 +223,19 @@ impl Relay {
             let _: Vec<String> = pipe.query_async(redis).await?;
         }
         let confirmed = OffsetDateTime::now_utc();
-        let table = &self.settings.table;
-        let tx = within(work.transaction()).await?;
-        if !published.is_empty() {
-            let sql = match self.settings.retention {
-                Retention::Delete => table.delete_published(),
-                Retention::Keep(_) => table.mark_published(),
-            };
-            within(tx.execute(&sql, &[&published])).await?;
+        if failed.is_empty() {
+            // The common round: one statement, its own transaction.
+            within(work.execute(&statements.published, &[&published])).await?;
+        } else {
+            let tx = within(work.transaction()).await?;
+            if !published.is_empty() {
+                within(tx.execute(&statements.published, &[&published])).await?;
+            }
+            for (id, reason) in &failed {
+                within(tx.execute(&statements.failed, &[id, reason])).await?;
+            }
+            within(tx.commit()).await?;
         }
-        for (seq, reason) in &failed {
-            within(tx.execute(&table.mark_failed(), &[seq, reason])).await?;
-        }
-        within(tx.commit()).await?;
         self.metrics.relayed.get_or_create(&self.labels).inc_by(published.len() as u64);
         self.metrics.failed.get_or_create(&self.labels).inc_by(failed.len() as u64);
         let latency = self.metrics.latency.get_or_create(&self.labels);
@@ -243,6 +253,13 @@ impl Relay {
         self.metrics.oldest_age.get_or_create(&self.labels).set(oldest);
         Ok(())
     }
+}
+
+/// The statements of one session's rounds.
+struct Statements {
+    select: tokio_postgres::Statement,
+    published: tokio_postgres::Statement,
+    failed: tokio_postgres::Statement,
 }
 
 /// Wait for a notification or the poll interval; coalesce notifications that piled up.

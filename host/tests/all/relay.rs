@@ -103,6 +103,12 @@ async fn committed_rows_arrive_with_their_ids_and_attributes_and_rolled_back_row
         (published == 3 && all == 3 && counted).then_some(())
     })
     .await;
+    let (status, out, err) = ferry(&["relay", "status", "--postgres", &pg.url(), "--json"]);
+    assert!(status.success(), "{err}");
+    let table: Value = serde_json::from_str(&out).expect("status JSON");
+    assert_eq!((table["backlog"].as_i64(), table["failed"].as_i64()), (Some(0), Some(0)), "{table}");
+    assert_eq!(table["active_relay"], format!("ferry relay {} at 127.0.0.1", std::process::id()), "{table}");
+
     relay.stop().await;
 }
 
