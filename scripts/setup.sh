@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what ferry's build and tests need and a fresh machine may lack: the wasm32-wasip2
-# Rust target, redis-server, Chromium (status-page test). Python (componentize-py) and
+# Rust target, redis-server, PostgreSQL (outbox relay tests), Chromium (status-page test). Python (componentize-py) and
 # JavaScript (componentize-js) toolchains are installed, pinned, by the examples' build
 # scripts into examples/*/ (venv, node_modules). Idempotent; quiet when all is present.
 set -euo pipefail
@@ -19,6 +19,8 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
 fi
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
+# The relay's tests start their own PostgreSQL with initdb/pg_ctl (found in /usr/lib/postgresql/*/bin).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v node >/dev/null || missing+=(nodejs npm)

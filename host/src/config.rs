@@ -72,6 +72,8 @@ pub struct Config {
     pub subscribers: BTreeMap<String, SubscriberConfig>,
     /// Per-stream settings, by stream name (`[streams.orders]`).
     pub streams: BTreeMap<String, StreamConfig>,
+    /// Relay a PostgreSQL outbox table to the streams from this host too (off by default).
+    pub relay: Option<RelayConfig>,
 }
 
 /// Settings of one logical stream.
@@ -108,6 +110,7 @@ impl Default for Config {
             defaults: SubscriberConfig::default(),
             subscribers: BTreeMap::new(),
             streams: BTreeMap::new(),
+            relay: None,
         }
     }
 }
@@ -156,6 +159,49 @@ pub struct RetentionConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self { max_len: None, max_age: None, interval: Duration::from_secs(10) }
+    }
+}
+
+/// The PostgreSQL outbox relay (`[relay]`, or the flags of `ferry relay`). See docs/relay.md.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// PostgreSQL URL (`postgres://user:password@host:port/database`). Required.
+    pub postgres: String,
+    /// The outbox table, optionally schema-qualified. Default `ferry_outbox`.
+    pub table: String,
+    /// Rows read and published per round. Default 500.
+    pub batch: usize,
+    /// How often the table is polled when no NOTIFY arrives (NOTIFY is only a hint: a row
+    /// held back by an older transaction is found by polling). Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// How often a standby relay tries to become the active one. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub lock_retry: Duration,
+    /// Delete rows once published instead of marking them. Default false.
+    pub delete_published: bool,
+    /// Delete published rows older than this (when they are kept). Default `7d`; `0s` keeps
+    /// them forever.
+    #[serde(with = "humantime_serde")]
+    pub keep_published: Duration,
+    /// Streams rows may name; a row naming another is marked failed. Default: any valid
+    /// stream name except ferry's own `ferry:*` keys.
+    pub streams: Option<Vec<String>>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            postgres: String::new(),
+            table: "ferry_outbox".into(),
+            batch: 500,
+            poll: Duration::from_secs(1),
+            lock_retry: Duration::from_secs(1),
+            delete_published: false,
+            keep_published: Duration::from_secs(7 * 24 * 3600),
+            streams: None,
+        }
     }
 }
 

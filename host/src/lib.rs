@@ -7,6 +7,8 @@
 //!
 //! - [`event`]: the envelope (CloudEvents attribute names) and its stream-entry encoding.
 //! - [`outbox`]: the producer side: add events to a stream, inside the caller's MULTI/EXEC.
+//! - [`relay`]: the PostgreSQL outbox: a table in the application's database relayed to the
+//!   streams (`ferry relay`).
 //! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
 //! - [`connection`]: connections to one Redis node or a Redis Cluster, behind one type.
 //! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
@@ -23,7 +25,8 @@
 //!
 //! - [`reload`]: watch the plugin directory and apply changes to a [`host::Host`].
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page).
-//! - [`redis_server`]: a throwaway `redis-server` for the demo, the benchmark and tests.
+//! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
+//!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
 //!
 //! The `ferry` binary (`src/main.rs`, `src/cli/`) holds the command line and its commands,
 //! the demo and the benchmark; its `run` command wires [`host::Host`], [`admin`] and
@@ -41,7 +44,9 @@ pub mod keys;
 pub mod metrics;
 pub mod outbox;
 pub mod plugin;
+pub mod postgres_server;
 pub mod redis_server;
+pub mod relay;
 pub mod reload;
 pub mod status;
 pub mod telemetry;

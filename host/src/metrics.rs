@@ -4,6 +4,7 @@
 //! label lookup stays off the per-event path.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -42,6 +43,61 @@ pub struct FailureLabels {
 pub struct PluginLabels {
     /// Plugin name.
     pub plugin: String,
+}
+
+/// Labels of outbox-relay metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    /// The outbox table relayed.
+    pub table: String,
+}
+
+/// Metrics of the PostgreSQL outbox relay ([`crate::relay`]), in the host's registry so
+/// `ferry run` exports them on its admin endpoint.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    /// Rows published to their stream (a row published twice after a crash counts twice).
+    pub relayed: Family<RelayLabels, Counter>,
+    /// Rows marked failed (invalid row).
+    pub failed: Family<RelayLabels, Counter>,
+    /// Rows neither published nor failed, as last counted.
+    pub backlog: Family<RelayLabels, Gauge>,
+    /// Age of the oldest row neither published nor failed, in seconds (0 when none).
+    pub oldest_age: Family<RelayLabels, Gauge<f64, AtomicU64>>,
+    /// Time from a row's insert to Redis confirming its `XADD`, in seconds.
+    pub latency: Family<RelayLabels, Histogram>,
+    /// 1 while this process holds the table's relay lock (is the active relay).
+    pub active: Family<RelayLabels, Gauge>,
+}
+
+impl RelayMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            relayed: Family::default(),
+            failed: Family::default(),
+            backlog: Family::default(),
+            oldest_age: Family::default(),
+            latency: Family::<RelayLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
+            }),
+            active: Family::default(),
+        };
+        registry.register("relay_rows_relayed", "Outbox rows published to their stream", metrics.relayed.clone());
+        registry.register("relay_rows_failed", "Outbox rows marked failed", metrics.failed.clone());
+        registry.register("relay_backlog", "Outbox rows waiting to be relayed", metrics.backlog.clone());
+        registry.register(
+            "relay_oldest_unrelayed_age_seconds",
+            "Age of the oldest outbox row waiting to be relayed",
+            metrics.oldest_age.clone(),
+        );
+        registry.register(
+            "relay_latency_seconds",
+            "Time from an outbox row's insert to its event being in the stream",
+            metrics.latency.clone(),
+        );
+        registry.register("relay_active", "1 while this process is the table's active relay", metrics.active.clone());
+        metrics
+    }
 }
 
 /// Every metric the host exports.
@@ -84,6 +140,8 @@ pub struct Metrics {
     pub plugin_refused: Family<PluginLabels, Counter>,
     /// 1 while Redis is reachable.
     pub redis_up: Gauge,
+    /// The outbox relay's metrics.
+    pub relay: RelayMetrics,
 }
 
 impl Default for Metrics {
@@ -146,6 +204,7 @@ impl Metrics {
         registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
         registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
         registry.register("redis_up", "1 while Redis is reachable", redis_up.clone());
+        let relay = RelayMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             handled,
@@ -166,6 +225,7 @@ impl Metrics {
             plugin_loads,
             plugin_refused,
             redis_up,
+            relay,
         }
     }
 

@@ -45,3 +45,9 @@ pub fn route(stream: &str, partitions: u32, event: &Event) -> String {
 pub async fn publish<C: ConnectionLike>(conn: &mut C, stream: &str, event: &Event) -> redis::RedisResult<String> {
     xadd(stream, event).query_async(conn).await
 }
+
+/// The outbox in the application's PostgreSQL database: add an event inside the caller's
+/// transaction; `ferry relay` publishes it once committed. See [`crate::relay`].
+pub mod postgres {
+    pub use crate::relay::producer::{add, add_to};
+}

@@ -10,6 +10,7 @@ mod demo;
 mod dlq;
 mod plugins;
 mod publish;
+mod relay;
 mod run;
 mod status;
 mod table;
@@ -70,6 +71,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmark and print its table (and JSON).
     Bench(bench::BenchArgs),
+    /// Relay a PostgreSQL outbox table to the streams; manage the table.
+    Relay(relay::RelayArgs),
 }
 
 impl Command {
@@ -152,5 +155,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
     }
 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Args;
 use ferry::config::Config;
 use ferry::host::Host;
@@ -91,8 +92,30 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
     let loader = host.clone();
     let loading = tokio::spawn(async move { loader.load_all().await });
+    let relay = match &host.config().relay {
+        Some(section) => {
+            let config = host.config();
+            let settings = ferry::relay::Settings::from_config(section, &config.redis, &config.stream)
+                .context("invalid [relay] section")?;
+            let relay = ferry::relay::Relay::new(settings, host.context().metrics.relay.clone());
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            Some((stop, task))
+        }
+        None => None,
+    };
     shutdown.await;
     tracing::info!("shutting down: no new reads; letting in-flight events finish");
+    if let Some((stop, task)) = relay {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     drop(watcher);
     // Loads are bounded (compile, then the plugin's deadline); finish them so every started
     // stream is known and stopped below.
@@ -106,7 +129,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -1,6 +1,7 @@
 //! ferry's integration tests: one binary (as wasmtime's `tests/all`), real `redis-server`
 //! processes and real components built from source.
 
+mod pg;
 mod support;
 
 mod cli;
@@ -11,5 +12,6 @@ mod edges;
 mod observability;
 mod polyglot;
 mod recovery;
+mod relay;
 mod reload;
 mod sandbox;

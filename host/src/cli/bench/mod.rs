@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// The JavaScript example plugin, if built.
     #[arg(long)]
     pub javascript: Option<PathBuf>,
+    /// Measure only the PostgreSQL outbox relay (needs PostgreSQL installed).
+    #[arg(long)]
+    pub relay_only: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
@@ -135,6 +138,8 @@ struct Sizes {
     scaling_fanout_events: usize,
     /// Backlogs drained for the backlog-size rows.
     backlog_events: [usize; 2],
+    /// Rows relayed from a preloaded PostgreSQL outbox table.
+    relay_rows: usize,
     latency_secs: u64,
     fanout_events: usize,
     calls: usize,
@@ -392,6 +397,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             payload_events: [1_000, 200, 10],
             scaling_fanout_events: 1_000,
             backlog_events: [1_000, 10_000],
+            relay_rows: 2_000,
             latency_secs: 1,
             fanout_events: 2_000,
             calls: 2_000,
@@ -404,6 +410,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             payload_events: [50_000, 10_000, 100],
             scaling_fanout_events: 20_000,
             backlog_events: [10_000, 1_000_000],
+            relay_rows: 50_000,
             latency_secs: 10,
             fanout_events: 100_000,
             calls: 20_000,
@@ -439,6 +446,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (_, cached) = load(&bench.engine, &noop_path, Some(&cache)).await?;
     report.add("start-up: Rust plugin, cold compile", cold, "ms", "");
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
+    if args.relay_only {
+        relay_figures(&bench, &noop, &sizes, &mut report).await?;
+        return finish(&args, &report);
+    }
     let wants = |which: Only| args.only.is_empty() || args.only.contains(&which);
     let mut polyglot: Vec<(&str, Arc<Plugin>, Shape)> = Vec::new();
     for (lang, path, shape, which) in [
@@ -552,6 +563,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.add("latency at 5000 events/s: p50", pct(0.50), "ms", "publish -> handled");
     report.add("latency at 5000 events/s: p99", pct(0.99), "ms", "target < 2 ms");
     report.add("latency at 5000 events/s: max", samples.last().copied().unwrap_or(0) as f64 / 1000.0, "ms", "");
+
+    // 2b. The PostgreSQL outbox relay (skipped when PostgreSQL is not installed).
+    if args.only.is_empty()
+        && let Err(e) = relay_figures(&bench, &noop, &sizes, &mut report).await
+    {
+        eprintln!("  relay figures skipped: {e:#}");
+    }
 
     // 3. Fan-out: 4 subscribers on one stream.
     let m = sizes.fanout_events;
@@ -911,4 +929,91 @@ fn human_bytes(bytes: usize) -> String {
         b if b >= 1 << 10 => format!("{} KB", b >> 10),
         b => format!("{b} B"),
     }
+}
+
+async fn relay_figures(bench: &Bench, noop: &Arc<Plugin>, sizes: &Sizes, report: &mut Report) -> anyhow::Result<()> {
+    let pg = tokio::task::spawn_blocking(ferry::postgres_server::PostgresServer::start)
+        .await?
+        .context("starting PostgreSQL")?;
+    let (client, _) = ferry::relay::connect(&pg.url(), "ferry bench").await?;
+    let table = ferry::relay::Table::default();
+    ferry::relay::manage::init(&client, &table).await?;
+    let relay_config = ferry::config::RelayConfig { postgres: pg.url(), ..Default::default() };
+    let run_relay = |stream: &str| -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+        let settings = ferry::relay::Settings::from_config(&relay_config, &bench.url, stream)?;
+        let relay = ferry::relay::Relay::new(settings, bench.ctx.metrics.relay.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        Ok((
+            stop,
+            tokio::spawn(async move {
+                relay
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }),
+        ))
+    };
+    let relayed =
+        || bench.ctx.metrics.relay.relayed.get_or_create(&metrics::RelayLabels { table: "ferry_outbox".into() }).get();
+
+    // Throughput: rows committed beforehand, relayed in batches of 500.
+    let n = sizes.relay_rows;
+    client
+        .execute(
+            "INSERT INTO ferry_outbox (id, type, source, data, partitionkey) \
+             SELECT gen_random_uuid(), 'OrderCreated', 'bench', jsonb_build_object('order_id', i), 'k' || (i % 100) \
+             FROM generate_series(1, $1::int) AS i",
+            &[&(n as i32)],
+        )
+        .await?;
+    let started = Instant::now();
+    let (stop, task) = run_relay("bench-relay-throughput")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while relayed() < n as u64 {
+        anyhow::ensure!(Instant::now() < deadline, "the relay did not finish");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    let _ = task.await;
+    report.add(format!("relay: PostgreSQL outbox -> stream, {n} rows"), n as f64 / secs, "rows/s", "batches of 500");
+
+    // Latency: one row per transaction at a steady rate; stamped just before COMMIT.
+    let probe =
+        Arc::new(Probe { inner: bench.runner(noop, "relay-latency", InstanceMode::Reuse), samples: Arc::default() });
+    let (stop_sub, rx) = watch::channel(false);
+    let sub = Arc::new(Subscriber::new("relay-latency".into(), active(probe.clone(), "bench-relay-latency")?));
+    let sub_task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-relay-latency".into(), rx));
+    let (stop, task) = run_relay("bench-relay-latency")?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total = 1_000 * sizes.latency_secs as usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut producer, _) = ferry::relay::connect(&pg.url(), "ferry bench producer").await?;
+    for i in 0..total {
+        tick.tick().await;
+        let tx = producer.transaction().await?;
+        let data = serde_json::json!({ "order_id": i, "sent_us": now_us() }).to_string();
+        ferry::relay::add(&tx, &Event::new("OrderCreated", "bench", data)).await?;
+        tx.commit().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics::count(&bench.ctx.metrics.handled, "relay-latency") < total as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+    let _ = stop_sub.send(true);
+    let _ = sub_task.await;
+    let mut samples = std::mem::take(&mut *probe.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    samples.sort_unstable();
+    let pct = |p: f64| {
+        samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0)
+            as f64
+            / 1000.0
+    };
+    report.add("relay latency at 1000 commits/s: p50", pct(0.50), "ms", "commit -> handled, through PostgreSQL");
+    report.add("relay latency at 1000 commits/s: p99", pct(0.99), "ms", "");
+    drop(pg);
+    Ok(())
 }

@@ -1,0 +1,288 @@
+//! The relay loop: become the table's active relay, then move committed rows to their streams.
+//!
+//! One round: read up to `batch` rows below the oldest running transaction in (xid, seq) order,
+//! `XADD` every valid one (pipelined, in that order, each with its own event id), and only once
+//! Redis has answered mark them published (or delete them) and mark the invalid ones failed, in
+//! one transaction. A crash between the `XADD` and the mark publishes the same event ids again
+//! on the next round; consumers' dedupe absorbs them. Any PostgreSQL or Redis failure ends the
+//! session: connections (and with them the lock) are dropped and the next session starts
+//! after a short backoff, from what the table says, so nothing depends on in-memory state.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use redis::AsyncConnectionConfig;
+use time::OffsetDateTime;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::row::{Row, StreamRules};
+use super::{RelayError, Table};
+use crate::config::RelayConfig;
+use crate::metrics::{RelayLabels, RelayMetrics};
+
+/// What happens to a row once its event is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Delete it at once.
+    Delete,
+    /// Mark it published and delete it once older than this (`None`: keep it forever).
+    Keep(Option<Duration>),
+}
+
+/// Everything one relay needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// PostgreSQL URL.
+    pub postgres: String,
+    /// Redis URL.
+    pub redis: String,
+    /// The outbox table.
+    pub table: Table,
+    /// Streams rows may name, and the default one.
+    pub rules: StreamRules,
+    /// Rows per round.
+    pub batch: usize,
+    /// Polling interval when no NOTIFY arrives.
+    pub poll: Duration,
+    /// How often a standby tries to take the lock.
+    pub lock_retry: Duration,
+    /// What happens to published rows.
+    pub retention: Retention,
+}
+
+impl Settings {
+    /// Settings from a `[relay]` section, the Redis URL and the default stream.
+    pub fn from_config(config: &RelayConfig, redis: &str, default_stream: &str) -> Result<Self, RelayError> {
+        if config.postgres.is_empty() {
+            return Err(RelayError::Url("relay.postgres is empty".into()));
+        }
+        crate::keys::check_name("stream", default_stream).map_err(RelayError::Event)?;
+        Ok(Self {
+            postgres: config.postgres.clone(),
+            redis: redis.to_string(),
+            table: Table::new(&config.table)?,
+            rules: StreamRules { default_stream: default_stream.to_string(), allowed: config.streams.clone() },
+            batch: config.batch.max(1),
+            poll: config.poll.max(Duration::from_millis(10)),
+            lock_retry: config.lock_retry.max(Duration::from_millis(10)),
+            retention: if config.delete_published {
+                Retention::Delete
+            } else {
+                Retention::Keep((!config.keep_published.is_zero()).then_some(config.keep_published))
+            },
+        })
+    }
+}
+
+/// A relay of one outbox table.
+pub struct Relay {
+    settings: Settings,
+    metrics: RelayMetrics,
+    labels: RelayLabels,
+    /// `application_name` of its sessions, so `pg_stat_activity` shows which process is active.
+    name: String,
+}
+
+/// How often backlog and oldest-row age are counted, and published rows purged.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// Bound on any one statement or Redis reply, so a hung server ends the session.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Relay {
+    /// A relay with `settings`, reporting to `metrics`.
+    pub fn new(settings: Settings, metrics: RelayMetrics) -> Self {
+        let labels = RelayLabels { table: settings.table.name().to_string() };
+        let name = format!("ferry relay {}", std::process::id());
+        Self { settings, metrics, labels, name }
+    }
+
+    /// Relay until `shutdown` completes. Failures are logged and retried, never returned: a
+    /// relay outlives outages of PostgreSQL and Redis.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = self.forever() => {}
+        }
+        self.metrics.active.get_or_create(&self.labels).set(0);
+    }
+
+    async fn forever(&self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let result = self.session().await;
+            self.metrics.active.get_or_create(&self.labels).set(0);
+            if let Err(e) = result {
+                tracing::warn!(table = %self.settings.table.name(), "relay session ended: {e}; starting again");
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One session: wait for the lock, then relay until something fails.
+    async fn session(&self) -> Result<(), RelayError> {
+        let table = &self.settings.table;
+        let (lock, mut notifications) = super::connect(&self.settings.postgres, &self.name).await?;
+        let try_lock = format!("SELECT pg_try_advisory_lock({})", table.lock_key_sql());
+        let mut said_standby = false;
+        loop {
+            let got: bool = within(lock.query_one(&try_lock, &[])).await?.try_get(0)?;
+            if got {
+                break;
+            }
+            if !said_standby {
+                tracing::info!(table = %table.name(), "standby: another relay is active; waiting to take over");
+                said_standby = true;
+            }
+            tokio::time::sleep(self.settings.lock_retry).await;
+        }
+        // Listen on the lock's session: it idles, and notifications arrive while a round runs.
+        within(lock.batch_execute(&table.listen())).await?;
+        let (mut work, _) = super::connect(&self.settings.postgres, &self.name).await?;
+        let redis_client = redis::Client::open(self.settings.redis.as_str())?;
+        let redis_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(STATEMENT_TIMEOUT));
+        let mut redis = redis_client.get_multiplexed_async_connection_with_config(&redis_config).await?;
+        tracing::info!(table = %table.name(), "active relay");
+        self.metrics.active.get_or_create(&self.labels).set(1);
+
+        // Prepared once per session: one round trip per statement instead of two.
+        let statements = Statements {
+            select: within(work.prepare(&table.select_ready(self.settings.batch))).await?,
+            published: within(work.prepare(&match self.settings.retention {
+                Retention::Delete => table.delete_published(),
+                Retention::Keep(_) => table.mark_published(),
+            }))
+            .await?,
+            failed: within(work.prepare(&table.mark_failed())).await?,
+        };
+        let mut last_stats: Option<Instant> = None;
+        let mut last_purge: Option<Instant> = None;
+        loop {
+            if lock.is_closed() {
+                return Err(RelayError::LockLost);
+            }
+            let rows = within(work.query(&statements.select, &[])).await?;
+            let busy = !rows.is_empty();
+            if busy {
+                self.round(&mut work, &statements, &mut redis, &rows).await?;
+            }
+            if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+                self.stats(&work).await?;
+                last_stats = Some(Instant::now());
+            }
+            if let Retention::Keep(Some(keep)) = self.settings.retention
+                && last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY)
+            {
+                let purged = within(work.execute(&table.purge_published(), &[&keep.as_secs_f64()])).await?;
+                if purged > 0 {
+                    tracing::debug!(table = %table.name(), "purged {purged} published rows");
+                }
+                last_purge = Some(Instant::now());
+            }
+            if !busy {
+                wait(&mut notifications, self.settings.poll).await?;
+            }
+        }
+    }
+
+    /// Publish one batch of rows and record the outcome.
+    async fn round(
+        &self,
+        work: &mut tokio_postgres::Client,
+        statements: &Statements,
+        redis: &mut redis::aio::MultiplexedConnection,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<(), RelayError> {
+        let mut pipe = redis::pipe();
+        let mut published: Vec<uuid::Uuid> = Vec::with_capacity(rows.len());
+        let mut created: Vec<OffsetDateTime> = Vec::with_capacity(rows.len());
+        let mut failed: Vec<(uuid::Uuid, String)> = Vec::new();
+        for pg_row in rows {
+            let row = Row::from_pg(pg_row)?;
+            match row.to_event(&self.settings.rules) {
+                Ok((stream, event)) => {
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(&stream).arg("*");
+                    event.write_fields(&mut xadd);
+                    pipe.add_command(xadd);
+                    published.push(row.id);
+                    created.push(row.created_at);
+                }
+                Err(reason) => {
+                    tracing::warn!(table = %self.settings.table.name(), id = %row.id, "outbox row failed: {reason}");
+                    failed.push((row.id, reason));
+                }
+            }
+        }
+        if !published.is_empty() {
+            // Pipelined on one connection: entries land in the stream in (xid, seq) order.
+            let _: Vec<String> = pipe.query_async(redis).await?;
+        }
+        let confirmed = OffsetDateTime::now_utc();
+        if failed.is_empty() {
+            // The common round: one statement, its own transaction.
+            within(work.execute(&statements.published, &[&published])).await?;
+        } else {
+            let tx = within(work.transaction()).await?;
+            if !published.is_empty() {
+                within(tx.execute(&statements.published, &[&published])).await?;
+            }
+            for (id, reason) in &failed {
+                within(tx.execute(&statements.failed, &[id, reason])).await?;
+            }
+            within(tx.commit()).await?;
+        }
+        self.metrics.relayed.get_or_create(&self.labels).inc_by(published.len() as u64);
+        self.metrics.failed.get_or_create(&self.labels).inc_by(failed.len() as u64);
+        let latency = self.metrics.latency.get_or_create(&self.labels);
+        for at in created {
+            latency.observe((confirmed - at).as_seconds_f64().max(0.0));
+        }
+        Ok(())
+    }
+
+    async fn stats(&self, work: &tokio_postgres::Client) -> Result<(), RelayError> {
+        let row = within(work.query_one(&self.settings.table.backlog(), &[])).await?;
+        let backlog: i64 = row.try_get(0)?;
+        let oldest: f64 = row.try_get(1)?;
+        self.metrics.backlog.get_or_create(&self.labels).set(backlog);
+        self.metrics.oldest_age.get_or_create(&self.labels).set(oldest);
+        Ok(())
+    }
+}
+
+/// The statements of one session's rounds.
+struct Statements {
+    select: tokio_postgres::Statement,
+    published: tokio_postgres::Statement,
+    failed: tokio_postgres::Statement,
+}
+
+/// Wait for a notification or the poll interval; coalesce notifications that piled up.
+async fn wait(notifications: &mut UnboundedReceiver<String>, poll: Duration) -> Result<(), RelayError> {
+    tokio::select! {
+        n = notifications.recv() => {
+            if n.is_none() {
+                return Err(RelayError::LockLost);
+            }
+            while notifications.try_recv().is_ok() {}
+        }
+        _ = tokio::time::sleep(poll) => {}
+    }
+    Ok(())
+}
+
+/// Bound a PostgreSQL call by [`STATEMENT_TIMEOUT`].
+async fn within<T>(call: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, RelayError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(RelayError::Timeout(format!("no answer in {STATEMENT_TIMEOUT:?}"))),
+    }
+}
