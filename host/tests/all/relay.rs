@@ -303,7 +303,9 @@ async fn ferry_run_relays_the_outbox_when_configured_and_the_subscriber_handles_
         delete_published: true,
         ..Default::default()
     });
-    let host = InProcessHost::start(config);
+    // The real `ferry run`, which wires the relay beside the host.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = crate::support::HostProcess::start(&config, dir.path(), "host");
     let client = pg::client(&pg.url()).await;
     let id = pg::insert_plain(&client, "OrderCreated", r#"{"order_id": "o-9"}"#).await;
     let recs = env.records_at_least(1, Duration::from_secs(60)).await;
@@ -315,7 +317,7 @@ async fn ferry_run_relays_the_outbox_when_configured_and_the_subscriber_handles_
         (left == 0).then_some(())
     })
     .await;
-    host.stop().await;
+    drop(host);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
