@@ -107,13 +107,19 @@ pub async fn connect(url: &str) -> anyhow::Result<(redis::Client, redis::aio::Co
 
 /// Run a host with `config` until `shutdown` completes, then stop gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Checked before anything starts, so a bad section fails fast.
+    let relay_settings = match &config.relay {
+        Some(section) => Some(
+            crate::relay::Settings::from_config(section, &config.redis, &config.stream)
+                .context("invalid [relay] section")?,
+        ),
+        None => None,
+    };
     let host = Host::start(config).await?;
     let admin = crate::admin::spawn(host.clone()).await?;
     let watcher = if host.config.watch { Some(crate::reload::watch(host.clone())?) } else { None };
-    let relay = match &host.config.relay {
-        Some(section) => {
-            let settings = crate::relay::Settings::from_config(section, &host.config.redis, &host.config.stream)
-                .context("invalid [relay] section")?;
+    let relay = match relay_settings {
+        Some(settings) => {
             let relay = crate::relay::Relay::new(settings, host.ctx.metrics.relay.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
