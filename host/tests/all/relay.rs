@@ -9,7 +9,7 @@ use ferry_test_fixtures as fixtures;
 use serde_json::Value;
 
 use crate::pg::{self, InProcessRelay, RelayProcess, stream_events};
-use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, records};
+use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry};
 
 fn json(data: &[u8]) -> Value {
     serde_json::from_slice(data).expect("JSON payload")
@@ -482,7 +482,7 @@ async fn chaos_relay_kills_and_server_restarts_lose_nothing_and_keep_key_order()
         (unrelayed == 0).then_some(())
     })
     .await;
-    let mut conn = env.conn().await;
+    let conn = env.conn().await;
     env.wait_for("20000 records", Duration::from_secs(300), || {
         let mut conn = conn.clone();
         async move {
