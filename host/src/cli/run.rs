@@ -87,16 +87,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Plugins load after the admin endpoint is up, all at once and each within its deadline, so
 /// a plugin that sleeps or loops while loading never holds up the host or its neighbours.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // Checked before anything starts, so a bad [relay] section fails fast.
+    let relay_settings = match &config.relay {
+        Some(section) => Some(
+            ferry::relay::Settings::from_config(section, &config.redis, &config.stream)
+                .context("invalid [relay] section")?,
+        ),
+        None => None,
+    };
     let host = Host::new(config).await?;
     let admin = ferry::admin::spawn(host.clone()).await?;
     let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
     let loader = host.clone();
     let loading = tokio::spawn(async move { loader.load_all().await });
-    let relay = match &host.config().relay {
-        Some(section) => {
-            let config = host.config();
-            let settings = ferry::relay::Settings::from_config(section, &config.redis, &config.stream)
-                .context("invalid [relay] section")?;
+    let relay = match relay_settings {
+        Some(settings) => {
             let relay = ferry::relay::Relay::new(settings, host.context().metrics.relay.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {

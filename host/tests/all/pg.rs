@@ -127,8 +127,8 @@ pub async fn active_relay(client: &tokio_postgres::Client) -> Option<u32> {
     name.strip_prefix("ferry relay ")?.parse().ok()
 }
 
-/// Every entry of `stream` as (entry id, event), oldest first. Entries that are not valid
-/// events fail the test.
+/// Every entry of `stream` as an event, oldest first. Entries that are not valid events fail
+/// the test.
 pub async fn stream_events(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Event> {
     let value: redis::Value =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or(redis::Value::Nil);
@@ -136,6 +136,39 @@ pub async fn stream_events(conn: &mut MultiplexedConnection, stream: &str) -> Ve
         .into_iter()
         .map(|e| Event::from_fields(&e.fields).unwrap_or_else(|err| panic!("entry {} is not an event: {err}", e.id)))
         .collect()
+}
+
+/// Every entry of a large `stream`, read in pages on a connection that waits long enough
+/// (redis-rs times replies out after 500 ms by default; a busy machine needs more). Fails the
+/// test on a Redis error rather than returning a short list.
+pub async fn all_events(redis_url: &str, stream: &str) -> Vec<Event> {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut conn = redis::Client::open(redis_url)
+        .expect("url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connecting to the test redis");
+    let mut out = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let value: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(&mut conn)
+            .await
+            .expect("reading the stream");
+        let entries = ferry::consume::read::parse_entries(stream, value);
+        let Some(last) = entries.last() else { return out };
+        start = format!("({}", last.id);
+        for e in entries {
+            out.push(
+                Event::from_fields(&e.fields).unwrap_or_else(|err| panic!("entry {} is not an event: {err}", e.id)),
+            );
+        }
+    }
 }
 
 /// Insert a minimal row the way any language would.

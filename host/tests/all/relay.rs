@@ -9,7 +9,7 @@ use ferry_test_fixtures as fixtures;
 use serde_json::Value;
 
 use crate::pg::{self, InProcessRelay, RelayProcess, stream_events};
-use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, records};
+use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry};
 
 fn json(data: &[u8]) -> Value {
     serde_json::from_slice(data).expect("JSON payload")
@@ -477,7 +477,14 @@ async fn chaos_relay_kills_and_server_restarts_lose_nothing_and_keep_key_order()
     let committed: i64 = client.query_one("SELECT count(*) FROM ferry_outbox", &[]).await.expect("count").get(0);
     assert_eq!(committed, 20_000, "every producer transaction committed once");
 
-    let mut conn = env.conn().await;
+    let c = &client;
+    env.wait_for("every row marked published", Duration::from_secs(300), move || async move {
+        let unrelayed: i64 =
+            c.query_one("SELECT count(*) FROM ferry_outbox WHERE published_at IS NULL", &[]).await.ok()?.get(0);
+        (unrelayed == 0).then_some(())
+    })
+    .await;
+    let conn = env.conn().await;
     env.wait_for("20000 records", Duration::from_secs(300), || {
         let mut conn = conn.clone();
         async move {
@@ -487,8 +494,12 @@ async fn chaos_relay_kills_and_server_restarts_lose_nothing_and_keep_key_order()
     })
     .await;
     env.settled("events", Duration::from_secs(60)).await;
-    let recs = records(&mut conn, "records").await;
-    let events = stream_events(&mut conn, "events").await;
+    let recs: Vec<Value> = pg::all_events(&env.redis.url(), "records")
+        .await
+        .iter()
+        .map(|e| serde_json::from_slice(&e.data).expect("record JSON"))
+        .collect();
+    let events = pg::all_events(&env.redis.url(), "events").await;
 
     // Every committed row is in the stream; per key, first appearances are in order.
     let mut seen = HashSet::new();
@@ -518,17 +529,112 @@ async fn chaos_relay_kills_and_server_restarts_lose_nothing_and_keep_key_order()
         assert_eq!(n, prev + 1, "key {key}: handled {n} after {prev}");
     }
     assert_eq!(counts.len(), 20_000, "every row handled");
-    assert!(counts.values().all(|c| *c == 1), "no row handled twice");
-    let c = &client;
-    env.wait_for("every row marked published", Duration::from_secs(60), move || async move {
-        let unrelayed: i64 =
-            c.query_one("SELECT count(*) FROM ferry_outbox WHERE published_at IS NULL", &[]).await.ok()?.get(0);
-        (unrelayed == 0).then_some(())
-    })
-    .await;
+    let twice: Vec<&Value> =
+        handled.iter().filter(|r| r["id"].as_str().is_some_and(|id| counts.get(id).is_some_and(|c| *c > 1))).collect();
+    let show: Vec<String> = twice
+        .iter()
+        .take(6)
+        .map(|r| format!("{} entry {} attempt {} stream {}", r["id"], r["entry_id"], r["attempt"], r["stream"]))
+        .collect();
+    assert!(twice.is_empty(), "{} records of rows handled twice, e.g.\n{}", twice.len(), show.join("\n"));
     println!(
         "relay chaos: {kills} SIGKILLs, 1 PostgreSQL and 1 Redis restart; {} stream entries for 20000 rows",
         events.len()
     );
     host.stop().await;
+}
+
+/// Wait until the relay has run its fetch after publishing and marking everything so far: it is
+/// then waiting for a NOTIFY or its poll interval, with no fetch in flight.
+async fn relay_idle_after(env: &Env, client: &tokio_postgres::Client, id: uuid::Uuid) {
+    env.wait_for("the relay to wait after marking the row", Duration::from_secs(60), move || async move {
+        let marked: bool = client
+            .query_one("SELECT published_at IS NOT NULL FROM ferry_outbox WHERE id = $1", &[&id])
+            .await
+            .ok()?
+            .get(0);
+        // The fetch follows the mark, so a fetch seen as the work session's last statement
+        // after the mark found nothing, and nothing runs until the relay wakes.
+        let fetched_last = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'ferry relay %' \
+                 AND state = 'idle' AND query LIKE 'SELECT seq, id, type%'",
+                &[],
+            )
+            .await
+            .ok()?
+            .get::<_, i64>(0)
+            == 1;
+        (marked && fetched_last).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_wakes_the_relay_long_before_its_poll_interval() {
+    let env = Env::new();
+    let pg = pg::start().await;
+    let client = pg::client(&pg.url()).await;
+    let mut settings = pg::settings(&pg, &env.redis.url());
+    settings.poll = Duration::from_secs(3600);
+    let relay = InProcessRelay::start(settings);
+    let first = pg::insert_plain(&client, "First", "{}").await;
+    relay_idle_after(&env, &client, first).await;
+    // Only the trigger's NOTIFY can wake it now: the poll is an hour away.
+    let second = pg::insert_plain(&client, "Second", "{}").await;
+    let conn = env.conn().await;
+    env.wait_for("the second row, woken by NOTIFY", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        async move { stream_events(&mut conn, "events").await.iter().any(|e| e.id == second.to_string()).then_some(()) }
+    })
+    .await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_finds_a_row_whose_notify_came_while_an_older_transaction_held_it_back() {
+    let env = Env::new();
+    let pg = pg::start().await;
+    let client = pg::client(&pg.url()).await;
+    let mut older = pg::client(&pg.url()).await;
+    let mut settings = pg::settings(&pg, &env.redis.url());
+    settings.poll = Duration::from_millis(200);
+    let relay = InProcessRelay::start(settings);
+    let first = pg::insert_plain(&client, "First", "{}").await;
+    relay_idle_after(&env, &client, first).await;
+
+    // An older transaction (it took its id first) is open when the row commits and NOTIFYs:
+    // the relay wakes but may not read the row yet. The older one then commits without
+    // touching the outbox, so no NOTIFY follows: only polling finds the row.
+    let older_tx = older.transaction().await.expect("begin");
+    older_tx.query_one("SELECT pg_current_xact_id()", &[]).await.expect("xid");
+    let held = pg::insert_plain(&client, "Held", "{}").await;
+    let committed: time::OffsetDateTime = client.query_one("SELECT clock_timestamp()", &[]).await.expect("now").get(0);
+    let c = &client;
+    env.wait_for("the relay to fetch after the held row's NOTIFY", Duration::from_secs(60), move || async move {
+        // A fetch that started after the row committed (and NOTIFYed) and left it unpublished.
+        let row = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity a, ferry_outbox o WHERE o.id = $1 \
+                 AND a.application_name LIKE 'ferry relay %' AND a.query LIKE 'SELECT seq, id, type%' \
+                 AND a.query_start > $2 AND o.published_at IS NULL",
+                &[&held, &committed],
+            )
+            .await
+            .ok()?;
+        (row.get::<_, i64>(0) == 1).then_some(())
+    })
+    .await;
+    let conn = env.conn().await;
+    assert!(
+        !stream_events(&mut conn.clone(), "events").await.iter().any(|e| e.id == held.to_string()),
+        "held back while the older transaction runs"
+    );
+    older_tx.commit().await.expect("commit older");
+    env.wait_for("the held row, found by polling", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        async move { stream_events(&mut conn, "events").await.iter().any(|e| e.id == held.to_string()).then_some(()) }
+    })
+    .await;
+    relay.stop().await;
 }
