@@ -639,13 +639,9 @@ async fn polling_finds_a_row_whose_notify_came_while_an_older_transaction_held_i
     relay.stop().await;
 }
 
-/// The relay re-publishes rows after a crash with the same event ids. Copies that reach an
-/// unordered subscriber in one read are both handled today: dedupe checks the `seen` set
-/// before any copy of the batch is handled (host/src/consume, not the relay's code). Ordered
-/// subscribers park the second copy behind the first and dedupe it. Un-ignore once consume
-/// deduplicates within a read.
+/// The relay re-publishes rows after a crash with the same event ids: copies that reach a
+/// subscriber in one read are handled once, ordered or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap in consume: copies of one event in one read are both handled by unordered subscribers"]
 async fn copies_of_a_relayed_event_in_one_read_are_handled_once() {
     for ordered in [true, false] {
         let env = Env::new();
