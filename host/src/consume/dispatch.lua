@@ -6,8 +6,8 @@
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms (0: off), 4 lease ms, 5 max deliveries,
 --       6 ordered ('1'/'0'), then 7 values per event: stream key, entry id, event id,
 --       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park
--- Returns one verdict per event: run, runh (run, and it holds its partition key: its settle
--- must hand the key on), dup, dead, wait, crash or park.
+-- Returns one verdict per event: run, dup, dead, wait, crash or park; run, dup and dead with
+-- an `h` when the event holds its partition key (its settle must hand the key on).
 local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 -- Holds exist only under per-key order (or left from it): skip the lookups when none do.
 local any_holds = redis.call('HLEN', KEYS[4]) > 0
@@ -28,6 +28,11 @@ for i = 7, #ARGV, 7 do
       if dead and tonumber(dead) >= cutoff then verdict = 'dead' end
     end
     if not verdict and holder and holder ~= owner and expiry > now then verdict = 'wait' end
+  end
+  -- A duplicate may be the holder of its key (a parked copy moved to the retry stream after
+  -- the other copy was handled): it must hand the key on, or the key stays held forever.
+  if (verdict == 'dup' or verdict == 'dead') and any_holds and redis.call('HEXISTS', KEYS[5], owner) == 1 then
+    verdict = verdict .. 'h'
   end
   if not verdict and starts >= max_deliveries then verdict = 'crash' end
   local holds = false

@@ -183,6 +183,7 @@ impl Dispatcher {
                 plan.run.push(Work { entry, job, owner, release: verdict == "runh" });
             }
             "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
+            "duph" | "deadh" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, true)),
             "crash" => {
                 let reason = format!(
                     "the event was started {} times without a verdict (the host stopped or failed while handling it)",

@@ -592,3 +592,27 @@ async fn replaying_the_same_dead_letters_twice_at_once_publishes_each_once() {
     let len: u64 = redis::cmd("XLEN").arg(&keys.retry).query_async(&mut conn).await.expect("xlen");
     assert_eq!(len, 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_duplicate_that_becomes_the_holder_hands_its_key_on() {
+    let env = Env::new();
+    env.add_plugin("ord", fixtures::RECORDER, &recorder("ordered = true\nconcurrency = 4"));
+    let keys = SubscriberKeys::new("events", "ord");
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    // The holder runs; an event and its copy (a relay or outbox retry) park behind it, then
+    // one more event. The copy reaches the retry stream after the event was handled: it is a
+    // duplicate that holds the key, and must pass it on.
+    publish_keyed(&mut conn, "K", r#"{"i":0,"act":"sleep","ms":500}"#).await;
+    running(&env, &keys, 1).await;
+    let mut twice = Event::new("Keyed", "tests", r#"{"i":1}"#);
+    twice.partitionkey = Some("K".into());
+    ferry::outbox::publish(&mut conn, "events", &twice).await.expect("first copy");
+    ferry::outbox::publish(&mut conn, "events", &twice).await.expect("second copy");
+    publish_keyed(&mut conn, "K", r#"{"i":2}"#).await;
+    assert_eq!(order_of(&env, "K", 3).await, vec![0, 1, 2]);
+    env.settled("events", Duration::from_secs(30)).await;
+    assert_eq!(order_of(&env, "K", 3).await.len(), 3, "the copy was not handled");
+    no_key_held(&mut conn, &keys).await;
+    host.stop().await;
+}
