@@ -48,6 +48,7 @@ impl Housekeeper {
         let mut last_liveness = Instant::now();
         let mut last_trim = Instant::now();
         let mut sweep_cursor = "0".to_string();
+        let mut forwarders_ready = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -61,7 +62,7 @@ impl Housekeeper {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if self.ctx.redis.is_cluster()
-                && let Err(e) = self.forward().await
+                && let Err(e) = self.forward(&mut forwarders_ready).await
             {
                 tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
             }
@@ -100,26 +101,42 @@ impl Housekeeper {
     /// their streams, each with its own event id. Read through a consumer group, so hosts
     /// share the work and a dead forwarder's entries are taken over; `XADD` comes before the
     /// ack, so a forwarder that dies in between re-sends the same event, which consumers'
-    /// dedupe absorbs. Nothing is lost.
-    async fn forward(&self) -> redis::RedisResult<()> {
+    /// dedupe absorbs. Nothing is lost. The group is created once (`ready`), and again after
+    /// Redis lost it (`NOGROUP`: a restart without persistence, a failover).
+    async fn forward(&self, ready: &mut bool) -> redis::RedisResult<()> {
         let mut conn = self.ctx.shared.clone();
         let key = &self.keys.forward;
-        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(key)
-            .arg(FORWARDERS)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = created
-            && !e.to_string().contains("BUSYGROUP")
-        {
-            return Err(e);
+        if !*ready {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(FORWARDERS)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = created
+                && !e.to_string().contains("BUSYGROUP")
+            {
+                return Err(e);
+            }
+            *ready = true;
         }
         let idle = self.claim_idle.as_millis() as u64;
-        let mut entries = read::auto_claim(&mut conn, key, FORWARDERS, &self.ctx.consumer, idle, 100).await?;
-        entries.extend(read::read_group(&mut conn, FORWARDERS, &self.ctx.consumer, 100, None, &[key], ">").await?);
+        let read = async {
+            let mut entries = read::auto_claim(&mut conn, key, FORWARDERS, &self.ctx.consumer, idle, 100).await?;
+            entries.extend(read::read_group(&mut conn, FORWARDERS, &self.ctx.consumer, 100, None, &[key], ">").await?);
+            Ok::<_, redis::RedisError>(entries)
+        };
+        let entries = match read.await {
+            Ok(entries) => entries,
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    *ready = false;
+                }
+                return Err(e);
+            }
+        };
         for entry in entries {
             let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
             if let Some(target) = target {

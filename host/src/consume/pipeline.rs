@@ -15,7 +15,7 @@ use super::dispatch::{Dispatcher, Plan, Work};
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::Reader;
-use super::settle::{Disposition, Settlement, Settler, Tally};
+use super::settle::{Settlement, Settler};
 use super::{Active, Context, Counters, InFlight, Subscriber, claim_idle, worker};
 use crate::keys::SubscriberKeys;
 
@@ -222,16 +222,7 @@ impl Pipeline {
         // finds nothing to give back.
         for held in self.in_flight.snapshot() {
             if !held.event_id.is_empty() {
-                let _ = self.settle_tx.send(Settlement {
-                    key: held.key,
-                    id: held.id,
-                    event_id: held.event_id,
-                    owner: held.owner,
-                    release: false,
-                    disposition: Disposition::Release,
-                    fallback: None,
-                    tally: Tally::None,
-                });
+                let _ = self.settle_tx.send(Settlement::give_back(held.key, held.id, held.event_id, held.owner));
             }
         }
         drop(self.settle_tx);
@@ -245,14 +236,5 @@ impl Pipeline {
 
 /// The settlement that gives `work` back without a verdict.
 fn give_back(work: &Work) -> Settlement {
-    Settlement {
-        key: work.entry.key.clone(),
-        id: work.entry.id.clone(),
-        event_id: work.job.event.id.clone(),
-        owner: work.owner.clone(),
-        release: false,
-        disposition: Disposition::Release,
-        fallback: None,
-        tally: Tally::None,
-    }
+    Settlement::give_back(work.entry.key.clone(), work.entry.id.clone(), work.job.event.id.clone(), work.owner.clone())
 }

@@ -5,8 +5,6 @@
 //! fields were deleted or trimmed while pending (they come back with no field map) so they can
 //! be set aside instead of being lost.
 
-use std::collections::HashMap;
-
 use redis::Value;
 use redis::aio::ConnectionLike;
 
@@ -84,39 +82,6 @@ pub async fn auto_claim<C: ConnectionLike>(
     // (a partition key) is released.
     if let Some(Value::Array(deleted)) = parts.next() {
         out.extend(deleted.iter().filter_map(text).map(|id| Entry { key: key.to_string(), id, fields: Vec::new() }));
-    }
-    Ok(out)
-}
-
-/// Delivery counts of `ids` pending in `group` on `key` (via `XPENDING` over their id range).
-pub async fn delivery_counts<C: ConnectionLike>(
-    conn: &mut C,
-    key: &str,
-    group: &str,
-    ids: &[&str],
-) -> redis::RedisResult<HashMap<String, u32>> {
-    let (Some(first), Some(last)) = (ids.iter().min_by(|a, b| cmp_ids(a, b)), ids.iter().max_by(|a, b| cmp_ids(a, b)))
-    else {
-        return Ok(HashMap::new());
-    };
-    let value: Value = redis::cmd("XPENDING")
-        .arg(key)
-        .arg(group)
-        .arg(*first)
-        .arg(*last)
-        .arg(ids.len().max(1) * 4)
-        .query_async(conn)
-        .await?;
-    let mut out = HashMap::new();
-    if let Value::Array(rows) = value {
-        for row in rows {
-            if let Value::Array(cols) = row
-                && cols.len() >= 4
-                && let (Some(id), Value::Int(count)) = (text(&cols[0]), &cols[3])
-            {
-                out.insert(id, u32::try_from(*count).unwrap_or(u32::MAX));
-            }
-        }
     }
     Ok(out)
 }

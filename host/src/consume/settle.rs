@@ -114,6 +114,23 @@ pub struct Settlement {
     pub tally: Tally,
 }
 
+impl Settlement {
+    /// The settlement that gives an entry back without a verdict: it stays pending and the
+    /// run is taken off its event's crash budget.
+    pub fn give_back(key: String, id: String, event_id: String, owner: String) -> Self {
+        Self {
+            key,
+            id,
+            event_id,
+            owner,
+            release: false,
+            disposition: Disposition::Release,
+            fallback: None,
+            tally: Tally::None,
+        }
+    }
+}
+
 /// How a settle script answered for one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
@@ -217,7 +234,8 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
     out
 }
 
-/// Apply `settlements` for subscriber `group` in one script call; one answer each.
+/// Apply `settlements` for subscriber `group`: plain acks in one `MULTI`, the rest in one
+/// script call; one answer each.
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
     routing: Routing<'_>,
@@ -238,7 +256,7 @@ pub async fn settle<C: ConnectionLike>(
         settle_plain(conn, routing.keys, group, dedupe_window_ms, &plain).await?;
     }
     if !scripted.is_empty() {
-        let scripted_settlements: Vec<Settlement> = scripted.iter().map(|&i| settlements[i].clone()).collect();
+        let scripted_settlements: Vec<&Settlement> = scripted.iter().map(|&i| &settlements[i]).collect();
         let codes = settle_scripted(conn, routing, group, dedupe_window_ms, lease_ms, &scripted_settlements).await?;
         for (i, code) in scripted.into_iter().zip(codes) {
             answers[i] = code;
@@ -315,7 +333,7 @@ async fn settle_scripted<C: ConnectionLike>(
     group: &str,
     dedupe_window_ms: u64,
     lease_ms: u64,
-    settlements: &[Settlement],
+    settlements: &[&Settlement],
 ) -> redis::RedisResult<Vec<Settled>> {
     let mut args: Vec<Vec<u8>> = vec![
         group.as_bytes().to_vec(),

@@ -190,6 +190,29 @@ impl Invoke for Probe {
     }
 }
 
+impl Probe {
+    /// The latencies recorded so far (µs), sorted; the probe is emptied.
+    fn sorted_samples(&self) -> Vec<u64> {
+        let mut samples = std::mem::take(&mut *self.samples.lock().unwrap_or_else(|p| p.into_inner()));
+        samples.sort_unstable();
+        samples
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted µs `samples`, in ms; 0 when there are none.
+fn percentile_ms(samples: &[u64], p: f64) -> f64 {
+    let i = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
+    samples.get(i).copied().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Wait (at most a minute) until subscriber `name` has handled `total` events.
+async fn wait_handled(bench: &Bench, name: &str, total: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics::count(&bench.ctx.metrics.handled, name) < total as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
@@ -547,22 +570,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         pipe.query_async::<()>(&mut conn).await?;
         sent += 10;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics::count(&bench.ctx.metrics.handled, "latency") < total as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_handled(&bench, "latency", total).await;
     let _ = stop.send(true);
     let _ = task.await;
-    let mut samples = std::mem::take(&mut *probe.samples.lock().unwrap_or_else(|p| p.into_inner()));
-    samples.sort_unstable();
-    let pct = |p: f64| {
-        samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0)
-            as f64
-            / 1000.0
-    };
-    report.add("latency at 5000 events/s: p50", pct(0.50), "ms", "publish -> handled");
-    report.add("latency at 5000 events/s: p99", pct(0.99), "ms", "target < 2 ms");
-    report.add("latency at 5000 events/s: max", samples.last().copied().unwrap_or(0) as f64 / 1000.0, "ms", "");
+    let samples = probe.sorted_samples();
+    report.add("latency at 5000 events/s: p50", percentile_ms(&samples, 0.50), "ms", "publish -> handled");
+    report.add("latency at 5000 events/s: p99", percentile_ms(&samples, 0.99), "ms", "target < 2 ms");
+    report.add("latency at 5000 events/s: max", percentile_ms(&samples, 1.0), "ms", "");
 
     // 2b. The PostgreSQL outbox relay (skipped when PostgreSQL is not installed).
     if args.only.is_empty()
@@ -997,23 +1011,15 @@ async fn relay_figures(bench: &Bench, noop: &Arc<Plugin>, sizes: &Sizes, report:
         ferry::relay::add(&tx, &Event::new("OrderCreated", "bench", data)).await?;
         tx.commit().await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics::count(&bench.ctx.metrics.handled, "relay-latency") < total as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_handled(bench, "relay-latency", total).await;
     let _ = stop.send(());
     let _ = task.await;
     let _ = stop_sub.send(true);
     let _ = sub_task.await;
-    let mut samples = std::mem::take(&mut *probe.samples.lock().unwrap_or_else(|p| p.into_inner()));
-    samples.sort_unstable();
-    let pct = |p: f64| {
-        samples.get(((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))).copied().unwrap_or(0)
-            as f64
-            / 1000.0
-    };
-    report.add("relay latency at 1000 commits/s: p50", pct(0.50), "ms", "commit -> handled, through PostgreSQL");
-    report.add("relay latency at 1000 commits/s: p99", pct(0.99), "ms", "");
+    let samples = probe.sorted_samples();
+    let note = "commit -> handled, through PostgreSQL";
+    report.add("relay latency at 1000 commits/s: p50", percentile_ms(&samples, 0.50), "ms", note);
+    report.add("relay latency at 1000 commits/s: p99", percentile_ms(&samples, 0.99), "ms", "");
     drop(pg);
     Ok(())
 }
