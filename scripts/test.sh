@@ -38,4 +38,5 @@ cargo test -p ferry-host --features otel --quiet --test all otlp
 echo "== benchmark, quick mode"
 cargo run --quiet -p ferry-host -- bench --quick \
   --python "$FERRY_PYTHON_PLUGIN" --javascript "$FERRY_JS_PLUGIN" --out "$root/target/bench/quick.json"
+cargo run --quiet -p ferry-host -- bench --cluster --quick --out "$root/target/bench/cluster-quick.json"
 echo "== all checks passed"

@@ -41,10 +41,22 @@ pub async fn sample<C: ConnectionLike>(conn: &mut C) -> anyhow::Result<Sample> {
     Ok(s)
 }
 
-/// CPU time of this process so far (every thread, alive or exited), µs. `/proc` counts in
-/// clock ticks of 10 ms (USER_HZ is 100 on Linux): fine over runs of a second or more.
+impl Sample {
+    /// Redis server CPU (user + system) so far, µs.
+    pub fn redis_cpu_us(&self) -> f64 {
+        self.redis_cpu_us
+    }
+}
+
+/// CPU time of this process so far (every thread, alive or exited), µs.
 pub fn host_cpu_us() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    process_cpu_us("self")
+}
+
+/// CPU time of process `pid` (`self` for this one) so far, µs. `/proc` counts in clock ticks
+/// of 10 ms (USER_HZ is 100 on Linux): fine over runs of a second or more.
+pub fn process_cpu_us(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();

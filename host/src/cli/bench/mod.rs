@@ -10,6 +10,7 @@
 //! idle and under load; and how cost scales with payload size, subscribers and plugins
 //! loaded. It prints a table and writes the same figures as JSON.
 
+mod cluster;
 mod cost;
 mod plain;
 
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// Measure only the PostgreSQL outbox relay (needs PostgreSQL installed).
     #[arg(long)]
     pub relay_only: bool,
+    /// Measure only scale-out: 1, 2 and 3 `ferry run` processes on a local 3-primary Redis
+    /// Cluster beside one host on a single node (needs redis-server and redis-cli).
+    #[arg(long)]
+    pub cluster: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
@@ -140,6 +145,8 @@ struct Sizes {
     backlog_events: [usize; 2],
     /// Rows relayed from a preloaded PostgreSQL outbox table.
     relay_rows: usize,
+    /// Events per scale-out scenario (`--cluster`).
+    cluster_events: usize,
     latency_secs: u64,
     fanout_events: usize,
     calls: usize,
@@ -421,6 +428,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             scaling_fanout_events: 1_000,
             backlog_events: [1_000, 10_000],
             relay_rows: 2_000,
+            cluster_events: 2_000,
             latency_secs: 1,
             fanout_events: 2_000,
             calls: 2_000,
@@ -434,6 +442,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             scaling_fanout_events: 20_000,
             backlog_events: [10_000, 1_000_000],
             relay_rows: 50_000,
+            cluster_events: 100_000,
             latency_secs: 10,
             fanout_events: 100_000,
             calls: 20_000,
@@ -471,6 +480,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
     if args.relay_only {
         relay_figures(&bench, &noop, &sizes, &mut report).await?;
+        return finish(&args, &report);
+    }
+    if args.cluster {
+        cluster::figures(&noop_path, sizes.cluster_events, &mut report).await?;
         return finish(&args, &report);
     }
     let wants = |which: Only| args.only.is_empty() || args.only.contains(&which);
