@@ -37,6 +37,9 @@ pub struct GroupStatus {
     pub oldest_hold_ms: Option<u64>,
     /// Consumers (host instances) with their idle time, ms.
     pub consumers: Vec<ConsumerStatus>,
+    /// The node that holds the stream key (`host:port` of the primary serving its slot on a
+    /// cluster; on a single node, whatever the caller fills in, else `null`).
+    pub node: Option<String>,
 }
 
 /// A consumer of a group.
@@ -69,8 +72,49 @@ pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redi
     Ok(streams)
 }
 
+/// Which primary serves each slot range, from `CLUSTER SLOTS`; empty on a single node.
+#[derive(Debug, Default)]
+pub struct Placement(Vec<(u16, u16, String)>);
+
+impl Placement {
+    /// Ask `conn`. A node without cluster support answers with an error: no placement.
+    pub async fn read<C: ConnectionLike>(conn: &mut C) -> Self {
+        match redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await {
+            Ok(reply) => Self::parse(reply),
+            Err(_) => Self::default(),
+        }
+    }
+
+    /// Parse a `CLUSTER SLOTS` reply: `[start, end, [ip, port, id, …], replicas…]` per range.
+    fn parse(reply: redis::Value) -> Self {
+        let redis::Value::Array(ranges) = reply else { return Self::default() };
+        let ranges = ranges.into_iter().filter_map(|range| {
+            let redis::Value::Array(range) = range else { return None };
+            let slot = |i: usize| match range.get(i) {
+                Some(redis::Value::Int(n)) => u16::try_from(*n).ok(),
+                _ => None,
+            };
+            let Some(redis::Value::Array(primary)) = range.get(2) else { return None };
+            let host = primary.first().and_then(read::text)?;
+            let port = match primary.get(1) {
+                Some(redis::Value::Int(p)) => *p,
+                _ => return None,
+            };
+            Some((slot(0)?, slot(1)?, format!("{host}:{port}")))
+        });
+        Self(ranges.collect())
+    }
+
+    /// The primary serving `key`'s slot, if known.
+    pub fn node_of(&self, key: &str) -> Option<String> {
+        let slot = crate::keys::slot(key);
+        self.0.iter().find(|(start, end, _)| (*start..=*end).contains(&slot)).map(|(_, _, node)| node.clone())
+    }
+}
+
 /// The status of every group on `streams`.
 pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> redis::RedisResult<Vec<GroupStatus>> {
+    let placement = Placement::read(conn).await;
     let mut out = Vec::new();
     for stream in streams {
         let groups: redis::Value = match redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await {
@@ -126,6 +170,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 parked,
                 oldest_hold_ms: oldest_hold.map(|since| crate::consume::now_ms().saturating_sub(since)),
                 consumers,
+                node: placement.node_of(stream),
             });
         }
     }
@@ -240,4 +285,30 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         anyhow::bail!("{status}: {body}");
     }
     Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placement_finds_the_primary_of_a_keys_slot() {
+        let int = redis::Value::Int;
+        let node = |host: &str, port| {
+            redis::Value::Array(vec![
+                redis::Value::BulkString(host.into()),
+                int(port),
+                redis::Value::BulkString(b"id".to_vec()),
+            ])
+        };
+        let reply = redis::Value::Array(vec![
+            redis::Value::Array(vec![int(0), int(8191), node("10.0.0.1", 7000), node("10.0.0.4", 7003)]),
+            redis::Value::Array(vec![int(8192), int(16383), node("10.0.0.2", 7001)]),
+        ]);
+        let placement = Placement::parse(reply);
+        // `events` hashes to slot 9102 and `events#1` to 5684 (CLUSTER KEYSLOT).
+        assert_eq!(placement.node_of("events").as_deref(), Some("10.0.0.2:7001"));
+        assert_eq!(placement.node_of("events#1").as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(Placement::default().node_of("events"), None);
+    }
 }

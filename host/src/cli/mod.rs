@@ -127,11 +127,6 @@ impl RedisArgs {
         Ok(config)
     }
 
-    /// The Redis URL the command talks to.
-    pub fn url(&self) -> anyhow::Result<String> {
-        Ok(self.config()?.redis)
-    }
-
     /// A connection to that Redis (a node or a cluster).
     pub async fn connect(&self) -> anyhow::Result<ferry::connection::Conn> {
         let (_, conn) = ferry::connection::connect(&self.config()?.target()).await?;

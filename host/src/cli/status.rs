@@ -30,10 +30,18 @@ pub struct StatusArgs {
 /// Once, the command fails when Redis does; with `--watch` it reports the failure in place of
 /// the table and keeps refreshing, so an operator watching through an outage sees it end.
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let url = args.redis.url()?;
+    let config = args.redis.config()?;
+    let url = config.redis.clone();
     let mut conn = args.redis.connect().await?;
+    // On a single node every stream is on it; on a cluster the snapshot names each one's node.
+    let single = (!config.cluster).then(|| without_password(&url));
     loop {
-        let snapshot = snapshot(&mut conn, &args.streams).await;
+        let snapshot = snapshot(&mut conn, &args.streams).await.map(|mut groups| {
+            for g in groups.iter_mut().filter(|g| g.node.is_none()) {
+                g.node.clone_from(&single);
+            }
+            groups
+        });
         match (&args.watch, snapshot) {
             (None, Err(e)) => return Err(e),
             (None, Ok(groups)) if args.json => println!("{}", serde_json::to_string_pretty(&groups)?),
@@ -68,8 +76,18 @@ fn without_password(url: &str) -> String {
 
 /// The status as a text table.
 pub fn render(groups: &[GroupStatus]) -> String {
-    let mut rows =
-        vec![header(&["STREAM", "SUBSCRIBER", "LAG", "PENDING", "OLDEST", "RETRIES", "DEAD", "HELD", "CONSUMERS"])];
+    let mut rows = vec![header(&[
+        "STREAM",
+        "SUBSCRIBER",
+        "LAG",
+        "PENDING",
+        "OLDEST",
+        "RETRIES",
+        "DEAD",
+        "HELD",
+        "NODE",
+        "CONSUMERS",
+    ])];
     for g in groups {
         let consumers: Vec<String> = g
             .consumers
@@ -96,6 +114,7 @@ pub fn render(groups: &[GroupStatus]) -> String {
                 (0, _) => "-".into(),
                 (n, age) => format!("{n}/{} ({}s)", g.parked, age.unwrap_or(0) / 1000),
             },
+            g.node.as_deref().unwrap_or("-").trim_start_matches("redis://").to_string(),
             consumers.join(", "),
         ]);
     }
@@ -129,10 +148,11 @@ mod tests {
             parked: 0,
             oldest_hold_ms: None,
             consumers: vec![ConsumerStatus { name: "host-a".into(), pending: 2, idle_ms: 61_500 }],
+            node: Some("10.0.0.2:7001".into()),
         };
         let table = render(&[g]);
         let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
-        assert_eq!(&row[..7], ["orders", "billing", "?", "2", "1500ms", "1+3", "4"]);
+        assert_eq!(&row[..9], ["orders", "billing", "?", "2", "1500ms", "1+3", "4", "-", "10.0.0.2:7001"]);
         assert!(table.contains("host-a (2 pending, seen 1m 1s ago)"), "{table}");
     }
 }

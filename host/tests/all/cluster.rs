@@ -265,6 +265,26 @@ async fn two_hosts_share_a_partitioned_stream_on_a_cluster_and_handle_each_event
     let nodes: HashSet<Option<usize>> =
         (0..6).map(|p| world.cluster.primary_of(keys::slot(&keys::partition("events", p)))).collect();
     assert!(nodes.len() >= 2, "the partitions live on several primaries: {nodes:?}");
+
+    // `ferry status` shows each partition with its lag and the primary that holds it.
+    let seeds = world.cluster.seeds();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || ferry(&["status", "--cluster", "--redis", &seeds, "--json"]))
+            .await
+            .expect("status");
+    assert!(ok.success(), "{err}");
+    let status: Value = serde_json::from_str(&out).expect("status json");
+    for p in 0..6 {
+        let key = keys::partition("events", p);
+        let row = status
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["group"] == "rec" && g["stream"] == key.as_str()))
+            .unwrap_or_else(|| panic!("no status row for {key}: {out}"));
+        let primary = world.cluster.primary_of(keys::slot(&key)).expect("a primary");
+        let node = format!("127.0.0.1:{}", world.cluster.nodes[primary].port());
+        assert_eq!(row["node"], node.as_str(), "{key}'s node: {out}");
+        assert_eq!((row["lag"].as_u64(), row["pending"].as_u64()), (Some(0), Some(0)), "{key} drained: {out}");
+    }
     a.stop().await;
     b.stop().await;
 }

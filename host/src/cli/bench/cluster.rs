@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use ferry::config::{Config, Start, StreamConfig};
 use ferry::connection::{Conn, Target};
+use ferry::consume::read;
 use ferry::event::Event;
 use ferry::redis_server::{RedisCluster, RedisServer};
 
@@ -214,39 +215,18 @@ async fn handled(conn: &mut Conn, stream: &str) -> anyhow::Result<u64> {
             Ok(v) => v,
             Err(_) => continue,
         };
-        total += group_progress(&groups, SUBSCRIBER);
+        total += group_progress(groups, SUBSCRIBER);
     }
     Ok(total)
 }
 
 /// `entries-read - pending` of `group` in an `XINFO GROUPS` reply (0 when absent).
-fn group_progress(groups: &redis::Value, group: &str) -> u64 {
+fn group_progress(groups: redis::Value, group: &str) -> u64 {
     let redis::Value::Array(groups) = groups else { return 0 };
-    for g in groups {
-        // RESP2 answers each group as a flat array of pairs, RESP3 as a map.
-        let pairs: Vec<(&redis::Value, &redis::Value)> = match g {
-            redis::Value::Map(m) => m.iter().map(|(k, v)| (k, v)).collect(),
-            redis::Value::Array(a) => a.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
-            _ => continue,
-        };
-        let field = |name: &str| pairs.iter().find(|(k, _)| text(k).as_deref() == Some(name)).map(|(_, v)| *v);
-        if field("name").and_then(text).as_deref() == Some(group) {
-            let int = |name: &str| match field(name) {
-                Some(redis::Value::Int(i)) => *i,
-                _ => 0,
-            };
-            return (int("entries-read") - int("pending")).max(0) as u64;
-        }
-    }
-    0
-}
-
-fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+    groups.into_iter().map(read::pairs).find(|g| read::pair_str(g, "name").as_deref() == Some(group)).map_or(0, |g| {
+        let int = |name| read::pair_int(&g, name).unwrap_or(0);
+        (int("entries-read") - int("pending")).max(0) as u64
+    })
 }
 
 /// (Redis CPU of every node, CPU of every host process), µs.
@@ -278,7 +258,7 @@ mod tests {
             ])
         };
         let reply = redis::Value::Array(vec![group("other", 50, 0), group(SUBSCRIBER, 40, 15)]);
-        assert_eq!(group_progress(&reply, SUBSCRIBER), 25);
-        assert_eq!(group_progress(&reply, "absent"), 0);
+        assert_eq!(group_progress(reply.clone(), SUBSCRIBER), 25);
+        assert_eq!(group_progress(reply, "absent"), 0);
     }
 }
