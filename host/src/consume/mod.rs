@@ -9,8 +9,9 @@
 //! reader ── entries ──> dispatcher ── work ──> workers (≤ concurrency) ──┐
 //! (XREADGROUP: own        (validate, subscribed?,      (invoke the        │ settlement
 //!  pending, then new)      dedupe + crash budget +      handler, one      v
-//!                          per-key order: one script)   task per event)  settler (grouped
-//!                               └── immediate settlements ──────────────> round trips)
+//!                          per-key order: a MULTI,      task per event)  settler (grouped
+//!                          a script for the rest)                         round trips)
+//!                               └── immediate settlements ──────────────────────^
 //! ```
 //!
 //! - [`reader`]: the blocking reads, on a connection of its own per (subscriber, stream).

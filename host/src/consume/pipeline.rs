@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::dispatch::{Dispatcher, Plan, Work};
+use super::dispatch::{Dispatcher, Plan, Undecided, Work};
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::Reader;
@@ -26,7 +26,7 @@ pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: 
     let mut pipeline = Pipeline::start(ctx, subscriber, stream, stop);
     while let Some(entries) = pipeline.next_entries().await {
         let active = pipeline.subscriber.active();
-        let Some(plan) = pipeline.dispatch(&active, entries).await else { continue };
+        let plan = pipeline.dispatch(&active, entries).await;
         if !pipeline.start_work(&active, plan).await {
             break;
         }
@@ -146,25 +146,25 @@ impl Pipeline {
     }
 
     /// Dispatch `entries` under `active`: settlements go to the settler, waiting entries
-    /// aside; the work to run is returned. `None` when Redis could not record the plan.
-    async fn dispatch(&mut self, active: &Active, entries: Vec<Entry>) -> Option<Plan> {
-        let ids: Vec<(String, String)> = entries.iter().map(|e| (e.key.clone(), e.id.clone())).collect();
+    /// aside; the work to run is returned. What Redis could not decide is given back.
+    async fn dispatch(&mut self, active: &Active, entries: Vec<Entry>) -> Plan {
         let mut conn = self.ctx.shared.clone();
         let mut plan = match self.dispatcher.plan(&mut conn, active, entries).await {
             Ok(plan) => plan,
-            Err(e) => {
-                // Not knowing what was recorded, give the entries back: they stay pending and
-                // are read again from this consumer's pending list.
-                self.ctx.health.down(&self.ctx.metrics, &e);
-                for (key, id) in ids {
-                    self.in_flight.remove(&key, &id);
+            Err(undecided) => {
+                // Not knowing what was recorded for them, give the undecided entries back: they
+                // stay pending and are read again from this consumer's pending list.
+                let Undecided { plan, entries, error } = *undecided;
+                self.ctx.health.down(&self.ctx.metrics, &error);
+                for entry in entries {
+                    self.in_flight.remove(&entry.key, &entry.id);
                 }
                 self.reader.rewind();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = self.stop.changed() => {}
                 }
-                return None;
+                plan
             }
         };
         for entry in &plan.parked {
@@ -177,7 +177,7 @@ impl Pipeline {
             self.waiting.append(&mut plan.wait);
             self.recheck = Instant::now() + self.ctx.read.poll;
         }
-        Some(plan)
+        plan
     }
 
     /// Start a worker for each event of `plan`, one permit at a time. Returns false once
