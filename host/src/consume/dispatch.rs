@@ -10,6 +10,8 @@
 //! (dead-lettered as `crash`), is its partition key held (parked behind the holder). What
 //! is left runs.
 
+use std::sync::Arc;
+
 use redis::Value;
 
 use super::read::Entry;
@@ -31,7 +33,7 @@ pub struct Work {
     /// The entry it came from.
     pub entry: Entry,
     /// What the handler gets.
-    pub job: Job,
+    pub job: Arc<Job>,
     /// The run's owner (`_origin`).
     pub owner: String,
     /// It holds its partition key: its settle hands the key on.
@@ -302,7 +304,8 @@ impl Dispatcher {
         };
         match verdict {
             "run" | "runh" => {
-                let job = Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event };
+                let job =
+                    Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
                 plan.run.push(Work { entry, job, owner, release: verdict == "runh" });
             }
             "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),

@@ -287,7 +287,7 @@ pub(crate) mod testing {
     struct Unused;
 
     impl Invoke for Unused {
-        fn handle(&self, _job: Job) -> Handling {
+        fn handle(&self, _job: Arc<Job>) -> Handling {
             Box::pin(std::future::ready(Outcome::HostError("not in unit tests".into())))
         }
         fn name(&self) -> &str {

@@ -41,7 +41,7 @@ struct Pipeline {
     stream: String,
     stop: watch::Receiver<bool>,
     in_flight: InFlight,
-    counters: Counters,
+    counters: Arc<Counters>,
     reader: Reader,
     dispatcher: Dispatcher,
     permits: Arc<Semaphore>,
@@ -63,7 +63,7 @@ impl Pipeline {
         let claim_idle = claim_idle(&ctx.read, &first.settings);
         let lease_ms = claim_idle.as_millis() as u64;
         let in_flight = InFlight::default();
-        let counters = Counters::new(&ctx.metrics, &group);
+        let counters = Arc::new(Counters::new(&ctx.metrics, &group));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let (claimed_tx, claimed_rx) = mpsc::channel(4);
         let settler = Settler {
@@ -73,7 +73,7 @@ impl Pipeline {
             dedupe_window_ms: first.settings.dedupe_window.as_millis() as u64,
             lease_ms,
             in_flight: in_flight.clone(),
-            counters: counters.clone(),
+            counters: (*counters).clone(),
         };
         let settler = tokio::spawn(settler.run(settle_rx, stop.clone()));
         let housekeeper = Housekeeper {
@@ -197,9 +197,8 @@ impl Pipeline {
                 return false;
             };
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
-            let stream = self.stream.clone();
             self.workers.spawn(async move {
-                let settlement = worker::run(active, &stream, work, &counters).await;
+                let settlement = worker::run(active, work, &counters).await;
                 let _ = tx.send(settlement);
                 drop(permit);
             });

@@ -158,7 +158,7 @@ struct Sizes {
 struct Native;
 
 impl Invoke for Native {
-    fn handle(&self, _job: Job) -> Handling {
+    fn handle(&self, _job: Arc<Job>) -> Handling {
         Box::pin(std::future::ready(Outcome::Handled { follow_ups: Vec::new() }))
     }
     fn name(&self) -> &str {
@@ -176,7 +176,7 @@ struct Probe {
 }
 
 impl Invoke for Probe {
-    fn handle(&self, job: Job) -> Handling {
+    fn handle(&self, job: Arc<Job>) -> Handling {
         let sent =
             serde_json::from_slice::<serde_json::Value>(&job.event.data).ok().and_then(|v| v["sent_us"].as_u64());
         let handling = self.inner.handle(job);
@@ -402,8 +402,15 @@ async fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Re
 }
 
 async fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
-    let jobs: Vec<Job> = (0..calls)
-        .map(|i| Job { event: shaped_event(i, shape), stream: "bench".into(), entry_id: format!("{i}-0"), attempt: 1 })
+    let jobs: Vec<Arc<Job>> = (0..calls)
+        .map(|i| {
+            Arc::new(Job {
+                event: shaped_event(i, shape),
+                stream: "bench".into(),
+                entry_id: format!("{i}-0"),
+                attempt: 1,
+            })
+        })
         .collect();
     let per_call = async |mode| {
         let runner = bench.runner(plugin, "cost", mode);
