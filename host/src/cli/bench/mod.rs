@@ -206,6 +206,11 @@ impl Probe {
     }
 }
 
+/// `"0.85x native; "`, or nothing when the native row was not run (`--only rust`).
+fn vs_native(events_per_sec: f64, native: f64) -> String {
+    if native.is_finite() && native > 0.0 { format!("{:.2}x native; ", events_per_sec / native) } else { String::new() }
+}
+
 /// The `p` quantile (0..=1) of sorted µs `samples`, in ms; 0 when there are none.
 fn percentile_ms(samples: &[u64], p: f64) -> f64 {
     let i = ((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1));
@@ -545,7 +550,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             rust,
             "events/s",
             plain,
-            format!("{:.2}x native; target >= 0.9x plain", rust / native),
+            format!("{}target >= 0.9x plain", vs_native(rust, native)),
         );
         costs.push(("Rust plugin".to_string(), cost));
     }
@@ -559,7 +564,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             tp,
             "events/s",
             plain,
-            format!("{:.2}x native; target >= {target}", tp / native),
+            format!("{}target >= {target}", vs_native(tp, native)),
         );
         costs.push((format!("{lang} plugin"), cost));
     }
@@ -1042,4 +1047,15 @@ async fn relay_figures(bench: &Bench, noop: &Arc<Plugin>, sizes: &Sizes, report:
     report.add("relay latency at 1000 commits/s: p99", percentile_ms(&samples, 0.99), "ms", "");
     drop(pg);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vs_native;
+
+    #[test]
+    fn without_a_native_row_there_is_no_ratio_to_it() {
+        assert_eq!(vs_native(100.0, f64::NAN), "");
+        assert_eq!(vs_native(85.0, 100.0), "0.85x native; ");
+    }
 }
