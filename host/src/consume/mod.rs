@@ -14,7 +14,8 @@
 //!                               └── immediate settlements ──────────────────────^
 //! ```
 //!
-//! - [`reader`]: the blocking reads, on a connection of its own per (subscriber, stream).
+//! - [`reader`]: the blocking reads, on a connection and a task of its own per (subscriber,
+//!   stream), one read ahead of the workers.
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.

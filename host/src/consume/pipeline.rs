@@ -1,9 +1,11 @@
 //! The pipeline of one (subscriber, stream): wires reader → dispatcher → workers → settler,
 //! starts the housekeeper beside them, and owns shutdown.
 //!
-//! Backpressure: the reader reads only when a worker is free, and a read's events are
-//! started one permit at a time, so what this host holds is bounded by `concurrency` plus
-//! one read. Everything it holds is kept alive by the housekeeper.
+//! Backpressure: a read's events are started one permit at a time; the next read is asked
+//! for once half of them are started, for as many entries as the rest leaves room for, and
+//! runs on the reader's own task meanwhile (its round trip and reply parsing overlap with the
+//! events). So what this host holds is bounded by `concurrency` plus one read's worth of
+//! events not yet started. Everything it holds is kept alive by the housekeeper.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::dispatch::{Dispatcher, Plan, Undecided, Work};
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
-use super::reader::Reader;
+use super::reader::{ReadAhead, Reader};
 use super::settle::{Settlement, Settler};
 use super::{Active, Context, Counters, InFlight, Subscriber, claim_idle, worker};
 use crate::keys::SubscriberKeys;
@@ -42,7 +44,7 @@ struct Pipeline {
     stop: watch::Receiver<bool>,
     in_flight: InFlight,
     counters: Arc<Counters>,
-    reader: Reader,
+    read_ahead: ReadAhead,
     dispatcher: Dispatcher,
     permits: Arc<Semaphore>,
     workers: JoinSet<()>,
@@ -88,7 +90,12 @@ impl Pipeline {
         let block = ctx.read.block.max(Duration::from_millis(1));
         tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
-            reader: Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+            read_ahead: ReadAhead::start(
+                Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+                ctx.clone(),
+                in_flight.clone(),
+                stop.clone(),
+            ),
             dispatcher: Dispatcher { keys, group, lease_ms },
             permits: Arc::new(Semaphore::new(first.settings.concurrency)),
             workers: JoinSet::new(),
@@ -134,9 +141,13 @@ impl Pipeline {
             } else if let Ok(taken) = self.claimed_rx.try_recv() {
                 self.in_flight.admit(taken)
             } else {
+                self.read_ahead.ask(self.ctx.read.count);
+                let recheck = tokio::time::Instant::from_std(self.recheck);
                 tokio::select! {
                     _ = self.stop.changed() => return None,
-                    read = self.reader.next(&self.ctx, self.ctx.read.count) => self.in_flight.admit(read),
+                    read = self.read_ahead.next() => read?,
+                    Some(taken) = self.claimed_rx.recv() => self.in_flight.admit(taken),
+                    _ = tokio::time::sleep_until(recheck), if !self.waiting.is_empty() => Vec::new(),
                 }
             };
             if !entries.is_empty() {
@@ -159,7 +170,7 @@ impl Pipeline {
                 for entry in entries {
                     self.in_flight.remove(&entry.key, &entry.id);
                 }
-                self.reader.rewind();
+                self.read_ahead.rewind();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = self.stop.changed() => {}
@@ -183,8 +194,14 @@ impl Pipeline {
     /// Start a worker for each event of `plan`, one permit at a time. Returns false once
     /// stopped (the events not started are given back uncharged).
     async fn start_work(&mut self, active: &Arc<Active>, plan: Plan) -> bool {
+        let count = self.ctx.read.count;
         let mut run = plan.run.into_iter();
         while let Some(work) = run.next() {
+            // Read ahead once half the read is started, as many as the rest leaves room for:
+            // still at most one read's worth of events waiting for a worker.
+            if run.len() <= count / 2 {
+                self.read_ahead.ask(count - run.len());
+            }
             self.in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
             let permit: Option<OwnedSemaphorePermit> = tokio::select! {
                 p = self.permits.clone().acquire_owned() => p.ok(),
@@ -229,6 +246,7 @@ impl Pipeline {
             tracing::warn!(subscriber = %group, %stream, "settling at shutdown took too long; unsettled entries stay pending");
         }
         self.housekeeper.abort();
+        self.read_ahead.abort();
         tracing::info!(subscriber = %group, %stream, "consumer stopped");
     }
 }

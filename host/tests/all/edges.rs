@@ -703,3 +703,36 @@ async fn one_read_of_fresh_duplicate_dead_replayed_waiting_and_spent_events_deci
     assert_eq!(ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq").len(), 1);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_holds_at_most_one_read_of_events_beyond_those_running() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 2"));
+    let mut conn = env.conn().await;
+    for i in 0..60 {
+        publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":60}}"#)).await;
+    }
+    let mut config = env.config();
+    config.read.count = 10;
+    let host = InProcessHost::start(config);
+    // Pending on the group = read and not yet acked: running (2), waiting for a worker (at most
+    // one read's worth, whether read ahead or not), and finished but not yet settled (a
+    // settle is a round trip against a 60 ms handler: at most a worker's worth).
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while records(&mut conn, "records").await.len() < 60 {
+        assert!(std::time::Instant::now() < deadline, "60 events handled within a minute");
+        // The group does not exist until the host has started.
+        let summary: Option<redis::Value> =
+            redis::cmd("XPENDING").arg("events").arg("rec").query_async(&mut conn).await.ok();
+        if let Some(redis::Value::Array(parts)) = summary
+            && let Some(redis::Value::Int(n)) = parts.first()
+        {
+            most = most.max(*n);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most > 2, "the host read ahead of its workers: {most}");
+    assert!(most <= 10 + 2 * 2, "at most one read (10) beyond the 2 running and 2 settling: {most}");
+    host.stop().await;
+}
