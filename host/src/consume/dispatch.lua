@@ -1,11 +1,15 @@
--- Decide, atomically with recording it, what happens to each event of a read: handle it
--- now, ack it as a duplicate, let it wait for another delivery of the same event to settle,
+-- Decide, atomically with recording it, what happens to each event of a read that the
+-- precheck (a MULTI of native commands, see dispatch.rs) could not decide: handle it now, ack
+-- it as a duplicate, let it wait for another delivery of the same event to settle,
 -- dead-letter it (crash budget spent), or park it behind its partition key.
 -- KEYS: 1 seen, 2 dead, 3 inflight, 4 holds, 5 holders, 6 hold since, 7 parked count,
 --       8 parked-list prefix (a prefix, not a key)
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms (0: off), 4 lease ms, 5 max deliveries,
---       6 ordered ('1'/'0'), then 7 values per event: stream key, entry id, event id,
---       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park
+--       6 ordered ('1'/'0'), then 8 values per event: stream key, entry id, event id,
+--       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park,
+--       the in-flight marker the precheck wrote for it ('' for none)
+-- A marker the precheck wrote is this read's own guess, not a run: it counts as absent, and
+-- is removed unless the verdict is to run.
 -- Returns one verdict per event: run, dup, dead, wait, crash or park; run, dup and dead with
 -- an `h` when the event holds its partition key (its settle must hand the key on).
 local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -14,11 +18,14 @@ local any_holds = redis.call('HLEN', KEYS[4]) > 0
 local max_deliveries, ordered = tonumber(ARGV[5]), ARGV[6] == '1'
 local cutoff = now - window
 local out = {}
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local stream, entry, id, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local replay, pkey, parked = ARGV[i + 4] == '1', ARGV[i + 5], ARGV[i + 6]
+  local replay, pkey, parked, guess = ARGV[i + 4] == '1', ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
   local verdict
-  local expiry, starts, holder = marker(redis.call('HGET', KEYS[3], id))
+  local current = redis.call('HGET', KEYS[3], id)
+  local guessed = guess ~= '' and current == guess
+  if guessed then current = nil end
+  local expiry, starts, holder = marker(current)
   if window > 0 then
     local handled = redis.call('ZSCORE', KEYS[1], id)
     if handled and tonumber(handled) >= cutoff then
@@ -57,6 +64,8 @@ for i = 7, #ARGV, 7 do
     if not holds and any_holds and redis.call('HEXISTS', KEYS[5], owner) == 1 then holds = true end
     redis.call('HSET', KEYS[3], id, (now + lease) .. ':' .. (starts + 1) .. ':' .. owner)
     verdict = holds and 'runh' or 'run'
+  elseif guessed then
+    redis.call('HDEL', KEYS[3], id)
   end
   out[#out + 1] = verdict
 end

@@ -21,53 +21,74 @@ pub struct Held {
     pub owner: String,
 }
 
-/// The entries in this host's hands, shared by the stages of one (subscriber, stream).
+/// What is known of an entry in this host's hands beyond its name.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    event_id: String,
+    owner: String,
+}
+
+/// The entries in this host's hands, shared by the stages of one (subscriber, stream): by
+/// stream key, then entry id, so the per-event lookups borrow the names instead of copying
+/// them.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<(String, String), Held>>>);
+pub struct InFlight(Arc<Mutex<HashMap<String, HashMap<String, Run>>>>);
 
 impl InFlight {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(String, String), Held>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Run>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Take `entries` into this host's hands; returns those that were not already.
-    pub fn admit(&self, entries: Vec<Entry>) -> Vec<Entry> {
+    pub fn admit(&self, mut entries: Vec<Entry>) -> Vec<Entry> {
         let mut held = self.lock();
+        entries.retain(|e| {
+            if !held.contains_key(&e.key) {
+                held.insert(e.key.clone(), HashMap::new());
+            }
+            let Some(ids) = held.get_mut(&e.key) else { return true };
+            if ids.contains_key(&e.id) {
+                return false;
+            }
+            ids.insert(e.id.clone(), Run::default());
+            true
+        });
         entries
-            .into_iter()
-            .filter(|e| {
-                let key = (e.key.clone(), e.id.clone());
-                if held.contains_key(&key) {
-                    return false;
-                }
-                let h = Held { key: e.key.clone(), id: e.id.clone(), event_id: String::new(), owner: String::new() };
-                held.insert(key, h);
-                true
-            })
-            .collect()
     }
 
     /// Note that a run of `event_id` owned by `owner` was recorded for the entry.
     pub fn running(&self, key: &str, id: &str, event_id: &str, owner: &str) {
-        if let Some(h) = self.lock().get_mut(&(key.to_string(), id.to_string())) {
-            h.event_id = event_id.to_string();
-            h.owner = owner.to_string();
+        if let Some(run) = self.lock().get_mut(key).and_then(|ids| ids.get_mut(id)) {
+            run.event_id = event_id.to_string();
+            run.owner = owner.to_string();
         }
     }
 
     /// The entry left this host's hands.
     pub fn remove(&self, key: &str, id: &str) {
-        self.lock().remove(&(key.to_string(), id.to_string()));
+        if let Some(ids) = self.lock().get_mut(key) {
+            ids.remove(id);
+        }
     }
 
     /// Whether the entry is in this host's hands.
     pub fn contains(&self, key: &str, id: &str) -> bool {
-        self.lock().contains_key(&(key.to_string(), id.to_string()))
+        self.lock().get(key).is_some_and(|ids| ids.contains_key(id))
     }
 
     /// Every entry in this host's hands.
     pub fn snapshot(&self) -> Vec<Held> {
-        self.lock().values().cloned().collect()
+        let held = self.lock();
+        let mut out = Vec::new();
+        for (key, ids) in held.iter() {
+            out.extend(ids.iter().map(|(id, run)| Held {
+                key: key.clone(),
+                id: id.clone(),
+                event_id: run.event_id.clone(),
+                owner: run.owner.clone(),
+            }));
+        }
+        out
     }
 }
 

@@ -9,11 +9,13 @@
 //! reader ── entries ──> dispatcher ── work ──> workers (≤ concurrency) ──┐
 //! (XREADGROUP: own        (validate, subscribed?,      (invoke the        │ settlement
 //!  pending, then new)      dedupe + crash budget +      handler, one      v
-//!                          per-key order: one script)   task per event)  settler (grouped
-//!                               └── immediate settlements ──────────────> round trips)
+//!                          per-key order: a MULTI,      task per event)  settler (grouped
+//!                          a script for the rest)                         round trips)
+//!                               └── immediate settlements ──────────────────────^
 //! ```
 //!
-//! - [`reader`]: the blocking reads, on a connection of its own per (subscriber, stream).
+//! - [`reader`]: the blocking reads, on a connection and a task of its own per (subscriber,
+//!   stream), one read ahead of the workers.
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
@@ -286,7 +288,7 @@ pub(crate) mod testing {
     struct Unused;
 
     impl Invoke for Unused {
-        fn handle(&self, _job: Job) -> Handling {
+        fn handle(&self, _job: Arc<Job>) -> Handling {
             Box::pin(std::future::ready(Outcome::HostError("not in unit tests".into())))
         }
         fn name(&self) -> &str {

@@ -1,9 +1,11 @@
 //! The pipeline of one (subscriber, stream): wires reader → dispatcher → workers → settler,
 //! starts the housekeeper beside them, and owns shutdown.
 //!
-//! Backpressure: the reader reads only when a worker is free, and a read's events are
-//! started one permit at a time, so what this host holds is bounded by `concurrency` plus
-//! one read. Everything it holds is kept alive by the housekeeper.
+//! Backpressure: a read's events are started one permit at a time; the next read is asked
+//! for once half of them are started, for as many entries as the rest leaves room for, and
+//! runs on the reader's own task meanwhile (its round trip and reply parsing overlap with the
+//! events). So what this host holds is bounded by `concurrency` plus one read's worth of
+//! events not yet started. Everything it holds is kept alive by the housekeeper.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,10 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::dispatch::{Dispatcher, Plan, Work};
+use super::dispatch::{Dispatcher, Plan, Undecided, Work};
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
-use super::reader::Reader;
+use super::reader::{ReadAhead, Reader};
 use super::settle::{Settlement, Settler};
 use super::{Active, Context, Counters, InFlight, Subscriber, claim_idle, worker};
 use crate::keys::SubscriberKeys;
@@ -26,7 +28,7 @@ pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: 
     let mut pipeline = Pipeline::start(ctx, subscriber, stream, stop);
     while let Some(entries) = pipeline.next_entries().await {
         let active = pipeline.subscriber.active();
-        let Some(plan) = pipeline.dispatch(&active, entries).await else { continue };
+        let plan = pipeline.dispatch(&active, entries).await;
         if !pipeline.start_work(&active, plan).await {
             break;
         }
@@ -41,8 +43,8 @@ struct Pipeline {
     stream: String,
     stop: watch::Receiver<bool>,
     in_flight: InFlight,
-    counters: Counters,
-    reader: Reader,
+    counters: Arc<Counters>,
+    read_ahead: ReadAhead,
     dispatcher: Dispatcher,
     permits: Arc<Semaphore>,
     workers: JoinSet<()>,
@@ -63,7 +65,7 @@ impl Pipeline {
         let claim_idle = claim_idle(&ctx.read, &first.settings);
         let lease_ms = claim_idle.as_millis() as u64;
         let in_flight = InFlight::default();
-        let counters = Counters::new(&ctx.metrics, &group);
+        let counters = Arc::new(Counters::new(&ctx.metrics, &group));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let (claimed_tx, claimed_rx) = mpsc::channel(4);
         let settler = Settler {
@@ -73,7 +75,7 @@ impl Pipeline {
             dedupe_window_ms: first.settings.dedupe_window.as_millis() as u64,
             lease_ms,
             in_flight: in_flight.clone(),
-            counters: counters.clone(),
+            counters: (*counters).clone(),
         };
         let settler = tokio::spawn(settler.run(settle_rx, stop.clone()));
         let housekeeper = Housekeeper {
@@ -88,7 +90,12 @@ impl Pipeline {
         let block = ctx.read.block.max(Duration::from_millis(1));
         tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
-            reader: Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+            read_ahead: ReadAhead::start(
+                Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+                ctx.clone(),
+                in_flight.clone(),
+                stop.clone(),
+            ),
             dispatcher: Dispatcher { keys, group, lease_ms },
             permits: Arc::new(Semaphore::new(first.settings.concurrency)),
             workers: JoinSet::new(),
@@ -134,9 +141,13 @@ impl Pipeline {
             } else if let Ok(taken) = self.claimed_rx.try_recv() {
                 self.in_flight.admit(taken)
             } else {
+                self.read_ahead.ask(self.ctx.read.count);
+                let recheck = tokio::time::Instant::from_std(self.recheck);
                 tokio::select! {
                     _ = self.stop.changed() => return None,
-                    read = self.reader.next(&self.ctx, self.ctx.read.count) => self.in_flight.admit(read),
+                    read = self.read_ahead.next() => read?,
+                    Some(taken) = self.claimed_rx.recv() => self.in_flight.admit(taken),
+                    _ = tokio::time::sleep_until(recheck), if !self.waiting.is_empty() => Vec::new(),
                 }
             };
             if !entries.is_empty() {
@@ -146,25 +157,25 @@ impl Pipeline {
     }
 
     /// Dispatch `entries` under `active`: settlements go to the settler, waiting entries
-    /// aside; the work to run is returned. `None` when Redis could not record the plan.
-    async fn dispatch(&mut self, active: &Active, entries: Vec<Entry>) -> Option<Plan> {
-        let ids: Vec<(String, String)> = entries.iter().map(|e| (e.key.clone(), e.id.clone())).collect();
+    /// aside; the work to run is returned. What Redis could not decide is given back.
+    async fn dispatch(&mut self, active: &Active, entries: Vec<Entry>) -> Plan {
         let mut conn = self.ctx.shared.clone();
         let mut plan = match self.dispatcher.plan(&mut conn, active, entries).await {
             Ok(plan) => plan,
-            Err(e) => {
-                // Not knowing what was recorded, give the entries back: they stay pending and
-                // are read again from this consumer's pending list.
-                self.ctx.health.down(&self.ctx.metrics, &e);
-                for (key, id) in ids {
-                    self.in_flight.remove(&key, &id);
+            Err(undecided) => {
+                // Not knowing what was recorded for them, give the undecided entries back: they
+                // stay pending and are read again from this consumer's pending list.
+                let Undecided { plan, entries, error } = *undecided;
+                self.ctx.health.down(&self.ctx.metrics, &error);
+                for entry in entries {
+                    self.in_flight.remove(&entry.key, &entry.id);
                 }
-                self.reader.rewind();
+                self.read_ahead.rewind();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                     _ = self.stop.changed() => {}
                 }
-                return None;
+                plan
             }
         };
         for entry in &plan.parked {
@@ -177,14 +188,20 @@ impl Pipeline {
             self.waiting.append(&mut plan.wait);
             self.recheck = Instant::now() + self.ctx.read.poll;
         }
-        Some(plan)
+        plan
     }
 
     /// Start a worker for each event of `plan`, one permit at a time. Returns false once
     /// stopped (the events not started are given back uncharged).
     async fn start_work(&mut self, active: &Arc<Active>, plan: Plan) -> bool {
+        let count = self.ctx.read.count;
         let mut run = plan.run.into_iter();
         while let Some(work) = run.next() {
+            // Read ahead once half the read is started, as many as the rest leaves room for:
+            // still at most one read's worth of events waiting for a worker.
+            if run.len() <= count / 2 {
+                self.read_ahead.ask(count - run.len());
+            }
             self.in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
             let permit: Option<OwnedSemaphorePermit> = tokio::select! {
                 p = self.permits.clone().acquire_owned() => p.ok(),
@@ -197,9 +214,8 @@ impl Pipeline {
                 return false;
             };
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
-            let stream = self.stream.clone();
             self.workers.spawn(async move {
-                let settlement = worker::run(active, &stream, work, &counters).await;
+                let settlement = worker::run(active, work, &counters).await;
                 let _ = tx.send(settlement);
                 drop(permit);
             });
@@ -230,6 +246,7 @@ impl Pipeline {
             tracing::warn!(subscriber = %group, %stream, "settling at shutdown took too long; unsettled entries stay pending");
         }
         self.housekeeper.abort();
+        self.read_ahead.abort();
         tracing::info!(subscriber = %group, %stream, "consumer stopped");
     }
 }

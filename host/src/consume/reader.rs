@@ -1,12 +1,16 @@
 //! The reader: the first stage of an event's path. It owns the blocking connection of one
 //! (subscriber, stream) and reads the source stream and the subscriber's retry stream in one
 //! `XREADGROUP`: first this consumer's own pending entries (id `0`, left by a previous run of
-//! this host), then new ones (`>`).
+//! this host), then new ones (`>`). [`ReadAhead`] runs it on a task of its own, so the next
+//! read overlaps with the events of the previous one.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
+
 use super::read::{self, Entry};
-use super::{Context, ensure_groups};
+use super::{Context, InFlight, ensure_groups};
 use crate::config::Start;
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
@@ -98,6 +102,105 @@ impl Reader {
                 ctx.health.down(&ctx.metrics, &e);
                 self.conn = None;
                 Vec::new()
+            }
+        }
+    }
+}
+
+/// What the pipeline asks of its [`ReadAhead`].
+#[derive(Debug, Clone, Copy)]
+enum Ask {
+    /// Read up to this many entries (waiting for them if none are there).
+    Read(usize),
+    /// Read the pending list again from the start (entries were given back).
+    Rewind,
+}
+
+/// The reader on a task of its own, so the next read (its round trip, and parsing its reply)
+/// overlaps with starting and running the events of the previous one. It reads only when
+/// asked, and only as many entries as asked: the pipeline asks for what its bound (one read
+/// of `read.count` not yet started) leaves room for. Entries are taken into this host's
+/// hands ([`InFlight`]) as soon as they arrive, so the housekeeper keeps them alive.
+pub struct ReadAhead {
+    asks: mpsc::UnboundedSender<Ask>,
+    batches: mpsc::Receiver<Vec<Entry>>,
+    task: tokio::task::JoinHandle<()>,
+    /// A read was asked for and its entries have not been taken yet.
+    pub asked: bool,
+}
+
+impl ReadAhead {
+    /// Start `reader` on its own task until `stop` turns true.
+    pub fn start(reader: Reader, ctx: Arc<Context>, in_flight: InFlight, stop: watch::Receiver<bool>) -> Self {
+        let (asks, asks_rx) = mpsc::unbounded_channel();
+        let (batches_tx, batches) = mpsc::channel(1);
+        let task = tokio::spawn(read_when_asked(reader, ctx, in_flight, asks_rx, batches_tx, stop));
+        Self { asks, batches, task, asked: false }
+    }
+
+    /// Ask for the next read of at most `count` entries, unless one is already asked for.
+    pub fn ask(&mut self, count: usize) {
+        if !self.asked && count > 0 {
+            self.asked = self.asks.send(Ask::Read(count)).is_ok();
+        }
+    }
+
+    /// Read the pending list again from the start on the next read.
+    pub fn rewind(&self) {
+        let _ = self.asks.send(Ask::Rewind);
+    }
+
+    /// The entries of the read asked for (already in this host's hands); `None` once the
+    /// reader stopped.
+    pub async fn next(&mut self) -> Option<Vec<Entry>> {
+        let entries = self.batches.recv().await;
+        self.asked = false;
+        entries
+    }
+
+    /// Stop reading.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// The read-ahead task: one read per ask, repeated until entries arrive.
+async fn read_when_asked(
+    mut reader: Reader,
+    ctx: Arc<Context>,
+    in_flight: InFlight,
+    mut asks: mpsc::UnboundedReceiver<Ask>,
+    batches: mpsc::Sender<Vec<Entry>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let count = tokio::select! {
+            ask = asks.recv() => match ask {
+                Some(Ask::Read(count)) => count,
+                Some(Ask::Rewind) => { reader.rewind(); continue }
+                None => return,
+            },
+            _ = stop.changed() => return,
+        };
+        loop {
+            // A rewind asked for while reading applies to the next read.
+            while let Ok(Ask::Rewind) = asks.try_recv() {
+                reader.rewind();
+            }
+            // A read is never cancelled but by stopping (a cancelled XREADGROUP still
+            // delivers its entries into this consumer's pending list).
+            let entries = tokio::select! {
+                read = reader.next(&ctx, count) => in_flight.admit(read),
+                _ = stop.changed() => return,
+            };
+            if !entries.is_empty() {
+                if batches.send(entries).await.is_err() {
+                    return;
+                }
+                break;
+            }
+            if *stop.borrow() {
+                return;
             }
         }
     }

@@ -13,7 +13,7 @@ use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
 use crate::plugin::invoke::Outcome;
 
 /// Run `work` on `active`'s handler; the settlement for its entry.
-pub async fn run(active: Arc<Active>, stream: &str, work: Work, metrics: &super::Counters) -> Settlement {
+pub async fn run(active: Arc<Active>, work: Work, metrics: &super::Counters) -> Settlement {
     let started = Instant::now();
     metrics.in_flight.inc();
     let mut outcome = active.runner.handle(work.job.clone()).await;
@@ -28,7 +28,8 @@ pub async fn run(active: Arc<Active>, stream: &str, work: Work, metrics: &super:
     }
     metrics.in_flight.dec();
     metrics.duration.observe(started.elapsed().as_secs_f64());
-    dispose(&active, stream, work, outcome)
+    let job = work.job.clone();
+    dispose(&active, &job.stream, work, outcome)
 }
 
 /// The disposition of `work` after `outcome`.
@@ -37,25 +38,15 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
     let name = active.runner.name();
     let job = &work.job;
     let now = now_ms();
-    let mut settlement = Settlement {
-        key: work.entry.key.clone(),
-        id: work.entry.id.clone(),
-        event_id: job.event.id.clone(),
-        owner: work.owner.clone(),
-        release: work.release,
-        disposition: Disposition::Release,
-        fallback: None,
-        tally: Tally::None,
-    };
-    match outcome {
+    let mut fallback = None;
+    let (disposition, tally) = match outcome {
         Outcome::Handled { follow_ups } => {
             if !follow_ups.is_empty() {
                 let reason = "a follow-up's stream holds another type of key";
                 let failure = Failure { kind: crate::plugin::invoke::FailureKind::Trap, reason, attempts: job.attempt };
-                settlement.fallback = Some(dead_letter_fields(&work.entry, active, stream, &failure, now));
+                fallback = Some(dead_letter_fields(&work.entry, active, stream, &failure, now));
             }
-            settlement.disposition = Disposition::Ack { record: !settings.dedupe_window.is_zero(), follow_ups };
-            settlement.tally = Tally::Handled;
+            (Disposition::Ack { record: !settings.dedupe_window.is_zero(), follow_ups }, Tally::Handled)
         }
         Outcome::Failed { kind, reason, delay_hint } => {
             if kind.retryable() && job.attempt < settings.retry.max_attempts {
@@ -64,27 +55,35 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
                     subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
                     "handler failed, retry in {}: {reason}", humantime::format_duration(wait)
                 );
-                settlement.disposition = Disposition::Retry {
-                    due_ms: now + wait.as_millis() as u64,
-                    fields: retry_fields(&work.entry, stream, kind, &reason, job.attempt + 1, now),
-                };
-                settlement.tally = Tally::Retried(kind);
+                let fields = retry_fields(&work.entry, stream, kind, &reason, job.attempt + 1, now);
+                (Disposition::Retry { due_ms: now + wait.as_millis() as u64, fields }, Tally::Retried(kind))
             } else {
                 tracing::warn!(
                     subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
                     "event dead-lettered: {reason}"
                 );
                 let failure = Failure { kind, reason: &reason, attempts: job.attempt };
-                settlement.disposition =
-                    Disposition::DeadLetter { fields: dead_letter_fields(&work.entry, active, stream, &failure, now) };
-                settlement.tally = Tally::DeadLettered(kind);
+                let fields = dead_letter_fields(&work.entry, active, stream, &failure, now);
+                (Disposition::DeadLetter { fields }, Tally::DeadLettered(kind))
             }
         }
         Outcome::HostError(e) => {
             tracing::error!(subscriber = %name, event_id = %job.event.id, "cannot run the handler: {e}; the event stays pending and is not charged an attempt");
+            (Disposition::Release, Tally::None)
         }
+    };
+    // The entry's names move into the settlement: nothing is copied per event but the id.
+    let Work { entry, job, owner, release } = work;
+    Settlement {
+        key: entry.key,
+        id: entry.id,
+        event_id: job.event.id.clone(),
+        owner,
+        release,
+        disposition,
+        fallback,
+        tally,
     }
-    settlement
 }
 
 #[cfg(test)]
@@ -98,7 +97,7 @@ mod tests {
     fn work(attempt: u32) -> Work {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
-        let job = Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt };
+        let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt });
         Work { entry, job, owner: "events/1-0".into(), release: false }
     }
 

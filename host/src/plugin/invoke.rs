@@ -131,7 +131,9 @@ pub trait Invoke: Send + Sync + 'static {
     /// runs, whatever the guest does (loops in wasm, blocks in a WASI call such as
     /// sleep/poll); before that it may wait for the subscriber's adaptive limit of calls in
     /// flight (see [`Throttle`]), which only a subscriber that keeps failing ever meets.
-    fn handle(&self, job: Job) -> Handling;
+    /// The job is shared: a caller that tries again after a host-side failure keeps it
+    /// without copying the event.
+    fn handle(&self, job: Arc<Job>) -> Handling;
     /// Subscriber name.
     fn name(&self) -> &str;
     /// Version id recorded in dead letters.
@@ -139,7 +141,7 @@ pub trait Invoke: Send + Sync + 'static {
 }
 
 impl Invoke for Runner {
-    fn handle(&self, job: Job) -> Handling {
+    fn handle(&self, job: Arc<Job>) -> Handling {
         Box::pin(self.inner.clone().run(job))
     }
     fn name(&self) -> &str {
@@ -294,7 +296,7 @@ impl Inner {
         self.grants.limits.instance_mode == InstanceMode::Reuse
     }
 
-    async fn run(self: Arc<Self>, job: Job) -> Outcome {
+    async fn run(self: Arc<Self>, job: Arc<Job>) -> Outcome {
         let _slot = self.throttle.acquire().await;
         let (outcome, health) = self.call(&job).await;
         match health {

@@ -616,3 +616,123 @@ async fn a_parked_duplicate_that_becomes_the_holder_hands_its_key_on() {
     no_key_held(&mut conn, &keys).await;
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_of_fresh_duplicate_dead_replayed_waiting_and_spent_events_decides_each_as_alone() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, &RECORDER_TOML.replace("[retry]\n", "[retry]\nmax_deliveries = 3\n"));
+    let keys = SubscriberKeys::new("events", "rec");
+    let mut conn = env.conn().await;
+    let now = ferry::consume::now_ms();
+    let event = |name: &str| Event::new("Mixed", "tests", format!(r#"{{"name":"{name}"}}"#));
+    let fresh: Vec<Event> = (0..3).map(|i| event(&format!("fresh{i}"))).collect();
+    let (twice, handled, dead, elsewhere, spent, replayed) =
+        (event("twice"), event("handled"), event("dead"), event("elsewhere"), event("spent"), event("replayed"));
+    // Everything is in Redis before the host starts, so its first read (500 entries, one
+    // worker) holds every case at once, interleaved.
+    let mut spent_entry = String::new();
+    for e in [&fresh[0], &handled, &twice, &dead, &elsewhere, &fresh[1], &spent, &twice, &fresh[2]] {
+        let id = ferry::outbox::publish(&mut conn, "events", e).await.expect("publish");
+        if e.id == spent.id {
+            spent_entry = id;
+        }
+    }
+    // An operator's replay of a dead letter: it runs although its id is recorded as dead.
+    let mut fields = ferry::consume::settle::event_fields(&replayed);
+    fields.extend([(b"_attempt".to_vec(), b"1".to_vec()), (b"_origin".to_vec(), b"events/1-1".to_vec())]);
+    fields.push((b"_replay".to_vec(), b"1".to_vec()));
+    let _: String =
+        redis::cmd("XADD").arg(&keys.retry).arg("*").arg(&fields).query_async(&mut conn).await.expect("xadd");
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(&keys.seen)
+        .arg(now)
+        .arg(&handled.id)
+        .ignore()
+        .cmd("ZADD")
+        .arg(&keys.dead)
+        .arg(now)
+        .arg(&dead.id)
+        .arg(now)
+        .arg(&replayed.id)
+        .ignore()
+        // Being handled on another host right now (its lease runs for a minute).
+        .cmd("HSET")
+        .arg(&keys.inflight)
+        .arg(&elsewhere.id)
+        .arg(format!("{}:1:events/9-9", now + 60_000))
+        .ignore()
+        // Started three times without a verdict, its lease long gone: the crash budget is spent.
+        .cmd("HSET")
+        .arg(&keys.inflight)
+        .arg(&spent.id)
+        .arg(format!("0:3:events/{spent_entry}"))
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("seed");
+
+    let host = InProcessHost::start(env.config());
+    let recs = env.records_at_least(5, Duration::from_secs(30)).await;
+    let letters = dead_letters(&env, "rec").await;
+    assert_eq!(
+        (letters.len(), letters[0].event_id.as_str(), letters[0].kind.as_str()),
+        (1, spent.id.as_str(), "crash")
+    );
+    // Everything but the event handled elsewhere is settled; it waits in this host's hands.
+    env.pending("events", 1, Duration::from_secs(30)).await;
+    assert_eq!(in_flight(&mut conn, &keys).await, 1, "only the other host's run is recorded");
+    let _: () = redis::pipe()
+        .cmd("ZADD")
+        .arg(&keys.seen)
+        .arg(ferry::consume::now_ms())
+        .arg(&elsewhere.id)
+        .ignore()
+        .cmd("HDEL")
+        .arg(&keys.inflight)
+        .arg(&elsewhere.id)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .expect("the other host settles");
+    env.settled("events", Duration::from_secs(30)).await;
+    let counts = counts(&records(&mut conn, "records").await);
+    let expected: HashMap<String, usize> = fresh.iter().chain([&twice, &replayed]).map(|e| (e.id.clone(), 1)).collect();
+    assert_eq!(counts, expected, "each fresh event, the copied one and the replay ran once; no other ran: {recs:?}");
+    assert_eq!(in_flight(&mut conn, &keys).await, 0, "no run left recorded");
+    assert_eq!(ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq").len(), 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_holds_at_most_one_read_of_events_beyond_those_running() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 2"));
+    let mut conn = env.conn().await;
+    for i in 0..60 {
+        publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":60}}"#)).await;
+    }
+    let mut config = env.config();
+    config.read.count = 10;
+    let host = InProcessHost::start(config);
+    // Pending on the group = read and not yet acked: running (2), waiting for a worker (at most
+    // one read's worth, whether read ahead or not), and finished but not yet settled (a
+    // settle is a round trip against a 60 ms handler: at most a worker's worth).
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while records(&mut conn, "records").await.len() < 60 {
+        assert!(std::time::Instant::now() < deadline, "60 events handled within a minute");
+        // The group does not exist until the host has started.
+        let summary: Option<redis::Value> =
+            redis::cmd("XPENDING").arg("events").arg("rec").query_async(&mut conn).await.ok();
+        if let Some(redis::Value::Array(parts)) = summary
+            && let Some(redis::Value::Int(n)) = parts.first()
+        {
+            most = most.max(*n);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(most > 2, "the host read ahead of its workers: {most}");
+    assert!(most <= 10 + 2 * 2, "at most one read (10) beyond the 2 running and 2 settling: {most}");
+    host.stop().await;
+}

@@ -158,7 +158,7 @@ struct Sizes {
 struct Native;
 
 impl Invoke for Native {
-    fn handle(&self, _job: Job) -> Handling {
+    fn handle(&self, _job: Arc<Job>) -> Handling {
         Box::pin(std::future::ready(Outcome::Handled { follow_ups: Vec::new() }))
     }
     fn name(&self) -> &str {
@@ -176,7 +176,7 @@ struct Probe {
 }
 
 impl Invoke for Probe {
-    fn handle(&self, job: Job) -> Handling {
+    fn handle(&self, job: Arc<Job>) -> Handling {
         let sent =
             serde_json::from_slice::<serde_json::Value>(&job.event.data).ok().and_then(|v| v["sent_us"].as_u64());
         let handling = self.inner.handle(job);
@@ -204,6 +204,11 @@ impl Probe {
         samples.sort_unstable();
         samples
     }
+}
+
+/// `"0.85x native; "`, or nothing when the native row was not run (`--only rust`).
+fn vs_native(events_per_sec: f64, native: f64) -> String {
+    if native.is_finite() && native > 0.0 { format!("{:.2}x native; ", events_per_sec / native) } else { String::new() }
 }
 
 /// The `p` quantile (0..=1) of sorted µs `samples`, in ms; 0 when there are none.
@@ -402,8 +407,15 @@ async fn load(engine: &Engine, path: &Path, cache: Option<&Cache>) -> anyhow::Re
 }
 
 async fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shape: Shape) -> (f64, f64) {
-    let jobs: Vec<Job> = (0..calls)
-        .map(|i| Job { event: shaped_event(i, shape), stream: "bench".into(), entry_id: format!("{i}-0"), attempt: 1 })
+    let jobs: Vec<Arc<Job>> = (0..calls)
+        .map(|i| {
+            Arc::new(Job {
+                event: shaped_event(i, shape),
+                stream: "bench".into(),
+                entry_id: format!("{i}-0"),
+                attempt: 1,
+            })
+        })
         .collect();
     let per_call = async |mode| {
         let runner = bench.runner(plugin, "cost", mode);
@@ -538,7 +550,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             rust,
             "events/s",
             plain,
-            format!("{:.2}x native; target >= 0.9x plain", rust / native),
+            format!("{}target >= 0.9x plain", vs_native(rust, native)),
         );
         costs.push(("Rust plugin".to_string(), cost));
     }
@@ -552,7 +564,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             tp,
             "events/s",
             plain,
-            format!("{:.2}x native; target >= {target}", tp / native),
+            format!("{}target >= {target}", vs_native(tp, native)),
         );
         costs.push((format!("{lang} plugin"), cost));
     }
@@ -1035,4 +1047,15 @@ async fn relay_figures(bench: &Bench, noop: &Arc<Plugin>, sizes: &Sizes, report:
     report.add("relay latency at 1000 commits/s: p99", percentile_ms(&samples, 0.99), "ms", "");
     drop(pg);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vs_native;
+
+    #[test]
+    fn without_a_native_row_there_is_no_ratio_to_it() {
+        assert_eq!(vs_native(100.0, f64::NAN), "");
+        assert_eq!(vs_native(85.0, 100.0), "0.85x native; ");
+    }
 }
