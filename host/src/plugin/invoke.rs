@@ -26,9 +26,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 
@@ -197,11 +199,13 @@ fn on_tick(mut ctx: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Resul
     if Instant::now() >= call.deadline_at {
         return Ok(UpdateDeadline::Interrupt);
     }
+    call.ticks.fetch_add(1, Ordering::Relaxed);
     let held = call.permit.lock().unwrap_or_else(|p| p.into_inner()).is_some();
     if held && !call.penalized {
         return Ok(UpdateDeadline::Yield(1));
     }
     let (slot, permits, penalized) = (call.permit.clone(), call.permits.clone(), call.penalized);
+    let ticks = call.ticks.clone();
     Ok(UpdateDeadline::YieldCustom(
         1,
         Box::pin(async move {
@@ -212,9 +216,33 @@ fn on_tick(mut ctx: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Resul
             }
             if let Ok(permit) = permits.acquire_owned().await {
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
+                tokio::spawn(take_back_when_idle(Arc::downgrade(&slot), ticks));
             }
         }),
     ))
+}
+
+/// Watch a granted permit: when its call stops ticking for two ticks in a row it is not
+/// running guest code (it sleeps or waits in a host call), so the permit goes back to the
+/// engine; the call takes one again at its next tick in guest code. Without this, a guest
+/// asleep in WASI would keep other guests from running past their first tick. Ends when the
+/// call ends (the slot is gone) or the permit is let go.
+async fn take_back_when_idle(slot: std::sync::Weak<Mutex<Option<OwnedSemaphorePermit>>>, ticks: Arc<AtomicU64>) {
+    let mut seen = ticks.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(2 * EPOCH_TICK).await;
+        let Some(slot) = slot.upgrade() else { return };
+        let mut held = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            return;
+        }
+        let now = ticks.load(Ordering::Relaxed);
+        if now == seen {
+            held.take();
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// How long a penalized subscriber's long call pauses at every tick: three ticks, so it runs
@@ -234,6 +262,7 @@ pub(crate) fn arm(store: &mut Store<HostState>, engine: &Engine, deadline: Durat
         deadline_at: started + deadline,
         permit: Arc::new(Mutex::new(None)),
         permits: engine.permits.clone(),
+        ticks: Arc::default(),
         penalized,
     });
     // Fire the callback at the next tick: that is where the deadline and the permits live.

@@ -77,6 +77,9 @@ pub struct CallState {
     pub permit: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// The engine-wide permits.
     pub permits: Arc<tokio::sync::Semaphore>,
+    /// Ticks seen while the call ran guest code: a permit whose call stops ticking is in a
+    /// host call (asleep in WASI, waiting on I/O) and is taken back (see `invoke`).
+    pub ticks: Arc<std::sync::atomic::AtomicU64>,
     /// Whether the subscriber is being throttled for hitting deadlines or trapping: its long
     /// calls then pause between ticks, so it gets less CPU, not more.
     pub penalized: bool,

@@ -517,3 +517,36 @@ async fn a_plugin_flooding_the_log_across_events_is_capped_per_second_with_a_sum
     assert!(written <= 50 * (elapsed + 1), "{written} lines in {elapsed} s");
     assert!(summary.contains("dropped"), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asleep_in_a_wasi_call_does_not_keep_its_cpu_permit_from_busy_neighbours() {
+    let env = Env::new();
+    // Every engine-wide permit is taken by a sleeper: each runs guest code past its first tick
+    // (50 ms busy, so it must take a permit), then sleeps 20 s in WASI.
+    let permits = ferry::plugin::engine::guest_permits();
+    let sleeper = format!(
+        "subscriptions = [{{ type = \"Sleep\" }}]\nconcurrency = {permits}\n{RECORDER_TOML}\n[limits]\ndeadline = \"60s\"\n"
+    );
+    env.add_plugin("sleeper", fixtures::RECORDER, &sleeper);
+    let busy = format!("subscriptions = [{{ type = \"Busy\" }}]\n{RECORDER_TOML}");
+    env.add_plugin("busy", fixtures::RECORDER, &busy);
+    let mut conn = env.conn().await;
+    for i in 0..permits {
+        publish(&mut conn, "events", "Sleep", &format!(r#"{{"i":{i},"act":"sleep","spin_ms":50,"ms":20000}}"#)).await;
+    }
+    let mut config = env.config();
+    config.shutdown_grace = Duration::from_millis(100);
+    let host = InProcessHost::start(config);
+    // The sleepers are running: delivered, and past their 50 ms of guest code (which took
+    // the permits) well within 300 ms more ...
+    env.pending("events", permits as u64, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and busy events that each need a permit (30 ms of guest code) still run meanwhile.
+    for i in 0..5 {
+        publish(&mut conn, "events", "Busy", &format!(r#"{{"i":{i},"act":"slow","ms":30}}"#)).await;
+    }
+    let recs = env.records_at_least(5, Duration::from_secs(15)).await;
+    assert_eq!(by_subscriber(&recs, "busy").len(), 5, "every busy event handled while the sleepers sleep");
+    assert!(by_subscriber(&recs, "sleeper").is_empty(), "the sleepers are still asleep");
+    host.stop().await;
+}

@@ -3,7 +3,7 @@
 // what reached the handler and how often. The payload's `act` field makes it misbehave:
 //
 //   ok | retry (until attempt `until`, optional `delay_ms`) | reject | panic (until `until`)
-//   | loop | alloc | recurse | slow (`ms`, busy) | sleep (`ms`, in a WASI call) | log_flood | stdout_flood | open_file | env
+//   | loop | alloc | recurse | slow (`ms`, busy) | sleep (`ms`, in a WASI call, after `spin_ms` busy) | log_flood | stdout_flood | open_file | env
 //   | socket (`port`) | publish_forbidden | publish_huge | follow (publish to `follow_to`,
 //   then retry until `until`)
 
@@ -93,6 +93,12 @@ impl Handler for Recorder {
             }
             "sleep" => {
                 let ms = data.get("ms").and_then(Value::as_u64).unwrap_or(100);
+                // Optionally run guest code first (`spin_ms`, busy), past the first epoch tick.
+                let spin = data.get("spin_ms").and_then(Value::as_u64).unwrap_or(0);
+                let start = std::time::Instant::now();
+                while start.elapsed().as_millis() < u128::from(spin) {
+                    std::hint::black_box(0);
+                }
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 format!("slept {ms}ms")
             }
