@@ -44,6 +44,13 @@ pub struct Config {
     pub redis: String,
     /// Talk to a Redis Cluster (`redis` lists seed nodes). Default false.
     pub cluster: bool,
+    /// What ferry's writes (publish, settles, forwarded follow-ups, the relay) must reach
+    /// before they count as done: `"primary"` (default) or `"replicated"` (`WAIT 1` for one
+    /// replica; docs/scale-out.md).
+    pub durability: crate::connection::Durability,
+    /// How long a write waits for a replica under `durability = "replicated"`. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub durability_timeout: Duration,
     /// Directory of `*.wasm` plugins (and optional `NAME.toml` beside each). Default `plugins`.
     pub plugins: PathBuf,
     /// Stream read by subscriptions that do not name one. Default `events`.
@@ -97,6 +104,8 @@ impl Default for Config {
         Self {
             redis: "redis://127.0.0.1:6379".into(),
             cluster: false,
+            durability: crate::connection::Durability::Primary,
+            durability_timeout: Duration::from_secs(1),
             plugins: PathBuf::from("plugins"),
             stream: "events".into(),
             consumer: None,
@@ -471,6 +480,11 @@ impl Config {
     /// The partitions of every stream that has more than one.
     pub fn partitions(&self) -> BTreeMap<String, u32> {
         self.streams.iter().filter(|(_, s)| s.partitions > 1).map(|(name, s)| (name.clone(), s.partitions)).collect()
+    }
+
+    /// The durability of ferry's writes.
+    pub fn replication(&self) -> crate::connection::Replication {
+        crate::connection::Replication { durability: self.durability, timeout: self.durability_timeout }
     }
 
     /// Where Redis is.

@@ -157,6 +157,99 @@ impl Redis {
     }
 }
 
+/// How far a write must reach before ferry counts it as done. Redis replicates
+/// asynchronously: a primary killed right after a write can lose it when its replica takes
+/// over. `Replicated` makes ferry's own writes (publish, settles, forwarded follow-ups, the
+/// relay) wait for one replica with `WAIT 1 timeout` and report when none confirmed in time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Done when the primary has it (Redis's default). Fastest; a failover may lose the
+    /// newest writes.
+    #[default]
+    Primary,
+    /// Done when one replica has it too.
+    Replicated,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(Self::Primary),
+            "replicated" => Ok(Self::Replicated),
+            other => Err(format!("unknown durability {other:?}: expected \"primary\" or \"replicated\"")),
+        }
+    }
+}
+
+/// A durability setting with the time a write may wait for its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// What a write must reach.
+    pub durability: Durability,
+    /// How long `WAIT` waits for a replica.
+    pub timeout: Duration,
+}
+
+impl Replication {
+    /// Writes are done when the primary has them.
+    pub const PRIMARY: Self = Self { durability: Durability::Primary, timeout: Duration::from_secs(1) };
+
+    /// Whether writes wait for a replica.
+    pub fn waits(&self) -> bool {
+        self.durability == Durability::Replicated
+    }
+
+    /// `WAIT 1 timeout-ms` (never `0`, which would wait forever).
+    pub fn wait_cmd(&self) -> Cmd {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg((self.timeout.as_millis() as u64).max(1));
+        cmd
+    }
+
+    /// Whether a `WAIT` reply counts as replicated.
+    pub fn check(&self, reply: &Value) -> Result<(), NotReplicated> {
+        match reply {
+            Value::Int(n) if *n >= 1 => Ok(()),
+            _ => Err(NotReplicated::Shortfall(self.timeout)),
+        }
+    }
+}
+
+/// A write that reached its primary but is not known to be on a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReplicated {
+    /// `WAIT` answered that no replica confirmed in time.
+    #[error("reached the primary but no replica confirmed it within {0:?}; writing it again is safe")]
+    Shortfall(Duration),
+    /// `WAIT` itself failed.
+    #[error("reached the primary but could not ask for a replica's confirmation ({0}); writing it again is safe")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Wait until one replica has every write made so far on `conn` to `key`'s node (`WAIT 1`).
+/// On a cluster the `WAIT` goes to the primary serving `key`'s slot, on the connection the
+/// writes went through. Prefer sending the `WAIT` in the same pipeline as the writes where
+/// one is at hand ([`Replication::wait_cmd`]): a connection re-made between the writes and a
+/// separate `WAIT` confirms nothing of the old one's writes.
+pub async fn replicated(conn: &mut Conn, key: &str, replication: Replication) -> Result<(), NotReplicated> {
+    if !replication.waits() {
+        return Ok(());
+    }
+    let cmd = replication.wait_cmd();
+    let reply = match conn {
+        Conn::Cluster(c) => {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let route = Route::new(crate::keys::slot(key), SlotAddr::Master);
+            c.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?
+        }
+        other => cmd.query_async(other).await?,
+    };
+    replication.check(&reply)
+}
+
 /// Connect to `target`, failing with a clear message when it is unreachable: the client
 /// and its shared connection.
 pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {

@@ -134,6 +134,7 @@ impl Host {
             grace: config.shutdown_grace,
             retention: config.retention.clone(),
             partitions: config.partitions(),
+            replication: config.replication(),
         });
         Ok(Arc::new(Host {
             config,

@@ -52,6 +52,21 @@ pub struct RelayLabels {
     pub table: String,
 }
 
+/// Labels of replication shortfalls.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// Which write: `settle`, `forward` or `relay`.
+    pub write: String,
+}
+
+/// Writes no replica confirmed in time under `durability = "replicated"`, by write.
+pub type Shortfalls = Family<WriteLabels, Counter>;
+
+/// Count one replication shortfall of `write`.
+pub fn shortfall(family: &Shortfalls, write: &str) {
+    family.get_or_create(&WriteLabels { write: write.to_string() }).inc();
+}
+
 /// Metrics of the PostgreSQL outbox relay ([`crate::relay`]), in the host's registry so
 /// `ferry run` exports them on its admin endpoint.
 #[derive(Clone)]
@@ -68,11 +83,15 @@ pub struct RelayMetrics {
     pub latency: Family<RelayLabels, Histogram>,
     /// 1 while this process holds the table's relay lock (is the active relay).
     pub active: Family<RelayLabels, Gauge>,
+    /// Replication shortfalls (shared with [`Metrics::replication_shortfalls`]; the relay
+    /// counts under `write="relay"`).
+    pub shortfalls: Shortfalls,
 }
 
 impl RelayMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, shortfalls: Shortfalls) -> Self {
         let metrics = Self {
+            shortfalls,
             relayed: Family::default(),
             failed: Family::default(),
             backlog: Family::default(),
@@ -140,6 +159,8 @@ pub struct Metrics {
     pub plugin_refused: Family<PluginLabels, Counter>,
     /// 1 while Redis is reachable.
     pub redis_up: Gauge,
+    /// Writes no replica confirmed in time (`durability = "replicated"`).
+    pub replication_shortfalls: Shortfalls,
     /// The outbox relay's metrics.
     pub relay: RelayMetrics,
 }
@@ -204,7 +225,13 @@ impl Metrics {
         registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
         registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
         registry.register("redis_up", "1 while Redis is reachable", redis_up.clone());
-        let relay = RelayMetrics::register(&mut registry);
+        let replication_shortfalls = Shortfalls::default();
+        registry.register(
+            "replication_shortfalls",
+            "Writes no replica confirmed in time under durability = replicated",
+            replication_shortfalls.clone(),
+        );
+        let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone());
         Self {
             registry: Arc::new(registry),
             handled,
@@ -225,6 +252,7 @@ impl Metrics {
             plugin_loads,
             plugin_refused,
             redis_up,
+            replication_shortfalls,
             relay,
         }
     }

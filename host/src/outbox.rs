@@ -19,6 +19,7 @@
 
 use redis::aio::ConnectionLike;
 
+use crate::connection::{NotReplicated, Replication};
 use crate::event::Event;
 
 /// The `XADD stream * fields...` command for `event`.
@@ -44,6 +45,43 @@ pub fn route(stream: &str, partitions: u32, event: &Event) -> String {
 /// Add `event` to `stream` on its own; returns the stream entry id.
 pub async fn publish<C: ConnectionLike>(conn: &mut C, stream: &str, event: &Event) -> redis::RedisResult<String> {
     xadd(stream, event).query_async(conn).await
+}
+
+/// Add `event` to `stream` on its own, as durably as `replication` asks: under
+/// `durability = "replicated"` the `XADD` and a `WAIT 1` go in one pipeline on one connection
+/// (on a cluster, to the stream's primary), so the answer covers this very write. When no
+/// replica confirmed in time the event is on the primary but may be lost in a failover:
+/// publishing the same event again is safe (consumers dedupe by event id).
+pub async fn publish_with<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    event: &Event,
+    replication: Replication,
+) -> Result<String, PublishError> {
+    if !replication.waits() {
+        return Ok(publish(conn, stream, event).await?);
+    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(xadd(stream, event)).add_command(replication.wait_cmd());
+    let (entry_id, wait): (String, redis::Value) = pipe.query_async(conn).await?;
+    replication.check(&wait).map_err(|source| PublishError::NotReplicated { entry_id: entry_id.clone(), source })?;
+    Ok(entry_id)
+}
+
+/// Why [`publish_with`] could not say the event is safely stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The `XADD` failed: the event may or may not be in the stream.
+    #[error("adding the event failed: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The event is in the stream on the primary, not known to be on a replica.
+    #[error("event added as entry {entry_id}, but it {source}")]
+    NotReplicated {
+        /// The new entry's id.
+        entry_id: String,
+        /// Why it is not known to be replicated.
+        source: NotReplicated,
+    },
 }
 
 /// The outbox in the application's PostgreSQL database: add an event inside the caller's

@@ -114,6 +114,10 @@ pub struct RedisArgs {
     /// Talk to a Redis Cluster (overrides the file).
     #[arg(long, env = "FERRY_CLUSTER")]
     pub cluster: bool,
+    /// What writes must reach before they count as done: primary or replicated (overrides
+    /// the file; replicated waits for one replica with WAIT).
+    #[arg(long, env = "FERRY_DURABILITY")]
+    pub durability: Option<ferry::connection::Durability>,
 }
 
 impl RedisArgs {
@@ -124,6 +128,9 @@ impl RedisArgs {
             config.redis = v.clone();
         }
         config.cluster |= self.cluster;
+        if let Some(v) = self.durability {
+            config.durability = v;
+        }
         Ok(config)
     }
 

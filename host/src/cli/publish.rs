@@ -75,7 +75,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.
     let partitions = config.streams.get(&stream).map_or(1, |s| s.partitions);
     let key = ferry::keys::route(&stream, partitions, event.partitionkey.as_deref(), &event.id);
-    ferry::outbox::publish(&mut conn, &key, &event).await.context("adding the event to the stream")?;
+    ferry::outbox::publish_with(&mut conn, &key, &event, config.replication())
+        .await
+        .context("adding the event to the stream")?;
     println!("{}", event.id);
     Ok(ExitCode::SUCCESS)
 }

@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// Talk to a Redis Cluster (overrides the file).
     #[arg(long, env = "FERRY_CLUSTER")]
     pub cluster: bool,
+    /// What writes must reach before they count as done: primary or replicated (overrides
+    /// the file; replicated waits for one replica with WAIT).
+    #[arg(long, env = "FERRY_DURABILITY")]
+    pub durability: Option<ferry::connection::Durability>,
     /// Plugin directory (overrides the file).
     #[arg(long, env = "FERRY_PLUGINS")]
     pub plugins: Option<PathBuf>,
@@ -53,6 +57,9 @@ impl RunArgs {
             config.redis = v.clone();
         }
         config.cluster |= self.cluster;
+        if let Some(v) = self.durability {
+            config.durability = v;
+        }
         if let Some(v) = &self.plugins {
             config.plugins = v.clone();
         }

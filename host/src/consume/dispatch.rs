@@ -370,13 +370,18 @@ impl Dispatcher {
             Ok(event) => event,
             Err(e) => return invalid(e.to_string(), None),
         };
-        if !is_retry && !active.wants(&self.keys.stream, &event) {
+        // A retry of an event it wanted still runs; an event parked as it was read has not
+        // been asked about yet.
+        if (!is_retry || entry.field(meta::PARKED).is_some()) && !active.wants(&self.keys.stream, &event) {
+            // Under per-key order it may hold its key (taken as it was read, or handed on to
+            // it from the parked list): the settle hands the key on.
+            let release = event.partitionkey.is_some();
             return Local::Settle(Settlement {
                 key: entry.key.clone(),
                 id: entry.id.clone(),
                 event_id: event.id,
                 owner,
-                release: false,
+                release,
                 disposition: Disposition::Skip,
                 fallback: None,
                 tally: Tally::Skipped,

@@ -145,7 +145,25 @@ impl Housekeeper {
                 for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
                     xadd.arg(k).arg(v);
                 }
-                let _: String = xadd.query_async(&mut conn).await?;
+                // Under `durability = "replicated"` the entry stays in the forward key until a
+                // replica has the follow-up (the WAIT rides on the XADD's connection).
+                let replication = self.ctx.replication;
+                let mut pipe = redis::pipe();
+                pipe.add_command(xadd);
+                if replication.waits() {
+                    pipe.add_command(replication.wait_cmd());
+                }
+                let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+                if let (true, Some(wait)) = (replication.waits(), replies.get(1))
+                    && let Err(e) = replication.check(wait)
+                {
+                    crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "a forwarded follow-up",
+                        format!("to {target} {e}"),
+                    )));
+                }
             }
             let _: () = redis::pipe()
                 .atomic()

@@ -162,6 +162,8 @@ pub struct Context {
     /// Partition counts of partitioned streams (others have one): subscribers read every
     /// partition, follow-ups are routed to one.
     pub partitions: std::collections::BTreeMap<String, u32>,
+    /// Whether settles and forwarded follow-ups wait for a replica.
+    pub replication: crate::connection::Replication,
 }
 
 impl Context {

@@ -91,7 +91,7 @@ impl Pipeline {
         tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
             read_ahead: ReadAhead::start(
-                Reader::new(keys.clone(), group.clone(), first.settings.start, block),
+                Reader::new(keys.clone(), subscriber.clone(), first.settings.start, block),
                 ctx.clone(),
                 in_flight.clone(),
                 stop.clone(),

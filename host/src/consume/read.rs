@@ -52,6 +52,57 @@ pub async fn read_group<C: ConnectionLike>(
     Ok(parse_read_reply(value))
 }
 
+/// What a read of new entries under per-key order found.
+#[derive(Debug)]
+pub enum Fresh {
+    /// Entries for this consumer (some may have been parked behind their key instead).
+    Read(Vec<Entry>),
+    /// Nothing new: the last ids of the source and the retry stream, to wait from.
+    Nothing([String; 2]),
+}
+
+/// New entries (`>`) of the source and the retry stream for `consumer` under per-key order,
+/// through `read.lua`: each source entry with a partition key takes its key or is parked
+/// behind it as it is delivered, so a key's events keep stream order across hosts.
+pub async fn read_fresh_ordered<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &crate::keys::SubscriberKeys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Fresh> {
+    let cmd = super::scripts::evalsha(
+        &super::scripts::READ,
+        &[
+            &keys.stream,
+            &keys.retry,
+            &keys.holds,
+            &keys.holders,
+            &keys.hold_since,
+            &keys.parked_count,
+            &keys.parked_prefix,
+        ],
+        &[
+            group.to_string(),
+            consumer.to_string(),
+            count.to_string(),
+            super::now_ms().to_string(),
+            crate::event::field::PARTITIONKEY.to_string(),
+        ],
+    );
+    let reply: Value = super::scripts::run(conn, &cmd).await?;
+    let Value::Array(parts) = reply else { return Ok(Fresh::Read(Vec::new())) };
+    let mut parts = parts.into_iter();
+    let entries = parts.next().map(parse_read_reply).unwrap_or_default();
+    let mut last = || parts.next().as_ref().and_then(text).unwrap_or_default();
+    let last = [last(), last()];
+    // Last ids come back only when nothing was delivered (not when all of it was parked).
+    if !entries.is_empty() || last.iter().all(String::is_empty) {
+        return Ok(Fresh::Read(entries));
+    }
+    Ok(Fresh::Nothing(last.map(|id| if id.is_empty() { "0-0".to_string() } else { id })))
+}
+
 /// `XAUTOCLAIM key group consumer min-idle 0-0 COUNT count`: entries idle for longer than
 /// `min_idle_ms` on any consumer become this consumer's. Returns the claimed entries (with the
 /// ones deleted while pending, as empty entries: Redis 7 already dropped those from the PEL).

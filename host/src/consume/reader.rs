@@ -3,14 +3,19 @@
 //! `XREADGROUP`: first this consumer's own pending entries (id `0`, left by a previous run of
 //! this host), then new ones (`>`). [`ReadAhead`] runs it on a task of its own, so the next
 //! read overlaps with the events of the previous one.
+//!
+//! Under per-key order new entries are read through `read.lua` instead, which queues each on
+//! its partition key as it is delivered (see [`read::read_fresh_ordered`]); a script cannot
+//! block, so when nothing is new the reader waits with an `XREAD BLOCK`, which delivers
+//! nothing, and reads again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::read::{self, Entry};
-use super::{Context, InFlight, ensure_groups};
+use super::read::{self, Entry, Fresh};
+use super::{Context, InFlight, Subscriber, ensure_groups};
 use crate::config::Start;
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
@@ -18,6 +23,8 @@ use crate::keys::SubscriberKeys;
 /// Reads entries for one (subscriber, stream), reconnecting with backoff.
 pub struct Reader {
     keys: SubscriberKeys,
+    /// Its settings (per-key order) are looked up on every read: a reload may change them.
+    subscriber: Arc<Subscriber>,
     group: String,
     start: Start,
     block: Duration,
@@ -30,10 +37,11 @@ pub struct Reader {
 
 impl Reader {
     /// A reader of `keys` for `group`, creating the groups at `start` if they are missing.
-    pub fn new(keys: SubscriberKeys, group: String, start: Start, block: Duration) -> Self {
+    pub fn new(keys: SubscriberKeys, subscriber: Arc<Subscriber>, start: Start, block: Duration) -> Self {
         Self {
             keys,
-            group,
+            group: subscriber.name.clone(),
+            subscriber,
             start,
             block,
             conn: None,
@@ -80,6 +88,17 @@ impl Reader {
             cmd.arg("GROUP").arg(&self.group).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
+        } else if self.subscriber.active().settings.ordered {
+            let block = self.block.as_millis() as u64;
+            match read::read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
+                Ok(Fresh::Read(entries)) => Ok(entries),
+                Ok(Fresh::Nothing(last)) => {
+                    let mut wait = redis::cmd("XREAD");
+                    wait.arg("BLOCK").arg(block).arg("STREAMS").arg(&keys).arg(&last);
+                    wait.query_async::<redis::Value>(conn).await.map(|_| Vec::new())
+                }
+                Err(e) => Err(e),
+            }
         } else {
             let block = self.block.as_millis() as u64;
             read::read_group(conn, &self.group, &ctx.consumer, count, Some(block), &keys, ">").await

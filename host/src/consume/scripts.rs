@@ -17,6 +17,7 @@ macro_rules! script {
     };
 }
 
+script!(READ, "read.lua", "Read new entries and, under per-key order, queue each on its key in stream order.");
 script!(DISPATCH, "dispatch.lua", "Dedupe check-and-record, crash budget and per-key claims of a read.");
 script!(SETTLE, "settle.lua", "Ack, retry, dead-letter or release a group of entries.");
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
@@ -27,8 +28,8 @@ script!(REPLAY, "replay.lua", "Move one dead letter to the retry stream, once.")
 script!(CUT, "cut.lua", "Where a length limit cuts a stream, without reading payloads out.");
 
 /// Every script, for loading after `NOSCRIPT`.
-fn all() -> [&'static Script; 8] {
-    [&DISPATCH, &SETTLE, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &CUT]
+fn all() -> [&'static Script; 9] {
+    [&READ, &DISPATCH, &SETTLE, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &CUT]
 }
 
 /// `EVALSHA sha numkeys keys... args...` for `script`.

@@ -29,6 +29,9 @@ pub mod meta {
     pub const ATTEMPT: &str = "_attempt";
     /// `stream/entry-id` where the event was first read.
     pub const ORIGIN: &str = "_origin";
+    /// Set on events parked behind their key as they were read (read.lua): the dispatcher
+    /// has not yet asked whether the subscriber wants them.
+    pub const PARKED: &str = "_parked";
     /// Set on entries an operator replayed from the dead-letter stream.
     pub const REPLAY: &str = "_replay";
     /// Failure reason.
@@ -424,6 +427,17 @@ impl Settler {
         }
     }
 
+    /// Under `durability = "replicated"`: wait for a replica to have the settle just made on
+    /// `conn`. A shortfall is reported, not retried: the settle stands on the primary, and if
+    /// a failover loses it the entries are delivered again (at least once; their effects were
+    /// written atomically with the ack, so they are lost or kept together).
+    async fn confirm(&self, conn: &mut crate::connection::Conn) {
+        if let Err(e) = crate::connection::replicated(conn, &self.keys.stream, self.ctx.replication).await {
+            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "a settle {e}");
+            crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "settle");
+        }
+    }
+
     async fn settle_group(&self, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -434,6 +448,7 @@ impl Settler {
             match result {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
+                    self.confirm(&mut conn).await;
                     let mut refused = Vec::new();
                     for (s, answer) in group.iter().zip(answers) {
                         match answer {

@@ -741,3 +741,30 @@ async fn a_host_holds_at_most_one_read_of_events_beyond_those_running() {
     assert!(most <= 10 + 2 * 2, "at most one read (10) beyond the 2 running and 2 settling: {most}");
     host.stop().await;
 }
+
+/// Per-key order across hosts: host A reads the first event of a key and dies before it
+/// dispatches it (a SIGKILL between the read and the dispatch); host B reads the second. The
+/// second must not run before the first, which runs once A's entry is taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_read_by_a_host_that_died_before_dispatching_it_still_runs_before_later_events_of_its_key() {
+    let env = Env::new();
+    env.add_plugin("ord", fixtures::RECORDER, &recorder("ordered = true\n[limits]\ndeadline = \"1s\""));
+    let keys = SubscriberKeys::new("events", "ord");
+    let mut conn = env.conn().await;
+    ferry::consume::ensure_groups(&mut conn, &keys, "ord", ferry::config::Start::Beginning).await.expect("groups");
+    publish_keyed(&mut conn, "K", r#"{"i":0}"#).await;
+    publish_keyed(&mut conn, "K", r#"{"i":1}"#).await;
+    // Host A's read, exactly as a host reads new entries under per-key order; then host A is
+    // gone. (With a plain XREADGROUP here, as hosts read before, the order came out [1, 0].)
+    let read =
+        ferry::consume::read::read_fresh_ordered(&mut conn, &keys, "ord", "host-a", 1).await.expect("host A reads");
+    let ferry::consume::read::Fresh::Read(read) = read else { panic!("host A read nothing") };
+    assert_eq!(read.len(), 1, "host A read the first event");
+    let mut config = env.config();
+    config.read.claim_idle = Some(Duration::from_secs(2));
+    let host = InProcessHost::start(config);
+    assert_eq!(order_of(&env, "K", 2).await, vec![0, 1], "the key's events ran in stream order");
+    env.settled("events", Duration::from_secs(30)).await;
+    no_key_held(&mut conn, &keys).await;
+    host.stop().await;
+}

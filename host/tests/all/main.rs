@@ -14,4 +14,5 @@ mod polyglot;
 mod recovery;
 mod relay;
 mod reload;
+mod replication;
 mod sandbox;

@@ -476,6 +476,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         grace: Duration::from_secs(10),
         retention: None,
         partitions: Default::default(),
+        replication: ferry::connection::Replication::PRIMARY,
     });
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
