@@ -768,3 +768,41 @@ async fn an_event_read_by_a_host_that_died_before_dispatching_it_still_runs_befo
     no_key_held(&mut conn, &keys).await;
     host.stop().await;
 }
+
+/// An event parked behind its key as it was read has not been checked against the
+/// subscriptions yet: when its turn comes an unwanted one is skipped (not run) and hands the
+/// key on to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwanted_event_parked_as_it_was_read_is_skipped_in_its_turn_and_hands_the_key_on() {
+    use ferry::consume::read::{Fresh, read_fresh_ordered};
+    let env = Env::new();
+    let toml = format!(
+        "subscriptions = [{{ type = \"Keyed\" }}]\n{}",
+        recorder("ordered = true\n[limits]\ndeadline = \"1s\"")
+    );
+    env.add_plugin("ord", fixtures::RECORDER, &toml);
+    let keys = SubscriberKeys::new("events", "ord");
+    let mut conn = env.conn().await;
+    ferry::consume::ensure_groups(&mut conn, &keys, "ord", ferry::config::Start::Beginning).await.expect("groups");
+    publish_keyed(&mut conn, "K", r#"{"i":0}"#).await;
+    let mut other = Event::new("Other", "tests", r#"{"i":1}"#);
+    other.partitionkey = Some("K".into());
+    ferry::outbox::publish(&mut conn, "events", &other).await.expect("publish");
+    publish_keyed(&mut conn, "K", r#"{"i":2}"#).await;
+    // A host that is gone read all three: the first took the key, the others were parked.
+    let Fresh::Read(read) = read_fresh_ordered(&mut conn, &keys, "ord", "gone", 10).await.expect("read") else {
+        panic!("nothing read")
+    };
+    assert_eq!(read.len(), 1, "only the key's first event is handed to the reader");
+    let parked: i64 = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.expect("GET");
+    assert_eq!(parked, 2, "the other two wait behind the key");
+    let mut config = env.config();
+    config.read.claim_idle = Some(Duration::from_secs(2));
+    let host = InProcessHost::start(config);
+    assert_eq!(order_of(&env, "K", 2).await, vec![0, 2]);
+    env.settled("events", Duration::from_secs(30)).await;
+    no_key_held(&mut conn, &keys).await;
+    let recs = records(&mut conn, "records").await;
+    assert!(recs.iter().all(|r| r["type"] != "Other"), "the unwanted event did not run: {recs:?}");
+    host.stop().await;
+}
