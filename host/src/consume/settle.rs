@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
 use super::{Context, Counters, InFlight, now_ms, scripts};
+use crate::connection::Conn;
 use crate::event::Event;
 use crate::keys::{self, SubscriberKeys};
 use crate::plugin::invoke::FailureKind;
@@ -414,6 +415,7 @@ impl Settler {
     /// cannot reach Redis is given up: its entries stay pending and are delivered again.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut own = None;
         while let Some(first) = rx.recv().await {
             group.push(first);
             while group.len() < MAX_GROUP {
@@ -422,7 +424,7 @@ impl Settler {
                     Err(_) => break,
                 }
             }
-            self.settle_group(&mut group, &stop).await;
+            self.settle_group(&mut own, &mut group, &stop).await;
             group.clear();
         }
     }
@@ -431,24 +433,55 @@ impl Settler {
     /// `conn`. A shortfall is reported, not retried: the settle stands on the primary, and if
     /// a failover loses it the entries are delivered again (at least once; their effects were
     /// written atomically with the ack, so they are lost or kept together).
-    async fn confirm(&self, conn: &mut crate::connection::Conn) {
+    async fn confirm(&self, conn: &mut Conn) {
         if let Err(e) = crate::connection::replicated(conn, &self.keys.stream, self.ctx.replication).await {
             tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "a settle {e}");
             crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "settle");
         }
     }
 
-    async fn settle_group(&self, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
+    /// The connection a settle goes through: the shared one, or under `durability =
+    /// "replicated"` one of this settler's own (`own`, made when first needed), since the
+    /// `WAIT` after each settle must ride on the settle's connection and blocks it until a
+    /// replica answers: on the shared connection it would stall every other command to that
+    /// node.
+    async fn connection(&self, own: &mut Option<Conn>) -> redis::RedisResult<Conn> {
+        if !self.ctx.replication.waits() {
+            return Ok(self.ctx.shared.clone());
+        }
+        if own.is_none() {
+            *own = Some(self.ctx.redis.dedicated(self.ctx.replication.timeout).await?);
+        }
+        Ok(own.clone().expect("made above"))
+    }
+
+    /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
+    /// replica (a shortfall is reported, see [`Settler::confirm`]).
+    async fn settle_once(&self, conn: &mut Conn, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
+        let routing =
+            Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
+        let answers = settle(conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
+        self.confirm(conn).await;
+        Ok(answers)
+    }
+
+    async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let mut conn = self.ctx.shared.clone();
-            let routing =
-                Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
-            let result = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await;
+            let conn = self.connection(own).await;
+            let result = match conn {
+                Ok(mut conn) => {
+                    let result = self.settle_once(&mut conn, group).await;
+                    if result.is_err() {
+                        *own = None;
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
-                    self.confirm(&mut conn).await;
                     let mut refused = Vec::new();
                     for (s, answer) in group.iter().zip(answers) {
                         match answer {

@@ -9,6 +9,9 @@
 //! Redis CPU summed over every node (replication included) and host CPU summed over the host
 //! processes. On a 2-core machine the hosts and the nodes share two cores, so absolute scaling
 //! cannot show; the ratios and the per-event CPU can.
+//!
+//! The cost of `durability = "replicated"`: the 3-host run again with every settle and
+//! forward waiting for a replica, and one publish at a time with and without its `WAIT`.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use ferry::config::{Config, Start, StreamConfig};
-use ferry::connection::{Conn, Target};
+use ferry::connection::{Conn, Durability, Replication, Target};
 use ferry::consume::read;
 use ferry::event::Event;
 use ferry::redis_server::{RedisCluster, RedisServer};
@@ -75,14 +78,40 @@ pub async fn figures(noop: &Path, events: usize, report: &mut Report) -> anyhow:
         nodes: cluster.nodes.iter().map(RedisServer::url).collect(),
         label: "cluster",
     };
-    let base = run(work.path(), &on_node, 1, events, "s1").await?;
+    let base = run(work.path(), &on_node, 1, events, "s1", Durability::Primary).await?;
     let single_note = "ferry run, partitioned stream, one redis-server";
     add(report, "cluster bench: 1 host, single node", &base, base.events_per_sec, single_note);
+    let mut three = base.events_per_sec;
     for hosts in 1..=3 {
-        let r = run(work.path(), &on_cluster, hosts, events, &format!("c{hosts}")).await?;
+        let r = run(work.path(), &on_cluster, hosts, events, &format!("c{hosts}"), Durability::Primary).await?;
         let name = format!("cluster bench: {hosts} host{}, 3-primary cluster", if hosts == 1 { "" } else { "s" });
         add(report, &name, &r, base.events_per_sec, "ferry run processes, 6 partitions over 3 primaries");
+        three = r.events_per_sec;
     }
+    let r = run(work.path(), &on_cluster, 3, events, "r3", Durability::Replicated).await?;
+    let note = format!("{:.2}x the same 3 hosts without; every settle waits for a replica", r.events_per_sec / three);
+    add(report, "cluster bench: 3 hosts, durability = replicated", &r, base.events_per_sec, &note);
+    publish_cost(&on_cluster, events.min(2_000), report).await
+}
+
+/// One publish at a time (a producer that waits for each answer), with and without waiting
+/// for a replica: µs per publish.
+async fn publish_cost(place: &Place<'_>, n: usize, report: &mut Report) -> anyhow::Result<()> {
+    let (_, mut conn) = ferry::connection::connect(&Target::new(&place.redis, place.cluster)).await?;
+    let mut per_publish = [0.0; 2];
+    for (i, durability) in [Durability::Primary, Durability::Replicated].into_iter().enumerate() {
+        let replication = Replication { durability, timeout: Duration::from_secs(1) };
+        let started = Instant::now();
+        for k in 0..n {
+            let event = sample_event(k);
+            let key = ferry::outbox::route("bench-publish", PARTITIONS, &event);
+            ferry::outbox::publish_with(&mut conn, &key, &event, replication).await?;
+        }
+        per_publish[i] = started.elapsed().as_secs_f64() * 1e6 / n.max(1) as f64;
+    }
+    report.add("cluster bench: publish, primary", per_publish[0], "us/publish", "one at a time, on the cluster");
+    let note = format!("{:.2}x primary: XADD and WAIT 1 in one round trip", per_publish[1] / per_publish[0]);
+    report.add("cluster bench: publish, durability = replicated", per_publish[1], "us/publish", note);
     Ok(())
 }
 
@@ -100,12 +129,20 @@ fn add(report: &mut Report, name: &str, r: &Run, single: f64, note: &str) {
 }
 
 /// Preload `events` into a fresh partitioned stream at `place`, drain it with `hosts` host
-/// processes, and measure.
-async fn run(work: &Path, place: &Place<'_>, hosts: usize, events: usize, tag: &str) -> anyhow::Result<Run> {
+/// processes writing with `durability`, and measure.
+async fn run(
+    work: &Path,
+    place: &Place<'_>,
+    hosts: usize,
+    events: usize,
+    tag: &str,
+    durability: Durability,
+) -> anyhow::Result<Run> {
     let stream = format!("bench-{tag}");
     let (_, mut conn) = ferry::connection::connect(&Target::new(&place.redis, place.cluster)).await?;
     preload(&mut conn, &stream, events).await?;
-    let config = host_config(work, place, &stream);
+    let mut config = host_config(work, place, &stream);
+    config.durability = durability;
     let mut children = Hosts(Vec::new());
     for i in 0..hosts {
         children.0.push(spawn(work, &config, &format!("{tag}-host-{i}"))?);
