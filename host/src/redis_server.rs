@@ -253,6 +253,106 @@ impl RedisCluster {
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
         cli(self.nodes[i].port, args)
     }
+
+    /// Node `i`'s id (`CLUSTER MYID`).
+    pub fn node_id(&self, i: usize) -> String {
+        self.cli(i, &["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// `CLUSTER FAILOVER` on the replica of the primary serving `slot` (a coordinated
+    /// hand-over: the replica catches up first); waits until it serves the slot. Returns the
+    /// new primary.
+    pub fn failover(&self, slot: u16, timeout: Duration) -> std::io::Result<usize> {
+        let primary = self.primary_of(slot).ok_or_else(|| std::io::Error::other("no primary serves the slot"))?;
+        let replica = self.replica_of(primary).ok_or_else(|| std::io::Error::other("the primary has no replica"))?;
+        let answer = self.cli(replica, &["CLUSTER", "FAILOVER"]);
+        if !answer.contains("OK") {
+            return Err(std::io::Error::other(format!("CLUSTER FAILOVER: {answer}")));
+        }
+        self.wait_for("the replica to take over after CLUSTER FAILOVER", timeout, || {
+            self.primary_of(slot) == Some(replica)
+        })?;
+        self.wait_ok(timeout)?;
+        Ok(replica)
+    }
+
+    /// SIGKILL the primary serving `slot` (no hand-over: what it had not yet replicated is
+    /// lost) and wait until its replica has been promoted by the others and the cluster is
+    /// ok again. Returns (killed node, new primary).
+    pub fn kill_primary(&mut self, slot: u16, timeout: Duration) -> std::io::Result<(usize, usize)> {
+        let primary = self.primary_of(slot).ok_or_else(|| std::io::Error::other("no primary serves the slot"))?;
+        let replica = self.replica_of(primary).ok_or_else(|| std::io::Error::other("the primary has no replica"))?;
+        self.nodes[primary].kill();
+        self.wait_for("the replica to be promoted after its primary was killed", timeout, || {
+            self.primary_of(slot) == Some(replica)
+        })?;
+        self.wait_ok(timeout)?;
+        Ok((primary, replica))
+    }
+
+    /// Start a killed node again (same port, directory and `nodes.conf`): a former primary
+    /// whose slots were taken over rejoins as a replica of the node that took them. Waits
+    /// until its replication link is up.
+    pub fn restart_as_replica(&mut self, i: usize, timeout: Duration) -> std::io::Result<()> {
+        self.nodes[i].restart()?;
+        self.wait_for("the restarted node to replicate its new primary", timeout, || {
+            self.cli(i, &["ROLE"]).starts_with("slave")
+                && self.cli(i, &["INFO", "replication"]).contains("master_link_status:up")
+        })?;
+        self.wait_ok(timeout)
+    }
+
+    /// Move `slot` and its keys to primary `to`, as `redis-cli --cluster reshard` does:
+    /// `SETSLOT IMPORTING` / `MIGRATING`, `MIGRATE` the keys in batches (clients writing
+    /// meanwhile get `ASK` and `TRYAGAIN`), then `SETSLOT NODE` on every primary. Waits until
+    /// `to` serves the slot and the cluster is ok.
+    pub fn migrate_slot(&self, slot: u16, to: usize, timeout: Duration) -> std::io::Result<()> {
+        let from = self.primary_of(slot).ok_or_else(|| std::io::Error::other("no primary serves the slot"))?;
+        if from == to {
+            return Ok(());
+        }
+        let (slot_arg, from_id, to_id) = (slot.to_string(), self.node_id(from), self.node_id(to));
+        let to_port = self.nodes[to].port.to_string();
+        self.cli(to, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
+        self.cli(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let answer = self.cli(from, &args);
+            if !(answer.contains("OK") || answer.contains("NOKEY")) && Instant::now() > deadline {
+                return Err(std::io::Error::other(format!("MIGRATE of slot {slot}: {answer}")));
+            }
+        }
+        for i in [to, from] {
+            self.cli(i, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_some() && ![to, from].contains(&i) && self.cli(i, &["ROLE"]).starts_with("master")
+            {
+                self.cli(i, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+            }
+        }
+        self.wait_for("every node to agree on the migrated slot", timeout, || self.primary_of(slot) == Some(to))?;
+        self.wait_ok(timeout)
+    }
+
+    /// Poll `done` every 50 ms until it holds, or fail with `what` after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, done: impl Fn() -> bool) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other(format!("timed out after {timeout:?} waiting for {what}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
 }
 
 /// Whether the node on `port` serves `slot`, from its own line of `CLUSTER NODES`.

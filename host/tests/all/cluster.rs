@@ -15,33 +15,33 @@ use serde_json::Value;
 use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry};
 
 /// A test's world on a cluster: the cluster and a plugin directory.
-struct ClusterEnv {
-    cluster: RedisCluster,
-    env: Env,
+pub struct ClusterEnv {
+    pub cluster: RedisCluster,
+    pub env: Env,
 }
 
 impl ClusterEnv {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let cluster = RedisCluster::start().expect("starting a local Redis Cluster");
         // The single-node Redis of `Env` is not used; the plugin and cache dirs are.
         Self { cluster, env: Env::new() }
     }
 
-    fn config(&self) -> ferry::config::Config {
+    pub fn config(&self) -> ferry::config::Config {
         let mut config = self.env.config();
         config.redis = self.cluster.seeds();
         config.cluster = true;
         config
     }
 
-    async fn conn(&self) -> Conn {
+    pub async fn conn(&self) -> Conn {
         ferry::connection::connect(&Target::new(&self.cluster.seeds(), true)).await.expect("cluster connection").1
     }
 }
 
 /// The records in `stream`, read through the cluster, with the id of the follow-up event
 /// that carried each.
-async fn records(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
+pub async fn records(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
     let value: redis::Value =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(conn).await.unwrap_or(redis::Value::Nil);
     ferry::consume::read::parse_entries(stream, value)

@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod cluster;
+mod cluster_faults;
 mod delivery;
 mod e2e;
 mod edges;

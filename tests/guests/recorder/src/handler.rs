@@ -38,6 +38,11 @@ fn record(event: &Event, note: String) -> Result {
         "entry_id": event.entry_id(),
         "note": note,
         "calls": CALLS.load(std::sync::atomic::Ordering::Relaxed),
+        // When the handler ran (the host's wall clock): orders runs across host processes.
+        "ran_at_ns": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
     });
     publish::send(Outgoing::json("Recorded", &record)?.to_stream(&stream))?;
     Ok(())
