@@ -204,6 +204,14 @@ impl RedisCluster {
         }
         let cluster = Self { nodes };
         cluster.wait_ok(Duration::from_secs(30))?;
+        // `cluster_state:ok` can come before a replica has finished its first sync; a `WAIT`
+        // (durability = "replicated") would then find no replica.
+        cluster.wait_for("every replica to be in sync with its primary", Duration::from_secs(30), || {
+            (0..cluster.nodes.len()).all(|i| {
+                let info = cluster.cli(i, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        })?;
         Ok(cluster)
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::{self, Entry};
 use super::{Context, InFlight, now_ms, scripts, settle, trim};
+use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
 
 /// The consumer group of the forwarders on a stream's forward key.
@@ -49,6 +50,7 @@ impl Housekeeper {
         let mut last_trim = Instant::now();
         let mut sweep_cursor = "0".to_string();
         let mut forwarders_ready = false;
+        let mut forwarder_conn = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -62,7 +64,7 @@ impl Housekeeper {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if self.ctx.redis.is_cluster()
-                && let Err(e) = self.forward(&mut forwarders_ready).await
+                && let Err(e) = self.forward(&mut forwarders_ready, &mut forwarder_conn).await
             {
                 tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
             }
@@ -103,8 +105,27 @@ impl Housekeeper {
     /// ack, so a forwarder that dies in between re-sends the same event, which consumers'
     /// dedupe absorbs. Nothing is lost. The group is created once (`ready`), and again after
     /// Redis lost it (`NOGROUP`: a restart without persistence, a failover).
-    async fn forward(&self, ready: &mut bool) -> redis::RedisResult<()> {
-        let mut conn = self.ctx.shared.clone();
+    ///
+    /// Under `durability = "replicated"` (on a connection of its own, `own`: a `WAIT` blocks
+    /// its connection) a follow-up is forwarded only once a replica of the source slot has it
+    /// (so has the ack written with it: a follow-up of a settle that a failover then loses is
+    /// never sent), and leaves the forward key only once a replica of its target has it.
+    /// Entries left behind are read again from this forwarder's own pending list.
+    async fn forward(&self, ready: &mut bool, own: &mut Option<Conn>) -> redis::RedisResult<()> {
+        let replication = self.ctx.replication;
+        let mut conn = match own {
+            Some(conn) => conn.clone(),
+            None if replication.waits() => own.insert(self.ctx.redis.dedicated(replication.timeout).await?).clone(),
+            None => self.ctx.shared.clone(),
+        };
+        let result = self.forward_on(&mut conn, ready).await;
+        if result.is_err() {
+            *own = None;
+        }
+        result
+    }
+
+    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool) -> redis::RedisResult<()> {
         let key = &self.keys.forward;
         if !*ready {
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -113,7 +134,7 @@ impl Housekeeper {
                 .arg(FORWARDERS)
                 .arg("0")
                 .arg("MKSTREAM")
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await;
             if let Err(e) = created
                 && !e.to_string().contains("BUSYGROUP")
@@ -123,9 +144,17 @@ impl Housekeeper {
             *ready = true;
         }
         let idle = self.claim_idle.as_millis() as u64;
+        // One forwarder per (host, subscriber) on the stream's forward key: its own name, so
+        // its own pending list is its own (a host's other subscribers forward the same key).
+        let consumer = format!("{}/{}", self.ctx.consumer, self.group);
         let read = async {
-            let mut entries = read::auto_claim(&mut conn, key, FORWARDERS, &self.ctx.consumer, idle, 100).await?;
-            entries.extend(read::read_group(&mut conn, FORWARDERS, &self.ctx.consumer, 100, None, &[key], ">").await?);
+            // A dead forwarder's entries, else this one's own left-overs, else new ones.
+            let mut entries = read::auto_claim(conn, key, FORWARDERS, &consumer, idle, 100).await?;
+            for id in ["0", ">"] {
+                if entries.is_empty() {
+                    entries = read::read_group(conn, FORWARDERS, &consumer, 100, None, &[key], id).await?;
+                }
+            }
             Ok::<_, redis::RedisError>(entries)
         };
         let entries = match read.await {
@@ -137,48 +166,63 @@ impl Housekeeper {
                 return Err(e);
             }
         };
-        for entry in entries {
-            let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
-            if let Some(target) = target {
-                let mut xadd = redis::cmd("XADD");
-                xadd.arg(&target).arg("*");
-                for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
-                    xadd.arg(k).arg(v);
-                }
-                // Under `durability = "replicated"` the entry stays in the forward key until a
-                // replica has the follow-up (the WAIT rides on the XADD's connection).
-                let replication = self.ctx.replication;
-                let mut pipe = redis::pipe();
-                pipe.add_command(xadd);
-                if replication.waits() {
-                    pipe.add_command(replication.wait_cmd());
-                }
-                let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-                if let (true, Some(wait)) = (replication.waits(), replies.get(1))
-                    && let Err(e) = replication.check(wait)
-                {
-                    crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Io,
-                        "a forwarded follow-up",
-                        format!("to {target} {e}"),
-                    )));
-                }
-            }
-            let _: () = redis::pipe()
-                .atomic()
-                .cmd("XACK")
-                .arg(key)
-                .arg(FORWARDERS)
-                .arg(&entry.id)
-                .ignore()
-                .cmd("XDEL")
-                .arg(key)
-                .arg(&entry.id)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
+        if entries.is_empty() {
+            return Ok(());
         }
+        // The read is a write (it moves the entries into this forwarder's pending list), so
+        // this WAIT covers every settle that wrote them.
+        if let Err(e) = crate::connection::replicated(conn, key, self.ctx.replication).await {
+            crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
+            return Err(redis::RedisError::from((redis::ErrorKind::Io, "follow-ups to forward", e.to_string())));
+        }
+        for entry in entries {
+            self.forward_one(conn, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
+    /// then remove it from the forward key.
+    async fn forward_one(&self, conn: &mut Conn, entry: Entry) -> redis::RedisResult<()> {
+        let key = &self.keys.forward;
+        let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
+        if let Some(target) = target {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&target).arg("*");
+            for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
+                xadd.arg(k).arg(v);
+            }
+            let replication = self.ctx.replication;
+            let mut pipe = redis::pipe();
+            pipe.add_command(xadd);
+            if replication.waits() {
+                pipe.add_command(replication.wait_cmd());
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            if let (true, Some(wait)) = (replication.waits(), replies.get(1))
+                && let Err(e) = replication.check(wait)
+            {
+                crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "a forwarded follow-up",
+                    format!("to {target} {e}"),
+                )));
+            }
+        }
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(key)
+            .arg(FORWARDERS)
+            .arg(&entry.id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key)
+            .arg(&entry.id)
+            .ignore()
+            .query_async(conn)
+            .await?;
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
 use super::{Context, Counters, InFlight, now_ms, scripts};
-use crate::connection::Conn;
+use crate::connection::{Conn, NotReplicated};
 use crate::event::Event;
 use crate::keys::{self, SubscriberKeys};
 use crate::plugin::invoke::FailureKind;
@@ -430,13 +430,19 @@ impl Settler {
     }
 
     /// Under `durability = "replicated"`: wait for a replica to have the settle just made on
-    /// `conn`. A shortfall is reported, not retried: the settle stands on the primary, and if
-    /// a failover loses it the entries are delivered again (at least once; their effects were
-    /// written atomically with the ack, so they are lost or kept together).
-    async fn confirm(&self, conn: &mut Conn) {
-        if let Err(e) = crate::connection::replicated(conn, &self.keys.stream, self.ctx.replication).await {
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "a settle {e}");
-            crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "settle");
+    /// `conn`. A shortfall (no replica answered in time) is reported, not retried: the settle
+    /// stands on the primary, and if a failover loses it the entries are delivered again (at
+    /// least once; their effects were written atomically with the ack, so they are lost or kept
+    /// together). A failed `WAIT` is returned: the primary may be gone with the settle.
+    async fn confirm(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        match crate::connection::replicated(conn, &self.keys.stream, self.ctx.replication).await {
+            Ok(()) => Ok(()),
+            Err(NotReplicated::Shortfall(timeout)) => {
+                tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "a settle reached the primary but no replica confirmed it within {timeout:?}");
+                crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "settle");
+                Ok(())
+            }
+            Err(NotReplicated::Redis(e)) => Err(e),
         }
     }
 
@@ -457,28 +463,33 @@ impl Settler {
 
     /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
     /// replica (a shortfall is reported, see [`Settler::confirm`]).
-    async fn settle_once(&self, conn: &mut Conn, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
+    async fn settle_once(&self, own: &mut Option<Conn>, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
-        let answers = settle(conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
-        self.confirm(conn).await;
+        let mut conn = self.connection(own).await?;
+        let answers = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
+        if let Err(e) = self.confirm(&mut conn).await {
+            // The connection failed before a replica was known to have the settle: its primary
+            // may have died with it (a failover). Settle again, on whichever primary serves the
+            // slot now: the effects are guarded by the XACK, so a settle that survived writes
+            // nothing twice, and one that was lost is written again with the same follow-up
+            // ids. The first answers count.
+            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
+            *own = None;
+            let mut conn = self.connection(own).await?;
+            settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
+            self.confirm(&mut conn).await?;
+        }
         Ok(answers)
     }
 
     async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let conn = self.connection(own).await;
-            let result = match conn {
-                Ok(mut conn) => {
-                    let result = self.settle_once(&mut conn, group).await;
-                    if result.is_err() {
-                        *own = None;
-                    }
-                    result
-                }
-                Err(e) => Err(e),
-            };
+            let result = self.settle_once(own, group).await;
+            if result.is_err() {
+                *own = None;
+            }
             match result {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
