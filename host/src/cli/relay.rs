@@ -33,12 +33,13 @@ pub struct RelayArgs {
 /// Flags of the relay itself.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Redis URL.
-    #[arg(long, env = "FERRY_REDIS", default_value = "redis://127.0.0.1:6379")]
-    pub redis: String,
-    /// Stream of rows that name none.
-    #[arg(long, env = "FERRY_STREAM", default_value = "events")]
-    pub stream: String,
+    /// Redis (`--redis`, `--cluster`, `--durability`) and, with `--config`, the host's file:
+    /// its `[streams]` partitions route rows to their partitions.
+    #[command(flatten)]
+    pub redis: super::RedisArgs,
+    /// Stream of rows that name none (default: the configuration's `stream`, `events`).
+    #[arg(long, env = "FERRY_STREAM")]
+    pub stream: Option<String>,
     /// Rows per round.
     #[arg(long, env = "FERRY_RELAY_BATCH", default_value_t = 500)]
     pub batch: usize,
@@ -196,7 +197,11 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn relay(args: &RunArgs, postgres: &str, table: &str) -> anyhow::Result<ExitCode> {
-    let settings = Settings::from_config(&args.config(postgres, table), &args.redis, &args.stream)?;
+    let mut config = args.redis.config()?;
+    if let Some(stream) = &args.stream {
+        config.stream = stream.clone();
+    }
+    let settings = Settings::for_host(&config, &args.config(postgres, table))?;
     let metrics = Metrics::new();
     let admin = match &args.admin {
         Some(listen) => Some(serve_metrics(listen, metrics.clone()).await?),

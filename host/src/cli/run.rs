@@ -96,10 +96,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     // Checked before anything starts, so a bad [relay] section fails fast.
     let relay_settings = match &config.relay {
-        Some(section) => Some(
-            ferry::relay::Settings::from_config(section, &config.redis, &config.stream)
-                .context("invalid [relay] section")?,
-        ),
+        Some(section) => Some(ferry::relay::Settings::for_host(&config, section).context("invalid [relay] section")?),
         None => None,
     };
     let host = Host::new(config).await?;

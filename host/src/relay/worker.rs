@@ -1,9 +1,12 @@
 //! The relay loop: become the table's active relay, then move committed rows to their streams.
 //!
 //! One round: read up to `batch` rows below the oldest running transaction in (xid, seq) order,
-//! `XADD` every valid one (pipelined, in that order, each with its own event id), and only once
-//! Redis has answered mark them published (or delete them) and mark the invalid ones failed, in
-//! one transaction. A crash between the `XADD` and the mark publishes the same event ids again
+//! `XADD` every valid one to its stream key (its partition, by partition key, when the stream
+//! is partitioned), one pipeline per key so a pipeline stays in one hash slot on a cluster,
+//! rows of a key in (xid, seq) order, each with its own event id; and only once Redis has
+//! answered every pipeline (and under `durability = "replicated"` a replica has confirmed
+//! each) mark them published (or delete them) and mark the invalid ones failed, in one
+//! transaction. A crash between the `XADD` and the mark publishes the same event ids again
 //! on the next round; consumers' dedupe absorbs them. Any PostgreSQL or Redis failure ends the
 //! session: connections (and with them the lock) are dropped and the next session starts
 //! after a short backoff, from what the table says, so nothing depends on in-memory state.
@@ -11,13 +14,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::AsyncConnectionConfig;
 use time::OffsetDateTime;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::row::{Row, StreamRules};
 use super::{RelayError, Table};
-use crate::config::RelayConfig;
+use crate::config::{Config, RelayConfig};
+use crate::connection::{Conn, Redis, Replication, Target};
 use crate::metrics::{RelayLabels, RelayMetrics};
 
 /// What happens to a row once its event is in the stream.
@@ -34,8 +37,12 @@ pub enum Retention {
 pub struct Settings {
     /// PostgreSQL URL.
     pub postgres: String,
-    /// Redis URL.
-    pub redis: String,
+    /// Where Redis is (a node or a cluster).
+    pub target: Target,
+    /// Partition counts of partitioned streams: a row goes to its partition.
+    pub partitions: std::collections::BTreeMap<String, u32>,
+    /// Whether a round waits for a replica before marking its rows.
+    pub replication: Replication,
     /// The outbox table.
     pub table: Table,
     /// Streams rows may name, and the default one.
@@ -51,7 +58,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings from a `[relay]` section, the Redis URL and the default stream.
+    /// Settings from the host configuration's `[relay]` section `section`: its Redis (node or
+    /// cluster), default stream, stream partitions and durability.
+    pub fn for_host(config: &Config, section: &RelayConfig) -> Result<Self, RelayError> {
+        let mut settings = Self::from_config(section, &config.redis, &config.stream)?;
+        settings.target = config.target();
+        settings.partitions = config.partitions();
+        settings.replication = config.replication();
+        Ok(settings)
+    }
+
+    /// Settings from a `[relay]` section, a single Redis node's URL and the default stream
+    /// (no partitions, primary durability; see [`Settings::for_host`]).
     pub fn from_config(config: &RelayConfig, redis: &str, default_stream: &str) -> Result<Self, RelayError> {
         if config.postgres.is_empty() {
             return Err(RelayError::Url("relay.postgres is empty".into()));
@@ -59,7 +77,9 @@ impl Settings {
         crate::keys::check_name("stream", default_stream).map_err(RelayError::Event)?;
         Ok(Self {
             postgres: config.postgres.clone(),
-            redis: redis.to_string(),
+            target: Target::Node(redis.to_string()),
+            partitions: Default::default(),
+            replication: Replication::PRIMARY,
             table: Table::new(&config.table)?,
             rules: StreamRules { default_stream: default_stream.to_string(), allowed: config.streams.clone() },
             batch: config.batch.max(1),
@@ -144,11 +164,9 @@ impl Relay {
         // Listen on the lock's session: it idles, and notifications arrive while a round runs.
         within(lock.batch_execute(&table.listen())).await?;
         let (mut work, _) = super::connect(&self.settings.postgres, &self.name).await?;
-        let redis_client = redis::Client::open(self.settings.redis.as_str())?;
-        let redis_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(STATEMENT_TIMEOUT));
-        let mut redis = redis_client.get_multiplexed_async_connection_with_config(&redis_config).await?;
+        // A connection of the relay's own: a `WAIT` blocks the connection it is sent on.
+        let client = Redis::open(&self.settings.target).map_err(|e| RelayError::Url(format!("{e:#}")))?;
+        let mut redis = client.dedicated(STATEMENT_TIMEOUT.saturating_sub(Duration::from_secs(5))).await?;
         tracing::info!(table = %table.name(), "active relay");
         self.metrics.active.get_or_create(&self.labels).set(1);
 
@@ -197,10 +215,12 @@ impl Relay {
         &self,
         work: &mut tokio_postgres::Client,
         statements: &Statements,
-        redis: &mut redis::aio::MultiplexedConnection,
+        redis: &mut Conn,
         rows: &[tokio_postgres::Row],
     ) -> Result<(), RelayError> {
-        let mut pipe = redis::pipe();
+        // One pipeline per stream key, in the order keys first appear; rows keep their order
+        // within a key (per-key order is per partition).
+        let mut by_key: Vec<(String, redis::Pipeline)> = Vec::new();
         let mut published: Vec<uuid::Uuid> = Vec::with_capacity(rows.len());
         let mut created: Vec<OffsetDateTime> = Vec::with_capacity(rows.len());
         let mut failed: Vec<(uuid::Uuid, String)> = Vec::new();
@@ -208,10 +228,16 @@ impl Relay {
             let row = Row::from_pg(pg_row)?;
             match row.to_event(&self.settings.rules) {
                 Ok((stream, event)) => {
-                    let mut xadd = redis::cmd("XADD");
-                    xadd.arg(&stream).arg("*");
-                    event.write_fields(&mut xadd);
-                    pipe.add_command(xadd);
+                    let n = self.settings.partitions.get(&stream).copied().unwrap_or(1);
+                    let key = crate::keys::route(&stream, n, event.partitionkey.as_deref(), &event.id);
+                    let pipe = match by_key.iter().position(|(k, _)| *k == key) {
+                        Some(i) => &mut by_key[i].1,
+                        None => {
+                            by_key.push((key.clone(), redis::pipe()));
+                            &mut by_key.last_mut().expect("just pushed").1
+                        }
+                    };
+                    pipe.add_command(crate::outbox::xadd(&key, &event)).ignore();
                     published.push(row.id);
                     created.push(row.created_at);
                 }
@@ -221,9 +247,21 @@ impl Relay {
                 }
             }
         }
-        if !published.is_empty() {
-            // Pipelined on one connection: entries land in the stream in (xid, seq) order.
-            let _: Vec<String> = pipe.query_async(redis).await?;
+        let replication = self.settings.replication;
+        for (key, mut pipe) in by_key {
+            // The WAIT rides on the pipeline, so it covers this very batch on the key's node.
+            if replication.waits() {
+                pipe.add_command(replication.wait_cmd());
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(redis).await?;
+            if let Some(wait) = replies.last().filter(|_| replication.waits())
+                && let Err(e) = replication.check(wait)
+            {
+                // Not marked: the rows are published again (same event ids) next round.
+                tracing::warn!(table = %self.settings.table.name(), stream = %key, "a relayed batch {e}");
+                crate::metrics::shortfall(&self.metrics.shortfalls, "relay");
+                return Ok(());
+            }
         }
         let confirmed = OffsetDateTime::now_utc();
         if failed.is_empty() {

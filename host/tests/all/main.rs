@@ -14,6 +14,7 @@ mod observability;
 mod polyglot;
 mod recovery;
 mod relay;
+mod relay_partitions;
 mod reload;
 mod replication;
 mod sandbox;
