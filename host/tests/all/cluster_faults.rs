@@ -47,8 +47,8 @@ fn recorder(stream: &str, extra: &str) -> String {
     )
 }
 
-/// One record per handled run that was acked: (follow-up id, record).
-async fn read_all(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
+/// Every entry of `stream`, read in chunks.
+async fn entries(conn: &mut Conn, stream: &str) -> Vec<ferry::consume::read::Entry> {
     let mut out = Vec::new();
     let mut from = "-".to_string();
     loop {
@@ -60,18 +60,24 @@ async fn read_all(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
             .arg(2_000)
             .query_async(conn)
             .await
-            .unwrap_or(redis::Value::Nil);
-        let entries = ferry::consume::read::parse_entries(stream, value);
-        let Some(last) = entries.last().map(|e| e.id.clone()) else { return out };
-        for e in entries {
-            if let (Some(id), Some(data)) = (e.field("id"), e.field("data"))
-                && let Ok(record) = serde_json::from_slice::<Value>(data)
-            {
-                out.push((String::from_utf8_lossy(id).into_owned(), record));
-            }
-        }
+            .expect("xrange");
+        let chunk = ferry::consume::read::parse_entries(stream, value);
+        let Some(last) = chunk.last().map(|e| e.id.clone()) else { return out };
+        out.extend(chunk);
         from = format!("({last}");
     }
+}
+
+/// One record per handled run that was acked: (follow-up id, record).
+async fn read_all(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
+    entries(conn, stream)
+        .await
+        .into_iter()
+        .filter_map(|e| {
+            let record = serde_json::from_slice::<Value>(e.field("data")?).ok()?;
+            Some((String::from_utf8_lossy(e.field("id")?).into_owned(), record))
+        })
+        .collect()
 }
 
 async fn xlen(conn: &mut Conn, stream: &str) -> usize {
@@ -273,23 +279,8 @@ async fn scenario(events: usize, durability: Durability, faults: &[(usize, Fault
 
 /// The event ids in `stream`.
 async fn read_all_entries(conn: &mut Conn, stream: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut from = "-".to_string();
-    loop {
-        let value: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(5_000)
-            .query_async(conn)
-            .await
-            .expect("xrange");
-        let entries = ferry::consume::read::parse_entries(stream, value);
-        let Some(last) = entries.last().map(|e| e.id.clone()) else { return out };
-        out.extend(entries.iter().filter_map(|e| Some(String::from_utf8_lossy(e.field("id")?).into_owned())));
-        from = format!("({last}");
-    }
+    let entries = entries(conn, stream).await;
+    entries.iter().filter_map(|e| Some(String::from_utf8_lossy(e.field("id")?).into_owned())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
