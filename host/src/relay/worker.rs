@@ -237,7 +237,10 @@ impl Relay {
                             &mut by_key.last_mut().expect("just pushed").1
                         }
                     };
-                    pipe.add_command(crate::outbox::xadd(&key, &event)).ignore();
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(&key).arg("*");
+                    event.write_fields(&mut xadd);
+                    pipe.add_command(xadd).ignore();
                     published.push(row.id);
                     created.push(row.created_at);
                 }
