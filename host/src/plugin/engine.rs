@@ -35,7 +35,43 @@ pub struct Engine {
     /// Permits to run guest code past its first epoch tick, shared by every plugin: one fewer
     /// than the machine's cores (at least one), so long-running guests, however many, never
     /// take every core from the host's own work and from short handler calls.
-    pub permits: Arc<tokio::sync::Semaphore>,
+    pub permits: Arc<Permits>,
+}
+
+/// The engine-wide permits to run guest code past a call's first tick, and how many calls are
+/// queued for one: a holder hands its permit over at its next tick when someone waits, so
+/// guests that never stop running take turns, one tick each, instead of keeping the permit
+/// until they end (or hit their deadline).
+#[derive(Debug)]
+pub struct Permits {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Permits {
+    /// `n` permits.
+    pub fn new(n: usize) -> Self {
+        Self { semaphore: Arc::new(tokio::sync::Semaphore::new(n)), waiting: Default::default() }
+    }
+
+    /// Queue for a permit (FIFO); `None` only if the semaphore was closed.
+    pub async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        /// Counts this call as waiting until it has a permit or gives up (is dropped).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        self.semaphore.clone().acquire_owned().await.ok()
+    }
+
+    /// Whether a call is queued for a permit.
+    pub fn contended(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
 }
 
 /// How many guest calls may run past their first tick at once on this machine.
@@ -90,7 +126,7 @@ impl Engine {
             })
             .context("starting the epoch thread")?;
 
-        let permits = Arc::new(tokio::sync::Semaphore::new(guest_permits()));
+        let permits = Arc::new(Permits::new(guest_permits()));
         Ok(Self { engine, linker, config: config.clone(), permits })
     }
 

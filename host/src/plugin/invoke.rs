@@ -10,7 +10,8 @@
 //!
 //! Neighbours keep their throughput: a call's first epoch tick is free, so short handler
 //! calls never wait; past it a call needs one of the engine's permits (one fewer than the
-//! cores), re-taken at every tick, so long-running guests share what is left of the machine.
+//! cores), handed over at a tick whenever another call waits for one, so long-running guests
+//! take turns on what is left of the machine.
 //! Each subscriber has an adaptive limit of calls in flight ([`Throttle`]): halved whenever a
 //! call hits its deadline, traps or runs out of memory, raised by one on each healthy call. A
 //! subscriber below its limit is penalized: its long calls pause between ticks.
@@ -201,7 +202,8 @@ fn on_tick(mut ctx: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Resul
     }
     call.ticks.fetch_add(1, Ordering::Relaxed);
     let held = call.permit.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-    if held && !call.penalized {
+    // Keep the permit unless another call waits for one: then take turns (one tick each).
+    if held && !call.penalized && !call.permits.contended() {
         return Ok(UpdateDeadline::Yield(1));
     }
     let (slot, permits, penalized) = (call.permit.clone(), call.permits.clone(), call.penalized);
@@ -214,7 +216,7 @@ fn on_tick(mut ctx: wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Resul
             if penalized {
                 tokio::time::sleep(PENALTY_PAUSE).await;
             }
-            if let Ok(permit) = permits.acquire_owned().await {
+            if let Some(permit) = permits.acquire().await {
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(permit);
                 tokio::spawn(take_back_when_idle(Arc::downgrade(&slot), ticks));
             }

@@ -76,7 +76,7 @@ pub struct CallState {
     /// The engine-wide permit this call holds to run past its first tick, if it holds one.
     pub permit: Arc<Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>,
     /// The engine-wide permits.
-    pub permits: Arc<tokio::sync::Semaphore>,
+    pub permits: Arc<super::engine::Permits>,
     /// Ticks seen while the call ran guest code: a permit whose call stops ticking is in a
     /// host call (asleep in WASI, waiting on I/O) and is taken back (see `invoke`).
     pub ticks: Arc<std::sync::atomic::AtomicU64>,

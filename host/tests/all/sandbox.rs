@@ -550,3 +550,34 @@ async fn a_guest_asleep_in_a_wasi_call_does_not_keep_its_cpu_permit_from_busy_ne
     assert!(by_subscriber(&recs, "sleeper").is_empty(), "the sleepers are still asleep");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_that_never_stop_running_share_the_cpu_permits_with_other_long_calls() {
+    let env = Env::new();
+    // Every engine-wide permit is taken by a hog: guest code that runs for 20 s without a
+    // pause (the recorder's busy `slow`), far past its first tick.
+    let permits = ferry::plugin::engine::guest_permits();
+    let hog = format!(
+        "subscriptions = [{{ type = \"Hog\" }}]\nconcurrency = {permits}\n{RECORDER_TOML}\n[limits]\ndeadline = \"60s\"\n"
+    );
+    env.add_plugin("hog", fixtures::RECORDER, &hog);
+    let busy = format!("subscriptions = [{{ type = \"Busy\" }}]\n{RECORDER_TOML}");
+    env.add_plugin("busy", fixtures::RECORDER, &busy);
+    let mut conn = env.conn().await;
+    for i in 0..permits {
+        publish(&mut conn, "events", "Hog", &format!(r#"{{"i":{i},"act":"slow","ms":20000}}"#)).await;
+    }
+    let mut config = env.config();
+    config.shutdown_grace = Duration::from_millis(100);
+    let host = InProcessHost::start(config);
+    env.pending("events", permits as u64, Duration::from_secs(20)).await;
+    // Calls that each need more than their free first tick (30 ms of guest code) get turns
+    // with the hogs instead of waiting 20 s for a permit.
+    for i in 0..5 {
+        publish(&mut conn, "events", "Busy", &format!(r#"{{"i":{i},"act":"slow","ms":30}}"#)).await;
+    }
+    let recs = env.records_at_least(5, Duration::from_secs(15)).await;
+    assert_eq!(by_subscriber(&recs, "busy").len(), 5, "every busy event handled while the hogs run");
+    assert!(by_subscriber(&recs, "hog").is_empty(), "the hogs are still running");
+    host.stop().await;
+}
