@@ -10,6 +10,7 @@
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
+use crate::connection::Replication;
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
 use crate::consume::settle::{meta, netstrings, original_fields};
@@ -168,6 +169,20 @@ pub async fn replay<C: ConnectionLike>(
     conn: &mut C,
     subscriber: &str,
     selection: &Selection,
+    progress: impl FnMut(usize, usize),
+) -> redis::RedisResult<usize> {
+    replay_with(conn, subscriber, selection, Replication::PRIMARY, progress).await
+}
+
+/// [`replay`], as durably as `replication` asks: under `durability = "replicated"` each chunk
+/// of moves ends with `WAIT 1` in its pipeline, and a chunk no replica confirmed is an error
+/// (the moves stand on the primary; a failover may undo them, putting the dead letters back,
+/// and replaying again is safe: each dead letter is moved once).
+pub async fn replay_with<C: ConnectionLike>(
+    conn: &mut C,
+    subscriber: &str,
+    selection: &Selection,
+    replication: Replication,
     mut progress: impl FnMut(usize, usize),
 ) -> redis::RedisResult<usize> {
     let mut done = 0;
@@ -189,15 +204,24 @@ pub async fn replay<C: ConnectionLike>(
                 let args = [entry.id.as_bytes().to_vec(), netstrings(&fields)];
                 pipe.add_command(scripts::evalsha(&scripts::REPLAY, &[&key, &keys.retry], &args));
             }
-            let moved: Vec<i64> = match pipe.query_async(conn).await {
+            if replication.waits() {
+                pipe.add_command(replication.wait_cmd());
+            }
+            let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     scripts::load(conn).await?;
                     pipe.query_async(conn).await?
                 }
                 other => other?,
             };
+            if replication.waits()
+                && let Err(e) = replication.check(&replies.pop().unwrap_or(redis::Value::Nil))
+            {
+                let what = format!("replayed {done} dead letter(s) so far; the last chunk of moves {e}");
+                return Err(redis::RedisError::from((redis::ErrorKind::Io, "replay", what)));
+            }
             seen += chunk.len();
-            done += moved.iter().filter(|&&n| n == 1).count();
+            done += replies.iter().filter(|v| matches!(v, redis::Value::Int(1))).count();
             progress(seen, total);
         }
     }

@@ -121,7 +121,8 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::Replay(select) => {
             let selection = select.selection()?;
             let mut conn = select.redis.connect().await?;
-            let n = dlq::replay(&mut conn, &select.subscriber, &selection, |done, total| {
+            let replication = select.redis.config()?.replication();
+            let n = dlq::replay_with(&mut conn, &select.subscriber, &selection, replication, |done, total| {
                 if total >= 200 {
                     eprint!("\rreplaying {done}/{total}");
                     let _ = std::io::stderr().flush();

@@ -132,3 +132,39 @@ async fn on_a_cluster_the_wait_goes_to_the_primary_of_the_streams_slot() {
         ferry::outbox::publish_with(&mut conn, stream, &event, replicated(5_000)).await.expect("still replicated");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_under_replicated_durability_says_when_no_replica_confirmed_its_moves() {
+    let primary = RedisServer::start().expect("primary");
+    let mut replica = RedisServer::start().expect("replica");
+    replicate(&primary, &replica);
+    let (_, mut conn) = ferry::connection::connect(&Target::Node(primary.url())).await.expect("connect");
+    let dlq = ferry::keys::SubscriberKeys::new("events", "rec").dlq;
+    let dead_letter = |conn: &mut ferry::connection::Conn| {
+        let event = Event::new("A", "tests", "{}");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&dlq).arg("*");
+        event.write_fields(&mut cmd);
+        cmd.arg("_reason").arg("rejected on purpose").arg("_origin").arg("events/1-0");
+        let mut conn = conn.clone();
+        async move {
+            let _: String = cmd.query_async(&mut conn).await.expect("dead letter");
+        }
+    };
+    dead_letter(&mut conn).await;
+    let all = ferry::dlq::Selection::All;
+    let n = ferry::dlq::replay_with(&mut conn, "rec", &all, replicated(5_000), |_, _| {}).await.expect("replayed");
+    assert_eq!(n, 1);
+    let retry = ferry::keys::SubscriberKeys::new("events", "rec").retry;
+    assert_eq!(redis_cli(replica.port(), &["XLEN", &retry]).trim(), "1", "the replica has the move");
+
+    replica.kill();
+    dead_letter(&mut conn).await;
+    let err = ferry::dlq::replay_with(&mut conn, "rec", &all, replicated(200), |_, _| {}).await.expect_err("short");
+    assert!(err.to_string().contains("no replica confirmed"), "{err}");
+    let url = primary.url();
+    dead_letter(&mut conn).await;
+    let (status, _, stderr) =
+        ferry(&["dlq", "replay", "--subscriber", "rec", "--all", "--redis", &url, "--durability", "replicated"]);
+    assert!(!status.success() && stderr.contains("no replica confirmed"), "{stderr}");
+}
