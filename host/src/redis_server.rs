@@ -321,8 +321,18 @@ impl RedisCluster {
         }
         let (slot_arg, from_id, to_id) = (slot.to_string(), self.node_id(from), self.node_id(to));
         let to_port = self.nodes[to].port.to_string();
-        self.cli(to, &["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
-        self.cli(from, &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+        let setslot = |i: usize, args: &[&str]| -> std::io::Result<()> {
+            let mut cmd = vec!["CLUSTER", "SETSLOT", slot_arg.as_str()];
+            cmd.extend_from_slice(args);
+            let answer = self.cli(i, &cmd);
+            if answer.trim() == "OK" {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!("CLUSTER SETSLOT {slot} {} on node {i}: {answer}", args.join(" "))))
+            }
+        };
+        setslot(to, &["IMPORTING", &from_id])?;
+        setslot(from, &["MIGRATING", &to_id])?;
         let deadline = Instant::now() + timeout;
         loop {
             let keys = self.cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
@@ -333,17 +343,21 @@ impl RedisCluster {
             let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
             args.extend(keys);
             let answer = self.cli(from, &args);
-            if !(answer.contains("OK") || answer.contains("NOKEY")) && Instant::now() > deadline {
-                return Err(std::io::Error::other(format!("MIGRATE of slot {slot}: {answer}")));
+            if !(answer.contains("OK") || answer.contains("NOKEY")) {
+                // A refused batch (a key busy on the target, a timeout): try again shortly.
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other(format!("MIGRATE of slot {slot}: {answer}")));
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
-        for i in [to, from] {
-            self.cli(i, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
-        }
+        // The target first, then the source, then the other primaries (as redis-cli does).
+        setslot(to, &["NODE", &to_id])?;
+        setslot(from, &["NODE", &to_id])?;
         for i in 0..self.nodes.len() {
             if self.nodes[i].child.is_some() && ![to, from].contains(&i) && self.cli(i, &["ROLE"]).starts_with("master")
             {
-                self.cli(i, &["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+                setslot(i, &["NODE", &to_id])?;
             }
         }
         self.wait_for("every node to agree on the migrated slot", timeout, || self.primary_of(slot) == Some(to))?;
