@@ -216,6 +216,23 @@ impl Replication {
             _ => Err(NotReplicated::Shortfall(self.timeout)),
         }
     }
+
+    /// End `pipe` with a `WAIT` when writes wait for a replica: sent in the same pipeline, it
+    /// covers exactly the pipeline's writes. Read its answer with [`Replication::take_wait`].
+    pub fn append_wait(&self, pipe: &mut Pipeline) {
+        if self.waits() {
+            pipe.add_command(self.wait_cmd());
+        }
+    }
+
+    /// Remove the answer of the `WAIT` that [`Replication::append_wait`] added from the end
+    /// of `replies` and check it (nothing to do when writes do not wait).
+    pub fn take_wait(&self, replies: &mut Vec<Value>) -> Result<(), NotReplicated> {
+        if !self.waits() {
+            return Ok(());
+        }
+        self.check(&replies.pop().unwrap_or(Value::Nil))
+    }
 }
 
 /// A write that reached its primary but is not known to be on a replica.
@@ -227,6 +244,17 @@ pub enum NotReplicated {
     /// `WAIT` itself failed.
     #[error("reached the primary but could not ask for a replica's confirmation ({0}); writing it again is safe")]
     Redis(#[from] redis::RedisError),
+}
+
+impl NotReplicated {
+    /// As a Redis error about `what` (for code that reports Redis errors): a failed `WAIT`
+    /// stays itself, a shortfall becomes an I/O error that says what fell short.
+    pub fn into_redis(self, what: &'static str) -> redis::RedisError {
+        match self {
+            Self::Redis(e) => e,
+            shortfall => redis::RedisError::from((redis::ErrorKind::Io, what, shortfall.to_string())),
+        }
+    }
 }
 
 /// Wait until one replica has every write made so far on `conn` to `key`'s node (`WAIT 1`).

@@ -204,9 +204,7 @@ pub async fn replay_with<C: ConnectionLike>(
                 let args = [entry.id.as_bytes().to_vec(), netstrings(&fields)];
                 pipe.add_command(scripts::evalsha(&scripts::REPLAY, &[&key, &keys.retry], &args));
             }
-            if replication.waits() {
-                pipe.add_command(replication.wait_cmd());
-            }
+            replication.append_wait(&mut pipe);
             let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
                 Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                     scripts::load(conn).await?;
@@ -214,9 +212,7 @@ pub async fn replay_with<C: ConnectionLike>(
                 }
                 other => other?,
             };
-            if replication.waits()
-                && let Err(e) = replication.check(&replies.pop().unwrap_or(redis::Value::Nil))
-            {
+            if let Err(e) = replication.take_wait(&mut replies) {
                 let what = format!("replayed {done} dead letter(s) so far; the last chunk of moves {e}");
                 return Err(redis::RedisError::from((redis::ErrorKind::Io, "replay", what)));
             }

@@ -62,9 +62,13 @@ pub async fn publish_with<C: ConnectionLike>(
         return Ok(publish(conn, stream, event).await?);
     }
     let mut pipe = redis::pipe();
-    pipe.add_command(xadd(stream, event)).add_command(replication.wait_cmd());
-    let (entry_id, wait): (String, redis::Value) = pipe.query_async(conn).await?;
-    replication.check(&wait).map_err(|source| PublishError::NotReplicated { entry_id: entry_id.clone(), source })?;
+    pipe.add_command(xadd(stream, event));
+    replication.append_wait(&mut pipe);
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let confirmed = replication.take_wait(&mut replies);
+    let entry_id: String =
+        redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil)).map_err(redis::RedisError::from)?;
+    confirmed.map_err(|source| PublishError::NotReplicated { entry_id: entry_id.clone(), source })?;
     Ok(entry_id)
 }
 

@@ -112,12 +112,7 @@ impl Housekeeper {
     /// never sent), and leaves the forward key only once a replica of its target has it.
     /// Entries left behind are read again from this forwarder's own pending list.
     async fn forward(&self, ready: &mut bool, own: &mut Option<Conn>) -> redis::RedisResult<()> {
-        let replication = self.ctx.replication;
-        let mut conn = match own {
-            Some(conn) => conn.clone(),
-            None if replication.waits() => own.insert(self.ctx.redis.dedicated(replication.timeout).await?).clone(),
-            None => self.ctx.shared.clone(),
-        };
+        let mut conn = self.ctx.write_conn(own).await?;
         let result = self.forward_on(&mut conn, ready).await;
         if result.is_err() {
             *own = None;
@@ -173,7 +168,7 @@ impl Housekeeper {
         // this WAIT covers every settle that wrote them.
         if let Err(e) = crate::connection::replicated(conn, key, self.ctx.replication).await {
             crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-            return Err(redis::RedisError::from((redis::ErrorKind::Io, "follow-ups to forward", e.to_string())));
+            return Err(e.into_redis("follow-ups to forward"));
         }
         for entry in entries {
             self.forward_one(conn, entry).await?;
@@ -192,22 +187,13 @@ impl Housekeeper {
             for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
                 xadd.arg(k).arg(v);
             }
-            let replication = self.ctx.replication;
             let mut pipe = redis::pipe();
             pipe.add_command(xadd);
-            if replication.waits() {
-                pipe.add_command(replication.wait_cmd());
-            }
-            let replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-            if let (true, Some(wait)) = (replication.waits(), replies.get(1))
-                && let Err(e) = replication.check(wait)
-            {
+            self.ctx.replication.append_wait(&mut pipe);
+            let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            if let Err(e) = self.ctx.replication.take_wait(&mut replies) {
                 crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "a forwarded follow-up",
-                    format!("to {target} {e}"),
-                )));
+                return Err(e.into_redis("a follow-up forwarded to another slot"));
             }
         }
         let _: () = redis::pipe()

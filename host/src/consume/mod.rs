@@ -167,6 +167,21 @@ pub struct Context {
 }
 
 impl Context {
+    /// The connection for writes that may wait for a replica (settles, forwarding): the
+    /// shared one, or under `durability = "replicated"` one of the writer's own (`own`, made
+    /// when first needed; drop it after an error), since a `WAIT` must ride on the writes'
+    /// connection and blocks it until a replica answers: on the shared connection it would
+    /// stall every other command to that node.
+    pub async fn write_conn(&self, own: &mut Option<Conn>) -> redis::RedisResult<Conn> {
+        if !self.replication.waits() {
+            return Ok(self.shared.clone());
+        }
+        match own {
+            Some(conn) => Ok(conn.clone()),
+            None => Ok(own.insert(self.redis.dedicated(self.replication.timeout).await?).clone()),
+        }
+    }
+
     /// The partitions of `stream` (1: not partitioned).
     pub fn partitions_of(&self, stream: &str) -> u32 {
         self.partitions.get(stream).copied().unwrap_or(1)

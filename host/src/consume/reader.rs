@@ -83,13 +83,13 @@ impl Reader {
             return Vec::new();
         };
         let keys = [self.keys.stream.as_str(), self.keys.retry.as_str()];
+        let block = self.block.as_millis() as u64;
         let result = if self.pending_phase {
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP").arg(&self.group).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
         } else if self.subscriber.active().settings.ordered {
-            let block = self.block.as_millis() as u64;
             match read::read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
                 Ok(Fresh::Read(entries)) => Ok(entries),
                 Ok(Fresh::Nothing(last)) => {
@@ -100,7 +100,6 @@ impl Reader {
                 Err(e) => Err(e),
             }
         } else {
-            let block = self.block.as_millis() as u64;
             read::read_group(conn, &self.group, &ctx.consumer, count, Some(block), &keys, ">").await
         };
         match result {

@@ -446,27 +446,12 @@ impl Settler {
         }
     }
 
-    /// The connection a settle goes through: the shared one, or under `durability =
-    /// "replicated"` one of this settler's own (`own`, made when first needed), since the
-    /// `WAIT` after each settle must ride on the settle's connection and blocks it until a
-    /// replica answers: on the shared connection it would stall every other command to that
-    /// node.
-    async fn connection(&self, own: &mut Option<Conn>) -> redis::RedisResult<Conn> {
-        if !self.ctx.replication.waits() {
-            return Ok(self.ctx.shared.clone());
-        }
-        if own.is_none() {
-            *own = Some(self.ctx.redis.dedicated(self.ctx.replication.timeout).await?);
-        }
-        Ok(own.clone().expect("made above"))
-    }
-
     /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
     /// replica (a shortfall is reported, see [`Settler::confirm`]).
     async fn settle_once(&self, own: &mut Option<Conn>, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
-        let mut conn = self.connection(own).await?;
+        let mut conn = self.ctx.write_conn(own).await?;
         let answers = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
         if let Err(e) = self.confirm(&mut conn).await {
             // The connection failed before a replica was known to have the settle: its primary
@@ -476,7 +461,7 @@ impl Settler {
             // ids. The first answers count.
             tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
             *own = None;
-            let mut conn = self.connection(own).await?;
+            let mut conn = self.ctx.write_conn(own).await?;
             settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
             self.confirm(&mut conn).await?;
         }

@@ -253,13 +253,9 @@ impl Relay {
         let replication = self.settings.replication;
         for (key, mut pipe) in by_key {
             // The WAIT rides on the pipeline, so it covers this very batch on the key's node.
-            if replication.waits() {
-                pipe.add_command(replication.wait_cmd());
-            }
-            let replies: Vec<redis::Value> = pipe.query_async(redis).await?;
-            if let Some(wait) = replies.last().filter(|_| replication.waits())
-                && let Err(e) = replication.check(wait)
-            {
+            replication.append_wait(&mut pipe);
+            let mut replies: Vec<redis::Value> = pipe.query_async(redis).await?;
+            if let Err(e) = replication.take_wait(&mut replies) {
                 // Not marked: the rows are published again (same event ids) next round.
                 tracing::warn!(table = %self.settings.table.name(), stream = %key, "a relayed batch {e}");
                 crate::metrics::shortfall(&self.metrics.shortfalls, "relay");
