@@ -22,6 +22,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 # The relay's tests start their own PostgreSQL with initdb/pg_ctl (found in /usr/lib/postgresql/*/bin).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# The clock-skew tests run a host under libfaketime.
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v node >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then

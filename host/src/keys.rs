@@ -107,6 +107,10 @@ pub struct SubscriberKeys {
     /// On a cluster: follow-ups bound for streams in other slots, written here with the ack
     /// (same slot) and forwarded with their ids (`_to` names the target stream).
     pub forward: String,
+    /// Follow-ups that could not be forwarded (their target key holds another type, or
+    /// refuses them): set aside here with `_reason`, so the rest of the stream's follow-ups
+    /// flow. Shared by the stream's subscribers, like the forward key.
+    pub forward_dead: String,
 }
 
 impl SubscriberKeys {
@@ -126,6 +130,7 @@ impl SubscriberKeys {
             parked_count: format!("ferry:parkedn:{{{stream}}}:{subscriber}"),
             parked_prefix: format!("ferry:parked:{{{stream}}}:{subscriber}:"),
             forward: format!("ferry:forward:{{{stream}}}"),
+            forward_dead: format!("ferry:unforwarded:{{{stream}}}"),
         }
     }
 

@@ -35,6 +35,9 @@ pub struct GroupStatus {
     pub parked: u64,
     /// Age of the oldest hold, ms: a key held for long is a stuck key.
     pub oldest_hold_ms: Option<u64>,
+    /// Follow-ups of the stream that could not be forwarded to their target (on a cluster:
+    /// a target key of another type), set aside with their reason.
+    pub unforwarded: u64,
     /// Consumers (host instances) with their idle time, ms.
     pub consumers: Vec<ConsumerStatus>,
     /// The node that holds the stream key (`host:port` of the primary serving its slot on a
@@ -141,6 +144,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
             let oldest_pending_ms = oldest_pending(conn, stream, &group).await?;
             let (retries_scheduled, retries_pending) = retry_state(conn, &keys, &group).await?;
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
+            let unforwarded: u64 = redis::cmd("XLEN").arg(&keys.forward_dead).query_async(conn).await?;
             let (held_keys, parked, oldest_hold) = hold_state(conn, &keys).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
@@ -166,6 +170,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 retries_scheduled,
                 retries_pending,
                 dead_letters,
+                unforwarded,
                 held_keys,
                 parked,
                 oldest_hold_ms: oldest_hold.map(|since| crate::consume::now_ms().saturating_sub(since)),

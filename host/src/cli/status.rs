@@ -144,6 +144,7 @@ mod tests {
             retries_scheduled: 1,
             retries_pending: 3,
             dead_letters: 4,
+            unforwarded: 0,
             held_keys: 0,
             parked: 0,
             oldest_hold_ms: None,

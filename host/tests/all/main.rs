@@ -10,6 +10,7 @@ mod cluster_faults;
 mod delivery;
 mod e2e;
 mod edges;
+mod guarantees;
 mod observability;
 mod polyglot;
 mod recovery;

@@ -252,6 +252,11 @@ pub struct HostProcess {
 impl HostProcess {
     /// Start `ferry run` with a config file written from `config`.
     pub fn start(config: &Config, dir: &Path, name: &str) -> Self {
+        Self::start_with(config, dir, name, &[])
+    }
+
+    /// [`HostProcess::start`] with extra environment variables.
+    pub fn start_with(config: &Config, dir: &Path, name: &str, env: &[(String, String)]) -> Self {
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, toml::to_string(config).expect("config serializes")).expect("writing config");
         let log = dir.join(format!("{name}.log"));
@@ -261,6 +266,7 @@ impl HostProcess {
             .arg("--config")
             .arg(&config_path)
             .env("FERRY_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
@@ -309,4 +315,19 @@ pub fn ferry(args: &[&str]) -> (std::process::ExitStatus, String, String) {
 /// Records grouped by subscriber, as (subscriber, event id) pairs.
 pub fn by_subscriber(records: &[Value], subscriber: &str) -> Vec<Value> {
     records.iter().filter(|r| r["subscriber"] == subscriber).cloned().collect()
+}
+
+/// The environment that runs a process with its wall clock shifted by `offset` (libfaketime,
+/// e.g. `"+2h"`); monotonic time is left alone, so timers and deadlines behave.
+pub fn faketime(offset: &str) -> Vec<(String, String)> {
+    let lib = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("libfaketime is installed (scripts/setup.sh installs it)");
+    vec![
+        ("LD_PRELOAD".into(), lib.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+    ]
 }
