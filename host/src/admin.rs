@@ -97,6 +97,7 @@ async fn poll_gauges(host: Arc<Host>) {
                 m.pending.get_or_create(&labels).set(g.pending as i64);
                 m.retries_waiting.get_or_create(&labels).set((g.retries_scheduled + g.retries_pending) as i64);
                 m.dead_letters.get_or_create(&labels).set(g.dead_letters as i64);
+                m.unforwarded.get_or_create(&labels).set(g.unforwarded as i64);
                 m.held_keys.get_or_create(&labels).set(g.held_keys as i64);
                 m.parked.get_or_create(&labels).set(g.parked as i64);
                 m.oldest_hold_seconds.get_or_create(&labels).set(g.oldest_hold_ms.map_or(0, |ms| (ms / 1000) as i64));
@@ -107,6 +108,7 @@ async fn poll_gauges(host: Arc<Host>) {
                 m.pending.remove(gone);
                 m.retries_waiting.remove(gone);
                 m.dead_letters.remove(gone);
+                m.unforwarded.remove(gone);
                 m.held_keys.remove(gone);
                 m.parked.remove(gone);
                 m.oldest_hold_seconds.remove(gone);

@@ -76,6 +76,10 @@ pub enum InvalidEvent {
     /// The entry's fields were deleted or trimmed while it was pending.
     #[error("entry has no fields (deleted or trimmed while pending)")]
     Empty,
+    /// A field appears more than once. One rule everywhere (the scripts that read a
+    /// partition key and this parser would otherwise disagree on which occurrence counts).
+    #[error("attribute `{0}` appears more than once")]
+    Duplicated(String),
 }
 
 /// An integration event.
@@ -188,6 +192,11 @@ impl Event {
     pub fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, InvalidEvent> {
         if fields.is_empty() {
             return Err(InvalidEvent::Empty);
+        }
+        let mut names: Vec<&[u8]> = fields.iter().map(|(k, _)| k.as_slice()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(InvalidEvent::Duplicated(String::from_utf8_lossy(pair[0]).into_owned()));
         }
         let get = |name: &'static str| -> Result<Option<String>, InvalidEvent> {
             match fields.iter().find(|(k, _)| k == name.as_bytes()) {

@@ -83,6 +83,14 @@ pub struct Host {
     loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Tried>>>>>,
     /// Plugin versions compiled (or taken from the cache) and validated, all plugins together.
     loads: std::sync::atomic::AtomicU64,
+    /// Measures Redis's clock every [`crate::clock::SYNC_EVERY`] while the host lives.
+    clock: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.clock.abort();
+    }
 }
 
 /// What was last tried for a plugin: its file's hash and its settings.
@@ -119,6 +127,20 @@ impl Host {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
         let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
         check_partitions(&mut shared, &config).await?;
+        // Leases, dedupe windows and retry due times are compared across hosts: on Redis's
+        // clock, not this machine's (crate::clock).
+        if let Err(e) = crate::clock::sync(&mut shared).await {
+            tracing::warn!("cannot read Redis's clock ({e}); using this host's until it answers");
+        }
+        let clock = {
+            let mut conn = shared.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(crate::clock::SYNC_EVERY).await;
+                    let _ = crate::clock::sync(&mut conn).await;
+                }
+            })
+        };
         let engine = Engine::new(&config.engine)?;
         let cache = config.cache_dir().map(Cache::new);
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
@@ -145,6 +167,7 @@ impl Host {
             refused: Default::default(),
             loading: Default::default(),
             loads: Default::default(),
+            clock,
         }))
     }
 

@@ -11,6 +11,7 @@
 //!   streams (`ferry relay`).
 //! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
 //! - [`connection`]: connections to one Redis node or a Redis Cluster, behind one type.
+//! - [`clock`]: Redis's clock, the one every time two hosts compare is read on.
 //! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
 //!   imports, invoking the handler and naming failures; the compiled-artifact cache.
 //! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
@@ -34,6 +35,7 @@
 //! checks it.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod consume;

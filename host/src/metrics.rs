@@ -147,6 +147,8 @@ pub struct Metrics {
     pub retries_waiting: Family<StreamLabels, Gauge>,
     /// Entries in the dead-letter stream.
     pub dead_letters: Family<StreamLabels, Gauge>,
+    /// Follow-ups of the stream set aside because they could not be forwarded (cluster).
+    pub unforwarded: Family<StreamLabels, Gauge>,
     /// Partition keys held by an event (per-key order).
     pub held_keys: Family<StreamLabels, Gauge>,
     /// Events parked behind a held partition key.
@@ -189,6 +191,7 @@ impl Metrics {
         let pending = Family::default();
         let retries_waiting = Family::default();
         let dead_letters = Family::default();
+        let unforwarded = Family::default();
         let held_keys = Family::default();
         let parked = Family::default();
         let oldest_hold_seconds = Family::default();
@@ -215,6 +218,11 @@ impl Metrics {
         registry.register("group_pending", "Entries delivered but not yet settled", pending.clone());
         registry.register("retries_waiting", "Retries waiting for their due time", retries_waiting.clone());
         registry.register("dead_letters", "Entries in the dead-letter stream", dead_letters.clone());
+        registry.register(
+            "follow_ups_unforwarded",
+            "Follow-ups set aside because their target stream refused them (on a cluster)",
+            unforwarded.clone(),
+        );
         registry.register("held_keys", "Partition keys held by an event (per-key order)", held_keys.clone());
         registry.register("parked", "Events parked behind a held partition key", parked.clone());
         registry.register(
@@ -246,6 +254,7 @@ impl Metrics {
             pending,
             retries_waiting,
             dead_letters,
+            unforwarded,
             held_keys,
             parked,
             oldest_hold_seconds,

@@ -205,18 +205,10 @@ async fn hold_state<C: ConnectionLike>(
 
 /// Entries of `key` after `last` (not yet delivered), counted up to 100,000.
 async fn undelivered<C: ConnectionLike>(conn: &mut C, key: &str, last: &str) -> redis::RedisResult<u64> {
-    let value: redis::Value = redis::cmd("XRANGE")
-        .arg(key)
-        .arg(format!("({last}"))
-        .arg("+")
-        .arg("COUNT")
-        .arg(100_000)
-        .query_async(conn)
-        .await?;
-    Ok(match value {
-        redis::Value::Array(items) => items.len() as u64,
-        _ => 0,
-    })
+    // Counted inside Redis (count.lua): a backlog's payloads never cross the network to be
+    // counted, on every status tick and every `/api/status` request.
+    let cmd = crate::consume::scripts::evalsha(&crate::consume::scripts::COUNT, &[key], &[last, "100000"]);
+    crate::consume::scripts::run(conn, &cmd).await
 }
 
 /// Retries waiting in the schedule, and retries in the subscriber's retry stream (delivered

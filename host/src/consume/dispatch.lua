@@ -62,7 +62,9 @@ for i = 7, #ARGV, 8 do
   if not verdict then
     -- A holder from before `ordered` was turned off still hands its key on.
     if not holds and any_holds and redis.call('HEXISTS', KEYS[5], owner) == 1 then holds = true end
-    redis.call('HSET', KEYS[3], id, (now + lease) .. ':' .. (starts + 1) .. ':' .. owner)
+    -- Leased, not yet started: the run is charged to the crash budget when a worker
+    -- really starts it (start.lua), so events that wait for a worker are never charged.
+    redis.call('HSET', KEYS[3], id, (now + lease) .. ':' .. starts .. ':' .. owner)
     verdict = holds and 'runh' or 'run'
   elseif guessed then
     redis.call('HDEL', KEYS[3], id)

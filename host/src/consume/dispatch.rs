@@ -15,7 +15,7 @@ use std::sync::Arc;
 use redis::Value;
 
 use super::read::Entry;
-use super::settle::{Disposition, Settlement, Tally, meta, netstrings, original_fields};
+use super::settle::{Disposition, Settlement, Tally, meta, netstrings};
 use super::{Active, now_ms, origin, scripts};
 use crate::event::Event;
 use crate::keys::SubscriberKeys;
@@ -101,9 +101,11 @@ pub struct Dispatcher {
     pub keys: SubscriberKeys,
     /// The consumer group (subscriber name).
     pub group: String,
-    /// Lease of a run in ms: how long another delivery of the event waits for this one
-    /// unless the lease is pushed (the housekeeper pushes it while the event runs).
-    pub lease_ms: u64,
+    /// The configured `claim_idle` (`None`: derived from the active version's deadline). The
+    /// lease of a run (how long another delivery of the event waits for this one unless the
+    /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
+    /// read from the version each read is dispatched under.
+    pub claim_idle: Option<std::time::Duration>,
 }
 
 /// An entry's verdict before the script: the part decided from the entry alone.
@@ -146,10 +148,11 @@ impl Dispatcher {
             return Ok(plan);
         }
         let now = now_ms();
+        let lease_ms = super::lease(self.claim_idle, &active.settings).as_millis() as u64;
         let undecided = |plan, candidates: Vec<Candidate>, error| {
             Box::new(Undecided { plan, entries: candidates.into_iter().map(|c| c.entry).collect(), error })
         };
-        let guesses = match self.precheck(conn, active, &candidates, now).await {
+        let guesses = match self.precheck(conn, active, &candidates, now, lease_ms).await {
             Ok(guesses) => guesses,
             Err(error) => return Err(undecided(plan, candidates, error)),
         };
@@ -170,7 +173,7 @@ impl Dispatcher {
                     &keys.parked_count,
                     &keys.parked_prefix,
                 ],
-                &self.script_args(active, &asked, now),
+                &self.script_args(active, &asked, now, lease_ms),
             );
             verdicts = match scripts::run(conn, &cmd).await {
                 Ok(verdicts) => verdicts,
@@ -211,6 +214,7 @@ impl Dispatcher {
         active: &Active,
         candidates: &[Candidate],
         now: u64,
+        lease_ms: u64,
     ) -> redis::RedisResult<Vec<Option<String>>> {
         let settings = &active.settings;
         let mut guesses = vec![Some(String::new()); candidates.len()];
@@ -230,8 +234,9 @@ impl Dispatcher {
             pipe.cmd("ZMSCORE").arg(&keys.seen).arg(&ids);
             pipe.cmd("ZMSCORE").arg(&keys.dead).arg(&ids);
         }
-        let expiry = now + self.lease_ms;
-        let markers: Vec<String> = eligible.iter().map(|&i| format!("{expiry}:1:{}", candidates[i].owner)).collect();
+        let expiry = now + lease_ms;
+        // Leased, not yet started: a worker's start charges the run (start.lua).
+        let markers: Vec<String> = eligible.iter().map(|&i| format!("{expiry}:0:{}", candidates[i].owner)).collect();
         pipe.cmd("HSET").arg(&keys.inflight).arg("").arg(HASH_TABLE).ignore();
         for (id, marker) in ids.iter().zip(&markers) {
             pipe.cmd("HSETNX").arg(&keys.inflight).arg(*id).arg(marker);
@@ -254,13 +259,13 @@ impl Dispatcher {
     }
 
     /// The dispatch script's arguments for `asked` (each with the marker the precheck wrote).
-    fn script_args(&self, active: &Active, asked: &[(&Candidate, &str)], now: u64) -> Vec<Vec<u8>> {
+    fn script_args(&self, active: &Active, asked: &[(&Candidate, &str)], now: u64, lease_ms: u64) -> Vec<Vec<u8>> {
         let settings = &active.settings;
         let mut args: Vec<Vec<u8>> = vec![
             self.group.as_bytes().to_vec(),
             now.to_string().into_bytes(),
             (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
-            self.lease_ms.to_string().into_bytes(),
+            lease_ms.to_string().into_bytes(),
             settings.retry.max_deliveries.to_string().into_bytes(),
             flag(settings.ordered),
         ];
@@ -268,10 +273,7 @@ impl Dispatcher {
             // Under per-key order, what to store if the event is parked behind its key.
             let parked = match (&c.event.partitionkey, settings.ordered) {
                 (Some(_), true) => {
-                    let mut fields = original_fields(&c.entry);
-                    fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
-                    fields.push((meta::ORIGIN.into(), c.owner.as_bytes().to_vec()));
-                    netstrings(&fields)
+                    netstrings(&super::letters::parked_fields(&c.entry, &self.keys.stream, c.attempt, &c.owner))
                 }
                 _ => Vec::new(),
             };
@@ -327,9 +329,12 @@ impl Dispatcher {
     }
 
     fn local(&self, active: &Active, entry: Entry) -> Local {
+        // ferry's `_` metadata counts only on the retry stream, which ferry writes (a source
+        // entry's `_` fields are a producer's and are ignored: see `letters::meta_field`).
         let is_retry = entry.key == self.keys.retry;
+        let meta_field = |name| super::letters::meta_field(&entry, &self.keys.stream, name);
         let attempt = if is_retry {
-            entry.field(meta::ATTEMPT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(1u32).max(1)
+            meta_field(meta::ATTEMPT).and_then(|v| std::str::from_utf8(v).ok()?.parse().ok()).unwrap_or(1u32).max(1)
         } else {
             1
         };
@@ -372,7 +377,9 @@ impl Dispatcher {
         };
         // A retry of an event it wanted still runs; an event parked as it was read has not
         // been asked about yet.
-        if (!is_retry || entry.field(meta::PARKED).is_some()) && !active.wants(&self.keys.stream, &event) {
+        let parked = meta_field(meta::PARKED).is_some();
+        let replay = meta_field(meta::REPLAY).is_some();
+        if (!is_retry || parked) && !active.wants(&self.keys.stream, &event) {
             // Under per-key order it may hold its key (taken as it was read, or handed on to
             // it from the parked list): the settle hands the key on.
             let release = event.partitionkey.is_some();
@@ -387,7 +394,6 @@ impl Dispatcher {
                 tally: Tally::Skipped,
             });
         }
-        let replay = entry.field(meta::REPLAY).is_some();
         Local::Candidate(Box::new(Candidate { entry, event, attempt, owner, replay }))
     }
 }
@@ -398,7 +404,7 @@ mod tests {
     use crate::consume::testing::{active, entry};
 
     fn dispatcher() -> Dispatcher {
-        Dispatcher { keys: SubscriberKeys::new("events", "sub"), group: "sub".into(), lease_ms: 1000 }
+        Dispatcher { keys: SubscriberKeys::new("events", "sub"), group: "sub".into(), claim_idle: None }
     }
 
     fn field<'a>(s: &'a Settlement, name: &str) -> Option<&'a [u8]> {

@@ -21,6 +21,17 @@ use crate::keys::SubscriberKeys;
 /// The consumer group of the forwarders on a stream's forward key.
 const FORWARDERS: &str = "ferry-forward";
 
+/// Whether a forwarding error is the follow-up's own (its target refuses the `XADD`, the first
+/// command of its pipeline: a key of another type, a command error), not Redis's or the
+/// network's (those are retried).
+fn undeliverable(e: &redis::RedisError) -> bool {
+    let refused = |code: &str| matches!(code, "WRONGTYPE" | "ERR");
+    match e.clone().into_server_errors() {
+        Some(errors) => errors.iter().any(|(index, error)| *index == 0 && refused(error.code())),
+        None => e.code().is_some_and(refused),
+    }
+}
+
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
 
@@ -32,8 +43,9 @@ pub struct Housekeeper {
     pub keys: SubscriberKeys,
     /// The consumer group (subscriber name).
     pub group: String,
-    /// Idle time after which another consumer's entry is taken over.
-    pub claim_idle: Duration,
+    /// The subscriber: the idle time after which another consumer's entry is taken over
+    /// (`claim_idle`) is read from its active version on every tick, so a reload reaches it.
+    pub subscriber: Arc<super::Subscriber>,
     /// Entries in this host's hands.
     pub in_flight: InFlight,
     /// Where entries taken over go (to the dispatcher).
@@ -41,6 +53,11 @@ pub struct Housekeeper {
 }
 
 impl Housekeeper {
+    /// Idle time after which another consumer's entry is taken over (the active version's).
+    fn claim_idle(&self) -> Duration {
+        super::claim_idle(&self.ctx.read, &self.subscriber.active().settings)
+    }
+
     /// Run until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
@@ -68,7 +85,7 @@ impl Housekeeper {
             {
                 tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
             }
-            if last_liveness.elapsed() >= self.claim_idle / 4 {
+            if last_liveness.elapsed() >= self.claim_idle() / 4 {
                 last_liveness = Instant::now();
                 if let Err(e) = self.refresh().await {
                     tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "keeping runs alive failed: {e}");
@@ -86,6 +103,9 @@ impl Housekeeper {
                 }
                 if let Err(e) = self.reap().await {
                     tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
+                }
+                if forwarders_ready && let Err(e) = self.reap_forwarders().await {
+                    tracing::warn!(stream = %self.keys.stream, "removing dead forwarders failed: {e}");
                 }
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
@@ -138,10 +158,8 @@ impl Housekeeper {
             }
             *ready = true;
         }
-        let idle = self.claim_idle.as_millis() as u64;
-        // One forwarder per (host, subscriber) on the stream's forward key: its own name, so
-        // its own pending list is its own (a host's other subscribers forward the same key).
-        let consumer = format!("{}/{}", self.ctx.consumer, self.group);
+        let idle = self.claim_idle().as_millis() as u64;
+        let consumer = self.forwarder_name();
         let read = async {
             // A dead forwarder's entries, else this one's own left-overs, else new ones.
             let mut entries = read::auto_claim(conn, key, FORWARDERS, &consumer, idle, 100).await?;
@@ -190,7 +208,11 @@ impl Housekeeper {
             let mut pipe = redis::pipe();
             pipe.add_command(xadd);
             self.ctx.replication.append_wait(&mut pipe);
-            let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
+                Ok(replies) => replies,
+                Err(e) if undeliverable(&e) => return self.set_aside(conn, &entry, &e).await,
+                Err(e) => return Err(e),
+            };
             if let Err(e) = self.ctx.replication.take_wait(&mut replies) {
                 crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
                 return Err(e.into_redis("a follow-up forwarded to another slot"));
@@ -210,6 +232,47 @@ impl Housekeeper {
             .query_async(conn)
             .await?;
         Ok(())
+    }
+
+    /// A follow-up its target refused (a key of another type): moved, with the reason, from
+    /// the forward key to the stream's unforwarded key in one step, so the follow-ups behind
+    /// it flow (before, the forwarder stopped at it and re-read it first on every tick, and
+    /// all cross-slot forwarding of the stream stopped). `ferry status` counts them.
+    async fn set_aside(&self, conn: &mut Conn, entry: &Entry, error: &redis::RedisError) -> redis::RedisResult<()> {
+        let target =
+            entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default();
+        tracing::warn!(stream = %self.keys.stream, %target, entry_id = %entry.id, "a follow-up cannot be forwarded ({error}); set aside in {}", self.keys.forward_dead);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.keys.forward_dead).arg("*");
+        for (k, v) in &entry.fields {
+            xadd.arg(k).arg(v);
+        }
+        xadd.arg(super::settle::meta::REASON).arg(error.to_string());
+        let mut pipe = redis::pipe();
+        pipe.atomic().add_command(xadd).ignore();
+        pipe.cmd("XACK").arg(&self.keys.forward).arg(FORWARDERS).arg(&entry.id).ignore();
+        pipe.cmd("XDEL").arg(&self.keys.forward).arg(&entry.id).ignore();
+        pipe.query_async(conn).await
+    }
+
+    /// Remove forwarders (of hosts that are gone) with nothing pending that have been silent
+    /// for twice `claim_idle`, as [`Housekeeper::reap`] does for the subscriber's consumers.
+    async fn reap_forwarders(&self) -> redis::RedisResult<()> {
+        let mut conn = self.ctx.shared.clone();
+        let idle = (self.claim_idle() * 2).as_millis() as u64;
+        let args = [FORWARDERS.to_string(), self.forwarder_name(), idle.to_string()];
+        let cmd = scripts::evalsha(&scripts::REAP, &[self.keys.forward.as_str()], &args);
+        let removed: Vec<String> = scripts::run(&mut conn, &cmd).await?;
+        for name in removed {
+            tracing::info!(stream = %self.keys.stream, forwarder = %name, "removed a silent forwarder with nothing pending");
+        }
+        Ok(())
+    }
+
+    /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
+    /// its own pending list is its own (a host's other subscribers forward the same key).
+    fn forwarder_name(&self) -> String {
+        format!("{}/{}", self.ctx.consumer, self.group)
     }
 
     /// Reset the idle time of every entry this host holds and push their leases.
@@ -233,7 +296,7 @@ impl Housekeeper {
                     .await?;
             }
         }
-        let expiry = now_ms() + self.claim_idle.as_millis() as u64;
+        let expiry = now_ms() + self.claim_idle().as_millis() as u64;
         let runs: Vec<&super::Held> = held.iter().filter(|h| !h.event_id.is_empty()).collect();
         for chunk in runs.chunks(500) {
             let mut args: Vec<String> = vec![expiry.to_string()];
@@ -251,7 +314,7 @@ impl Housekeeper {
     async fn take_over(&self) -> redis::RedisResult<Vec<Entry>> {
         let mut conn = self.ctx.shared.clone();
         let mut out = Vec::new();
-        let min_idle = self.claim_idle.as_millis() as u64;
+        let min_idle = self.claim_idle().as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
             let claimed =
                 read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count)
@@ -267,7 +330,7 @@ impl Housekeeper {
     /// Remove consumers with nothing pending that have been silent for twice `claim_idle`.
     async fn reap(&self) -> redis::RedisResult<()> {
         let mut conn = self.ctx.shared.clone();
-        let idle = (self.claim_idle * 2).as_millis() as u64;
+        let idle = (self.claim_idle() * 2).as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
             let args = [self.group.clone(), self.ctx.consumer.clone(), idle.to_string()];
             let cmd = scripts::evalsha(&scripts::REAP, &[key.as_str()], &args);

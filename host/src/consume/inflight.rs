@@ -19,6 +19,8 @@ pub struct Held {
     pub event_id: String,
     /// The run's owner.
     pub owner: String,
+    /// Its run has started (charged to the crash budget): a give-back takes the run back.
+    pub started: bool,
 }
 
 /// What is known of an entry in this host's hands beyond its name.
@@ -26,6 +28,7 @@ pub struct Held {
 struct Run {
     event_id: String,
     owner: String,
+    started: bool,
 }
 
 /// The entries in this host's hands, shared by the stages of one (subscriber, stream): by
@@ -56,11 +59,19 @@ impl InFlight {
         entries
     }
 
-    /// Note that a run of `event_id` owned by `owner` was recorded for the entry.
+    /// Note that a run of `event_id` owned by `owner` was recorded (leased) for the entry: from
+    /// now on its lease is kept alive and a stop gives it back.
     pub fn running(&self, key: &str, id: &str, event_id: &str, owner: &str) {
         if let Some(run) = self.lock().get_mut(key).and_then(|ids| ids.get_mut(id)) {
             run.event_id = event_id.to_string();
             run.owner = owner.to_string();
+        }
+    }
+
+    /// Note that the entry's run really started (its start was recorded).
+    pub fn started(&self, key: &str, id: &str) {
+        if let Some(run) = self.lock().get_mut(key).and_then(|ids| ids.get_mut(id)) {
+            run.started = true;
         }
     }
 
@@ -86,6 +97,7 @@ impl InFlight {
                 id: id.clone(),
                 event_id: run.event_id.clone(),
                 owner: run.owner.clone(),
+                started: run.started,
             }));
         }
         out

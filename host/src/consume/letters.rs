@@ -15,14 +15,32 @@ fn rfc3339_ms(ms: u64) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+/// ferry's `_` metadata of `entry`, only where ferry wrote it: on the subscriber's retry
+/// stream. On a source stream (`entry.key == stream`) producers write the entries, so a `_`
+/// field there means nothing (a forged `_origin` would run beside a key's real holder, a
+/// forged `_replay` would skip the dead set).
+pub fn meta_field<'a>(entry: &'a Entry, stream: &str, name: &str) -> Option<&'a [u8]> {
+    if entry.key == stream { None } else { entry.field(name) }
+}
+
 /// Where the event was first read (`stream/entry-id`): the owner of its runs and holds,
 /// stable across its retries.
 pub fn origin(entry: &Entry, stream: &str) -> Vec<u8> {
-    entry.field(meta::ORIGIN).map(<[u8]>::to_vec).unwrap_or_else(|| format!("{stream}/{}", entry.id).into_bytes())
+    meta_field(entry, stream, meta::ORIGIN)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_else(|| format!("{stream}/{}", entry.id).into_bytes())
 }
 
-fn first_failure(entry: &Entry, now: u64) -> Vec<u8> {
-    entry.field(meta::FIRST_FAILURE).map(<[u8]>::to_vec).unwrap_or_else(|| rfc3339_ms(now).into_bytes())
+fn first_failure(entry: &Entry, stream: &str, now: u64) -> Vec<u8> {
+    meta_field(entry, stream, meta::FIRST_FAILURE).map(<[u8]>::to_vec).unwrap_or_else(|| rfc3339_ms(now).into_bytes())
+}
+
+/// The markers that decide a rebuilt entry's fate and are not rebuilt by whoever rebuilds it:
+/// today `_replay` (a replayed dead letter must stay a replay through a retry or a park, or
+/// the dead set acks it as a duplicate and it is lost). Every place that rebuilds an entry
+/// (park, retry) carries these over; attempt and origin are set by the rebuilder.
+pub fn carried(entry: &Entry, stream: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    meta_field(entry, stream, meta::REPLAY).map(|v| vec![(meta::REPLAY.into(), v.to_vec())]).unwrap_or_default()
 }
 
 /// The fields of the retry entry scheduled after attempt `next_attempt - 1` failed.
@@ -35,9 +53,10 @@ pub fn retry_fields(
     now: u64,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut fields = settle::original_fields(entry);
+    fields.extend(carried(entry, stream));
     fields.push((meta::ATTEMPT.into(), next_attempt.to_string().into_bytes()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));
-    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, now)));
+    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, stream, now)));
     fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));
     fields.push((meta::KIND.into(), kind.as_str().into()));
     fields.push((meta::REASON.into(), reason.as_bytes().to_vec()));
@@ -60,7 +79,18 @@ pub fn dead_letter_fields(
     fields.push((meta::SUBSCRIBER.into(), runner.name().as_bytes().to_vec()));
     fields.push((meta::VERSION.into(), runner.version().as_bytes().to_vec()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));
-    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, now)));
+    fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, stream, now)));
     fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));
+    fields
+}
+
+/// The fields of `entry` parked behind its partition key at dispatch (`dispatch.lua`): the
+/// event, its carried markers, its attempt and its owner, so it comes back in its turn as the
+/// same delivery it was.
+pub fn parked_fields(entry: &Entry, stream: &str, attempt: u32, owner: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = settle::original_fields(entry);
+    fields.extend(carried(entry, stream));
+    fields.push((meta::ATTEMPT.into(), attempt.to_string().into_bytes()));
+    fields.push((meta::ORIGIN.into(), owner.as_bytes().to_vec()));
     fields
 }

@@ -17,6 +17,7 @@
 //! - [`reader`]: the blocking reads, on a connection and a task of its own per (subscriber,
 //!   stream), one read ahead of the workers.
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
+//! - [`start`]: charges a run to its event's crash budget when a worker really starts it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
 //! - [`housekeeping`]: everything on a timer.
@@ -37,11 +38,12 @@ pub mod reader;
 pub mod retry;
 pub mod scripts;
 pub mod settle;
+pub mod start;
 pub mod trim;
 pub mod worker;
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -188,9 +190,10 @@ impl Context {
     }
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch on Redis's clock ([`crate::clock`]): every time that
+/// hosts compare with each other (leases, dedupe windows, retry due times) is read here.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// Create the subscriber's groups on `keys` (idempotent).
@@ -219,7 +222,12 @@ pub async fn ensure_groups<C: redis::aio::ConnectionLike>(
 /// How long an entry may sit idle on a consumer before another takes it over: configured,
 /// or twice the deadline plus 10 s.
 pub fn claim_idle(read: &ReadConfig, settings: &Effective) -> Duration {
-    read.claim_idle.unwrap_or(settings.limits.deadline * 2 + Duration::from_secs(10))
+    lease(read.claim_idle, settings)
+}
+
+/// [`claim_idle`] from the configured value (`None`: derived from the deadline).
+pub fn lease(configured: Option<Duration>, settings: &Effective) -> Duration {
+    configured.unwrap_or_else(|| settings.limits.deadline.saturating_mul(2).saturating_add(Duration::from_secs(10)))
 }
 
 /// The metric handles of one subscriber, looked up once so the per-event path does no

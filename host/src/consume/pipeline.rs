@@ -18,7 +18,8 @@ use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::{ReadAhead, Reader};
 use super::settle::{Settlement, Settler};
-use super::{Active, Context, Counters, InFlight, Subscriber, claim_idle, worker};
+use super::start::Starter;
+use super::{Active, Context, Counters, InFlight, Subscriber, worker};
 use crate::keys::SubscriberKeys;
 
 /// Run the consumer of `subscriber` on `stream` until `stop` turns true. Then stop taking
@@ -47,6 +48,9 @@ struct Pipeline {
     read_ahead: ReadAhead,
     dispatcher: Dispatcher,
     permits: Arc<Semaphore>,
+    /// The size `permits` was given: the active version's `concurrency`, followed on reload.
+    concurrency: usize,
+    starter: Starter,
     workers: JoinSet<()>,
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settler: JoinHandle<()>,
@@ -62,8 +66,6 @@ impl Pipeline {
         let keys = SubscriberKeys::new(&stream, &subscriber.name);
         let group = subscriber.name.clone();
         let first = subscriber.active();
-        let claim_idle = claim_idle(&ctx.read, &first.settings);
-        let lease_ms = claim_idle.as_millis() as u64;
         let in_flight = InFlight::default();
         let counters = Arc::new(Counters::new(&ctx.metrics, &group));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
@@ -72,8 +74,7 @@ impl Pipeline {
             ctx: ctx.clone(),
             keys: keys.clone(),
             group: group.clone(),
-            dedupe_window_ms: first.settings.dedupe_window.as_millis() as u64,
-            lease_ms,
+            subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             counters: (*counters).clone(),
         };
@@ -82,7 +83,7 @@ impl Pipeline {
             ctx: ctx.clone(),
             keys: keys.clone(),
             group: group.clone(),
-            claim_idle,
+            subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             claimed: claimed_tx,
         };
@@ -96,8 +97,10 @@ impl Pipeline {
                 in_flight.clone(),
                 stop.clone(),
             ),
-            dispatcher: Dispatcher { keys, group, lease_ms },
+            starter: Starter::spawn(ctx.clone(), keys.clone(), subscriber.clone()),
+            dispatcher: Dispatcher { keys, group, claim_idle: ctx.read.claim_idle },
             permits: Arc::new(Semaphore::new(first.settings.concurrency)),
+            concurrency: first.settings.concurrency,
             workers: JoinSet::new(),
             ctx,
             subscriber,
@@ -118,6 +121,23 @@ impl Pipeline {
         *self.stop.borrow()
     }
 
+    /// Follow the active version's `concurrency` (a reload may change it): permits are added
+    /// at once; when it shrinks, the surplus is taken as workers finish and never given back.
+    fn follow_concurrency(&mut self) {
+        let wanted = self.subscriber.active().settings.concurrency;
+        if wanted > self.concurrency {
+            self.permits.add_permits(wanted - self.concurrency);
+        } else if wanted < self.concurrency {
+            let (permits, surplus) = (self.permits.clone(), (self.concurrency - wanted) as u32);
+            tokio::spawn(async move {
+                if let Ok(taken) = permits.acquire_many_owned(surplus).await {
+                    taken.forget();
+                }
+            });
+        }
+        self.concurrency = wanted;
+    }
+
     /// The next entries to dispatch, taken into this host's hands; `None` once stopped.
     /// Taken-over and waiting entries come first; a read is never cancelled for them (a
     /// cancelled XREADGROUP still delivers its entries into this consumer's pending list).
@@ -128,6 +148,7 @@ impl Pipeline {
                     tracing::error!(subscriber = %self.subscriber.name, "an event's task failed: {e}; its entry stays pending");
                 }
             }
+            self.follow_concurrency();
             // Read only when a worker is free: what is read waits in this host's hands.
             tokio::select! {
                 p = self.permits.clone().acquire_owned() => drop(p),
@@ -181,6 +202,11 @@ impl Pipeline {
         for entry in &plan.parked {
             self.in_flight.remove(&entry.key, &entry.id);
         }
+        // Every event to run is leased from now on (the housekeeper keeps the lease alive while
+        // it waits for a worker), and given back if the host stops before it runs.
+        for work in &plan.run {
+            self.in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
+        }
         for s in std::mem::take(&mut plan.settle) {
             let _ = self.settle_tx.send(s);
         }
@@ -202,7 +228,6 @@ impl Pipeline {
             if run.len() <= count / 2 {
                 self.read_ahead.ask(count - run.len());
             }
-            self.in_flight.running(&work.entry.key, &work.entry.id, &work.job.event.id, &work.owner);
             let permit: Option<OwnedSemaphorePermit> = tokio::select! {
                 p = self.permits.clone().acquire_owned() => p.ok(),
                 _ = self.stop.changed() => None,
@@ -214,8 +239,14 @@ impl Pipeline {
                 return false;
             };
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
+            let (starter, in_flight) = (self.starter.clone(), self.in_flight.clone());
             self.workers.spawn(async move {
-                let settlement = worker::run(active, work, &counters).await;
+                let settlement = if starter.start(&work.job.event.id, &work.owner).await {
+                    in_flight.started(&work.entry.key, &work.entry.id);
+                    worker::run(active, work, &counters).await
+                } else {
+                    give_back(&work)
+                };
                 let _ = tx.send(settlement);
                 drop(permit);
             });
@@ -238,7 +269,13 @@ impl Pipeline {
         // finds nothing to give back.
         for held in self.in_flight.snapshot() {
             if !held.event_id.is_empty() {
-                let _ = self.settle_tx.send(Settlement::give_back(held.key, held.id, held.event_id, held.owner));
+                let _ = self.settle_tx.send(Settlement::give_back(
+                    held.key,
+                    held.id,
+                    held.event_id,
+                    held.owner,
+                    held.started,
+                ));
             }
         }
         drop(self.settle_tx);
@@ -251,7 +288,8 @@ impl Pipeline {
     }
 }
 
-/// The settlement that gives `work` back without a verdict.
+/// The settlement that gives `work` back before it started: no verdict, nothing charged.
 fn give_back(work: &Work) -> Settlement {
-    Settlement::give_back(work.entry.key.clone(), work.entry.id.clone(), work.job.event.id.clone(), work.owner.clone())
+    let Work { entry, job, owner, .. } = work;
+    Settlement::give_back(entry.key.clone(), entry.id.clone(), job.event.id.clone(), owner.clone(), false)
 }

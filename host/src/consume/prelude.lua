@@ -1,3 +1,8 @@
+-- Limits shared with the Rust side (dispatch.rs `MAX_FIELDS`, `MAX_ENTRY_BYTES`; a unit test
+-- in scripts.rs checks that they agree): an entry beyond them is refused as `invalid-event`,
+-- so no script ever parks it or has to `unpack` it.
+local MAX_FIELDS, MAX_ENTRY_BYTES = 1000, 16777216
+
 -- Decode a netstring list (`len:bytes,` repeated) into a Lua array: binary-safe, unlike
 -- cjson. The prelude is prepended to every ferry script at build time.
 local function fields(s)

@@ -35,12 +35,22 @@ for _, s in ipairs(reply) do
     local kept = {}
     for _, e in ipairs(entries) do
       local id, f = e[1], e[2]
-      local pkey
-      for i = 1, #f, 2 do
-        if f[i] == ARGV[5] then pkey = f[i + 1] end
+      -- An entry the dispatcher refuses (too many fields or bytes, a field twice) takes no
+      -- key and is never parked: it is delivered as it is, dead-lettered as `invalid-event`,
+      -- and its key's next event flows.
+      local pkey, valid = nil, #f <= 2 * MAX_FIELDS
+      if valid then
+        local names, bytes = {}, 0
+        for i = 1, #f, 2 do
+          if names[f[i]] then valid = false end
+          names[f[i]] = true
+          bytes = bytes + #f[i] + #f[i + 1]
+          if f[i] == ARGV[5] then pkey = f[i + 1] end
+        end
+        valid = valid and bytes <= MAX_ENTRY_BYTES
       end
       local parked = false
-      if pkey and pkey ~= '' then
+      if valid and pkey and pkey ~= '' then
         local owner = stream .. '/' .. id
         if redis.call('HSETNX', KEYS[3], pkey, owner) == 1 then
           redis.call('HSET', KEYS[4], owner, pkey)

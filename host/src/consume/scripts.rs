@@ -21,6 +21,8 @@ script!(READ, "read.lua", "Read new entries and, under per-key order, queue each
 script!(DISPATCH, "dispatch.lua", "Dedupe check-and-record, crash budget and per-key claims of a read.");
 script!(SETTLE, "settle.lua", "Ack, retry, dead-letter or release a group of entries.");
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
+script!(START, "start.lua", "Charge the runs that really start to their events' crash budgets.");
+script!(COUNT, "count.lua", "Count a stream's entries after an id without sending them.");
 script!(REFRESH, "refresh.lua", "Push the leases of the events this host is handling.");
 script!(SWEEP, "sweep.lua", "Drop in-flight markers abandoned long ago.");
 script!(REAP, "reap.lua", "Remove silent consumers with nothing pending, atomically.");
@@ -28,8 +30,8 @@ script!(REPLAY, "replay.lua", "Move one dead letter to the retry stream, once.")
 script!(CUT, "cut.lua", "Where a length limit cuts a stream, without reading payloads out.");
 
 /// Every script, for loading after `NOSCRIPT`.
-fn all() -> [&'static Script; 9] {
-    [&READ, &DISPATCH, &SETTLE, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &CUT]
+fn all() -> [&'static Script; 11] {
+    [&READ, &DISPATCH, &SETTLE, &START, &COUNT, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &CUT]
 }
 
 /// `EVALSHA sha numkeys keys... args...` for `script`.
@@ -56,4 +58,18 @@ pub async fn load<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<()> {
         script.load_async(conn).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lua_limits_are_the_dispatchers() {
+        let prelude = include_str!("prelude.lua");
+        let line = format!(
+            "local MAX_FIELDS, MAX_ENTRY_BYTES = {}, {}",
+            super::super::dispatch::MAX_FIELDS,
+            super::super::dispatch::MAX_ENTRY_BYTES
+        );
+        assert!(prelude.contains(&line), "prelude.lua must say `{line}`");
+    }
 }

@@ -10,7 +10,8 @@
 --   retry:   due ms, netstring fields of the retry entry
 --   dlq:     netstring fields of the dead-letter entry
 --   skip:    nothing (a duplicate or an unsubscribed event: ack only)
---   release: nothing; not acked: a host-side failure, no attempt charged
+--   release: charged ('1': the run's start was recorded); not acked: a host-side
+--            failure or a stop, no attempt charged and the run taken off the crash budget
 -- Returns one code per entry: 1 settled, 0 not pending any more (settled elsewhere),
 -- -1 a follow-up stream holds another type, -2 the schedule or dead-letter key does.
 local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -28,40 +29,71 @@ end
 
 -- Per-key order: the holder is done, so the next event parked behind its key goes to the
 -- retry stream and takes the hold over. Found by owner, so a holder whose entry was deleted
--- still releases its key.
+-- still releases its key. Every check comes before the first write, so a release never
+-- stops half-way (a script error keeps the writes made before it): a parked entry that
+-- could not be written back (nothing parks such a one any more) is set aside as a dead
+-- letter and the key goes to the next one.
 local function release(owner)
   local pkey = redis.call('HGET', KEYS[7], owner)
   if not pkey then return end
-  redis.call('HDEL', KEYS[7], owner)
-  if redis.call('HGET', KEYS[6], pkey) ~= owner then return end
-  local nxt = redis.call('LPOP', KEYS[11] .. pkey)
-  if nxt then
-    redis.call('DECR', KEYS[9])
-    local f = fields(nxt)
-    local next_owner = ''
-    for i = 1, #f, 2 do
-      if f[i] == '_origin' then next_owner = f[i + 1] end
+  if redis.call('HGET', KEYS[6], pkey) ~= owner then
+    redis.call('HDEL', KEYS[7], owner)
+    return
+  end
+  -- A retry stream of another type: the key stays held (nothing lost) until it is fixed.
+  if not is_type(KEYS[10], 'stream') then return end
+  local list = KEYS[11] .. pkey
+  while true do
+    local nxt = redis.call('LINDEX', list, 0)
+    if not nxt then
+      redis.call('HDEL', KEYS[7], owner)
+      redis.call('HDEL', KEYS[6], pkey)
+      redis.call('ZREM', KEYS[8], pkey)
+      return
     end
-    redis.call('XADD', KEYS[10], '*', unpack(f))
-    redis.call('HSET', KEYS[6], pkey, next_owner)
-    redis.call('HSET', KEYS[7], next_owner, pkey)
-    redis.call('ZADD', KEYS[8], now, pkey)
-  else
-    redis.call('HDEL', KEYS[6], pkey)
-    redis.call('ZREM', KEYS[8], pkey)
+    local f = fields(nxt)
+    local next_owner
+    if #f % 2 == 0 and #f <= 2 * (MAX_FIELDS + 8) then
+      for i = 1, #f, 2 do
+        if f[i] == '_origin' then next_owner = f[i + 1] end
+      end
+    end
+    redis.call('LPOP', list)
+    redis.call('DECR', KEYS[9])
+    if next_owner then
+      redis.call('XADD', KEYS[10], '*', unpack(f))
+      redis.call('HDEL', KEYS[7], owner)
+      redis.call('HSET', KEYS[6], pkey, next_owner)
+      redis.call('HSET', KEYS[7], next_owner, pkey)
+      redis.call('ZADD', KEYS[8], now, pkey)
+      return
+    end
+    local letter = {'_kind', 'invalid-event', '_reason',
+      'a parked entry of ' .. #f .. ' values could not be handed its key', '_origin', owner}
+    for i = 1, math.min(#f - 1, 2 * MAX_FIELDS), 2 do
+      if f[i] == 'id' or f[i] == 'type' or f[i] == 'source' or f[i] == 'time' then
+        letter[#letter + 1] = f[i]
+        letter[#letter + 1] = f[i + 1]
+      end
+    end
+    if is_type(KEYS[2], 'stream') then redis.call('XADD', KEYS[2], '*', unpack(letter)) end
   end
 end
 
 -- A run that ended without a verdict (a host-side failure, a stop, a refused write): the
--- entry stays pending and the run comes off the event's crash budget.
-local function give_back(id, owner)
-  local _, starts, holder = marker(redis.call('HGET', KEYS[5], id))
-  if holder == owner then
-    if starts <= 1 then
-      redis.call('HDEL', KEYS[5], id)
-    else
-      redis.call('HSET', KEYS[5], id, '0:' .. (starts - 1) .. ':' .. owner)
-    end
+-- entry stays pending and, if the run was charged (`charged`: its start was recorded), it
+-- comes off the event's crash budget. Only a live lease is given back, so a give-back applied
+-- twice (a settle re-sent after its WAIT failed) changes nothing the second time. The marker
+-- is kept while it counts runs, with its lease ended now (copies need not wait; the sweep,
+-- which drops markers whose lease ended an hour ago, keeps the count).
+local function give_back(id, owner, charged)
+  local expiry, starts, holder = marker(redis.call('HGET', KEYS[5], id))
+  if holder ~= owner or expiry <= now then return end
+  if charged and starts > 0 then starts = starts - 1 end
+  if starts == 0 then
+    redis.call('HDEL', KEYS[5], id)
+  else
+    redis.call('HSET', KEYS[5], id, now .. ':' .. starts .. ':' .. owner)
   end
 end
 
@@ -71,7 +103,7 @@ for i = 5, #ARGV do
   local op, stream, entry, id, owner, rel = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
   local code = 1
   if op == 'release' then
-    give_back(id, owner)
+    give_back(id, owner, s[7] == '1')
   else
     if op == 'ack' then
       for j = 8, #s, 2 do
@@ -89,7 +121,7 @@ for i = 5, #ARGV do
       if op == 'dlq' and id == '' and rel then release(owner) end
     end
     -- Refused before the ack: the run ended without a verdict that could be written.
-    if code == -2 then give_back(id, owner) end
+    if code == -2 then give_back(id, owner, true) end
     if code == 1 then
       if op == 'ack' then
         for j = 8, #s, 2 do

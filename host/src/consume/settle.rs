@@ -76,8 +76,12 @@ pub enum Disposition {
         fields: Vec<(Vec<u8>, Vec<u8>)>,
     },
     /// No verdict (a host-side failure, or the host stopping): the entry stays pending and
-    /// is delivered again, and the run is taken off the event's crash budget.
-    Release,
+    /// is delivered again; a run that was `charged` (its start recorded) is taken off the
+    /// event's crash budget.
+    Release {
+        /// The run's start was recorded (start.lua): take it back.
+        charged: bool,
+    },
 }
 
 /// What a settled entry adds to the metrics.
@@ -119,16 +123,16 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// The settlement that gives an entry back without a verdict: it stays pending and the
-    /// run is taken off its event's crash budget.
-    pub fn give_back(key: String, id: String, event_id: String, owner: String) -> Self {
+    /// The settlement that gives an entry back without a verdict: it stays pending and, if
+    /// its run was `charged` (started), the run is taken off its event's crash budget.
+    pub fn give_back(key: String, id: String, event_id: String, owner: String, charged: bool) -> Self {
         Self {
             key,
             id,
             event_id,
             owner,
             release: false,
-            disposition: Disposition::Release,
+            disposition: Disposition::Release { charged },
             fallback: None,
             tally: Tally::None,
         }
@@ -219,7 +223,7 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         Disposition::Skip => ("skip", Vec::new()),
         Disposition::Retry { due_ms, fields } => ("retry", vec![due_ms.to_string().into_bytes(), netstrings(fields)]),
         Disposition::DeadLetter { fields } => ("dlq", vec![netstrings(fields)]),
-        Disposition::Release => ("release", Vec::new()),
+        Disposition::Release { charged } => ("release", vec![if *charged { b"1".to_vec() } else { b"0".to_vec() }]),
     };
     let head: [&[u8]; 6] = [
         op.as_bytes(),
@@ -400,10 +404,10 @@ pub struct Settler {
     pub keys: SubscriberKeys,
     /// The consumer group (subscriber name).
     pub group: String,
-    /// Dedupe window in ms (0: off).
-    pub dedupe_window_ms: u64,
-    /// Lease of a run in ms.
-    pub lease_ms: u64,
+    /// The subscriber: its active version's dedupe window and lease are read for every
+    /// group, so a reload reaches the settler (a window kept from the first version would
+    /// record nothing after `0s` → `1h`, or prune at the old window).
+    pub subscriber: std::sync::Arc<super::Subscriber>,
     /// Entries in this host's hands; settled ones leave it.
     pub in_flight: InFlight,
     /// Metric handles.
@@ -451,18 +455,23 @@ impl Settler {
     async fn settle_once(&self, own: &mut Option<Conn>, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
+        let active = self.subscriber.active();
+        let settings = &active.settings;
+        let window_ms = settings.dedupe_window.as_millis() as u64;
+        let lease_ms = super::claim_idle(&self.ctx.read, settings).as_millis() as u64;
         let mut conn = self.ctx.write_conn(own).await?;
-        let answers = settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
+        let answers = settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
         if let Err(e) = self.confirm(&mut conn).await {
             // The connection failed before a replica was known to have the settle: its primary
             // may have died with it (a failover). Settle again, on whichever primary serves the
             // slot now: the effects are guarded by the XACK, so a settle that survived writes
             // nothing twice, and one that was lost is written again with the same follow-up
-            // ids. The first answers count.
+            // ids; a give-back applied again finds its lease ended and changes nothing. The
+            // first answers count.
             tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
             *own = None;
             let mut conn = self.ctx.write_conn(own).await?;
-            settle(&mut conn, routing, &self.group, self.dedupe_window_ms, self.lease_ms, group).await?;
+            settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
             self.confirm(&mut conn).await?;
         }
         Ok(answers)

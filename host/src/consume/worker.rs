@@ -69,7 +69,7 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         }
         Outcome::HostError(e) => {
             tracing::error!(subscriber = %name, event_id = %job.event.id, "cannot run the handler: {e}; the event stays pending and is not charged an attempt");
-            (Disposition::Release, Tally::None)
+            (Disposition::Release { charged: true }, Tally::None)
         }
     };
     // The entry's names move into the settlement: nothing is copied per event but the id.
@@ -128,6 +128,6 @@ mod tests {
     #[test]
     fn a_host_error_gives_the_event_back_without_a_verdict() {
         let s = dispose(&active("*"), "events", work(1), Outcome::HostError("pool full".into()));
-        assert_eq!((s.disposition, s.tally), (Disposition::Release, Tally::None));
+        assert_eq!((s.disposition, s.tally), (Disposition::Release { charged: true }, Tally::None));
     }
 }

@@ -174,15 +174,16 @@ async fn a_replayed_dead_letter_that_fails_and_is_retried_keeps_its_replay_marke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_waiting_for_a_worker_keeps_its_lease_so_a_copy_waits_instead_of_running() {
     let env = Env::new();
-    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 1"));
+    // A deadline below the 2 s lease (`claim_idle` must exceed it).
+    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 1\n[limits]\ndeadline = \"1500ms\""));
     let mut conn = env.conn().await;
     let mut events = Vec::new();
     for i in 0..10 {
-        events.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":1000}}"#)).await);
+        events.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":800}}"#)).await);
     }
     let mut a = env.config();
     a.consumer = Some("host-a".into());
-    // A lease of 2 s: the last events wait ~9 s for the one worker.
+    // A lease of 2 s: the last events wait ~7 s for the one worker.
     a.read.claim_idle = Some(Duration::from_secs(2));
     let mut b = a.clone();
     b.consumer = Some("host-b".into());
@@ -403,7 +404,8 @@ async fn a_forged_origin_on_a_source_entry_neither_strands_its_key_nor_touches_a
     env.add_plugin("rec", fixtures::RECORDER, &recorder("ordered = true\nconcurrency = 4"));
     let keys = SubscriberKeys::new("events", "rec");
     let mut conn = env.conn().await;
-    let holder = Event { partitionkey: Some("k".into()), ..Event::new("Keyed", "tests", r#"{"act":"sleep","ms":1500}"#) };
+    let holder =
+        Event { partitionkey: Some("k".into()), ..Event::new("Keyed", "tests", r#"{"act":"sleep","ms":1500}"#) };
     let holder_entry = add_raw(&mut conn, &holder, &[]).await;
     let forged = Event { partitionkey: Some("k2".into()), ..Event::new("Keyed", "tests", "{}") };
     add_raw(&mut conn, &forged, &[("_origin", &format!("events/{holder_entry}")), ("_attempt", "7")]).await;
@@ -474,7 +476,8 @@ async fn a_host_whose_clock_runs_ahead_does_not_prune_other_hosts_dedupe_records
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_clock_runs_ahead_does_not_take_over_a_live_run() {
     let env = Env::new();
-    env.add_plugin("rec", fixtures::RECORDER, &recorder("dedupe_window = \"0s\"\nconcurrency = 2"));
+    // Dedupe on (a copy waits for a live run only then), and a deadline above the sleep.
+    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 2\n[limits]\ndeadline = \"20s\""));
     let keys = SubscriberKeys::new("events", "rec");
     let mut conn = env.conn().await;
     let mut b = env.config();
@@ -505,7 +508,7 @@ async fn a_host_whose_clock_runs_ahead_does_not_take_over_a_live_run() {
 // 7. The smaller ones.
 
 fn give_back(keys: &SubscriberKeys, event_id: &str) -> Settlement {
-    Settlement::give_back(keys.stream.clone(), "1-0".into(), event_id.into(), "events/1-0".into())
+    Settlement::give_back(keys.stream.clone(), "1-0".into(), event_id.into(), "events/1-0".into(), true)
 }
 
 async fn settle_one(conn: &mut MultiplexedConnection, keys: &SubscriberKeys, s: Settlement) {
@@ -625,8 +628,13 @@ async fn a_follow_up_to_a_key_of_the_wrong_type_is_set_aside_and_the_rest_are_fo
     let keys = SubscriberKeys::new("events", "rec");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let stuck = loop {
-        let value: redis::Value =
-            redis::cmd("XRANGE").arg(&keys.forward_dead).arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+        let value: redis::Value = redis::cmd("XRANGE")
+            .arg(&keys.forward_dead)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange");
         let stuck = ferry::consume::read::parse_entries(&keys.forward_dead, value);
         if stuck.len() >= 5 || std::time::Instant::now() > deadline {
             break stuck;
@@ -647,7 +655,8 @@ async fn a_follow_up_to_a_key_of_the_wrong_type_is_set_aside_and_the_rest_are_fo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarders_of_hosts_that_are_gone_are_reaped() {
     let world = crate::cluster::ClusterEnv::new();
-    world.env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    // A deadline below the short `claim_idle` (which must exceed it).
+    world.env.add_plugin("rec", fixtures::RECORDER, &recorder("[limits]\ndeadline = \"200ms\""));
     let keys = SubscriberKeys::new("events", "rec");
     let mut conn = world.conn().await;
     // A forwarder of a host that died long ago, with nothing pending.

@@ -1,0 +1,94 @@
+//! The starter: records that a run really starts, the moment a worker takes an event, in
+//! groups (one `start.lua` call for every worker that is starting), so the crash budget
+//! counts only runs that began.
+//!
+//! An event is recorded at dispatch with a lease (its in-flight marker), which the
+//! housekeeper keeps alive while the event waits for a worker; its run is charged only here.
+//! A host that dies with a read's worth of events queued behind busy workers therefore
+//! charges only the events that were running (docs/delivery.md: a crash-looping host
+//! dead-letters as `crash` only the events it was running when it died).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Context, Subscriber, claim_idle, now_ms, scripts};
+use crate::keys::SubscriberKeys;
+
+/// The largest group of starts sent in one call.
+const MAX_GROUP: usize = 512;
+
+struct Request {
+    event_id: String,
+    owner: String,
+    reply: oneshot::Sender<bool>,
+}
+
+/// A handle to the starter of one (subscriber, stream).
+#[derive(Clone)]
+pub struct Starter {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl Starter {
+    /// Start the starter's task; it ends when every handle is dropped.
+    pub fn spawn(ctx: Arc<Context>, keys: SubscriberKeys, subscriber: Arc<Subscriber>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(ctx, keys, subscriber, rx));
+        Self { tx }
+    }
+
+    /// Record that the run of `event_id` (owned by `owner`) starts now. `false`: it must not
+    /// start (another delivery of the event holds its marker, or Redis could not be reached);
+    /// the entry is given back uncharged.
+    pub async fn start(&self, event_id: &str, owner: &str) -> bool {
+        let (reply, answer) = oneshot::channel();
+        let request = Request { event_id: event_id.to_string(), owner: owner.to_string(), reply };
+        if self.tx.send(request).is_err() {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
+async fn run(
+    ctx: Arc<Context>,
+    keys: SubscriberKeys,
+    subscriber: Arc<Subscriber>,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let lease = claim_idle(&ctx.read, &subscriber.active().settings).as_millis() as u64;
+        let mut args = Vec::with_capacity(1 + 2 * group.len());
+        args.push((now_ms() + lease).to_string());
+        for r in &group {
+            args.push(r.event_id.clone());
+            args.push(r.owner.clone());
+        }
+        let cmd = scripts::evalsha(&scripts::START, &[&keys.inflight], &args);
+        let mut conn = ctx.shared.clone();
+        match scripts::run::<_, Vec<i64>>(&mut conn, &cmd).await {
+            Ok(answers) => {
+                ctx.health.up(&ctx.metrics);
+                let mut answers = answers.into_iter();
+                for r in group.drain(..) {
+                    let _ = r.reply.send(answers.next() == Some(1));
+                }
+            }
+            Err(e) => {
+                ctx.health.down(&ctx.metrics, &e);
+                for r in group.drain(..) {
+                    let _ = r.reply.send(false);
+                }
+            }
+        }
+    }
+}
