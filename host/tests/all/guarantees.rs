@@ -178,24 +178,35 @@ async fn an_event_waiting_for_a_worker_keeps_its_lease_so_a_copy_waits_instead_o
     env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 1\n[limits]\ndeadline = \"1500ms\""));
     let mut conn = env.conn().await;
     let mut events = Vec::new();
-    for i in 0..10 {
+    for i in 0..20 {
         events.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":800}}"#)).await);
     }
     let mut a = env.config();
     a.consumer = Some("host-a".into());
-    // A lease of 2 s: the last events wait ~7 s for the one worker.
+    // A lease of 2 s, and one read of all 20: A reads again only once 10 have started, so
+    // until then a new entry can only go to B.
     a.read.claim_idle = Some(Duration::from_secs(2));
+    a.read.count = 20;
     let mut b = a.clone();
     b.consumer = Some("host-b".into());
     let host_a = InProcessHost::start(a);
-    // Five handled: the last event has waited longer than its lease in A's hands.
-    let recs = env.records_at_least(5, Duration::from_secs(60)).await;
-    let last = events.last().expect("events");
-    assert!(recs.iter().all(|r| r["id"] != last.id.as_str()), "the last event still waits for A's worker");
-    // A copy of it (a producer retrying a publish), read by another host.
-    ferry::outbox::publish(&mut conn, "events", last).await.expect("copy");
+    env.pending("events", 20, Duration::from_secs(60)).await;
     let host_b = InProcessHost::start(b);
-    env.records_at_least(10, Duration::from_secs(60)).await;
+    env.wait_for("host B reading", Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        async move {
+            let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
+            groups.iter().any(|g| g.consumers.iter().any(|c| c.name == "host-b")).then_some(())
+        }
+    })
+    .await;
+    // Three handled: the last event has waited longer than its 2 s lease in A's hands.
+    let recs = env.records_at_least(3, Duration::from_secs(60)).await;
+    assert!(recs.len() < 10, "A has not read again yet ({} handled)", recs.len());
+    let last = events.last().expect("events");
+    // A copy of it (a producer retrying a publish): read by B, whose worker is free.
+    ferry::outbox::publish(&mut conn, "events", last).await.expect("copy");
+    env.records_at_least(20, Duration::from_secs(90)).await;
     env.settled("events", Duration::from_secs(60)).await;
     let recs = records(&mut conn, "records").await;
     assert_eq!(counts(&recs).get(&last.id), Some(&1), "the copy waited for the original and was a duplicate");
@@ -476,32 +487,33 @@ async fn a_host_whose_clock_runs_ahead_does_not_prune_other_hosts_dedupe_records
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_clock_runs_ahead_does_not_take_over_a_live_run() {
     let env = Env::new();
-    // Dedupe on (a copy waits for a live run only then), and a deadline above the sleep.
-    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 2\n[limits]\ndeadline = \"20s\""));
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
     let keys = SubscriberKeys::new("events", "rec");
     let mut conn = env.conn().await;
-    let mut b = env.config();
-    b.consumer = Some("host-b".into());
-    let host_b = InProcessHost::start(b.clone());
-    let slow = publish(&mut conn, "events", "Slow", r#"{"act":"sleep","ms":6000}"#).await;
-    env.wait_for("the slow event running on B", Duration::from_secs(30), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        let id = slow.id.clone();
-        async move { (starts_of(&marker(&mut conn, &keys, &id).await) == 1).then_some(()) }
-    })
-    .await;
-    // A copy, read by a host whose clock is an hour ahead (beyond any lease): it must wait.
-    ferry::outbox::publish(&mut conn, "events", &slow).await.expect("copy");
+    // A run of the event live on another host: its lease ends 20 s from now on Redis's clock.
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.expect("time");
+    let event = Event::new("Live", "tests", "{}");
+    let lease_end = secs * 1000 + 20_000;
+    let _: () = redis::cmd("HSET")
+        .arg(&keys.inflight)
+        .arg(&event.id)
+        .arg(format!("{lease_end}:1:events/0-1"))
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    // A copy of it, read by a host whose clock is an hour ahead (past any lease).
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("copy");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut a = b;
-    a.consumer = Some("host-a".into());
-    let host_a = HostProcess::start_with(&a, dir.path(), "host-a", &crate::support::faketime("+1h"));
-    env.records_at_least(1, Duration::from_secs(60)).await;
-    env.settled("events", Duration::from_secs(60)).await;
-    let recs = records(&mut conn, "records").await;
-    assert_eq!(counts(&recs).get(&slow.id), Some(&1), "the copy waited for the live run\n{}", host_a.log());
-    host_b.stop().await;
+    let host_a = HostProcess::start_with(&env.config(), dir.path(), "host-a", &crate::support::faketime("+1h"));
+    env.pending("events", 1, Duration::from_secs(60)).await;
+    // Read: from now on it may only wait. Give a wrong verdict time to show.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (now, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.expect("time");
+    assert!(now * 1000 < lease_end, "the check ran while the lease was live");
+    assert!(records(&mut conn, "records").await.is_empty(), "the copy ran beside the live run\n{}", host_a.log());
+    // Once the lease ends (nobody pushes it), the copy runs: once.
+    let recs = env.records_at_least(1, Duration::from_secs(60)).await;
+    assert_eq!(counts(&recs).get(&event.id), Some(&1));
     drop(host_a);
 }
 
