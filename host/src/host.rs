@@ -232,14 +232,28 @@ impl Host {
             return;
         }
         match self.prepare(&name, &wasm, &mut tried).await {
-            Ok(None) => {}
+            // Unchanged since the last version that loaded: a refused edit was undone.
+            Ok(None) => {
+                if self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&name).is_some() {
+                    tracing::info!(plugin = %name, "plugin files are valid again; the running version and settings are unchanged");
+                }
+            }
             Ok(Some((plugin, effective))) => self.install(&name, plugin, effective).await,
             Err(e) => {
                 self.ctx.metrics.plugin_refused.get_or_create(&PluginLabels { plugin: name.clone() }).inc();
                 let kept =
                     if self.running.lock().await.contains_key(&name) { "; the running version stays" } else { "" };
-                tracing::error!(plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
-                self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name, format!("{e:#}"));
+                let message = format!("{e:#}");
+                // One line per refusal, not one per file event that leads to it (an editor's
+                // save touches the file more than once).
+                let repeated =
+                    self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), message.clone())
+                        == Some(message);
+                if repeated {
+                    tracing::debug!(plugin = %name, "still refusing plugin: {e:#}");
+                } else {
+                    tracing::error!(plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
+                }
             }
         }
     }
@@ -354,10 +368,12 @@ impl Host {
             active.subscriptions.iter().map(|(stream, s)| format!("{stream}:{}", s.event_type)).collect();
         let entry = match running.remove(name) {
             Some(mut current) => {
+                let changed = changed_settings(&current.subscriber.active().settings, &active.settings);
                 let old = current.subscriber.swap(active);
+                let what = if old.runner.version() == version { "plugin settings changed" } else { "plugin replaced" };
                 tracing::info!(
-                    plugin = %name, from = %old.runner.version(), to = %version,
-                    subscriptions = ?describe, "plugin replaced; events in flight finish on the old version"
+                    plugin = %name, from = %old.runner.version(), to = %version, changed = ?changed,
+                    subscriptions = ?describe, "{what}; events in flight finish on the old version"
                 );
                 current.loaded_at = SystemTime::now();
                 current
@@ -494,4 +510,39 @@ async fn check_partitions(conn: &mut crate::connection::Conn, config: &Config) -
         let _: () = redis::cmd("SET").arg(&key).arg(wanted).query_async(conn).await?;
     }
     Ok(())
+}
+
+/// The settings that differ between two versions of a subscriber, by their key names, for
+/// the reload's log line (an edit of `NAME.toml` says what it changed).
+fn changed_settings(old: &Effective, new: &Effective) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! compare {
+        ($($field:ident => $key:literal),* $(,)?) => {
+            $(if old.$field != new.$field { changed.push($key); })*
+        };
+    }
+    compare!(
+        subscriptions => "subscriptions", start => "start", concurrency => "concurrency", ordered => "ordered",
+        dedupe_window => "dedupe_window", retry => "retry", limits => "limits", config => "config",
+        publish_streams => "publish_streams",
+    );
+    if changed.is_empty() && old != new {
+        changed.push("other settings");
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_names_the_settings_it_changed() {
+        let old = crate::config::SubscriberConfig::default().resolve().expect("defaults");
+        let mut new = old.clone();
+        assert!(changed_settings(&old, &new).is_empty());
+        new.concurrency += 1;
+        new.publish_streams.push("records".into());
+        assert_eq!(changed_settings(&old, &new), ["concurrency", "publish_streams"]);
+    }
 }

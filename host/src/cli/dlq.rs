@@ -26,16 +26,23 @@ pub enum DlqCommand {
         /// Print JSON (an array of the dead letters shown).
         #[arg(long)]
         json: bool,
+        /// One block per dead letter with its whole reason, instead of a table whose reasons
+        /// are cut (marked `…`).
+        #[arg(long)]
+        wide: bool,
         #[command(flatten)]
         redis: RedisArgs,
     },
-    /// Show one dead letter by its entry id or event id.
+    /// Show one dead letter by its entry id or event id: its failure, then every field.
     Show {
         /// Entry id or event id.
         id: String,
         /// Only look in this subscriber's dead letters.
         #[arg(long)]
         subscriber: Option<String>,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -73,7 +80,7 @@ impl DlqSelect {
 /// Run `ferry dlq ...`.
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DlqCommand::List { subscriber, limit, json, redis } => {
+        DlqCommand::List { subscriber, limit, json, wide, redis } => {
             let mut conn = redis.connect().await?;
             let letters = dlq::list(&mut conn, subscriber.as_deref(), limit).await?;
             let total = dlq::total(&mut conn, subscriber.as_deref()).await?;
@@ -85,6 +92,11 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 if cut {
                     eprintln!("showing {} of {total} dead letter(s); raise --limit for more", letters.len());
                 }
+            } else if wide {
+                for d in &letters {
+                    println!("{}\n", block(d, false));
+                }
+                println!("{}", summary(letters.len(), total, limit));
             } else {
                 let mut rows =
                     vec![header(&["SUBSCRIBER", "STREAM", "ENTRY", "EVENT", "TYPE", "KIND", "ATTEMPTS", "REASON"])];
@@ -97,7 +109,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                         d.event_type.clone(),
                         d.kind.clone(),
                         d.attempts.clone(),
-                        ferry::plugin::sandbox::truncate(&d.reason, 60).to_string(),
+                        cut_reason(&d.reason, REASON_WIDTH),
                     ]);
                 }
                 print!("{}", table(&rows));
@@ -105,11 +117,15 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show { id, subscriber, redis } => {
+        DlqCommand::Show { id, subscriber, json, redis } => {
             let mut conn = redis.connect().await?;
             match dlq::show(&mut conn, subscriber.as_deref(), &id).await? {
-                Some(d) => {
+                Some(d) if json => {
                     println!("{}", serde_json::to_string_pretty(&d)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(d) => {
+                    println!("{}", block(&d, true));
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
@@ -143,6 +159,37 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Characters of a reason the table shows.
+const REASON_WIDTH: usize = 60;
+
+/// `reason` cut to `width` characters, the cut marked with `…` (`--wide` shows it whole).
+fn cut_reason(reason: &str, width: usize) -> String {
+    let reason = reason.replace(['\n', '\r'], " ");
+    match reason.char_indices().nth(width) {
+        Some((at, _)) => format!("{}…", &reason[..at]),
+        None => reason,
+    }
+}
+
+/// One dead letter as a readable block: what failed and why first; with `fields`, every field
+/// of the entry after it.
+fn block(d: &dlq::DeadLetter, fields: bool) -> String {
+    let mut out = vec![
+        format!("dead letter {} of {} on {}", d.id, d.subscriber, d.stream),
+        format!("  event:    {} ({})", d.event_id, d.event_type),
+        format!("  failure:  {} after {} attempt(s), plugin version {}", d.kind, d.attempts, d.plugin_version),
+        format!("  first:    {}", d.first_failure),
+        format!("  last:     {}", d.last_failure),
+        format!("  reason:   {}", d.reason),
+    ];
+    if fields {
+        out.push("  fields:".to_string());
+        let width = d.fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        out.extend(d.fields.iter().map(|(k, v)| format!("    {k:width$}  {v}")));
+    }
+    out.join("\n")
+}
+
 /// The line under the table: the total, and whether the list was cut.
 fn summary(shown: usize, total: u64, limit: usize) -> String {
     if (shown as u64) < total {
@@ -155,6 +202,13 @@ fn summary(shown: usize, total: u64, limit: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_reason_is_marked_and_a_short_one_is_whole() {
+        assert_eq!(cut_reason("short", 60), "short");
+        assert_eq!(cut_reason(&"x".repeat(70), 60), format!("{}…", "x".repeat(60)));
+        assert_eq!(cut_reason("two\nlines", 60), "two lines");
+    }
 
     #[test]
     fn a_cut_list_says_so_and_gives_the_total() {

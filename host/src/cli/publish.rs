@@ -75,9 +75,17 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.
     let partitions = config.streams.get(&stream).map_or(1, |s| s.partitions);
     let key = ferry::keys::route(&stream, partitions, event.partitionkey.as_deref(), &event.id);
-    ferry::outbox::publish_with(&mut conn, &key, &event, config.replication())
+    let entry = ferry::outbox::publish_with(&mut conn, &key, &event, config.replication())
         .await
         .context("adding the event to the stream")?;
+    // The id on stdout (scripts read it); where it went on stderr, so nobody publishes to
+    // whatever Redis happened to answer on the default port without seeing it.
     println!("{}", event.id);
+    eprintln!(
+        "published {} `{}` to stream `{key}` (entry {entry}) on {}",
+        event.id,
+        event.event_type,
+        super::status::without_password(&config.redis)
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -67,7 +67,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `url` without its user and password, for showing on screen.
-fn without_password(url: &str) -> String {
+pub(crate) fn without_password(url: &str) -> String {
     match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, _)), Some((_, host))) => format!("{scheme}://{host}"),
         _ => url.to_string(),

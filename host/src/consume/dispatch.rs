@@ -339,7 +339,28 @@ impl Dispatcher {
             1
         };
         let owner = String::from_utf8_lossy(&origin(&entry, &self.keys.stream)).into_owned();
+        // An entry that is not a valid event but names a type this subscriber does not want
+        // is another subscriber's problem: skipped here, dead-lettered by those that want the
+        // type. Without a readable type (or from the retry stream: it was this subscriber's)
+        // it is dead-lettered for every subscriber that reads the stream.
+        let unwanted = !is_retry
+            && entry
+                .field(crate::event::field::TYPE)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .is_some_and(|t| !active.wants_type(&self.keys.stream, t));
         let invalid = |reason: String, fields: Option<&[&[u8]]>| {
+            if unwanted {
+                return Local::Settle(Settlement {
+                    key: entry.key.clone(),
+                    id: entry.id.clone(),
+                    event_id: String::new(),
+                    owner: owner.clone(),
+                    release: true,
+                    disposition: Disposition::Skip,
+                    fallback: None,
+                    tally: Tally::Skipped,
+                });
+            }
             tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
             let failure = Failure { kind: FailureKind::InvalidEvent, reason: &reason, attempts: attempt };
             let mut letter = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
@@ -423,6 +444,22 @@ mod tests {
         assert_eq!(s.tally, Tally::DeadLettered(FailureKind::InvalidEvent));
         assert_eq!(field(&s, meta::KIND), Some(&b"invalid-event"[..]));
         assert!(s.release, "it may have held a partition key");
+    }
+
+    #[test]
+    fn an_invalid_entry_of_a_type_the_subscriber_does_not_want_is_skipped_not_dead_lettered() {
+        let bad = || Entry {
+            key: "events".into(),
+            id: "1-0".into(),
+            fields: vec![(b"type".to_vec(), b"OrderCreated".to_vec())],
+        };
+        let Local::Settle(s) = dispatcher().local(&active("UserRegistered"), bad()) else { panic!("settled") };
+        assert_eq!((s.disposition, s.tally), (Disposition::Skip, Tally::Skipped));
+        let Local::Settle(s) = dispatcher().local(&active("Order*"), bad()) else { panic!("settled") };
+        assert_eq!(s.tally, Tally::DeadLettered(FailureKind::InvalidEvent), "it wants the type: its dead letter");
+        let untyped = Entry { key: "events".into(), id: "1-0".into(), fields: vec![(b"x".to_vec(), b"y".to_vec())] };
+        let Local::Settle(s) = dispatcher().local(&active("UserRegistered"), untyped) else { panic!("settled") };
+        assert_eq!(s.tally, Tally::DeadLettered(FailureKind::InvalidEvent), "no type: everyone's dead letter");
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Active {
         streams
     }
 
+    /// Whether events of `event_type` read from `stream` may be wanted (any schema version):
+    /// asked of an entry that is not a valid event but names its type.
+    pub fn wants_type(&self, stream: &str, event_type: &str) -> bool {
+        let stream = crate::keys::logical(stream);
+        self.subscriptions.iter().any(|(s, sub)| s == stream && sub.matches_type(event_type))
+    }
+
     /// Whether an event read from `stream` (a stream key: a partition counts as its stream)
     /// is wanted.
     pub fn wants(&self, stream: &str, event: &Event) -> bool {

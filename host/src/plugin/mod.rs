@@ -93,11 +93,16 @@ pub struct Subscription {
 impl Subscription {
     /// Whether `event` is wanted.
     pub fn matches(&self, event: &Event) -> bool {
-        let type_ok = match self.event_type.strip_suffix('*') {
-            Some(prefix) => event.event_type.starts_with(prefix),
-            None => event.event_type == self.event_type,
-        };
-        type_ok && (self.versions.is_empty() || self.versions.contains(&event.schemaversion))
+        self.matches_type(&event.event_type)
+            && (self.versions.is_empty() || self.versions.contains(&event.schemaversion))
+    }
+
+    /// Whether events of `event_type` may be wanted (whatever their schema version).
+    pub fn matches_type(&self, event_type: &str) -> bool {
+        match self.event_type.strip_suffix('*') {
+            Some(prefix) => event_type.starts_with(prefix),
+            None => event_type == self.event_type,
+        }
     }
 }
 

@@ -104,6 +104,11 @@ async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
     assert!(dlq.0 && dlq.1.contains("2 dead letter(s)"), "dlq list read the file's redis: {}{}", dlq.1, dlq.2);
     assert!(show.0 && show.1.contains("evt-rec-1"), "FERRY_CONFIG is read too: {}{}", show.1, show.2);
     assert!(published.0, "publish read the file's redis: {}", published.2);
+    assert!(
+        published.2.contains("to stream `orders`") && published.2.contains(&env.redis.url().replace("redis://", "")),
+        "publish says where it wrote: {}",
+        published.2
+    );
     let mut conn = env.conn().await;
     let len: u64 = redis::cmd("XLEN").arg("orders").query_async(&mut conn).await.expect("XLEN");
     assert_eq!(len, 1, "publish used the file's stream");

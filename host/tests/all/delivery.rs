@@ -322,15 +322,24 @@ async fn dlq_list_and_show_print_a_table_and_json() {
     host.stop().await;
     let url = env.redis.url();
     let id = bad.id.clone();
-    let (table, json, show) = tokio::task::spawn_blocking(move || {
+    let (table, json, show, text, wide) = tokio::task::spawn_blocking(move || {
         (
             ferry(&["dlq", "list", "--redis", &url]),
             ferry(&["dlq", "list", "--subscriber", "rec", "--json", "--redis", &url]),
+            ferry(&["dlq", "show", &id, "--json", "--redis", &url]),
             ferry(&["dlq", "show", &id, "--redis", &url]),
+            ferry(&["dlq", "list", "--wide", "--redis", &url]),
         )
     })
     .await
     .expect("join");
+    assert!(text.0.success(), "{}", text.2);
+    assert!(
+        text.1.contains("reason:   rejected on purpose") && text.1.contains("fields:") && text.1.contains("_kind"),
+        "a readable dead letter: {}",
+        text.1
+    );
+    assert!(wide.1.contains(&format!("event:    {} (Bad)", bad.id)), "one block per dead letter: {}", wide.1);
     assert!(table.0.success(), "{}", table.2);
     let header = table.1.lines().next().unwrap_or_default();
     assert!(header.starts_with("SUBSCRIBER") && header.contains("REASON"), "{}", table.1);
@@ -363,4 +372,48 @@ async fn a_redis_outage_is_logged_once_each_way_and_the_host_keeps_running() {
     let log = host.log();
     assert_eq!(log.matches("redis unavailable").count(), 1, "one line going down:\n{log}");
     assert_eq!(log.matches("redis reachable again").count(), 1, "one line coming back:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_entry_is_dead_lettered_only_by_subscribers_that_want_its_type() {
+    let env = Env::new();
+    let only = |t: &str| format!("subscriptions = [{{ type = \"{t}\" }}]\n{RECORDER_TOML}");
+    env.add_plugin("orders", fixtures::RECORDER, &only("OrderCreated"));
+    env.add_plugin("greeter", fixtures::RECORDER, &only("UserRegistered"));
+    let host = InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    // A malformed OrderCreated (its data is not the JSON its content type says) and an entry
+    // with no readable type at all.
+    let _: String = redis::cmd("XADD")
+        .arg("events")
+        .arg("*")
+        .arg("id")
+        .arg("bad-order")
+        .arg("type")
+        .arg("OrderCreated")
+        .arg("source")
+        .arg("tests")
+        .arg("specversion")
+        .arg("1.0")
+        .arg("time")
+        .arg("2026-01-01T00:00:00Z")
+        .arg("data")
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let _: String =
+        redis::cmd("XADD").arg("events").arg("*").arg("garbage").arg("1").query_async(&mut conn).await.expect("xadd");
+    env.settled("events", Duration::from_secs(30)).await;
+    let letters = |sub: &'static str| {
+        let mut conn = conn.clone();
+        async move { ferry::dlq::list(&mut conn, Some(sub), 10).await.expect("dlq") }
+    };
+    let orders = letters("orders").await;
+    let greeter = letters("greeter").await;
+    assert_eq!(orders.len(), 2, "the order subscriber gets both: {orders:?}");
+    assert!(orders.iter().any(|l| l.event_id == "bad-order") && orders.iter().all(|l| l.kind == "invalid-event"));
+    assert_eq!(greeter.len(), 1, "the greeter gets only the untyped entry: {greeter:?}");
+    assert_eq!(greeter[0].event_id, "");
+    host.stop().await;
 }

@@ -277,3 +277,47 @@ async fn reading_a_plugin_file_never_reloads_it() {
     assert_eq!(host.loads(), 5, "unchanged contents are not reloaded");
     host.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_log_lines_say_what_changed_refuse_once_and_confirm_a_fix() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = watched(&env);
+    config.consumer = Some("reloader".into());
+    let env_vars = [("FERRY_LOG".to_string(), "info,ferry::host=debug".to_string())];
+    let host = crate::support::HostProcess::start_with(&config, dir.path(), "host", &env_vars);
+    let wait_log = |what: &'static str, n: usize| {
+        let host = &host;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let log = host.log();
+                if log.lines().filter(|l| l.contains(what)).count() >= n {
+                    return log;
+                }
+                assert!(Instant::now() < deadline, "no {n}× `{what}` in the log:\n{log}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_log("plugin loaded", 1).await;
+    let toml = env.plugins.path().join("rec.toml");
+    let changed = format!("concurrency = 3\n{RECORDER_TOML}");
+    std::fs::write(&toml, &changed).expect("write");
+    let log = wait_log("plugin settings changed", 1).await;
+    let line = log.lines().find(|l| l.contains("plugin settings changed")).expect("line");
+    assert!(line.contains("concurrency"), "the line names the setting: {line}");
+    // A typo, saved twice: refused with one error line.
+    let typo = format!("concurrenc = 3\n{RECORDER_TOML}");
+    std::fs::write(&toml, &typo).expect("write");
+    wait_log("refusing plugin", 1).await;
+    std::fs::write(&toml, format!("{typo}\n")).expect("write");
+    let log = wait_log("still refusing plugin", 1).await;
+    let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("refusing plugin")).count();
+    assert_eq!(errors, 1, "one error line per refusal:\n{log}");
+    // The fix: back to the running settings, confirmed.
+    std::fs::write(&toml, &changed).expect("write");
+    wait_log("plugin files are valid again", 1).await;
+    drop(host);
+}
