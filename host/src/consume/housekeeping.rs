@@ -1,7 +1,8 @@
 //! Housekeeping of one (subscriber, stream), on its own task and its own timers, apart
 //! from the read loop: promote due retries, keep this host's runs visibly alive, take over
 //! entries of dead consumers, remove silent consumers, sweep abandoned in-flight markers and
-//! trim settled entries.
+//! trim settled entries. (Forwarding follow-ups to other slots is [`super::forward`]'s, on a
+//! task of its own: it may wait for a replica, and keeping runs alive must never wait.)
 //!
 //! Liveness rule: an entry this host holds (running, waiting for a permit, or waiting for
 //! another delivery of its event) has its idle time reset (`XCLAIM … JUSTID`, which does not
@@ -15,11 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::{self, Entry};
 use super::{Context, InFlight, now_ms, scripts, settle, trim};
-use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
-
-/// The consumer group of the forwarders on a stream's forward key.
-const FORWARDERS: &str = "ferry-forward";
 
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
@@ -49,8 +46,6 @@ impl Housekeeper {
         let mut last_liveness = Instant::now();
         let mut last_trim = Instant::now();
         let mut sweep_cursor = "0".to_string();
-        let mut forwarders_ready = false;
-        let mut forwarder_conn = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -62,11 +57,6 @@ impl Housekeeper {
             let mut conn = self.ctx.shared.clone();
             if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
-            }
-            if self.ctx.redis.is_cluster()
-                && let Err(e) = self.forward(&mut forwarders_ready, &mut forwarder_conn).await
-            {
-                tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle / 4 {
                 last_liveness = Instant::now();
@@ -97,119 +87,6 @@ impl Housekeeper {
                 self.trim().await;
             }
         }
-    }
-
-    /// On a cluster: move follow-ups bound for other slots from the stream's forward key to
-    /// their streams, each with its own event id. Read through a consumer group, so hosts
-    /// share the work and a dead forwarder's entries are taken over; `XADD` comes before the
-    /// ack, so a forwarder that dies in between re-sends the same event, which consumers'
-    /// dedupe absorbs. Nothing is lost. The group is created once (`ready`), and again after
-    /// Redis lost it (`NOGROUP`: a restart without persistence, a failover).
-    ///
-    /// Under `durability = "replicated"` (on a connection of its own, `own`: a `WAIT` blocks
-    /// its connection) a follow-up is forwarded only once a replica of the source slot has it
-    /// (so has the ack written with it: a follow-up of a settle that a failover then loses is
-    /// never sent), and leaves the forward key only once a replica of its target has it.
-    /// Entries left behind are read again from this forwarder's own pending list.
-    async fn forward(&self, ready: &mut bool, own: &mut Option<Conn>) -> redis::RedisResult<()> {
-        let mut conn = self.ctx.write_conn(own).await?;
-        let result = self.forward_on(&mut conn, ready).await;
-        if result.is_err() {
-            *own = None;
-        }
-        result
-    }
-
-    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool) -> redis::RedisResult<()> {
-        let key = &self.keys.forward;
-        if !*ready {
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(key)
-                .arg(FORWARDERS)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(conn)
-                .await;
-            if let Err(e) = created
-                && !e.to_string().contains("BUSYGROUP")
-            {
-                return Err(e);
-            }
-            *ready = true;
-        }
-        let idle = self.claim_idle.as_millis() as u64;
-        // One forwarder per (host, subscriber) on the stream's forward key: its own name, so
-        // its own pending list is its own (a host's other subscribers forward the same key).
-        let consumer = format!("{}/{}", self.ctx.consumer, self.group);
-        let read = async {
-            // A dead forwarder's entries, else this one's own left-overs, else new ones.
-            let mut entries = read::auto_claim(conn, key, FORWARDERS, &consumer, idle, 100).await?;
-            for id in ["0", ">"] {
-                if entries.is_empty() {
-                    entries = read::read_group(conn, FORWARDERS, &consumer, 100, None, &[key], id).await?;
-                }
-            }
-            Ok::<_, redis::RedisError>(entries)
-        };
-        let entries = match read.await {
-            Ok(entries) => entries,
-            Err(e) => {
-                if e.to_string().contains("NOGROUP") {
-                    *ready = false;
-                }
-                return Err(e);
-            }
-        };
-        if entries.is_empty() {
-            return Ok(());
-        }
-        // The read is a write (it moves the entries into this forwarder's pending list), so
-        // this WAIT covers every settle that wrote them.
-        if let Err(e) = crate::connection::replicated(conn, key, self.ctx.replication).await {
-            crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-            return Err(e.into_redis("follow-ups to forward"));
-        }
-        for entry in entries {
-            self.forward_one(conn, entry).await?;
-        }
-        Ok(())
-    }
-
-    /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
-    /// then remove it from the forward key.
-    async fn forward_one(&self, conn: &mut Conn, entry: Entry) -> redis::RedisResult<()> {
-        let key = &self.keys.forward;
-        let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
-        if let Some(target) = target {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&target).arg("*");
-            for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
-                xadd.arg(k).arg(v);
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(xadd);
-            self.ctx.replication.append_wait(&mut pipe);
-            let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
-            if let Err(e) = self.ctx.replication.take_wait(&mut replies) {
-                crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-                return Err(e.into_redis("a follow-up forwarded to another slot"));
-            }
-        }
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(key)
-            .arg(FORWARDERS)
-            .arg(&entry.id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(key)
-            .arg(&entry.id)
-            .ignore()
-            .query_async(conn)
-            .await?;
-        Ok(())
     }
 
     /// Reset the idle time of every entry this host holds and push their leases.

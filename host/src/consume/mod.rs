@@ -19,7 +19,8 @@
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
-//! - [`housekeeping`]: everything on a timer.
+//! - [`housekeeping`]: everything on a timer; [`forward`]: on a cluster, follow-ups to
+//!   other slots, on a timer and a task of its own (it may wait for a replica).
 //! - [`pipeline`]: wires the stages together for one (subscriber, stream) and owns shutdown;
 //!   [`inflight`]: the entries in this host's hands; [`letters`]: the fields of retry and
 //!   dead-letter entries.
@@ -28,6 +29,7 @@
 //!
 
 pub mod dispatch;
+pub mod forward;
 pub mod housekeeping;
 pub mod inflight;
 pub mod letters;
@@ -164,6 +166,9 @@ pub struct Context {
     pub partitions: std::collections::BTreeMap<String, u32>,
     /// Whether settles and forwarded follow-ups wait for a replica.
     pub replication: crate::connection::Replication,
+    /// The stream keys whose writes no replica confirms, and what to do then (the
+    /// `durability_on_missing_replica` policy).
+    pub replicas: crate::replica::ReplicaWatch,
 }
 
 impl Context {

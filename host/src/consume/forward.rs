@@ -1,0 +1,180 @@
+//! The forwarder of one (subscriber, stream) on a cluster: moves follow-ups bound for other
+//! slots from the stream's forward key (written with the ack, same slot) to their streams,
+//! each with its own event id. On a task of its own with its own timer, because under
+//! `durability = "replicated"` it may wait for a replica, and nothing else may wait with it.
+//!
+//! Read through a consumer group, so hosts share the work and a dead forwarder's entries are
+//! taken over; `XADD` comes before the ack, so a forwarder that dies in between re-sends the
+//! same event, which consumers' dedupe absorbs. Nothing is lost. The group is created once,
+//! and again after Redis lost it (`NOGROUP`: a restart without persistence, a failover).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::read::{self, Entry};
+use super::{Context, settle};
+use crate::connection::Conn;
+use crate::keys::SubscriberKeys;
+use crate::replica::{Confirmed, Writer};
+
+/// The consumer group of the forwarders on a stream's forward key.
+const FORWARDERS: &str = "ferry-forward";
+
+/// The forwarder of one (subscriber, stream).
+pub struct Forwarder {
+    /// Shared host context.
+    pub ctx: Arc<Context>,
+    /// The subscriber's keys on this stream (the forward key is the stream's).
+    pub keys: SubscriberKeys,
+    /// The consumer group (subscriber name).
+    pub group: String,
+    /// Idle time after which another forwarder's entry is taken over.
+    pub claim_idle: Duration,
+}
+
+impl Forwarder {
+    /// Forward every `read.poll` until `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.ctx.read.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut ready, mut own) = (false, None);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+            if let Err(e) = self.forward(&mut ready, &mut own, &stop).await {
+                tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
+            }
+        }
+    }
+
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            watch: &self.ctx.replicas,
+            metrics: &self.ctx.metrics,
+            replication: self.ctx.replication,
+            write: "forward",
+            name: format!("forward/{}", self.group),
+        }
+    }
+
+    /// Under `durability = "replicated"` (on a connection of its own, `own`: a `WAIT` blocks
+    /// its connection) a follow-up is forwarded only once a replica of the source slot has it
+    /// (so has the ack written with it: a follow-up of a settle that a failover then loses is
+    /// never sent), and leaves the forward key only once a replica of its target has it. When
+    /// no replica confirms, `durability_on_missing_replica` decides: `wait` sends `WAIT` again
+    /// on the same connection (never the `XADD`: each would add a copy to the target) until one
+    /// does; `continue` counts the follow-ups and goes on. A shortfall keeps the connection:
+    /// only a failed command drops it (a new cluster connection dials every seed, dead ones
+    /// too).
+    async fn forward(
+        &self,
+        ready: &mut bool,
+        own: &mut Option<Conn>,
+        stop: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.ctx.write_conn(own).await?;
+        let result = self.forward_on(&mut conn, ready, stop).await;
+        if result.is_err() {
+            *own = None;
+        }
+        result
+    }
+
+    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
+        let entries = match self.read(conn, ready).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                if e.to_string().contains("NOGROUP") {
+                    *ready = false;
+                }
+                return Err(e);
+            }
+        };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // The read is a write (it moves the entries into this forwarder's pending list), so
+        // this WAIT covers every settle that wrote them. Entries left behind (stopping) are
+        // read again from this forwarder's own pending list.
+        let n = entries.len() as u64;
+        if self.writer().confirm(conn, &self.keys.stream, n, None, stop).await? == Confirmed::Stopped {
+            return Ok(());
+        }
+        for entry in entries {
+            if !self.forward_one(conn, entry, stop).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// A dead forwarder's entries, else this one's own left-overs, else new ones. One forwarder
+    /// per (host, subscriber) on the stream's forward key: its own name, so its own pending list
+    /// is its own (a host's other subscribers forward the same key).
+    async fn read(&self, conn: &mut Conn, ready: &mut bool) -> redis::RedisResult<Vec<Entry>> {
+        let key = &self.keys.forward;
+        if !*ready {
+            let created: redis::RedisResult<()> =
+                redis::cmd("XGROUP").arg("CREATE").arg(key).arg(FORWARDERS).arg("0").arg("MKSTREAM").query_async(conn).await;
+            if let Err(e) = created
+                && !e.to_string().contains("BUSYGROUP")
+            {
+                return Err(e);
+            }
+            *ready = true;
+        }
+        let idle = self.claim_idle.as_millis() as u64;
+        let consumer = format!("{}/{}", self.ctx.consumer, self.group);
+        let mut entries = read::auto_claim(conn, key, FORWARDERS, &consumer, idle, 100).await?;
+        for id in ["0", ">"] {
+            if entries.is_empty() {
+                entries = read::read_group(conn, FORWARDERS, &consumer, 100, None, &[key], id).await?;
+            }
+        }
+        Ok(entries)
+    }
+
+    /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
+    /// then remove it from the forward key. False when stopping while waiting for a replica
+    /// (the entry stays in the forward key).
+    async fn forward_one(&self, conn: &mut Conn, entry: Entry, stop: &watch::Receiver<bool>) -> redis::RedisResult<bool> {
+        let key = &self.keys.forward;
+        let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
+        if let Some(target) = target {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&target).arg("*");
+            for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
+                xadd.arg(k).arg(v);
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(xadd);
+            self.ctx.replication.append_wait(&mut pipe);
+            let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+            let answer = self.ctx.replication.take_wait(&mut replies);
+            if self.writer().confirm(conn, &target, 1, Some(answer), stop).await? == Confirmed::Stopped {
+                return Ok(false);
+            }
+        }
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(key)
+            .arg(FORWARDERS)
+            .arg(&entry.id)
+            .ignore()
+            .cmd("XDEL")
+            .arg(key)
+            .arg(&entry.id)
+            .ignore()
+            .query_async(conn)
+            .await?;
+        Ok(true)
+    }
+}
