@@ -125,6 +125,11 @@ impl ReplicaWatch {
         self.policy == OnMissingReplica::Wait && self.lock().contains_key(stream)
     }
 
+    /// The stream keys on which `writer` has writes no replica confirmed.
+    pub fn keys_of(&self, writer: &str) -> Vec<String> {
+        self.lock().iter().filter(|(_, s)| s.waiting.contains_key(writer)).map(|(k, _)| k.clone()).collect()
+    }
+
     /// Every stream key without a confirming replica now.
     pub fn missing(&self) -> Vec<Missing> {
         self.lock()
@@ -168,6 +173,21 @@ pub enum Confirmed {
 }
 
 impl Writer<'_> {
+    /// Whether this writer has writes no replica confirmed (under `continue`, gone ahead).
+    pub fn unconfirmed(&self) -> bool {
+        !self.watch.keys_of(&self.name).is_empty()
+    }
+
+    /// Ask again, with a `WAIT` on `conn` (the connection the writes went through: it covers
+    /// them all), whether a replica now has this writer's unconfirmed writes: an idle writer
+    /// under `continue` would otherwise never learn that a replica was added.
+    pub async fn recheck(&self, conn: &mut Conn, stop: &tokio::sync::watch::Receiver<bool>) -> redis::RedisResult<()> {
+        for key in self.watch.keys_of(&self.name) {
+            self.confirm(conn, &key, 0, None, stop).await?;
+        }
+        Ok(())
+    }
+
     /// After `writes` writes to `key` made on `conn` (and `answer`, the reply of a `WAIT` sent
     /// with them, if one was): under policy `wait`, `WAIT` again on the same connection (which
     /// covers every write made on it) until a replica confirms or `stop`; under `continue`,

@@ -40,6 +40,7 @@ impl Forwarder {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut ready, mut own) = (false, None);
+        let mut rechecked = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -50,6 +51,19 @@ impl Forwarder {
             }
             if let Err(e) = self.forward(&mut ready, &mut own, &stop).await {
                 tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
+            }
+            // Follow-ups forwarded unconfirmed (policy `continue`): ask every second whether a
+            // replica has them now, so the state ends once one was added even with nothing new
+            // to forward.
+            if rechecked.elapsed() >= Duration::from_secs(1) && self.writer().unconfirmed() {
+                rechecked = std::time::Instant::now();
+                let checked = match self.ctx.write_conn(&mut own).await {
+                    Ok(mut conn) => self.writer().recheck(&mut conn, &stop).await,
+                    Err(e) => Err(e),
+                };
+                if checked.is_err() {
+                    own = None;
+                }
             }
         }
     }

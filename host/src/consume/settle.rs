@@ -416,7 +416,7 @@ impl Settler {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut own = None;
-        while let Some(first) = rx.recv().await {
+        while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
             group.push(first);
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -429,6 +429,43 @@ impl Settler {
         }
     }
 
+    /// The next settlement; while settles of this settler stand unconfirmed (policy
+    /// `continue`), meanwhile ask every second whether a replica has them now.
+    async fn next(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Settlement>,
+        own: &mut Option<Conn>,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Settlement> {
+        loop {
+            let writer = self.writer();
+            if !writer.unconfirmed() {
+                return rx.recv().await;
+            }
+            tokio::select! {
+                s = rx.recv() => return s,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let checked = match self.ctx.write_conn(own).await {
+                Ok(mut conn) => writer.recheck(&mut conn, stop).await,
+                Err(e) => Err(e),
+            };
+            if checked.is_err() {
+                *own = None;
+            }
+        }
+    }
+
+    fn writer(&self) -> crate::replica::Writer<'_> {
+        crate::replica::Writer {
+            watch: &self.ctx.replicas,
+            metrics: &self.ctx.metrics,
+            replication: self.ctx.replication,
+            write: "settle",
+            name: format!("settle/{}", self.group),
+        }
+    }
+
     /// Under `durability = "replicated"`: wait for a replica to have the `writes` settles just
     /// made on `conn`, as `durability_on_missing_replica` says ([`crate::replica::Writer`]):
     /// `wait` sends `WAIT` again on the same connection until a replica confirms, taking no
@@ -437,14 +474,7 @@ impl Settler {
     /// (at least once; its effects were written atomically with the ack, so they are lost or
     /// kept together). A failed `WAIT` is returned: the primary may be gone with the settle.
     async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
-        let writer = crate::replica::Writer {
-            watch: &self.ctx.replicas,
-            metrics: &self.ctx.metrics,
-            replication: self.ctx.replication,
-            write: "settle",
-            name: format!("settle/{}", self.group),
-        };
-        writer.confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
+        self.writer().confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
     }
 
     /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
