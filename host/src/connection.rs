@@ -313,12 +313,19 @@ pub async fn replicated(conn: &mut Conn, key: &str, replication: Replication) ->
 
 /// Send `cmd` to the node serving `key`: on a cluster the primary of `key`'s slot (for
 /// commands without a key, such as `WAIT` or `ROLE`), else the one node.
+///
+/// On a cluster the command rides in a pipeline behind an `EXISTS key`, which the client
+/// routes by the key and follows through `MOVED`: a command routed to "the primary of slot S"
+/// alone goes to *any* node while the client's slot map still names a primary that died (its
+/// fallback for an unreachable primary is a random node), so a `WAIT` would be answered by a
+/// node that never saw the writes, and confirm them falsely.
 async fn to_primary_of(conn: &mut Conn, key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
     match conn {
-        Conn::Cluster(c) => {
-            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-            let route = Route::new(crate::keys::slot(key), SlotAddr::Master);
-            c.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await
+        Conn::Cluster(_) => {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EXISTS").arg(key).ignore().add_command(cmd);
+            let (reply,): (Value,) = pipe.query_async(conn).await?;
+            Ok(reply)
         }
         other => cmd.query_async(other).await,
     }

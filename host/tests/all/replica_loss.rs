@@ -19,7 +19,7 @@ use crate::support::{HostProcess, ferry};
 
 const PARTITIONS: u32 = 6;
 const RECORDER: &str = "start = \"beginning\"\nconcurrency = 8\npublish_streams = [\"records\"]\n\
-                        [config]\nrecord_to = \"records\"\n";
+                        [config]\nrecord_to = \"records\"\n[limits]\ndeadline = \"1s\"\n";
 
 /// Publish events `from..to` (keyed `key-{i % 30}`) to the partitions, each retried until a
 /// primary took it; returns (event id, partition) pairs.
