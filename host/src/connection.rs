@@ -110,6 +110,13 @@ impl Redis {
                         .connection_timeout(Duration::from_secs(2))
                         .response_timeout(Duration::from_secs(10))
                         .retries(16)
+                        // A node that stays unreachable (a primary that died for good) is dropped
+                        // after 8 attempts (~5 s of backoff) instead of being dialled every second
+                        // for ever by every connection whose slot map still lists it (one that
+                        // never sends a command to its slots never learns it left). A request
+                        // for its slots then finds the new primary through `MOVED`; a node that
+                        // comes back is added again by the next topology refresh.
+                        .max_connection_attempts(std::num::NonZeroUsize::new(8).expect("8 > 0"))
                         .build()
                         .with_context(|| format!("invalid Redis Cluster seeds {seeds:?}"))?,
                 ))

@@ -218,7 +218,7 @@ impl RedisCluster {
 
     /// Start a fresh node and make it a replica of primary `primary`, as an operator adds one:
     /// `CLUSTER MEET` (it joins the cluster), then `CLUSTER REPLICATE` once it knows the
-    /// primary. Waits until its replication link is up and the primary lists it. Returns its
+    /// primary. Waits until its replication link is up and every node lists it. Returns its
     /// index in [`RedisCluster::nodes`].
     pub fn add_replica(&mut self, primary: usize, timeout: Duration) -> std::io::Result<usize> {
         let node = Self::start_node()?;
@@ -238,8 +238,11 @@ impl RedisCluster {
             self.cli(i, &["INFO", "replication"]).contains("master_link_status:up")
         })?;
         let me = self.node_id(i);
-        self.wait_for("the primary to list its new replica", timeout, || {
-            self.cli(primary, &["CLUSTER", "NODES"]).lines().any(|l| l.starts_with(&me) && l.contains("slave"))
+        // Every node, not only the primary: clients ask any node for the topology.
+        self.wait_for("every node to list the new replica", timeout, || {
+            (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some()).all(|n| {
+                self.cli(n, &["CLUSTER", "NODES"]).lines().any(|l| l.starts_with(&me) && l.contains("slave"))
+            })
         })?;
         self.wait_ok(timeout)?;
         Ok(i)
