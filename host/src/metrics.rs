@@ -268,8 +268,7 @@ impl Metrics {
             "Writes that went ahead without a replica's confirmation (durability_on_missing_replica = continue)",
             unconfirmed_writes.clone(),
         );
-        let relay =
-            RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
+        let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
         Self {
             registry: Arc::new(registry),
             handled,

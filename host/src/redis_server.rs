@@ -240,9 +240,9 @@ impl RedisCluster {
         let me = self.node_id(i);
         // Every node, not only the primary: clients ask any node for the topology.
         self.wait_for("every node to list the new replica", timeout, || {
-            (0..self.nodes.len()).filter(|&n| self.nodes[n].child.is_some()).all(|n| {
-                self.cli(n, &["CLUSTER", "NODES"]).lines().any(|l| l.starts_with(&me) && l.contains("slave"))
-            })
+            (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].child.is_some())
+                .all(|n| self.cli(n, &["CLUSTER", "NODES"]).lines().any(|l| l.starts_with(&me) && l.contains("slave")))
         })?;
         self.wait_ok(timeout)?;
         Ok(i)

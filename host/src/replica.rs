@@ -64,7 +64,15 @@ impl ReplicaWatch {
     /// unconfirmed (under `wait`, the writes it holds back; under `continue`, more writes gone
     /// ahead, added to its count until a replica confirms). `node` is the primary, `reason` what was seen. Logs when `stream` enters
     /// this state.
-    pub fn short(&self, metrics: &Metrics, stream: &str, writer: &str, waiting: u64, node: Option<String>, reason: &str) {
+    pub fn short(
+        &self,
+        metrics: &Metrics,
+        stream: &str,
+        writer: &str,
+        waiting: u64,
+        node: Option<String>,
+        reason: &str,
+    ) {
         let mut keys = self.lock();
         let now = Instant::now();
         let entry = keys.entry(stream.to_string()).or_insert_with(|| {
@@ -251,7 +259,8 @@ mod tests {
         let missing = watch.missing();
         assert_eq!(missing.len(), 1);
         assert_eq!((missing[0].waiting, missing[0].node.as_deref()), (5, Some("127.0.0.1:7000")));
-        let gauge = |m: &Metrics| m.writes_waiting_for_replica.get_or_create(&KeyLabels { stream: "events#0".into() }).get();
+        let gauge =
+            |m: &Metrics| m.writes_waiting_for_replica.get_or_create(&KeyLabels { stream: "events#0".into() }).get();
         assert_eq!(gauge(&metrics), 5);
         watch.confirmed(&metrics, "events#0", "settle/a");
         assert!(watch.holds_back("events#0"), "the forwarder still waits");

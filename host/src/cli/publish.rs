@@ -75,9 +75,18 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.
     let partitions = config.streams.get(&stream).map_or(1, |s| s.partitions);
     let key = ferry::keys::route(&stream, partitions, event.partitionkey.as_deref(), &event.id);
-    ferry::outbox::publish_with(&mut conn, &key, &event, config.replication())
-        .await
-        .context("adding the event to the stream")?;
+    match ferry::outbox::publish_with(&mut conn, &key, &event, config.replication()).await {
+        // `durability_on_missing_replica = "continue"`: the event is on the primary; say it
+        // was not confirmed and go on (under "wait" the error stands: publish again).
+        Err(e @ ferry::outbox::PublishError::NotReplicated { .. })
+            if config.durability_on_missing_replica == ferry::connection::OnMissingReplica::Continue =>
+        {
+            eprintln!("warning: {e} (durability_on_missing_replica = \"continue\": not published again)");
+        }
+        result => {
+            result.context("adding the event to the stream")?;
+        }
+    }
     println!("{}", event.id);
     Ok(ExitCode::SUCCESS)
 }

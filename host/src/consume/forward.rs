@@ -101,7 +101,12 @@ impl Forwarder {
         result
     }
 
-    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
+    async fn forward_on(
+        &self,
+        conn: &mut Conn,
+        ready: &mut bool,
+        stop: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<()> {
         let entries = match self.read(conn, ready).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -135,8 +140,14 @@ impl Forwarder {
     async fn read(&self, conn: &mut Conn, ready: &mut bool) -> redis::RedisResult<Vec<Entry>> {
         let key = &self.keys.forward;
         if !*ready {
-            let created: redis::RedisResult<()> =
-                redis::cmd("XGROUP").arg("CREATE").arg(key).arg(FORWARDERS).arg("0").arg("MKSTREAM").query_async(conn).await;
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(FORWARDERS)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(conn)
+                .await;
             if let Err(e) = created
                 && !e.to_string().contains("BUSYGROUP")
             {
@@ -158,7 +169,12 @@ impl Forwarder {
     /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
     /// then remove it from the forward key. False when stopping while waiting for a replica
     /// (the entry stays in the forward key).
-    async fn forward_one(&self, conn: &mut Conn, entry: Entry, stop: &watch::Receiver<bool>) -> redis::RedisResult<bool> {
+    async fn forward_one(
+        &self,
+        conn: &mut Conn,
+        entry: Entry,
+        stop: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<bool> {
         let key = &self.keys.forward;
         let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
         if let Some(target) = target {

@@ -98,7 +98,11 @@ impl World {
         let mut out = String::new();
         for h in &self.hosts {
             let log = h.log();
-            out.push_str(&format!("--- {}\n{}\n", h.log.display(), log.lines().rev().take(30).collect::<Vec<_>>().join("\n")));
+            out.push_str(&format!(
+                "--- {}\n{}\n",
+                h.log.display(),
+                log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+            ));
         }
         out
     }
@@ -118,10 +122,7 @@ impl World {
     /// The value of the metric line starting with `series` on host `n` (0 when absent).
     async fn metric(&self, n: usize, series: &str) -> f64 {
         let text = ferry::status::http_get(&self.admin[n], "/metrics").await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        text.lines().filter(|l| l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
     }
 
     /// `ferry status --cluster --json`, by stream key (group `rec`).
@@ -216,7 +217,10 @@ async fn signals_present(w: &World, promoted: usize, lost: &HashSet<u32>, gauge:
         let (node, keys) = (node2.clone(), keys2.clone());
         async move {
             w.readiness().await.iter().any(|r| {
-                r.contains("503") && r.contains("degraded") && r.contains(&node) && keys.iter().any(|k| r.contains(k.as_str()))
+                r.contains("503")
+                    && r.contains("degraded")
+                    && r.contains(&node)
+                    && keys.iter().any(|k| r.contains(k.as_str()))
             })
         }
     })
@@ -238,7 +242,8 @@ async fn signals_present(w: &World, promoted: usize, lost: &HashSet<u32>, gauge:
 /// A replica is added to the promoted primary: every event is handled exactly once, the
 /// signals clear, and the dead node is no longer dialled.
 async fn recover(mut w: World, mut conn: Conn, sent: &[(String, u32)], promoted: usize) {
-    tokio::task::block_in_place(|| w.world.cluster.add_replica(promoted, Duration::from_secs(60))).expect("add a replica");
+    tokio::task::block_in_place(|| w.world.cluster.add_replica(promoted, Duration::from_secs(60)))
+        .expect("add a replica");
     let n = sent.len();
     until(&w, "every event to be handled once a replica was added", 90, || {
         let mut conn = conn.clone();
@@ -276,7 +281,11 @@ async fn dead_node_not_dialled(w: &World) {
             eprintln!("the dead node is no longer dialled ({after:?} attempts logged per host)");
             return;
         }
-        assert!(Instant::now() < deadline, "the dead node is still being dialled: {before:?} -> {after:?}\n{}", w.dump());
+        assert!(
+            Instant::now() < deadline,
+            "the dead node is still being dialled: {before:?} -> {after:?}\n{}",
+            w.dump()
+        );
     }
 }
 
@@ -304,7 +313,8 @@ async fn under_wait_a_shard_without_replica_makes_no_progress_visibly_and_resume
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_continue_a_shard_without_replica_keeps_consuming_counts_unconfirmed_writes_and_clears_once_a_replica_is_added() {
+async fn under_continue_a_shard_without_replica_keeps_consuming_counts_unconfirmed_writes_and_clears_once_a_replica_is_added()
+ {
     let Lost { w, conn, sent, promoted, lost, .. } = lose_a_replica(OnMissingReplica::Continue).await;
     let n = sent.len();
     until(&w, "every event to be handled without a replica", 90, || {

@@ -64,6 +64,13 @@ async fn publish_waits_for_a_replica_and_says_when_none_confirmed() {
     assert!(stderr.contains("no replica confirmed") && stderr.contains("again is safe"), "{stderr}");
     let (status, stdout, stderr) = ferry(&["publish", "--type", "A", "--redis", &url, "--durability", "primary"]);
     assert!(status.success(), "{stdout}{stderr}");
+    // durability_on_missing_replica = "continue": published, with a warning that says so.
+    let continue_ = ["publish", "--type", "A", "--redis", &url, "--durability", "replicated"];
+    let (status, stdout, stderr) = ferry(&[&continue_[..], &["--durability-on-missing-replica", "continue"]].concat());
+    assert!(
+        status.success() && stderr.contains("no replica confirmed") && stderr.contains("continue"),
+        "{stdout}{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
