@@ -168,6 +168,30 @@ pub struct Writer<'a> {
     pub name: String,
 }
 
+/// Entries of a consumer group that a writer holds while it waits for a replica.
+pub struct Hold<'a> {
+    /// The stream key.
+    pub key: &'a str,
+    /// The consumer group.
+    pub group: &'a str,
+    /// The consumer holding them.
+    pub consumer: &'a str,
+    /// Their ids.
+    pub ids: &'a [String],
+}
+
+impl Hold<'_> {
+    /// Reset their idle time (`XCLAIM … JUSTID`: no delivery counted).
+    async fn refresh(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let mut claim = redis::cmd("XCLAIM");
+        claim.arg(self.key).arg(self.group).arg(self.consumer).arg(0).arg(self.ids).arg("JUSTID");
+        claim.query_async::<redis::Value>(conn).await.map(|_| ())
+    }
+}
+
 /// What [`Writer::confirm`] ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Confirmed {
@@ -206,8 +230,23 @@ impl Writer<'_> {
         conn: &mut Conn,
         key: &str,
         writes: u64,
+        answer: Option<Result<(), NotReplicated>>,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> redis::RedisResult<Confirmed> {
+        self.confirm_holding(conn, key, writes, answer, stop, None).await
+    }
+
+    /// [`Writer::confirm`], keeping `hold`'s entries alive before each new `WAIT` while the
+    /// policy is `wait` (the forwarder's, so other hosts do not take them over and send them
+    /// again).
+    pub async fn confirm_holding(
+        &self,
+        conn: &mut Conn,
+        key: &str,
+        writes: u64,
         mut answer: Option<Result<(), NotReplicated>>,
         stop: &tokio::sync::watch::Receiver<bool>,
+        hold: Option<Hold<'_>>,
     ) -> redis::RedisResult<Confirmed> {
         if !self.replication.waits() {
             return Ok(Confirmed::Replicated);
@@ -238,6 +277,9 @@ impl Writer<'_> {
                     }
                     if *stop.borrow() {
                         return Ok(Confirmed::Stopped);
+                    }
+                    if let Some(hold) = &hold {
+                        hold.refresh(conn).await?;
                     }
                 }
             }

@@ -17,7 +17,7 @@ use super::read::{self, Entry};
 use super::{Context, settle};
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
-use crate::replica::{Confirmed, Writer};
+use crate::replica::{Confirmed, Hold, Writer};
 
 /// The consumer group of the forwarders on a stream's forward key.
 const FORWARDERS: &str = "ferry-forward";
@@ -123,15 +123,25 @@ impl Forwarder {
         // this WAIT covers every settle that wrote them. Entries left behind (stopping) are
         // read again from this forwarder's own pending list.
         let n = entries.len() as u64;
-        if self.writer().confirm(conn, &self.keys.stream, n, None, stop).await? == Confirmed::Stopped {
+        let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+        let consumer = format!("{}/{}", self.ctx.consumer, self.group);
+        let hold = Some(self.hold(&consumer, &ids));
+        if self.writer().confirm_holding(conn, &self.keys.stream, n, None, stop, hold).await? == Confirmed::Stopped {
             return Ok(());
         }
-        for entry in entries {
-            if !self.forward_one(conn, entry, stop).await? {
+        for (i, entry) in entries.into_iter().enumerate() {
+            if !self.forward_one(conn, entry, &ids[i..], stop).await? {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// What this forwarder holds while it waits for a replica: `ids`, kept from looking
+    /// abandoned so other hosts' forwarders do not take them over and send them again
+    /// (harmless, same ids, but each a copy in the target).
+    fn hold<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> Hold<'a> {
+        Hold { key: &self.keys.forward, group: FORWARDERS, consumer, ids }
     }
 
     /// A dead forwarder's entries, else this one's own left-overs, else new ones. One forwarder
@@ -167,12 +177,14 @@ impl Forwarder {
     }
 
     /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
-    /// then remove it from the forward key. False when stopping while waiting for a replica
-    /// (the entry stays in the forward key).
+    /// then remove it from the forward key. `held`: this entry and the ones after it, kept
+    /// alive while waiting. False when stopping while waiting for a replica (the entry stays
+    /// in the forward key).
     async fn forward_one(
         &self,
         conn: &mut Conn,
         entry: Entry,
+        held: &[String],
         stop: &watch::Receiver<bool>,
     ) -> redis::RedisResult<bool> {
         let key = &self.keys.forward;
@@ -188,7 +200,9 @@ impl Forwarder {
             self.ctx.replication.append_wait(&mut pipe);
             let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
             let answer = self.ctx.replication.take_wait(&mut replies);
-            if self.writer().confirm(conn, &target, 1, Some(answer), stop).await? == Confirmed::Stopped {
+            let consumer = format!("{}/{}", self.ctx.consumer, self.group);
+            let hold = Some(self.hold(&consumer, held));
+            if self.writer().confirm_holding(conn, &target, 1, Some(answer), stop, hold).await? == Confirmed::Stopped {
                 return Ok(false);
             }
         }
