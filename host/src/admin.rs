@@ -63,8 +63,25 @@ async fn readyz(State(host): State<Arc<Host>>) -> impl IntoResponse {
             .await
             .is_ok_and(|r| r.is_ok());
     let plugins_ok = host.ready_plugins().await;
-    if redis_ok && plugins_ok {
+    let missing = host.context().replicas.missing();
+    if redis_ok && plugins_ok && missing.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
+    } else if redis_ok && plugins_ok {
+        // Reachable and loaded, but writes of some stream keys have no replica to confirm them
+        // (durability = "replicated"): degraded, said per key with its node and reason.
+        let policy = host.context().replicas.policy.as_str();
+        let mut out = String::from("degraded: no replica confirms writes\n");
+        for m in missing {
+            let node = m.node.as_deref().unwrap_or("its primary");
+            out.push_str(&format!(
+                "{} on {node}: {} for {}s; {} writes waiting (durability_on_missing_replica = {policy}); add a replica\n",
+                m.stream,
+                m.reason,
+                m.for_ms / 1000,
+                m.waiting
+            ));
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, out)
     } else {
         let why = match (redis_ok, plugins_ok) {
             (false, false) => "redis unreachable; no plugin loaded",
@@ -139,6 +156,8 @@ struct StatusView {
     counters: Vec<Counters>,
     groups: Vec<crate::status::GroupStatus>,
     redis_up: bool,
+    /// Stream keys whose writes this host cannot get a replica to confirm.
+    missing_replicas: Vec<crate::replica::Missing>,
 }
 
 #[derive(serde::Serialize)]
@@ -169,5 +188,6 @@ async fn status(State(host): State<Arc<Host>>) -> impl IntoResponse {
         Ok(groups) => (groups, true),
         Err(_) => (Vec::new(), false),
     };
-    axum::Json(StatusView { plugins, counters, groups, redis_up })
+    let missing_replicas = host.context().replicas.missing();
+    axum::Json(StatusView { plugins, counters, groups, redis_up, missing_replicas })
 }

@@ -51,6 +51,11 @@ pub struct Config {
     /// How long a write waits for a replica under `durability = "replicated"`. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub durability_timeout: Duration,
+    /// Under `durability = "replicated"`, what writes do when no replica confirms them (the
+    /// shard lost its replica): `"wait"` (default: no progress on that shard, nothing
+    /// unconfirmed, resumes once a replica is added) or `"continue"` (progress, each
+    /// unconfirmed write counted). docs/scale-out.md, "Failover and durability".
+    pub durability_on_missing_replica: crate::connection::OnMissingReplica,
     /// Directory of `*.wasm` plugins (and optional `NAME.toml` beside each). Default `plugins`.
     pub plugins: PathBuf,
     /// Stream read by subscriptions that do not name one. Default `events`.
@@ -106,6 +111,7 @@ impl Default for Config {
             cluster: false,
             durability: crate::connection::Durability::Primary,
             durability_timeout: Duration::from_secs(1),
+            durability_on_missing_replica: crate::connection::OnMissingReplica::Wait,
             plugins: PathBuf::from("plugins"),
             stream: "events".into(),
             consumer: None,

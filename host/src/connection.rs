@@ -110,6 +110,13 @@ impl Redis {
                         .connection_timeout(Duration::from_secs(2))
                         .response_timeout(Duration::from_secs(10))
                         .retries(16)
+                        // A node that stays unreachable (a primary that died for good) is dropped
+                        // after 8 attempts (~5 s of backoff) instead of being dialled every second
+                        // for ever by every connection whose slot map still lists it (one that
+                        // never sends a command to its slots never learns it left). A request
+                        // for its slots then finds the new primary through `MOVED`; a node that
+                        // comes back is added again by the next topology refresh.
+                        .max_connection_attempts(std::num::NonZeroUsize::new(8).expect("8 > 0"))
                         .build()
                         .with_context(|| format!("invalid Redis Cluster seeds {seeds:?}"))?,
                 ))
@@ -180,6 +187,47 @@ impl std::str::FromStr for Durability {
             "primary" => Ok(Self::Primary),
             "replicated" => Ok(Self::Replicated),
             other => Err(format!("unknown durability {other:?}: expected \"primary\" or \"replicated\"")),
+        }
+    }
+}
+
+/// What ferry's writes do under `durability = "replicated"` when no replica confirms them:
+/// the primary serving their slot has no replica (its own died and it was promoted, or the
+/// replica is down) or none answered within `durability_timeout`. Kafka's
+/// `min.insync.replicas` and Redis's `min-replicas-to-write` make the same choice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingReplica {
+    /// No progress and nothing unconfirmed (the default): a settle waits until a replica has
+    /// it before the next one, the stream key is not read meanwhile, a follow-up stays in its
+    /// forward key, a relayed row stays unmarked. Consuming resumes by itself once a replica
+    /// confirms (the operator's action: add a replica).
+    #[default]
+    Wait,
+    /// Progress: every write that no replica confirmed is counted
+    /// (`ferry_writes_unconfirmed_total`) and goes ahead; a settle's later `WAIT` on the same
+    /// connection confirms the earlier ones once a replica is back.
+    Continue,
+}
+
+impl std::str::FromStr for OnMissingReplica {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wait" => Ok(Self::Wait),
+            "continue" => Ok(Self::Continue),
+            other => Err(format!("unknown durability_on_missing_replica {other:?}: expected \"wait\" or \"continue\"")),
+        }
+    }
+}
+
+impl OnMissingReplica {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Wait => "wait",
+            Self::Continue => "continue",
         }
     }
 }
@@ -266,16 +314,63 @@ pub async fn replicated(conn: &mut Conn, key: &str, replication: Replication) ->
     if !replication.waits() {
         return Ok(());
     }
-    let cmd = replication.wait_cmd();
-    let reply = match conn {
-        Conn::Cluster(c) => {
-            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-            let route = Route::new(crate::keys::slot(key), SlotAddr::Master);
-            c.route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route))).await?
-        }
-        other => cmd.query_async(other).await?,
-    };
+    let reply = to_primary_of(conn, key, replication.wait_cmd()).await?;
     replication.check(&reply)
+}
+
+/// Send `cmd` to the node serving `key`: on a cluster the primary of `key`'s slot (for
+/// commands without a key, such as `WAIT` or `ROLE`), else the one node.
+///
+/// On a cluster the command rides in a pipeline behind an `EXISTS key`, which the client
+/// routes by the key and follows through `MOVED`: a command routed to "the primary of slot S"
+/// alone goes to *any* node while the client's slot map still names a primary that died (its
+/// fallback for an unreachable primary is a random node), so a `WAIT` would be answered by a
+/// node that never saw the writes, and confirm them falsely.
+async fn to_primary_of(conn: &mut Conn, key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
+    match conn {
+        Conn::Cluster(_) => {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EXISTS").arg(key).ignore().add_command(cmd);
+            let (reply,): (Value,) = pipe.query_async(conn).await?;
+            Ok(reply)
+        }
+        other => cmd.query_async(other).await,
+    }
+}
+
+/// The primary serving `key` as it sees itself: its `host:port` (on a cluster, from its own
+/// line of `CLUSTER NODES`) and how many replicas it has that are not failed. For saying why
+/// a `WAIT` fell short.
+pub async fn replicas_of(conn: &mut Conn, key: &str) -> redis::RedisResult<(Option<String>, usize)> {
+    let nodes = to_primary_of(conn, key, redis::cmd("CLUSTER").arg("NODES").clone()).await;
+    if let Ok(nodes) = nodes.and_then(|v| redis::from_redis_value::<String>(v).map_err(Into::into)) {
+        return Ok(replicas_in(&nodes));
+    }
+    // Not a cluster: `ROLE` lists the connected replicas.
+    let role = to_primary_of(conn, key, redis::cmd("ROLE")).await?;
+    let replicas = match role {
+        Value::Array(parts) => match parts.get(2) {
+            Some(Value::Array(replicas)) => replicas.len(),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    Ok((None, replicas))
+}
+
+/// From a node's `CLUSTER NODES`: its own address and the number of its replicas not failed.
+fn replicas_in(nodes: &str) -> (Option<String>, usize) {
+    let fields = |line: &str| line.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let Some(me) = nodes.lines().map(fields).find(|f| f.len() > 2 && f[2].contains("myself")) else {
+        return (None, 0);
+    };
+    let addr = me[1].split('@').next().unwrap_or(&me[1]).to_string();
+    let replicas = nodes
+        .lines()
+        .map(fields)
+        .filter(|f| f.len() > 3 && f[3] == me[0] && f[2].contains("slave") && !f[2].contains("fail"))
+        .count();
+    (Some(addr), replicas)
 }
 
 /// Connect to `target`, failing with a clear message when it is unreachable: the client
@@ -360,6 +455,17 @@ mod tests {
             Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
         );
         assert_eq!(Target::new("redis://a:1", false), Target::Node("redis://a:1".into()));
+    }
+
+    #[test]
+    fn a_primary_counts_its_replicas_that_are_not_failed() {
+        let nodes = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7001@17001 slave a1 0 0 1 connected\n\
+                     c3 127.0.0.1:7002@17002 slave,fail a1 0 0 2 disconnected\n\
+                     d4 127.0.0.1:7003@17003 slave e5 0 0 3 connected\n";
+        assert_eq!(replicas_in(nodes), (Some("127.0.0.1:7000".into()), 1));
+        let alone = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n";
+        assert_eq!(replicas_in(alone), (Some("127.0.0.1:7000".into()), 0));
     }
 
     #[test]

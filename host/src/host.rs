@@ -157,6 +157,7 @@ impl Host {
             retention: config.retention.clone(),
             partitions: config.partitions(),
             replication: config.replication(),
+            replicas: crate::replica::ReplicaWatch::new(config.durability_on_missing_replica),
         });
         Ok(Arc::new(Host {
             config,

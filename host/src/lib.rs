@@ -16,6 +16,8 @@
 //!   imports, invoking the handler and naming failures; the compiled-artifact cache.
 //! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
 //!   dead-letter), plus promotion of due retries and reclaiming entries of dead consumers.
+//! - [`replica`]: which stream keys have no replica confirming writes (`durability =
+//!   "replicated"`): one state per key, logged once per change, for metrics and `/readyz`.
 //! - [`dlq`]: inspect, replay and purge dead letters.
 //! - [`host`]: the running host: loads plugins, starts and swaps subscribers, shuts down.
 //! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
@@ -50,5 +52,6 @@ pub mod postgres_server;
 pub mod redis_server;
 pub mod relay;
 pub mod reload;
+pub mod replica;
 pub mod status;
 pub mod telemetry;

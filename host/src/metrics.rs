@@ -59,6 +59,13 @@ pub struct WriteLabels {
     pub write: String,
 }
 
+/// Labels of per-stream-key metrics (a partition is a key of its own).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The stream key.
+    pub stream: String,
+}
+
 /// Writes no replica confirmed in time under `durability = "replicated"`, by write.
 pub type Shortfalls = Family<WriteLabels, Counter>;
 
@@ -86,12 +93,15 @@ pub struct RelayMetrics {
     /// Replication shortfalls (shared with [`Metrics::replication_shortfalls`]; the relay
     /// counts under `write="relay"`).
     pub shortfalls: Shortfalls,
+    /// Writes gone ahead unconfirmed (shared with [`Metrics::unconfirmed_writes`]).
+    pub unconfirmed: Family<WriteLabels, Counter>,
 }
 
 impl RelayMetrics {
-    fn register(registry: &mut Registry, shortfalls: Shortfalls) -> Self {
+    fn register(registry: &mut Registry, shortfalls: Shortfalls, unconfirmed: Family<WriteLabels, Counter>) -> Self {
         let metrics = Self {
             shortfalls,
+            unconfirmed,
             relayed: Family::default(),
             failed: Family::default(),
             backlog: Family::default(),
@@ -163,6 +173,15 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Writes no replica confirmed in time (`durability = "replicated"`).
     pub replication_shortfalls: Shortfalls,
+    /// Seconds a stream key's writes went without a confirming replica
+    /// (`durability = "replicated"`; [`crate::replica`]).
+    pub missing_replica_seconds: Family<KeyLabels, Counter<f64, AtomicU64>>,
+    /// Writes to a stream key waiting for a replica now (policy `wait`: held back; `continue`:
+    /// gone ahead unconfirmed), 0 once one confirms.
+    pub writes_waiting_for_replica: Family<KeyLabels, Gauge>,
+    /// Writes that went ahead without a replica's confirmation
+    /// (`durability_on_missing_replica = "continue"`), by write.
+    pub unconfirmed_writes: Family<WriteLabels, Counter>,
     /// The outbox relay's metrics.
     pub relay: RelayMetrics,
 }
@@ -239,7 +258,25 @@ impl Metrics {
             "Writes no replica confirmed in time under durability = replicated",
             replication_shortfalls.clone(),
         );
-        let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone());
+        let missing_replica_seconds = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "missing_replica_seconds",
+            "Time a stream key's writes went without a confirming replica (durability = replicated)",
+            missing_replica_seconds.clone(),
+        );
+        let writes_waiting_for_replica = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "writes_waiting_for_replica",
+            "Writes to a stream key waiting for a replica's confirmation now",
+            writes_waiting_for_replica.clone(),
+        );
+        let unconfirmed_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "writes_unconfirmed",
+            "Writes that went ahead without a replica's confirmation (durability_on_missing_replica = continue)",
+            unconfirmed_writes.clone(),
+        );
+        let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
         Self {
             registry: Arc::new(registry),
             handled,
@@ -262,6 +299,9 @@ impl Metrics {
             plugin_refused,
             redis_up,
             replication_shortfalls,
+            missing_replica_seconds,
+            writes_waiting_for_replica,
+            unconfirmed_writes,
             relay,
         }
     }

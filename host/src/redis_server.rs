@@ -173,21 +173,7 @@ impl RedisCluster {
     pub fn start() -> std::io::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            let dir = tempfile::Builder::new().prefix("ferry-redis-cluster-").tempdir()?;
-            let mut node = RedisServer { child: None, port: 0, dir, appendonly: false, cluster: true };
-            let mut started = false;
-            for _ in 0..5 {
-                node.port = free_cluster_port()?;
-                if node.spawn().is_ok() {
-                    started = true;
-                    break;
-                }
-                node.kill();
-            }
-            if !started {
-                return Err(std::io::Error::other("a cluster node did not start"));
-            }
-            nodes.push(node);
+            nodes.push(Self::start_node()?);
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -213,6 +199,53 @@ impl RedisCluster {
             })
         })?;
         Ok(cluster)
+    }
+
+    /// A fresh cluster-enabled node on a free port below 55535 (its bus port is port + 10000),
+    /// not yet in a cluster.
+    fn start_node() -> std::io::Result<RedisServer> {
+        let dir = tempfile::Builder::new().prefix("ferry-redis-cluster-").tempdir()?;
+        let mut node = RedisServer { child: None, port: 0, dir, appendonly: false, cluster: true };
+        for _ in 0..5 {
+            node.port = free_cluster_port()?;
+            if node.spawn().is_ok() {
+                return Ok(node);
+            }
+            node.kill();
+        }
+        Err(std::io::Error::other("a cluster node did not start"))
+    }
+
+    /// Start a fresh node and make it a replica of primary `primary`, as an operator adds one:
+    /// `CLUSTER MEET` (it joins the cluster), then `CLUSTER REPLICATE` once it knows the
+    /// primary. Waits until its replication link is up and every node lists it. Returns its
+    /// index in [`RedisCluster::nodes`].
+    pub fn add_replica(&mut self, primary: usize, timeout: Duration) -> std::io::Result<usize> {
+        let node = Self::start_node()?;
+        let primary_port = self.nodes[primary].port;
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        let primary_id = self.node_id(primary);
+        let answer = self.cli(i, &["CLUSTER", "MEET", "127.0.0.1", &primary_port.to_string()]);
+        if !answer.contains("OK") {
+            return Err(std::io::Error::other(format!("CLUSTER MEET: {answer}")));
+        }
+        // The new node learns the primary's id by gossip; REPLICATE fails until it has.
+        self.wait_for("the new node to accept CLUSTER REPLICATE", timeout, || {
+            self.cli(i, &["CLUSTER", "REPLICATE", &primary_id]).contains("OK")
+        })?;
+        self.wait_for("the new replica's link to its primary", timeout, || {
+            self.cli(i, &["INFO", "replication"]).contains("master_link_status:up")
+        })?;
+        let me = self.node_id(i);
+        // Every node, not only the primary: clients ask any node for the topology.
+        self.wait_for("every node to list the new replica", timeout, || {
+            (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].child.is_some())
+                .all(|n| self.cli(n, &["CLUSTER", "NODES"]).lines().any(|l| l.starts_with(&me) && l.contains("slave")))
+        })?;
+        self.wait_ok(timeout)?;
+        Ok(i)
     }
 
     /// Wait until every running node reports `cluster_state:ok` and agrees on the slots.

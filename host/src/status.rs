@@ -43,6 +43,13 @@ pub struct GroupStatus {
     /// The node that holds the stream key (`host:port` of the primary serving its slot on a
     /// cluster; on a single node, whatever the caller fills in, else `null`).
     pub node: Option<String>,
+    /// On a cluster, the replicas of that primary that are not failed (`CLUSTER SLOTS`);
+    /// `null` on a single node.
+    pub replicas: Option<u64>,
+    /// Why writes to this stream key cannot be confirmed by a replica, naming the node (a
+    /// primary with no replica: under `durability = "replicated"` its writes wait, or go ahead
+    /// unconfirmed, by `durability_on_missing_replica`); `null` when nothing is wrong.
+    pub degraded: Option<String>,
 }
 
 /// A consumer of a group.
@@ -75,9 +82,10 @@ pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redi
     Ok(streams)
 }
 
-/// Which primary serves each slot range, from `CLUSTER SLOTS`; empty on a single node.
+/// Which primary serves each slot range, and how many replicas it has, from `CLUSTER
+/// SLOTS` (which leaves failed replicas out); empty on a single node.
 #[derive(Debug, Default)]
-pub struct Placement(Vec<(u16, u16, String)>);
+pub struct Placement(Vec<(u16, u16, String, usize)>);
 
 impl Placement {
     /// Ask `conn`. A node without cluster support answers with an error: no placement.
@@ -103,15 +111,35 @@ impl Placement {
                 Some(redis::Value::Int(p)) => *p,
                 _ => return None,
             };
-            Some((slot(0)?, slot(1)?, format!("{host}:{port}")))
+            let replicas = range.len().saturating_sub(3);
+            Some((slot(0)?, slot(1)?, format!("{host}:{port}"), replicas))
         });
         Self(ranges.collect())
     }
 
     /// The primary serving `key`'s slot, if known.
     pub fn node_of(&self, key: &str) -> Option<String> {
+        self.range_of(key).map(|(_, _, node, _)| node.clone())
+    }
+
+    /// How many replicas the primary serving `key`'s slot has, if known.
+    pub fn replicas_of(&self, key: &str) -> Option<usize> {
+        self.range_of(key).map(|(_, _, _, replicas)| *replicas)
+    }
+
+    fn range_of(&self, key: &str) -> Option<&(u16, u16, String, usize)> {
         let slot = crate::keys::slot(key);
-        self.0.iter().find(|(start, end, _)| (*start..=*end).contains(&slot)).map(|(_, _, node)| node.clone())
+        self.0.iter().find(|(start, end, _, _)| (*start..=*end).contains(&slot))
+    }
+
+    /// Why writes to `key` cannot be confirmed by a replica, if they cannot.
+    pub fn degraded(&self, key: &str) -> Option<String> {
+        match self.range_of(key) {
+            Some((_, _, node, 0)) => Some(format!(
+                "no replica: {node} serves {key} alone (add a replica to it); under durability = \"replicated\" its writes are not confirmed"
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -176,6 +204,8 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 oldest_hold_ms: oldest_hold.map(|since| crate::consume::now_ms().saturating_sub(since)),
                 consumers,
                 node: placement.node_of(stream),
+                replicas: placement.replicas_of(stream).map(|n| n as u64),
+                degraded: placement.degraded(stream),
             });
         }
     }
@@ -307,5 +337,8 @@ mod tests {
         assert_eq!(placement.node_of("events").as_deref(), Some("10.0.0.2:7001"));
         assert_eq!(placement.node_of("events#1").as_deref(), Some("10.0.0.1:7000"));
         assert_eq!(Placement::default().node_of("events"), None);
+        assert_eq!((placement.replicas_of("events#1"), placement.replicas_of("events")), (Some(1), Some(0)));
+        assert_eq!(placement.degraded("events#1"), None);
+        assert!(placement.degraded("events").is_some_and(|why| why.contains("no replica: 10.0.0.2:7001")));
     }
 }

@@ -118,6 +118,11 @@ pub struct RedisArgs {
     /// the file; replicated waits for one replica with WAIT).
     #[arg(long, env = "FERRY_DURABILITY")]
     pub durability: Option<ferry::connection::Durability>,
+    /// Under replicated durability, when no replica confirms a write: wait (no progress,
+    /// nothing unconfirmed) or continue (progress, unconfirmed writes counted). Overrides the
+    /// file; default wait.
+    #[arg(long, env = "FERRY_DURABILITY_ON_MISSING_REPLICA")]
+    pub durability_on_missing_replica: Option<ferry::connection::OnMissingReplica>,
 }
 
 impl RedisArgs {
@@ -130,6 +135,9 @@ impl RedisArgs {
         config.cluster |= self.cluster;
         if let Some(v) = self.durability {
             config.durability = v;
+        }
+        if let Some(v) = self.durability_on_missing_replica {
+            config.durability_on_missing_replica = v;
         }
         Ok(config)
     }

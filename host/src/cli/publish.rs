@@ -75,9 +75,20 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.
     let partitions = config.streams.get(&stream).map_or(1, |s| s.partitions);
     let key = ferry::keys::route(&stream, partitions, event.partitionkey.as_deref(), &event.id);
-    let entry = ferry::outbox::publish_with(&mut conn, &key, &event, config.replication())
-        .await
-        .context("adding the event to the stream")?;
+    let entry = match ferry::outbox::publish_with(&mut conn, &key, &event, config.replication()).await {
+        // `durability_on_missing_replica = "continue"`: the event is on the primary; say it
+        // was not confirmed and go on (under "wait" the error stands: publish again).
+        Err(e @ ferry::outbox::PublishError::NotReplicated { .. })
+            if config.durability_on_missing_replica == ferry::connection::OnMissingReplica::Continue =>
+        {
+            eprintln!("warning: {e} (durability_on_missing_replica = \"continue\": not published again)");
+            match e {
+                ferry::outbox::PublishError::NotReplicated { entry_id, .. } => entry_id,
+                _ => String::new(),
+            }
+        }
+        result => result.context("adding the event to the stream")?,
+    };
     // The id on stdout (scripts read it); where it went on stderr, so nobody publishes to
     // whatever Redis happened to answer on the default port without seeing it.
     println!("{}", event.id);

@@ -29,6 +29,11 @@ pub struct RunArgs {
     /// the file; replicated waits for one replica with WAIT).
     #[arg(long, env = "FERRY_DURABILITY")]
     pub durability: Option<ferry::connection::Durability>,
+    /// Under replicated durability, when no replica confirms a write: wait (no progress,
+    /// nothing unconfirmed) or continue (progress, unconfirmed writes counted). Overrides the
+    /// file; default wait.
+    #[arg(long, env = "FERRY_DURABILITY_ON_MISSING_REPLICA")]
+    pub durability_on_missing_replica: Option<ferry::connection::OnMissingReplica>,
     /// Plugin directory (overrides the file).
     #[arg(long, env = "FERRY_PLUGINS")]
     pub plugins: Option<PathBuf>,
@@ -59,6 +64,9 @@ impl RunArgs {
         config.cluster |= self.cluster;
         if let Some(v) = self.durability {
             config.durability = v;
+        }
+        if let Some(v) = self.durability_on_missing_replica {
+            config.durability_on_missing_replica = v;
         }
         if let Some(v) = &self.plugins {
             config.plugins = v.clone();

@@ -118,7 +118,15 @@ pub fn render(groups: &[GroupStatus]) -> String {
             consumers.join(", "),
         ]);
     }
-    table(&rows)
+    let mut out = table(&rows);
+    // A stream key whose primary has no replica is named below the table, with the node and
+    // what to do.
+    for g in groups {
+        if let Some(why) = &g.degraded {
+            out.push_str(&format!("! {} ({}): {why}\n", g.stream, g.group));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -150,10 +158,17 @@ mod tests {
             oldest_hold_ms: None,
             consumers: vec![ConsumerStatus { name: "host-a".into(), pending: 2, idle_ms: 61_500 }],
             node: Some("10.0.0.2:7001".into()),
+            replicas: Some(1),
+            degraded: None,
         };
-        let table = render(&[g]);
+        let table = render(std::slice::from_ref(&g));
         let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
         assert_eq!(&row[..9], ["orders", "billing", "?", "2", "1500ms", "1+3", "4", "-", "10.0.0.2:7001"]);
         assert!(table.contains("host-a (2 pending, seen 1m 1s ago)"), "{table}");
+        assert!(!table.contains('!'), "nothing degraded: {table}");
+        let mut alone = g.clone();
+        alone.degraded = Some("no replica: 10.0.0.2:7001 serves orders alone (add a replica to it)".into());
+        let table = render(&[alone]);
+        assert!(table.contains("! orders (billing): no replica: 10.0.0.2:7001"), "{table}");
     }
 }

@@ -328,6 +328,51 @@ impl Dispatcher {
         }
     }
 
+    /// The settlement of an entry that is not a valid event (`reason`): its dead letter,
+    /// keeping only the fields in `keep` if given. An entry that names a type this
+    /// subscriber does not want is another subscriber's problem: skipped here, dead-lettered by
+    /// those that want the type. Without a readable type (or from the retry stream: it was
+    /// this subscriber's) it is dead-lettered by every subscriber that reads the stream.
+    #[expect(clippy::too_many_arguments, reason = "the entry's facts the caller already worked out")]
+    fn invalid(
+        &self,
+        active: &Active,
+        entry: &Entry,
+        is_retry: bool,
+        owner: &str,
+        attempt: u32,
+        reason: &str,
+        keep: Option<&[&[u8]]>,
+    ) -> Local {
+        let unwanted = !is_retry
+            && entry
+                .field(crate::event::field::TYPE)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .is_some_and(|t| !active.wants_type(&self.keys.stream, t));
+        let (disposition, tally) = if unwanted {
+            (Disposition::Skip, Tally::Skipped)
+        } else {
+            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
+            let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
+            let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
+            if let Some(keep) = keep {
+                letter.retain(|(k, _)| k.starts_with(b"_") || keep.contains(&k.as_slice()));
+            }
+            (Disposition::DeadLetter { fields: letter }, Tally::DeadLettered(FailureKind::InvalidEvent))
+        };
+        Local::Settle(Settlement {
+            key: entry.key.clone(),
+            id: entry.id.clone(),
+            event_id: String::new(),
+            owner: owner.to_string(),
+            // A deleted entry may have held its partition key: release it by owner.
+            release: true,
+            disposition,
+            fallback: None,
+            tally,
+        })
+    }
+
     fn local(&self, active: &Active, entry: Entry) -> Local {
         // ferry's `_` metadata counts only on the retry stream, which ferry writes (a source
         // entry's `_` fields are a producer's and are ignored: see `letters::meta_field`).
@@ -339,45 +384,8 @@ impl Dispatcher {
             1
         };
         let owner = String::from_utf8_lossy(&origin(&entry, &self.keys.stream)).into_owned();
-        // An entry that is not a valid event but names a type this subscriber does not want
-        // is another subscriber's problem: skipped here, dead-lettered by those that want the
-        // type. Without a readable type (or from the retry stream: it was this subscriber's)
-        // it is dead-lettered for every subscriber that reads the stream.
-        let unwanted = !is_retry
-            && entry
-                .field(crate::event::field::TYPE)
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .is_some_and(|t| !active.wants_type(&self.keys.stream, t));
-        let invalid = |reason: String, fields: Option<&[&[u8]]>| {
-            if unwanted {
-                return Local::Settle(Settlement {
-                    key: entry.key.clone(),
-                    id: entry.id.clone(),
-                    event_id: String::new(),
-                    owner: owner.clone(),
-                    release: true,
-                    disposition: Disposition::Skip,
-                    fallback: None,
-                    tally: Tally::Skipped,
-                });
-            }
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
-            let failure = Failure { kind: FailureKind::InvalidEvent, reason: &reason, attempts: attempt };
-            let mut letter = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
-            if let Some(keep) = fields {
-                letter.retain(|(k, _)| k.starts_with(b"_") || keep.contains(&k.as_slice()));
-            }
-            Local::Settle(Settlement {
-                key: entry.key.clone(),
-                id: entry.id.clone(),
-                event_id: String::new(),
-                owner: owner.clone(),
-                // A deleted entry may have held its partition key: release it by owner.
-                release: true,
-                disposition: Disposition::DeadLetter { fields: letter },
-                fallback: None,
-                tally: Tally::DeadLettered(FailureKind::InvalidEvent),
-            })
+        let invalid = |reason: String, keep: Option<&[&[u8]]>| {
+            self.invalid(active, &entry, is_retry, &owner, attempt, &reason, keep)
         };
         if entry.fields.is_empty() {
             return invalid("the entry was deleted or trimmed from its stream before it was handled".into(), None);

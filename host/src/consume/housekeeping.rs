@@ -1,7 +1,8 @@
 //! Housekeeping of one (subscriber, stream), on its own task and its own timers, apart
 //! from the read loop: promote due retries, keep this host's runs visibly alive, take over
 //! entries of dead consumers, remove silent consumers, sweep abandoned in-flight markers and
-//! trim settled entries.
+//! trim settled entries. (Forwarding follow-ups to other slots is [`super::forward`]'s, on a
+//! task of its own: it may wait for a replica, and keeping runs alive must never wait.)
 //!
 //! Liveness rule: an entry this host holds (running, waiting for a permit, or waiting for
 //! another delivery of its event) has its idle time reset (`XCLAIM … JUSTID`, which does not
@@ -15,22 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::{self, Entry};
 use super::{Context, InFlight, now_ms, scripts, settle, trim};
-use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
-
-/// The consumer group of the forwarders on a stream's forward key.
-const FORWARDERS: &str = "ferry-forward";
-
-/// Whether a forwarding error is the follow-up's own (its target refuses the `XADD`, the first
-/// command of its pipeline: a key of another type, a command error), not Redis's or the
-/// network's (those are retried).
-fn undeliverable(e: &redis::RedisError) -> bool {
-    let refused = |code: &str| matches!(code, "WRONGTYPE" | "ERR");
-    match e.clone().into_server_errors() {
-        Some(errors) => errors.iter().any(|(index, error)| *index == 0 && refused(error.code())),
-        None => e.code().is_some_and(refused),
-    }
-}
 
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
@@ -66,8 +52,6 @@ impl Housekeeper {
         let mut last_liveness = Instant::now();
         let mut last_trim = Instant::now();
         let mut sweep_cursor = "0".to_string();
-        let mut forwarders_ready = false;
-        let mut forwarder_conn = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -79,11 +63,6 @@ impl Housekeeper {
             let mut conn = self.ctx.shared.clone();
             if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
-            }
-            if self.ctx.redis.is_cluster()
-                && let Err(e) = self.forward(&mut forwarders_ready, &mut forwarder_conn).await
-            {
-                tracing::warn!(stream = %self.keys.stream, "forwarding follow-ups failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle() / 4 {
                 last_liveness = Instant::now();
@@ -104,9 +83,6 @@ impl Housekeeper {
                 if let Err(e) = self.reap().await {
                     tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
                 }
-                if forwarders_ready && let Err(e) = self.reap_forwarders().await {
-                    tracing::warn!(stream = %self.keys.stream, "removing dead forwarders failed: {e}");
-                }
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
                     Err(e) => tracing::warn!(subscriber = %self.group, "sweeping in-flight markers failed: {e}"),
@@ -117,162 +93,6 @@ impl Housekeeper {
                 self.trim().await;
             }
         }
-    }
-
-    /// On a cluster: move follow-ups bound for other slots from the stream's forward key to
-    /// their streams, each with its own event id. Read through a consumer group, so hosts
-    /// share the work and a dead forwarder's entries are taken over; `XADD` comes before the
-    /// ack, so a forwarder that dies in between re-sends the same event, which consumers'
-    /// dedupe absorbs. Nothing is lost. The group is created once (`ready`), and again after
-    /// Redis lost it (`NOGROUP`: a restart without persistence, a failover).
-    ///
-    /// Under `durability = "replicated"` (on a connection of its own, `own`: a `WAIT` blocks
-    /// its connection) a follow-up is forwarded only once a replica of the source slot has it
-    /// (so has the ack written with it: a follow-up of a settle that a failover then loses is
-    /// never sent), and leaves the forward key only once a replica of its target has it.
-    /// Entries left behind are read again from this forwarder's own pending list.
-    async fn forward(&self, ready: &mut bool, own: &mut Option<Conn>) -> redis::RedisResult<()> {
-        let mut conn = self.ctx.write_conn(own).await?;
-        let result = self.forward_on(&mut conn, ready).await;
-        if result.is_err() {
-            *own = None;
-        }
-        result
-    }
-
-    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool) -> redis::RedisResult<()> {
-        let key = &self.keys.forward;
-        if !*ready {
-            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(key)
-                .arg(FORWARDERS)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(conn)
-                .await;
-            if let Err(e) = created
-                && !e.to_string().contains("BUSYGROUP")
-            {
-                return Err(e);
-            }
-            *ready = true;
-        }
-        let idle = self.claim_idle().as_millis() as u64;
-        let consumer = self.forwarder_name();
-        let read = async {
-            // A dead forwarder's entries, else this one's own left-overs, else new ones.
-            let mut entries = read::auto_claim(conn, key, FORWARDERS, &consumer, idle, 100).await?;
-            for id in ["0", ">"] {
-                if entries.is_empty() {
-                    entries = read::read_group(conn, FORWARDERS, &consumer, 100, None, &[key], id).await?;
-                }
-            }
-            Ok::<_, redis::RedisError>(entries)
-        };
-        let entries = match read.await {
-            Ok(entries) => entries,
-            Err(e) => {
-                if e.to_string().contains("NOGROUP") {
-                    *ready = false;
-                }
-                return Err(e);
-            }
-        };
-        if entries.is_empty() {
-            return Ok(());
-        }
-        // The read is a write (it moves the entries into this forwarder's pending list), so
-        // this WAIT covers every settle that wrote them.
-        if let Err(e) = crate::connection::replicated(conn, key, self.ctx.replication).await {
-            crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-            return Err(e.into_redis("follow-ups to forward"));
-        }
-        for entry in entries {
-            self.forward_one(conn, entry).await?;
-        }
-        Ok(())
-    }
-
-    /// `XADD` one follow-up to its stream (with a `WAIT` under `durability = "replicated"`),
-    /// then remove it from the forward key.
-    async fn forward_one(&self, conn: &mut Conn, entry: Entry) -> redis::RedisResult<()> {
-        let key = &self.keys.forward;
-        let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
-        if let Some(target) = target {
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(&target).arg("*");
-            for (k, v) in entry.fields.iter().filter(|(k, _)| k.as_slice() != settle::FORWARD_TO.as_bytes()) {
-                xadd.arg(k).arg(v);
-            }
-            let mut pipe = redis::pipe();
-            pipe.add_command(xadd);
-            self.ctx.replication.append_wait(&mut pipe);
-            let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
-                Ok(replies) => replies,
-                Err(e) if undeliverable(&e) => return self.set_aside(conn, &entry, &e).await,
-                Err(e) => return Err(e),
-            };
-            if let Err(e) = self.ctx.replication.take_wait(&mut replies) {
-                crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "forward");
-                return Err(e.into_redis("a follow-up forwarded to another slot"));
-            }
-        }
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(key)
-            .arg(FORWARDERS)
-            .arg(&entry.id)
-            .ignore()
-            .cmd("XDEL")
-            .arg(key)
-            .arg(&entry.id)
-            .ignore()
-            .query_async(conn)
-            .await?;
-        Ok(())
-    }
-
-    /// A follow-up its target refused (a key of another type): moved, with the reason, from
-    /// the forward key to the stream's unforwarded key in one step, so the follow-ups behind
-    /// it flow (before, the forwarder stopped at it and re-read it first on every tick, and
-    /// all cross-slot forwarding of the stream stopped). `ferry status` counts them.
-    async fn set_aside(&self, conn: &mut Conn, entry: &Entry, error: &redis::RedisError) -> redis::RedisResult<()> {
-        let target =
-            entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default();
-        tracing::warn!(stream = %self.keys.stream, %target, entry_id = %entry.id, "a follow-up cannot be forwarded ({error}); set aside in {}", self.keys.forward_dead);
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.keys.forward_dead).arg("*");
-        for (k, v) in &entry.fields {
-            xadd.arg(k).arg(v);
-        }
-        xadd.arg(super::settle::meta::REASON).arg(error.to_string());
-        let mut pipe = redis::pipe();
-        pipe.atomic().add_command(xadd).ignore();
-        pipe.cmd("XACK").arg(&self.keys.forward).arg(FORWARDERS).arg(&entry.id).ignore();
-        pipe.cmd("XDEL").arg(&self.keys.forward).arg(&entry.id).ignore();
-        pipe.query_async(conn).await
-    }
-
-    /// Remove forwarders (of hosts that are gone) with nothing pending that have been silent
-    /// for twice `claim_idle`, as [`Housekeeper::reap`] does for the subscriber's consumers.
-    async fn reap_forwarders(&self) -> redis::RedisResult<()> {
-        let mut conn = self.ctx.shared.clone();
-        let idle = (self.claim_idle() * 2).as_millis() as u64;
-        let args = [FORWARDERS.to_string(), self.forwarder_name(), idle.to_string()];
-        let cmd = scripts::evalsha(&scripts::REAP, &[self.keys.forward.as_str()], &args);
-        let removed: Vec<String> = scripts::run(&mut conn, &cmd).await?;
-        for name in removed {
-            tracing::info!(stream = %self.keys.stream, forwarder = %name, "removed a silent forwarder with nothing pending");
-        }
-        Ok(())
-    }
-
-    /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
-    /// its own pending list is its own (a host's other subscribers forward the same key).
-    fn forwarder_name(&self) -> String {
-        format!("{}/{}", self.ctx.consumer, self.group)
     }
 
     /// Reset the idle time of every entry this host holds and push their leases.

@@ -20,7 +20,8 @@
 //! - [`start`]: charges a run to its event's crash budget when a worker really starts it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
 //! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
-//! - [`housekeeping`]: everything on a timer.
+//! - [`housekeeping`]: everything on a timer; [`forward`]: on a cluster, follow-ups to
+//!   other slots, on a timer and a task of its own (it may wait for a replica).
 //! - [`pipeline`]: wires the stages together for one (subscriber, stream) and owns shutdown;
 //!   [`inflight`]: the entries in this host's hands; [`letters`]: the fields of retry and
 //!   dead-letter entries.
@@ -29,6 +30,7 @@
 //!
 
 pub mod dispatch;
+pub mod forward;
 pub mod housekeeping;
 pub mod inflight;
 pub mod letters;
@@ -173,6 +175,9 @@ pub struct Context {
     pub partitions: std::collections::BTreeMap<String, u32>,
     /// Whether settles and forwarded follow-ups wait for a replica.
     pub replication: crate::connection::Replication,
+    /// The stream keys whose writes no replica confirms, and what to do then (the
+    /// `durability_on_missing_replica` policy).
+    pub replicas: crate::replica::ReplicaWatch,
 }
 
 impl Context {

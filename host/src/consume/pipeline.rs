@@ -1,5 +1,5 @@
 //! The pipeline of one (subscriber, stream): wires reader → dispatcher → workers → settler,
-//! starts the housekeeper beside them, and owns shutdown.
+//! starts the housekeeper (and on a cluster the forwarder) beside them, and owns shutdown.
 //!
 //! Backpressure: a read's events are started one permit at a time; the next read is asked
 //! for once half of them are started, for as many entries as the rest leaves room for, and
@@ -14,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::dispatch::{Dispatcher, Plan, Undecided, Work};
+use super::forward::Forwarder;
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::{ReadAhead, Reader};
@@ -56,6 +57,8 @@ struct Pipeline {
     settler: JoinHandle<()>,
     claimed_rx: mpsc::Receiver<Vec<Entry>>,
     housekeeper: JoinHandle<()>,
+    /// On a cluster: forwards follow-ups to other slots.
+    forwarder: Option<JoinHandle<()>>,
     /// Entries waiting for another delivery of their event to settle, and when to look again.
     waiting: Vec<Entry>,
     recheck: Instant,
@@ -88,6 +91,15 @@ impl Pipeline {
             claimed: claimed_tx,
         };
         let housekeeper = tokio::spawn(housekeeper.run(stop.clone()));
+        let forwarder = ctx.redis.is_cluster().then(|| {
+            let forwarder = Forwarder {
+                ctx: ctx.clone(),
+                keys: keys.clone(),
+                group: group.clone(),
+                subscriber: subscriber.clone(),
+            };
+            tokio::spawn(forwarder.run(stop.clone()))
+        });
         let block = ctx.read.block.max(Duration::from_millis(1));
         tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
@@ -112,6 +124,7 @@ impl Pipeline {
             settler,
             claimed_rx,
             housekeeper,
+            forwarder,
             waiting: Vec::new(),
             recheck: Instant::now(),
         }
@@ -283,6 +296,9 @@ impl Pipeline {
             tracing::warn!(subscriber = %group, %stream, "settling at shutdown took too long; unsettled entries stay pending");
         }
         self.housekeeper.abort();
+        if let Some(forwarder) = &self.forwarder {
+            forwarder.abort();
+        }
         self.read_ahead.abort();
         tracing::info!(subscriber = %group, %stream, "consumer stopped");
     }

@@ -61,6 +61,12 @@ impl Reader {
     /// The next entries, at most `count`; empty when nothing arrived within the block time
     /// or Redis is unreachable (after a backoff).
     pub async fn next(&mut self, ctx: &Context, count: usize) -> Vec<Entry> {
+        // `durability_on_missing_replica = "wait"` and no replica confirms this stream key's
+        // settles: what is read could not be settled, so read nothing until one does.
+        if ctx.replicas.holds_back(&self.keys.stream) {
+            tokio::time::sleep(self.block.min(Duration::from_millis(500))).await;
+            return Vec::new();
+        }
         let Some(conn) = self.conn.as_mut() else {
             let connected = async {
                 let mut c = ctx.redis.dedicated(self.block).await?;

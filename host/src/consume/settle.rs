@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
 use super::{Context, Counters, InFlight, now_ms, scripts};
-use crate::connection::{Conn, NotReplicated};
+use crate::connection::Conn;
 use crate::event::Event;
 use crate::keys::{self, SubscriberKeys};
 use crate::plugin::invoke::FailureKind;
@@ -420,7 +420,7 @@ impl Settler {
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         let mut own = None;
-        while let Some(first) = rx.recv().await {
+        while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
             group.push(first);
             while group.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -433,26 +433,62 @@ impl Settler {
         }
     }
 
-    /// Under `durability = "replicated"`: wait for a replica to have the settle just made on
-    /// `conn`. A shortfall (no replica answered in time) is reported, not retried: the settle
-    /// stands on the primary, and if a failover loses it the entries are delivered again (at
-    /// least once; their effects were written atomically with the ack, so they are lost or kept
-    /// together). A failed `WAIT` is returned: the primary may be gone with the settle.
-    async fn confirm(&self, conn: &mut Conn) -> redis::RedisResult<()> {
-        match crate::connection::replicated(conn, &self.keys.stream, self.ctx.replication).await {
-            Ok(()) => Ok(()),
-            Err(NotReplicated::Shortfall(timeout)) => {
-                tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "a settle reached the primary but no replica confirmed it within {timeout:?}");
-                crate::metrics::shortfall(&self.ctx.metrics.replication_shortfalls, "settle");
-                Ok(())
+    /// The next settlement; while settles of this settler stand unconfirmed (policy
+    /// `continue`), meanwhile ask every second whether a replica has them now.
+    async fn next(
+        &self,
+        rx: &mut mpsc::UnboundedReceiver<Settlement>,
+        own: &mut Option<Conn>,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Settlement> {
+        loop {
+            let writer = self.writer();
+            if !writer.unconfirmed() {
+                return rx.recv().await;
             }
-            Err(NotReplicated::Redis(e)) => Err(e),
+            tokio::select! {
+                s = rx.recv() => return s,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let checked = match self.ctx.write_conn(own).await {
+                Ok(mut conn) => writer.recheck(&mut conn, stop).await,
+                Err(e) => Err(e),
+            };
+            if checked.is_err() {
+                *own = None;
+            }
         }
     }
 
+    fn writer(&self) -> crate::replica::Writer<'_> {
+        crate::replica::Writer {
+            watch: &self.ctx.replicas,
+            metrics: &self.ctx.metrics,
+            replication: self.ctx.replication,
+            write: "settle",
+            name: format!("settle/{}", self.group),
+        }
+    }
+
+    /// Under `durability = "replicated"`: wait for a replica to have the `writes` settles just
+    /// made on `conn`, as `durability_on_missing_replica` says ([`crate::replica::Writer`]):
+    /// `wait` sends `WAIT` again on the same connection until a replica confirms, taking no
+    /// other settle meanwhile (and the reader holds back); `continue` counts them and goes on.
+    /// A settle that stands on the primary only and is lost in a failover is delivered again
+    /// (at least once; its effects were written atomically with the ack, so they are lost or
+    /// kept together). A failed `WAIT` is returned: the primary may be gone with the settle.
+    async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
+        self.writer().confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
+    }
+
     /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
-    /// replica (a shortfall is reported, see [`Settler::confirm`]).
-    async fn settle_once(&self, own: &mut Option<Conn>, group: &[Settlement]) -> redis::RedisResult<Vec<Settled>> {
+    /// replica (see [`Settler::confirm`]).
+    async fn settle_once(
+        &self,
+        own: &mut Option<Conn>,
+        group: &[Settlement],
+        stop: &watch::Receiver<bool>,
+    ) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
         let active = self.subscriber.active();
@@ -461,7 +497,7 @@ impl Settler {
         let lease_ms = super::claim_idle(&self.ctx.read, settings).as_millis() as u64;
         let mut conn = self.ctx.write_conn(own).await?;
         let answers = settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-        if let Err(e) = self.confirm(&mut conn).await {
+        if let Err(e) = self.confirm(&mut conn, group.len(), stop).await {
             // The connection failed before a replica was known to have the settle: its primary
             // may have died with it (a failover). Settle again, on whichever primary serves the
             // slot now: the effects are guarded by the XACK, so a settle that survived writes
@@ -472,7 +508,7 @@ impl Settler {
             *own = None;
             let mut conn = self.ctx.write_conn(own).await?;
             settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-            self.confirm(&mut conn).await?;
+            self.confirm(&mut conn, group.len(), stop).await?;
         }
         Ok(answers)
     }
@@ -480,7 +516,7 @@ impl Settler {
     async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = self.settle_once(own, group).await;
+            let result = self.settle_once(own, group, stop).await;
             if result.is_err() {
                 *own = None;
             }

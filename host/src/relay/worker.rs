@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::row::{Row, StreamRules};
 use super::{RelayError, Table};
 use crate::config::{Config, RelayConfig};
-use crate::connection::{Conn, Redis, Replication, Target};
+use crate::connection::{Conn, OnMissingReplica, Redis, Replication, Target};
 use crate::metrics::{RelayLabels, RelayMetrics};
 
 /// What happens to a row once its event is in the stream.
@@ -43,6 +43,9 @@ pub struct Settings {
     pub partitions: std::collections::BTreeMap<String, u32>,
     /// Whether a round waits for a replica before marking its rows.
     pub replication: Replication,
+    /// When no replica confirms a round: `wait` leaves its rows unmarked (published again,
+    /// same event ids, next round), `continue` marks them and counts them unconfirmed.
+    pub on_missing_replica: OnMissingReplica,
     /// The outbox table.
     pub table: Table,
     /// Streams rows may name, and the default one.
@@ -65,6 +68,7 @@ impl Settings {
         settings.target = config.target();
         settings.partitions = config.partitions();
         settings.replication = config.replication();
+        settings.on_missing_replica = config.durability_on_missing_replica;
         Ok(settings)
     }
 
@@ -80,6 +84,7 @@ impl Settings {
             target: Target::Node(redis.to_string()),
             partitions: Default::default(),
             replication: Replication::PRIMARY,
+            on_missing_replica: OnMissingReplica::Wait,
             table: Table::new(&config.table)?,
             rules: StreamRules { default_stream: default_stream.to_string(), allowed: config.streams.clone() },
             batch: config.batch.max(1),
@@ -252,13 +257,20 @@ impl Relay {
         }
         let replication = self.settings.replication;
         for (key, mut pipe) in by_key {
+            let rows = pipe.len() as u64;
             // The WAIT rides on the pipeline, so it covers this very batch on the key's node.
             replication.append_wait(&mut pipe);
             let mut replies: Vec<redis::Value> = pipe.query_async(redis).await?;
             if let Err(e) = replication.take_wait(&mut replies) {
+                crate::metrics::shortfall(&self.metrics.shortfalls, "relay");
+                if self.settings.on_missing_replica == OnMissingReplica::Continue {
+                    tracing::warn!(table = %self.settings.table.name(), stream = %key, "a relayed batch {e}; marked anyway (durability_on_missing_replica = \"continue\")");
+                    let labels = crate::metrics::WriteLabels { write: "relay".into() };
+                    self.metrics.unconfirmed.get_or_create(&labels).inc_by(rows);
+                    continue;
+                }
                 // Not marked: the rows are published again (same event ids) next round.
                 tracing::warn!(table = %self.settings.table.name(), stream = %key, "a relayed batch {e}");
-                crate::metrics::shortfall(&self.metrics.shortfalls, "relay");
                 return Ok(());
             }
         }

@@ -17,5 +17,6 @@ mod recovery;
 mod relay;
 mod relay_partitions;
 mod reload;
+mod replica_loss;
 mod replication;
 mod sandbox;

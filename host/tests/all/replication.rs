@@ -64,6 +64,13 @@ async fn publish_waits_for_a_replica_and_says_when_none_confirmed() {
     assert!(stderr.contains("no replica confirmed") && stderr.contains("again is safe"), "{stderr}");
     let (status, stdout, stderr) = ferry(&["publish", "--type", "A", "--redis", &url, "--durability", "primary"]);
     assert!(status.success(), "{stdout}{stderr}");
+    // durability_on_missing_replica = "continue": published, with a warning that says so.
+    let continue_ = ["publish", "--type", "A", "--redis", &url, "--durability", "replicated"];
+    let (status, stdout, stderr) = ferry(&[&continue_[..], &["--durability-on-missing-replica", "continue"]].concat());
+    assert!(
+        status.success() && stderr.contains("no replica confirmed") && stderr.contains("continue"),
+        "{stdout}{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,6 +82,8 @@ async fn a_host_under_replicated_durability_keeps_settling_and_counts_shortfalls
     let mut config = env.config();
     config.durability = Durability::Replicated;
     config.durability_timeout = Duration::from_millis(200);
+    // Keep settling without a replica (the default, "wait", makes no progress: replica_loss.rs).
+    config.durability_on_missing_replica = ferry::connection::OnMissingReplica::Continue;
     let host = ferry::host::Host::start(config).await.expect("host");
     let shortfalls =
         || host.context().metrics.replication_shortfalls.get_or_create(&WriteLabels { write: "settle".into() }).get();
@@ -98,6 +107,13 @@ async fn a_host_under_replicated_durability_keeps_settling_and_counts_shortfalls
     env.records_at_least(30, Duration::from_secs(30)).await;
     env.settled("events", Duration::from_secs(30)).await;
     assert!(shortfalls() > 0, "settles without a replica are counted");
+    let m = &host.context().metrics;
+    assert!(m.unconfirmed_writes.get_or_create(&WriteLabels { write: "settle".into() }).get() > 0, "and gone ahead");
+    let missing = host.context().replicas.missing();
+    assert!(
+        missing.iter().any(|m| m.stream == "events" && m.reason.contains("no replica") && m.waiting > 0),
+        "the stream is marked: {missing:?}"
+    );
     host.stop_all().await;
 }
 

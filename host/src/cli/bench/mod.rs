@@ -477,6 +477,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         retention: None,
         partitions: Default::default(),
         replication: ferry::connection::Replication::PRIMARY,
+        replicas: ferry::replica::ReplicaWatch::new(Default::default()),
     });
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
