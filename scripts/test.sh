@@ -21,6 +21,11 @@ mkdir -p "$root/target/polyglot"
 export FERRY_PYTHON_PLUGIN="$root/target/polyglot/inventory-py.wasm"
 export FERRY_JS_PLUGIN="$root/target/polyglot/welcome-js.wasm"
 
+echo "== the Rust SDK's test doubles and a handler's own tests (machine target, no host)"
+host_target="$(rustc -vV | sed -n 's/^host: //p')"
+(cd "$root/plugin-sdk" && cargo test --quiet --target "$host_target")
+(cd "$root/examples/inventory" && cargo test --quiet --target "$host_target")
+
 echo "== cargo test"
 cargo test --workspace --quiet
 echo "== the fault, edge and reload tests twice more (a flaky test is a defect)"

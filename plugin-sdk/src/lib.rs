@@ -31,6 +31,10 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (a `[lib]` with
 //! `crate-type = ["cdylib"]`) and drop the `.wasm` into the host's plugin directory.
+//!
+//! Test it with `cargo test --target x86_64-unknown-linux-gnu` (your machine's target): build
+//! events with [`Event::builder`], call your handler, and check what it published and logged
+//! with [`testing`]; no host and no Redis are needed.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -94,7 +98,102 @@ pub struct Event {
     delivery: wit::Delivery,
 }
 
+/// Builds an [`Event`] outside the host, for a handler's own tests (`cargo test` on the
+/// machine's target; see [`testing`]): `Event::builder("OrderCreated").json(&order).build()`.
+#[derive(Debug)]
+pub struct EventBuilder(Event);
+
+impl EventBuilder {
+    /// The payload, as bytes.
+    pub fn data(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.0.inner.data = data.into();
+        self
+    }
+    /// The payload, serialized as JSON.
+    pub fn json<T: serde::Serialize>(self, data: &T) -> Self {
+        let bytes = serde_json::to_vec(data).unwrap_or_default();
+        self.data(bytes)
+    }
+    /// The event id (default `test-event`).
+    pub fn id(mut self, id: &str) -> Self {
+        self.0.inner.id = id.to_string();
+        self
+    }
+    /// The emitting module (default `tests`).
+    pub fn source(mut self, source: &str) -> Self {
+        self.0.inner.source = source.to_string();
+        self
+    }
+    /// The media type of the payload (default `application/json`).
+    pub fn content_type(mut self, content_type: &str) -> Self {
+        self.0.inner.datacontenttype = content_type.to_string();
+        self
+    }
+    /// The payload's schema version (default 1).
+    pub fn schema_version(mut self, version: u32) -> Self {
+        self.0.inner.schemaversion = version;
+        self
+    }
+    /// The partition key.
+    pub fn partition_key(mut self, key: &str) -> Self {
+        self.0.inner.partitionkey = Some(key.to_string());
+        self
+    }
+    /// The correlation id.
+    pub fn correlation_id(mut self, id: &str) -> Self {
+        self.0.inner.correlationid = Some(id.to_string());
+        self
+    }
+    /// The subject.
+    pub fn subject(mut self, subject: &str) -> Self {
+        self.0.inner.subject = Some(subject.to_string());
+        self
+    }
+    /// The attempt it is delivered with (default 1).
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.0.delivery.attempt = attempt;
+        self
+    }
+    /// The stream it was read from (default `events`).
+    pub fn stream(mut self, stream: &str) -> Self {
+        self.0.delivery.stream = stream.to_string();
+        self
+    }
+    /// The event.
+    pub fn build(self) -> Event {
+        self.0
+    }
+}
+
 impl Event {
+    /// An event of `event_type` to hand to a handler in a test (see [`EventBuilder`]).
+    pub fn builder(event_type: &str) -> EventBuilder {
+        EventBuilder(Event {
+            inner: wit::Event {
+                id: "test-event".into(),
+                source: "tests".into(),
+                event_type: event_type.into(),
+                time: "2026-01-01T00:00:00Z".into(),
+                datacontenttype: "application/json".into(),
+                schemaversion: 1,
+                subject: None,
+                dataschema: None,
+                correlationid: None,
+                causationid: None,
+                partitionkey: None,
+                specversion: "1.0".into(),
+                traceparent: None,
+                data: b"{}".to_vec(),
+            },
+            delivery: wit::Delivery {
+                stream: "events".into(),
+                entry_id: "0-1".into(),
+                attempt: 1,
+                subscriber: "test".into(),
+            },
+        })
+    }
+
     /// The event's unique id.
     pub fn id(&self) -> &str {
         &self.inner.id
@@ -171,6 +270,15 @@ impl Event {
 pub struct Error(wit::HandlerError);
 
 impl Error {
+    /// Whether the host would retry the event (a test's check).
+    pub fn is_retry(&self) -> bool {
+        matches!(self.0, wit::HandlerError::Retry(_))
+    }
+    /// Whether the host would dead-letter the event at once (a test's check).
+    pub fn is_reject(&self) -> bool {
+        matches!(self.0, wit::HandlerError::Reject(_))
+    }
+
     /// A transient failure: the host retries later with backoff.
     pub fn retry(reason: impl fmt::Display) -> Self {
         Self(wit::HandlerError::Retry(wit::RetryRequest { reason: reason.to_string(), delay_ms: None }))
@@ -197,7 +305,14 @@ impl fmt::Display for Error {
 
 /// Log lines go into the host's tracing, tagged with the plugin name and the event id.
 pub mod log {
-    use crate::bindings::ferry::plugin::log::{Level, write};
+    use crate::bindings::ferry::plugin::log::Level;
+
+    fn write(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::ferry::plugin::log::write(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::log(level, message);
+    }
     /// Log at trace level (the most verbose; hosts usually filter it out).
     pub fn trace(message: &str) {
         write(Level::Trace, message)
@@ -224,13 +339,16 @@ pub mod log {
 pub mod config {
     /// The value of `key`, or `None` when it was not granted.
     pub fn get(key: &str) -> Option<String> {
-        crate::bindings::ferry::plugin::config::get(key)
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::ferry::plugin::config::get(key);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::config(key);
     }
 }
 
 /// Follow-up events, written atomically with the acknowledgement of the handled event.
 pub mod publish {
-    use crate::bindings::ferry::plugin::{publish, types::OutgoingEvent};
+    use crate::bindings::ferry::plugin::types::OutgoingEvent;
 
     /// A follow-up event to publish; build it with [`Outgoing::json`] or [`Outgoing::bytes`].
     #[derive(Debug, Clone)]
@@ -239,7 +357,8 @@ pub mod publish {
     impl Outgoing {
         /// An event of `event_type` whose payload is `data` serialized as JSON.
         pub fn json<T: serde::Serialize>(event_type: &str, data: &T) -> crate::Result<Self> {
-            let bytes = serde_json::to_vec(data).map_err(|e| crate::Error::reject(format!("cannot serialize follow-up: {e}")))?;
+            let bytes = serde_json::to_vec(data)
+                .map_err(|e| crate::Error::reject(format!("cannot serialize follow-up: {e}")))?;
             Ok(Self::bytes(event_type, bytes))
         }
         /// An event of `event_type` with a raw payload (`application/json` unless changed).
@@ -278,7 +397,114 @@ pub mod publish {
 
     /// Queue `event`; returns its id. Refused streams and oversized events are a rejection.
     pub fn send(event: Outgoing) -> crate::Result<String> {
-        publish::send(&event.0).map_err(crate::Error::reject)
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::ferry::plugin::publish::send(&event.0).map_err(crate::Error::reject);
+        #[cfg(not(target_arch = "wasm32"))]
+        return crate::testing::publish(event.0).map_err(crate::Error::reject);
+    }
+}
+
+/// Test doubles for the host's imports, used when the crate is built for the machine's own
+/// target (`cargo test`) instead of `wasm32-wasip2`: [`config::get`] reads what
+/// [`testing::set_config`] granted, [`publish::send`] and [`log`] record what the handler did.
+/// State is per thread (each test runs on its own); [`testing::reset`] clears it.
+///
+/// ```
+/// use ferry_plugin_sdk::{Event, testing};
+/// testing::set_config("record_to", "records");
+/// let event = Event::builder("OrderCreated").data(r#"{"sku":"A"}"#).build();
+/// assert_eq!(event.event_type(), "OrderCreated");
+/// assert_eq!(ferry_plugin_sdk::config::get("record_to").as_deref(), Some("records"));
+/// ```
+pub mod testing {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use crate::bindings::ferry::plugin::log::Level;
+    use crate::bindings::ferry::plugin::types::OutgoingEvent;
+
+    /// A follow-up the handler published.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Published {
+        /// Its type.
+        pub event_type: String,
+        /// The stream it was sent to (`None`: the handled event's).
+        pub stream: Option<String>,
+        /// Its payload.
+        pub data: Vec<u8>,
+        /// Its partition key.
+        pub partition_key: Option<String>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        config: BTreeMap<String, String>,
+        refused_streams: Vec<String>,
+        published: Vec<Published>,
+        logs: Vec<String>,
+    }
+
+    thread_local! {
+        static STATE: RefCell<State> = RefCell::new(State::default());
+    }
+
+    /// Grant config `key` = `value` to the handler under test.
+    pub fn set_config(key: &str, value: &str) {
+        STATE.with(|s| s.borrow_mut().config.insert(key.to_string(), value.to_string()));
+    }
+
+    /// Make publishing to `stream` fail, as an operator's missing grant does.
+    pub fn refuse_stream(stream: &str) {
+        STATE.with(|s| s.borrow_mut().refused_streams.push(stream.to_string()));
+    }
+
+    /// The follow-ups published so far.
+    pub fn published() -> Vec<Published> {
+        STATE.with(|s| s.borrow().published.clone())
+    }
+
+    /// The log lines written so far, as `LEVEL message`.
+    pub fn logs() -> Vec<String> {
+        STATE.with(|s| s.borrow().logs.clone())
+    }
+
+    /// Forget config, follow-ups and logs.
+    pub fn reset() {
+        STATE.with(|s| *s.borrow_mut() = State::default());
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn config(key: &str) -> Option<String> {
+        STATE.with(|s| s.borrow().config.get(key).cloned())
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn log(level: Level, message: &str) {
+        let level = match level {
+            Level::Trace => "TRACE",
+            Level::Debug => "DEBUG",
+            Level::Info => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        STATE.with(|s| s.borrow_mut().logs.push(format!("{level} {message}")));
+    }
+
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub(crate) fn publish(event: OutgoingEvent) -> Result<String, String> {
+        STATE.with(|s| {
+            let mut s = s.borrow_mut();
+            if let Some(stream) = event.stream.as_ref().filter(|st| s.refused_streams.contains(st)) {
+                return Err(format!("publishing to stream `{stream}` is not allowed"));
+            }
+            s.published.push(Published {
+                event_type: event.event_type,
+                stream: event.stream,
+                data: event.data,
+                partition_key: event.partitionkey,
+            });
+            Ok(format!("test-follow-up-{}", s.published.len()))
+        })
     }
 }
 
