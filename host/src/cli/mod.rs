@@ -8,6 +8,8 @@
 mod bench;
 mod demo;
 mod dlq;
+mod invoke;
+mod new;
 mod plugins;
 mod publish;
 mod relay;
@@ -59,9 +61,12 @@ pub enum Command {
     Run(run::RunArgs),
     /// Publish one event to a stream and print its id.
     Publish(publish::PublishArgs),
-    /// Inspect plugins.
+    /// Inspect plugins, or run one on an event.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
+    /// Start a plugin project (Rust, Python or JavaScript) that builds and passes its tests
+    /// as generated, with everything it needs written into it (no ferry checkout needed).
+    New(new::NewArgs),
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -161,6 +166,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Publish(args) => publish::run(args).await,
         Command::Plugins(cmd) => plugins::run(cmd).await,
+        Command::New(args) => new::run(args),
         Command::Dlq(cmd) => dlq::run(cmd).await,
         Command::Status(args) => status::run(args).await,
         Command::Demo(args) => demo::run(args).await,

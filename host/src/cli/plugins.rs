@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 
-use super::ConfigFile;
 use super::table::{header, table};
+use super::{ConfigFile, invoke};
 
 /// `ferry plugins ...`.
 #[derive(Debug, Subcommand)]
@@ -25,6 +25,10 @@ pub enum PluginsCommand {
         #[arg(long, env = "FERRY_CACHE_DIR", value_parser = super::path_or_empty)]
         cache_dir: Option<PathBuf>,
     },
+    /// Run a plugin's handler on one event, with no Redis and no host, and print what it
+    /// did: the disposition (ack, retry or dead-letter, and why) and the follow-ups it
+    /// published. Its log lines go to stderr. The plugin author's inner loop.
+    Invoke(invoke::InvokeArgs),
     /// List the plugins of a running host (through its admin endpoint).
     List {
         #[command(flatten)]
@@ -43,6 +47,7 @@ pub enum PluginsCommand {
 pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginsCommand::Check { file, cache_dir } => check(&file, cache_dir).await,
+        PluginsCommand::Invoke(args) => invoke::run(args).await,
         PluginsCommand::List { file, admin, json } => {
             let admin = match admin {
                 Some(admin) => admin,

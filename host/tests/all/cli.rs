@@ -219,3 +219,88 @@ async fn an_empty_cache_dir_flag_runs_without_a_cache() {
     assert_eq!(written(env.cache.path()), 0, "the file's cache dir was not used");
     assert_eq!(written(xdg.path()), 0, "the default cache dir was not used");
 }
+
+/// Run `cmd` in `dir`; its success and combined output.
+fn run_in(dir: &std::path::Path, cmd: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(cmd).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_runs_with_nothing_else() {
+    let env = Env::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    let (made, tested, built, invoked) = blocking(move || {
+        let made = run_in(&root, ferry_bin(), &["new", "rust", "shop-stock"]);
+        let project = root.join("shop-stock");
+        let host_target = run_in(&project, "rustc", &["-vV"])
+            .1
+            .lines()
+            .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+            .expect("host target");
+        let tested = run_in(&project, "cargo", &["test", "--quiet", "--target", &host_target]);
+        let built = run_in(&project, "cargo", &["build", "--quiet", "--release"]);
+        let wasm = "target/wasm32-wasip2/release/shop_stock.wasm";
+        let invoked = run_in(
+            &project,
+            ferry_bin(),
+            &[
+                "plugins",
+                "invoke",
+                wasm,
+                "--event",
+                "event.json",
+                "--config",
+                "publish=stock",
+                "--publish-stream",
+                "stock",
+            ],
+        );
+        (made, tested, built, invoked)
+    })
+    .await;
+    assert!(made.0, "{}", made.1);
+    assert!(tested.0 && tested.1.contains("2 passed"), "the generated tests pass: {}", tested.1);
+    assert!(built.0, "the generated project builds: {}", built.1);
+    assert!(invoked.0 && invoked.1.contains("ack") && invoked.1.contains("StockReserved"), "{}", invoked.1);
+    // And `ferry run` runs it.
+    let wasm = dir.path().join("shop-stock/target/wasm32-wasip2/release/shop_stock.wasm");
+    env.add_plugin(
+        "shop-stock",
+        wasm.to_str().expect("utf-8"),
+        "start = \"beginning\"\npublish_streams = [\"stock\"]\n[config]\npublish = \"stock\"\n",
+    );
+    let host = crate::support::InProcessHost::start(env.config());
+    let mut conn = env.conn().await;
+    crate::support::publish(&mut conn, "events", "OrderCreated", r#"{"order_id":"o-1","quantity":2}"#).await;
+    env.wait_for("the follow-up in `stock`", std::time::Duration::from_secs(60), || {
+        let mut conn = conn.clone();
+        async move {
+            let n: u64 = redis::cmd("XLEN").arg("stock").query_async(&mut conn).await.ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    let (py, js) = blocking(move || {
+        assert!(run_in(&root, ferry_bin(), &["new", "python", "greeter"]).0);
+        assert!(run_in(&root, ferry_bin(), &["new", "javascript", "welcome"]).0);
+        let py = run_in(&root.join("greeter"), "python3", &["-m", "unittest", "-v"]);
+        let js = run_in(&root.join("welcome"), "node", &["--import", "./ferry-testing.mjs", "--test"]);
+        (py, js)
+    })
+    .await;
+    assert!(py.0 && py.1.contains("Ran 2 tests"), "{}", py.1);
+    assert!(js.0 && js.1.contains("# pass 2"), "{}", js.1);
+    // A name that is not a subscriber name, or a directory that exists, is refused.
+    let (bad, _, err) =
+        crate::support::ferry(&["new", "rust", "Bad_Name", "--dir", dir.path().to_str().expect("utf-8")]);
+    assert!(!bad.success() && err.contains("lowercase"), "{err}");
+}
