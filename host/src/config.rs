@@ -60,6 +60,11 @@ pub struct Config {
     /// Directory for compiled plugins, so restarts skip compilation. Default
     /// `$XDG_CACHE_HOME/ferry` or `~/.cache/ferry`; `""` turns the cache off.
     pub cache_dir: Option<PathBuf>,
+    /// File holding the secret that authenticates compiled-artifact cache entries (32 bytes,
+    /// mode 0600, created on first use). Kept outside the cache directory: whoever can write
+    /// the cache must not be able to read it. Default `$XDG_STATE_HOME/ferry/cache.key` or
+    /// `~/.local/state/ferry/cache.key` (else `CACHE_DIR.key` beside the cache directory).
+    pub cache_key: Option<PathBuf>,
     /// Watch the plugin directory and reload changed plugins. Default true.
     pub watch: bool,
     /// How long to wait for in-flight events on shutdown before leaving them pending. Default `10s`.
@@ -110,6 +115,7 @@ impl Default for Config {
             stream: "events".into(),
             consumer: None,
             cache_dir: None,
+            cache_key: None,
             watch: true,
             shutdown_grace: Duration::from_secs(10),
             read: ReadConfig::default(),
@@ -532,6 +538,27 @@ impl Config {
                     .map(PathBuf::from)
                     .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
                 Some(base.join("ferry"))
+            }
+        }
+    }
+}
+
+impl Config {
+    /// The file holding the cache's secret, for the cache in `dir`.
+    pub fn cache_key_file(&self, dir: &Path) -> PathBuf {
+        if let Some(key) = &self.cache_key {
+            return key.clone();
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+        match state {
+            Some(state) => state.join("ferry/cache.key"),
+            None => {
+                let mut beside = dir.as_os_str().to_owned();
+                beside.push(".key");
+                PathBuf::from(beside)
             }
         }
     }

@@ -120,7 +120,7 @@ impl Host {
         let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
         check_partitions(&mut shared, &config).await?;
         let engine = Engine::new(&config.engine)?;
-        let cache = config.cache_dir().map(Cache::new);
+        let cache = Cache::from_config(&config);
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
         let metrics = Metrics::new();
         metrics.redis_up.set(1);

@@ -61,7 +61,7 @@ pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
 async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = ferry::config::Config { cache_dir, ..Default::default() };
     let engine = ferry::plugin::Engine::new(&config.engine)?;
-    let cache = config.cache_dir().map(ferry::plugin::cache::Cache::new);
+    let cache = ferry::plugin::cache::Cache::from_config(&config);
     let limits = ferry::config::LimitsConfig::default();
     match ferry::plugin::Plugin::load(&engine, file, cache.as_ref(), &limits).await {
         Ok(plugin) => {
