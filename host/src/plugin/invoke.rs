@@ -299,8 +299,27 @@ impl Runner {
         Self::with_concurrency(engine, plugin, grants, 16)
     }
 
-    /// A runner allowing up to `concurrency` calls in flight (the subscriber's setting).
+    /// A runner allowing up to `concurrency` calls in flight (the subscriber's setting), and
+    /// never more than the plugin's share of the pooling allocator holds instances of it (see
+    /// [`super::engine::POOL_SHARE`]): a component of many core modules at a high concurrency
+    /// gets fewer instances in flight, not the pool.
     pub fn with_concurrency(engine: Engine, plugin: Arc<Plugin>, grants: Arc<Grants>, concurrency: usize) -> Self {
+        let concurrency = if engine.config.pooling {
+            let max = plugin.slots.max_live();
+            if concurrency > max {
+                tracing::warn!(
+                    plugin = %grants.subscriber,
+                    "at most {max} instances in flight instead of concurrency {concurrency}: each instance takes {} memories, {} tables and up to {} core instances, and one plugin may hold 1/{} of the engine's pool",
+                    plugin.slots.memories,
+                    plugin.slots.tables,
+                    plugin.slots.core_instances,
+                    super::engine::POOL_SHARE
+                );
+            }
+            concurrency.min(max)
+        } else {
+            concurrency
+        };
         let rate = LogRate::of(&grants.limits);
         let throttle = Throttle::new(concurrency);
         Self { inner: Arc::new(Inner { engine, plugin, grants, rate, throttle, idle: Mutex::new(Vec::new()) }) }
@@ -640,5 +659,83 @@ mod tests {
         assert!(!waiting.is_finished(), "the limit is 1 and the slot is taken");
         drop(first);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
+    }
+}
+
+/// Attacks on the memory bound (issue 23): a component of many core modules, each with a
+/// memory or table that alone fits `limits.memory`.
+#[cfg(test)]
+mod memory_bound {
+    use super::*;
+    use crate::config::{EngineConfig, LimitsConfig};
+
+    fn store(engine: &Engine, memory: u64) -> Store<HostState> {
+        let limits = LimitsConfig { memory, ..LimitsConfig::default() };
+        let grants = Arc::new(Grants {
+            subscriber: "greedy".into(),
+            version: "0".into(),
+            config: Default::default(),
+            publish_streams: Vec::new(),
+            limits,
+        });
+        new_store(engine, grants, LogRate::of(&limits))
+    }
+
+    /// `n` core instances of a module whose only content is `body`.
+    fn many(n: usize, body: &str) -> String {
+        let instances: String = (0..n).map(|i| format!("(core instance $i{i} (instantiate $m))")).collect();
+        format!("(component (core module $m {body}) {instances})")
+    }
+
+    async fn instantiate(engine: &Engine, memory: u64, wat: &str) -> Result<(), wasmtime::Error> {
+        let component = wasmtime::component::Component::new(&engine.engine, wat)?;
+        let mut store = store(engine, memory);
+        engine.linker.instantiate_async(&mut store, &component).await.map(drop)
+    }
+
+    fn engine() -> Engine {
+        Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine")
+    }
+
+    #[tokio::test]
+    async fn the_memories_of_all_core_instances_together_stay_within_limits_memory() {
+        let engine = engine();
+        // 25 MiB each: one, two fit in 64 MiB; three do not.
+        let memory = "(memory 400)";
+        instantiate(&engine, 64 << 20, &many(2, memory)).await.expect("two memories fit");
+        let err = instantiate(&engine, 64 << 20, &many(3, memory)).await.expect_err("three do not");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "named as the memory limit: {err:#}");
+        // Growing one memory counts against what the others already hold.
+        let grow = r#"(memory 400) (func $grow (drop (memory.grow (i32.const 200)))) (start $grow)"#;
+        instantiate(&engine, 64 << 20, &many(1, grow)).await.expect("one grows to 37.5 MiB");
+        let err = instantiate(&engine, 64 << 20, &many(2, grow)).await.expect_err("the second's growth is over");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "{err:#}");
+    }
+
+    #[test]
+    fn one_plugin_holds_at_most_its_share_of_the_pool() {
+        use super::super::engine::{POOL_MEMORIES, POOL_SHARE, Slots};
+        let engine = engine();
+        let component = wasmtime::component::Component::new(&engine.engine, many(20, "(memory 1)")).expect("compile");
+        let greedy = Slots::of(&component, 20);
+        assert_eq!(greedy.memories, 20);
+        // The issue's attack: 20 memories at concurrency 16 would take 320 of 1000 slots.
+        assert!(greedy.max_live() * greedy.memories <= POOL_MEMORIES / POOL_SHARE, "{}", greedy.max_live());
+        assert!(greedy.max_live() >= 1, "it still runs");
+        // So the pool always has room for the others: POOL_SHARE - 1 greedy plugins leave
+        // at least a share free.
+        let small =
+            Slots::of(&wasmtime::component::Component::new(&engine.engine, many(1, "(memory 1)")).expect("c"), 20);
+        assert!(small.max_live() >= 16, "a plain plugin keeps its default concurrency: {}", small.max_live());
+    }
+
+    #[tokio::test]
+    async fn tables_count_against_limits_memory_too() {
+        let engine = engine();
+        // A million-element table costs the host 8 MB whatever the guest's memory.
+        let table = "(table 1000000 funcref)";
+        instantiate(&engine, 64 << 20, &many(4, table)).await.expect("four fit");
+        let err = instantiate(&engine, 64 << 20, &many(10, table)).await.expect_err("ten do not");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "{err:#}");
     }
 }

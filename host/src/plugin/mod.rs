@@ -115,6 +115,8 @@ pub struct Plugin {
     pub declared: Vec<Subscription>,
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
+    /// What one instance takes from the pooling allocator.
+    pub slots: engine::Slots,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -175,9 +177,10 @@ impl Plugin {
         .await
         .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
         check_contract(engine, &component)?;
+        let slots = engine::Slots::of(&component, limits.instances);
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached };
+        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached, slots };
         plugin.declared = plugin.read_subscriptions(engine, limits).await?;
         Ok(Arc::new(plugin))
     }

@@ -63,7 +63,7 @@ pub struct FollowUp {
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit exceeded: wanted {desired} bytes, limit is {limit} bytes")]
 pub struct MemoryLimitExceeded {
-    /// Bytes the guest asked for.
+    /// Bytes the instance would hold with this growth: all its memories and tables together.
     pub desired: usize,
     /// The cap.
     pub limit: u64,
@@ -116,7 +116,7 @@ impl HostState {
         let stdout = CappedPipe::new(grants.limits.stdio_bytes);
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances };
+        let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances, used: 0 };
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -191,24 +191,55 @@ impl WasiView for HostState {
     }
 }
 
+/// Host memory a table element costs (a function reference), counted against
+/// `limits.memory` with the linear memories.
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// Most elements one table may have, whatever `limits.memory` allows.
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Bounds what one store (one component instance: all its core instances) may hold.
+/// `limits.memory` is the total of every linear memory and table of the store, not a cap per
+/// memory: a component of 20 core modules must not hold 20 times the limit.
 struct Limiter {
     memory: u64,
     instances: usize,
+    /// Bytes granted so far to all memories and tables of the store. Stores are never
+    /// shrunk, and memories and tables live as long as their store, so this only grows. A
+    /// growth granted here that wasmtime then refuses (past a declared maximum) stays counted:
+    /// only the guest that asked loses by it.
+    used: u64,
 }
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory {
+impl Limiter {
+    fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<()> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.memory {
             // Trap with our own error rather than failing the growth: a guest allocator that
             // sees a failed growth aborts with an anonymous `unreachable`, which would hide
             // the cause.
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired: usize::try_from(total).unwrap_or(usize::MAX),
+                limit: self.memory,
+            }));
         }
+        self.used = total;
+        Ok(())
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current as u64, desired as u64)?;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES)?;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
