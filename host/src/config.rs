@@ -475,6 +475,12 @@ impl SubscriberConfig {
         {
             return Err(ConfigError::Invalid("retry.multiplier must be >= 1 and retry.jitter in 0..=1".into()));
         }
+        if effective.limits.publish_bytes > crate::event::MAX_ENTRY_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "limits.publish_bytes must be at most {} (the largest entry a consumer accepts)",
+                crate::event::MAX_ENTRY_BYTES
+            )));
+        }
         if effective.limits.deadline.is_zero() {
             return Err(ConfigError::Invalid("limits.deadline must be above zero".into()));
         }

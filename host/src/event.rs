@@ -127,7 +127,26 @@ mod data_as_text {
     }
 }
 
+/// Most fields a stream entry may have (Lua's `unpack`, which every script write goes through,
+/// stops near 8,000 values). One rule for both sides: the consumer refuses a longer entry it
+/// reads, and ferry never writes one (follow-ups).
+pub const MAX_FIELDS: usize = 1_000;
+/// Most bytes (field names and values together) a stream entry may have; the same rule on
+/// both sides as [`MAX_FIELDS`].
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes of one attribute other than `data` (type, subject, partition key, content type,
+/// stream name) of an event a plugin publishes. Each follow-up is held until its event is
+/// settled and copied into the settle, so every field needs a bound, not only `data`.
+pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
+
 impl Event {
+    /// The bytes of the stream entry this event is written as (field names and values, the
+    /// schema version included): what [`MAX_ENTRY_BYTES`] bounds.
+    pub fn entry_bytes(&self) -> usize {
+        let version = field::SCHEMAVERSION.len() + self.schemaversion.to_string().len();
+        self.to_fields().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + version
+    }
+
     /// A new event of `event_type` from `source` with a JSON payload, a fresh UUID v7 id and
     /// the current UTC time. Set the optional attributes on the returned value.
     pub fn new(event_type: impl Into<String>, source: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {

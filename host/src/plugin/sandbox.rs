@@ -299,13 +299,24 @@ impl config::Host for HostState {
 impl publish::Host for HostState {
     fn send(&mut self, out: types::OutgoingEvent) -> Result<String, String> {
         let limits = &self.grants.limits;
-        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
-        if !self.grants.publish_streams.contains(&stream) {
-            return Err(format!("publishing to stream `{stream}` is not allowed for this plugin"));
-        }
-        keys::check_name("stream", &stream)?;
-        if self.follow_ups.len() >= limits.publish_count {
-            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
+        // Every field is bounded before anything is copied or echoed in an error.
+        let attributes = [
+            ("event type", Some(&out.event_type)),
+            ("stream", out.stream.as_ref()),
+            ("content type", out.datacontenttype.as_ref()),
+            ("subject", out.subject.as_ref()),
+            ("partition key", out.partitionkey.as_ref()),
+        ];
+        for (what, value) in attributes {
+            if let Some(value) = value
+                && value.len() > event::MAX_ATTRIBUTE_BYTES
+            {
+                return Err(format!(
+                    "{what} of {} bytes exceeds the limit of {} bytes",
+                    value.len(),
+                    event::MAX_ATTRIBUTE_BYTES
+                ));
+            }
         }
         if out.data.len() > limits.publish_bytes {
             return Err(format!(
@@ -313,6 +324,14 @@ impl publish::Host for HostState {
                 out.data.len(),
                 limits.publish_bytes
             ));
+        }
+        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
+        if !self.grants.publish_streams.contains(&stream) {
+            return Err(format!("publishing to stream `{}` is not allowed for this plugin", escape(&stream)));
+        }
+        keys::check_name("stream", &stream)?;
+        if self.follow_ups.len() >= limits.publish_count {
+            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
         }
         if out.event_type.trim().is_empty() {
             return Err("event type is empty".into());
@@ -329,6 +348,15 @@ impl publish::Host for HostState {
         event.partitionkey = out.partitionkey;
         event.correlationid = Some(self.current.correlationid.clone().unwrap_or_else(|| self.current.event_id.clone()));
         event.causationid = Some(self.current.event_id.clone());
+        // The rule the consumer side applies to every entry it reads: a follow-up it would
+        // refuse is refused here, before it is held.
+        let bytes = event.entry_bytes();
+        if bytes > event::MAX_ENTRY_BYTES {
+            return Err(format!(
+                "the event would be an entry of {bytes} bytes; at most {} are accepted",
+                event::MAX_ENTRY_BYTES
+            ));
+        }
         let id = event.id.clone();
         self.follow_ups.push(FollowUp { stream, event });
         Ok(id)
@@ -412,6 +440,18 @@ impl LogRate {
         }
         *w = Window { start: Instant::now(), lines: 0, bytes: 0, dropped_lines: 0, dropped_bytes: 0 };
     }
+}
+
+/// `text` for an error message or a log line: control characters escaped (a plugin's string
+/// must not forge log lines or reach the operator's terminal as escape sequences) and cut to
+/// 200 bytes.
+pub fn escape(text: &str) -> String {
+    let cut = truncate(text, 200);
+    let mut out: String = cut.chars().flat_map(char::escape_debug).collect();
+    if cut.len() < text.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Cut `text` to at most `max` bytes on a character boundary.
@@ -506,6 +546,70 @@ impl Pollable for CappedPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn publisher() -> HostState {
+        let grants = Arc::new(Grants {
+            subscriber: "amp".into(),
+            version: "0".into(),
+            config: Default::default(),
+            publish_streams: vec!["events".into()],
+            limits: LimitsConfig::default(),
+        });
+        let rate = LogRate::of(&grants.limits);
+        let mut state = HostState::new(grants, rate);
+        state.begin(Current { event_id: "e1".into(), correlationid: None, stream: "events".into() });
+        state
+    }
+
+    fn outgoing() -> types::OutgoingEvent {
+        types::OutgoingEvent {
+            event_type: "T".into(),
+            stream: None,
+            data: b"{}".to_vec(),
+            datacontenttype: None,
+            schemaversion: None,
+            subject: None,
+            partitionkey: None,
+        }
+    }
+
+    /// Issue 23, item 3: only `data` was capped, so 100 follow-ups with a 60 MiB type each
+    /// made the host hold gigabytes. Every field is capped by the rule the consumer side
+    /// applies to entries it reads.
+    #[test]
+    fn every_field_of_a_follow_up_is_capped() {
+        use publish::Host as _;
+        let huge = "t".repeat(event::MAX_ATTRIBUTE_BYTES + 1);
+        let cases: [(&str, Box<dyn Fn(&mut types::OutgoingEvent)>); 5] = [
+            ("type", Box::new(|o| o.event_type = huge.clone())),
+            ("subject", Box::new(|o| o.subject = Some(huge.clone()))),
+            ("partition key", Box::new(|o| o.partitionkey = Some(huge.clone()))),
+            ("content type", Box::new(|o| o.datacontenttype = Some(format!("text/{huge}")))),
+            ("stream", Box::new(|o| o.stream = Some(huge.clone()))),
+        ];
+        for (what, set) in cases {
+            let mut state = publisher();
+            let mut out = outgoing();
+            set(&mut out);
+            let err = state.send(out).expect_err(what);
+            assert!(err.len() < 300, "{what}: the error does not echo the value: {} bytes", err.len());
+            assert!(state.follow_ups.is_empty(), "{what}: nothing held");
+        }
+        let mut state = publisher();
+        let mut out = outgoing();
+        out.data = vec![b' '; LimitsConfig::default().publish_bytes + 1];
+        assert!(state.send(out).is_err(), "data");
+        // At the limits, every field together still makes an entry the consumer side accepts.
+        let mut state = publisher();
+        let at = "t".repeat(event::MAX_ATTRIBUTE_BYTES);
+        let mut out = outgoing();
+        out.event_type = at.clone();
+        out.subject = Some(at.clone());
+        out.partitionkey = Some(at);
+        state.send(out).expect("at the limits");
+        let entry = &state.follow_ups[0].event;
+        assert!(entry.entry_bytes() <= event::MAX_ENTRY_BYTES);
+    }
 
     #[test]
     fn the_log_rate_caps_lines_and_bytes_per_window() {
