@@ -403,7 +403,7 @@ impl Inner {
                     Some(b) => b,
                     None => match pre.instantiate_async(&mut store).await {
                         Ok(b) => b,
-                        Err(e) => return Err(format!("cannot instantiate: {e:#}")),
+                        Err(e) => return Err(e),
                     },
                 };
                 let result = bindings.ferry_plugin_handler().call_handle(&mut store, &wit_event, &delivery).await;
@@ -421,7 +421,20 @@ impl Inner {
                 let reason = deadline_reason(limits.deadline, elapsed, true);
                 return (Outcome::Failed { kind: FailureKind::Deadline, reason, delay_hint: None }, Health::Unhealthy);
             }
-            Ok(Err(e)) => return (Outcome::HostError(e), Health::Unknown),
+            // Guest code failing while its instance is created (a `start` function trapping,
+            // a memory or table over the limit, the deadline) is the guest's verdict like any
+            // other; only what is not the guest's doing (the pool is full, the host is out of
+            // memory) is a host error, which charges nothing.
+            Ok(Err(e)) if guest_failure(&e) => {
+                let (kind, mut reason) = classify(&e, limits.deadline, limits.memory, elapsed);
+                reason.insert_str(0, "while instantiating: ");
+                if !stderr.is_empty() {
+                    reason.push_str("; stderr: ");
+                    reason.push_str(super::sandbox::truncate(stderr.trim(), 1024));
+                }
+                return (Outcome::Failed { kind, reason, delay_hint: None }, Health::Unhealthy);
+            }
+            Ok(Err(e)) => return (Outcome::HostError(format!("cannot instantiate: {e:#}")), Health::Unknown),
             Ok(Ok(done)) => done,
         };
         let keep = |store: Store<HostState>| {
@@ -583,6 +596,12 @@ pub(crate) fn classify(
     }
 }
 
+/// Whether `err` is the guest's own doing: a trap (deadline and fuel included) or a limit of
+/// the limiter.
+fn guest_failure(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<MemoryLimitExceeded>().is_some() || err.downcast_ref::<Trap>().is_some()
+}
+
 /// Whether the trap's backtrace is a deep recursion: every captured frame (wasmtime keeps
 /// 20) is one of at most three functions. Compilers for wasm (Rust, C) keep large locals on a
 /// stack of their own in linear memory; when recursion exhausts it, the stack pointer wraps
@@ -737,5 +756,69 @@ mod memory_bound {
         instantiate(&engine, 64 << 20, &many(4, table)).await.expect("four fit");
         let err = instantiate(&engine, 64 << 20, &many(10, table)).await.expect_err("ten do not");
         assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "{err:#}");
+    }
+}
+
+/// Issue 23, item 4: guest code failing while its instance is created (a `start` function
+/// trapping, a memory or table over the limit, a deadline) is the guest's verdict, not a
+/// host error: charged, throttled, and dead-lettered after the last attempt.
+#[cfg(test)]
+mod instantiation {
+    use super::*;
+    use crate::config::{EngineConfig, LimitsConfig};
+
+    #[tokio::test]
+    async fn a_limit_hit_while_instantiating_is_charged_to_the_guest() {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig::default();
+        let plugin =
+            Plugin::load(&engine, std::path::Path::new(ferry_test_fixtures::NOOP), None, &limits).await.expect("load");
+        // The instance's initial memory alone is over this limit.
+        let tight = LimitsConfig { memory: 64 << 10, ..limits };
+        let grants = Arc::new(Grants {
+            subscriber: "noop".into(),
+            version: plugin.version.as_str().into(),
+            config: Default::default(),
+            publish_streams: Vec::new(),
+            limits: tight,
+        });
+        let runner = Runner::with_concurrency(engine, plugin, grants, 4);
+        let job = Arc::new(Job {
+            event: Event::new("T", "test", "{}"),
+            stream: "events".into(),
+            entry_id: "1-0".into(),
+            attempt: 1,
+        });
+        let outcome = runner.handle(job).await;
+        assert!(
+            matches!(outcome, Outcome::Failed { kind: FailureKind::OutOfMemory, .. }),
+            "the guest's failure, not a host error: {outcome:?}"
+        );
+        assert_eq!(runner.limit(), 2, "and the subscriber is throttled");
+    }
+
+    #[tokio::test]
+    async fn a_start_function_trap_or_loop_is_named_as_the_guests_failure() {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig { deadline: Duration::from_millis(50), ..LimitsConfig::default() };
+        for (what, body, kind) in [
+            ("trap", "(func $s unreachable) (start $s)", FailureKind::Trap),
+            ("loop", "(func $s (loop $l (br $l))) (start $s)", FailureKind::Deadline),
+        ] {
+            let wat = format!("(component (core module $m {body}) (core instance (instantiate $m)))");
+            let component = wasmtime::component::Component::new(&engine.engine, wat).expect("compile");
+            let grants = Arc::new(Grants {
+                subscriber: "start".into(),
+                version: "0".into(),
+                config: Default::default(),
+                publish_streams: Vec::new(),
+                limits,
+            });
+            let mut store = new_store(&engine, grants, LogRate::of(&limits));
+            arm(&mut store, &engine, limits.deadline, false);
+            let err = engine.linker.instantiate_async(&mut store, &component).await.expect_err(what);
+            assert!(guest_failure(&err), "{what}: {err:#}");
+            assert_eq!(classify(&err, limits.deadline, limits.memory, Duration::ZERO).0, kind, "{what}");
+        }
     }
 }
