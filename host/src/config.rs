@@ -33,6 +33,19 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A plugin's own file is not valid TOML for this schema. Says where, never what: the
+    /// file is the plugin author's, and its text must not reach logs or the admin endpoint.
+    #[error("invalid plugin configuration in {path} at line {line}, column {column}: {message}")]
+    PluginFile {
+        /// The file.
+        path: PathBuf,
+        /// Line of the error, from 1.
+        line: usize,
+        /// Column of the error, from 1.
+        column: usize,
+        /// The parser's message with every quoted fragment of the file left out.
+        message: String,
+    },
 }
 
 /// The host configuration file.
@@ -80,6 +93,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Defaults for every subscriber.
     pub defaults: SubscriberConfig,
+    /// What a plugin's own `NAME.toml` may ask for (the operator's `[subscribers.NAME]` is
+    /// not bounded by it).
+    pub plugin_files: PluginFilesConfig,
     /// Per-subscriber settings, by plugin name.
     pub subscribers: BTreeMap<String, SubscriberConfig>,
     /// Per-stream settings, by stream name (`[streams.orders]`).
@@ -123,6 +139,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             admin: AdminConfig::default(),
             defaults: SubscriberConfig::default(),
+            plugin_files: PluginFilesConfig::default(),
             subscribers: BTreeMap::new(),
             streams: BTreeMap::new(),
             relay: None,
@@ -217,6 +234,78 @@ impl Default for RelayConfig {
             keep_published: Duration::from_secs(7 * 24 * 3600),
             streams: None,
         }
+    }
+}
+
+/// What a plugin's own `NAME.toml` (written by the plugin's authors, beside its `.wasm`) may
+/// ask for. A file asking for more is refused with a message naming the key; the plugin then
+/// does not run (or its running version stays).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginFilesConfig {
+    /// Whether a plugin file may grant access: set `config`, `publish_streams` or
+    /// `subscriptions`. Off, only the operator grants (in `[defaults]` and
+    /// `[subscribers.NAME]`). Default true.
+    pub grants: bool,
+    /// Highest `concurrency` a plugin file may set. Default: no ceiling.
+    pub max_concurrency: Option<usize>,
+    /// Highest value of each limit a plugin file may set (`memory`, `deadline`, `fuel`,
+    /// `instances`, `stdio_bytes`, `log_*`, `publish_count`, `publish_bytes`). Fields left out
+    /// here take their built-in defaults, and a plugin file's `[limits]` fields left out take
+    /// theirs too. Default: no ceiling.
+    pub max_limits: Option<LimitsConfig>,
+}
+
+impl Default for PluginFilesConfig {
+    fn default() -> Self {
+        Self { grants: true, max_concurrency: None, max_limits: None }
+    }
+}
+
+impl PluginFilesConfig {
+    /// Refuse what `file` asks for beyond what the operator allows plugin files.
+    pub fn check(&self, file: &SubscriberConfig) -> Result<(), ConfigError> {
+        let refuse = |what: &str, why: String| {
+            Err(ConfigError::Invalid(format!("the plugin's own file may not set {what}: {why}")))
+        };
+        if !self.grants {
+            let grants = [
+                ("config", file.config.is_some()),
+                ("publish_streams", file.publish_streams.is_some()),
+                ("subscriptions", file.subscriptions.is_some()),
+            ];
+            if let Some((what, _)) = grants.iter().find(|(_, set)| *set) {
+                return refuse(what, "plugin_files.grants is off (grant it in [subscribers.NAME])".into());
+            }
+        }
+        if let (Some(max), Some(asked)) = (self.max_concurrency, file.concurrency)
+            && asked > max
+        {
+            return refuse("concurrency", format!("{asked} is above plugin_files.max_concurrency ({max})"));
+        }
+        if let (Some(max), Some(asked)) = (&self.max_limits, &file.limits) {
+            let unmetered = |fuel: Option<u64>| fuel.map_or(u128::MAX, u128::from);
+            let limits: [(&str, u128, u128); 11] = [
+                ("memory", asked.memory.into(), max.memory.into()),
+                ("deadline", asked.deadline.as_nanos(), max.deadline.as_nanos()),
+                ("fuel", unmetered(asked.fuel), unmetered(max.fuel)),
+                ("instances", asked.instances as u128, max.instances as u128),
+                ("stdio_bytes", asked.stdio_bytes as u128, max.stdio_bytes as u128),
+                ("log_lines", asked.log_lines.into(), max.log_lines.into()),
+                ("log_line_bytes", asked.log_line_bytes as u128, max.log_line_bytes as u128),
+                ("log_rate_lines", asked.log_rate_lines.into(), max.log_rate_lines.into()),
+                ("log_rate_bytes", asked.log_rate_bytes.into(), max.log_rate_bytes.into()),
+                ("publish_count", asked.publish_count as u128, max.publish_count as u128),
+                ("publish_bytes", asked.publish_bytes as u128, max.publish_bytes as u128),
+            ];
+            if let Some((what, _, _)) = limits.iter().find(|(_, asked, max)| asked > max) {
+                return refuse(
+                    &format!("limits.{what}"),
+                    format!("above plugin_files.max_limits.{what} (a value left out takes its default)"),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -513,6 +602,7 @@ impl Config {
     pub fn subscriber(&self, name: &str, plugin_file: Option<&SubscriberConfig>) -> Result<Effective, ConfigError> {
         let mut merged = self.defaults.clone();
         if let Some(file) = plugin_file {
+            self.plugin_files.check(file)?;
             merged = file.over(&merged);
         }
         if let Some(host) = self.subscribers.get(name) {
@@ -570,9 +660,70 @@ impl Config {
     }
 }
 
-/// Read a plugin's own `NAME.toml`.
-pub fn load_plugin_file(path: &Path) -> Result<SubscriberConfig, ConfigError> {
-    parse_file(path)
+/// Largest plugin file read (a link to `/dev/zero` must not fill the host's memory).
+const MAX_PLUGIN_FILE_BYTES: u64 = 1 << 20;
+
+/// Read a plugin's own `NAME.toml` at `path` in `plugin_dir`. The file is the plugin author's,
+/// not the operator's: a symbolic link is followed only to a file inside the plugin directory
+/// (a ConfigMap mount), the file must be a regular file of at most 1 MiB, and a parse error
+/// says where, never what (the text could be the host's environment or its own config).
+pub fn load_plugin_file(plugin_dir: &Path, path: &Path) -> Result<SubscriberConfig, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let read = |source| ConfigError::Read { path: path.into(), source };
+    let refuse = |why: &str| ConfigError::Invalid(format!("{}: {why}", path.display()));
+    let meta = std::fs::symlink_metadata(path).map_err(read)?;
+    let real = if meta.file_type().is_symlink() {
+        let real = std::fs::canonicalize(path).map_err(read)?;
+        let dir = std::fs::canonicalize(plugin_dir).map_err(read)?;
+        if !real.starts_with(&dir) {
+            return Err(refuse("a symbolic link to a file outside the plugin directory: refused"));
+        }
+        real
+    } else {
+        path.to_path_buf()
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&real)
+        .map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if meta.len() > MAX_PLUGIN_FILE_BYTES {
+        return Err(refuse("larger than 1 MiB"));
+    }
+    let mut text = String::new();
+    file.take(MAX_PLUGIN_FILE_BYTES).read_to_string(&mut text).map_err(read)?;
+    toml::from_str(&text).map_err(|e| {
+        let start = e.span().map_or(0, |span| span.start).min(text.len());
+        let before = text.get(..start).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError::PluginFile { path: path.into(), line, column, message: without_quotes(e.message()) }
+    })
+}
+
+/// `message` with every quoted fragment (`` `..` ``, `".."`, `'..'`) replaced by `…`, control
+/// characters dropped, cut to 200 bytes: what is left is the parser's own words.
+fn without_quotes(message: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '`' | '"' | '\'') => {
+                quote = Some(c);
+                out.push('…');
+            }
+            None if c.is_control() => out.push(' '),
+            None => out.push(c),
+        }
+    }
+    crate::plugin::sandbox::truncate(out.trim(), 200).to_string()
 }
 
 fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
@@ -608,6 +759,76 @@ mod tests {
         let b = config.subscriber("b", None).expect("resolves");
         assert_eq!(b.concurrency, 2);
         assert_eq!(b.retry, RetryConfig::default());
+    }
+
+    /// Issue 23, item 5: `x.toml -> /proc/self/environ` (or `-> ../ferry.toml`) made toml's
+    /// error quote the host's secrets into `/api/plugins`, the status page and the log.
+    #[test]
+    fn a_plugin_file_is_read_only_inside_the_plugin_dir_and_its_content_never_echoed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).expect("plugins");
+        let secret = dir.path().join("ferry.toml");
+        std::fs::write(&secret, "redis = \"redis://ferry:hunter2@db:6379\"\nFERRY_REDIS=redis://ferry:hunter2@db")
+            .expect("secret");
+        let outside = plugins.join("x.toml");
+        std::os::unix::fs::symlink(&secret, &outside).expect("symlink");
+        let err = load_plugin_file(&plugins, &outside).expect_err("outside the plugin dir").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("outside the plugin directory"), "{err}");
+        // A link that stays inside the plugin dir (a Kubernetes ConfigMap mount) is fine.
+        std::fs::write(plugins.join("real.toml"), "concurrency = 2").expect("real");
+        std::os::unix::fs::symlink("real.toml", plugins.join("y.toml")).expect("symlink");
+        assert_eq!(load_plugin_file(&plugins, &plugins.join("y.toml")).expect("inside").concurrency, Some(2));
+        // Invalid content inside the dir: where, never what.
+        std::fs::copy(&secret, plugins.join("z.toml")).expect("copy");
+        let err = load_plugin_file(&plugins, &plugins.join("z.toml")).expect_err("invalid").to_string();
+        assert!(!err.contains("hunter2") && !err.contains("FERRY_REDIS"), "{err}");
+        assert!(err.contains("line"), "says where: {err}");
+    }
+
+    #[test]
+    fn a_plugin_file_cannot_grant_itself_more_than_the_operator_allows() {
+        let config: Config = toml::from_str(
+            r#"
+            [plugin_files]
+            max_concurrency = 4
+            [plugin_files.max_limits]
+            deadline = "10s"
+            publish_count = 10
+            "#,
+        )
+        .expect("valid config");
+        let ok: SubscriberConfig =
+            toml::from_str("concurrency = 4\n[limits]\ndeadline = \"2s\"\npublish_count = 5").expect("file");
+        config.subscriber("a", Some(&ok)).expect("within the ceilings");
+        for (what, file) in [
+            ("concurrency", "concurrency = 64"),
+            ("limits.deadline", "[limits]\ndeadline = \"1h\""),
+            ("limits.publish_count", "[limits]\npublish_count = 100000"),
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("file");
+            let err = config.subscriber("a", Some(&file)).expect_err(what).to_string();
+            assert!(err.contains(what), "names the key: {err}");
+        }
+        // The operator's own [subscribers.a] is not bounded by them.
+        let mut host = config.clone();
+        host.subscribers.insert("a".into(), toml::from_str("concurrency = 64").expect("host"));
+        assert_eq!(host.subscriber("a", None).expect("operator").concurrency, 64);
+
+        // And with grants off, a plugin file may not grant itself config, streams or reads.
+        let strict: Config = toml::from_str("[plugin_files]\ngrants = false").expect("valid config");
+        for (what, file) in [
+            ("publish_streams", "publish_streams = [\"payments\"]"),
+            ("config", "[config]\ntoken = \"x\""),
+            ("subscriptions", "[[subscriptions]]\ntype = \"*\"\nstream = \"payments\""),
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("file");
+            let err = strict.subscriber("a", Some(&file)).expect_err(what).to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let limits_only: SubscriberConfig = toml::from_str("concurrency = 2").expect("file");
+        strict.subscriber("a", Some(&limits_only)).expect("settings that grant nothing are fine");
     }
 
     #[test]

@@ -230,7 +230,12 @@ impl Host {
         tried: &mut Option<Tried>,
     ) -> anyhow::Result<Option<(Arc<Plugin>, Effective)>> {
         let side = self.config.plugins.join(format!("{name}.toml"));
-        let plugin_file = if side.exists() { Some(config::load_plugin_file(&side)?) } else { None };
+        // `symlink_metadata`: a dangling link is an error to report, not a missing file.
+        let plugin_file = if std::fs::symlink_metadata(&side).is_ok() {
+            Some(config::load_plugin_file(&self.config.plugins, &side)?)
+        } else {
+            None
+        };
         let effective = self.config.subscriber(name, plugin_file.as_ref())?;
         if effective.limits.memory > self.config.engine.max_memory {
             anyhow::bail!(
