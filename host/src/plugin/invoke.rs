@@ -452,10 +452,12 @@ impl Inner {
             Ok(Err(HandlerError::Retry(r))) => {
                 keep(store);
                 let delay_hint = r.delay_ms.map(Duration::from_millis);
-                (Outcome::Failed { kind: FailureKind::HandlerRetry, reason: r.reason, delay_hint }, Health::Healthy)
+                let reason = cap_reason(r.reason);
+                (Outcome::Failed { kind: FailureKind::HandlerRetry, reason, delay_hint }, Health::Healthy)
             }
             Ok(Err(HandlerError::Reject(reason))) => {
                 keep(store);
+                let reason = cap_reason(reason);
                 (Outcome::Failed { kind: FailureKind::HandlerReject, reason, delay_hint: None }, Health::Healthy)
             }
             Err(err) => {
@@ -468,6 +470,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// Most bytes kept of a handler's retry or reject reason, as of its stderr in a failure
+/// reason: the reason is logged and copied into every retry and dead-letter entry.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`], saying how much was cut.
+fn cap_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let kept = super::sandbox::truncate(&reason, MAX_REASON_BYTES);
+    format!("{kept}... ({} bytes cut)", reason.len() - kept.len())
 }
 
 /// What a call says about the subscriber's behaviour, for its [`Throttle`].

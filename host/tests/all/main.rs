@@ -18,3 +18,4 @@ mod relay_partitions;
 mod reload;
 mod replication;
 mod sandbox;
+mod security;

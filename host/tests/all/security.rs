@@ -1,0 +1,57 @@
+//! The security review's attacks (issue 23) that need a real guest: each one fails.
+//! The others are unit tests beside the code they attack (`plugin::cache`, `plugin::invoke`,
+//! `plugin::sandbox`, `config`); docs/security.md lists them all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry::config::{EngineConfig, LimitsConfig};
+use ferry::event::Event;
+use ferry::plugin::invoke::{FailureKind, Invoke, Job, Outcome, Runner};
+use ferry::plugin::sandbox::Grants;
+use ferry::plugin::{Engine, Plugin};
+use ferry_test_fixtures as fixtures;
+
+/// A runner of the hostile fixture allowed to publish to `events`.
+async fn hostile() -> Runner {
+    let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+    let limits = LimitsConfig::default();
+    let plugin = Plugin::load(&engine, Path::new(fixtures::HOSTILE), None, &limits).await.expect("load");
+    let grants = Arc::new(Grants {
+        subscriber: "hostile".into(),
+        version: plugin.version.as_str().into(),
+        config: Default::default(),
+        publish_streams: vec!["events".into()],
+        limits,
+    });
+    Runner::with_concurrency(engine, plugin, grants, 1)
+}
+
+fn job(event: Event) -> Arc<Job> {
+    Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 1 })
+}
+
+fn act(act: &str) -> Event {
+    Event::new("Hostile", "test", format!(r#"{{"act":"{act}"}}"#))
+}
+
+#[tokio::test]
+async fn a_huge_retry_reason_is_cut_like_stderr() {
+    let runner = hostile().await;
+    match runner.handle(job(act("huge_reason"))).await {
+        Outcome::Failed { kind: FailureKind::HandlerRetry, reason, .. } => {
+            assert!(reason.len() <= 1100, "cut: {} bytes", reason.len());
+            assert!(reason.contains("bytes cut"), "says so: {}", &reason[reason.len().saturating_sub(80)..]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn follow_ups_with_huge_fields_are_refused_and_never_held() {
+    let runner = hostile().await;
+    match runner.handle(job(act("huge_follow_ups"))).await {
+        Outcome::Handled { follow_ups } => assert!(follow_ups.is_empty(), "{} held", follow_ups.len()),
+        other => panic!("{other:?}"),
+    }
+}
