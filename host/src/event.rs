@@ -5,6 +5,7 @@
 //! `XADD`. This module owns that mapping in both directions and the validation that keeps a
 //! malformed entry away from plugins.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,9 @@ pub mod field {
     pub const PARTITIONKEY: &str = "partitionkey";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// ferry's extension: hops of follow-ups from an event a producer wrote (absent: 0), set
+    /// by the host on every follow-up and bounded by [`super::MAX_CAUSATION_DEPTH`].
+    pub const CAUSATIONDEPTH: &str = "causationdepth";
     /// The payload.
     pub const DATA: &str = "data";
 }
@@ -106,6 +110,10 @@ pub struct Event {
     pub partitionkey: Option<String>,
     /// W3C trace context of the producer.
     pub traceparent: Option<String>,
+    /// Hops of follow-ups from an event a producer wrote; `None` for a producer's own event.
+    /// Set by the host on follow-ups; see [`MAX_CAUSATION_DEPTH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationdepth: Option<u32>,
     /// Serialized payload.
     #[serde(with = "data_as_text")]
     pub data: Vec<u8>,
@@ -139,6 +147,11 @@ pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
 /// settled and copied into the settle, so every field needs a bound, not only `data`.
 pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
 
+/// Most hops of follow-ups from an event a producer wrote: an event whose `causationdepth` is
+/// above it is refused as invalid (and dead-lettered), so a plugin that re-emits what it reads
+/// cannot amplify without bound.
+pub const MAX_CAUSATION_DEPTH: u32 = 32;
+
 impl Event {
     /// The bytes of the stream entry this event is written as (field names and values, the
     /// schema version included): what [`MAX_ENTRY_BYTES`] bounds.
@@ -163,19 +176,20 @@ impl Event {
             causationid: None,
             partitionkey: None,
             traceparent: None,
+            causationdepth: None,
             data: data.into(),
         }
     }
 
     /// The stream-entry fields of this event, in a stable order; absent optionals are omitted.
-    pub fn to_fields(&self) -> Vec<(&'static str, &[u8])> {
-        let mut out: Vec<(&'static str, &[u8])> = vec![
-            (field::ID, self.id.as_bytes()),
-            (field::SOURCE, self.source.as_bytes()),
-            (field::TYPE, self.event_type.as_bytes()),
-            (field::SPECVERSION, SPEC_VERSION.as_bytes()),
-            (field::TIME, self.time.as_bytes()),
-            (field::DATACONTENTTYPE, self.datacontenttype.as_bytes()),
+    pub fn to_fields(&self) -> Vec<(&'static str, Cow<'_, [u8]>)> {
+        let mut out: Vec<(&'static str, Cow<'_, [u8]>)> = vec![
+            (field::ID, self.id.as_bytes().into()),
+            (field::SOURCE, self.source.as_bytes().into()),
+            (field::TYPE, self.event_type.as_bytes().into()),
+            (field::SPECVERSION, SPEC_VERSION.as_bytes().into()),
+            (field::TIME, self.time.as_bytes().into()),
+            (field::DATACONTENTTYPE, self.datacontenttype.as_bytes().into()),
         ];
         let optional = [
             (field::SUBJECT, &self.subject),
@@ -187,17 +201,20 @@ impl Event {
         ];
         for (name, value) in optional {
             if let Some(v) = value {
-                out.push((name, v.as_bytes()));
+                out.push((name, v.as_bytes().into()));
             }
         }
-        out.push((field::DATA, &self.data));
+        if let Some(depth) = self.causationdepth {
+            out.push((field::CAUSATIONDEPTH, depth.to_string().into_bytes().into()));
+        }
+        out.push((field::DATA, self.data.as_slice().into()));
         out
     }
 
     /// Append this event's fields, with the schema version, to a Redis command (an `XADD`).
     pub fn write_fields(&self, cmd: &mut redis::Cmd) {
         for (name, value) in self.to_fields() {
-            cmd.arg(name).arg(value);
+            cmd.arg(name).arg(value.as_ref());
         }
         cmd.arg(field::SCHEMAVERSION).arg(self.schemaversion);
     }
@@ -269,6 +286,13 @@ impl Event {
             causationid: get(field::CAUSATIONID)?,
             partitionkey: get(field::PARTITIONKEY)?,
             traceparent: get(field::TRACEPARENT)?,
+            causationdepth: match get(field::CAUSATIONDEPTH)? {
+                None => None,
+                Some(v) => Some(v.parse::<u32>().map_err(|_| InvalidEvent::Malformed {
+                    name: field::CAUSATIONDEPTH,
+                    reason: format!("`{}` is not a non-negative integer", crate::plugin::sandbox::escape(&v)),
+                })?),
+            },
             data,
         })
     }
@@ -302,6 +326,21 @@ mod tests {
             event.to_fields().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect();
         out.push((b"schemaversion".to_vec(), event.schemaversion.to_string().into_bytes()));
         out
+    }
+
+    #[test]
+    fn the_causation_depth_survives_a_stream_entry_and_a_bad_one_is_invalid() {
+        let mut event = Event::new("T", "s", "{}");
+        assert_eq!(Event::from_fields(&fields(&event)).expect("valid").causationdepth, None);
+        event.causationdepth = Some(3);
+        assert_eq!(Event::from_fields(&fields(&event)).expect("valid"), event);
+        let mut bad = fields(&event);
+        for (k, v) in &mut bad {
+            if k == b"causationdepth" {
+                *v = b"-1".to_vec();
+            }
+        }
+        assert!(Event::from_fields(&bad).is_err());
     }
 
     #[test]

@@ -360,6 +360,17 @@ impl Inner {
     /// Call the handler once on a pooled or fresh instance.
     async fn call(&self, job: &Job) -> (Outcome, Health) {
         let limits = &self.grants.limits;
+        // A chain of follow-ups past the maximum depth is a loop (a plugin re-emitting what it
+        // reads): the event is invalid, so it is dead-lettered at once and the chain ends.
+        if let Some(depth) = job.event.causationdepth
+            && depth > crate::event::MAX_CAUSATION_DEPTH
+        {
+            let reason = format!(
+                "causation depth {depth} exceeds the maximum of {}: follow-ups of follow-ups in a loop?",
+                crate::event::MAX_CAUSATION_DEPTH
+            );
+            return (Outcome::Failed { kind: FailureKind::InvalidEvent, reason, delay_hint: None }, Health::Unknown);
+        }
         let idle = if self.reuse() { self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
         let (mut store, bindings, uses) = match idle {
             Some(live) => (live.store, Some(live.bindings), live.uses),
@@ -370,6 +381,7 @@ impl Inner {
             event_id: event.id.clone(),
             correlationid: event.correlationid.clone(),
             stream: job.stream.clone(),
+            depth: event.causationdepth.unwrap_or(0),
         });
         if let Some(fuel) = limits.fuel
             && self.engine.config.fuel

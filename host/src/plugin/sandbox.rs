@@ -48,6 +48,8 @@ pub struct Current {
     pub correlationid: Option<String>,
     /// The stream it came from.
     pub stream: String,
+    /// Its causation depth (0 for a producer's own event); its follow-ups get one more.
+    pub depth: u32,
 }
 
 /// A follow-up event queued through `publish`, written when the handled event is settled.
@@ -348,6 +350,7 @@ impl publish::Host for HostState {
         event.partitionkey = out.partitionkey;
         event.correlationid = Some(self.current.correlationid.clone().unwrap_or_else(|| self.current.event_id.clone()));
         event.causationid = Some(self.current.event_id.clone());
+        event.causationdepth = Some(self.current.depth.saturating_add(1));
         // The rule the consumer side applies to every entry it reads: a follow-up it would
         // refuse is refused here, before it is held.
         let bytes = event.entry_bytes();
@@ -557,7 +560,7 @@ mod tests {
         });
         let rate = LogRate::of(&grants.limits);
         let mut state = HostState::new(grants, rate);
-        state.begin(Current { event_id: "e1".into(), correlationid: None, stream: "events".into() });
+        state.begin(Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0 });
         state
     }
 

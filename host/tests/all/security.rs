@@ -55,3 +55,30 @@ async fn follow_ups_with_huge_fields_are_refused_and_never_held() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A plugin that re-emits what it handles to the stream it reads doubles at every hop; the
+/// chain ends at the maximum causation depth (the `causationdepth` attribute ferry sets on
+/// every follow-up), where the event past it is refused as invalid and so dead-lettered.
+#[tokio::test]
+async fn an_amplifying_chain_is_dead_lettered_past_the_maximum_causation_depth() {
+    let runner = hostile().await;
+    let mut event = act("amplify");
+    let mut hops = 0;
+    loop {
+        assert!(hops <= ferry::event::MAX_CAUSATION_DEPTH + 1, "the chain went on past the maximum depth");
+        match runner.handle(job(event.clone())).await {
+            Outcome::Handled { follow_ups } => {
+                assert_eq!(follow_ups.len(), 2);
+                event = follow_ups[0].event.clone();
+                hops += 1;
+            }
+            Outcome::Failed { kind: FailureKind::InvalidEvent, reason, .. } => {
+                assert!(reason.contains("causation depth"), "{reason}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The producer's event (depth 0) and every follow-up up to the maximum depth ran.
+    assert_eq!(hops, ferry::event::MAX_CAUSATION_DEPTH + 1, "every hop up to the maximum ran");
+}
