@@ -243,8 +243,8 @@ impl Default for RelayConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginFilesConfig {
-    /// Whether a plugin file may grant access: set `config`, `publish_streams` or
-    /// `subscriptions`. Off, only the operator grants (in `[defaults]` and
+    /// Whether a plugin file may grant access: set `config`, `publish_streams`,
+    /// `read_streams` or `subscriptions`. Off, only the operator grants (in `[defaults]` and
     /// `[subscribers.NAME]`). Default true.
     pub grants: bool,
     /// Highest `concurrency` a plugin file may set. Default: no ceiling.
@@ -272,6 +272,7 @@ impl PluginFilesConfig {
             let grants = [
                 ("config", file.config.is_some()),
                 ("publish_streams", file.publish_streams.is_some()),
+                ("read_streams", file.read_streams.is_some()),
                 ("subscriptions", file.subscriptions.is_some()),
             ];
             if let Some((what, _)) = grants.iter().find(|(_, set)| *set) {
@@ -404,6 +405,9 @@ pub struct SubscriberConfig {
     pub config: Option<BTreeMap<String, String>>,
     /// Streams the plugin may publish follow-up events to. Default: none.
     pub publish_streams: Option<Vec<String>>,
+    /// Streams besides the host's `stream` the subscriber may read (its subscriptions may
+    /// name). Default: none, so a plugin reads only the host's stream.
+    pub read_streams: Option<Vec<String>>,
 }
 
 /// Retry policy of a subscriber.
@@ -517,6 +521,8 @@ pub struct Effective {
     pub config: BTreeMap<String, String>,
     /// Streams the plugin may publish to.
     pub publish_streams: Vec<String>,
+    /// Streams besides the host's that the subscriber may read.
+    pub read_streams: Vec<String>,
 }
 
 impl SubscriberConfig {
@@ -532,6 +538,7 @@ impl SubscriberConfig {
             limits: self.limits.or(lower.limits),
             config: self.config.clone().or_else(|| lower.config.clone()),
             publish_streams: self.publish_streams.clone().or_else(|| lower.publish_streams.clone()),
+            read_streams: self.read_streams.clone().or_else(|| lower.read_streams.clone()),
         }
     }
 
@@ -548,6 +555,7 @@ impl SubscriberConfig {
             limits: self.limits.unwrap_or_default(),
             config: self.config.clone().unwrap_or_default(),
             publish_streams: self.publish_streams.clone().unwrap_or_default(),
+            read_streams: self.read_streams.clone().unwrap_or_default(),
         };
         if effective.concurrency == 0 {
             return Err(ConfigError::Invalid("concurrency must be at least 1".into()));

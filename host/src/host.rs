@@ -43,6 +43,12 @@ struct Running {
     loaded_at: SystemTime,
 }
 
+/// Most streams one subscriber may read: each is a reader task, a consumer group and a set of
+/// gauge series.
+pub const MAX_STREAMS: usize = 16;
+/// Most subscriptions one subscriber may have.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+
 /// What `ferry plugins list` and the admin endpoint show of one plugin.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct PluginStatus {
@@ -284,10 +290,33 @@ impl Host {
         if declared.is_empty() {
             return Err(PluginError::NoSubscriptions);
         }
+        if declared.len() > MAX_SUBSCRIPTIONS {
+            return Err(PluginError::NotGranted(format!(
+                "{} subscriptions: at most {MAX_SUBSCRIPTIONS} are accepted",
+                declared.len()
+            )));
+        }
         let mut subscriptions = Vec::new();
+        let mut streams = std::collections::BTreeSet::new();
         for sub in declared {
             let stream = sub.stream.clone().unwrap_or_else(|| self.config.stream.clone());
             keys::check_name("stream", &stream).map_err(PluginError::Subscriptions)?;
+            // Reading is a grant like publishing: a plugin naming another team's stream reads
+            // it only if the operator (or, with plugin_files.grants, the plugin's own file)
+            // lists it in read_streams.
+            if stream != self.config.stream && !effective.read_streams.contains(&stream) {
+                return Err(PluginError::NotGranted(format!(
+                    "reading stream `{}` is not granted: list it in read_streams of [subscribers.{}]",
+                    crate::plugin::sandbox::escape(&stream),
+                    plugin.name
+                )));
+            }
+            streams.insert(stream.clone());
+            if streams.len() > MAX_STREAMS {
+                return Err(PluginError::NotGranted(format!(
+                    "reads more than {MAX_STREAMS} streams: at most {MAX_STREAMS} are accepted"
+                )));
+            }
             subscriptions.push((stream, sub));
         }
         let grants = Arc::new(Grants {

@@ -77,6 +77,9 @@ pub enum PluginError {
     /// It declares no subscription and the operator gave none.
     #[error("declares no subscriptions")]
     NoSubscriptions,
+    /// It would read a stream it was not granted, or too many.
+    #[error("{0}")]
+    NotGranted(String),
 }
 
 /// One subscription, resolved: the plugin wants events of this type/versions from this stream.

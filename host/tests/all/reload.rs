@@ -184,7 +184,9 @@ async fn a_new_plugin_config_changes_the_subscriptions_and_the_subscriber_follow
     let host = ferry::host::Host::start(watched(&env)).await.expect("host");
     let watcher = ferry::reload::watch(host.clone()).expect("watch");
     let mut conn = env.conn().await;
-    let toml = format!("subscriptions = [{{ type = \"Moved\", stream = \"other\" }}]\n{RECORDER_TOML}");
+    let toml = format!(
+        "subscriptions = [{{ type = \"Moved\", stream = \"other\" }}]\nread_streams = [\"other\"]\n{RECORDER_TOML}"
+    );
     let tmp = env.plugins.path().join(".rec.toml.new");
     std::fs::write(&tmp, toml).expect("write");
     std::fs::rename(&tmp, env.plugins.path().join("rec.toml")).expect("rename");

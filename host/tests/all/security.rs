@@ -82,3 +82,44 @@ async fn an_amplifying_chain_is_dead_lettered_past_the_maximum_causation_depth()
     // The producer's event (depth 0) and every follow-up up to the maximum depth ran.
     assert_eq!(hops, ferry::event::MAX_CAUSATION_DEPTH + 1, "every hop up to the maximum ran");
 }
+
+/// Reading a stream is a grant like publishing to one: a plugin (or its own file) naming
+/// another team's stream is refused unless the operator lists it in `read_streams`; the
+/// host's own stream needs no grant, and the number of streams is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_another_stream_needs_a_grant_and_the_count_is_capped() {
+    use crate::support::{Env, RECORDER_TOML};
+    let env = Env::new();
+    let sub = |stream: &str| format!("{{ type = \"*\", stream = \"{stream}\" }}");
+    env.add_plugin("thief", fixtures::RECORDER, &format!("subscriptions = [{}]\n{RECORDER_TOML}", sub("payments")));
+    let many: Vec<String> = (0..=ferry::host::MAX_STREAMS).map(|i| sub(&format!("s{i}"))).collect();
+    let granted: Vec<String> = (0..=ferry::host::MAX_STREAMS).map(|i| format!("\"s{i}\"")).collect();
+    env.add_plugin(
+        "many",
+        fixtures::RECORDER,
+        &format!("subscriptions = [{}]\nread_streams = [{}]\n{RECORDER_TOML}", many.join(", "), granted.join(", ")),
+    );
+    env.add_plugin(
+        "granted",
+        fixtures::RECORDER,
+        &format!(
+            "subscriptions = [{}, {}]\nread_streams = [\"orders\"]\n{RECORDER_TOML}",
+            sub("orders"),
+            sub("events")
+        ),
+    );
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    let state = |name: &str| plugins.iter().find(|p| p.name == name).cloned().expect(name);
+    let thief = state("thief");
+    assert_eq!(thief.state, "refused");
+    let error = thief.error.unwrap_or_default();
+    assert!(error.contains("payments") && error.contains("read_streams"), "{error}");
+    let many = state("many");
+    assert_eq!(many.state, "refused");
+    assert!(many.error.unwrap_or_default().contains("at most"), "capped");
+    let granted = state("granted");
+    assert_eq!(granted.state, "running", "{:?}", granted.error);
+    assert_eq!(granted.subscriptions.len(), 2);
+    host.stop_all().await;
+}
