@@ -731,7 +731,7 @@ fn without_quotes(message: &str) -> String {
             None => out.push(c),
         }
     }
-    crate::plugin::sandbox::truncate(out.trim(), 200).to_string()
+    crate::redact::truncate(out.trim(), 200).to_string()
 }
 
 fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {

@@ -290,7 +290,7 @@ impl Event {
                 None => None,
                 Some(v) => Some(v.parse::<u32>().map_err(|_| InvalidEvent::Malformed {
                     name: field::CAUSATIONDEPTH,
-                    reason: format!("`{}` is not a non-negative integer", crate::plugin::sandbox::escape(&v)),
+                    reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
                 })?),
             },
             data,

@@ -445,29 +445,9 @@ impl LogRate {
     }
 }
 
-/// `text` for an error message or a log line: control characters escaped (a plugin's string
-/// must not forge log lines or reach the operator's terminal as escape sequences) and cut to
-/// 200 bytes.
-pub fn escape(text: &str) -> String {
-    let cut = truncate(text, 200);
-    let mut out: String = cut.chars().flat_map(char::escape_debug).collect();
-    if cut.len() < text.len() {
-        out.push_str("...");
-    }
-    out
-}
+pub use crate::redact::escape;
 
-/// Cut `text` to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+pub use crate::redact::truncate;
 
 /// An output pipe that accepts every write but keeps only the first `capacity` bytes, so a
 /// guest flooding stdout neither blocks nor traps nor grows the host's memory.

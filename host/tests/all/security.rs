@@ -123,3 +123,36 @@ async fn reading_another_stream_needs_a_grant_and_the_count_is_capped() {
     assert_eq!(granted.subscriptions.len(), 2);
     host.stop_all().await;
 }
+
+/// Issue 23, item 9: passwords in Redis and PostgreSQL addresses never reach the terminal:
+/// not in `--help` (clap shows environment values by default), not in connection errors.
+#[test]
+fn credentials_never_appear_in_help_or_errors() {
+    use std::process::Command;
+    let run = |args: &[&str]| {
+        let out = Command::new(crate::support::ferry_bin())
+            .args(args)
+            .env("FERRY_LOG", "warn")
+            .env("FERRY_CACHE_DIR", "")
+            .env("FERRY_REDIS", "redis://ferry:hunter2@127.0.0.1:1")
+            .env("FERRY_POSTGRES", "postgres://ferry:hunter2@127.0.0.1:1/db?password=hunter2")
+            .output()
+            .expect("running ferry");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    for args in [
+        &["run", "--help"][..],
+        &["status", "--help"],
+        &["relay", "--help"],
+        &["demo", "--help"],
+        &["status"],
+        &["status", "--redis", "redis://ferry:hunter2@127.0.0.1:1"],
+        &["status", "--redis", "redis://ferry:hun/ter2@127.0.0.1:1"],
+        &["status", "--cluster", "--redis", "redis://ferry:hunter2@127.0.0.1:1,redis://ferry:hunter2@127.0.0.1:2"],
+        &["relay", "init"],
+        &["relay", "init", "--postgres", "host=127.0.0.1 port=1 user=ferry password=hunter2"],
+    ] {
+        let out = run(args);
+        assert!(!out.contains("hunter2") && !out.contains("ter2"), "ferry {args:?} showed the password:\n{out}");
+    }
+}
