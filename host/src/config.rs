@@ -578,6 +578,15 @@ impl SubscriberConfig {
                 crate::event::MAX_ENTRY_BYTES
             )));
         }
+        let bounded = [
+            ("limits.deadline", effective.limits.deadline, MAX_DEADLINE),
+            ("retry.initial_delay", effective.retry.initial_delay, MAX_DURATION),
+            ("retry.max_delay", effective.retry.max_delay, MAX_DURATION),
+            ("dedupe_window", effective.dedupe_window, MAX_DURATION),
+        ];
+        for (what, value, max) in bounded {
+            check_duration(what, value, max)?;
+        }
         if effective.limits.deadline.is_zero() {
             return Err(ConfigError::Invalid("limits.deadline must be above zero".into()));
         }
@@ -585,7 +594,44 @@ impl SubscriberConfig {
     }
 }
 
+/// Longest `limits.deadline`: a handler call longer than a day is not a handler call.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// Longest of every other duration. Durations are added to clocks and multiplied (`deadline
+/// * 2`, `started + deadline`); bounding them at load means that never overflows (and panics
+/// a task) later.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn check_duration(what: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be at most {} (it is {})",
+            humantime::format_duration(max),
+            humantime::format_duration(value)
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Check the host-wide values (each subscriber's are checked by [`Config::subscriber`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut durations = vec![
+            ("shutdown_grace", self.shutdown_grace),
+            ("durability_timeout", self.durability_timeout),
+            ("read.block", self.read.block),
+            ("read.poll", self.read.poll),
+        ];
+        durations.extend(self.read.claim_idle.map(|d| ("read.claim_idle", d)));
+        if let Some(retention) = &self.retention {
+            durations.push(("retention.interval", retention.interval));
+            durations.extend(retention.max_age.map(|d| ("retention.max_age", d)));
+        }
+        for (what, value) in durations {
+            check_duration(what, value, MAX_DURATION)?;
+        }
+        Ok(())
+    }
+
     /// The partitions of every stream that has more than one.
     pub fn partitions(&self) -> BTreeMap<String, u32> {
         self.streams.iter().filter(|(_, s)| s.partitions > 1).map(|(name, s)| (name.clone(), s.partitions)).collect()
@@ -837,6 +883,34 @@ mod tests {
         }
         let limits_only: SubscriberConfig = toml::from_str("concurrency = 2").expect("file");
         strict.subscriber("a", Some(&limits_only)).expect("settings that grant nothing are fine");
+    }
+
+    /// Issue 23, item 15: `started + deadline` and `deadline * 2` panicked a task on a huge
+    /// value; durations are bounded at load instead.
+    #[test]
+    fn huge_durations_are_refused_at_load_not_panicking_later() {
+        for file in [
+            "[limits]\ndeadline = \"100000000000y\"",
+            "[limits]\ndeadline = \"2days\"",
+            "[retry]\nmax_delay = \"100000000000y\"",
+            "[retry]\ninitial_delay = \"100000000000y\"",
+            "dedupe_window = \"100000000000y\"",
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("parses");
+            let err = Config::default().subscriber("a", Some(&file)).expect_err("refused").to_string();
+            assert!(err.contains("at most"), "{err}");
+        }
+        for text in [
+            "shutdown_grace = \"100000000000y\"",
+            "durability_timeout = \"100000000000y\"",
+            "[read]\nblock = \"100000000000y\"",
+            "[read]\nclaim_idle = \"100000000000y\"",
+            "[retention]\nmax_age = \"100000000000y\"",
+        ] {
+            let config: Config = toml::from_str(text).expect("parses");
+            assert!(config.validate().is_err(), "{text}");
+        }
+        Config::default().validate().expect("the defaults are fine");
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl Host {
     /// Connect and build the engine; no plugin is loaded yet (see [`Host::load_all`]).
     pub async fn new(config: Config) -> anyhow::Result<Arc<Host>> {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
+        config.validate()?;
         let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
         check_partitions(&mut shared, &config).await?;
         let engine = Engine::new(&config.engine)?;
