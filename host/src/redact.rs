@@ -106,6 +106,22 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// `text` with every control character escaped (`\n` as `\\n`, ESC as `\\u{1b}`) and nothing
+/// else changed: for strings from plugins and producers in text logs and terminal output,
+/// where a newline would forge a log line and an ANSI/OSC sequence would reach the operator's
+/// terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .flat_map(|c| -> Box<dyn Iterator<Item = char>> {
+            if c.is_control() { Box::new(c.escape_default()) } else { Box::new(std::iter::once(c)) }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Cut `text` to at most `max` bytes on a character boundary.
 pub fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
@@ -148,5 +164,14 @@ mod tests {
             assert_eq!(redact(text), want, "{text}");
             assert!(!redact(text).contains("hunter2"), "{text}");
         }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_people() {
+        let forged = "ok\n2026-01-01T00:00:00Z ERROR forged line \x1b]0;owned\x07\x1b[2J";
+        let shown = printable(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert!(shown.contains("\\n") && shown.contains("\\u{1b}"), "{shown}");
+        assert_eq!(printable("plain: ünïcode"), "plain: ünïcode");
     }
 }

@@ -76,12 +76,16 @@ async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCo
                     format!("versions {:?}", s.versions)
                 };
                 let stream = s.stream.as_deref().unwrap_or("(default stream)");
-                println!("  subscribes to {} ({versions}) on {stream}", s.event_type);
+                println!(
+                    "  subscribes to {} ({versions}) on {}",
+                    ferry::redact::printable(&s.event_type),
+                    ferry::redact::printable(stream)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
+            eprintln!("{}: {}", file.display(), ferry::redact::printable(&e.to_string()));
             Ok(ExitCode::from(1))
         }
     }

@@ -170,7 +170,7 @@ impl HostState {
                 event_id = %self.current.event_id,
                 dropped_bytes = dropped,
                 "{name}: {}",
-                text.trim_end()
+                crate::redact::printable(text.trim_end())
             );
         }
         if self.log_dropped > 0 && self.rate.admit(&self.grants.subscriber, 0) {
@@ -277,6 +277,8 @@ impl log::Host for HostState {
             return;
         }
         let message = truncate(&message, self.grants.limits.log_line_bytes);
+        // A newline would forge a log line, an escape sequence reach a terminal.
+        let message = crate::redact::printable(message);
         if !self.rate.admit(&self.grants.subscriber, message.len()) {
             return;
         }
