@@ -337,11 +337,16 @@ impl Default for EngineConfig {
 pub struct AdminConfig {
     /// Address to listen on; `""` turns the endpoint off. Default `127.0.0.1:9464`.
     pub listen: String,
+    /// Host names (without port) by which the endpoint may be addressed, besides IP
+    /// addresses and `localhost`. A request whose `Host` header names anything else is
+    /// refused: a web page rebinding its own DNS name to this address cannot read it.
+    /// Default: none.
+    pub hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self { listen: "127.0.0.1:9464".into(), hosts: Vec::new() }
     }
 }
 
