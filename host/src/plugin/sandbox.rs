@@ -119,9 +119,11 @@ impl HostState {
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
         let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances, used: 0 };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter,
             grants,
             rate,
@@ -192,6 +194,12 @@ impl WasiView for HostState {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
+
+/// Most WASI resources (streams, pollables, ...) one instance may hold at once. wasmtime's
+/// default is a million, over 100 MB of host memory the guest's limits do not count, kept
+/// across events by a reused instance; a guest past this gets an error from the import that
+/// would create one more.
+pub const MAX_RESOURCES: usize = 65_536;
 
 /// Host memory a table element costs (a function reference), counted against
 /// `limits.memory` with the linear memories.
@@ -556,6 +564,16 @@ mod tests {
             subject: None,
             partitionkey: None,
         }
+    }
+
+    /// Issue 23, item 10: host memory the guest's limits do not count is bounded too.
+    #[test]
+    fn an_instance_holds_at_most_max_resources_wasi_resources() {
+        let mut state = publisher();
+        for _ in 0..MAX_RESOURCES {
+            state.table.push(()).expect("within the cap");
+        }
+        assert!(state.table.push(()).is_err(), "one more is refused");
     }
 
     /// Issue 23, item 3: only `data` was capped, so 100 follow-ups with a 60 MiB type each
