@@ -601,9 +601,9 @@ impl SubscriberConfig {
 
 /// Longest `limits.deadline`: a handler call longer than a day is not a handler call.
 pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
-/// Longest of every other duration. Durations are added to clocks and multiplied (`deadline
-/// * 2`, `started + deadline`); bounding them at load means that never overflows (and panics
-/// a task) later.
+/// Longest of every other duration. Durations are added to clocks and multiplied (twice the
+/// deadline, `started + deadline`); bounding them at load means that never overflows (and
+/// panics a task) later.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
 fn check_duration(what: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {

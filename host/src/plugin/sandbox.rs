@@ -583,7 +583,8 @@ mod tests {
     fn every_field_of_a_follow_up_is_capped() {
         use publish::Host as _;
         let huge = "t".repeat(event::MAX_ATTRIBUTE_BYTES + 1);
-        let cases: [(&str, Box<dyn Fn(&mut types::OutgoingEvent)>); 5] = [
+        type Set<'a> = Box<dyn Fn(&mut types::OutgoingEvent) + 'a>;
+        let cases: [(&str, Set<'_>); 5] = [
             ("type", Box::new(|o| o.event_type = huge.clone())),
             ("subject", Box::new(|o| o.subject = Some(huge.clone()))),
             ("partition key", Box::new(|o| o.partitionkey = Some(huge.clone()))),
