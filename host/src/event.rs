@@ -50,6 +50,9 @@ pub mod field {
     /// ferry's extension: hops of follow-ups from an event a producer wrote (absent: 0), set
     /// by the host on every follow-up and bounded by [`super::MAX_CAUSATION_DEPTH`].
     pub const CAUSATIONDEPTH: &str = "causationdepth";
+    /// ferry's extension: how many more descendants the event may have (absent: the whole
+    /// [`super::CAUSATION_BUDGET`]), set by the host on every follow-up.
+    pub const CAUSATIONBUDGET: &str = "causationbudget";
     /// The payload.
     pub const DATA: &str = "data";
 }
@@ -114,6 +117,12 @@ pub struct Event {
     /// Set by the host on follow-ups; see [`MAX_CAUSATION_DEPTH`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causationdepth: Option<u32>,
+    /// How many more descendants this event may have; `None`: [`CAUSATION_BUDGET`]. Set by
+    /// the host on follow-ups: an event with budget `b` publishing `n` follow-ups (at most
+    /// `b`) gives each `(b - n) / n`, so all descendants of a producer's event together stay
+    /// within its budget however the tree branches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationbudget: Option<u32>,
     /// Serialized payload.
     #[serde(with = "data_as_text")]
     pub data: Vec<u8>,
@@ -152,6 +161,10 @@ pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
 /// cannot amplify without bound.
 pub const MAX_CAUSATION_DEPTH: u32 = 32;
 
+/// How many descendants (follow-ups, their follow-ups, ...) one event a producer wrote may
+/// have in all: see `causationbudget`.
+pub const CAUSATION_BUDGET: u32 = 10_000;
+
 impl Event {
     /// The bytes of the stream entry this event is written as (field names and values, the
     /// schema version included): what [`MAX_ENTRY_BYTES`] bounds.
@@ -177,6 +190,7 @@ impl Event {
             partitionkey: None,
             traceparent: None,
             causationdepth: None,
+            causationbudget: None,
             data: data.into(),
         }
     }
@@ -207,6 +221,9 @@ impl Event {
         if let Some(depth) = self.causationdepth {
             out.push((field::CAUSATIONDEPTH, depth.to_string().into_bytes().into()));
         }
+        if let Some(budget) = self.causationbudget {
+            out.push((field::CAUSATIONBUDGET, budget.to_string().into_bytes().into()));
+        }
         out.push((field::DATA, self.data.as_slice().into()));
         out
     }
@@ -231,6 +248,15 @@ impl Event {
                 Some((_, v)) => String::from_utf8(v.clone())
                     .map(Some)
                     .map_err(|_| InvalidEvent::Malformed { name, reason: "not UTF-8".into() }),
+            }
+        };
+        let counter = |name: &'static str| -> Result<Option<u32>, InvalidEvent> {
+            match get(name)? {
+                None => Ok(None),
+                Some(v) => v.parse::<u32>().map(Some).map_err(|_| InvalidEvent::Malformed {
+                    name,
+                    reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
+                }),
             }
         };
         let required = |name: &'static str| -> Result<String, InvalidEvent> {
@@ -286,13 +312,8 @@ impl Event {
             causationid: get(field::CAUSATIONID)?,
             partitionkey: get(field::PARTITIONKEY)?,
             traceparent: get(field::TRACEPARENT)?,
-            causationdepth: match get(field::CAUSATIONDEPTH)? {
-                None => None,
-                Some(v) => Some(v.parse::<u32>().map_err(|_| InvalidEvent::Malformed {
-                    name: field::CAUSATIONDEPTH,
-                    reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
-                })?),
-            },
+            causationdepth: counter(field::CAUSATIONDEPTH)?,
+            causationbudget: counter(field::CAUSATIONBUDGET)?,
             data,
         })
     }
@@ -333,6 +354,7 @@ mod tests {
         let mut event = Event::new("T", "s", "{}");
         assert_eq!(Event::from_fields(&fields(&event)).expect("valid").causationdepth, None);
         event.causationdepth = Some(3);
+        event.causationbudget = Some(42);
         assert_eq!(Event::from_fields(&fields(&event)).expect("valid"), event);
         let mut bad = fields(&event);
         for (k, v) in &mut bad {

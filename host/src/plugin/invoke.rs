@@ -382,6 +382,9 @@ impl Inner {
             correlationid: event.correlationid.clone(),
             stream: job.stream.clone(),
             depth: event.causationdepth.unwrap_or(0),
+            budget: event
+                .causationbudget
+                .map_or(crate::event::CAUSATION_BUDGET, |b| b.min(crate::event::CAUSATION_BUDGET)),
         });
         if let Some(fuel) = limits.fuel
             && self.engine.config.fuel
@@ -457,7 +460,16 @@ impl Inner {
         };
         match result {
             Ok(Ok(())) => {
-                let follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
+                let mut follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
+                // Split what is left of the budget among the follow-ups (send kept their
+                // number within it), so the whole tree stays within the root's budget.
+                let n = follow_ups.len() as u32;
+                if n > 0 {
+                    let share = store.data().current.budget.saturating_sub(n) / n;
+                    for f in &mut follow_ups {
+                        f.event.causationbudget = Some(share);
+                    }
+                }
                 keep(store);
                 (Outcome::Handled { follow_ups }, Health::Healthy)
             }

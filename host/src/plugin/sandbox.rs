@@ -50,6 +50,8 @@ pub struct Current {
     pub stream: String,
     /// Its causation depth (0 for a producer's own event); its follow-ups get one more.
     pub depth: u32,
+    /// How many follow-ups it may still have in its chain (see `Event::causationbudget`).
+    pub budget: u32,
 }
 
 /// A follow-up event queued through `publish`, written when the handled event is settled.
@@ -342,6 +344,13 @@ impl publish::Host for HostState {
             return Err(format!("publishing to stream `{}` is not allowed for this plugin", escape(&stream)));
         }
         keys::check_name("stream", &stream)?;
+        if self.follow_ups.len() as u64 >= u64::from(self.current.budget) {
+            return Err(format!(
+                "causation budget exhausted: this event may have {} more follow-ups in its chain (all descendants of a producer's event share {})",
+                self.current.budget,
+                event::CAUSATION_BUDGET
+            ));
+        }
         if self.follow_ups.len() >= limits.publish_count {
             return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
         }
@@ -550,7 +559,13 @@ mod tests {
         });
         let rate = LogRate::of(&grants.limits);
         let mut state = HostState::new(grants, rate);
-        state.begin(Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0 });
+        state.begin(Current {
+            event_id: "e1".into(),
+            correlationid: None,
+            stream: "events".into(),
+            depth: 0,
+            budget: 10,
+        });
         state
     }
 

@@ -56,19 +56,49 @@ async fn follow_ups_with_huge_fields_are_refused_and_never_held() {
     }
 }
 
-/// A plugin that re-emits what it handles to the stream it reads doubles at every hop; the
+/// A depth limit alone does not bound a plugin that re-emits what it handles twice: 2^32
+/// events before the depth ends it. The causation budget does: every descendant of a
+/// producer's event is counted against its budget, so the whole tree stays within
+/// `CAUSATION_BUDGET` events, and the event whose follow-ups would exceed it is refused the
+/// `send` (the SDK's `?` makes that a reject, so it is dead-lettered).
+#[tokio::test]
+async fn an_amplifying_tree_of_follow_ups_stays_within_the_causation_budget() {
+    let runner = hostile().await;
+    let mut queue = std::collections::VecDeque::from([act("amplify")]);
+    let (mut handled, mut failed) = (0u64, 0u64);
+    while let Some(event) = queue.pop_front() {
+        assert!(handled <= u64::from(ferry::event::CAUSATION_BUDGET) + 1, "the tree grew past the budget");
+        match runner.handle(job(event)).await {
+            Outcome::Handled { follow_ups } => {
+                handled += 1;
+                queue.extend(follow_ups.into_iter().map(|f| f.event));
+            }
+            // The SDK turns the refused `send` into a reject: dead-lettered at once.
+            Outcome::Failed { kind: FailureKind::HandlerReject, reason, .. } => {
+                assert!(reason.contains("causation budget"), "{reason}");
+                failed += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Every descendant ran or was refused; the root is not a descendant.
+    assert!(handled - 1 + failed <= u64::from(ferry::event::CAUSATION_BUDGET), "{handled} handled, {failed} failed");
+    assert!(failed > 0, "the leaves that wanted more were refused");
+}
+
+/// A plugin that re-emits what it handles once, to the stream it reads, loops forever; the
 /// chain ends at the maximum causation depth (the `causationdepth` attribute ferry sets on
 /// every follow-up), where the event past it is refused as invalid and so dead-lettered.
 #[tokio::test]
-async fn an_amplifying_chain_is_dead_lettered_past_the_maximum_causation_depth() {
+async fn a_loop_of_follow_ups_is_dead_lettered_past_the_maximum_causation_depth() {
     let runner = hostile().await;
-    let mut event = act("amplify");
+    let mut event = act("echo");
     let mut hops = 0;
     loop {
         assert!(hops <= ferry::event::MAX_CAUSATION_DEPTH + 1, "the chain went on past the maximum depth");
         match runner.handle(job(event.clone())).await {
             Outcome::Handled { follow_ups } => {
-                assert_eq!(follow_ups.len(), 2);
+                assert_eq!(follow_ups.len(), 1);
                 event = follow_ups[0].event.clone();
                 hops += 1;
             }

@@ -9,7 +9,7 @@
 //
 //   huge_reason (a retry with an 8 MiB reason) | huge_follow_ups (100 follow-ups with a
 //   1 MiB type, subject and partition key each) | amplify (two copies of the event itself to
-//   the stream it came from, so the chain doubles at every hop)
+//   the stream it came from, so the chain doubles at every hop) | echo (one copy: a loop)
 
 use ferry_plugin_sdk::publish::{self, Outgoing};
 use ferry_plugin_sdk::{Error, Event, Handler, Result, Subscription, log};
@@ -57,8 +57,9 @@ impl Handler for Hostile {
                     let _ = publish::send(Outgoing::bytes(&huge, b"{}".to_vec()).key(&huge));
                 }
             }
-            "amplify" => {
-                for _ in 0..2 {
+            "amplify" | "echo" => {
+                let copies = if data.get("act").and_then(Value::as_str) == Some("echo") { 1 } else { 2 };
+                for _ in 0..copies {
                     publish::send(Outgoing::bytes(event.event_type(), event.data().to_vec()).to_stream(event.stream()))?;
                 }
             }
