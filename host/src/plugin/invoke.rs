@@ -463,9 +463,8 @@ impl Inner {
                 let mut follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
                 // Split what is left of the budget among the follow-ups (send kept their
                 // number within it), so the whole tree stays within the root's budget.
-                let n = follow_ups.len() as u32;
-                if n > 0 {
-                    let share = store.data().current.budget.saturating_sub(n) / n;
+                let n = u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
+                if let Some(share) = store.data().current.budget.saturating_sub(n).checked_div(n) {
                     for f in &mut follow_ups {
                         f.event.causationbudget = Some(share);
                     }
