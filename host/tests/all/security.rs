@@ -186,3 +186,21 @@ fn credentials_never_appear_in_help_or_errors() {
         assert!(!out.contains("hunter2") && !out.contains("ter2"), "ferry {args:?} showed the password:\n{out}");
     }
 }
+
+/// The same through the plugin's own `subscriptions()` export: 100,000 streams declared, even
+/// all granted, are refused at load; the host and a neighbour run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_declaring_100000_streams_is_refused_and_the_host_runs_on() {
+    use crate::support::{Env, RECORDER_TOML};
+    let env = Env::new();
+    env.add_plugin("streams", fixtures::HOSTILE_LOAD_STREAMS, RECORDER_TOML);
+    env.add_plugin("good", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    let state = |name: &str| plugins.iter().find(|p| p.name == name).cloned().expect(name);
+    let streams = state("streams");
+    assert_eq!(streams.state, "refused");
+    assert!(streams.error.unwrap_or_default().contains("at most"), "capped");
+    assert_eq!(state("good").state, "running");
+    host.stop_all().await;
+}

@@ -1,6 +1,7 @@
 // A plugin that attacks the host's time rather than its authority (issue 12). Its
 // `subscriptions()` misbehaves according to `AT_LOAD` (fixed at build time: the export takes
-// no input), and its handler according to the payload's `act`:
+// no input: sleep, loop, or streams, 100,000 of them), and its handler according to the
+// payload's `act`:
 //
 //   ok | sleep (`ms`, in a WASI host call) | loop | recurse (deep recursion through the
 //   shadow stack in linear memory) | log_flood (1 MB lines until stopped)
@@ -32,6 +33,7 @@ impl Handler for Hostile {
             "loop" => loop {
                 std::hint::black_box(0);
             },
+            "streams" => return (0..100_000).map(|i| Subscription::to("*").on_stream(format!("s{i}"))).collect(),
             _ => {}
         }
         vec![Subscription::to("Hostile")]
