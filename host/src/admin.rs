@@ -53,6 +53,9 @@ pub fn router(host: Arc<Host>) -> Router {
         .with_state(host)
 }
 
+/// Longest a request may take to answer once its headers are read.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Refuse a request whose `Host` names something other than an IP address, `localhost` or
 /// one of `admin.hosts` (see the module docs).
 async fn check_host(
@@ -62,7 +65,11 @@ async fn check_host(
 ) -> axum::response::Response {
     let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
     if host.is_none_or(|h| admits(&allowed, h)) {
-        next.run(request).await
+        // A handler waiting on a stalled Redis must not hold the connection forever.
+        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
+        }
     } else {
         (StatusCode::MISDIRECTED_REQUEST, "this endpoint does not answer to that host name (admin.hosts)\n")
             .into_response()
