@@ -33,6 +33,19 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A plugin's own file is not valid TOML for this schema. Says where, never what: the
+    /// file is the plugin author's, and its text must not reach logs or the admin endpoint.
+    #[error("invalid plugin configuration in {path} at line {line}, column {column}: {message}")]
+    PluginFile {
+        /// The file.
+        path: PathBuf,
+        /// Line of the error, from 1.
+        line: usize,
+        /// Column of the error, from 1.
+        column: usize,
+        /// The parser's message with every quoted fragment of the file left out.
+        message: String,
+    },
 }
 
 /// The host configuration file.
@@ -65,6 +78,11 @@ pub struct Config {
     /// Directory for compiled plugins, so restarts skip compilation. Default
     /// `$XDG_CACHE_HOME/ferry` or `~/.cache/ferry`; `""` turns the cache off.
     pub cache_dir: Option<PathBuf>,
+    /// File holding the secret that authenticates compiled-artifact cache entries (32 bytes,
+    /// mode 0600, created on first use). Kept outside the cache directory: whoever can write
+    /// the cache must not be able to read it. Default `$XDG_STATE_HOME/ferry/cache.key` or
+    /// `~/.local/state/ferry/cache.key` (else `CACHE_DIR.key` beside the cache directory).
+    pub cache_key: Option<PathBuf>,
     /// Watch the plugin directory and reload changed plugins. Default true.
     pub watch: bool,
     /// How long to wait for in-flight events on shutdown before leaving them pending. Default `10s`.
@@ -80,6 +98,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Defaults for every subscriber.
     pub defaults: SubscriberConfig,
+    /// What a plugin's own `NAME.toml` may ask for (the operator's `[subscribers.NAME]` is
+    /// not bounded by it).
+    pub plugin_files: PluginFilesConfig,
     /// Per-subscriber settings, by plugin name.
     pub subscribers: BTreeMap<String, SubscriberConfig>,
     /// Per-stream settings, by stream name (`[streams.orders]`).
@@ -116,6 +137,7 @@ impl Default for Config {
             stream: "events".into(),
             consumer: None,
             cache_dir: None,
+            cache_key: None,
             watch: true,
             shutdown_grace: Duration::from_secs(10),
             read: ReadConfig::default(),
@@ -123,6 +145,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             admin: AdminConfig::default(),
             defaults: SubscriberConfig::default(),
+            plugin_files: PluginFilesConfig::default(),
             subscribers: BTreeMap::new(),
             streams: BTreeMap::new(),
             relay: None,
@@ -220,6 +243,79 @@ impl Default for RelayConfig {
     }
 }
 
+/// What a plugin's own `NAME.toml` (written by the plugin's authors, beside its `.wasm`) may
+/// ask for. A file asking for more is refused with a message naming the key; the plugin then
+/// does not run (or its running version stays).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginFilesConfig {
+    /// Whether a plugin file may grant access: set `config`, `publish_streams`,
+    /// `read_streams` or `subscriptions`. Off, only the operator grants (in `[defaults]` and
+    /// `[subscribers.NAME]`). Default true.
+    pub grants: bool,
+    /// Highest `concurrency` a plugin file may set. Default: no ceiling.
+    pub max_concurrency: Option<usize>,
+    /// Highest value of each limit a plugin file may set (`memory`, `deadline`, `fuel`,
+    /// `instances`, `stdio_bytes`, `log_*`, `publish_count`, `publish_bytes`). Fields left out
+    /// here take their built-in defaults, and a plugin file's `[limits]` fields left out take
+    /// theirs too. Default: no ceiling.
+    pub max_limits: Option<LimitsConfig>,
+}
+
+impl Default for PluginFilesConfig {
+    fn default() -> Self {
+        Self { grants: true, max_concurrency: None, max_limits: None }
+    }
+}
+
+impl PluginFilesConfig {
+    /// Refuse what `file` asks for beyond what the operator allows plugin files.
+    pub fn check(&self, file: &SubscriberConfig) -> Result<(), ConfigError> {
+        let refuse = |what: &str, why: String| {
+            Err(ConfigError::Invalid(format!("the plugin's own file may not set {what}: {why}")))
+        };
+        if !self.grants {
+            let grants = [
+                ("config", file.config.is_some()),
+                ("publish_streams", file.publish_streams.is_some()),
+                ("read_streams", file.read_streams.is_some()),
+                ("subscriptions", file.subscriptions.is_some()),
+            ];
+            if let Some((what, _)) = grants.iter().find(|(_, set)| *set) {
+                return refuse(what, "plugin_files.grants is off (grant it in [subscribers.NAME])".into());
+            }
+        }
+        if let (Some(max), Some(asked)) = (self.max_concurrency, file.concurrency)
+            && asked > max
+        {
+            return refuse("concurrency", format!("{asked} is above plugin_files.max_concurrency ({max})"));
+        }
+        if let (Some(max), Some(asked)) = (&self.max_limits, &file.limits) {
+            let unmetered = |fuel: Option<u64>| fuel.map_or(u128::MAX, u128::from);
+            let limits: [(&str, u128, u128); 11] = [
+                ("memory", asked.memory.into(), max.memory.into()),
+                ("deadline", asked.deadline.as_nanos(), max.deadline.as_nanos()),
+                ("fuel", unmetered(asked.fuel), unmetered(max.fuel)),
+                ("instances", asked.instances as u128, max.instances as u128),
+                ("stdio_bytes", asked.stdio_bytes as u128, max.stdio_bytes as u128),
+                ("log_lines", asked.log_lines.into(), max.log_lines.into()),
+                ("log_line_bytes", asked.log_line_bytes as u128, max.log_line_bytes as u128),
+                ("log_rate_lines", asked.log_rate_lines.into(), max.log_rate_lines.into()),
+                ("log_rate_bytes", asked.log_rate_bytes.into(), max.log_rate_bytes.into()),
+                ("publish_count", asked.publish_count as u128, max.publish_count as u128),
+                ("publish_bytes", asked.publish_bytes as u128, max.publish_bytes as u128),
+            ];
+            if let Some((what, _, _)) = limits.iter().find(|(_, asked, max)| asked > max) {
+                return refuse(
+                    &format!("limits.{what}"),
+                    format!("above plugin_files.max_limits.{what} (a value left out takes its default)"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Engine-wide settings (wasmtime cannot vary these per plugin).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -247,11 +343,16 @@ impl Default for EngineConfig {
 pub struct AdminConfig {
     /// Address to listen on; `""` turns the endpoint off. Default `127.0.0.1:9464`.
     pub listen: String,
+    /// Host names (without port) by which the endpoint may be addressed, besides IP
+    /// addresses and `localhost`. A request whose `Host` header names anything else is
+    /// refused: a web page rebinding its own DNS name to this address cannot read it.
+    /// Default: none.
+    pub hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self { listen: "127.0.0.1:9464".into(), hosts: Vec::new() }
     }
 }
 
@@ -315,6 +416,9 @@ pub struct SubscriberConfig {
     pub config: Option<BTreeMap<String, String>>,
     /// Streams the plugin may publish follow-up events to. Default: none.
     pub publish_streams: Option<Vec<String>>,
+    /// Streams besides the host's `stream` the subscriber may read (its subscriptions may
+    /// name). Default: none, so a plugin reads only the host's stream.
+    pub read_streams: Option<Vec<String>>,
 }
 
 /// Retry policy of a subscriber.
@@ -428,6 +532,8 @@ pub struct Effective {
     pub config: BTreeMap<String, String>,
     /// Streams the plugin may publish to.
     pub publish_streams: Vec<String>,
+    /// Streams besides the host's that the subscriber may read.
+    pub read_streams: Vec<String>,
 }
 
 impl SubscriberConfig {
@@ -443,6 +549,7 @@ impl SubscriberConfig {
             limits: self.limits.or(lower.limits),
             config: self.config.clone().or_else(|| lower.config.clone()),
             publish_streams: self.publish_streams.clone().or_else(|| lower.publish_streams.clone()),
+            read_streams: self.read_streams.clone().or_else(|| lower.read_streams.clone()),
         }
     }
 
@@ -459,6 +566,7 @@ impl SubscriberConfig {
             limits: self.limits.unwrap_or_default(),
             config: self.config.clone().unwrap_or_default(),
             publish_streams: self.publish_streams.clone().unwrap_or_default(),
+            read_streams: self.read_streams.clone().unwrap_or_default(),
         };
         if effective.concurrency == 0 {
             return Err(ConfigError::Invalid("concurrency must be at least 1".into()));
@@ -475,6 +583,21 @@ impl SubscriberConfig {
         {
             return Err(ConfigError::Invalid("retry.multiplier must be >= 1 and retry.jitter in 0..=1".into()));
         }
+        if effective.limits.publish_bytes > crate::event::MAX_ENTRY_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "limits.publish_bytes must be at most {} (the largest entry a consumer accepts)",
+                crate::event::MAX_ENTRY_BYTES
+            )));
+        }
+        let bounded = [
+            ("limits.deadline", effective.limits.deadline, MAX_DEADLINE),
+            ("retry.initial_delay", effective.retry.initial_delay, MAX_DURATION),
+            ("retry.max_delay", effective.retry.max_delay, MAX_DURATION),
+            ("dedupe_window", effective.dedupe_window, MAX_DURATION),
+        ];
+        for (what, value, max) in bounded {
+            check_duration(what, value, max)?;
+        }
         if effective.limits.deadline.is_zero() {
             return Err(ConfigError::Invalid("limits.deadline must be above zero".into()));
         }
@@ -482,7 +605,44 @@ impl SubscriberConfig {
     }
 }
 
+/// Longest `limits.deadline`: a handler call longer than a day is not a handler call.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+/// Longest of every other duration. Durations are added to clocks and multiplied (twice the
+/// deadline, `started + deadline`); bounding them at load means that never overflows (and
+/// panics a task) later.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+fn check_duration(what: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must be at most {} (it is {})",
+            humantime::format_duration(max),
+            humantime::format_duration(value)
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Check the host-wide values (each subscriber's are checked by [`Config::subscriber`]).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut durations = vec![
+            ("shutdown_grace", self.shutdown_grace),
+            ("durability_timeout", self.durability_timeout),
+            ("read.block", self.read.block),
+            ("read.poll", self.read.poll),
+        ];
+        durations.extend(self.read.claim_idle.map(|d| ("read.claim_idle", d)));
+        if let Some(retention) = &self.retention {
+            durations.push(("retention.interval", retention.interval));
+            durations.extend(retention.max_age.map(|d| ("retention.max_age", d)));
+        }
+        for (what, value) in durations {
+            check_duration(what, value, MAX_DURATION)?;
+        }
+        Ok(())
+    }
+
     /// The partitions of every stream that has more than one.
     pub fn partitions(&self) -> BTreeMap<String, u32> {
         self.streams.iter().filter(|(_, s)| s.partitions > 1).map(|(name, s)| (name.clone(), s.partitions)).collect()
@@ -507,6 +667,7 @@ impl Config {
     pub fn subscriber(&self, name: &str, plugin_file: Option<&SubscriberConfig>) -> Result<Effective, ConfigError> {
         let mut merged = self.defaults.clone();
         if let Some(file) = plugin_file {
+            self.plugin_files.check(file)?;
             merged = file.over(&merged);
         }
         if let Some(host) = self.subscribers.get(name) {
@@ -543,9 +704,91 @@ impl Config {
     }
 }
 
-/// Read a plugin's own `NAME.toml`.
-pub fn load_plugin_file(path: &Path) -> Result<SubscriberConfig, ConfigError> {
-    parse_file(path)
+impl Config {
+    /// The file holding the cache's secret, for the cache in `dir`.
+    pub fn cache_key_file(&self, dir: &Path) -> PathBuf {
+        if let Some(key) = &self.cache_key {
+            return key.clone();
+        }
+        let state = std::env::var_os("XDG_STATE_HOME")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+        match state {
+            Some(state) => state.join("ferry/cache.key"),
+            None => {
+                let mut beside = dir.as_os_str().to_owned();
+                beside.push(".key");
+                PathBuf::from(beside)
+            }
+        }
+    }
+}
+
+/// Largest plugin file read (a link to `/dev/zero` must not fill the host's memory).
+const MAX_PLUGIN_FILE_BYTES: u64 = 1 << 20;
+
+/// Read a plugin's own `NAME.toml` at `path` in `plugin_dir`. The file is the plugin author's,
+/// not the operator's: a symbolic link is followed only to a file inside the plugin directory
+/// (a ConfigMap mount), the file must be a regular file of at most 1 MiB, and a parse error
+/// says where, never what (the text could be the host's environment or its own config).
+pub fn load_plugin_file(plugin_dir: &Path, path: &Path) -> Result<SubscriberConfig, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let read = |source| ConfigError::Read { path: path.into(), source };
+    let refuse = |why: &str| ConfigError::Invalid(format!("{}: {why}", path.display()));
+    let meta = std::fs::symlink_metadata(path).map_err(read)?;
+    let real = if meta.file_type().is_symlink() {
+        let real = std::fs::canonicalize(path).map_err(read)?;
+        let dir = std::fs::canonicalize(plugin_dir).map_err(read)?;
+        if !real.starts_with(&dir) {
+            return Err(refuse("a symbolic link to a file outside the plugin directory: refused"));
+        }
+        real
+    } else {
+        path.to_path_buf()
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&real)
+        .map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() {
+        return Err(refuse("not a regular file"));
+    }
+    if meta.len() > MAX_PLUGIN_FILE_BYTES {
+        return Err(refuse("larger than 1 MiB"));
+    }
+    let mut text = String::new();
+    file.take(MAX_PLUGIN_FILE_BYTES).read_to_string(&mut text).map_err(read)?;
+    toml::from_str(&text).map_err(|e| {
+        let start = e.span().map_or(0, |span| span.start).min(text.len());
+        let before = text.get(..start).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError::PluginFile { path: path.into(), line, column, message: without_quotes(e.message()) }
+    })
+}
+
+/// `message` with every quoted fragment (`` `..` ``, `".."`, `'..'`) replaced by `…`, control
+/// characters dropped, cut to 200 bytes: what is left is the parser's own words.
+fn without_quotes(message: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '`' | '"' | '\'') => {
+                quote = Some(c);
+                out.push('…');
+            }
+            None if c.is_control() => out.push(' '),
+            None => out.push(c),
+        }
+    }
+    crate::redact::truncate(out.trim(), 200).to_string()
 }
 
 fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
@@ -581,6 +824,104 @@ mod tests {
         let b = config.subscriber("b", None).expect("resolves");
         assert_eq!(b.concurrency, 2);
         assert_eq!(b.retry, RetryConfig::default());
+    }
+
+    /// Issue 23, item 5: `x.toml -> /proc/self/environ` (or `-> ../ferry.toml`) made toml's
+    /// error quote the host's secrets into `/api/plugins`, the status page and the log.
+    #[test]
+    fn a_plugin_file_is_read_only_inside_the_plugin_dir_and_its_content_never_echoed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).expect("plugins");
+        let secret = dir.path().join("ferry.toml");
+        std::fs::write(&secret, "redis = \"redis://ferry:hunter2@db:6379\"\nFERRY_REDIS=redis://ferry:hunter2@db")
+            .expect("secret");
+        let outside = plugins.join("x.toml");
+        std::os::unix::fs::symlink(&secret, &outside).expect("symlink");
+        let err = load_plugin_file(&plugins, &outside).expect_err("outside the plugin dir").to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("outside the plugin directory"), "{err}");
+        // A link that stays inside the plugin dir (a Kubernetes ConfigMap mount) is fine.
+        std::fs::write(plugins.join("real.toml"), "concurrency = 2").expect("real");
+        std::os::unix::fs::symlink("real.toml", plugins.join("y.toml")).expect("symlink");
+        assert_eq!(load_plugin_file(&plugins, &plugins.join("y.toml")).expect("inside").concurrency, Some(2));
+        // Invalid content inside the dir: where, never what.
+        std::fs::copy(&secret, plugins.join("z.toml")).expect("copy");
+        let err = load_plugin_file(&plugins, &plugins.join("z.toml")).expect_err("invalid").to_string();
+        assert!(!err.contains("hunter2") && !err.contains("FERRY_REDIS"), "{err}");
+        assert!(err.contains("line"), "says where: {err}");
+    }
+
+    #[test]
+    fn a_plugin_file_cannot_grant_itself_more_than_the_operator_allows() {
+        let config: Config = toml::from_str(
+            r#"
+            [plugin_files]
+            max_concurrency = 4
+            [plugin_files.max_limits]
+            deadline = "10s"
+            publish_count = 10
+            "#,
+        )
+        .expect("valid config");
+        let ok: SubscriberConfig =
+            toml::from_str("concurrency = 4\n[limits]\ndeadline = \"2s\"\npublish_count = 5").expect("file");
+        config.subscriber("a", Some(&ok)).expect("within the ceilings");
+        for (what, file) in [
+            ("concurrency", "concurrency = 64"),
+            ("limits.deadline", "[limits]\ndeadline = \"1h\""),
+            ("limits.publish_count", "[limits]\npublish_count = 100000"),
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("file");
+            let err = config.subscriber("a", Some(&file)).expect_err(what).to_string();
+            assert!(err.contains(what), "names the key: {err}");
+        }
+        // The operator's own [subscribers.a] is not bounded by them.
+        let mut host = config.clone();
+        host.subscribers.insert("a".into(), toml::from_str("concurrency = 64").expect("host"));
+        assert_eq!(host.subscriber("a", None).expect("operator").concurrency, 64);
+
+        // And with grants off, a plugin file may not grant itself config, streams or reads.
+        let strict: Config = toml::from_str("[plugin_files]\ngrants = false").expect("valid config");
+        for (what, file) in [
+            ("publish_streams", "publish_streams = [\"payments\"]"),
+            ("config", "[config]\ntoken = \"x\""),
+            ("subscriptions", "[[subscriptions]]\ntype = \"*\"\nstream = \"payments\""),
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("file");
+            let err = strict.subscriber("a", Some(&file)).expect_err(what).to_string();
+            assert!(err.contains(what), "{err}");
+        }
+        let limits_only: SubscriberConfig = toml::from_str("concurrency = 2").expect("file");
+        strict.subscriber("a", Some(&limits_only)).expect("settings that grant nothing are fine");
+    }
+
+    /// Issue 23, item 15: `started + deadline` and `deadline * 2` panicked a task on a huge
+    /// value; durations are bounded at load instead.
+    #[test]
+    fn huge_durations_are_refused_at_load_not_panicking_later() {
+        for file in [
+            "[limits]\ndeadline = \"100000000000y\"",
+            "[limits]\ndeadline = \"2days\"",
+            "[retry]\nmax_delay = \"100000000000y\"",
+            "[retry]\ninitial_delay = \"100000000000y\"",
+            "dedupe_window = \"100000000000y\"",
+        ] {
+            let file: SubscriberConfig = toml::from_str(file).expect("parses");
+            let err = Config::default().subscriber("a", Some(&file)).expect_err("refused").to_string();
+            assert!(err.contains("at most"), "{err}");
+        }
+        for text in [
+            "shutdown_grace = \"100000000000y\"",
+            "durability_timeout = \"100000000000y\"",
+            "[read]\nblock = \"100000000000y\"",
+            "[read]\nclaim_idle = \"100000000000y\"",
+            "[retention]\nmax_age = \"100000000000y\"",
+        ] {
+            let config: Config = toml::from_str(text).expect("parses");
+            assert!(config.validate().is_err(), "{text}");
+        }
+        Config::default().validate().expect("the defaults are fine");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::redact::redact;
 use anyhow::Context as _;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -39,8 +40,8 @@ impl Target {
     /// For messages.
     pub fn describe(&self) -> String {
         match self {
-            Self::Node(url) => url.clone(),
-            Self::Cluster(seeds) => format!("the cluster at {}", seeds.join(",")),
+            Self::Node(url) => crate::redact::redact(url),
+            Self::Cluster(seeds) => format!("the cluster at {}", crate::redact::redact(&seeds.join(","))),
         }
     }
 }
@@ -101,7 +102,12 @@ impl Redis {
     pub fn open(target: &Target) -> anyhow::Result<Self> {
         Ok(match target {
             Target::Node(url) => {
-                Self::Node(redis::Client::open(url.as_str()).with_context(|| format!("invalid Redis URL {url:?}"))?)
+                // Neither the URL nor the parser's message (which may quote it) is shown as is.
+                Self::Node(
+                    redis::Client::open(url.as_str()).map_err(|e| {
+                        anyhow::anyhow!("invalid Redis URL {}: {}", redact(url), redact(&e.to_string()))
+                    })?,
+                )
             }
             Target::Cluster(seeds) => {
                 anyhow::ensure!(!seeds.is_empty(), "--cluster needs at least one seed node in --redis");
@@ -118,7 +124,13 @@ impl Redis {
                         // comes back is added again by the next topology refresh.
                         .max_connection_attempts(std::num::NonZeroUsize::new(8).expect("8 > 0"))
                         .build()
-                        .with_context(|| format!("invalid Redis Cluster seeds {seeds:?}"))?,
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "invalid Redis Cluster seeds {}: {}",
+                                redact(&seeds.join(",")),
+                                redact(&e.to_string())
+                            )
+                        })?,
                 ))
             }
         })
@@ -382,9 +394,13 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(anyhow::Error::from))
+        .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
         .with_context(|| format!("cannot reach Redis at {what}"))?;
-    let _: String =
-        redis::cmd("PING").query_async(&mut conn).await.with_context(|| format!("cannot reach Redis at {what}"))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| anyhow::anyhow!(redact(&e.to_string())))
+        .with_context(|| format!("cannot reach Redis at {what}"))?;
     Ok((redis, conn))
 }
 

@@ -5,6 +5,7 @@
 //! `XADD`. This module owns that mapping in both directions and the validation that keeps a
 //! malformed entry away from plugins.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,12 @@ pub mod field {
     pub const PARTITIONKEY: &str = "partitionkey";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// ferry's extension: hops of follow-ups from an event a producer wrote (absent: 0), set
+    /// by the host on every follow-up and bounded by [`super::MAX_CAUSATION_DEPTH`].
+    pub const CAUSATIONDEPTH: &str = "causationdepth";
+    /// ferry's extension: how many more descendants the event may have (absent: the whole
+    /// [`super::CAUSATION_BUDGET`]), set by the host on every follow-up.
+    pub const CAUSATIONBUDGET: &str = "causationbudget";
     /// The payload.
     pub const DATA: &str = "data";
 }
@@ -110,6 +117,16 @@ pub struct Event {
     pub partitionkey: Option<String>,
     /// W3C trace context of the producer.
     pub traceparent: Option<String>,
+    /// Hops of follow-ups from an event a producer wrote; `None` for a producer's own event.
+    /// Set by the host on follow-ups; see [`MAX_CAUSATION_DEPTH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationdepth: Option<u32>,
+    /// How many more descendants this event may have; `None`: [`CAUSATION_BUDGET`]. Set by
+    /// the host on follow-ups: an event with budget `b` publishing `n` follow-ups (at most
+    /// `b`) gives each `(b - n) / n`, so all descendants of a producer's event together stay
+    /// within its budget however the tree branches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationbudget: Option<u32>,
     /// Serialized payload.
     #[serde(with = "data_as_text")]
     pub data: Vec<u8>,
@@ -131,7 +148,35 @@ mod data_as_text {
     }
 }
 
+/// Most fields a stream entry may have (Lua's `unpack`, which every script write goes through,
+/// stops near 8,000 values). One rule for both sides: the consumer refuses a longer entry it
+/// reads, and ferry never writes one (follow-ups).
+pub const MAX_FIELDS: usize = 1_000;
+/// Most bytes (field names and values together) a stream entry may have; the same rule on
+/// both sides as [`MAX_FIELDS`].
+pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+/// Most bytes of one attribute other than `data` (type, subject, partition key, content type,
+/// stream name) of an event a plugin publishes. Each follow-up is held until its event is
+/// settled and copied into the settle, so every field needs a bound, not only `data`.
+pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
+
+/// Most hops of follow-ups from an event a producer wrote: an event whose `causationdepth` is
+/// above it is refused as invalid (and dead-lettered), so a plugin that re-emits what it reads
+/// cannot amplify without bound.
+pub const MAX_CAUSATION_DEPTH: u32 = 32;
+
+/// How many descendants (follow-ups, their follow-ups, ...) one event a producer wrote may
+/// have in all: see `causationbudget`.
+pub const CAUSATION_BUDGET: u32 = 10_000;
+
 impl Event {
+    /// The bytes of the stream entry this event is written as (field names and values, the
+    /// schema version included): what [`MAX_ENTRY_BYTES`] bounds.
+    pub fn entry_bytes(&self) -> usize {
+        let version = field::SCHEMAVERSION.len() + self.schemaversion.to_string().len();
+        self.to_fields().iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + version
+    }
+
     /// A new event of `event_type` from `source` with a JSON payload, a fresh UUID v7 id and
     /// the current UTC time. Set the optional attributes on the returned value.
     pub fn new(event_type: impl Into<String>, source: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
@@ -148,19 +193,21 @@ impl Event {
             causationid: None,
             partitionkey: None,
             traceparent: None,
+            causationdepth: None,
+            causationbudget: None,
             data: data.into(),
         }
     }
 
     /// The stream-entry fields of this event, in a stable order; absent optionals are omitted.
-    pub fn to_fields(&self) -> Vec<(&'static str, &[u8])> {
-        let mut out: Vec<(&'static str, &[u8])> = vec![
-            (field::ID, self.id.as_bytes()),
-            (field::SOURCE, self.source.as_bytes()),
-            (field::TYPE, self.event_type.as_bytes()),
-            (field::SPECVERSION, SPEC_VERSION.as_bytes()),
-            (field::TIME, self.time.as_bytes()),
-            (field::DATACONTENTTYPE, self.datacontenttype.as_bytes()),
+    pub fn to_fields(&self) -> Vec<(&'static str, Cow<'_, [u8]>)> {
+        let mut out: Vec<(&'static str, Cow<'_, [u8]>)> = vec![
+            (field::ID, self.id.as_bytes().into()),
+            (field::SOURCE, self.source.as_bytes().into()),
+            (field::TYPE, self.event_type.as_bytes().into()),
+            (field::SPECVERSION, SPEC_VERSION.as_bytes().into()),
+            (field::TIME, self.time.as_bytes().into()),
+            (field::DATACONTENTTYPE, self.datacontenttype.as_bytes().into()),
         ];
         let optional = [
             (field::SUBJECT, &self.subject),
@@ -172,17 +219,23 @@ impl Event {
         ];
         for (name, value) in optional {
             if let Some(v) = value {
-                out.push((name, v.as_bytes()));
+                out.push((name, v.as_bytes().into()));
             }
         }
-        out.push((field::DATA, &self.data));
+        if let Some(depth) = self.causationdepth {
+            out.push((field::CAUSATIONDEPTH, depth.to_string().into_bytes().into()));
+        }
+        if let Some(budget) = self.causationbudget {
+            out.push((field::CAUSATIONBUDGET, budget.to_string().into_bytes().into()));
+        }
+        out.push((field::DATA, self.data.as_slice().into()));
         out
     }
 
     /// Append this event's fields, with the schema version, to a Redis command (an `XADD`).
     pub fn write_fields(&self, cmd: &mut redis::Cmd) {
         for (name, value) in self.to_fields() {
-            cmd.arg(name).arg(value);
+            cmd.arg(name).arg(value.as_ref());
         }
         cmd.arg(field::SCHEMAVERSION).arg(self.schemaversion);
     }
@@ -204,6 +257,15 @@ impl Event {
                 Some((_, v)) => String::from_utf8(v.clone())
                     .map(Some)
                     .map_err(|_| InvalidEvent::Malformed { name, reason: "not UTF-8".into() }),
+            }
+        };
+        let counter = |name: &'static str| -> Result<Option<u32>, InvalidEvent> {
+            match get(name)? {
+                None => Ok(None),
+                Some(v) => v.parse::<u32>().map(Some).map_err(|_| InvalidEvent::Malformed {
+                    name,
+                    reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
+                }),
             }
         };
         let required = |name: &'static str| -> Result<String, InvalidEvent> {
@@ -259,6 +321,8 @@ impl Event {
             causationid: get(field::CAUSATIONID)?,
             partitionkey: get(field::PARTITIONKEY)?,
             traceparent: get(field::TRACEPARENT)?,
+            causationdepth: counter(field::CAUSATIONDEPTH)?,
+            causationbudget: counter(field::CAUSATIONBUDGET)?,
             data,
         })
     }
@@ -292,6 +356,22 @@ mod tests {
             event.to_fields().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect();
         out.push((b"schemaversion".to_vec(), event.schemaversion.to_string().into_bytes()));
         out
+    }
+
+    #[test]
+    fn the_causation_depth_survives_a_stream_entry_and_a_bad_one_is_invalid() {
+        let mut event = Event::new("T", "s", "{}");
+        assert_eq!(Event::from_fields(&fields(&event)).expect("valid").causationdepth, None);
+        event.causationdepth = Some(3);
+        event.causationbudget = Some(42);
+        assert_eq!(Event::from_fields(&fields(&event)).expect("valid"), event);
+        let mut bad = fields(&event);
+        for (k, v) in &mut bad {
+            if k == b"causationdepth" {
+                *v = b"-1".to_vec();
+            }
+        }
+        assert!(Event::from_fields(&bad).is_err());
     }
 
     #[test]

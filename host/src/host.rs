@@ -43,6 +43,12 @@ struct Running {
     loaded_at: SystemTime,
 }
 
+/// Most streams one subscriber may read: each is a reader task, a consumer group and a set of
+/// gauge series.
+pub const MAX_STREAMS: usize = 16;
+/// Most subscriptions one subscriber may have.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+
 /// What `ferry plugins list` and the admin endpoint show of one plugin.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct PluginStatus {
@@ -125,6 +131,7 @@ impl Host {
     /// Connect and build the engine; no plugin is loaded yet (see [`Host::load_all`]).
     pub async fn new(config: Config) -> anyhow::Result<Arc<Host>> {
         keys::check_name("stream", &config.stream).map_err(anyhow::Error::msg)?;
+        config.validate()?;
         let (redis, mut shared) = crate::connection::connect(&config.target()).await?;
         check_partitions(&mut shared, &config).await?;
         // Leases, dedupe windows and retry due times are compared across hosts: on Redis's
@@ -142,7 +149,7 @@ impl Host {
             })
         };
         let engine = Engine::new(&config.engine)?;
-        let cache = config.cache_dir().map(Cache::new);
+        let cache = Cache::from_config(&config);
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
         let metrics = Metrics::new();
         metrics.redis_up.set(1);
@@ -268,7 +275,12 @@ impl Host {
         tried: &mut Option<Tried>,
     ) -> anyhow::Result<Option<(Arc<Plugin>, Effective)>> {
         let side = self.config.plugins.join(format!("{name}.toml"));
-        let plugin_file = if side.exists() { Some(config::load_plugin_file(&side)?) } else { None };
+        // `symlink_metadata`: a dangling link is an error to report, not a missing file.
+        let plugin_file = if std::fs::symlink_metadata(&side).is_ok() {
+            Some(config::load_plugin_file(&self.config.plugins, &side)?)
+        } else {
+            None
+        };
         let effective = self.config.subscriber(name, plugin_file.as_ref())?;
         if effective.limits.memory > self.config.engine.max_memory {
             anyhow::bail!(
@@ -317,10 +329,33 @@ impl Host {
         if declared.is_empty() {
             return Err(PluginError::NoSubscriptions);
         }
+        if declared.len() > MAX_SUBSCRIPTIONS {
+            return Err(PluginError::NotGranted(format!(
+                "{} subscriptions: at most {MAX_SUBSCRIPTIONS} are accepted",
+                declared.len()
+            )));
+        }
         let mut subscriptions = Vec::new();
+        let mut streams = std::collections::BTreeSet::new();
         for sub in declared {
             let stream = sub.stream.clone().unwrap_or_else(|| self.config.stream.clone());
             keys::check_name("stream", &stream).map_err(PluginError::Subscriptions)?;
+            // Reading is a grant like publishing: a plugin naming another team's stream reads
+            // it only if the operator (or, with plugin_files.grants, the plugin's own file)
+            // lists it in read_streams.
+            if stream != self.config.stream && !effective.read_streams.contains(&stream) {
+                return Err(PluginError::NotGranted(format!(
+                    "reading stream `{}` is not granted: list it in read_streams of [subscribers.{}]",
+                    crate::plugin::sandbox::escape(&stream),
+                    plugin.name
+                )));
+            }
+            streams.insert(stream.clone());
+            if streams.len() > MAX_STREAMS {
+                return Err(PluginError::NotGranted(format!(
+                    "reads more than {MAX_STREAMS} streams: at most {MAX_STREAMS} are accepted"
+                )));
+            }
             subscriptions.push((stream, sub));
         }
         let grants = Arc::new(Grants {

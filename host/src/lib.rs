@@ -30,6 +30,7 @@
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page).
 //! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
 //!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
+//! - [`redact`]: credentials masked out of every address shown in an error, a log or `--help`.
 //!
 //! The `ferry` binary (`src/main.rs`, `src/cli/`) holds the command line and its commands,
 //! the demo and the benchmark; its `run` command wires [`host::Host`], [`admin`] and
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod plugin;
 pub mod postgres_server;
+pub mod redact;
 pub mod redis_server;
 pub mod relay;
 pub mod reload;

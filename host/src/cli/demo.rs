@@ -22,7 +22,7 @@ use ferry::redis_server::RedisServer;
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Redis URL; without it a throwaway redis-server is started.
-    #[arg(long, env = "FERRY_REDIS")]
+    #[arg(long, env = "FERRY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// Directory with the example plugins (built by `examples/demo.sh`).
     #[arg(long, default_value = "target/demo-plugins")]

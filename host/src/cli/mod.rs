@@ -114,7 +114,7 @@ pub struct RedisArgs {
     pub file: ConfigFile,
     /// Redis URL (overrides the file; default redis://127.0.0.1:6379). With --cluster, a
     /// comma-separated list of seed nodes.
-    #[arg(long, env = "FERRY_REDIS")]
+    #[arg(long, env = "FERRY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// Talk to a Redis Cluster (overrides the file).
     #[arg(long, env = "FERRY_CLUSTER")]

@@ -66,7 +66,7 @@ pub async fn run(cmd: PluginsCommand) -> anyhow::Result<ExitCode> {
 async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let config = ferry::config::Config { cache_dir, ..Default::default() };
     let engine = ferry::plugin::Engine::new(&config.engine)?;
-    let cache = config.cache_dir().map(ferry::plugin::cache::Cache::new);
+    let cache = ferry::plugin::cache::Cache::from_config(&config);
     let limits = ferry::config::LimitsConfig::default();
     match ferry::plugin::Plugin::load(&engine, file, cache.as_ref(), &limits).await {
         Ok(plugin) => {
@@ -81,12 +81,16 @@ async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCo
                     format!("versions {:?}", s.versions)
                 };
                 let stream = s.stream.as_deref().unwrap_or("(default stream)");
-                println!("  subscribes to {} ({versions}) on {stream}", s.event_type);
+                println!(
+                    "  subscribes to {} ({versions}) on {}",
+                    ferry::redact::printable(&s.event_type),
+                    ferry::redact::printable(stream)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{}: {e}", file.display());
+            eprintln!("{}: {}", file.display(), ferry::redact::printable(&e.to_string()));
             Ok(ExitCode::from(1))
         }
     }

@@ -20,7 +20,13 @@ pub struct RelayArgs {
     #[command(subcommand)]
     pub command: Option<RelayCommand>,
     /// PostgreSQL URL.
-    #[arg(long, global = true, env = "FERRY_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_POSTGRES",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub postgres: String,
     /// The outbox table (optionally `schema.table`).
     #[arg(long, global = true, env = "FERRY_RELAY_TABLE", default_value = ferry::relay::schema::DEFAULT_TABLE)]
@@ -126,7 +132,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
     }
     let (client, _) = ferry::relay::connect(&args.postgres, "ferry relay cli")
         .await
-        .with_context(|| format!("connecting to PostgreSQL at {}", args.postgres))?;
+        .map_err(|e| anyhow::anyhow!(ferry::redact::redact(&format!("{e:#}"))))
+        .with_context(|| format!("connecting to PostgreSQL at {}", ferry::redact::redact(&args.postgres)))?;
     match command {
         RelayCommand::Init { .. } => {
             manage::init(&client, &table).await?;

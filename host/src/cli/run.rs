@@ -20,7 +20,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub file: ConfigFile,
     /// Redis URL (overrides the file). With --cluster, a comma-separated list of seed nodes.
-    #[arg(long, env = "FERRY_REDIS")]
+    #[arg(long, env = "FERRY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
     /// Talk to a Redis Cluster (overrides the file).
     #[arg(long, env = "FERRY_CLUSTER")]

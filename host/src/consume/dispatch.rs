@@ -21,11 +21,8 @@ use crate::event::Event;
 use crate::keys::SubscriberKeys;
 use crate::plugin::invoke::{FailureKind, Job};
 
-/// Most fields an entry may have (Lua's `unpack`, which every script write goes through,
-/// stops near 8,000 values).
-pub const MAX_FIELDS: usize = 1_000;
-/// Most bytes (field names and values together) an entry may have.
-pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
+/// The entry-size rule, shared with what plugins may publish (`event`).
+pub use crate::event::{MAX_ENTRY_BYTES, MAX_FIELDS};
 
 /// An event to run.
 #[derive(Debug)]

@@ -23,6 +23,53 @@ use crate::config::EngineConfig;
 /// How often the epoch advances; deadlines are rounded up to this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
+/// Slots of the pooling allocator, engine-wide.
+pub const POOL_COMPONENTS: usize = 1000;
+/// Core instance slots.
+pub const POOL_CORE_INSTANCES: usize = 4000;
+/// Linear memory slots.
+pub const POOL_MEMORIES: usize = 1000;
+/// Table slots.
+pub const POOL_TABLES: usize = 2000;
+/// One plugin may hold at most this fraction (1/N) of each kind of pool slot, so however
+/// greedy one is (many core modules, high concurrency), the others still instantiate.
+pub const POOL_SHARE: usize = 8;
+
+/// What one instance of a component takes from the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    /// Linear memories.
+    pub memories: usize,
+    /// Tables.
+    pub tables: usize,
+    /// Core instances (at most `limits.instances`; wasmtime does not count them for us).
+    pub core_instances: usize,
+}
+
+impl Slots {
+    /// The slots of `component`, whose core instances are bounded by `instances`. A
+    /// component that imports core modules (wasmtime cannot count then) is assumed to take
+    /// as many memories and tables as `limits.instances` allows.
+    pub fn of(component: &wasmtime::component::Component, instances: usize) -> Self {
+        match component.resources_required() {
+            Some(r) => {
+                Self { memories: r.num_memories as usize, tables: r.num_tables as usize, core_instances: instances }
+            }
+            None => Self { memories: instances, tables: instances * 2, core_instances: instances },
+        }
+    }
+
+    /// How many instances of this shape one plugin may keep at once within its pool share.
+    pub fn max_live(self) -> usize {
+        let share = |total: usize, each: usize| (total / POOL_SHARE).checked_div(each).unwrap_or(usize::MAX);
+        (POOL_COMPONENTS / POOL_SHARE)
+            .min(share(POOL_MEMORIES, self.memories))
+            .min(share(POOL_TABLES, self.tables))
+            .min(share(POOL_CORE_INSTANCES, self.core_instances))
+            .max(1)
+    }
+}
+
 /// The shared engine, linker and engine-wide settings.
 #[derive(Clone)]
 pub struct Engine {
@@ -93,10 +140,10 @@ impl Engine {
             .parallel_compilation(true);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::default();
-            pool.total_component_instances(1000)
-                .total_core_instances(4000)
-                .total_memories(1000)
-                .total_tables(2000)
+            pool.total_component_instances(POOL_COMPONENTS as u32)
+                .total_core_instances(POOL_CORE_INSTANCES as u32)
+                .total_memories(POOL_MEMORIES as u32)
+                .total_tables(POOL_TABLES as u32)
                 .max_memories_per_component(20)
                 .max_tables_per_component(40)
                 .max_core_instances_per_component(40)

@@ -299,8 +299,27 @@ impl Runner {
         Self::with_concurrency(engine, plugin, grants, 16)
     }
 
-    /// A runner allowing up to `concurrency` calls in flight (the subscriber's setting).
+    /// A runner allowing up to `concurrency` calls in flight (the subscriber's setting), and
+    /// never more than the plugin's share of the pooling allocator holds instances of it (see
+    /// [`super::engine::POOL_SHARE`]): a component of many core modules at a high concurrency
+    /// gets fewer instances in flight, not the pool.
     pub fn with_concurrency(engine: Engine, plugin: Arc<Plugin>, grants: Arc<Grants>, concurrency: usize) -> Self {
+        let concurrency = if engine.config.pooling {
+            let max = plugin.slots.max_live();
+            if concurrency > max {
+                tracing::warn!(
+                    plugin = %grants.subscriber,
+                    "at most {max} instances in flight instead of concurrency {concurrency}: each instance takes {} memories, {} tables and up to {} core instances, and one plugin may hold 1/{} of the engine's pool",
+                    plugin.slots.memories,
+                    plugin.slots.tables,
+                    plugin.slots.core_instances,
+                    super::engine::POOL_SHARE
+                );
+            }
+            concurrency.min(max)
+        } else {
+            concurrency
+        };
         let rate = LogRate::of(&grants.limits);
         let throttle = Throttle::new(concurrency);
         Self { inner: Arc::new(Inner { engine, plugin, grants, rate, throttle, idle: Mutex::new(Vec::new()) }) }
@@ -341,6 +360,17 @@ impl Inner {
     /// Call the handler once on a pooled or fresh instance.
     async fn call(&self, job: &Job) -> (Outcome, Health) {
         let limits = &self.grants.limits;
+        // A chain of follow-ups past the maximum depth is a loop (a plugin re-emitting what it
+        // reads): the event is invalid, so it is dead-lettered at once and the chain ends.
+        if let Some(depth) = job.event.causationdepth
+            && depth > crate::event::MAX_CAUSATION_DEPTH
+        {
+            let reason = format!(
+                "causation depth {depth} exceeds the maximum of {}: follow-ups of follow-ups in a loop?",
+                crate::event::MAX_CAUSATION_DEPTH
+            );
+            return (Outcome::Failed { kind: FailureKind::InvalidEvent, reason, delay_hint: None }, Health::Unknown);
+        }
         let idle = if self.reuse() { self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() } else { None };
         let (mut store, bindings, uses) = match idle {
             Some(live) => (live.store, Some(live.bindings), live.uses),
@@ -351,6 +381,10 @@ impl Inner {
             event_id: event.id.clone(),
             correlationid: event.correlationid.clone(),
             stream: job.stream.clone(),
+            depth: event.causationdepth.unwrap_or(0),
+            budget: event
+                .causationbudget
+                .map_or(crate::event::CAUSATION_BUDGET, |b| b.min(crate::event::CAUSATION_BUDGET)),
         });
         if let Some(fuel) = limits.fuel
             && self.engine.config.fuel
@@ -384,7 +418,7 @@ impl Inner {
                     Some(b) => b,
                     None => match pre.instantiate_async(&mut store).await {
                         Ok(b) => b,
-                        Err(e) => return Err(format!("cannot instantiate: {e:#}")),
+                        Err(e) => return Err(e),
                     },
                 };
                 let result = bindings.ferry_plugin_handler().call_handle(&mut store, &wit_event, &delivery).await;
@@ -402,7 +436,20 @@ impl Inner {
                 let reason = deadline_reason(limits.deadline, elapsed, true);
                 return (Outcome::Failed { kind: FailureKind::Deadline, reason, delay_hint: None }, Health::Unhealthy);
             }
-            Ok(Err(e)) => return (Outcome::HostError(e), Health::Unknown),
+            // Guest code failing while its instance is created (a `start` function trapping,
+            // a memory or table over the limit, the deadline) is the guest's verdict like any
+            // other; only what is not the guest's doing (the pool is full, the host is out of
+            // memory) is a host error, which charges nothing.
+            Ok(Err(e)) if guest_failure(&e) => {
+                let (kind, mut reason) = classify(&e, limits.deadline, limits.memory, elapsed);
+                reason.insert_str(0, "while instantiating: ");
+                if !stderr.is_empty() {
+                    reason.push_str("; stderr: ");
+                    reason.push_str(super::sandbox::truncate(stderr.trim(), 1024));
+                }
+                return (Outcome::Failed { kind, reason, delay_hint: None }, Health::Unhealthy);
+            }
+            Ok(Err(e)) => return (Outcome::HostError(format!("cannot instantiate: {e:#}")), Health::Unknown),
             Ok(Ok(done)) => done,
         };
         let keep = |store: Store<HostState>| {
@@ -413,17 +460,27 @@ impl Inner {
         };
         match result {
             Ok(Ok(())) => {
-                let follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
+                let mut follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
+                // Split what is left of the budget among the follow-ups (send kept their
+                // number within it), so the whole tree stays within the root's budget.
+                let n = u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
+                if let Some(share) = store.data().current.budget.saturating_sub(n).checked_div(n) {
+                    for f in &mut follow_ups {
+                        f.event.causationbudget = Some(share);
+                    }
+                }
                 keep(store);
                 (Outcome::Handled { follow_ups }, Health::Healthy)
             }
             Ok(Err(HandlerError::Retry(r))) => {
                 keep(store);
                 let delay_hint = r.delay_ms.map(Duration::from_millis);
-                (Outcome::Failed { kind: FailureKind::HandlerRetry, reason: r.reason, delay_hint }, Health::Healthy)
+                let reason = cap_reason(r.reason);
+                (Outcome::Failed { kind: FailureKind::HandlerRetry, reason, delay_hint }, Health::Healthy)
             }
             Ok(Err(HandlerError::Reject(reason))) => {
                 keep(store);
+                let reason = cap_reason(reason);
                 (Outcome::Failed { kind: FailureKind::HandlerReject, reason, delay_hint: None }, Health::Healthy)
             }
             Err(err) => {
@@ -436,6 +493,19 @@ impl Inner {
             }
         }
     }
+}
+
+/// Most bytes kept of a handler's retry or reject reason, as of its stderr in a failure
+/// reason: the reason is logged and copied into every retry and dead-letter entry.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `reason` cut to [`MAX_REASON_BYTES`], saying how much was cut.
+fn cap_reason(reason: String) -> String {
+    if reason.len() <= MAX_REASON_BYTES {
+        return reason;
+    }
+    let kept = super::sandbox::truncate(&reason, MAX_REASON_BYTES);
+    format!("{kept}... ({} bytes cut)", reason.len() - kept.len())
 }
 
 /// What a call says about the subscriber's behaviour, for its [`Throttle`].
@@ -564,6 +634,12 @@ pub(crate) fn classify(
     }
 }
 
+/// Whether `err` is the guest's own doing: a trap (deadline and fuel included) or a limit of
+/// the limiter.
+fn guest_failure(err: &wasmtime::Error) -> bool {
+    err.downcast_ref::<MemoryLimitExceeded>().is_some() || err.downcast_ref::<Trap>().is_some()
+}
+
 /// Whether the trap's backtrace is a deep recursion: every captured frame (wasmtime keeps
 /// 20) is one of at most three functions. Compilers for wasm (Rust, C) keep large locals on a
 /// stack of their own in linear memory; when recursion exhausts it, the stack pointer wraps
@@ -640,5 +716,147 @@ mod tests {
         assert!(!waiting.is_finished(), "the limit is 1 and the slot is taken");
         drop(first);
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("woken").expect("task");
+    }
+}
+
+/// Attacks on the memory bound (issue 23): a component of many core modules, each with a
+/// memory or table that alone fits `limits.memory`.
+#[cfg(test)]
+mod memory_bound {
+    use super::*;
+    use crate::config::{EngineConfig, LimitsConfig};
+
+    fn store(engine: &Engine, memory: u64) -> Store<HostState> {
+        let limits = LimitsConfig { memory, ..LimitsConfig::default() };
+        let grants = Arc::new(Grants {
+            subscriber: "greedy".into(),
+            version: "0".into(),
+            config: Default::default(),
+            publish_streams: Vec::new(),
+            limits,
+        });
+        new_store(engine, grants, LogRate::of(&limits))
+    }
+
+    /// `n` core instances of a module whose only content is `body`.
+    fn many(n: usize, body: &str) -> String {
+        let instances: String = (0..n).map(|i| format!("(core instance $i{i} (instantiate $m))")).collect();
+        format!("(component (core module $m {body}) {instances})")
+    }
+
+    async fn instantiate(engine: &Engine, memory: u64, wat: &str) -> Result<(), wasmtime::Error> {
+        let component = wasmtime::component::Component::new(&engine.engine, wat)?;
+        let mut store = store(engine, memory);
+        engine.linker.instantiate_async(&mut store, &component).await.map(drop)
+    }
+
+    fn engine() -> Engine {
+        Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine")
+    }
+
+    #[tokio::test]
+    async fn the_memories_of_all_core_instances_together_stay_within_limits_memory() {
+        let engine = engine();
+        // 25 MiB each: one, two fit in 64 MiB; three do not.
+        let memory = "(memory 400)";
+        instantiate(&engine, 64 << 20, &many(2, memory)).await.expect("two memories fit");
+        let err = instantiate(&engine, 64 << 20, &many(3, memory)).await.expect_err("three do not");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "named as the memory limit: {err:#}");
+        // Growing one memory counts against what the others already hold.
+        let grow = r#"(memory 400) (func $grow (drop (memory.grow (i32.const 200)))) (start $grow)"#;
+        instantiate(&engine, 64 << 20, &many(1, grow)).await.expect("one grows to 37.5 MiB");
+        let err = instantiate(&engine, 64 << 20, &many(2, grow)).await.expect_err("the second's growth is over");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "{err:#}");
+    }
+
+    #[test]
+    fn one_plugin_holds_at_most_its_share_of_the_pool() {
+        use super::super::engine::{POOL_MEMORIES, POOL_SHARE, Slots};
+        let engine = engine();
+        let component = wasmtime::component::Component::new(&engine.engine, many(20, "(memory 1)")).expect("compile");
+        let greedy = Slots::of(&component, 20);
+        assert_eq!(greedy.memories, 20);
+        // The issue's attack: 20 memories at concurrency 16 would take 320 of 1000 slots.
+        assert!(greedy.max_live() * greedy.memories <= POOL_MEMORIES / POOL_SHARE, "{}", greedy.max_live());
+        assert!(greedy.max_live() >= 1, "it still runs");
+        // So the pool always has room for the others: POOL_SHARE - 1 greedy plugins leave
+        // at least a share free.
+        let small =
+            Slots::of(&wasmtime::component::Component::new(&engine.engine, many(1, "(memory 1)")).expect("c"), 20);
+        assert!(small.max_live() >= 16, "a plain plugin keeps its default concurrency: {}", small.max_live());
+    }
+
+    #[tokio::test]
+    async fn tables_count_against_limits_memory_too() {
+        let engine = engine();
+        // A million-element table costs the host 8 MB whatever the guest's memory.
+        let table = "(table 1000000 funcref)";
+        instantiate(&engine, 64 << 20, &many(4, table)).await.expect("four fit");
+        let err = instantiate(&engine, 64 << 20, &many(10, table)).await.expect_err("ten do not");
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some(), "{err:#}");
+    }
+}
+
+/// Issue 23, item 4: guest code failing while its instance is created (a `start` function
+/// trapping, a memory or table over the limit, a deadline) is the guest's verdict, not a
+/// host error: charged, throttled, and dead-lettered after the last attempt.
+#[cfg(test)]
+mod instantiation {
+    use super::*;
+    use crate::config::{EngineConfig, LimitsConfig};
+
+    #[tokio::test]
+    async fn a_limit_hit_while_instantiating_is_charged_to_the_guest() {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig::default();
+        let plugin =
+            Plugin::load(&engine, std::path::Path::new(ferry_test_fixtures::NOOP), None, &limits).await.expect("load");
+        // The instance's initial memory alone is over this limit.
+        let tight = LimitsConfig { memory: 64 << 10, ..limits };
+        let grants = Arc::new(Grants {
+            subscriber: "noop".into(),
+            version: plugin.version.as_str().into(),
+            config: Default::default(),
+            publish_streams: Vec::new(),
+            limits: tight,
+        });
+        let runner = Runner::with_concurrency(engine, plugin, grants, 4);
+        let job = Arc::new(Job {
+            event: Event::new("T", "test", "{}"),
+            stream: "events".into(),
+            entry_id: "1-0".into(),
+            attempt: 1,
+        });
+        let outcome = runner.handle(job).await;
+        assert!(
+            matches!(outcome, Outcome::Failed { kind: FailureKind::OutOfMemory, .. }),
+            "the guest's failure, not a host error: {outcome:?}"
+        );
+        assert_eq!(runner.limit(), 2, "and the subscriber is throttled");
+    }
+
+    #[tokio::test]
+    async fn a_start_function_trap_or_loop_is_named_as_the_guests_failure() {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig { deadline: Duration::from_millis(50), ..LimitsConfig::default() };
+        for (what, body, kind) in [
+            ("trap", "(func $s unreachable) (start $s)", FailureKind::Trap),
+            ("loop", "(func $s (loop $l (br $l))) (start $s)", FailureKind::Deadline),
+        ] {
+            let wat = format!("(component (core module $m {body}) (core instance (instantiate $m)))");
+            let component = wasmtime::component::Component::new(&engine.engine, wat).expect("compile");
+            let grants = Arc::new(Grants {
+                subscriber: "start".into(),
+                version: "0".into(),
+                config: Default::default(),
+                publish_streams: Vec::new(),
+                limits,
+            });
+            let mut store = new_store(&engine, grants, LogRate::of(&limits));
+            arm(&mut store, &engine, limits.deadline, false);
+            let err = engine.linker.instantiate_async(&mut store, &component).await.expect_err(what);
+            assert!(guest_failure(&err), "{what}: {err:#}");
+            assert_eq!(classify(&err, limits.deadline, limits.memory, Duration::ZERO).0, kind, "{what}");
+        }
     }
 }

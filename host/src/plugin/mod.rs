@@ -77,6 +77,9 @@ pub enum PluginError {
     /// It declares no subscription and the operator gave none.
     #[error("declares no subscriptions")]
     NoSubscriptions,
+    /// It would read a stream it was not granted, or too many.
+    #[error("{0}")]
+    NotGranted(String),
 }
 
 /// One subscription, resolved: the plugin wants events of this type/versions from this stream.
@@ -120,6 +123,8 @@ pub struct Plugin {
     pub declared: Vec<Subscription>,
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
+    /// What one instance takes from the pooling allocator.
+    pub slots: engine::Slots,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -135,6 +140,16 @@ pub fn name_of(path: &Path) -> Result<String, PluginError> {
         .and_then(|s| s.to_str())
         .ok_or_else(|| PluginError::Name(format!("{} has no UTF-8 file stem", path.display())))?;
     crate::keys::check_name("plugin", stem).map_err(PluginError::Name)?;
+    // The subscriber name is one segment of its keys (`ferry:parked:{S}:SUB:KEY`) and of the
+    // patterns that find them (`ferry:dlq:*:SUB`): with a `:` in it, subscriber `x` with
+    // partition key `y:z` and subscriber `x:y` with key `z` would share a key, and a glob
+    // character would make a pattern match other subscribers' keys.
+    if stem.contains([':', '*', '?', '[', ']', '\\']) {
+        return Err(PluginError::Name(format!(
+            "plugin name `{}` must not contain `:` or glob characters (`*?[]\\`): it is a segment of Redis key names",
+            crate::redact::escape(stem)
+        )));
+    }
     Ok(stem.to_string())
 }
 
@@ -180,9 +195,10 @@ impl Plugin {
         .await
         .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
         check_contract(engine, &component)?;
+        let slots = engine::Slots::of(&component, limits.instances);
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached };
+        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached, slots };
         plugin.declared = plugin.read_subscriptions(engine, limits).await?;
         Ok(Arc::new(plugin))
     }
@@ -273,6 +289,14 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_name_cannot_collide_with_another_subscribers_keys() {
+        for bad in ["x:y", "a*", "a?b", "[a]", "a\\b"] {
+            assert!(name_of(Path::new(&format!("/p/{bad}.wasm"))).is_err(), "{bad}");
+        }
+        assert_eq!(name_of(Path::new("/p/orders-v2_x.wasm")).expect("fine"), "orders-v2_x");
+    }
 
     #[test]
     fn subscriptions_match_type_prefix_and_version() {

@@ -48,6 +48,10 @@ pub struct Current {
     pub correlationid: Option<String>,
     /// The stream it came from.
     pub stream: String,
+    /// Its causation depth (0 for a producer's own event); its follow-ups get one more.
+    pub depth: u32,
+    /// How many follow-ups it may still have in its chain (see `Event::causationbudget`).
+    pub budget: u32,
 }
 
 /// A follow-up event queued through `publish`, written when the handled event is settled.
@@ -63,7 +67,7 @@ pub struct FollowUp {
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit exceeded: wanted {desired} bytes, limit is {limit} bytes")]
 pub struct MemoryLimitExceeded {
-    /// Bytes the guest asked for.
+    /// Bytes the instance would hold with this growth: all its memories and tables together.
     pub desired: usize,
     /// The cap.
     pub limit: u64,
@@ -116,10 +120,12 @@ impl HostState {
         let stdout = CappedPipe::new(grants.limits.stdio_bytes);
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances };
+        let limiter = Limiter { memory: grants.limits.memory, instances: grants.limits.instances, used: 0 };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter,
             grants,
             rate,
@@ -168,7 +174,7 @@ impl HostState {
                 event_id = %self.current.event_id,
                 dropped_bytes = dropped,
                 "{name}: {}",
-                text.trim_end()
+                crate::redact::printable(text.trim_end())
             );
         }
         if self.log_dropped > 0 && self.rate.admit(&self.grants.subscriber, 0) {
@@ -191,24 +197,61 @@ impl WasiView for HostState {
     }
 }
 
+/// Most WASI resources (streams, pollables, ...) one instance may hold at once. wasmtime's
+/// default is a million, over 100 MB of host memory the guest's limits do not count, kept
+/// across events by a reused instance; a guest past this gets an error from the import that
+/// would create one more.
+pub const MAX_RESOURCES: usize = 65_536;
+
+/// Host memory a table element costs (a function reference), counted against
+/// `limits.memory` with the linear memories.
+pub const TABLE_ELEMENT_BYTES: u64 = 8;
+
+/// Most elements one table may have, whatever `limits.memory` allows.
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// Bounds what one store (one component instance: all its core instances) may hold.
+/// `limits.memory` is the total of every linear memory and table of the store, not a cap per
+/// memory: a component of 20 core modules must not hold 20 times the limit.
 struct Limiter {
     memory: u64,
     instances: usize,
+    /// Bytes granted so far to all memories and tables of the store. Stores are never
+    /// shrunk, and memories and tables live as long as their store, so this only grows. A
+    /// growth granted here that wasmtime then refuses (past a declared maximum) stays counted:
+    /// only the guest that asked loses by it.
+    used: u64,
 }
 
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired as u64 > self.memory {
+impl Limiter {
+    fn grow(&mut self, current: u64, desired: u64) -> wasmtime::Result<()> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.memory {
             // Trap with our own error rather than failing the growth: a guest allocator that
             // sees a failed growth aborts with an anonymous `unreachable`, which would hide
             // the cause.
-            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.memory }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded {
+                desired: usize::try_from(total).unwrap_or(usize::MAX),
+                limit: self.memory,
+            }));
         }
+        self.used = total;
+        Ok(())
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current as u64, desired as u64)?;
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.grow(current as u64 * TABLE_ELEMENT_BYTES, desired as u64 * TABLE_ELEMENT_BYTES)?;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -244,6 +287,8 @@ impl log::Host for HostState {
             return;
         }
         let message = truncate(&message, self.grants.limits.log_line_bytes);
+        // A newline would forge a log line, an escape sequence reach a terminal.
+        let message = crate::redact::printable(message);
         if !self.rate.admit(&self.grants.subscriber, message.len()) {
             return;
         }
@@ -268,13 +313,24 @@ impl config::Host for HostState {
 impl publish::Host for HostState {
     fn send(&mut self, out: types::OutgoingEvent) -> Result<String, String> {
         let limits = &self.grants.limits;
-        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
-        if !self.grants.publish_streams.contains(&stream) {
-            return Err(format!("publishing to stream `{stream}` is not allowed for this plugin"));
-        }
-        keys::check_name("stream", &stream)?;
-        if self.follow_ups.len() >= limits.publish_count {
-            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
+        // Every field is bounded before anything is copied or echoed in an error.
+        let attributes = [
+            ("event type", Some(&out.event_type)),
+            ("stream", out.stream.as_ref()),
+            ("content type", out.datacontenttype.as_ref()),
+            ("subject", out.subject.as_ref()),
+            ("partition key", out.partitionkey.as_ref()),
+        ];
+        for (what, value) in attributes {
+            if let Some(value) = value
+                && value.len() > event::MAX_ATTRIBUTE_BYTES
+            {
+                return Err(format!(
+                    "{what} of {} bytes exceeds the limit of {} bytes",
+                    value.len(),
+                    event::MAX_ATTRIBUTE_BYTES
+                ));
+            }
         }
         if out.data.len() > limits.publish_bytes {
             return Err(format!(
@@ -282,6 +338,21 @@ impl publish::Host for HostState {
                 out.data.len(),
                 limits.publish_bytes
             ));
+        }
+        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
+        if !self.grants.publish_streams.contains(&stream) {
+            return Err(format!("publishing to stream `{}` is not allowed for this plugin", escape(&stream)));
+        }
+        keys::check_name("stream", &stream)?;
+        if self.follow_ups.len() as u64 >= u64::from(self.current.budget) {
+            return Err(format!(
+                "causation budget exhausted: this event may have {} more follow-ups in its chain (all descendants of a producer's event share {})",
+                self.current.budget,
+                event::CAUSATION_BUDGET
+            ));
+        }
+        if self.follow_ups.len() >= limits.publish_count {
+            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
         }
         if out.event_type.trim().is_empty() {
             return Err("event type is empty".into());
@@ -298,6 +369,16 @@ impl publish::Host for HostState {
         event.partitionkey = out.partitionkey;
         event.correlationid = Some(self.current.correlationid.clone().unwrap_or_else(|| self.current.event_id.clone()));
         event.causationid = Some(self.current.event_id.clone());
+        event.causationdepth = Some(self.current.depth.saturating_add(1));
+        // The rule the consumer side applies to every entry it reads: a follow-up it would
+        // refuse is refused here, before it is held.
+        let bytes = event.entry_bytes();
+        if bytes > event::MAX_ENTRY_BYTES {
+            return Err(format!(
+                "the event would be an entry of {bytes} bytes; at most {} are accepted",
+                event::MAX_ENTRY_BYTES
+            ));
+        }
         let id = event.id.clone();
         self.follow_ups.push(FollowUp { stream, event });
         Ok(id)
@@ -383,17 +464,9 @@ impl LogRate {
     }
 }
 
-/// Cut `text` to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+pub use crate::redact::escape;
+
+pub use crate::redact::truncate;
 
 /// An output pipe that accepts every write but keeps only the first `capacity` bytes, so a
 /// guest flooding stdout neither blocks nor traps nor grows the host's memory.
@@ -475,6 +548,87 @@ impl Pollable for CappedPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn publisher() -> HostState {
+        let grants = Arc::new(Grants {
+            subscriber: "amp".into(),
+            version: "0".into(),
+            config: Default::default(),
+            publish_streams: vec!["events".into()],
+            limits: LimitsConfig::default(),
+        });
+        let rate = LogRate::of(&grants.limits);
+        let mut state = HostState::new(grants, rate);
+        state.begin(Current {
+            event_id: "e1".into(),
+            correlationid: None,
+            stream: "events".into(),
+            depth: 0,
+            budget: 10,
+        });
+        state
+    }
+
+    fn outgoing() -> types::OutgoingEvent {
+        types::OutgoingEvent {
+            event_type: "T".into(),
+            stream: None,
+            data: b"{}".to_vec(),
+            datacontenttype: None,
+            schemaversion: None,
+            subject: None,
+            partitionkey: None,
+        }
+    }
+
+    /// Issue 23, item 10: host memory the guest's limits do not count is bounded too.
+    #[test]
+    fn an_instance_holds_at_most_max_resources_wasi_resources() {
+        let mut state = publisher();
+        for _ in 0..MAX_RESOURCES {
+            state.table.push(()).expect("within the cap");
+        }
+        assert!(state.table.push(()).is_err(), "one more is refused");
+    }
+
+    /// Issue 23, item 3: only `data` was capped, so 100 follow-ups with a 60 MiB type each
+    /// made the host hold gigabytes. Every field is capped by the rule the consumer side
+    /// applies to entries it reads.
+    #[test]
+    fn every_field_of_a_follow_up_is_capped() {
+        use publish::Host as _;
+        let huge = "t".repeat(event::MAX_ATTRIBUTE_BYTES + 1);
+        type Set<'a> = Box<dyn Fn(&mut types::OutgoingEvent) + 'a>;
+        let cases: [(&str, Set<'_>); 5] = [
+            ("type", Box::new(|o| o.event_type = huge.clone())),
+            ("subject", Box::new(|o| o.subject = Some(huge.clone()))),
+            ("partition key", Box::new(|o| o.partitionkey = Some(huge.clone()))),
+            ("content type", Box::new(|o| o.datacontenttype = Some(format!("text/{huge}")))),
+            ("stream", Box::new(|o| o.stream = Some(huge.clone()))),
+        ];
+        for (what, set) in cases {
+            let mut state = publisher();
+            let mut out = outgoing();
+            set(&mut out);
+            let err = state.send(out).expect_err(what);
+            assert!(err.len() < 300, "{what}: the error does not echo the value: {} bytes", err.len());
+            assert!(state.follow_ups.is_empty(), "{what}: nothing held");
+        }
+        let mut state = publisher();
+        let mut out = outgoing();
+        out.data = vec![b' '; LimitsConfig::default().publish_bytes + 1];
+        assert!(state.send(out).is_err(), "data");
+        // At the limits, every field together still makes an entry the consumer side accepts.
+        let mut state = publisher();
+        let at = "t".repeat(event::MAX_ATTRIBUTE_BYTES);
+        let mut out = outgoing();
+        out.event_type = at.clone();
+        out.subject = Some(at.clone());
+        out.partitionkey = Some(at);
+        state.send(out).expect("at the limits");
+        let entry = &state.follow_ups[0].event;
+        assert!(entry.entry_bytes() <= event::MAX_ENTRY_BYTES);
+    }
 
     #[test]
     fn the_log_rate_caps_lines_and_bytes_per_window() {

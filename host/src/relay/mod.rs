@@ -82,7 +82,7 @@ pub async fn connect(
     use futures_util::StreamExt as _;
 
     let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e: tokio_postgres::Error| RelayError::Url(e.to_string()))?;
+        url.parse().map_err(|e: tokio_postgres::Error| RelayError::Url(crate::redact::redact(&e.to_string())))?;
     config.application_name(application_name);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));

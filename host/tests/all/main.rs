@@ -20,3 +20,4 @@ mod reload;
 mod replica_loss;
 mod replication;
 mod sandbox;
+mod security;

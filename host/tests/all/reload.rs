@@ -184,7 +184,9 @@ async fn a_new_plugin_config_changes_the_subscriptions_and_the_subscriber_follow
     let host = ferry::host::Host::start(watched(&env)).await.expect("host");
     let watcher = ferry::reload::watch(host.clone()).expect("watch");
     let mut conn = env.conn().await;
-    let toml = format!("subscriptions = [{{ type = \"Moved\", stream = \"other\" }}]\n{RECORDER_TOML}");
+    let toml = format!(
+        "subscriptions = [{{ type = \"Moved\", stream = \"other\" }}]\nread_streams = [\"other\"]\n{RECORDER_TOML}"
+    );
     let tmp = env.plugins.path().join(".rec.toml.new");
     std::fs::write(&tmp, toml).expect("write");
     std::fs::rename(&tmp, env.plugins.path().join("rec.toml")).expect("rename");
@@ -204,7 +206,9 @@ async fn a_new_plugin_config_changes_the_subscriptions_and_the_subscriber_follow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_artifact_cache_makes_a_restart_fast_and_a_corrupt_entry_is_rebuilt() {
     let cache_dir = tempfile::tempdir().expect("temp dir");
-    let cache = ferry::plugin::cache::Cache::new(cache_dir.path());
+    let key_dir = tempfile::tempdir().expect("temp dir");
+    let key = key_dir.path().join("cache.key");
+    let cache = ferry::plugin::cache::Cache::open(cache_dir.path(), &key).expect("cache");
     let engine = ferry::plugin::Engine::new(&Default::default()).expect("engine");
     let path = Path::new(fixtures::RECORDER);
     let limits = ferry::config::LimitsConfig::default();
@@ -239,6 +243,7 @@ async fn the_artifact_cache_makes_a_restart_fast_and_a_corrupt_entry_is_rebuilt(
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
     let mut config = env.config();
     config.cache_dir = Some(cache_dir.path().to_path_buf());
+    config.cache_key = Some(key);
     let host = InProcessHost::start(config);
     let mut conn = env.conn().await;
     publish(&mut conn, "events", "Cached", "{}").await;

@@ -274,6 +274,8 @@ async fn the_hostile_set_cannot_hang_the_host_starve_its_neighbour_or_delay_shut
         ("looper", "Loop", r#"{"act":"loop"}"#, "deadline"),
         ("flooder", "Flood", r#"{"act":"log_flood"}"#, "deadline"),
         ("recurser", "Recurse", r#"{"act":"recurse"}"#, "stack-overflow"),
+        // Issue 23: an 8 MiB retry reason, cut to 1 KiB before it is logged or stored.
+        ("reasoner", "Reason", r#"{"act":"huge_reason"}"#, "handler-retry"),
     ];
     for (name, event_type, _, _) in &hostile {
         env.add_plugin(name, fixtures::HOSTILE, &hostile_set_toml(event_type, "500ms"));
@@ -300,7 +302,7 @@ async fn the_hostile_set_cannot_hang_the_host_starve_its_neighbour_or_delay_shut
         .wait_for("every plugin loaded or refused", Duration::from_secs(60), || async {
             let body = ferry::status::http_get(&admin, "/api/plugins").await.ok()?;
             let plugins: Vec<ferry::host::PluginStatus> = serde_json::from_str(&body).ok()?;
-            (plugins.len() == 8).then_some(plugins)
+            (plugins.len() == 9).then_some(plugins)
         })
         .await;
     let loaded = started.elapsed();
@@ -311,7 +313,7 @@ async fn the_hostile_set_cannot_hang_the_host_starve_its_neighbour_or_delay_shut
         let error = p.error.as_deref().unwrap_or_default();
         assert!(error.contains("deadline of 1s exceeded: stopped after"), "{name}: {error}");
     }
-    for name in ["sleeper", "looper", "flooder", "recurser", "stuck", "good"] {
+    for name in ["sleeper", "looper", "flooder", "recurser", "reasoner", "stuck", "good"] {
         assert_eq!(by_name[name].state, "running", "{name}: {:?}", by_name[name]);
     }
 
@@ -355,6 +357,7 @@ async fn the_hostile_set_cannot_hang_the_host_starve_its_neighbour_or_delay_shut
         if *kind == "deadline" {
             assert!(letter.reason.contains("deadline of 500ms exceeded: stopped after"), "{name}: {}", letter.reason);
         }
+        assert!(letter.reason.len() <= 2048, "{name}: a reason of {} bytes", letter.reason.len());
         if *name == "sleeper" {
             assert!(letter.reason.contains("blocked in a host call"), "{}", letter.reason);
         }

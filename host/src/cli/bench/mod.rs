@@ -483,7 +483,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let bench = Bench { url: server.url(), ctx, engine };
     let mut report = Report::default();
     let cache_dir = tempfile::tempdir()?;
-    let cache = Cache::new(cache_dir.path());
+    let cache = Cache::open(cache_dir.path().join("cache"), &cache_dir.path().join("cache.key"))?;
     eprintln!("ferry bench{} on redis {}", if args.quick { " --quick" } else { "" }, bench.url);
 
     // 5. Start-up (first, so the cold compile is really cold).

@@ -1,0 +1,206 @@
+//! The security review's attacks (issue 23) that need a real guest: each one fails.
+//! The others are unit tests beside the code they attack (`plugin::cache`, `plugin::invoke`,
+//! `plugin::sandbox`, `config`); docs/security.md lists them all.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry::config::{EngineConfig, LimitsConfig};
+use ferry::event::Event;
+use ferry::plugin::invoke::{FailureKind, Invoke, Job, Outcome, Runner};
+use ferry::plugin::sandbox::Grants;
+use ferry::plugin::{Engine, Plugin};
+use ferry_test_fixtures as fixtures;
+
+/// A runner of the hostile fixture allowed to publish to `events`.
+async fn hostile() -> Runner {
+    let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+    let limits = LimitsConfig::default();
+    let plugin = Plugin::load(&engine, Path::new(fixtures::HOSTILE), None, &limits).await.expect("load");
+    let grants = Arc::new(Grants {
+        subscriber: "hostile".into(),
+        version: plugin.version.as_str().into(),
+        config: Default::default(),
+        publish_streams: vec!["events".into()],
+        limits,
+    });
+    Runner::with_concurrency(engine, plugin, grants, 1)
+}
+
+fn job(event: Event) -> Arc<Job> {
+    Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 1 })
+}
+
+fn act(act: &str) -> Event {
+    Event::new("Hostile", "test", format!(r#"{{"act":"{act}"}}"#))
+}
+
+#[tokio::test]
+async fn a_huge_retry_reason_is_cut_like_stderr() {
+    let runner = hostile().await;
+    match runner.handle(job(act("huge_reason"))).await {
+        Outcome::Failed { kind: FailureKind::HandlerRetry, reason, .. } => {
+            assert!(reason.len() <= 1100, "cut: {} bytes", reason.len());
+            assert!(reason.contains("bytes cut"), "says so: {}", &reason[reason.len().saturating_sub(80)..]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn follow_ups_with_huge_fields_are_refused_and_never_held() {
+    let runner = hostile().await;
+    match runner.handle(job(act("huge_follow_ups"))).await {
+        Outcome::Handled { follow_ups } => assert!(follow_ups.is_empty(), "{} held", follow_ups.len()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A depth limit alone does not bound a plugin that re-emits what it handles twice: 2^32
+/// events before the depth ends it. The causation budget does: every descendant of a
+/// producer's event is counted against its budget, so the whole tree stays within
+/// `CAUSATION_BUDGET` events, and the event whose follow-ups would exceed it is refused the
+/// `send` (the SDK's `?` makes that a reject, so it is dead-lettered).
+#[tokio::test]
+async fn an_amplifying_tree_of_follow_ups_stays_within_the_causation_budget() {
+    let runner = hostile().await;
+    let mut queue = std::collections::VecDeque::from([act("amplify")]);
+    let (mut handled, mut failed) = (0u64, 0u64);
+    while let Some(event) = queue.pop_front() {
+        assert!(handled <= u64::from(ferry::event::CAUSATION_BUDGET) + 1, "the tree grew past the budget");
+        match runner.handle(job(event)).await {
+            Outcome::Handled { follow_ups } => {
+                handled += 1;
+                queue.extend(follow_ups.into_iter().map(|f| f.event));
+            }
+            // The SDK turns the refused `send` into a reject: dead-lettered at once.
+            Outcome::Failed { kind: FailureKind::HandlerReject, reason, .. } => {
+                assert!(reason.contains("causation budget"), "{reason}");
+                failed += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Every descendant ran or was refused; the root is not a descendant.
+    assert!(handled - 1 + failed <= u64::from(ferry::event::CAUSATION_BUDGET), "{handled} handled, {failed} failed");
+    assert!(failed > 0, "the leaves that wanted more were refused");
+}
+
+/// A plugin that re-emits what it handles once, to the stream it reads, loops forever; the
+/// chain ends at the maximum causation depth (the `causationdepth` attribute ferry sets on
+/// every follow-up), where the event past it is refused as invalid and so dead-lettered.
+#[tokio::test]
+async fn a_loop_of_follow_ups_is_dead_lettered_past_the_maximum_causation_depth() {
+    let runner = hostile().await;
+    let mut event = act("echo");
+    let mut hops = 0;
+    loop {
+        assert!(hops <= ferry::event::MAX_CAUSATION_DEPTH + 1, "the chain went on past the maximum depth");
+        match runner.handle(job(event.clone())).await {
+            Outcome::Handled { follow_ups } => {
+                assert_eq!(follow_ups.len(), 1);
+                event = follow_ups[0].event.clone();
+                hops += 1;
+            }
+            Outcome::Failed { kind: FailureKind::InvalidEvent, reason, .. } => {
+                assert!(reason.contains("causation depth"), "{reason}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The producer's event (depth 0) and every follow-up up to the maximum depth ran.
+    assert_eq!(hops, ferry::event::MAX_CAUSATION_DEPTH + 1, "every hop up to the maximum ran");
+}
+
+/// Reading a stream is a grant like publishing to one: a plugin (or its own file) naming
+/// another team's stream is refused unless the operator lists it in `read_streams`; the
+/// host's own stream needs no grant, and the number of streams is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_another_stream_needs_a_grant_and_the_count_is_capped() {
+    use crate::support::{Env, RECORDER_TOML};
+    let env = Env::new();
+    let sub = |stream: &str| format!("{{ type = \"*\", stream = \"{stream}\" }}");
+    env.add_plugin("thief", fixtures::RECORDER, &format!("subscriptions = [{}]\n{RECORDER_TOML}", sub("payments")));
+    let many: Vec<String> = (0..=ferry::host::MAX_STREAMS).map(|i| sub(&format!("s{i}"))).collect();
+    let granted: Vec<String> = (0..=ferry::host::MAX_STREAMS).map(|i| format!("\"s{i}\"")).collect();
+    env.add_plugin(
+        "many",
+        fixtures::RECORDER,
+        &format!("subscriptions = [{}]\nread_streams = [{}]\n{RECORDER_TOML}", many.join(", "), granted.join(", ")),
+    );
+    env.add_plugin(
+        "granted",
+        fixtures::RECORDER,
+        &format!(
+            "subscriptions = [{}, {}]\nread_streams = [\"orders\"]\n{RECORDER_TOML}",
+            sub("orders"),
+            sub("events")
+        ),
+    );
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    let state = |name: &str| plugins.iter().find(|p| p.name == name).cloned().expect(name);
+    let thief = state("thief");
+    assert_eq!(thief.state, "refused");
+    let error = thief.error.unwrap_or_default();
+    assert!(error.contains("payments") && error.contains("read_streams"), "{error}");
+    let many = state("many");
+    assert_eq!(many.state, "refused");
+    assert!(many.error.unwrap_or_default().contains("at most"), "capped");
+    let granted = state("granted");
+    assert_eq!(granted.state, "running", "{:?}", granted.error);
+    assert_eq!(granted.subscriptions.len(), 2);
+    host.stop_all().await;
+}
+
+/// Issue 23, item 9: passwords in Redis and PostgreSQL addresses never reach the terminal:
+/// not in `--help` (clap shows environment values by default), not in connection errors.
+#[test]
+fn credentials_never_appear_in_help_or_errors() {
+    use std::process::Command;
+    let run = |args: &[&str]| {
+        let out = Command::new(crate::support::ferry_bin())
+            .args(args)
+            .env("FERRY_LOG", "warn")
+            .env("FERRY_CACHE_DIR", "")
+            .env("FERRY_REDIS", "redis://ferry:hunter2@127.0.0.1:1")
+            .env("FERRY_POSTGRES", "postgres://ferry:hunter2@127.0.0.1:1/db?password=hunter2")
+            .output()
+            .expect("running ferry");
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    for args in [
+        &["run", "--help"][..],
+        &["status", "--help"],
+        &["relay", "--help"],
+        &["demo", "--help"],
+        &["status"],
+        &["status", "--redis", "redis://ferry:hunter2@127.0.0.1:1"],
+        &["status", "--redis", "redis://ferry:hun/ter2@127.0.0.1:1"],
+        &["status", "--cluster", "--redis", "redis://ferry:hunter2@127.0.0.1:1,redis://ferry:hunter2@127.0.0.1:2"],
+        &["relay", "init"],
+        &["relay", "init", "--postgres", "host=127.0.0.1 port=1 user=ferry password=hunter2"],
+    ] {
+        let out = run(args);
+        assert!(!out.contains("hunter2") && !out.contains("ter2"), "ferry {args:?} showed the password:\n{out}");
+    }
+}
+
+/// The same through the plugin's own `subscriptions()` export: 100,000 streams declared, even
+/// all granted, are refused at load; the host and a neighbour run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_declaring_100000_streams_is_refused_and_the_host_runs_on() {
+    use crate::support::{Env, RECORDER_TOML};
+    let env = Env::new();
+    env.add_plugin("streams", fixtures::HOSTILE_LOAD_STREAMS, RECORDER_TOML);
+    env.add_plugin("good", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    let state = |name: &str| plugins.iter().find(|p| p.name == name).cloned().expect(name);
+    let streams = state("streams");
+    assert_eq!(streams.state, "refused");
+    assert!(streams.error.unwrap_or_default().contains("at most"), "capped");
+    assert_eq!(state("good").state, "running");
+    host.stop_all().await;
+}
