@@ -17,4 +17,5 @@ mod relay;
 mod relay_partitions;
 mod reload;
 mod replication;
+mod retention;
 mod sandbox;
