@@ -136,6 +136,8 @@ struct StatusView {
     plugins: Vec<crate::host::PluginStatus>,
     counters: Vec<Counters>,
     groups: Vec<crate::status::GroupStatus>,
+    /// Streams under retention (as `ferry status --retention --json` shows them).
+    streams: Vec<crate::status::StreamRetention>,
     redis_up: bool,
 }
 
@@ -167,5 +169,10 @@ async fn status(State(host): State<Arc<Host>>) -> impl IntoResponse {
         Ok(groups) => (groups, true),
         Err(_) => (Vec::new(), false),
     };
-    axum::Json(StatusView { plugins, counters, groups, redis_up })
+    let mut sources: Vec<String> = groups.iter().map(|g| g.stream.clone()).collect();
+    sources.dedup();
+    let targets = crate::status::retention_targets(host.config(), &sources);
+    let mut conn = host.context().shared.clone();
+    let streams = crate::status::retention(&mut conn, &targets).await.unwrap_or_default();
+    axum::Json(StatusView { plugins, counters, groups, streams, redis_up })
 }

@@ -83,6 +83,8 @@ pub struct Host {
     loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Tried>>>>>,
     /// Plugin versions compiled (or taken from the cache) and validated, all plugins together.
     loads: std::sync::atomic::AtomicU64,
+    /// Trims the streams with a retention of their own; stops with the host.
+    _retention: consume::trim::Retention,
 }
 
 /// What was last tried for a plugin: its file's hash and its settings.
@@ -132,11 +134,14 @@ impl Host {
             metrics,
             health: RedisHealth::default(),
             grace: config.shutdown_grace,
-            retention: config.retention.clone(),
+            retention: config.retention,
+            stream_retention: config.stream_retention(),
             partitions: config.partitions(),
             replication: config.replication(),
         });
+        let retention = consume::trim::Retention::spawn(ctx.clone(), config.retention_keys());
         Ok(Arc::new(Host {
+            _retention: retention,
             config,
             engine,
             cache,

@@ -68,3 +68,157 @@ async fn retention_removes_a_burst_larger_than_one_old_pass_within_a_few_interva
     assert_eq!(xlen(&mut conn, "events").await, 1000, "exactly max_len is kept: nobody needs more, max_len wants that many");
     host.stop().await;
 }
+
+/// Add `n` events to `stream` at up to `per_sec`, and after each 1,000 let `group` read them
+/// all and acknowledge them (a consumer at full speed); the ids added, oldest first.
+async fn feed_and_consume(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    n: usize,
+    per_sec: usize,
+    group: &str,
+    mut each_chunk: impl FnMut(&[String]),
+) -> Vec<String> {
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    while ids.len() < n {
+        let mut pipe = redis::pipe();
+        for i in ids.len()..(ids.len() + 1000).min(n) {
+            ferry::outbox::add(&mut pipe, stream, &ferry::event::Event::new("Fed", "tests", format!(r#"{{"i":{i}}}"#)));
+        }
+        let added: Vec<String> = pipe.query_async(conn).await.expect("xadd");
+        ids.extend(added);
+        each_chunk(&ids);
+        let value: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg("c")
+            .arg("COUNT")
+            .arg(100_000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(conn)
+            .await
+            .expect("read");
+        let read: Vec<String> =
+            ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
+        if !read.is_empty() {
+            let _: i64 = redis::cmd("XACK").arg(stream).arg(group).arg(&read).query_async(conn).await.expect("ack");
+        }
+        let due = started + Duration::from_secs_f64(ids.len() as f64 / per_sec as f64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    ids
+}
+
+async fn first_id(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Option<String> {
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await.expect("xrange");
+    ferry::consume::read::parse_entries(stream, value).into_iter().next().map(|e| e.id)
+}
+
+fn gauge(metrics: &str, name: &str, stream: &str) -> Option<i64> {
+    let prefix = format!("{name}{{stream=\"{stream}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+/// A follow-up target no ferry subscriber reads, with `[streams.NAME] retention`: fed at up to
+/// 20,000 events/s and read at full speed, it is back at exactly `max_len` within a few
+/// intervals of the last event. A group that stopped reading then holds the floor: every entry
+/// it has not read stays (checked after every 1,000 added, while trimming runs), the stream
+/// grows past `max_len`, and status and the metric say so, naming the group. Once the group
+/// catches up, the stream is back at `max_len`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_group_keeps_its_entries() {
+    let env = Env::new();
+    let mut conn = env.conn().await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("firehose")
+        .arg("fast")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let interval = Duration::from_millis(500);
+    let retention = RetentionConfig { max_len: Some(1000), max_age: None, interval };
+    let mut config = env.config();
+    config.streams.insert("firehose".into(), ferry::config::StreamConfig { retention: Some(retention), ..Default::default() });
+    let host = ferry::host::Host::start(config.clone()).await.expect("host");
+
+    // 60,000 events at up to 20,000/s: six old passes' worth, fed over a few intervals.
+    feed_and_consume(&mut conn, "firehose", 60_000, 20_000, "fast", |_| {}).await;
+    env.wait_for("the stream back at max_len", interval * 4, || {
+        let mut conn = conn.clone();
+        async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
+    })
+    .await;
+
+    // A group that stops reading: it has read nothing of what follows.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("firehose")
+        .arg("stopped")
+        .arg("$")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let mut checker = env.conn().await;
+    // After each 1,000 added: what the stopped group needs (everything added since it stopped)
+    // is all there, while the host trims.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, usize)>();
+    let feeding = tokio::spawn({
+        let mut conn = conn.clone();
+        async move {
+            let each = |ids: &[String]| tx.send((ids[0].clone(), ids.len())).unwrap_or(());
+            feed_and_consume(&mut conn, "firehose", 20_000, 20_000, "fast", each).await
+        }
+    });
+    while let Some((needed, added)) = rx.recv().await {
+        let first = first_id(&mut checker, "firehose").await.expect("not empty");
+        assert!(ferry::consume::read::cmp_ids(&first, &needed).is_le(), "trimmed past the stopped group's floor");
+        let len = xlen(&mut checker, "firehose").await;
+        assert!(len >= added as u64, "{len} entries left, {added} needed by the stopped group");
+    }
+    let ids = feeding.await.expect("feeder");
+    env.wait_for("the entries before the stopped group's floor removed", interval * 4, || {
+        let mut conn = conn.clone();
+        async move { (xlen(&mut conn, "firehose").await == 20_000).then_some(()) }
+    })
+    .await;
+    assert_eq!(first_id(&mut conn, "firehose").await.as_ref(), ids.first(), "nothing the stopped group needs is gone");
+    let targets = ferry::status::retention_targets(&config, &[]);
+    let status = ferry::status::retention(&mut conn, &targets).await.expect("status");
+    assert_eq!(status.len(), 1);
+    assert_eq!((status[0].length, status[0].over), (20_000, 19_000));
+    assert_eq!(status[0].floor_group.as_deref(), Some("stopped"), "status names the group holding the floor");
+    env.wait_for("the metric of entries over retention", interval * 4, || {
+        let metrics = host.context().metrics.render();
+        async move { (gauge(&metrics, "ferry_stream_entries_over_retention", "firehose") == Some(19_000)).then_some(()) }
+    })
+    .await;
+
+    // The stopped group catches up: the stream is back at max_len.
+    let value: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("stopped")
+        .arg("c")
+        .arg("COUNT")
+        .arg(100_000)
+        .arg("STREAMS")
+        .arg("firehose")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("read");
+    let read: Vec<String> = ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
+    let _: i64 = redis::cmd("XACK").arg("firehose").arg("stopped").arg(&read).query_async(&mut conn).await.expect("ack");
+    env.wait_for("the stream back at max_len", interval * 4, || {
+        let mut conn = conn.clone();
+        async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
+    })
+    .await;
+    host.stop_all().await;
+}

@@ -13,6 +13,7 @@
 mod cluster;
 mod cost;
 mod plain;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -475,6 +476,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         health: RedisHealth::default(),
         grace: Duration::from_secs(10),
         retention: None,
+        stream_retention: Default::default(),
         partitions: Default::default(),
         replication: ferry::connection::Replication::PRIMARY,
     });
@@ -629,6 +631,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         plain,
         format!("{:.0} events/s through all four", m as f64 / secs),
     );
+
+    // 3b. Retention: trimming passes under a steady inflow.
+    retention::figures(&bench, args.quick, &mut report).await?;
 
     // 4. Invocation cost.
     let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order).await;

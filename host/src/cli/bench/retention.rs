@@ -1,0 +1,168 @@
+//! The retention rows of `ferry bench`: what one trimming pass costs Redis, how long one call
+//! blocks it, and the inflow retention keeps at `max_len` while a subscriber consumes at full
+//! speed.
+//!
+//! Redis time is read from `SLOWLOG` (entries of `trim.lua`'s `EVALSHA` only, logged from
+//! [`LOGGED_FROM_US`] up; a call under that is counted at that bound), so it is the server's
+//! own execution time, not a round trip queued behind the producer's writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry::config::RetentionConfig;
+use ferry::consume::{self, Subscriber, trim};
+use tokio::sync::watch;
+
+use super::{Bench, Native, Report, active, preload, sample_event};
+
+/// Calls shorter than this (µs) are not logged by `SLOWLOG` during these rows.
+const LOGGED_FROM_US: u64 = 50;
+
+/// The newest `SLOWLOG` entry id (0 when empty).
+async fn last_logged(conn: &mut ferry::connection::Conn) -> anyhow::Result<i64> {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(1).query_async(conn).await?;
+    Ok(entries.first().and_then(|e| match e {
+        redis::Value::Array(f) => match f.first() {
+            Some(redis::Value::Int(id)) => Some(*id),
+            _ => None,
+        },
+        _ => None,
+    })
+    .unwrap_or(0))
+}
+
+/// Redis time (µs) of the trim calls logged after entry `since`, and how many were logged.
+async fn trim_time_since(conn: &mut ferry::connection::Conn, since: i64) -> anyhow::Result<(u64, u64, u64)> {
+    let sha = ferry::consume::scripts::TRIM.get_hash().to_string();
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(100_000).query_async(conn).await?;
+    let (mut total, mut longest, mut logged) = (0, 0, 0);
+    for entry in entries {
+        let redis::Value::Array(f) = entry else { continue };
+        let (Some(redis::Value::Int(id)), Some(redis::Value::Int(us)), Some(redis::Value::Array(args))) =
+            (f.first(), f.get(2), f.get(3))
+        else {
+            continue;
+        };
+        let arg = |i: usize| args.get(i).and_then(ferry::consume::read::text).unwrap_or_default();
+        if *id > since && arg(0).eq_ignore_ascii_case("evalsha") && arg(1) == sha {
+            let us = u64::try_from(*us).unwrap_or(0);
+            total += us;
+            longest = longest.max(us);
+            logged += 1;
+        }
+    }
+    Ok((total, longest, logged))
+}
+
+/// One pass measured: (Redis µs, longest call µs, calls, entries removed).
+async fn measured_pass(
+    conn: &mut ferry::connection::Conn,
+    stream: &str,
+    retention: &RetentionConfig,
+) -> anyhow::Result<(u64, u64, u32, u64)> {
+    let since = last_logged(conn).await?;
+    let pass = trim::pass(conn, stream, Some(retention), consume::now_ms()).await?;
+    let (logged_us, longest, logged) = trim_time_since(conn, since).await?;
+    let unlogged = u64::from(pass.calls).saturating_sub(logged);
+    Ok((logged_us + unlogged * LOGGED_FROM_US, longest, pass.calls, pass.removed))
+}
+
+/// The retention rows.
+pub async fn figures(bench: &Bench, quick: bool, report: &mut Report) -> anyhow::Result<()> {
+    let mut conn = bench.ctx.shared.clone();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(LOGGED_FROM_US).query_async(&mut conn).await?;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000).query_async(&mut conn).await?;
+    let result = rows(bench, quick, report).await;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(10_000).query_async(&mut conn).await?;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(128).query_async(&mut conn).await?;
+    result
+}
+
+async fn rows(bench: &Bench, quick: bool, report: &mut Report) -> anyhow::Result<()> {
+    let mut conn = bench.ctx.shared.clone();
+    // A backlog nobody needs any more (its only group has read it all), removed in one pass.
+    let backlog = if quick { 50_000 } else { 1_000_000 };
+    let stream = "bench-retention-backlog";
+    preload(&mut conn, stream, backlog).await?;
+    let _: () = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("done").arg("$").query_async(&mut conn).await?;
+    let retention = RetentionConfig { max_len: Some(10_000), max_age: None, interval: Duration::from_secs(1) };
+    let (us, longest, calls, removed) = measured_pass(&mut conn, stream, &retention).await?;
+    report.add(
+        format!("retention: one pass over a backlog of {backlog} events"),
+        us as f64 / 1000.0,
+        "ms Redis",
+        format!("{removed} removed in {calls} calls; longest call {longest} us (max_len 10000)"),
+    );
+    steady(bench, quick, &retention, report).await
+}
+
+/// A producer at a steady rate, a native subscriber at full speed, and a trimming pass every
+/// interval: Redis time per pass and the longest length seen.
+async fn steady(bench: &Bench, quick: bool, retention: &RetentionConfig, report: &mut Report) -> anyhow::Result<()> {
+    let (rate, secs) = if quick { (10_000usize, 2u64) } else { (50_000, 10) };
+    let stream = "bench-retention";
+    let (stop, rx) = watch::channel(false);
+    let sub = Arc::new(Subscriber::new("retention".into(), active(Arc::new(Native), stream)?));
+    let consumer = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, stream.into(), rx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let longest_len = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn({
+        let mut conn = bench.ctx.shared.clone();
+        let (done, longest_len) = (done.clone(), longest_len.clone());
+        async move {
+            let started = Instant::now();
+            let total = rate * secs as usize;
+            let mut sent = 0;
+            while sent < total {
+                let mut pipe = redis::pipe();
+                for i in sent..sent + 500 {
+                    ferry::outbox::add(&mut pipe, stream, &sample_event(i));
+                    pipe.ignore();
+                }
+                pipe.cmd("XLEN").arg(stream);
+                let (len,): (u64,) = pipe.query_async(&mut conn).await?;
+                longest_len.fetch_max(len, Ordering::Relaxed);
+                sent += 500;
+                tokio::time::sleep_until((started + Duration::from_secs_f64(sent as f64 / rate as f64)).into()).await;
+            }
+            done.store(true, Ordering::Relaxed);
+            anyhow::Ok(sent as f64 / started.elapsed().as_secs_f64())
+        }
+    });
+    let mut conn = bench.ctx.shared.clone();
+    let (mut passes, mut total_us, mut longest_us, mut calls) = (0u64, 0u64, 0u64, 0u32);
+    let mut tick = tokio::time::interval(retention.interval);
+    while !done.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let (us, longest, n, _) = measured_pass(&mut conn, stream, retention).await?;
+        (passes, total_us, longest_us, calls) = (passes + 1, total_us + us, longest_us.max(longest), calls + n);
+    }
+    let inflow = producer.await??;
+    // Once the subscriber has caught up, one more pass brings the stream back to max_len.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (us, longest, n, _) = measured_pass(&mut conn, stream, retention).await?;
+    (passes, total_us, longest_us, calls) = (passes + 1, total_us + us, longest_us.max(longest), calls + n);
+    let after: u64 = redis::cmd("XLEN").arg(stream).query_async(&mut conn).await?;
+    let _ = stop.send(true);
+    let _ = consumer.await;
+    let max_len = retention.max_len.unwrap_or(0);
+    report.add(
+        "retention: Redis time per trimming pass",
+        total_us as f64 / passes.max(1) as f64,
+        "us/pass",
+        format!("{passes} passes, {calls} calls, longest call {longest_us} us; one pass per {:?}", retention.interval),
+    );
+    report.add(
+        format!("retention: inflow kept at max_len {max_len}"),
+        inflow,
+        "events/s",
+        format!(
+            "native subscriber at full speed; longest length seen {} (max_len + one interval's inflow: {}); {after} after the run",
+            longest_len.load(Ordering::Relaxed),
+            max_len + (inflow * retention.interval.as_secs_f64()) as u64
+        ),
+    );
+    Ok(())
+}
