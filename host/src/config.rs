@@ -621,8 +621,13 @@ mod tests {
         assert_eq!(records.max_age, Some(Duration::from_secs(3600)));
         assert_eq!(records.interval, Duration::from_secs(10), "unset keys take the defaults");
         assert_eq!(config.retention.and_then(|r| r.max_len), Some(1000), "[retention] keeps working");
-        assert!(toml::from_str::<Config>("[streams.x.retention]
-max = 1").is_err());
+        assert!(
+            toml::from_str::<Config>(
+                "[streams.x.retention]
+max = 1"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -290,7 +290,10 @@ pub struct StreamRetention {
 
 /// The streams retention applies to: those with a `[streams.NAME] retention`, and, under the
 /// host's `[retention]`, every source stream in `sources` without one of its own.
-pub fn retention_targets(config: &crate::config::Config, sources: &[String]) -> Vec<(String, crate::config::RetentionConfig)> {
+pub fn retention_targets(
+    config: &crate::config::Config,
+    sources: &[String],
+) -> Vec<(String, crate::config::RetentionConfig)> {
     let mut out = config.retention_keys();
     let own = config.stream_retention();
     if let Some(r) = config.retention {

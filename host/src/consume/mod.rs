@@ -188,7 +188,8 @@ impl Context {
     /// The retention a housekeeper trims source stream (or partition) `key` by: the host's
     /// `[retention]`, unless the stream has one of its own (trimmed by [`trim::Retention`]).
     pub fn source_retention(&self, key: &str) -> Option<&crate::config::RetentionConfig> {
-        let own = self.stream_retention.contains_key(key) || self.stream_retention.contains_key(crate::keys::logical(key));
+        let own =
+            self.stream_retention.contains_key(key) || self.stream_retention.contains_key(crate::keys::logical(key));
         if own { None } else { self.retention.as_ref() }
     }
 

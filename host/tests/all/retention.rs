@@ -35,9 +35,9 @@ async fn group_exists(conn: &mut redis::aio::MultiplexedConnection, stream: &str
     let groups: redis::Value =
         redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await.unwrap_or(redis::Value::Nil);
     let redis::Value::Array(groups) = groups else { return false };
-    groups.into_iter().any(|g| {
-        ferry::consume::read::pair_str(&ferry::consume::read::pairs(g), "name").as_deref() == Some(group)
-    })
+    groups
+        .into_iter()
+        .any(|g| ferry::consume::read::pair_str(&ferry::consume::read::pairs(g), "name").as_deref() == Some(group))
 }
 
 /// 60,000 entries that no group needs (the subscriber's group starts at the end) are six old
@@ -65,7 +65,11 @@ async fn retention_removes_a_burst_larger_than_one_old_pass_within_a_few_interva
         async move { (xlen(&mut conn, "events").await <= 1000).then_some(()) }
     })
     .await;
-    assert_eq!(xlen(&mut conn, "events").await, 1000, "exactly max_len is kept: nobody needs more, max_len wants that many");
+    assert_eq!(
+        xlen(&mut conn, "events").await,
+        1000,
+        "exactly max_len is kept: nobody needs more, max_len wants that many"
+    );
     host.stop().await;
 }
 
@@ -101,8 +105,7 @@ async fn feed_and_consume(
             .query_async(conn)
             .await
             .expect("read");
-        let read: Vec<String> =
-            ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
+        let read: Vec<String> = ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
         if !read.is_empty() {
             let _: i64 = redis::cmd("XACK").arg(stream).arg(group).arg(&read).query_async(conn).await.expect("ack");
         }
@@ -145,7 +148,9 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     let interval = Duration::from_millis(500);
     let retention = RetentionConfig { max_len: Some(1000), max_age: None, interval };
     let mut config = env.config();
-    config.streams.insert("firehose".into(), ferry::config::StreamConfig { retention: Some(retention), ..Default::default() });
+    config
+        .streams
+        .insert("firehose".into(), ferry::config::StreamConfig { retention: Some(retention), ..Default::default() });
     let host = ferry::host::Host::start(config.clone()).await.expect("host");
 
     // 60,000 events at up to 20,000/s: six old passes' worth, fed over a few intervals.
@@ -214,7 +219,8 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
         .await
         .expect("read");
     let read: Vec<String> = ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
-    let _: i64 = redis::cmd("XACK").arg("firehose").arg("stopped").arg(&read).query_async(&mut conn).await.expect("ack");
+    let _: i64 =
+        redis::cmd("XACK").arg("firehose").arg("stopped").arg(&read).query_async(&mut conn).await.expect("ack");
     env.wait_for("the stream back at max_len", interval * 4, || {
         let mut conn = conn.clone();
         async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }

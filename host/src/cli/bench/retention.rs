@@ -22,14 +22,16 @@ const LOGGED_FROM_US: u64 = 50;
 /// The newest `SLOWLOG` entry id (0 when empty).
 async fn last_logged(conn: &mut ferry::connection::Conn) -> anyhow::Result<i64> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(1).query_async(conn).await?;
-    Ok(entries.first().and_then(|e| match e {
-        redis::Value::Array(f) => match f.first() {
-            Some(redis::Value::Int(id)) => Some(*id),
+    Ok(entries
+        .first()
+        .and_then(|e| match e {
+            redis::Value::Array(f) => match f.first() {
+                Some(redis::Value::Int(id)) => Some(*id),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    })
-    .unwrap_or(0))
+        })
+        .unwrap_or(0))
 }
 
 /// Redis time (µs) of the trim calls logged after entry `since`, and how many were logged.
@@ -71,10 +73,16 @@ async fn measured_pass(
 /// The retention rows.
 pub async fn figures(bench: &Bench, quick: bool, report: &mut Report) -> anyhow::Result<()> {
     let mut conn = bench.ctx.shared.clone();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(LOGGED_FROM_US).query_async(&mut conn).await?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(LOGGED_FROM_US)
+        .query_async(&mut conn)
+        .await?;
     let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000).query_async(&mut conn).await?;
     let result = rows(bench, quick, report).await;
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(10_000).query_async(&mut conn).await?;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(10_000).query_async(&mut conn).await?;
     let _: () = redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(128).query_async(&mut conn).await?;
     result
 }
