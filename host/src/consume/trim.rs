@@ -7,13 +7,14 @@
 //! entry below every group's floor has been delivered to and settled by every group. Ferry's
 //! own retry streams are always trimmed to their floor.
 //!
-//! A pass is a loop of `trim.lua` calls, each one bounded: it computes the floor and removes
-//! at most [`LIMIT_PER_CALL`] entries with `XTRIM … ~ … LIMIT` (whole radix-tree nodes, no
-//! entry walked), then the exact cut inside one node. Where the length limit cuts is decided
+//! A pass is a loop of `trim.lua` calls, each one bounded: it computes the floor and frees
+//! at most [`NODES_PER_CALL`] radix-tree nodes with `XTRIM … ~ … LIMIT` (no entry walked),
+//! then the exact cut inside one node. Where the length limit cuts is decided
 //! without reading entries in the common case: `XTRIM MAXLEN` when everything the floor keeps
 //! is within the last `max_len` entries (counted from the floor group's lag), else `XTRIM
-//! MINID` at the floor. So the work of a pass grows with the nodes removed, not with the
-//! entries: the excess of any inflow goes in one pass, and one call blocks Redis for a bounded
+//! MINID` at the floor (counting what the floor keeps walks at most [`WALK_PER_CALL`] entries,
+//! and only when the group holding the floor has entries pending). So the work of a pass grows
+//! with the nodes removed, not with the entries: the excess of any inflow goes in one pass, and one call blocks Redis for a bounded
 //! time (measured by `ferry bench`, docs/benchmarks.md).
 //!
 //! Who trims: the housekeeper of each (subscriber, stream) trims its source stream by the
@@ -31,16 +32,17 @@ use super::read::{self, cmp_ids, parse_id};
 use super::{Context, now_ms, scripts};
 use crate::config::RetentionConfig;
 
-/// Most entries one `trim.lua` call removes with an approximate `XTRIM … LIMIT` (whole
-/// nodes): about 2 ms of Redis time on the benchmark machine.
-pub const LIMIT_PER_CALL: u64 = 100_000;
+/// Most radix-tree nodes one `trim.lua` call frees with an approximate `XTRIM … LIMIT` (whole
+/// nodes; the limit, in entries, is this many nodes' worth at the stream's mean entries per
+/// node): about 0.6-0.8 µs of Redis time per node on the benchmark machine.
+pub const NODES_PER_CALL: u64 = 1_000;
 
 /// Most entries one call walks to count what the floor keeps (a few ms at most); only a group
 /// with a long pending window makes a call walk at all.
 pub const WALK_PER_CALL: u64 = 1_000;
 
-/// Most calls in one pass (with [`LIMIT_PER_CALL`], 100 M entries): the rest waits for the
-/// next pass, so one pass always ends.
+/// Most calls in one pass (with [`NODES_PER_CALL`], a million nodes: tens of millions of
+/// entries): the rest waits for the next pass, so one pass always ends.
 const MAX_CALLS_PER_PASS: u32 = 1_000;
 
 /// The lowest id any group still needs on a stream, and the group that needs it.
@@ -131,13 +133,18 @@ pub async fn pass<C: ConnectionLike>(
         .and_then(|r| r.max_age)
         .map_or(String::new(), |age| format!("{}-0", now_ms.saturating_sub(age.as_millis() as u64)));
     let to_floor = if retention.is_none() { "1" } else { "0" };
-    let args = [max_len, age, to_floor.into(), LIMIT_PER_CALL.to_string(), WALK_PER_CALL.to_string()];
-    let cmd = scripts::evalsha(&scripts::TRIM, &[stream], &args);
+    let mut args =
+        [max_len, age, to_floor.into(), NODES_PER_CALL.to_string(), WALK_PER_CALL.to_string(), String::new()];
     let mut out = Pass::default();
     loop {
         let started = Instant::now();
-        type Reply = (u64, u8, u64, u8, Option<String>, Option<String>, Option<String>);
-        let (removed, more, length, held, holder, floor, first_id): Reply = scripts::run(conn, &cmd).await?;
+        type Reply = (u64, u8, u64, u8, Option<String>, Option<String>, Option<String>, Option<String>);
+        let cmd = scripts::evalsha(&scripts::TRIM, &[stream], &args);
+        let (removed, more, length, held, holder, floor, first_id, counted): Reply = scripts::run(conn, &cmd).await?;
+        // What this call counted spares the next calls of the pass the same walk.
+        if let Some(counted) = counted {
+            args[5] = counted;
+        }
         out.longest_call = out.longest_call.max(started.elapsed());
         out.calls += 1;
         out.removed += removed;

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// Cluster beside one host on a single node (needs redis-server and redis-cli).
     #[arg(long)]
     pub cluster: bool,
+    /// Measure only retention: one trimming pass over a large backlog, then passes under a
+    /// steady inflow consumed at full speed.
+    #[arg(long)]
+    pub retention_only: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
@@ -495,6 +499,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
     if args.relay_only {
         relay_figures(&bench, &noop, &sizes, &mut report).await?;
+        return finish(&args, &report);
+    }
+    if args.retention_only {
+        retention::figures(&bench, args.quick, &mut report).await?;
         return finish(&args, &report);
     }
     if args.cluster {
