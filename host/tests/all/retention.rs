@@ -199,6 +199,21 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     assert_eq!(status.len(), 1);
     assert_eq!((status[0].length, status[0].over), (20_000, 19_000));
     assert_eq!(status[0].floor_group.as_deref(), Some("stopped"), "status names the group holding the floor");
+    // `ferry status --retention --json`, from the same configuration file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("ferry.toml");
+    std::fs::write(&file, toml::to_string(&config).expect("config serializes")).expect("config file");
+    let file = file.to_string_lossy().into_owned();
+    let (status, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        crate::support::ferry(&["status", "--retention", "--json", "--config", &file])
+    })
+    .await
+    .expect("join");
+    assert!(status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json[0]["stream"], "firehose", "{stdout}");
+    assert_eq!(json[0]["floor_group"], "stopped", "{stdout}");
+    assert_eq!(json[0]["max_len"], 1000, "{stdout}");
     env.wait_for("the metric of entries over retention", interval * 4, || {
         let metrics = host.context().metrics.render();
         async move { (gauge(&metrics, "ferry_stream_entries_over_retention", "firehose") == Some(19_000)).then_some(()) }
