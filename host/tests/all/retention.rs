@@ -243,3 +243,84 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     .await;
     host.stop_all().await;
 }
+
+/// `n` entries on `stream`, all read by group `g`, all acknowledged except those at the
+/// positions in `pending`; their ids.
+async fn read_all_but(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    n: usize,
+    pending: &[usize],
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            ferry::outbox::add(&mut pipe, stream, &ferry::event::Event::new("Fed", "tests", format!(r#"{{"i":{i}}}"#)));
+        }
+        let added: Vec<String> = pipe.query_async(conn).await.expect("xadd");
+        ids.extend(added);
+    }
+    let _: () =
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("g").arg("0").query_async(conn).await.expect("group");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c")
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .expect("read");
+    let acked: Vec<&String> = ids.iter().enumerate().filter(|(i, _)| !pending.contains(i)).map(|(_, id)| id).collect();
+    for chunk in acked.chunks(1000) {
+        let _: i64 = redis::cmd("XACK").arg(stream).arg("g").arg(chunk).query_async(conn).await.expect("ack");
+    }
+    ids
+}
+
+/// The length limit cuts at `max_len` when everything the floor keeps is within it, and at the
+/// floor otherwise, on each path `trim.lua` decides by: the floor group's lag alone, a walk of
+/// its pending window, and (a window longer than one walk) cuts found from the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trimming_cuts_at_max_len_or_at_the_floor_whichever_keeps_more() {
+    let env = Env::new();
+    let mut conn = env.conn().await;
+    let pass = |conn: &mut redis::aio::MultiplexedConnection, stream: &'static str, max_len: u64| {
+        let retention = RetentionConfig { max_len: Some(max_len), max_age: None, interval: Duration::from_secs(1) };
+        let mut conn = conn.clone();
+        async move {
+            ferry::consume::trim::pass(&mut conn, stream, Some(&retention), ferry::consume::now_ms())
+                .await
+                .expect("pass")
+        }
+    };
+
+    // No group: the limits alone.
+    feed(&mut conn, "lone", 3000, 1_000_000).await;
+    let p = pass(&mut conn, "lone", 500).await;
+    assert_eq!((p.length, p.held, p.floor), (500, false, None));
+
+    // A window of 200 pending entries at the end: within max_len.
+    let ids = read_all_but(&mut conn, "window", 5000, &(4800..5000).collect::<Vec<_>>()).await;
+    let p = pass(&mut conn, "window", 1000).await;
+    assert_eq!((p.length, p.held), (1000, false));
+    assert_eq!(p.floor.as_ref().map(|f| (f.id.as_str(), f.group.as_str())), Some((ids[4800].as_str(), "g")));
+
+    // The oldest pending entry 3,000 from the end, max_len 1,000: the floor binds.
+    let ids = read_all_but(&mut conn, "held", 5000, &[2000, 4999]).await;
+    let p = pass(&mut conn, "held", 1000).await;
+    assert_eq!((p.length, p.held), (3000, true));
+    assert_eq!(p.first_id.as_ref(), Some(&ids[2000]), "the oldest pending entry is kept");
+
+    // One pending entry 3,000 from the end, everything after it acknowledged, max_len 4,000:
+    // the window is longer than one walk, so the cut is found from the head; max_len binds.
+    let ids = read_all_but(&mut conn, "long", 10_000, &[7000]).await;
+    let p = pass(&mut conn, "long", 4000).await;
+    assert_eq!((p.length, p.held), (4000, false), "{p:?}");
+    assert_eq!(p.first_id.as_ref(), Some(&ids[6000]));
+    assert!(p.calls > 1, "cut over several bounded calls: {p:?}");
+}
