@@ -23,7 +23,7 @@
 -- counted for the next one (ARGV[6]) or false}.
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then
-  return {0, 0, 0, 0, false, false, false}
+  return {0, 0, 0, 0, false, false, false, false}
 end
 local max_len = tonumber(ARGV[1])
 local age = ARGV[2] ~= '' and ARGV[2] or nil

@@ -299,6 +299,10 @@ async fn trimming_cuts_at_max_len_or_at_the_floor_whichever_keeps_more() {
         }
     };
 
+    // No stream yet (a follow-up target nobody wrote to): nothing to do, no error.
+    let p = pass(&mut conn, "missing", 500).await;
+    assert_eq!((p.removed, p.length, p.calls), (0, 0, 1));
+
     // No group: the limits alone.
     feed(&mut conn, "lone", 3000, 1_000_000).await;
     let p = pass(&mut conn, "lone", 500).await;
