@@ -308,6 +308,32 @@ async fn trimming_cuts_at_max_len_or_at_the_floor_whichever_keeps_more() {
     let p = pass(&mut conn, "lone", 500).await;
     assert_eq!((p.length, p.held, p.floor), (500, false, None));
 
+    // By age: everything is older than max_age, but a group has read only half.
+    for ms in 1..=100 {
+        let _: String = redis::cmd("XADD")
+            .arg("aged")
+            .arg(format!("{ms}-0"))
+            .arg("f")
+            .arg("v")
+            .query_async(&mut conn)
+            .await
+            .expect("xadd");
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("aged")
+        .arg("half")
+        .arg("50-0")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let retention =
+        RetentionConfig { max_len: None, max_age: Some(Duration::from_millis(1)), interval: Duration::from_secs(1) };
+    let p =
+        ferry::consume::trim::pass(&mut conn, "aged", Some(&retention), ferry::consume::now_ms()).await.expect("pass");
+    assert_eq!((p.length, p.held, p.first_id.as_deref()), (50, true, Some("51-0")), "{p:?}");
+    assert_eq!(p.floor.map(|f| f.group).as_deref(), Some("half"));
+
     // A window of 200 pending entries at the end: within max_len.
     let ids = read_all_but(&mut conn, "window", 5000, &(4800..5000).collect::<Vec<_>>()).await;
     let p = pass(&mut conn, "window", 1000).await;
