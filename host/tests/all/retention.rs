@@ -155,7 +155,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
 
     // 60,000 events at up to 20,000/s: six old passes' worth, fed over a few intervals.
     feed_and_consume(&mut conn, "firehose", 60_000, 20_000, "fast", |_| {}).await;
-    env.wait_for("the stream back at max_len", interval * 4, || {
+    env.wait_for("the stream back at max_len", interval * 6, || {
         let mut conn = conn.clone();
         async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
     })
@@ -188,7 +188,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
         assert!(len >= added as u64, "{len} entries left, {added} needed by the stopped group");
     }
     let ids = feeding.await.expect("feeder");
-    env.wait_for("the entries before the stopped group's floor removed", interval * 4, || {
+    env.wait_for("the entries before the stopped group's floor removed", interval * 6, || {
         let mut conn = conn.clone();
         async move { (xlen(&mut conn, "firehose").await == 20_000).then_some(()) }
     })
@@ -214,7 +214,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     assert_eq!(json[0]["stream"], "firehose", "{stdout}");
     assert_eq!(json[0]["floor_group"], "stopped", "{stdout}");
     assert_eq!(json[0]["max_len"], 1000, "{stdout}");
-    env.wait_for("the metric of entries over retention", interval * 4, || {
+    env.wait_for("the metric of entries over retention", interval * 6, || {
         let metrics = host.context().metrics.render();
         async move { (gauge(&metrics, "ferry_stream_entries_over_retention", "firehose") == Some(19_000)).then_some(()) }
     })
@@ -236,7 +236,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     let read: Vec<String> = ferry::consume::read::parse_read_reply(value).into_iter().map(|e| e.id).collect();
     let _: i64 =
         redis::cmd("XACK").arg("firehose").arg("stopped").arg(&read).query_async(&mut conn).await.expect("ack");
-    env.wait_for("the stream back at max_len", interval * 4, || {
+    env.wait_for("the stream back at max_len", interval * 6, || {
         let mut conn = conn.clone();
         async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
     })
