@@ -334,6 +334,22 @@ async fn trimming_cuts_at_max_len_or_at_the_floor_whichever_keeps_more() {
     assert_eq!((p.length, p.held, p.first_id.as_deref()), (50, true, Some("51-0")), "{p:?}");
     assert_eq!(p.floor.map(|f| f.group).as_deref(), Some("half"));
 
+    // The floor after an id with the largest sequence number is the next millisecond's first.
+    for id in ["5-18446744073709551615", "6-0", "7-0"] {
+        let _: String =
+            redis::cmd("XADD").arg("maxseq").arg(id).arg("f").arg("v").query_async(&mut conn).await.expect("xadd");
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("maxseq")
+        .arg("g")
+        .arg("5-18446744073709551615")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let p = ferry::consume::trim::pass(&mut conn, "maxseq", None, ferry::consume::now_ms()).await.expect("pass");
+    assert_eq!((p.removed, p.length, p.floor.map(|f| f.id)), (1, 2, Some("6-0".to_string())));
+
     // A window of 200 pending entries at the end: within max_len.
     let ids = read_all_but(&mut conn, "window", 5000, &(4800..5000).collect::<Vec<_>>()).await;
     let p = pass(&mut conn, "window", 1000).await;
