@@ -284,7 +284,8 @@ pub struct StreamRetention {
     /// The group holding the safe floor (`null`: no group; the stream is trimmed by its
     /// limits alone).
     pub floor_group: Option<String>,
-    /// Age of the oldest entry that group still needs, ms.
+    /// Age of the oldest entry that group still needs, ms (`null`: it needs none, it has
+    /// read and settled everything).
     pub floor_age_ms: Option<u64>,
 }
 
@@ -316,15 +317,17 @@ pub async fn retention<C: ConnectionLike>(
     let mut out = Vec::new();
     for (stream, r) in streams {
         let length: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
-        let first: redis::Value =
-            redis::cmd("XRANGE").arg(stream).arg("-").arg("+").arg("COUNT").arg(1).query_async(conn).await?;
-        let first = read::parse_entries(stream, first).into_iter().next().map(|e| e.id);
+        let first = first_at(conn, stream, "-").await?;
         let age = |id: &str| now.saturating_sub(read::parse_id(id).0);
         let floor = match crate::consume::trim::floor(conn, stream).await {
             Ok(floor) => floor,
             // No such stream yet: nothing to hold.
             Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) => None,
             Err(e) => return Err(e),
+        };
+        let needed = match &floor {
+            Some(f) => first_at(conn, stream, &f.id).await?,
+            None => None,
         };
         out.push(StreamRetention {
             stream: stream.clone(),
@@ -333,11 +336,18 @@ pub async fn retention<C: ConnectionLike>(
             max_age_ms: r.max_age.map(|a| a.as_millis() as u64),
             oldest_entry_age_ms: first.as_deref().map(age),
             over: r.max_len.map_or(0, |max| length.saturating_sub(max)),
-            floor_age_ms: floor.as_ref().map(|f| age(&f.id)),
+            floor_age_ms: needed.as_deref().map(age),
             floor_group: floor.map(|f| f.group),
         });
     }
     Ok(out)
+}
+
+/// The id of the first entry of `stream` at or after `start`.
+async fn first_at<C: ConnectionLike>(conn: &mut C, stream: &str, start: &str) -> redis::RedisResult<Option<String>> {
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg(start).arg("+").arg("COUNT").arg(1).query_async(conn).await?;
+    Ok(read::parse_entries(stream, value).into_iter().next().map(|e| e.id))
 }
 
 /// Every ferry group on the streams that carry one, plus `extra` streams.

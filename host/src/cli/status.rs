@@ -125,7 +125,7 @@ pub fn render_retention(streams: &[StreamRetention]) -> String {
             s.max_age_ms.map_or("-".into(), secs),
             match (&s.floor_group, s.floor_age_ms) {
                 (Some(group), Some(age)) => format!("{group} ({} old)", secs(age)),
-                (Some(group), None) => group.clone(),
+                (Some(group), None) => format!("{group} (needs none)"),
                 (None, _) => "- (no group)".into(),
             },
         ]);
