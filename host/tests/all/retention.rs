@@ -151,7 +151,13 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     config
         .streams
         .insert("firehose".into(), ferry::config::StreamConfig { retention: Some(retention), ..Default::default() });
+    config.admin.listen = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    let addr = config.admin.listen.clone();
     let host = ferry::host::Host::start(config.clone()).await.expect("host");
+    let admin = ferry::admin::spawn(host.clone()).await.expect("admin").expect("admin on");
 
     // 60,000 events at up to 20,000/s: six old passes' worth, fed over a few intervals.
     feed_and_consume(&mut conn, "firehose", 60_000, 20_000, "fast", |_| {}).await;
@@ -214,9 +220,15 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     assert_eq!(json[0]["stream"], "firehose", "{stdout}");
     assert_eq!(json[0]["floor_group"], "stopped", "{stdout}");
     assert_eq!(json[0]["max_len"], 1000, "{stdout}");
+    let view: serde_json::Value =
+        serde_json::from_str(&ferry::status::http_get(&addr, "/api/status").await.expect("api/status")).expect("json");
+    assert_eq!(view["streams"][0]["floor_group"], "stopped", "{view}");
     env.wait_for("the metric of entries over retention", interval * 6, || {
-        let metrics = host.context().metrics.render();
-        async move { (gauge(&metrics, "ferry_stream_entries_over_retention", "firehose") == Some(19_000)).then_some(()) }
+        let addr = addr.clone();
+        async move {
+            let metrics = ferry::status::http_get(&addr, "/metrics").await.ok()?;
+            (gauge(&metrics, "ferry_stream_entries_over_retention", "firehose") == Some(19_000)).then_some(())
+        }
     })
     .await;
 
@@ -241,6 +253,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
         async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
     })
     .await;
+    admin.abort();
     host.stop_all().await;
 }
 
