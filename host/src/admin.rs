@@ -195,6 +195,8 @@ struct StatusView {
     plugins: Vec<crate::host::PluginStatus>,
     counters: Vec<Counters>,
     groups: Vec<crate::status::GroupStatus>,
+    /// Streams under retention (as `ferry status --retention --json` shows them).
+    streams: Vec<crate::status::StreamRetention>,
     redis_up: bool,
     /// Stream keys whose writes this host cannot get a replica to confirm.
     missing_replicas: Vec<crate::replica::Missing>,
@@ -228,8 +230,13 @@ async fn status(State(host): State<Arc<Host>>) -> impl IntoResponse {
         Ok(groups) => (groups, true),
         Err(_) => (Vec::new(), false),
     };
+    let mut sources: Vec<String> = groups.iter().map(|g| g.stream.clone()).collect();
+    sources.dedup();
+    let targets = crate::status::retention_targets(host.config(), &sources);
+    let mut conn = host.context().shared.clone();
+    let streams = crate::status::retention(&mut conn, &targets).await.unwrap_or_default();
     let missing_replicas = host.context().replicas.missing();
-    axum::Json(StatusView { plugins, counters, groups, redis_up, missing_replicas })
+    axum::Json(StatusView { plugins, counters, groups, streams, redis_up, missing_replicas })
 }
 
 #[cfg(test)]

@@ -117,11 +117,16 @@ pub struct StreamConfig {
     /// events routed by partition key (docs/scale-out.md). Default 1 (the stream itself).
     /// Changing it on a stream that has data is refused.
     pub partitions: u32,
+    /// Retention of this stream (each partition by itself), whoever reads it: also for
+    /// streams no ferry subscriber reads, such as follow-up targets. Trimmed by every host
+    /// with this setting, never below the safe floor; replaces the host's `[retention]` for
+    /// this stream. Default: none.
+    pub retention: Option<RetentionConfig>,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { partitions: 1 }
+        Self { partitions: 1, retention: None }
     }
 }
 
@@ -179,9 +184,10 @@ impl Default for ReadConfig {
     }
 }
 
-/// Retention of source streams. Entries are removed only once every consumer group has
-/// settled them, whatever the limits say.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// Retention of a stream (`[retention]`: the source streams this host reads;
+/// `[streams.NAME] retention`: that stream). Entries are removed only once every consumer
+/// group has settled them, whatever the limits say (docs/operations.md, "Retention").
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Keep at most this many entries (fewer may be removed if groups still need them).
@@ -648,6 +654,24 @@ impl Config {
         self.streams.iter().filter(|(_, s)| s.partitions > 1).map(|(name, s)| (name.clone(), s.partitions)).collect()
     }
 
+    /// Streams with a retention of their own, by stream name.
+    pub fn stream_retention(&self) -> BTreeMap<String, RetentionConfig> {
+        self.streams.iter().filter_map(|(name, s)| Some((name.clone(), s.retention?))).collect()
+    }
+
+    /// The stream keys (each partition of a partitioned stream) with a retention of their own.
+    pub fn retention_keys(&self) -> Vec<(String, RetentionConfig)> {
+        let mut out = Vec::new();
+        for (name, s) in &self.streams {
+            let Some(retention) = s.retention else { continue };
+            match s.partitions {
+                0 | 1 => out.push((name.clone(), retention)),
+                n => out.extend((0..n).map(|p| (crate::keys::partition(name, p), retention))),
+            }
+        }
+        out
+    }
+
     /// The durability of ferry's writes.
     pub fn replication(&self) -> crate::connection::Replication {
         crate::connection::Replication { durability: self.durability, timeout: self.durability_timeout }
@@ -922,6 +946,35 @@ mod tests {
             assert!(config.validate().is_err(), "{text}");
         }
         Config::default().validate().expect("the defaults are fine");
+    }
+
+    #[test]
+    fn a_stream_has_a_retention_of_its_own_for_each_partition() {
+        let config: Config = toml::from_str(
+            r#"
+            [retention]
+            max_len = 1000
+            [streams.records.retention]
+            max_age = "1h"
+            [streams.orders]
+            partitions = 2
+            retention = { max_len = 10, interval = "1s" }
+            "#,
+        )
+        .expect("valid config");
+        let keys: Vec<String> = config.retention_keys().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["orders#0", "orders#1", "records"]);
+        let records = config.stream_retention()["records"];
+        assert_eq!(records.max_age, Some(Duration::from_secs(3600)));
+        assert_eq!(records.interval, Duration::from_secs(10), "unset keys take the defaults");
+        assert_eq!(config.retention.and_then(|r| r.max_len), Some(1000), "[retention] keeps working");
+        assert!(
+            toml::from_str::<Config>(
+                "[streams.x.retention]
+max = 1"
+            )
+            .is_err()
+        );
     }
 
     #[test]

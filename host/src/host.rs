@@ -89,6 +89,8 @@ pub struct Host {
     loading: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<Tried>>>>>,
     /// Plugin versions compiled (or taken from the cache) and validated, all plugins together.
     loads: std::sync::atomic::AtomicU64,
+    /// Trims the streams with a retention of their own; stops with the host.
+    _retention: consume::trim::Retention,
     /// Measures Redis's clock every [`crate::clock::SYNC_EVERY`] while the host lives.
     clock: tokio::task::JoinHandle<()>,
 }
@@ -161,12 +163,15 @@ impl Host {
             metrics,
             health: RedisHealth::default(),
             grace: config.shutdown_grace,
-            retention: config.retention.clone(),
+            retention: config.retention,
+            stream_retention: config.stream_retention(),
             partitions: config.partitions(),
             replication: config.replication(),
             replicas: crate::replica::ReplicaWatch::new(config.durability_on_missing_replica),
         });
+        let retention = consume::trim::Retention::spawn(ctx.clone(), config.retention_keys());
         Ok(Arc::new(Host {
+            _retention: retention,
             config,
             engine,
             cache,

@@ -129,6 +129,40 @@ impl RelayMetrics {
     }
 }
 
+/// Labels of per-stream retention metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetentionLabels {
+    /// Stream key (a partition is a stream of its own).
+    pub stream: String,
+}
+
+/// Retention of the streams this host trims ([`crate::consume::trim`]), set after each pass.
+#[derive(Clone)]
+pub struct RetentionMetrics {
+    /// Entries over `max_len` left after the last pass: what the safe floor keeps (a group
+    /// that stopped reading), plus what arrived during the pass.
+    pub over: Family<RetentionLabels, Gauge>,
+    /// Age of the oldest entry left after the last pass, in seconds (0 when empty).
+    pub oldest_age_seconds: Family<RetentionLabels, Gauge>,
+}
+
+impl RetentionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self { over: Family::default(), oldest_age_seconds: Family::default() };
+        registry.register(
+            "stream_entries_over_retention",
+            "Entries over max_len left after the last trimming pass (kept by the safe floor)",
+            metrics.over.clone(),
+        );
+        registry.register(
+            "stream_oldest_entry_age_seconds",
+            "Age of the oldest entry left after the last trimming pass",
+            metrics.oldest_age_seconds.clone(),
+        );
+        metrics
+    }
+}
+
 /// Every metric the host exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -184,6 +218,8 @@ pub struct Metrics {
     pub unconfirmed_writes: Family<WriteLabels, Counter>,
     /// The outbox relay's metrics.
     pub relay: RelayMetrics,
+    /// Retention of the streams this host trims.
+    pub retention: RetentionMetrics,
 }
 
 impl Default for Metrics {
@@ -277,6 +313,7 @@ impl Metrics {
             unconfirmed_writes.clone(),
         );
         let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
+        let retention = RetentionMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             handled,
@@ -303,6 +340,7 @@ impl Metrics {
             writes_waiting_for_replica,
             unconfirmed_writes,
             relay,
+            retention,
         }
     }
 

@@ -290,6 +290,93 @@ async fn oldest_pending<C: ConnectionLike>(conn: &mut C, stream: &str, group: &s
     Ok(None)
 }
 
+/// Retention of one stream: its length against its limits, the age of its oldest entry, and
+/// the group holding its safe floor (a group that stopped reading keeps every entry it has
+/// not settled, whatever the limits say).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamRetention {
+    /// Stream key (a partition is a stream of its own).
+    pub stream: String,
+    /// Entries in the stream.
+    pub length: u64,
+    /// `max_len`, if set.
+    pub max_len: Option<u64>,
+    /// `max_age`, ms, if set.
+    pub max_age_ms: Option<u64>,
+    /// Age of the oldest entry, ms (`null`: empty).
+    pub oldest_entry_age_ms: Option<u64>,
+    /// Entries over `max_len` (0 without one): what the next pass removes, or what the floor
+    /// keeps when it stays above 0.
+    pub over: u64,
+    /// The group holding the safe floor (`null`: no group; the stream is trimmed by its
+    /// limits alone).
+    pub floor_group: Option<String>,
+    /// Age of the oldest entry that group still needs, ms (`null`: it needs none, it has
+    /// read and settled everything).
+    pub floor_age_ms: Option<u64>,
+}
+
+/// The streams retention applies to: those with a `[streams.NAME] retention`, and, under the
+/// host's `[retention]`, every source stream in `sources` without one of its own.
+pub fn retention_targets(
+    config: &crate::config::Config,
+    sources: &[String],
+) -> Vec<(String, crate::config::RetentionConfig)> {
+    let mut out = config.retention_keys();
+    let own = config.stream_retention();
+    if let Some(r) = config.retention {
+        for stream in sources {
+            if !own.contains_key(crate::keys::logical(stream)) && !out.iter().any(|(s, _)| s == stream) {
+                out.push((stream.clone(), r));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The retention state of `streams`.
+pub async fn retention<C: ConnectionLike>(
+    conn: &mut C,
+    streams: &[(String, crate::config::RetentionConfig)],
+) -> redis::RedisResult<Vec<StreamRetention>> {
+    let now = crate::consume::now_ms();
+    let mut out = Vec::new();
+    for (stream, r) in streams {
+        let length: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+        let first = first_at(conn, stream, "-").await?;
+        let age = |id: &str| now.saturating_sub(read::parse_id(id).0);
+        let floor = match crate::consume::trim::floor(conn, stream).await {
+            Ok(floor) => floor,
+            // No such stream yet: nothing to hold.
+            Err(e) if matches!(e.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) => None,
+            Err(e) => return Err(e),
+        };
+        let needed = match &floor {
+            Some(f) => first_at(conn, stream, &f.id).await?,
+            None => None,
+        };
+        out.push(StreamRetention {
+            stream: stream.clone(),
+            length,
+            max_len: r.max_len,
+            max_age_ms: r.max_age.map(|a| a.as_millis() as u64),
+            oldest_entry_age_ms: first.as_deref().map(age),
+            over: r.max_len.map_or(0, |max| length.saturating_sub(max)),
+            floor_age_ms: needed.as_deref().map(age),
+            floor_group: floor.map(|f| f.group),
+        });
+    }
+    Ok(out)
+}
+
+/// The id of the first entry of `stream` at or after `start`.
+async fn first_at<C: ConnectionLike>(conn: &mut C, stream: &str, start: &str) -> redis::RedisResult<Option<String>> {
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg(stream).arg(start).arg("+").arg("COUNT").arg(1).query_async(conn).await?;
+    Ok(read::parse_entries(stream, value).into_iter().next().map(|e| e.id))
+}
+
 /// Every ferry group on the streams that carry one, plus `extra` streams.
 pub async fn snapshot<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
     let streams = discover(conn, extra).await.context("listing streams")?;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use ferry::status::{GroupStatus, snapshot};
+use ferry::status::{GroupStatus, StreamRetention, snapshot};
 
 use super::RedisArgs;
 use super::table::{header, table};
@@ -23,6 +23,10 @@ pub struct StatusArgs {
     /// Refresh every N seconds until interrupted.
     #[arg(long, value_name = "SECONDS")]
     pub watch: Option<u64>,
+    /// Show only the streams under retention (length against `max_len` / `max_age`, oldest
+    /// entry, the group holding the safe floor); with `--json`, as JSON.
+    #[arg(long)]
+    pub retention: bool,
 }
 
 /// Run `ferry status`.
@@ -35,6 +39,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut conn = args.redis.connect().await?;
     // On a single node every stream is on it; on a cluster the snapshot names each one's node.
     let single = (!config.cluster).then(|| without_password(&url));
+    if args.retention {
+        return retention(&args, &config, &mut conn).await;
+    }
     loop {
         let snapshot = snapshot(&mut conn, &args.streams).await.map(|mut groups| {
             for g in groups.iter_mut().filter(|g| g.node.is_none()) {
@@ -45,7 +52,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         match (&args.watch, snapshot) {
             (None, Err(e)) => return Err(e),
             (None, Ok(groups)) if args.json => println!("{}", serde_json::to_string_pretty(&groups)?),
-            (None, Ok(groups)) => print!("{}", render(&groups)),
+            (None, Ok(groups)) => {
+                print!("{}", render(&groups));
+                let streams = streams(&mut conn, &config, &args.streams).await?;
+                if !streams.is_empty() {
+                    print!("\n{}", render_retention(&streams));
+                }
+            }
             // Watching with --json: one compact document per line, for a script to follow.
             (Some(_), Ok(groups)) if args.json => println!("{}", serde_json::to_string(&groups)?),
             (Some(_), Err(e)) if args.json => println!("{}", serde_json::json!({ "error": format!("{e:#}") })),
@@ -64,6 +77,60 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             None => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// The retention state of the streams it applies to (see [`ferry::status::retention_targets`]).
+async fn streams(
+    conn: &mut ferry::connection::Conn,
+    config: &ferry::config::Config,
+    extra: &[String],
+) -> anyhow::Result<Vec<StreamRetention>> {
+    let sources = ferry::status::discover(conn, extra).await?;
+    let targets = ferry::status::retention_targets(config, &sources);
+    Ok(ferry::status::retention(conn, &targets).await?)
+}
+
+/// `ferry status --retention`: once, or every `--watch` seconds.
+async fn retention(
+    args: &StatusArgs,
+    config: &ferry::config::Config,
+    conn: &mut ferry::connection::Conn,
+) -> anyhow::Result<ExitCode> {
+    loop {
+        let streams = streams(conn, config, &args.streams).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&streams)?);
+        } else {
+            print!("{}", render_retention(&streams));
+        }
+        match args.watch {
+            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// Retention as a text table: length against the limits, the oldest entry, and the group
+/// holding the safe floor (with the age of the oldest entry it still needs).
+pub fn render_retention(streams: &[StreamRetention]) -> String {
+    let secs = |ms: u64| humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string();
+    let mut rows = vec![header(&["STREAM", "LENGTH", "MAX_LEN", "OVER", "OLDEST", "MAX_AGE", "FLOOR HELD BY"])];
+    for s in streams {
+        rows.push(vec![
+            s.stream.clone(),
+            s.length.to_string(),
+            s.max_len.map_or("-".into(), |n| n.to_string()),
+            s.over.to_string(),
+            s.oldest_entry_age_ms.map_or("-".into(), secs),
+            s.max_age_ms.map_or("-".into(), secs),
+            match (&s.floor_group, s.floor_age_ms) {
+                (Some(group), Some(age)) => format!("{group} ({} old)", secs(age)),
+                (Some(group), None) => format!("{group} (needs none)"),
+                (None, _) => "- (no group)".into(),
+            },
+        ]);
+    }
+    table(&rows)
 }
 
 /// `url` without its user and password, for showing on screen.
@@ -139,6 +206,23 @@ mod tests {
         assert_eq!(without_password("redis://:s3cret@db:6379/0"), "redis://db:6379/0");
         assert_eq!(without_password("rediss://user:pw@db"), "rediss://db");
         assert_eq!(without_password("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn the_retention_table_names_the_group_holding_the_floor() {
+        let s = StreamRetention {
+            stream: "records".into(),
+            length: 25_000,
+            max_len: Some(1000),
+            max_age_ms: None,
+            oldest_entry_age_ms: Some(61_000),
+            over: 24_000,
+            floor_group: Some("stopped".into()),
+            floor_age_ms: Some(60_500),
+        };
+        let table = render_retention(&[s]);
+        let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
+        assert_eq!(row, ["records", "25000", "1000", "24000", "1m", "1s", "-", "stopped", "(1m", "old)"]);
     }
 
     #[test]

@@ -48,9 +48,10 @@ impl Housekeeper {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let trim_every = self.ctx.retention.as_ref().map_or(Duration::from_secs(10), |r| r.interval);
+        let trim_every = self.ctx.source_retention(&self.keys.stream).map_or(Duration::from_secs(10), |r| r.interval);
         let mut last_liveness = Instant::now();
         let mut last_trim = Instant::now();
+        let mut trimmer = trim::Trimmer::default();
         let mut sweep_cursor = "0".to_string();
         loop {
             tokio::select! {
@@ -90,7 +91,7 @@ impl Housekeeper {
             }
             if last_trim.elapsed() >= trim_every {
                 last_trim = Instant::now();
-                self.trim().await;
+                self.trim(&mut trimmer).await;
             }
         }
     }
@@ -171,14 +172,15 @@ impl Housekeeper {
         scripts::run(&mut conn, &cmd).await
     }
 
-    async fn trim(&self) {
+    /// Trim the source stream by the host's `[retention]` (if any, and if the stream has
+    /// none of its own) and the retry stream to its floor.
+    async fn trim(&self, trimmer: &mut trim::Trimmer) {
         let mut conn = self.ctx.shared.clone();
-        let now = now_ms();
-        let source = match &self.ctx.retention {
-            Some(r) => trim::trim(&mut conn, &self.keys.stream, Some(r), now).await,
+        let source = match self.ctx.source_retention(&self.keys.stream) {
+            Some(r) => trimmer.run(&self.ctx, &self.keys.stream, r).await.map(|p| p.removed),
             None => Ok(0),
         };
-        let retry = trim::trim(&mut conn, &self.keys.retry, None, now).await;
+        let retry = trim::trim(&mut conn, &self.keys.retry, None, now_ms()).await;
         match (source, retry) {
             (Ok(a), Ok(b)) if a + b > 0 => {
                 tracing::debug!(subscriber = %self.group, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")

@@ -170,6 +170,9 @@ pub struct Context {
     pub grace: Duration,
     /// Retention of source streams.
     pub retention: Option<crate::config::RetentionConfig>,
+    /// Streams with a retention of their own (`[streams.NAME] retention`), by stream name:
+    /// the host's [`trim::Retention`] task trims them, so their housekeepers do not.
+    pub stream_retention: std::collections::BTreeMap<String, crate::config::RetentionConfig>,
     /// Partition counts of partitioned streams (others have one): subscribers read every
     /// partition, follow-ups are routed to one.
     pub partitions: std::collections::BTreeMap<String, u32>,
@@ -194,6 +197,14 @@ impl Context {
             Some(conn) => Ok(conn.clone()),
             None => Ok(own.insert(self.redis.dedicated(self.replication.timeout).await?).clone()),
         }
+    }
+
+    /// The retention a housekeeper trims source stream (or partition) `key` by: the host's
+    /// `[retention]`, unless the stream has one of its own (trimmed by [`trim::Retention`]).
+    pub fn source_retention(&self, key: &str) -> Option<&crate::config::RetentionConfig> {
+        let own =
+            self.stream_retention.contains_key(key) || self.stream_retention.contains_key(crate::keys::logical(key));
+        if own { None } else { self.retention.as_ref() }
     }
 
     /// The partitions of `stream` (1: not partitioned).

@@ -27,11 +27,11 @@ script!(REFRESH, "refresh.lua", "Push the leases of the events this host is hand
 script!(SWEEP, "sweep.lua", "Drop in-flight markers abandoned long ago.");
 script!(REAP, "reap.lua", "Remove silent consumers with nothing pending, atomically.");
 script!(REPLAY, "replay.lua", "Move one dead letter to the retry stream, once.");
-script!(CUT, "cut.lua", "Where a length limit cuts a stream, without reading payloads out.");
+script!(TRIM, "trim.lua", "One bounded step of trimming a stream by its retention, never below its safe floor.");
 
 /// Every script, for loading after `NOSCRIPT`.
 fn all() -> [&'static Script; 11] {
-    [&READ, &DISPATCH, &SETTLE, &START, &COUNT, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &CUT]
+    [&READ, &DISPATCH, &SETTLE, &START, &COUNT, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &TRIM]
 }
 
 /// `EVALSHA sha numkeys keys... args...` for `script`.

@@ -199,7 +199,7 @@ async fn publish_keyed<C: redis::aio::ConnectionLike>(conn: &mut C, partitions: 
 }
 
 fn partitioned(config: &mut ferry::config::Config, partitions: u32) {
-    config.streams.insert("events".into(), ferry::config::StreamConfig { partitions });
+    config.streams.insert("events".into(), ferry::config::StreamConfig { partitions, ..Default::default() });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

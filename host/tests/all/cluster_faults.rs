@@ -218,7 +218,9 @@ async fn scenario(events: usize, durability: Durability, faults: &[(usize, Fault
     let mut config = world.config();
     config.read.claim_idle = Some(Duration::from_secs(2));
     config.durability = durability;
-    config.streams.insert("events".into(), ferry::config::StreamConfig { partitions: PARTITIONS });
+    config
+        .streams
+        .insert("events".into(), ferry::config::StreamConfig { partitions: PARTITIONS, ..Default::default() });
     let mut hosts: Vec<HostProcess> = (0..3)
         .map(|n| {
             let mut config = config.clone();

@@ -19,5 +19,6 @@ mod relay_partitions;
 mod reload;
 mod replica_loss;
 mod replication;
+mod retention;
 mod sandbox;
 mod security;

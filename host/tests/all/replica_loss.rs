@@ -70,7 +70,9 @@ impl World {
         config.durability_timeout = Duration::from_millis(300);
         config.durability_on_missing_replica = policy;
         config.read.claim_idle = Some(Duration::from_secs(3));
-        config.streams.insert("events".into(), ferry::config::StreamConfig { partitions: PARTITIONS });
+        config
+            .streams
+            .insert("events".into(), ferry::config::StreamConfig { partitions: PARTITIONS, ..Default::default() });
         let mut admin = Vec::new();
         let hosts = (0..2)
             .map(|n| {

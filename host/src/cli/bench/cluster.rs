@@ -196,7 +196,7 @@ fn host_config(work: &Path, place: &Place<'_>, stream: &str) -> Config {
     };
     config.admin.listen = String::new();
     config.defaults.start = Some(Start::Beginning);
-    config.streams.insert(stream.to_string(), StreamConfig { partitions: PARTITIONS });
+    config.streams.insert(stream.to_string(), StreamConfig { partitions: PARTITIONS, ..Default::default() });
     config
 }
 

@@ -13,6 +13,7 @@
 mod cluster;
 mod cost;
 mod plain;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// Cluster beside one host on a single node (needs redis-server and redis-cli).
     #[arg(long)]
     pub cluster: bool,
+    /// Measure only retention: one trimming pass over a large backlog, then passes under a
+    /// steady inflow consumed at full speed.
+    #[arg(long)]
+    pub retention_only: bool,
     /// Where to write the JSON results.
     #[arg(long, default_value = "target/bench/results.json")]
     pub out: PathBuf,
@@ -475,6 +480,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         health: RedisHealth::default(),
         grace: Duration::from_secs(10),
         retention: None,
+        stream_retention: Default::default(),
         partitions: Default::default(),
         replication: ferry::connection::Replication::PRIMARY,
         replicas: ferry::replica::ReplicaWatch::new(Default::default()),
@@ -494,6 +500,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     report.add("start-up: Rust plugin, from the artifact cache", cached, "ms", "");
     if args.relay_only {
         relay_figures(&bench, &noop, &sizes, &mut report).await?;
+        return finish(&args, &report);
+    }
+    if args.retention_only {
+        retention::figures(&bench, args.quick, &mut report).await?;
         return finish(&args, &report);
     }
     if args.cluster {
@@ -630,6 +640,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         plain,
         format!("{:.0} events/s through all four", m as f64 / secs),
     );
+
+    // 3b. Retention: trimming passes under a steady inflow.
+    retention::figures(&bench, args.quick, &mut report).await?;
 
     // 4. Invocation cost.
     let (fresh, reused) = invocation_cost(&bench, &noop, sizes.calls, Shape::Order).await;
