@@ -86,6 +86,12 @@ async fn check(file: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCo
                     ferry::redact::printable(&s.event_type),
                     ferry::redact::printable(stream)
                 );
+                if s.stream.is_some() {
+                    println!("    reading another stream than the host's needs it in `read_streams`");
+                }
+            }
+            for line in grants_needed(&engine, &plugin) {
+                println!("  {line}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -116,4 +122,38 @@ async fn list(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
     }
     print!("{}", table(&rows));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the plugin imports from ferry, and which grant (configuration key) each import needs
+/// before it can do anything: a plugin that publishes without `publish_streams` has every
+/// event retried until the operator grants it.
+fn grants_needed(engine: &ferry::plugin::Engine, plugin: &ferry::plugin::Plugin) -> Vec<String> {
+    let component = plugin.pre.instance_pre().component();
+    let mut lines = Vec::new();
+    let mut wasi = 0;
+    for (name, _) in component.component_type().imports(&engine.engine) {
+        let interface = name.split('@').next().unwrap_or(name);
+        let needs = match interface {
+            "ferry:plugin/publish" => {
+                "needs `publish_streams = [...]` (the streams it may publish to) in `[subscribers.NAME]` or NAME.toml"
+            }
+            "ferry:plugin/config" => {
+                "reads config values: grant each under `[subscribers.NAME.config]` (or `[config]` in NAME.toml); ungranted keys read as absent"
+            }
+            "ferry:plugin/log" => "no grant needed (capped per event and per plugin)",
+            "ferry:plugin/types" => continue,
+            other if other.starts_with("wasi:") => {
+                wasi += 1;
+                continue;
+            }
+            _ => "not provided by this host: the plugin is refused",
+        };
+        lines.push(format!("imports {}: {needs}", ferry::redact::printable(name)));
+    }
+    if wasi > 0 {
+        lines.push(format!(
+            "imports {wasi} WASI interfaces: linked inert (nothing granted: no files, environment or sockets)"
+        ));
+    }
+    lines
 }

@@ -42,11 +42,18 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.retention {
         return retention(&args, &config, &mut conn).await;
     }
+    if !args.streams.is_empty() && !check_named(&mut conn, &args.streams).await? {
+        return Ok(ExitCode::from(1));
+    }
     loop {
         let snapshot = snapshot(&mut conn, &args.streams).await.map(|mut groups| {
             for g in groups.iter_mut().filter(|g| g.node.is_none()) {
                 g.node.clone_from(&single);
             }
+            // `--stream S` shows S (and its partitions) only.
+            groups.retain(|g| {
+                args.streams.is_empty() || args.streams.iter().any(|s| s == ferry::keys::logical(&g.stream))
+            });
             groups
         });
         match (&args.watch, snapshot) {
@@ -54,6 +61,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             (None, Ok(groups)) if args.json => println!("{}", serde_json::to_string_pretty(&groups)?),
             (None, Ok(groups)) => {
                 print!("{}", render(&groups));
+                let unread = unread(&mut conn, &config, &args.streams, &groups).await?;
+                if !unread.is_empty() {
+                    print!("\nstreams ferry writes to that no subscriber reads:\n{}", table(&unread));
+                }
                 let streams = streams(&mut conn, &config, &args.streams).await?;
                 if !streams.is_empty() {
                     print!("\n{}", render_retention(&streams));
@@ -77,6 +88,50 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             None => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// Whether every stream named with `--stream` exists (as a key, or as its partitions); says
+/// which do not.
+async fn check_named(conn: &mut ferry::connection::Conn, named: &[String]) -> anyhow::Result<bool> {
+    let mut all = true;
+    for stream in named {
+        let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+        let partition: bool = redis::cmd("EXISTS").arg(ferry::keys::partition(stream, 0)).query_async(conn).await?;
+        if !exists && !partition {
+            eprintln!("no stream `{stream}` in this Redis");
+            all = false;
+        }
+    }
+    Ok(all)
+}
+
+/// Streams ferry writes to (named with `--stream`, or the configuration's `publish_streams`
+/// and `[streams.NAME]`) that no ferry subscriber reads, with their length: follow-up targets
+/// never appear among the groups.
+async fn unread(
+    conn: &mut ferry::connection::Conn,
+    config: &ferry::config::Config,
+    named: &[String],
+    groups: &[GroupStatus],
+) -> anyhow::Result<Vec<Vec<String>>> {
+    let mut candidates: Vec<String> = named.to_vec();
+    if named.is_empty() {
+        candidates.extend(config.streams.keys().cloned());
+        for sub in std::iter::once(&config.defaults).chain(config.subscribers.values()) {
+            candidates.extend(sub.publish_streams.iter().flatten().cloned());
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut rows = vec![header(&["STREAM", "LENGTH"])];
+    for stream in candidates {
+        if groups.iter().any(|g| ferry::keys::logical(&g.stream) == stream) {
+            continue;
+        }
+        let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(conn).await.unwrap_or(0);
+        rows.push(vec![stream, len.to_string()]);
+    }
+    Ok(if rows.len() > 1 { rows } else { Vec::new() })
 }
 
 /// The retention state of the streams it applies to (see [`ferry::status::retention_targets`]).

@@ -458,6 +458,16 @@ impl Inner {
                 self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(Live { store, bindings, uses });
             }
         };
+        // A grant the event needed was missing: the operator's fault, not the event's. It is
+        // retried (and dead-lettered only when the retries run out, with the grant named),
+        // whatever the handler made of the refusal: after the grant is fixed, a retry succeeds.
+        if let Some(reason) = store.data_mut().denied.take()
+            && result.is_ok()
+        {
+            keep(store);
+            let reason = format!("{reason} (an operator's grant is missing: retried until it is given)");
+            return (Outcome::Failed { kind: FailureKind::HandlerRetry, reason, delay_hint: None }, Health::Healthy);
+        }
         match result {
             Ok(Ok(())) => {
                 let mut follow_ups = std::mem::take(&mut store.data_mut().follow_ups);

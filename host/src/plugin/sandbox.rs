@@ -104,6 +104,10 @@ pub struct HostState {
     pub current: Current,
     /// Follow-ups queued by the current event.
     pub follow_ups: Vec<FollowUp>,
+    /// A grant the current event needed and the operator has not given (publishing to a
+    /// stream not in `publish_streams`): the operator's to fix, so the event is retried
+    /// whatever the handler made of the refusal (see `invoke`).
+    pub denied: Option<String>,
     /// Log lines written by the current event.
     pub log_lines: u32,
     /// Log lines dropped by the rate cap during the current event.
@@ -132,6 +136,7 @@ impl HostState {
             call: None,
             current: Current::default(),
             follow_ups: Vec::new(),
+            denied: None,
             log_lines: 0,
             log_dropped: 0,
             stdout,
@@ -148,6 +153,7 @@ impl HostState {
     pub fn begin(&mut self, current: Current) {
         self.current = current;
         self.follow_ups.clear();
+        self.denied = None;
         self.log_lines = 0;
         self.log_dropped = 0;
     }
@@ -292,14 +298,14 @@ impl log::Host for HostState {
         if !self.rate.admit(&self.grants.subscriber, message.len()) {
             return;
         }
-        let plugin = &*self.grants.subscriber;
-        let event_id = &*self.current.event_id;
+        // The plugin and the event id are the `event` span's fields (`subscriber`, `event_id`),
+        // which every line written during the call carries: not repeated on the line.
         match level {
-            log::Level::Trace => tracing::trace!(target: "ferry::plugin", plugin, event_id, "{message}"),
-            log::Level::Debug => tracing::debug!(target: "ferry::plugin", plugin, event_id, "{message}"),
-            log::Level::Info => tracing::info!(target: "ferry::plugin", plugin, event_id, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "ferry::plugin", plugin, event_id, "{message}"),
-            log::Level::Error => tracing::error!(target: "ferry::plugin", plugin, event_id, "{message}"),
+            log::Level::Trace => tracing::trace!(target: "ferry::plugin", "{message}"),
+            log::Level::Debug => tracing::debug!(target: "ferry::plugin", "{message}"),
+            log::Level::Info => tracing::info!(target: "ferry::plugin", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "ferry::plugin", "{message}"),
+            log::Level::Error => tracing::error!(target: "ferry::plugin", "{message}"),
         }
     }
 }
@@ -341,7 +347,13 @@ impl publish::Host for HostState {
         }
         let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
         if !self.grants.publish_streams.contains(&stream) {
-            return Err(format!("publishing to stream `{}` is not allowed for this plugin", escape(&stream)));
+            let message = format!(
+                "publishing to stream `{stream}` is not allowed for this plugin: grant it with `publish_streams = [\"{stream}\"]` in its `[subscribers.{name}]` (or its NAME.toml)",
+                stream = escape(&stream),
+                name = escape(&self.grants.subscriber),
+            );
+            self.denied = Some(message.clone());
+            return Err(message);
         }
         keys::check_name("stream", &stream)?;
         if self.follow_ups.len() as u64 >= u64::from(self.current.budget) {

@@ -304,3 +304,36 @@ async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() 
         crate::support::ferry(&["new", "rust", "Bad_Name", "--dir", dir.path().to_str().expect("utf-8")]);
     assert!(!bad.success() && err.contains("lowercase"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_stream_filters_names_missing_streams_and_shows_streams_nobody_reads() {
+    let env = Env::new();
+    let mut conn = env.conn().await;
+    // A subscriber's group on `events`, and follow-ups in `followups` that nobody reads.
+    ferry::consume::ensure_groups(&mut conn, &SubscriberKeys::new("events", "rec"), "rec", ferry::config::Start::New)
+        .await
+        .expect("groups");
+    for _ in 0..3 {
+        publish(&mut conn, "followups", "Recorded", "{}").await;
+    }
+    let url = env.redis.url();
+    let (only_followups, nosuch, all) = blocking(move || {
+        (
+            ferry_env(&["status", "--redis", &url, "--stream", "followups"], &[]),
+            ferry_env(&["status", "--redis", &url, "--stream", "nosuch"], &[]),
+            ferry_env(&["status", "--redis", &url, "--stream", "events"], &[]),
+        )
+    })
+    .await;
+    assert!(only_followups.0, "{}", only_followups.2);
+    assert!(!only_followups.1.contains("rec"), "only the stream asked for: {}", only_followups.1);
+    assert!(
+        only_followups.1.contains("no subscriber reads")
+            && only_followups.1.contains("followups")
+            && only_followups.1.contains('3'),
+        "a stream only follow-ups go to is shown with its length: {}",
+        only_followups.1
+    );
+    assert!(!nosuch.0 && nosuch.2.contains("no stream `nosuch`"), "{}{}", nosuch.1, nosuch.2);
+    assert!(all.0 && all.1.contains("rec") && !all.1.contains("followups"), "{}", all.1);
+}

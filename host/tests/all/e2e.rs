@@ -151,6 +151,12 @@ async fn invalid_plugin_files_are_refused_with_a_precise_reason_and_others_keep_
     let (status, stdout, _) = ferry(&["plugins", "check", fixtures::RECORDER]);
     assert!(status.success());
     assert!(stdout.contains("subscribes to * (all versions)"), "{stdout}");
+    // And which grants its imports need (the recorder publishes and reads config).
+    assert!(
+        stdout.contains("imports ferry:plugin/publish@0.1.0: needs `publish_streams")
+            && stdout.contains("imports ferry:plugin/config@0.1.0"),
+        "{stdout}"
+    );
     let (status, _, stderr) = ferry(&["plugins", "check", fixtures::WRONG_CONTRACT]);
     assert_eq!(status.code(), Some(1));
     assert!(stderr.contains("built against contract ferry:plugin@9.0.0"), "{stderr}");

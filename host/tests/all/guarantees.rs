@@ -294,17 +294,22 @@ async fn a_reloaded_dedupe_window_reaches_the_settler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reloaded_concurrency_reaches_the_running_pipeline() {
     let env = Env::new();
-    env.add_plugin("rec", fixtures::RECORDER, &recorder("concurrency = 1"));
+    // A deadline above the sleeps: the four runs overlap however slowly they start.
+    let toml = |n: u32| recorder(&format!("concurrency = {n}\n[limits]\ndeadline = \"60s\""));
+    env.add_plugin("rec", fixtures::RECORDER, &toml(1));
     let keys = SubscriberKeys::new("events", "rec");
-    let host = ferry::host::Host::start(env.config()).await.expect("host");
-    reload(&host, &env, &recorder("concurrency = 4")).await;
+    let mut config = env.config();
+    config.shutdown_grace = Duration::from_millis(200);
+    let host = ferry::host::Host::start(config).await.expect("host");
+    reload(&host, &env, &toml(4)).await;
     let mut conn = env.conn().await;
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":20000}}"#)).await.id);
     }
-    // Four run at once: each has a started run in the in-flight hash.
-    env.wait_for("four events running at once", Duration::from_secs(15), || {
+    // Four run at once: each has a started run in the in-flight hash (one worker could never
+    // have four: each run lasts 20 s and its marker goes with its settle).
+    env.wait_for("four events running at once", Duration::from_secs(60), || {
         let mut conn = conn.clone();
         let keys = keys.clone();
         let ids = ids.clone();

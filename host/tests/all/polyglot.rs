@@ -113,7 +113,7 @@ async fn run_language(name: &str, wasm: &Path, event_type: &str, payload: &str, 
     assert_eq!(kind, "handler-reject", "{reason}");
     let log = host.log();
     assert!(
-        log.contains(log_line) && log.contains(&format!("plugin=\"{name}\"")),
+        log.contains(log_line) && log.contains(&format!("subscriber={name}")),
         "{name}: the log import reaches the host log:\n{log}"
     );
 }
