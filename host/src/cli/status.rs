@@ -42,8 +42,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.retention {
         return retention(&args, &config, &mut conn).await;
     }
-    if !args.streams.is_empty() && !check_named(&mut conn, &args.streams).await? {
-        return Ok(ExitCode::from(1));
+    if !args.streams.is_empty() {
+        check_named(&mut conn, &args.streams).await?;
     }
     loop {
         let snapshot = snapshot(&mut conn, &args.streams).await.map(|mut groups| {
@@ -90,19 +90,17 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Whether every stream named with `--stream` exists (as a key, or as its partitions); says
-/// which do not.
-async fn check_named(conn: &mut ferry::connection::Conn, named: &[String]) -> anyhow::Result<bool> {
-    let mut all = true;
+/// Say (on stderr) which streams named with `--stream` do not exist, as a key or as its
+/// partitions: their rows are empty because there is nothing, not because nothing is wrong.
+async fn check_named(conn: &mut ferry::connection::Conn, named: &[String]) -> anyhow::Result<()> {
     for stream in named {
         let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
         let partition: bool = redis::cmd("EXISTS").arg(ferry::keys::partition(stream, 0)).query_async(conn).await?;
         if !exists && !partition {
             eprintln!("no stream `{stream}` in this Redis");
-            all = false;
         }
     }
-    Ok(all)
+    Ok(())
 }
 
 /// Streams ferry writes to (named with `--stream`, or the configuration's `publish_streams`
