@@ -16,16 +16,10 @@ use ferry_test_fixtures as fixtures;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, publish, records};
-
-/// How often each event id was recorded.
-fn counts(recs: &[Value]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for r in recs {
-        *counts.entry(r["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-    }
-    counts
-}
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, counts, no_key_held, parked, publish, publish_keyed, recorder,
+    records,
+};
 
 /// Runs recorded for `key` in the in-flight hash (events being handled now).
 async fn in_flight(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) -> u64 {
@@ -63,20 +57,6 @@ async fn dead_letters(env: &Env, subscriber: &str) -> Vec<ferry::dlq::DeadLetter
     .await
 }
 
-/// Wait until `n` events are parked behind held keys.
-async fn parked(env: &Env, keys: &SubscriberKeys, n: i64) {
-    let conn = env.conn().await;
-    env.wait_for(&format!("{n} parked"), Duration::from_secs(20), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        async move {
-            let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
-            (parked == Some(n)).then_some(())
-        }
-    })
-    .await;
-}
-
 /// Wait until `n` events of `keys` are being handled.
 async fn running(env: &Env, keys: &SubscriberKeys, n: u64) {
     let conn = env.conn().await;
@@ -86,12 +66,6 @@ async fn running(env: &Env, keys: &SubscriberKeys, n: u64) {
         async move { (in_flight(&mut conn, &keys).await >= n).then_some(()) }
     })
     .await;
-}
-
-/// The recorder's settings with `extra`: its top-level keys first, its sections last.
-fn recorder(extra: &str) -> String {
-    let (top, sections) = extra.split_at(extra.find('[').unwrap_or(extra.len()));
-    format!("{top}\n{RECORDER_TOML}\n{sections}\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,14 +176,6 @@ async fn the_dedupe_record_is_pruned_on_every_path() {
     host.stop().await;
 }
 
-/// Every `ordered` test checks at the end that nothing is held or parked any more.
-async fn no_key_held(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) {
-    let held: u64 = redis::cmd("HLEN").arg(&keys.holds).query_async(conn).await.expect("HLEN");
-    let holders: u64 = redis::cmd("HLEN").arg(&keys.holders).query_async(conn).await.expect("HLEN");
-    let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(conn).await.expect("GET");
-    assert_eq!((held, holders, parked.unwrap_or(0)), (0, 0, 0), "no key held, nothing parked");
-}
-
 /// Wait until `n` records exist for partition key `key`; returns their `i` values in order.
 async fn order_of(env: &Env, key: &str, n: usize) -> Vec<u64> {
     let conn = env.conn().await;
@@ -226,13 +192,6 @@ async fn order_of(env: &Env, key: &str, n: usize) -> Vec<u64> {
         }
     })
     .await
-}
-
-async fn publish_keyed(conn: &mut MultiplexedConnection, key: &str, data: &str) -> Event {
-    let mut event = Event::new("Keyed", "tests", data);
-    event.partitionkey = Some(key.into());
-    ferry::outbox::publish(conn, "events", &event).await.expect("publish");
-    event
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,6 @@
 //! Each test forces the interleaving it asserts (a key provably held, an event provably
 //! queued behind a busy worker, a settle provably made by the skewed host).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry::consume::scripts;
@@ -17,31 +16,11 @@ use ferry::event::Event;
 use ferry::keys::SubscriberKeys;
 use ferry_test_fixtures as fixtures;
 use redis::aio::MultiplexedConnection;
-use serde_json::Value;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, publish, records};
-
-/// The recorder's settings with `extra`: its top-level keys first, its sections last.
-fn recorder(extra: &str) -> String {
-    let (top, sections) = extra.split_at(extra.find('[').unwrap_or(extra.len()));
-    format!("{top}\n{RECORDER_TOML}\n{sections}\n")
-}
-
-/// How often each event id was recorded.
-fn counts(recs: &[Value]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for r in recs {
-        *counts.entry(r["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-    }
-    counts
-}
-
-async fn publish_keyed(conn: &mut MultiplexedConnection, key: &str, data: &str) -> Event {
-    let mut event = Event::new("Keyed", "tests", data);
-    event.partitionkey = Some(key.into());
-    ferry::outbox::publish(conn, "events", &event).await.expect("publish");
-    event
-}
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, counts, no_key_held, parked, publish, publish_keyed, recorder,
+    records,
+};
 
 /// `XADD events * <event's fields> <extra fields>`: an entry as a producer wrote it.
 async fn add_raw(conn: &mut MultiplexedConnection, event: &Event, extra: &[(&str, &str)]) -> String {
@@ -69,28 +48,6 @@ async fn wait_dead_letters(env: &Env, subscriber: &str, n: usize) -> Vec<ferry::
         }
     })
     .await
-}
-
-/// Wait until `n` events are parked behind held keys.
-async fn parked(env: &Env, keys: &SubscriberKeys, n: i64) {
-    let conn = env.conn().await;
-    env.wait_for(&format!("{n} parked"), Duration::from_secs(30), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        async move {
-            let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
-            (parked == Some(n)).then_some(())
-        }
-    })
-    .await;
-}
-
-/// Nothing held, nothing parked.
-async fn no_key_held(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) {
-    let held: u64 = redis::cmd("HLEN").arg(&keys.holds).query_async(conn).await.expect("HLEN");
-    let holders: u64 = redis::cmd("HLEN").arg(&keys.holders).query_async(conn).await.expect("HLEN");
-    let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(conn).await.expect("GET");
-    assert_eq!((held, holders, parked.unwrap_or(0)), (0, 0, 0), "no key held, nothing parked");
 }
 
 /// The in-flight marker of `event_id` (`expiry:starts:owner`), if any.

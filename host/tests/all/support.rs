@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test module uses a different part")]
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use ferry::config::Config;
 use ferry::event::Event;
+use ferry::keys::SubscriberKeys;
 use ferry::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
@@ -330,4 +332,51 @@ pub fn faketime(offset: &str) -> Vec<(String, String)> {
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
         ("FAKETIME_NO_CACHE".into(), "1".into()),
     ]
+}
+
+// Helpers of the delivery tests (edges.rs, guarantees.rs).
+
+/// The recorder's settings with `extra`: its top-level keys first, its sections last.
+pub fn recorder(extra: &str) -> String {
+    let (top, sections) = extra.split_at(extra.find('[').unwrap_or(extra.len()));
+    format!("{top}\n{RECORDER_TOML}\n{sections}\n")
+}
+
+/// How often each event id was recorded.
+pub fn counts(recs: &[Value]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for r in recs {
+        *counts.entry(r["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// Publish a `Keyed` event with partition key `key` to `events`.
+pub async fn publish_keyed(conn: &mut MultiplexedConnection, key: &str, data: &str) -> Event {
+    let mut event = Event::new("Keyed", "tests", data);
+    event.partitionkey = Some(key.into());
+    ferry::outbox::publish(conn, "events", &event).await.expect("publish");
+    event
+}
+
+/// Wait until `n` events are parked behind held keys.
+pub async fn parked(env: &Env, keys: &SubscriberKeys, n: i64) {
+    let conn = env.conn().await;
+    env.wait_for(&format!("{n} parked"), Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        let keys = keys.clone();
+        async move {
+            let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(&mut conn).await.ok()?;
+            (parked == Some(n)).then_some(())
+        }
+    })
+    .await;
+}
+
+/// Nothing held, nothing parked.
+pub async fn no_key_held(conn: &mut MultiplexedConnection, keys: &SubscriberKeys) {
+    let held: u64 = redis::cmd("HLEN").arg(&keys.holds).query_async(conn).await.expect("HLEN");
+    let holders: u64 = redis::cmd("HLEN").arg(&keys.holders).query_async(conn).await.expect("HLEN");
+    let parked: Option<i64> = redis::cmd("GET").arg(&keys.parked_count).query_async(conn).await.expect("GET");
+    assert_eq!((held, holders, parked.unwrap_or(0)), (0, 0, 0), "no key held, nothing parked");
 }
