@@ -491,19 +491,20 @@ async fn settle_one(conn: &mut MultiplexedConnection, keys: &SubscriberKeys, s: 
     ferry::consume::settle::settle(conn, routing, "rec", 3_600_000, 20_000, &[s]).await.expect("settle");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_given_back_run_keeps_its_crash_count_through_the_sweep() {
-    let env = Env::new();
+/// A live run of event `e` (owner `events/1-0`) with two starts without a verdict.
+async fn a_live_run_started_twice(env: &Env) -> (MultiplexedConnection, SubscriberKeys) {
     let mut conn = env.conn().await;
     let keys = SubscriberKeys::new("events", "rec");
     let expiry = ferry::consume::now_ms() + 20_000;
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.inflight)
-        .arg("e")
-        .arg(format!("{expiry}:2:events/1-0"))
-        .query_async(&mut conn)
-        .await
-        .expect("hset");
+    let marker = format!("{expiry}:2:events/1-0");
+    let _: () = redis::cmd("HSET").arg(&keys.inflight).arg("e").arg(marker).query_async(&mut conn).await.expect("hset");
+    (conn, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_back_run_keeps_its_crash_count_through_the_sweep() {
+    let env = Env::new();
+    let (mut conn, keys) = a_live_run_started_twice(&env).await;
     settle_one(&mut conn, &keys, give_back(&keys, "e")).await;
     // The sweep drops only markers whose lease ended an hour ago.
     let before = (ferry::consume::now_ms() - 3_600_000).to_string();
@@ -516,16 +517,7 @@ async fn a_given_back_run_keeps_its_crash_count_through_the_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn giving_back_the_same_run_twice_takes_one_run_off_the_budget() {
     let env = Env::new();
-    let mut conn = env.conn().await;
-    let keys = SubscriberKeys::new("events", "rec");
-    let expiry = ferry::consume::now_ms() + 20_000;
-    let _: () = redis::cmd("HSET")
-        .arg(&keys.inflight)
-        .arg("e")
-        .arg(format!("{expiry}:2:events/1-0"))
-        .query_async(&mut conn)
-        .await
-        .expect("hset");
+    let (mut conn, keys) = a_live_run_started_twice(&env).await;
     // A settle re-sent after its WAIT failed applies the same give-back again.
     settle_one(&mut conn, &keys, give_back(&keys, "e")).await;
     settle_one(&mut conn, &keys, give_back(&keys, "e")).await;
