@@ -7,6 +7,7 @@
 //! events). So what this host holds is bounded by `concurrency` plus one read's worth of
 //! events not yet started. Everything it holds is kept alive by the housekeeper.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::{ReadAhead, Reader};
 use super::settle::{Settlement, Settler};
-use super::start::Starter;
+use super::start::{Starter, Starting};
 use super::{Active, Context, Counters, InFlight, Subscriber, worker};
 use crate::keys::SubscriberKeys;
 
@@ -234,37 +235,57 @@ impl Pipeline {
     /// stopped (the events not started are given back uncharged).
     async fn start_work(&mut self, active: &Arc<Active>, plan: Plan) -> bool {
         let count = self.ctx.read.count;
-        let mut run = plan.run.into_iter();
-        while let Some(work) = run.next() {
+        // Starts are recorded `ahead` events before their worker is free (grouped by the
+        // starter), so a worker rarely waits on the round trip: a run is charged when its event
+        // is among the next `concurrency` to start, never a whole read ahead of it.
+        let ahead = self.concurrency.max(1);
+        let mut run: VecDeque<Work> = plan.run.into();
+        let mut starts: VecDeque<Starting> = run.iter().take(ahead).map(|w| self.request_start(w)).collect();
+        while let Some(work) = run.pop_front() {
             // Read ahead once half the read is started, as many as the rest leaves room for:
             // still at most one read's worth of events waiting for a worker.
             if run.len() <= count / 2 {
                 self.read_ahead.ask(count - run.len());
             }
+            let start = starts.pop_front().unwrap_or_else(|| self.request_start(&work));
             let permit: Option<OwnedSemaphorePermit> = tokio::select! {
                 p = self.permits.clone().acquire_owned() => p.ok(),
                 _ = self.stop.changed() => None,
             };
             let Some(permit) = permit else {
+                // Given back: charged if its start was recorded, else not.
+                let mut requested = std::iter::once(start).chain(starts);
                 for w in std::iter::once(work).chain(run) {
-                    let _ = self.settle_tx.send(give_back(&w));
+                    let charged = match requested.next() {
+                        Some(start) => start.await.unwrap_or(false),
+                        None => false,
+                    };
+                    let _ = self.settle_tx.send(give_back(&w, charged));
                 }
                 return false;
             };
+            if let Some(next) = run.get(ahead - 1) {
+                starts.push_back(self.request_start(next));
+            }
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
-            let (starter, in_flight) = (self.starter.clone(), self.in_flight.clone());
+            let in_flight = self.in_flight.clone();
             self.workers.spawn(async move {
-                let settlement = if starter.start(&work.job.event.id, &work.owner).await {
+                let settlement = if start.await.unwrap_or(false) {
                     in_flight.started(&work.entry.key, &work.entry.id);
                     worker::run(active, work, &counters).await
                 } else {
-                    give_back(&work)
+                    give_back(&work, false)
                 };
                 let _ = tx.send(settlement);
                 drop(permit);
             });
         }
         true
+    }
+
+    /// Ask the starter to record that `work` starts (answered later, grouped with others).
+    fn request_start(&self, work: &Work) -> Starting {
+        self.starter.request(&work.job.event.id, &work.owner)
     }
 
     /// No more reads. Running events may finish within the grace period; then they are
@@ -304,8 +325,9 @@ impl Pipeline {
     }
 }
 
-/// The settlement that gives `work` back before it started: no verdict, nothing charged.
-fn give_back(work: &Work) -> Settlement {
+/// The settlement that gives `work` back before it ran: no verdict; `charged` if its start
+/// was recorded (it comes off the crash budget again).
+fn give_back(work: &Work, charged: bool) -> Settlement {
     let Work { entry, job, owner, .. } = work;
-    Settlement::give_back(entry.key.clone(), entry.id.clone(), job.event.id.clone(), owner.clone(), false)
+    Settlement::give_back(entry.key.clone(), entry.id.clone(), job.event.id.clone(), owner.clone(), charged)
 }

@@ -1,12 +1,13 @@
-//! The starter: records that a run really starts, the moment a worker takes an event, in
-//! groups (one `start.lua` call for every worker that is starting), so the crash budget
-//! counts only runs that began.
+//! The starter: records that a run starts, in groups (one `start.lua` call for every event
+//! about to start), so the crash budget counts only runs that began or were about to: the
+//! pipeline asks for an event's start when it is among the next `concurrency` events to get a
+//! worker, so the round trip is done by the time the worker is free.
 //!
 //! An event is recorded at dispatch with a lease (its in-flight marker), which the
 //! housekeeper keeps alive while the event waits for a worker; its run is charged only here.
 //! A host that dies with a read's worth of events queued behind busy workers therefore
-//! charges only the events that were running (docs/delivery.md: a crash-looping host
-//! dead-letters as `crash` only the events it was running when it died).
+//! charges only the events that were running and at most `concurrency` next ones, never the
+//! whole read (docs/delivery.md).
 
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ struct Request {
     reply: oneshot::Sender<bool>,
 }
 
+/// The starter's answer for one event: whether its start was recorded.
+pub type Starting = oneshot::Receiver<bool>;
+
 /// A handle to the starter of one (subscriber, stream).
 #[derive(Clone)]
 pub struct Starter {
@@ -38,16 +42,17 @@ impl Starter {
         Self { tx }
     }
 
-    /// Record that the run of `event_id` (owned by `owner`) starts now. `false`: it must not
-    /// start (another delivery of the event holds its marker, or Redis could not be reached);
-    /// the entry is given back uncharged.
-    pub async fn start(&self, event_id: &str, owner: &str) -> bool {
+    /// Record that the run of `event_id` (owned by `owner`) is about to start; the answer
+    /// comes when the group it went with is written. `false` (or a dropped answer): it must
+    /// not start (another delivery of the event holds its marker, or Redis could not be
+    /// reached); the entry is given back uncharged.
+    pub fn request(&self, event_id: &str, owner: &str) -> Starting {
         let (reply, answer) = oneshot::channel();
         let request = Request { event_id: event_id.to_string(), owner: owner.to_string(), reply };
-        if self.tx.send(request).is_err() {
-            return false;
-        }
-        answer.await.unwrap_or(false)
+        // A starter that is gone drops the request, and with it the reply: the answer is an
+        // error, read as "must not start".
+        let _ = self.tx.send(request);
+        answer
     }
 }
 

@@ -172,7 +172,7 @@ async fn an_event_waiting_for_a_worker_keeps_its_lease_so_a_copy_waits_instead_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_killed_with_events_waiting_for_a_worker_charges_only_the_running_event() {
+async fn a_host_killed_with_a_read_waiting_for_a_worker_charges_only_the_running_event_and_the_next() {
     let env = Env::new();
     // One start without a verdict is the whole crash budget.
     let toml = "start = \"beginning\"\npublish_streams = [\"records\"]\nconcurrency = 1\n[config]\n\
@@ -181,13 +181,14 @@ async fn a_host_killed_with_events_waiting_for_a_worker_charges_only_the_running
     let keys = SubscriberKeys::new("events", "rec");
     let mut conn = env.conn().await;
     let mut events = Vec::new();
-    for i in 0..5 {
+    for i in 0..6 {
         events.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":4000}}"#)).await);
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let config = env.config();
     let mut host = HostProcess::start(&config, dir.path(), "host");
-    // The first event runs; the other four were read and wait for the one worker.
+    // The first event runs; the other five were read and wait for the one worker (the next
+    // one's start is recorded ahead, so it is charged too: at most `concurrency` ahead).
     env.wait_for("the first event running, the rest read", Duration::from_secs(60), || {
         let mut conn = conn.clone();
         let keys = keys.clone();
@@ -195,7 +196,7 @@ async fn a_host_killed_with_events_waiting_for_a_worker_charges_only_the_running
         async move {
             let running = starts_of(&marker(&mut conn, &keys, &first).await) == 1;
             let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.ok()?;
-            (running && groups.iter().map(|g| g.pending).sum::<u64>() == 5).then_some(())
+            (running && groups.iter().map(|g| g.pending).sum::<u64>() == 6).then_some(())
         }
     })
     .await;
@@ -204,12 +205,13 @@ async fn a_host_killed_with_events_waiting_for_a_worker_charges_only_the_running
     let recs = env.records_at_least(4, Duration::from_secs(90)).await;
     env.settled("events", Duration::from_secs(60)).await;
     let handled: Vec<&str> = recs.iter().filter_map(|r| r["id"].as_str()).collect();
-    for e in &events[1..] {
+    for e in &events[2..] {
         assert!(handled.contains(&e.id.as_str()), "{} never ran before the crash: it is handled", e.id);
     }
     let letters = dead_letters(&mut conn, "rec").await;
-    assert_eq!(letters.len(), 1, "only the running event spent its budget: {letters:?}");
-    assert_eq!((letters[0].event_id.as_str(), letters[0].kind.as_str()), (events[0].id.as_str(), "crash"));
+    assert!(letters.len() <= 2, "the running event and at most one ahead spent their budget: {letters:?}");
+    assert!(letters.iter().all(|l| l.kind == "crash"));
+    assert!(letters.iter().any(|l| l.event_id == events[0].id), "the running one did: {letters:?}");
     drop(host);
 }
 
