@@ -34,6 +34,7 @@ pub struct NewArgs {
 
 const WIT: &str = include_str!("../../../plugin-sdk/wit/ferry.wit");
 const SDK_LIB: &str = include_str!("../../../plugin-sdk/src/lib.rs");
+const SDK_MANIFEST: &str = include_str!("../../../plugin-sdk/Cargo.toml");
 const PY_HANDLER: &str = include_str!("../../../examples/python/ferry_handler.py");
 const PY_TESTING: &str = include_str!("../../../examples/python/ferry_testing.py");
 const JS_HANDLER: &str = include_str!("../../../examples/javascript/ferry-handler.js");
@@ -167,18 +168,6 @@ mod tests {
     }
 }
 "##;
-    let sdk_manifest = r#"[package]
-name = "ferry-plugin-sdk"
-description = "Write ferry event handlers in Rust (bundled by `ferry new`)."
-version = "0.1.0"
-edition = "2024"
-license = "Apache-2.0"
-
-[dependencies]
-serde = { version = "1", features = ["derive"] }
-serde_json = "1"
-wit-bindgen = { version = "0.46", default-features = false, features = ["macros", "realloc"] }
-"#;
     let readme = format!(
         r#"# {name}
 
@@ -202,10 +191,27 @@ Needs Rust 1.95+ with `rustup target add wasm32-wasip2`.
         ("event.json", EVENT.to_string()),
         ("README.md", readme),
         (".gitignore", "/target\n".to_string()),
-        ("ferry-plugin-sdk/Cargo.toml", sdk_manifest.to_string()),
+        ("ferry-plugin-sdk/Cargo.toml", bundled_sdk_manifest()),
         ("ferry-plugin-sdk/src/lib.rs", SDK_LIB.to_string()),
         ("ferry-plugin-sdk/wit/ferry.wit", WIT.to_string()),
     ]
+}
+
+/// The SDK's own manifest without its `[workspace]` table: inside the new project the SDK is a
+/// member of the project's workspace, not a workspace of its own (same dependencies, always).
+fn bundled_sdk_manifest() -> String {
+    let mut out = String::new();
+    let mut in_workspace = false;
+    for line in SDK_MANIFEST.lines() {
+        if line.starts_with('[') {
+            in_workspace = line.trim() == "[workspace]";
+        }
+        if !in_workspace && !line.starts_with("# The SDK is a guest crate") && !line.starts_with("# `cargo build`") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 fn python(name: &str) -> Vec<(&'static str, String)> {
@@ -389,4 +395,14 @@ ferry plugins invoke {name}.wasm --event event.json --config publish=stock --pub
         ("README.md", readme),
         (".gitignore", "node_modules/\n*.wasm\n".to_string()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bundled_sdk_manifest_is_the_sdks_own_without_its_workspace() {
+        let manifest = super::bundled_sdk_manifest();
+        assert!(!manifest.contains("[workspace]"), "{manifest}");
+        assert!(manifest.contains("name = \"ferry-plugin-sdk\"") && manifest.contains("wit-bindgen"), "{manifest}");
+    }
 }

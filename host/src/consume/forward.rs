@@ -49,7 +49,7 @@ fn undeliverable(e: &redis::RedisError) -> bool {
 impl Forwarder {
     /// Idle time after which another forwarder's entry is taken over (the active version's).
     fn claim_idle(&self) -> Duration {
-        super::claim_idle(&self.ctx.read, &self.subscriber.active().settings)
+        self.ctx.claim_idle_of(&self.subscriber)
     }
 
     /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
@@ -282,10 +282,9 @@ impl Forwarder {
     async fn reap(&self) -> redis::RedisResult<()> {
         let mut conn = self.ctx.shared.clone();
         let idle = (self.claim_idle() * 2).as_millis() as u64;
-        let args = [FORWARDERS.to_string(), self.name(), idle.to_string()];
-        let cmd = super::scripts::evalsha(&super::scripts::REAP, &[self.keys.forward.as_str()], &args);
-        let removed: Vec<String> = super::scripts::run(&mut conn, &cmd).await?;
-        for name in removed {
+        for name in
+            super::housekeeping::reap_silent(&mut conn, &self.keys.forward, FORWARDERS, &self.name(), idle).await?
+        {
             tracing::info!(stream = %self.keys.stream, forwarder = %name, "removed a silent forwarder with nothing pending");
         }
         Ok(())

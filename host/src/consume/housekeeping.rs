@@ -41,7 +41,7 @@ pub struct Housekeeper {
 impl Housekeeper {
     /// Idle time after which another consumer's entry is taken over (the active version's).
     fn claim_idle(&self) -> Duration {
-        super::claim_idle(&self.ctx.read, &self.subscriber.active().settings)
+        self.ctx.claim_idle_of(&self.subscriber)
     }
 
     /// Run until `stop`.
@@ -153,10 +153,7 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let idle = (self.claim_idle() * 2).as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            let args = [self.group.clone(), self.ctx.consumer.clone(), idle.to_string()];
-            let cmd = scripts::evalsha(&scripts::REAP, &[key.as_str()], &args);
-            let removed: Vec<String> = scripts::run(&mut conn, &cmd).await?;
-            for name in removed {
+            for name in reap_silent(&mut conn, key, &self.group, &self.ctx.consumer, idle).await? {
                 tracing::info!(subscriber = %self.group, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
             }
         }
@@ -189,4 +186,18 @@ impl Housekeeper {
             _ => {}
         }
     }
+}
+
+/// Remove the consumers of `group` on `key` other than `me` that have nothing pending and have
+/// been silent for longer than `idle_ms`, in one step (`reap.lua`); the names removed. Used for
+/// a subscriber's consumers and for the forwarders of a stream's forward key.
+pub(super) async fn reap_silent<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    key: &str,
+    group: &str,
+    me: &str,
+    idle_ms: u64,
+) -> redis::RedisResult<Vec<String>> {
+    let args = [group.to_string(), me.to_string(), idle_ms.to_string()];
+    scripts::run(conn, &scripts::evalsha(&scripts::REAP, &[key], &args)).await
 }

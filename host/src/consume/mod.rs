@@ -207,6 +207,12 @@ impl Context {
         if own { None } else { self.retention.as_ref() }
     }
 
+    /// [`claim_idle`] of `subscriber`'s active version: what the stages that outlive a reload
+    /// (settler, starter, housekeeper, forwarder) read on every use.
+    pub fn claim_idle_of(&self, subscriber: &Subscriber) -> Duration {
+        claim_idle(&self.read, &subscriber.active().settings)
+    }
+
     /// The partitions of `stream` (1: not partitioned).
     pub fn partitions_of(&self, stream: &str) -> u32 {
         self.partitions.get(stream).copied().unwrap_or(1)
@@ -246,6 +252,17 @@ pub async fn ensure_groups<C: redis::aio::ConnectionLike>(
 /// or twice the deadline plus 10 s.
 pub fn claim_idle(read: &ReadConfig, settings: &Effective) -> Duration {
     lease(read.claim_idle, settings)
+}
+
+/// Move what is queued on `rx` into `group`, up to `max` in all, without waiting: the
+/// settler and the starter send everything that is ready together in one round trip.
+pub(crate) fn fill<T>(group: &mut Vec<T>, rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) {
+    while group.len() < max {
+        match rx.try_recv() {
+            Ok(item) => group.push(item),
+            Err(_) => break,
+        }
+    }
 }
 
 /// [`claim_idle`] from the configured value (`None`: derived from the deadline).

@@ -422,12 +422,7 @@ impl Settler {
         let mut own = None;
         while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
             group.push(first);
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(s) => group.push(s),
-                    Err(_) => break,
-                }
-            }
+            super::fill(&mut group, &mut rx, MAX_GROUP);
             self.settle_group(&mut own, &mut group, &stop).await;
             group.clear();
         }
@@ -494,7 +489,7 @@ impl Settler {
         let active = self.subscriber.active();
         let settings = &active.settings;
         let window_ms = settings.dedupe_window.as_millis() as u64;
-        let lease_ms = super::claim_idle(&self.ctx.read, settings).as_millis() as u64;
+        let lease_ms = self.ctx.claim_idle_of(&self.subscriber).as_millis() as u64;
         let mut conn = self.ctx.write_conn(own).await?;
         let answers = settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
         if let Err(e) = self.confirm(&mut conn, group.len(), stop).await {

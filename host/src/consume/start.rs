@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Context, Subscriber, claim_idle, now_ms, scripts};
+use super::{Context, Subscriber, now_ms, scripts};
 use crate::keys::SubscriberKeys;
 
 /// The largest group of starts sent in one call.
@@ -65,13 +65,8 @@ async fn run(
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.recv().await {
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
-            }
-        }
-        let lease = claim_idle(&ctx.read, &subscriber.active().settings).as_millis() as u64;
+        super::fill(&mut group, &mut rx, MAX_GROUP);
+        let lease = ctx.claim_idle_of(&subscriber).as_millis() as u64;
         let mut args = Vec::with_capacity(1 + 2 * group.len());
         args.push((now_ms() + lease).to_string());
         for r in &group {
