@@ -164,8 +164,9 @@ pub struct Writer<'a> {
     pub replication: Replication,
     /// Which kind of write (`settle`, `forward`), for the metrics' `write` label.
     pub write: &'static str,
-    /// This writer's name in the watch (e.g. `settle/SUBSCRIBER`).
-    pub name: String,
+    /// This writer's name in the watch, `WRITE/SUBSCRIBER/STREAM` ([`Writer::new`]): one per
+    /// (subscriber, stream), because each writer rechecks only what it wrote itself.
+    name: String,
 }
 
 /// Entries of a consumer group that a writer holds while it waits for a replica.
@@ -204,7 +205,22 @@ pub enum Confirmed {
     Stopped,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// The `write` writer (`settle`, `forward`) of `group` on `stream`. Its name is unique to
+    /// the pair: a subscriber's writers on two stream keys must not share one, or a writer on
+    /// a healthy key would take the other key's unconfirmed writes for its own and wait on
+    /// them forever (issue 30: a healthy partition's settler stalled that way).
+    pub fn new(
+        watch: &'a ReplicaWatch,
+        metrics: &'a Metrics,
+        replication: Replication,
+        write: &'static str,
+        group: &str,
+        stream: &str,
+    ) -> Self {
+        Self { watch, metrics, replication, write, name: format!("{write}/{group}/{stream}") }
+    }
+
     /// Whether this writer has writes no replica confirmed (under `continue`, gone ahead).
     pub fn unconfirmed(&self) -> bool {
         !self.watch.keys_of(&self.name).is_empty()
@@ -310,5 +326,18 @@ mod tests {
         assert!(watch.missing().is_empty() && !watch.holds_back("events#0"));
         assert_eq!(gauge(&metrics), 0);
         assert!(!ReplicaWatch::new(OnMissingReplica::Continue).holds_back("events#0"));
+    }
+
+    #[test]
+    fn a_subscribers_writer_on_a_healthy_key_does_not_take_another_keys_shortfall_for_its_own() {
+        let metrics = Metrics::new();
+        let watch = ReplicaWatch::new(OnMissingReplica::Wait);
+        let replication = Replication::PRIMARY;
+        let lost = Writer::new(&watch, &metrics, replication, "settle", "rec", "events#0");
+        let healthy = Writer::new(&watch, &metrics, replication, "settle", "rec", "events#1");
+        watch.short(&metrics, "events#0", &lost.name, 3, None, "the primary has no replica");
+        assert!(lost.unconfirmed());
+        assert!(!healthy.unconfirmed(), "the healthy key's settler has nothing to recheck");
+        assert!(watch.keys_of(&healthy.name).is_empty());
     }
 }

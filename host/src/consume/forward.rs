@@ -99,13 +99,14 @@ impl Forwarder {
     }
 
     fn writer(&self) -> Writer<'_> {
-        Writer {
-            watch: &self.ctx.replicas,
-            metrics: &self.ctx.metrics,
-            replication: self.ctx.replication,
-            write: "forward",
-            name: format!("forward/{}", self.group),
-        }
+        Writer::new(
+            &self.ctx.replicas,
+            &self.ctx.metrics,
+            self.ctx.replication,
+            "forward",
+            &self.group,
+            &self.keys.stream,
+        )
     }
 
     /// Under `durability = "replicated"` (on a connection of its own, `own`: a `WAIT` blocks

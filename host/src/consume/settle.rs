@@ -456,13 +456,14 @@ impl Settler {
     }
 
     fn writer(&self) -> crate::replica::Writer<'_> {
-        crate::replica::Writer {
-            watch: &self.ctx.replicas,
-            metrics: &self.ctx.metrics,
-            replication: self.ctx.replication,
-            write: "settle",
-            name: format!("settle/{}", self.group),
-        }
+        crate::replica::Writer::new(
+            &self.ctx.replicas,
+            &self.ctx.metrics,
+            self.ctx.replication,
+            "settle",
+            &self.group,
+            &self.keys.stream,
+        )
     }
 
     /// Under `durability = "replicated"`: wait for a replica to have the `writes` settles just
