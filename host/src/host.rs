@@ -351,7 +351,7 @@ impl Host {
             if stream != self.config.stream && !effective.read_streams.contains(&stream) {
                 return Err(PluginError::NotGranted(format!(
                     "reading stream `{}` is not granted: list it in read_streams of [subscribers.{}]",
-                    crate::plugin::sandbox::escape(&stream),
+                    crate::redact::escape(&stream),
                     plugin.name
                 )));
             }
@@ -363,13 +363,7 @@ impl Host {
             }
             subscriptions.push((stream, sub));
         }
-        let grants = Arc::new(Grants {
-            subscriber: plugin.name.as_str().into(),
-            version: plugin.version.as_str().into(),
-            config: effective.config.clone(),
-            publish_streams: effective.publish_streams.clone(),
-            limits: effective.limits,
-        });
+        let grants = Arc::new(Grants::new(&plugin.name, &plugin.version, &effective));
         let runner: Arc<dyn crate::plugin::invoke::Invoke> =
             Arc::new(Runner::with_concurrency(self.engine.clone(), plugin, grants, effective.concurrency));
         Ok(Active { runner, subscriptions, settings: effective })

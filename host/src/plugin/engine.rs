@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Subscriber;
+use super::contract::Contract;
 use super::sandbox::HostState;
 use crate::config::EngineConfig;
 
@@ -75,7 +75,7 @@ impl Slots {
 pub struct Engine {
     /// The wasmtime engine.
     pub engine: wasmtime::Engine,
-    /// WASI p2 (inert: nothing granted) plus ferry's imports.
+    /// WASI p2 (inert: nothing granted) plus ferry's imports of every contract version.
     pub linker: Linker<HostState>,
     /// Engine-wide settings it was built with.
     pub config: EngineConfig,
@@ -157,9 +157,13 @@ impl Engine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(super::wasm_err).context("linking WASI")?;
-        Subscriber::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(super::wasm_err)
-            .context("linking ferry imports")?;
+        for contract in Contract::ALL {
+            // `types` holds only types: an empty instance satisfies a guest's import of it.
+            linker.instance(&contract.interface("types")).map_err(super::wasm_err)?;
+            super::capability::link(&mut linker, contract)
+                .map_err(super::wasm_err)
+                .with_context(|| format!("linking ferry imports of {}", contract.interface("*")))?;
+        }
 
         let weak = engine.weak();
         std::thread::Builder::new()

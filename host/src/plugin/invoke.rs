@@ -35,13 +35,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 use wasmtime::{Store, Trap, UpdateDeadline, WasmBacktrace};
 
-use super::bindings::Subscriber;
-use super::bindings::ferry::plugin::types::{self as wit, HandlerError};
+use super::bindings::types::{self as wit, HandlerError};
+use super::contract::Instance;
 use super::engine::EPOCH_TICK;
-use super::sandbox::{CallState, Current, FollowUp, Grants, HostState, LogRate, MemoryLimitExceeded};
+use super::sandbox::{CallState, Current, Grants, HostState, LogRate, MemoryLimitExceeded};
 use super::{Engine, Plugin};
 use crate::config::InstanceMode;
 use crate::event::Event;
+use crate::handler::Effects;
 /// The kind of a failure, recorded in dead-letter entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -91,10 +92,10 @@ impl FailureKind {
 /// What handling one event produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// Handled: acknowledge, and publish the follow-ups with the acknowledgement.
+    /// Handled: acknowledge, and write its effects (follow-ups) with the acknowledgement.
     Handled {
-        /// Events queued through `publish`.
-        follow_ups: Vec<FollowUp>,
+        /// What the capabilities hand to the settle.
+        effects: Effects,
     },
     /// The event failed; the retry policy decides what follows.
     Failed {
@@ -157,7 +158,7 @@ impl Invoke for Runner {
 
 struct Live {
     store: Store<HostState>,
-    bindings: Subscriber,
+    bindings: Instance,
     uses: u64,
 }
 
@@ -421,7 +422,7 @@ impl Inner {
                         Err(e) => return Err(e),
                     },
                 };
-                let result = bindings.ferry_plugin_handler().call_handle(&mut store, &wit_event, &delivery).await;
+                let result = bindings.handle(&mut store, &wit_event, &delivery).await;
                 Ok((bindings, result))
             }
             .instrument(span.clone()),
@@ -470,17 +471,9 @@ impl Inner {
         }
         match result {
             Ok(Ok(())) => {
-                let mut follow_ups = std::mem::take(&mut store.data_mut().follow_ups);
-                // Split what is left of the budget among the follow-ups (send kept their
-                // number within it), so the whole tree stays within the root's budget.
-                let n = u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
-                if let Some(share) = store.data().current.budget.saturating_sub(n).checked_div(n) {
-                    for f in &mut follow_ups {
-                        f.event.causationbudget = Some(share);
-                    }
-                }
+                let effects = store.data_mut().finish();
                 keep(store);
-                (Outcome::Handled { follow_ups }, Health::Healthy)
+                (Outcome::Handled { effects }, Health::Healthy)
             }
             Ok(Err(HandlerError::Retry(r))) => {
                 keep(store);
@@ -738,13 +731,7 @@ mod memory_bound {
 
     fn store(engine: &Engine, memory: u64) -> Store<HostState> {
         let limits = LimitsConfig { memory, ..LimitsConfig::default() };
-        let grants = Arc::new(Grants {
-            subscriber: "greedy".into(),
-            version: "0".into(),
-            config: Default::default(),
-            publish_streams: Vec::new(),
-            limits,
-        });
+        let grants = Arc::new(Grants::none("greedy", "0", limits));
         new_store(engine, grants, LogRate::of(&limits))
     }
 
@@ -823,13 +810,7 @@ mod instantiation {
             Plugin::load(&engine, std::path::Path::new(ferry_test_fixtures::NOOP), None, &limits).await.expect("load");
         // The instance's initial memory alone is over this limit.
         let tight = LimitsConfig { memory: 64 << 10, ..limits };
-        let grants = Arc::new(Grants {
-            subscriber: "noop".into(),
-            version: plugin.version.as_str().into(),
-            config: Default::default(),
-            publish_streams: Vec::new(),
-            limits: tight,
-        });
+        let grants = Arc::new(Grants::none("noop", &plugin.version, tight));
         let runner = Runner::with_concurrency(engine, plugin, grants, 4);
         let job = Arc::new(Job {
             event: Event::new("T", "test", "{}"),
@@ -855,13 +836,7 @@ mod instantiation {
         ] {
             let wat = format!("(component (core module $m {body}) (core instance (instantiate $m)))");
             let component = wasmtime::component::Component::new(&engine.engine, wat).expect("compile");
-            let grants = Arc::new(Grants {
-                subscriber: "start".into(),
-                version: "0".into(),
-                config: Default::default(),
-                publish_streams: Vec::new(),
-                limits,
-            });
+            let grants = Arc::new(Grants::none("start", "0", limits));
             let mut store = new_store(&engine, grants, LogRate::of(&limits));
             arm(&mut store, &engine, limits.deadline, false);
             let err = engine.linker.instantiate_async(&mut store, &component).await.expect_err(what);

@@ -10,6 +10,8 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod capability;
+pub mod contract;
 pub mod engine;
 pub mod invoke;
 pub mod sandbox;
@@ -20,9 +22,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use self::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION, HANDLER_EXPORT, SubscriberPre};
+use self::contract::{Contract, PACKAGE, Pre};
 pub use self::engine::Engine;
-use self::sandbox::{Grants, HostState, LogRate};
+use self::sandbox::{Grants, LogRate};
 use crate::config::LimitsConfig;
 use crate::event::Event;
 
@@ -52,18 +54,22 @@ pub enum PluginError {
     /// wasmtime refused to compile it.
     #[error("invalid component: {0}")]
     Compile(String),
-    /// Built against another version of the contract.
-    #[error("built against contract {package}@{found}, but this host implements {package}@{expected}")]
+    /// Built against a version of the contract this host does not implement.
+    #[error("built against contract {package}@{found}, but this host implements {expected}")]
     WrongContract {
         /// The contract package.
         package: &'static str,
         /// Version the plugin uses.
         found: String,
-        /// Version the host implements.
-        expected: &'static str,
+        /// Every version the host implements, e.g. `ferry:plugin@0.1.0, ferry:plugin@0.2.0`.
+        expected: String,
     },
-    /// Does not export the handler.
-    #[error("missing export `{HANDLER_EXPORT}` (exports: {found})")]
+    /// Does not export the handler of any version.
+    #[error(
+        "missing export `{}` (or the handler of another version this host implements: {}; exports: {found})",
+        Contract::V0_1.handler_export(),
+        Contract::all_names()
+    )]
     MissingExport {
         /// What it exports instead.
         found: String,
@@ -117,8 +123,8 @@ pub struct Plugin {
     pub version: String,
     /// Where it was loaded from.
     pub path: PathBuf,
-    /// Pre-instantiated component.
-    pub pre: SubscriberPre<HostState>,
+    /// Pre-instantiated component, against the contract version it was built for.
+    pub pre: Pre,
     /// Subscriptions the plugin itself declares.
     pub declared: Vec<Subscription>,
     /// Whether the compiled artifact came from the cache.
@@ -194,10 +200,10 @@ impl Plugin {
         })
         .await
         .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
-        check_contract(engine, &component)?;
+        let contract = check_contract(engine, &component)?;
         let slots = engine::Slots::of(&component, limits.instances);
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
+        let pre = Pre::new(contract, pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
         let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached, slots };
         plugin.declared = plugin.read_subscriptions(engine, limits).await?;
         Ok(Arc::new(plugin))
@@ -208,19 +214,13 @@ impl Plugin {
         engine: &Engine,
         limits: &LimitsConfig,
     ) -> Result<Vec<Subscription>, PluginError> {
-        let grants = Arc::new(Grants {
-            subscriber: self.name.as_str().into(),
-            version: self.version.as_str().into(),
-            config: Default::default(),
-            publish_streams: Vec::new(),
-            limits: *limits,
-        });
+        let grants = Arc::new(Grants::none(&self.name, &self.version, *limits));
         let mut store = invoke::new_store(engine, grants, LogRate::of(limits));
         let started = invoke::arm(&mut store, engine, limits.deadline, false);
         let pre = &self.pre;
         let result = tokio::time::timeout(invoke::cutoff(limits.deadline), async {
             let instance = pre.instantiate_async(&mut store).await?;
-            instance.ferry_plugin_handler().call_subscriptions(&mut store).await
+            instance.subscriptions(&mut store).await
         })
         .await;
         let elapsed = started.elapsed();
@@ -250,30 +250,32 @@ pub fn version_hash(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+/// The contract version `component` was built against, or why it fits none.
+fn check_contract(engine: &Engine, component: &Component) -> Result<Contract, PluginError> {
     let ty = component.component_type();
-    let prefix = format!("{CONTRACT_PACKAGE}/");
+    let prefix = format!("{PACKAGE}/");
+    let supported = |version: &str| Contract::ALL.iter().any(|c| c.version() == version);
     let wrong_version = |name: &str| -> Option<PluginError> {
         let rest = name.strip_prefix(&prefix)?;
         let (_, found) = rest.split_once('@')?;
-        (found != CONTRACT_VERSION).then(|| PluginError::WrongContract {
-            package: CONTRACT_PACKAGE,
+        (!supported(found)).then(|| PluginError::WrongContract {
+            package: PACKAGE,
             found: found.to_string(),
-            expected: CONTRACT_VERSION,
+            expected: Contract::all_names(),
         })
     };
-    let exports: Vec<String> = ty.exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
-    if !exports.iter().any(|e| e == HANDLER_EXPORT) {
+    let Some(contract) = Contract::of(&engine.engine, component) else {
+        let exports: Vec<String> = ty.exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
         if let Some(err) = exports.iter().find_map(|e| wrong_version(e)) {
             return Err(err);
         }
         let found = if exports.is_empty() { "none".to_string() } else { exports.join(", ") };
         return Err(PluginError::MissingExport { found });
-    }
+    };
     if let Some(err) = ty.imports(&engine.engine).find_map(|(name, _)| wrong_version(name)) {
         return Err(err);
     }
-    Ok(())
+    Ok(contract)
 }
 
 /// wasmtime's own error type as an `anyhow` error, keeping its whole message chain.

@@ -3,11 +3,11 @@
 //! No ambient authority: the WASI context grants nothing (no files, no environment, no
 //! arguments, no sockets, no name lookup, no stdin); clocks and randomness stay available.
 //! Guest stdout/stderr go to a capped in-memory pipe that the host writes into its log after
-//! each event. The `log`, `config` and `publish` imports are implemented here with their
-//! per-event caps; everything a plugin writes into the host's log also passes its per-plugin
-//! rate ([`LogRate`]), so a plugin flooding the log across many events is capped in time too.
+//! each event. ferry's own imports are the capabilities of [`super::capability`], each with
+//! its per-call state in [`HostState::calls`]; everything a plugin writes into the host's log
+//! also passes its per-plugin rate ([`LogRate`]), so a plugin flooding the log across many
+//! events is capped in time too.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -19,25 +19,10 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::ferry::plugin::{config, log, publish, types};
+use super::capability::Calls;
+pub use super::capability::Grants;
 use crate::config::LimitsConfig;
-use crate::event::{self, Event};
-use crate::keys;
-
-/// Per-subscriber settings every instance of the plugin shares.
-#[derive(Debug)]
-pub struct Grants {
-    /// Subscriber (plugin) name.
-    pub subscriber: Arc<str>,
-    /// Plugin version id (content hash).
-    pub version: Arc<str>,
-    /// Values readable through the `config` import.
-    pub config: BTreeMap<String, String>,
-    /// Streams the plugin may publish to.
-    pub publish_streams: Vec<String>,
-    /// Limits.
-    pub limits: LimitsConfig,
-}
+use crate::handler::Effects;
 
 /// The event being handled, as the imports need it.
 #[derive(Debug, Default, Clone)]
@@ -52,15 +37,6 @@ pub struct Current {
     pub depth: u32,
     /// How many follow-ups it may still have in its chain (see `Event::causationbudget`).
     pub budget: u32,
-}
-
-/// A follow-up event queued through `publish`, written when the handled event is settled.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FollowUp {
-    /// Target stream.
-    pub stream: String,
-    /// The event.
-    pub event: Event,
 }
 
 /// Why the limiter stopped a plugin; surfaces as the trap's error so it can be named.
@@ -102,16 +78,12 @@ pub struct HostState {
     pub call: Option<CallState>,
     /// The event being handled.
     pub current: Current,
-    /// Follow-ups queued by the current event.
-    pub follow_ups: Vec<FollowUp>,
+    /// What each capability holds for the current event.
+    pub calls: Calls,
     /// A grant the current event needed and the operator has not given (publishing to a
     /// stream not in `publish_streams`): the operator's to fix, so the event is retried
     /// whatever the handler made of the refusal (see `invoke`).
     pub denied: Option<String>,
-    /// Log lines written by the current event.
-    pub log_lines: u32,
-    /// Log lines dropped by the rate cap during the current event.
-    pub log_dropped: u32,
     /// Captured stdout.
     pub stdout: CappedPipe,
     /// Captured stderr.
@@ -135,10 +107,8 @@ impl HostState {
             rate,
             call: None,
             current: Current::default(),
-            follow_ups: Vec::new(),
+            calls: Calls::default(),
             denied: None,
-            log_lines: 0,
-            log_dropped: 0,
             stdout,
             stderr,
         }
@@ -152,10 +122,13 @@ impl HostState {
     /// Reset per-event state before handling `current`.
     pub fn begin(&mut self, current: Current) {
         self.current = current;
-        self.follow_ups.clear();
+        self.calls = Calls::default();
         self.denied = None;
-        self.log_lines = 0;
-        self.log_dropped = 0;
+    }
+
+    /// The handler succeeded: what every capability hands to the settle.
+    pub fn finish(&mut self) -> Effects {
+        self.calls.finish(&self.grants, &self.current)
     }
 
     /// Write what the guest printed into the host log, tagged with the plugin and event.
@@ -183,13 +156,13 @@ impl HostState {
                 crate::redact::printable(text.trim_end())
             );
         }
-        if self.log_dropped > 0 && self.rate.admit(&self.grants.subscriber, 0) {
+        let dropped = self.calls.log.dropped;
+        if dropped > 0 && self.rate.admit(&self.grants.subscriber, 0) {
             tracing::warn!(
                 plugin = %self.grants.subscriber,
                 event_id = %self.current.event_id,
-                "dropped {} log lines over the limit of {} per event",
-                self.log_dropped,
-                self.grants.limits.log_lines
+                "dropped {dropped} log lines over the limit of {} per event",
+                self.grants.log.lines
             );
         }
         self.rate.summarize(&self.grants.subscriber);
@@ -273,130 +246,6 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-impl types::Host for HostState {}
-
-impl log::Host for HostState {
-    fn write(&mut self, level: log::Level, message: String) {
-        let enabled = match level {
-            log::Level::Trace => tracing::enabled!(target: "ferry::plugin", tracing::Level::TRACE),
-            log::Level::Debug => tracing::enabled!(target: "ferry::plugin", tracing::Level::DEBUG),
-            log::Level::Info => tracing::enabled!(target: "ferry::plugin", tracing::Level::INFO),
-            log::Level::Warn => tracing::enabled!(target: "ferry::plugin", tracing::Level::WARN),
-            log::Level::Error => tracing::enabled!(target: "ferry::plugin", tracing::Level::ERROR),
-        };
-        if !enabled {
-            return;
-        }
-        self.log_lines += 1;
-        if self.log_lines > self.grants.limits.log_lines {
-            self.log_dropped += 1;
-            return;
-        }
-        let message = truncate(&message, self.grants.limits.log_line_bytes);
-        // A newline would forge a log line, an escape sequence reach a terminal.
-        let message = crate::redact::printable(message);
-        if !self.rate.admit(&self.grants.subscriber, message.len()) {
-            return;
-        }
-        // The plugin and the event id are the `event` span's fields (`subscriber`, `event_id`),
-        // which every line written during the call carries: not repeated on the line.
-        match level {
-            log::Level::Trace => tracing::trace!(target: "ferry::plugin", "{message}"),
-            log::Level::Debug => tracing::debug!(target: "ferry::plugin", "{message}"),
-            log::Level::Info => tracing::info!(target: "ferry::plugin", "{message}"),
-            log::Level::Warn => tracing::warn!(target: "ferry::plugin", "{message}"),
-            log::Level::Error => tracing::error!(target: "ferry::plugin", "{message}"),
-        }
-    }
-}
-
-impl config::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
-        self.grants.config.get(&key).cloned()
-    }
-}
-
-impl publish::Host for HostState {
-    fn send(&mut self, out: types::OutgoingEvent) -> Result<String, String> {
-        let limits = &self.grants.limits;
-        // Every field is bounded before anything is copied or echoed in an error.
-        let attributes = [
-            ("event type", Some(&out.event_type)),
-            ("stream", out.stream.as_ref()),
-            ("content type", out.datacontenttype.as_ref()),
-            ("subject", out.subject.as_ref()),
-            ("partition key", out.partitionkey.as_ref()),
-        ];
-        for (what, value) in attributes {
-            if let Some(value) = value
-                && value.len() > event::MAX_ATTRIBUTE_BYTES
-            {
-                return Err(format!(
-                    "{what} of {} bytes exceeds the limit of {} bytes",
-                    value.len(),
-                    event::MAX_ATTRIBUTE_BYTES
-                ));
-            }
-        }
-        if out.data.len() > limits.publish_bytes {
-            return Err(format!(
-                "event data of {} bytes exceeds the limit of {} bytes",
-                out.data.len(),
-                limits.publish_bytes
-            ));
-        }
-        let stream = out.stream.unwrap_or_else(|| self.current.stream.clone());
-        if !self.grants.publish_streams.contains(&stream) {
-            let message = format!(
-                "publishing to stream `{stream}` is not allowed for this plugin: grant it with `publish_streams = [\"{stream}\"]` in its `[subscribers.{name}]` (or its NAME.toml)",
-                stream = escape(&stream),
-                name = escape(&self.grants.subscriber),
-            );
-            self.denied = Some(message.clone());
-            return Err(message);
-        }
-        keys::check_name("stream", &stream)?;
-        if self.follow_ups.len() as u64 >= u64::from(self.current.budget) {
-            return Err(format!(
-                "causation budget exhausted: this event may have {} more follow-ups in its chain (all descendants of a producer's event share {})",
-                self.current.budget,
-                event::CAUSATION_BUDGET
-            ));
-        }
-        if self.follow_ups.len() >= limits.publish_count {
-            return Err(format!("at most {} follow-up events per handled event", limits.publish_count));
-        }
-        if out.event_type.trim().is_empty() {
-            return Err("event type is empty".into());
-        }
-        let datacontenttype = out.datacontenttype.unwrap_or_else(|| event::JSON.to_string());
-        if event::is_json(&datacontenttype) {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&out.data)
-                .map_err(|e| format!("data is not valid JSON: {e}"))?;
-        }
-        let mut event = Event::new(out.event_type, self.grants.subscriber.to_string(), out.data);
-        event.datacontenttype = datacontenttype;
-        event.schemaversion = out.schemaversion.unwrap_or(1);
-        event.subject = out.subject;
-        event.partitionkey = out.partitionkey;
-        event.correlationid = Some(self.current.correlationid.clone().unwrap_or_else(|| self.current.event_id.clone()));
-        event.causationid = Some(self.current.event_id.clone());
-        event.causationdepth = Some(self.current.depth.saturating_add(1));
-        // The rule the consumer side applies to every entry it reads: a follow-up it would
-        // refuse is refused here, before it is held.
-        let bytes = event.entry_bytes();
-        if bytes > event::MAX_ENTRY_BYTES {
-            return Err(format!(
-                "the event would be an entry of {bytes} bytes; at most {} are accepted",
-                event::MAX_ENTRY_BYTES
-            ));
-        }
-        let id = event.id.clone();
-        self.follow_ups.push(FollowUp { stream, event });
-        Ok(id)
-    }
-}
-
 /// A plugin's log rate: lines and bytes per second across all its instances and events, in
 /// one-second windows. What a window drops is summed up in one warning when the window ends.
 #[derive(Debug)]
@@ -475,8 +324,6 @@ impl LogRate {
         *w = Window { start: Instant::now(), lines: 0, bytes: 0, dropped_lines: 0, dropped_bytes: 0 };
     }
 }
-
-pub use crate::redact::escape;
 
 pub use crate::redact::truncate;
 
@@ -561,85 +408,20 @@ impl Pollable for CappedPipe {
 mod tests {
     use super::*;
 
-    fn publisher() -> HostState {
-        let grants = Arc::new(Grants {
-            subscriber: "amp".into(),
-            version: "0".into(),
-            config: Default::default(),
-            publish_streams: vec!["events".into()],
-            limits: LimitsConfig::default(),
-        });
+    fn state() -> HostState {
+        let grants = Arc::new(Grants::none("amp", "0", LimitsConfig::default()));
         let rate = LogRate::of(&grants.limits);
-        let mut state = HostState::new(grants, rate);
-        state.begin(Current {
-            event_id: "e1".into(),
-            correlationid: None,
-            stream: "events".into(),
-            depth: 0,
-            budget: 10,
-        });
-        state
-    }
-
-    fn outgoing() -> types::OutgoingEvent {
-        types::OutgoingEvent {
-            event_type: "T".into(),
-            stream: None,
-            data: b"{}".to_vec(),
-            datacontenttype: None,
-            schemaversion: None,
-            subject: None,
-            partitionkey: None,
-        }
+        HostState::new(grants, rate)
     }
 
     /// Issue 23, item 10: host memory the guest's limits do not count is bounded too.
     #[test]
     fn an_instance_holds_at_most_max_resources_wasi_resources() {
-        let mut state = publisher();
+        let mut state = state();
         for _ in 0..MAX_RESOURCES {
             state.table.push(()).expect("within the cap");
         }
         assert!(state.table.push(()).is_err(), "one more is refused");
-    }
-
-    /// Issue 23, item 3: only `data` was capped, so 100 follow-ups with a 60 MiB type each
-    /// made the host hold gigabytes. Every field is capped by the rule the consumer side
-    /// applies to entries it reads.
-    #[test]
-    fn every_field_of_a_follow_up_is_capped() {
-        use publish::Host as _;
-        let huge = "t".repeat(event::MAX_ATTRIBUTE_BYTES + 1);
-        type Set<'a> = Box<dyn Fn(&mut types::OutgoingEvent) + 'a>;
-        let cases: [(&str, Set<'_>); 5] = [
-            ("type", Box::new(|o| o.event_type = huge.clone())),
-            ("subject", Box::new(|o| o.subject = Some(huge.clone()))),
-            ("partition key", Box::new(|o| o.partitionkey = Some(huge.clone()))),
-            ("content type", Box::new(|o| o.datacontenttype = Some(format!("text/{huge}")))),
-            ("stream", Box::new(|o| o.stream = Some(huge.clone()))),
-        ];
-        for (what, set) in cases {
-            let mut state = publisher();
-            let mut out = outgoing();
-            set(&mut out);
-            let err = state.send(out).expect_err(what);
-            assert!(err.len() < 300, "{what}: the error does not echo the value: {} bytes", err.len());
-            assert!(state.follow_ups.is_empty(), "{what}: nothing held");
-        }
-        let mut state = publisher();
-        let mut out = outgoing();
-        out.data = vec![b' '; LimitsConfig::default().publish_bytes + 1];
-        assert!(state.send(out).is_err(), "data");
-        // At the limits, every field together still makes an entry the consumer side accepts.
-        let mut state = publisher();
-        let at = "t".repeat(event::MAX_ATTRIBUTE_BYTES);
-        let mut out = outgoing();
-        out.event_type = at.clone();
-        out.subject = Some(at.clone());
-        out.partitionkey = Some(at);
-        state.send(out).expect("at the limits");
-        let entry = &state.follow_ups[0].event;
-        assert!(entry.entry_bytes() <= event::MAX_ENTRY_BYTES);
     }
 
     #[test]
