@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use ferry::event::Event;
+use ferry::handler::{Invoke as _, Job, Outcome};
 use ferry::plugin::capability::Grants;
-use ferry::plugin::invoke::{Invoke as _, Job, Outcome, Runner};
+use ferry::plugin::invoke::Runner;
 use serde::Serialize;
 use serde_json::Value;
 

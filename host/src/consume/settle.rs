@@ -16,12 +16,12 @@ use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
-use super::{Context, Counters, InFlight, now_ms, scripts};
+use super::{Context, Counters, InFlight, Tally, now_ms, scripts};
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::handler::Effects;
+use crate::handler::FailureKind;
 use crate::keys::{self, SubscriberKeys};
-use crate::plugin::invoke::FailureKind;
 
 /// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
 /// are lowercase letters and digits (CloudEvents), so the `_` prefix cannot collide.
@@ -83,23 +83,6 @@ pub enum Disposition {
         /// The run's start was recorded (start.lua): take it back.
         charged: bool,
     },
-}
-
-/// What a settled entry adds to the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tally {
-    /// Nothing.
-    None,
-    /// Handled.
-    Handled,
-    /// Scheduled for a retry after a failure of this kind.
-    Retried(FailureKind),
-    /// Dead-lettered after a failure of this kind.
-    DeadLettered(FailureKind),
-    /// Not subscribed.
-    Skipped,
-    /// A duplicate of an event already handled or dead-lettered.
-    Deduplicated,
 }
 
 /// One entry to settle.

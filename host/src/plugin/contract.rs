@@ -4,15 +4,10 @@
 //! (each capability links its interfaces for the versions it belongs to, see
 //! [`super::capability`]) and picks the version a component exports its handler from. A
 //! version only ever gains interfaces in a newer one, so a plugin built against `0.1.0`
-//! keeps loading when `0.2.0` adds some. [`Pre`] and [`Instance`] hide which version's
+//! keeps loading when `0.2.0` adds some. `instance::{Pre, Instance}` hide which version's
 //! bindings a plugin uses from the code that runs it.
 
-use wasmtime::Store;
-use wasmtime::component::{Component, InstancePre};
-
-use super::bindings::types::{Delivery, Event, HandlerError, Subscription};
-use super::bindings::{v0_1, v0_2};
-use super::sandbox::HostState;
+use wasmtime::component::Component;
 
 /// The package name of the contract.
 pub const PACKAGE: &str = "ferry:plugin";
@@ -61,79 +56,6 @@ impl Contract {
     }
 }
 
-/// A plugin pre-instantiated against the version it was built for.
-pub enum Pre {
-    /// Built against 0.1.0.
-    V0_1(v0_1::SubscriberPre<HostState>),
-    /// Built against 0.2.0.
-    V0_2(v0_2::SubscriberPre<HostState>),
-}
-
-impl Pre {
-    /// Check that `pre` exports `contract`'s handler with the right types.
-    pub fn new(contract: Contract, pre: InstancePre<HostState>) -> wasmtime::Result<Self> {
-        Ok(match contract {
-            Contract::V0_1 => Self::V0_1(v0_1::SubscriberPre::new(pre)?),
-            Contract::V0_2 => Self::V0_2(v0_2::SubscriberPre::new(pre)?),
-        })
-    }
-
-    /// The version the plugin was built against.
-    pub fn contract(&self) -> Contract {
-        match self {
-            Self::V0_1(_) => Contract::V0_1,
-            Self::V0_2(_) => Contract::V0_2,
-        }
-    }
-
-    /// The component.
-    pub fn component(&self) -> &Component {
-        match self {
-            Self::V0_1(pre) => pre.instance_pre().component(),
-            Self::V0_2(pre) => pre.instance_pre().component(),
-        }
-    }
-
-    /// A new instance in `store`.
-    pub async fn instantiate_async(&self, store: &mut Store<HostState>) -> wasmtime::Result<Instance> {
-        Ok(match self {
-            Self::V0_1(pre) => Instance::V0_1(pre.instantiate_async(store).await?),
-            Self::V0_2(pre) => Instance::V0_2(pre.instantiate_async(store).await?),
-        })
-    }
-}
-
-/// One instance of a plugin, of whichever version.
-pub enum Instance {
-    /// Built against 0.1.0.
-    V0_1(v0_1::Subscriber),
-    /// Built against 0.2.0.
-    V0_2(v0_2::Subscriber),
-}
-
-impl Instance {
-    /// Call the handler's `handle`.
-    pub async fn handle(
-        &self,
-        store: &mut Store<HostState>,
-        event: &Event,
-        delivery: &Delivery,
-    ) -> wasmtime::Result<Result<(), HandlerError>> {
-        match self {
-            Self::V0_1(b) => b.ferry_plugin_handler().call_handle(store, event, delivery).await,
-            Self::V0_2(b) => b.ferry_plugin_handler().call_handle(store, event, delivery).await,
-        }
-    }
-
-    /// Call the handler's `subscriptions`.
-    pub async fn subscriptions(&self, store: &mut Store<HostState>) -> wasmtime::Result<Vec<Subscription>> {
-        match self {
-            Self::V0_1(b) => b.ferry_plugin_handler().call_subscriptions(store).await,
-            Self::V0_2(b) => b.ferry_plugin_handler().call_subscriptions(store).await,
-        }
-    }
-}
-
 /// The guard of the versions side by side: a plugin built against 0.1.0 keeps loading and
 /// behaves as the same handler built against 0.2.0.
 #[cfg(test)]
@@ -145,8 +67,9 @@ mod tests {
     use crate::config::{EngineConfig, LimitsConfig, SubscriberConfig};
     use crate::event::Event;
     use crate::handler::Effects;
+    use crate::handler::{Invoke as _, Job, Outcome};
     use crate::plugin::capability::Grants;
-    use crate::plugin::invoke::{Invoke as _, Job, Outcome, Runner};
+    use crate::plugin::invoke::Runner;
     use crate::plugin::{Engine, Plugin};
 
     /// Plugins are built against this file: changing it breaks every one of them. A new
@@ -156,7 +79,7 @@ mod tests {
         use sha2::Digest as _;
         let wit = include_bytes!("../../../plugin-sdk/wit/ferry.wit");
         assert_eq!(
-            crate::plugin::hex(&sha2::Sha256::digest(wit)),
+            crate::plugin::cache::hex(&sha2::Sha256::digest(wit)),
             "36c4d256757ce31bcdc48d267fee2c3f76e0e1be6852769382718d6a4a7c7ea9"
         );
     }

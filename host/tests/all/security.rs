@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use ferry::config::{EngineConfig, LimitsConfig};
 use ferry::event::Event;
+use ferry::handler::{FailureKind, Invoke, Job, Outcome};
 use ferry::plugin::capability::Grants;
-use ferry::plugin::invoke::{FailureKind, Invoke, Job, Outcome, Runner};
+use ferry::plugin::invoke::Runner;
 use ferry::plugin::{Engine, Plugin};
 use ferry_test_fixtures as fixtures;
 

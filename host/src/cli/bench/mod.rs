@@ -29,11 +29,13 @@ use tokio::sync::watch;
 use ferry::config::{Config, InstanceMode, LimitsConfig, Start, SubscriberConfig};
 use ferry::consume::{self, Active, Context, RedisHealth, Subscriber};
 use ferry::event::Event;
+use ferry::handler::Subscription;
+use ferry::handler::{Handling, Invoke, Job, Outcome};
 use ferry::metrics::{self, Metrics};
 use ferry::plugin::cache::Cache;
 use ferry::plugin::capability::Grants;
-use ferry::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
-use ferry::plugin::{Engine, Plugin, Subscription};
+use ferry::plugin::invoke::Runner;
+use ferry::plugin::{Engine, Plugin};
 use ferry::redis_server::RedisServer;
 
 /// `ferry bench`.

@@ -1,54 +1,39 @@
 //! Host capabilities: what a plugin may import from ferry, one folder each, behind one trait.
 //!
-//! Spin's factors are the model. A capability links its WIT interfaces into the linker for
-//! the contract versions it belongs to, reads its grant from the subscriber's settings
-//! (deny by default), keeps per-call state in the store, and hands back the effects that the
-//! settle commits with the event's acknowledgement. [`registry!`] below is the one place
-//! every capability is registered, one line each; it generates [`Grants`] (what a subscriber
-//! was granted), [`Calls`] (what one call holds) and the functions that visit them all.
+//! Spin's factors are the model. A capability ([`seam::Capability`]) reads its grant from
+//! the subscriber's settings (deny by default), links its WIT interfaces into the linker for
+//! the contract versions it belongs to, keeps a context in every store (its grant and its
+//! per-call state), and hands back the effects that the settle commits with the event's
+//! acknowledgement. [`registry!`] below is the one place every capability is registered, one
+//! line each; it generates [`Grants`] (what a subscriber was granted), [`Ctxs`] (what one
+//! store holds) and the functions that visit them all.
 //!
-//! Adding a capability: a folder here with its `mod.rs` implementing [`Capability`] (and
-//! one file per WIT interface if it has several), its config field or table in
+//! Adding a capability: a folder here with its `mod.rs` implementing the trait (and one file
+//! per WIT interface if it has several), its config field or table in
 //! `config::SubscriberConfig` if the operator grants it, and one line in `registry!`.
 
 pub mod config;
 pub mod log;
 pub mod publish;
+pub mod seam;
 
 use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
-use super::contract::Contract;
-use super::sandbox::{Current, HostState};
+use self::seam::{Capability, Current};
 use crate::config::{Effective, LimitsConfig};
 use crate::handler::Effects;
+use crate::plugin::contract::Contract;
 
-/// One capability a plugin may import.
-pub trait Capability {
-    /// What the operator granted one subscriber, shared by all its instances.
-    type Grant: std::fmt::Debug + Send + Sync + 'static;
-    /// What one call holds while it runs; reset before every call.
-    type Call: Default + Send + 'static;
-
-    /// The interfaces this capability provides (names without package and version), each
-    /// with what a plugin importing it needs, as `ferry plugins check` says it.
-    const IMPORTS: &'static [(&'static str, &'static str)];
-
-    /// The grant `settings` (the subscriber's effective settings) give.
-    fn grant(settings: &Effective) -> Self::Grant;
-
-    /// Link this capability's interfaces of `contract` into `linker`. A capability that a
-    /// version does not have links nothing for it.
-    fn link(linker: &mut Linker<HostState>, contract: Contract) -> wasmtime::Result<()>;
-
-    /// The call is over and the handler succeeded: move what it produced into `effects`,
-    /// written by the settle with the acknowledgement. Nothing by default.
-    fn finish(_grant: &Self::Grant, _call: &mut Self::Call, _current: &Current, _effects: &mut Effects) {}
+/// A store that holds every capability's context.
+pub trait HasCapabilities: Send + 'static {
+    /// The contexts.
+    fn capabilities(&mut self) -> &mut Ctxs;
 }
 
 /// Registers every capability: `field: Type`, one line each. Generates [`Grants`] (with the
-/// subscriber's name, version and limits), [`Calls`], [`link`] and [`imports`].
+/// subscriber's name, version and limits), [`Ctxs`], [`link`] and [`imports`].
 macro_rules! registry {
     ($($field:ident: $capability:ty),* $(,)?) => {
         /// Per-subscriber settings every instance of the plugin shares: who it is, its limits,
@@ -63,43 +48,60 @@ macro_rules! registry {
             pub limits: LimitsConfig,
             $(
                 #[doc = concat!("What `", stringify!($field), "` was granted.")]
-                pub $field: <$capability as Capability>::Grant,
+                pub $field: Arc<<$capability as Capability>::Grant>,
             )*
         }
 
         impl Grants {
             /// What `settings` grant subscriber `subscriber` running version `version`.
             pub fn new(subscriber: &str, version: &str, settings: &Effective) -> Self {
+                let subscriber: Arc<str> = subscriber.into();
                 Self {
-                    subscriber: subscriber.into(),
                     version: version.into(),
                     limits: settings.limits,
-                    $($field: <$capability as Capability>::grant(settings),)*
+                    $($field: Arc::new(<$capability as Capability>::grant(&subscriber, settings)),)*
+                    subscriber,
                 }
             }
         }
 
-        /// What one call holds, per capability.
-        #[derive(Default)]
-        pub struct Calls {
+        /// What one store holds, per capability.
+        pub struct Ctxs {
             $(
-                #[doc = concat!("`", stringify!($field), "`'s state.")]
-                pub $field: <$capability as Capability>::Call,
+                #[doc = concat!("`", stringify!($field), "`'s context.")]
+                pub $field: <$capability as Capability>::Ctx,
             )*
         }
 
-        impl Calls {
+        impl Ctxs {
+            /// The contexts of a new store of a subscriber with `grants`.
+            pub fn new(grants: &Grants) -> Self {
+                Self { $($field: <$capability as Capability>::ctx(&grants.$field),)* }
+            }
+
+            /// A call on `current` begins.
+            pub fn begin(&mut self, current: &Arc<Current>) {
+                $(<$capability as Capability>::begin(&mut self.$field, current);)*
+            }
+
             /// The handler succeeded: what every capability hands to the settle.
-            pub fn finish(&mut self, grants: &Grants, current: &Current) -> Effects {
+            pub fn finish(&mut self) -> Effects {
                 let mut effects = Effects::default();
-                $(<$capability as Capability>::finish(&grants.$field, &mut self.$field, current, &mut effects);)*
+                $(<$capability as Capability>::finish(&mut self.$field, &mut effects);)*
                 effects
+            }
+
+            /// The first grant the call needed and the operator has not given, if any.
+            pub fn denied(&mut self) -> Option<String> {
+                let mut denied = None;
+                $(denied = denied.or_else(|| <$capability as Capability>::denied(&mut self.$field));)*
+                denied
             }
         }
 
         /// Link every capability's interfaces of `contract`.
-        pub fn link(linker: &mut Linker<HostState>, contract: Contract) -> wasmtime::Result<()> {
-            $(<$capability as Capability>::link(linker, contract)?;)*
+        pub fn link<T: HasCapabilities>(linker: &mut Linker<T>, contract: Contract) -> wasmtime::Result<()> {
+            $(<$capability as Capability>::link(linker, contract, |s: &mut T| &mut s.capabilities().$field)?;)*
             Ok(())
         }
 

@@ -3,32 +3,41 @@
 //! Needs no grant. Limits (`[subscribers.NAME.limits]`): `log_lines` per event (more are
 //! dropped and counted, summed up in one warning after the event), `log_line_bytes` per line;
 //! every line also passes the plugin's rate across all its instances and events
-//! (`log_rate_lines`, `log_rate_bytes`, see `sandbox::LogRate`). A line is made printable
-//! first: a newline would forge a log line, an escape sequence reach a terminal.
+//! (`log_rate_lines`, `log_rate_bytes`, [`rate::LogRate`]). A line is made printable first:
+//! a newline would forge a log line, an escape sequence reach a terminal.
+
+pub mod rate;
+
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::Capability;
+use self::rate::LogRate;
+use super::seam::{Capability, Current};
 use crate::config::Effective;
 use crate::plugin::bindings::{v0_1, v0_2};
 use crate::plugin::contract::Contract;
-use crate::plugin::sandbox::HostState;
 
 /// The `log` capability.
 pub struct Log;
 
-/// Its per-event caps.
-#[derive(Debug, Clone, Copy)]
+/// Its caps: per event, and the plugin's rate across all its instances.
+#[derive(Debug)]
 pub struct LogGrant {
+    /// The subscriber, named when its rate drops lines.
+    pub subscriber: Arc<str>,
     /// Lines per event.
     pub lines: u32,
     /// Bytes kept of one line.
     pub line_bytes: usize,
+    /// The plugin's log rate, shared by all its instances.
+    pub rate: Arc<LogRate>,
 }
 
-/// What one call wrote.
-#[derive(Debug, Default)]
-pub struct LogCall {
+/// A store's log: its grant and what the current call wrote.
+pub struct LogCtx {
+    /// The grant.
+    pub grant: Arc<LogGrant>,
     /// Lines written by the current event.
     pub lines: u32,
     /// Lines dropped by the per-event cap during the current event.
@@ -37,25 +46,43 @@ pub struct LogCall {
 
 impl Capability for Log {
     type Grant = LogGrant;
-    type Call = LogCall;
+    type Ctx = LogCtx;
 
     const IMPORTS: &'static [(&'static str, &'static str)] =
         &[("log", "no grant needed (capped per event and per plugin)")];
 
-    fn grant(settings: &Effective) -> LogGrant {
-        LogGrant { lines: settings.limits.log_lines, line_bytes: settings.limits.log_line_bytes }
+    fn grant(subscriber: &Arc<str>, settings: &Effective) -> LogGrant {
+        LogGrant {
+            subscriber: subscriber.clone(),
+            lines: settings.limits.log_lines,
+            line_bytes: settings.limits.log_line_bytes,
+            rate: LogRate::of(&settings.limits),
+        }
     }
 
-    fn link(linker: &mut Linker<HostState>, contract: Contract) -> wasmtime::Result<()> {
+    fn ctx(grant: &Arc<LogGrant>) -> LogCtx {
+        LogCtx { grant: grant.clone(), lines: 0, dropped: 0 }
+    }
+
+    fn link<T: 'static>(
+        linker: &mut Linker<T>,
+        contract: Contract,
+        get: fn(&mut T) -> &mut LogCtx,
+    ) -> wasmtime::Result<()> {
         match contract {
-            Contract::V0_1 => v0_1::ferry::plugin::log::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
-            Contract::V0_2 => v0_2::ferry::plugin::log::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
+            Contract::V0_1 => v0_1::ferry::plugin::log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get),
+            Contract::V0_2 => v0_2::ferry::plugin::log::add_to_linker::<T, HasSelf<LogCtx>>(linker, get),
         }
+    }
+
+    fn begin(ctx: &mut LogCtx, _current: &Arc<Current>) {
+        ctx.lines = 0;
+        ctx.dropped = 0;
     }
 }
 
-impl HostState {
-    fn log_write(&mut self, level: tracing::Level, message: &str) {
+impl LogCtx {
+    fn emit(&mut self, level: tracing::Level, message: &str) {
         let enabled = match level {
             tracing::Level::TRACE => tracing::enabled!(target: "ferry::plugin", tracing::Level::TRACE),
             tracing::Level::DEBUG => tracing::enabled!(target: "ferry::plugin", tracing::Level::DEBUG),
@@ -66,16 +93,15 @@ impl HostState {
         if !enabled {
             return;
         }
-        let call = &mut self.calls.log;
-        call.lines += 1;
-        if call.lines > self.grants.log.lines {
-            call.dropped += 1;
+        self.lines += 1;
+        if self.lines > self.grant.lines {
+            self.dropped += 1;
             return;
         }
-        let message = crate::redact::truncate(message, self.grants.log.line_bytes);
+        let message = crate::redact::truncate(message, self.grant.line_bytes);
         // A newline would forge a log line, an escape sequence reach a terminal.
         let message = crate::redact::printable(message);
-        if !self.rate.admit(&self.grants.subscriber, message.len()) {
+        if !self.grant.rate.admit(&self.grant.subscriber, message.len()) {
             return;
         }
         // The plugin and the event id are the `event` span's fields (`subscriber`, `event_id`),
@@ -90,7 +116,7 @@ impl HostState {
     }
 }
 
-impl v0_1::ferry::plugin::log::Host for HostState {
+impl v0_1::ferry::plugin::log::Host for LogCtx {
     fn write(&mut self, level: v0_1::ferry::plugin::log::Level, message: String) {
         use v0_1::ferry::plugin::log::Level;
         let level = match level {
@@ -100,11 +126,11 @@ impl v0_1::ferry::plugin::log::Host for HostState {
             Level::Warn => tracing::Level::WARN,
             Level::Error => tracing::Level::ERROR,
         };
-        self.log_write(level, &message);
+        self.emit(level, &message);
     }
 }
 
-impl v0_2::ferry::plugin::log::Host for HostState {
+impl v0_2::ferry::plugin::log::Host for LogCtx {
     fn write(&mut self, level: v0_2::ferry::plugin::log::Level, message: String) {
         use v0_2::ferry::plugin::log::Level;
         let level = match level {
@@ -114,6 +140,6 @@ impl v0_2::ferry::plugin::log::Host for HostState {
             Level::Warn => tracing::Level::WARN,
             Level::Error => tracing::Level::ERROR,
         };
-        self.log_write(level, &message);
+        self.emit(level, &message);
     }
 }

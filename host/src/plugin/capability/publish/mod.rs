@@ -3,9 +3,9 @@
 //!
 //! Grant: `publish_streams = [...]` in `[subscribers.NAME]` (or the plugin's `NAME.toml`),
 //! none by default. Publishing to a stream not granted is refused, and the event is retried
-//! whatever the handler made of the refusal: the operator's to fix (see `sandbox::HostState::
-//! denied`). Limits: `publish_count` follow-ups per event, `publish_bytes` of data each; every
-//! attribute is capped by the rule the consumer side applies to entries it reads
+//! whatever the handler made of the refusal: the operator's to fix (see
+//! `seam::Capability::denied`). Limits: `publish_count` follow-ups per event, `publish_bytes`
+//! of data each; every attribute is capped by the rule the consumer side applies to entries it reads
 //! (`event::MAX_ATTRIBUTE_BYTES`, `event::MAX_ENTRY_BYTES`), and a chain of follow-ups shares
 //! its root's causation budget (`event::CAUSATION_BUDGET`).
 //!
@@ -13,16 +13,17 @@
 //! settle writes one whose stream is in another hash slot to the stream's forward key, and
 //! the forwarder (`consume::forward`) adds it to its target with its id.
 
+use std::sync::Arc;
+
 use wasmtime::component::{HasSelf, Linker};
 
-use super::Capability;
+use super::seam::{Capability, Current};
 use crate::config::Effective;
 use crate::event::{self, Event};
 use crate::handler::{Effects, FollowUp};
 use crate::plugin::bindings::types::OutgoingEvent;
 use crate::plugin::bindings::{v0_1, v0_2};
 use crate::plugin::contract::Contract;
-use crate::plugin::sandbox::{Current, HostState};
 use crate::redact::escape;
 
 /// The `publish` capability.
@@ -31,6 +32,8 @@ pub struct Publish;
 /// What a subscriber may publish.
 #[derive(Debug, Clone)]
 pub struct PublishGrant {
+    /// The subscriber: the `source` of its follow-ups.
+    pub subscriber: Arc<str>,
     /// Streams it may publish to.
     pub streams: Vec<String>,
     /// Follow-ups per handled event.
@@ -39,43 +42,67 @@ pub struct PublishGrant {
     pub bytes: usize,
 }
 
-/// The follow-ups the current event queued.
-#[derive(Debug, Default)]
-pub struct PublishCall {
+/// A store's publishing: its grant, the event being handled and what it queued.
+pub struct PublishCtx {
+    /// The grant.
+    pub grant: Arc<PublishGrant>,
+    /// The event being handled.
+    pub current: Arc<Current>,
     /// Queued follow-ups, in order.
     pub follow_ups: Vec<FollowUp>,
+    /// A stream the event published to without a grant, with the refusal.
+    pub denied: Option<String>,
 }
 
 impl Capability for Publish {
     type Grant = PublishGrant;
-    type Call = PublishCall;
+    type Ctx = PublishCtx;
 
     const IMPORTS: &'static [(&'static str, &'static str)] = &[(
         "publish",
         "needs `publish_streams = [...]` (the streams it may publish to) in `[subscribers.NAME]` or NAME.toml",
     )];
 
-    fn grant(settings: &Effective) -> PublishGrant {
+    fn grant(subscriber: &Arc<str>, settings: &Effective) -> PublishGrant {
         PublishGrant {
+            subscriber: subscriber.clone(),
             streams: settings.publish_streams.clone(),
             count: settings.limits.publish_count,
             bytes: settings.limits.publish_bytes,
         }
     }
 
-    fn link(linker: &mut Linker<HostState>, contract: Contract) -> wasmtime::Result<()> {
+    fn ctx(grant: &Arc<PublishGrant>) -> PublishCtx {
+        PublishCtx { grant: grant.clone(), current: Arc::default(), follow_ups: Vec::new(), denied: None }
+    }
+
+    fn link<T: 'static>(
+        linker: &mut Linker<T>,
+        contract: Contract,
+        get: fn(&mut T) -> &mut PublishCtx,
+    ) -> wasmtime::Result<()> {
         match contract {
-            Contract::V0_1 => v0_1::ferry::plugin::publish::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
-            Contract::V0_2 => v0_2::ferry::plugin::publish::add_to_linker::<_, HasSelf<_>>(linker, |s| s),
+            Contract::V0_1 => v0_1::ferry::plugin::publish::add_to_linker::<T, HasSelf<PublishCtx>>(linker, get),
+            Contract::V0_2 => v0_2::ferry::plugin::publish::add_to_linker::<T, HasSelf<PublishCtx>>(linker, get),
         }
+    }
+
+    fn begin(ctx: &mut PublishCtx, current: &Arc<Current>) {
+        ctx.current = current.clone();
+        ctx.follow_ups.clear();
+        ctx.denied = None;
+    }
+
+    fn denied(ctx: &mut PublishCtx) -> Option<String> {
+        ctx.denied.take()
     }
 
     /// Split what is left of the budget among the follow-ups (`send` kept their number
     /// within it), so the whole tree stays within the root's budget.
-    fn finish(_grant: &PublishGrant, call: &mut PublishCall, current: &Current, effects: &mut Effects) {
-        let mut follow_ups = std::mem::take(&mut call.follow_ups);
+    fn finish(ctx: &mut PublishCtx, effects: &mut Effects) {
+        let mut follow_ups = std::mem::take(&mut ctx.follow_ups);
         let n = u32::try_from(follow_ups.len()).unwrap_or(u32::MAX);
-        if let Some(share) = current.budget.saturating_sub(n).checked_div(n) {
+        if let Some(share) = ctx.current.budget.saturating_sub(n).checked_div(n) {
             for f in &mut follow_ups {
                 f.event.causationbudget = Some(share);
             }
@@ -84,22 +111,22 @@ impl Capability for Publish {
     }
 }
 
-impl HostState {
+impl PublishCtx {
     /// `publish.send`: check `out` against the grant and the limits, build its event, queue it.
-    fn publish_send(&mut self, out: OutgoingEvent) -> Result<String, String> {
-        check_sizes(&out, self.grants.publish.bytes)?;
+    fn send_event(&mut self, out: OutgoingEvent) -> Result<String, String> {
+        check_sizes(&out, self.grant.bytes)?;
         let stream = out.stream.clone().unwrap_or_else(|| self.current.stream.clone());
-        if !self.grants.publish.streams.contains(&stream) {
+        if !self.grant.streams.contains(&stream) {
             let message = format!(
                 "publishing to stream `{stream}` is not allowed for this plugin: grant it with `publish_streams = [\"{stream}\"]` in its `[subscribers.{name}]` (or its NAME.toml)",
                 stream = escape(&stream),
-                name = escape(&self.grants.subscriber),
+                name = escape(&self.grant.subscriber),
             );
             self.denied = Some(message.clone());
             return Err(message);
         }
         crate::keys::check_name("stream", &stream)?;
-        let queued = self.calls.publish.follow_ups.len();
+        let queued = self.follow_ups.len();
         if queued as u64 >= u64::from(self.current.budget) {
             return Err(format!(
                 "causation budget exhausted: this event may have {} more follow-ups in its chain (all descendants of a producer's event share {})",
@@ -107,12 +134,12 @@ impl HostState {
                 event::CAUSATION_BUDGET
             ));
         }
-        if queued >= self.grants.publish.count {
-            return Err(format!("at most {} follow-up events per handled event", self.grants.publish.count));
+        if queued >= self.grant.count {
+            return Err(format!("at most {} follow-up events per handled event", self.grant.count));
         }
         let event = self.follow_up(out)?;
         let id = event.id.clone();
-        self.calls.publish.follow_ups.push(FollowUp { stream, event });
+        self.follow_ups.push(FollowUp { stream, event });
         Ok(id)
     }
 
@@ -127,7 +154,7 @@ impl HostState {
                 .map_err(|e| format!("data is not valid JSON: {e}"))?;
         }
         let current = &self.current;
-        let mut event = Event::new(out.event_type, self.grants.subscriber.to_string(), out.data);
+        let mut event = Event::new(out.event_type, self.grant.subscriber.to_string(), out.data);
         event.datacontenttype = datacontenttype;
         event.schemaversion = out.schemaversion.unwrap_or(1);
         event.subject = out.subject;
@@ -174,40 +201,30 @@ fn check_sizes(out: &OutgoingEvent, data_bytes: usize) -> Result<(), String> {
     Ok(())
 }
 
-impl v0_1::ferry::plugin::publish::Host for HostState {
+impl v0_1::ferry::plugin::publish::Host for PublishCtx {
     fn send(&mut self, out: OutgoingEvent) -> Result<String, String> {
-        self.publish_send(out)
+        self.send_event(out)
     }
 }
 
-impl v0_2::ferry::plugin::publish::Host for HostState {
+impl v0_2::ferry::plugin::publish::Host for PublishCtx {
     fn send(&mut self, out: OutgoingEvent) -> Result<String, String> {
-        self.publish_send(out)
+        self.send_event(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::config::{LimitsConfig, SubscriberConfig};
-    use crate::plugin::capability::Grants;
-    use crate::plugin::sandbox::LogRate;
 
-    fn publisher() -> HostState {
+    fn publisher() -> PublishCtx {
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
-        let grants = Arc::new(Grants::new("amp", "0", &settings));
-        let rate = LogRate::of(&grants.limits);
-        let mut state = HostState::new(grants, rate);
-        state.begin(Current {
-            event_id: "e1".into(),
-            correlationid: None,
-            stream: "events".into(),
-            depth: 0,
-            budget: 10,
-        });
-        state
+        let mut ctx = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings)));
+        let current =
+            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
+        Publish::begin(&mut ctx, &Arc::new(current));
+        ctx
     }
 
     fn outgoing() -> OutgoingEvent {
@@ -240,14 +257,14 @@ mod tests {
             let mut state = publisher();
             let mut out = outgoing();
             set(&mut out);
-            let err = state.publish_send(out).expect_err(what);
+            let err = state.send_event(out).expect_err(what);
             assert!(err.len() < 300, "{what}: the error does not echo the value: {} bytes", err.len());
-            assert!(state.calls.publish.follow_ups.is_empty(), "{what}: nothing held");
+            assert!(state.follow_ups.is_empty(), "{what}: nothing held");
         }
         let mut state = publisher();
         let mut out = outgoing();
         out.data = vec![b' '; LimitsConfig::default().publish_bytes + 1];
-        assert!(state.publish_send(out).is_err(), "data");
+        assert!(state.send_event(out).is_err(), "data");
         // At the limits, every field together still makes an entry the consumer side accepts.
         let mut state = publisher();
         let at = "t".repeat(event::MAX_ATTRIBUTE_BYTES);
@@ -255,8 +272,8 @@ mod tests {
         out.event_type = at.clone();
         out.subject = Some(at.clone());
         out.partitionkey = Some(at);
-        state.publish_send(out).expect("at the limits");
-        let entry = &state.calls.publish.follow_ups[0].event;
+        state.send_event(out).expect("at the limits");
+        let entry = &state.follow_ups[0].event;
         assert!(entry.entry_bytes() <= event::MAX_ENTRY_BYTES);
     }
 }
