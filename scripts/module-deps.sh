@@ -1,49 +1,152 @@
 #!/usr/bin/env bash
-# Which of the `ferry` library's top-level modules import which (from `crate::` paths in
-# host/src, the binary's main.rs and cli/ excluded), and whether any import cycle exists.
-# Prints one "module -> dependencies" line per module, then "no import cycle" and exits 0,
-# or names the modules of each cycle (tsort's "input contains a loop") and exits 1.
+# Which of the `ferry` library's modules import which, and whether any import cycle exists, at
+# every level: top-level modules (`consume`, `plugin`, ...) and the modules inside them
+# (`consume::settle`, `plugin::capability::publish`, ...), from `crate::`, `super::` and
+# `self::` paths in host/src (the binary's main.rs and cli/ excluded).
+#
+# Rules of reading:
+# - A path is the module it names: the longest prefix that is a module file.
+# - A parent's `pub use self::child::...` re-exports are its facade, not a use of the child.
+# - Test code is not read (everything from a file's first `#[cfg(test)]`): tests may reach
+#   anywhere.
+# Prints one "module -> dependencies" line per top-level module, then "no import cycle" and
+# exits 0, or names the modules of each cycle and exits 1.
 set -euo pipefail
 cd "$(dirname "$0")/../host/src"
 
-edges=$(
-  find . -name '*.rs' ! -path './cli/*' ! -name main.rs ! -name lib.rs | sort | while read -r file; do
-    rel=${file#./}
-    from=${rel%%/*}
-    from=${from%.rs}
-    # One line per file, so `use crate::{a, b::c}` spread over lines is read whole; comments dropped.
-    sed 's://.*$::' "$file" | tr '\n' ' ' |
-      grep -oE 'crate::(\{[^}]*\}|[a-z_][a-z0-9_]*)' |
-      sed -E 's/^crate:://; s/[{}]//g' | tr ',' '\n' |
-      sed -E 's/^[[:space:]]+//; s/::.*$//; s/[[:space:]].*$//' |
-      grep -E '^[a-z_][a-z0-9_]*$' | grep -vx "$from" | grep -vx self |
-      sed "s/^/$from /" || true
-  done | sort -u
-)
+python3 - <<'PY'
+import os, re, sys
 
-# Every module, even one importing nothing, appears as a node.
-nodes=$(find . -maxdepth 2 -name '*.rs' ! -path './cli/*' ! -name main.rs ! -name lib.rs |
-  sed -E 's:^\./::; s:/.*$::; s:\.rs$::' | sort -u)
-for n in $nodes; do
-  deps=$(awk -v m="$n" '$1 == m { printf "%s ", $2 }' <<<"$edges")
-  printf '%-14s -> %s\n' "$n" "${deps:-(nothing)}"
-done
+def module_of(path):
+    parts = path[:-3].split("/")
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    return "::".join(parts)
 
+files = {}
+for root, _, names in os.walk("."):
+    for name in names:
+        if not name.endswith(".rs"):
+            continue
+        path = os.path.relpath(os.path.join(root, name), ".")
+        if path.startswith("cli/") or path in ("main.rs", "lib.rs"):
+            continue
+        files[module_of(path)] = path
+modules = set(files)
+
+def resolve(segments):
+    """The longest prefix of `segments` that is a module, or None."""
+    for n in range(len(segments), 0, -1):
+        name = "::".join(segments[:n])
+        if name in modules:
+            return name
+    return None
+
+def expand(tree):
+    """`a::{b, c::d}` -> [['a','b'], ['a','c','d']] (one level of braces is enough here)."""
+    tree = tree.replace(" ", "")
+    m = re.match(r"^(.*?)\{(.*)\}$", tree)
+    if not m:
+        return [tree.split("::")]
+    head, body = m.group(1), m.group(2)
+    out, depth, cur = [], 0, ""
+    for ch in body + ",":
+        if ch == "," and depth == 0:
+            if cur:
+                out.extend(expand(head + cur))
+            cur = ""
+            continue
+        depth += ch == "{"
+        depth -= ch == "}"
+        cur += ch
+    return out
+
+edges = set()
+for module, path in files.items():
+    text = open(path).read()
+    text = text.split("#[cfg(test)]")[0]
+    text = re.sub(r"//[^\n]*", "", text)
+    here = module.split("::")
+    for m in re.finditer(r"(pub(\([a-z]+\))?\s+)?use\s+([^;]+);", text):
+        public = m.group(1) is not None
+        for segs in expand(m.group(3)):
+            if segs[0] == "crate":
+                target = resolve(segs[1:])
+            elif segs[0] == "super":
+                base = here[:]
+                while segs and segs[0] == "super":
+                    base = base[:-1]
+                    segs = segs[1:]
+                target = resolve(base + segs)
+            elif segs[0] == "self":
+                if public and len(segs) > 1 and resolve(here + segs[1:2]) is not None:
+                    continue  # a facade re-export of a child
+                target = resolve(here + segs[1:])
+            else:
+                continue
+            if target and target != module:
+                edges.add((module, target))
+    # Inline paths outside `use` (`crate::keys::slot(..)`, `super::engine::X`).
+    body = re.sub(r"(pub(\([a-z]+\))?\s+)?use\s+[^;]+;", "", text)
+    for m in re.finditer(r"\b(crate|super)((?:::[a-z_][a-z0-9_]*)+)", body):
+        segs = m.group(2).strip(":").split("::")
+        if m.group(1) == "crate":
+            target = resolve(segs)
+        else:
+            base = here[:-1]
+            while segs and segs[0] == "super":
+                base = base[:-1]
+                segs = segs[1:]
+            target = resolve(base + segs)
+        if target and target != module:
+            edges.add((module, target))
+
+def cycles(nodes, edges):
+    graph = {n: sorted({b for a, b in edges if a == n}) for n in nodes}
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+    sys.setrecursionlimit(10000)
+    def strong(v):
+        index[v] = low[v] = counter[0]; counter[0] += 1
+        stack.append(v); on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                strong(w); low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop(); on.discard(w); comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+    for n in sorted(nodes):
+        if n not in index:
+            strong(n)
+    return out
+
+top = lambda m: m.split("::")[0]
+top_nodes = sorted({top(m) for m in modules})
+top_edges = {(top(a), top(b)) for a, b in edges if top(a) != top(b)}
+for n in top_nodes:
+    deps = " ".join(sorted({b for a, b in top_edges if a == n})) or "(nothing)"
+    print(f"{n:<14} -> {deps}")
+
+status = 0
 # The runtime never depends on what is wired around it.
-status=0
-for outer in admin reload redis_server; do
-  users=$(awk -v m="$outer" '$2 == m { printf "%s ", $1 }' <<<"$edges")
-  if [ -n "$users" ]; then
-    echo "runtime module(s) ${users}import $outer: only the binary and tests may wire it in"
-    status=1
-  fi
-done
+for outer in ("admin", "reload", "redis_server"):
+    users = sorted({a for a, b in top_edges if b == outer})
+    if users:
+        print(f"runtime module(s) {' '.join(users)} import {outer}: only the binary and tests may wire it in")
+        status = 1
 
-if out=$({ echo "$edges"; for n in $nodes; do echo "$n $n"; done; } | tsort 2>&1 >/dev/null) && [ -z "$out" ]; then
-  echo "no import cycle among $(wc -w <<<"$nodes") modules"
-  exit "$status"
-else
-  echo "import cycle(s):"
-  echo "$out"
-  exit 1
-fi
+found = cycles(top_nodes, top_edges) + cycles(sorted(modules), edges)
+if found:
+    print("import cycle(s):")
+    for comp in found:
+        print("  " + " <-> ".join(comp))
+    sys.exit(1)
+print(f"no import cycle among {len(top_nodes)} top-level modules and {len(modules)} modules in all")
+sys.exit(status)
+PY

@@ -559,10 +559,10 @@ impl SubscriberConfig {
         }
     }
 
-    /// Fill the remaining gaps with built-in defaults and check the values.
-    pub fn resolve(&self) -> Result<Effective, ConfigError> {
+    /// Fill the remaining gaps with built-in defaults, unchecked (see [`Self::resolve`]).
+    pub fn fill(&self) -> Effective {
         let ordered = self.ordered.unwrap_or(false);
-        let effective = Effective {
+        Effective {
             subscriptions: self.subscriptions.clone(),
             start: self.start.unwrap_or(Start::New),
             concurrency: self.concurrency.unwrap_or(if ordered { 1 } else { 16 }),
@@ -573,7 +573,12 @@ impl SubscriberConfig {
             config: self.config.clone().unwrap_or_default(),
             publish_streams: self.publish_streams.clone().unwrap_or_default(),
             read_streams: self.read_streams.clone().unwrap_or_default(),
-        };
+        }
+    }
+
+    /// Fill the remaining gaps with built-in defaults and check the values.
+    pub fn resolve(&self) -> Result<Effective, ConfigError> {
+        let effective = self.fill();
         if effective.concurrency == 0 {
             return Err(ConfigError::Invalid("concurrency must be at least 1".into()));
         }

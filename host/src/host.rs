@@ -23,11 +23,12 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, Effective};
 use crate::consume::{self, Active, Context, RedisHealth, Subscriber};
+use crate::handler::Subscription;
 use crate::metrics::{Metrics, PluginLabels};
 use crate::plugin::cache::Cache;
+use crate::plugin::capability::Grants;
 use crate::plugin::invoke::Runner;
-use crate::plugin::sandbox::Grants;
-use crate::plugin::{Engine, Plugin, PluginError, Subscription};
+use crate::plugin::{Engine, Plugin, PluginError};
 use crate::{config, keys};
 
 /// One stream consumer task and its stop switch.
@@ -351,7 +352,7 @@ impl Host {
             if stream != self.config.stream && !effective.read_streams.contains(&stream) {
                 return Err(PluginError::NotGranted(format!(
                     "reading stream `{}` is not granted: list it in read_streams of [subscribers.{}]",
-                    crate::plugin::sandbox::escape(&stream),
+                    crate::redact::escape(&stream),
                     plugin.name
                 )));
             }
@@ -363,14 +364,8 @@ impl Host {
             }
             subscriptions.push((stream, sub));
         }
-        let grants = Arc::new(Grants {
-            subscriber: plugin.name.as_str().into(),
-            version: plugin.version.as_str().into(),
-            config: effective.config.clone(),
-            publish_streams: effective.publish_streams.clone(),
-            limits: effective.limits,
-        });
-        let runner: Arc<dyn crate::plugin::invoke::Invoke> =
+        let grants = Arc::new(Grants::new(&plugin.name, &plugin.version, &effective));
+        let runner: Arc<dyn crate::handler::Invoke> =
             Arc::new(Runner::with_concurrency(self.engine.clone(), plugin, grants, effective.concurrency));
         Ok(Active { runner, subscriptions, settings: effective })
     }

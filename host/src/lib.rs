@@ -12,6 +12,8 @@
 //! - [`keys`]: Redis key names; every key a transition touches shares the stream's hash tag.
 //! - [`connection`]: connections to one Redis node or a Redis Cluster, behind one type.
 //! - [`clock`]: Redis's clock, the one every time two hosts compare is read on.
+//! - [`handler`]: the handler contract between `consume` and `plugin`: a job in, an outcome
+//!   and its effects out.
 //! - [`plugin`]: load, validate and pre-instantiate `.wasm` components; the sandbox, the
 //!   imports, invoking the handler and naming failures; the compiled-artifact cache.
 //! - [`consume`]: per subscriber and stream: read → dispatch → invoke → settle (ack, retry,
@@ -44,6 +46,7 @@ pub mod connection;
 pub mod consume;
 pub mod dlq;
 pub mod event;
+pub mod handler;
 pub mod host;
 pub mod keys;
 pub mod metrics;

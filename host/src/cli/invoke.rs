@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use ferry::event::Event;
-use ferry::plugin::invoke::{Invoke as _, Job, Outcome, Runner};
-use ferry::plugin::sandbox::Grants;
+use ferry::handler::{Invoke as _, Job, Outcome};
+use ferry::plugin::capability::Grants;
+use ferry::plugin::invoke::Runner;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -91,21 +92,23 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     let engine = ferry::plugin::Engine::new(&engine_config.engine)?;
     let limits = ferry::config::LimitsConfig::default();
     let plugin = ferry::plugin::Plugin::load(&engine, &args.file, None, &limits).await?;
-    let grants = Arc::new(Grants {
-        subscriber: plugin.name.as_str().into(),
-        version: plugin.version.as_str().into(),
-        config,
-        publish_streams: args.publish_streams.clone(),
-        limits,
-    });
+    let settings = ferry::config::SubscriberConfig {
+        config: Some(config),
+        publish_streams: Some(args.publish_streams.clone()),
+        limits: Some(limits),
+        ..Default::default()
+    }
+    .fill();
+    let grants = Arc::new(Grants::new(&plugin.name, &plugin.version, &settings));
     let runner = Runner::with_concurrency(engine, plugin, grants, 1);
     let job = Arc::new(Job { stream: "events".into(), entry_id: "0-1".into(), attempt: args.attempt, event });
     let report = match runner.handle(job).await {
-        Outcome::Handled { follow_ups } => Report {
+        Outcome::Handled { effects } => Report {
             disposition: "ack",
             kind: None,
             reason: None,
-            follow_ups: follow_ups
+            follow_ups: effects
+                .follow_ups
                 .iter()
                 .map(|f| {
                     serde_json::json!({

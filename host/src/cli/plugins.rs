@@ -128,21 +128,18 @@ async fn list(admin: &str, json: bool) -> anyhow::Result<ExitCode> {
 /// before it can do anything: a plugin that publishes without `publish_streams` has every
 /// event retried until the operator grants it.
 fn grants_needed(engine: &ferry::plugin::Engine, plugin: &ferry::plugin::Plugin) -> Vec<String> {
-    let component = plugin.pre.instance_pre().component();
+    let component = plugin.pre.component();
     let mut lines = Vec::new();
     let mut wasi = 0;
     for (name, _) in component.component_type().imports(&engine.engine) {
         let interface = name.split('@').next().unwrap_or(name);
-        let needs = match interface {
-            "ferry:plugin/publish" => {
-                "needs `publish_streams = [...]` (the streams it may publish to) in `[subscribers.NAME]` or NAME.toml"
-            }
-            "ferry:plugin/config" => {
-                "reads config values: grant each under `[subscribers.NAME.config]` (or `[config]` in NAME.toml); ungranted keys read as absent"
-            }
-            "ferry:plugin/log" => "no grant needed (capped per event and per plugin)",
-            "ferry:plugin/types" => continue,
-            other if other.starts_with("wasi:") => {
+        let provided = interface
+            .strip_prefix("ferry:plugin/")
+            .and_then(|i| ferry::plugin::capability::imports().find(|(provided, _)| *provided == i));
+        let needs = match (interface, provided) {
+            (_, Some((_, needs))) => needs,
+            ("ferry:plugin/types", None) => continue,
+            (other, None) if other.starts_with("wasi:") => {
                 wasi += 1;
                 continue;
             }

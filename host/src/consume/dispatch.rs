@@ -14,12 +14,14 @@ use std::sync::Arc;
 
 use redis::Value;
 
+use super::Tally;
+use super::letters::Failure;
 use super::read::Entry;
-use super::settle::{Disposition, Settlement, Tally, meta, netstrings};
+use super::settle::{Disposition, Settlement, meta, netstrings};
 use super::{Active, now_ms, origin, scripts};
 use crate::event::Event;
+use crate::handler::{FailureKind, Job};
 use crate::keys::SubscriberKeys;
-use crate::plugin::invoke::{FailureKind, Job};
 
 /// The entry-size rule, shared with what plugins may publish (`event`).
 pub use crate::event::{MAX_ENTRY_BYTES, MAX_FIELDS};
@@ -80,16 +82,6 @@ fn scores(reply: Option<Value>) -> Vec<Option<f64>> {
             _ => None,
         })
         .collect()
-}
-
-/// Why an event fails without running; becomes a dead letter.
-pub struct Failure<'a> {
-    /// Kind recorded in the dead letter.
-    pub kind: FailureKind,
-    /// Reason recorded in the dead letter.
-    pub reason: &'a str,
-    /// Attempts made.
-    pub attempts: u32,
 }
 
 /// The dispatcher of one (subscriber, stream).

@@ -3,10 +3,19 @@
 //! and plugin version), so an operator sees why and a replay keeps the original headers.
 
 use super::Active;
-use super::dispatch::Failure;
 use super::read::Entry;
 use super::settle::{self, meta};
-use crate::plugin::invoke::FailureKind;
+use crate::handler::FailureKind;
+
+/// Why an event failed, as its dead letter records it.
+pub struct Failure<'a> {
+    /// Kind recorded in the dead letter.
+    pub kind: FailureKind,
+    /// Reason recorded in the dead letter.
+    pub reason: &'a str,
+    /// Attempts made.
+    pub attempts: u32,
+}
 
 /// RFC 3339 of a Unix-ms instant.
 fn rfc3339_ms(ms: u64) -> String {

@@ -51,14 +51,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use self::settle::Tally;
 use crate::config::{Effective, ReadConfig, Start};
 use crate::connection::{Conn, Redis};
 use crate::event::Event;
+use crate::handler::Subscription;
+use crate::handler::{FailureKind, Invoke};
 use crate::keys::SubscriberKeys;
 use crate::metrics::{FailureLabels, Metrics};
-use crate::plugin::Subscription;
-use crate::plugin::invoke::{FailureKind, Invoke};
 
 /// The version of a subscriber that new batches use. Swapped atomically on reload; batches
 /// already running keep the version they started with.
@@ -270,6 +269,23 @@ pub fn lease(configured: Option<Duration>, settings: &Effective) -> Duration {
     configured.unwrap_or_else(|| settings.limits.deadline.saturating_mul(2).saturating_add(Duration::from_secs(10)))
 }
 
+/// What a settled entry adds to the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Nothing.
+    None,
+    /// Handled.
+    Handled,
+    /// Scheduled for a retry after a failure of this kind.
+    Retried(FailureKind),
+    /// Dead-lettered after a failure of this kind.
+    DeadLettered(FailureKind),
+    /// Not subscribed.
+    Skipped,
+    /// A duplicate of an event already handled or dead-lettered.
+    Deduplicated,
+}
+
 /// The metric handles of one subscriber, looked up once so the per-event path does no
 /// label lookups.
 #[derive(Clone)]
@@ -347,8 +363,8 @@ pub(crate) mod testing {
     use super::settle::event_fields;
     use crate::config::SubscriberConfig;
     use crate::event::Event;
-    use crate::plugin::Subscription;
-    use crate::plugin::invoke::{Handling, Invoke, Job, Outcome};
+    use crate::handler::Subscription;
+    use crate::handler::{Handling, Invoke, Job, Outcome};
 
     struct Unused;
 

@@ -16,12 +16,12 @@ use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, watch};
 
 use super::read::Entry;
-use super::{Context, Counters, InFlight, now_ms, scripts};
+use super::{Context, Counters, InFlight, Tally, now_ms, scripts};
 use crate::connection::Conn;
 use crate::event::Event;
+use crate::handler::Effects;
+use crate::handler::FailureKind;
 use crate::keys::{self, SubscriberKeys};
-use crate::plugin::invoke::FailureKind;
-use crate::plugin::sandbox::FollowUp;
 
 /// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
 /// are lowercase letters and digits (CloudEvents), so the `_` prefix cannot collide.
@@ -54,12 +54,13 @@ pub mod meta {
 /// What to do with one entry: the disposition of its event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
-    /// Handled: acknowledge, record the event id as handled if `record`, publish follow-ups.
+    /// Handled: acknowledge, record the event id as handled if `record`, write its effects
+    /// (publish its follow-ups).
     Ack {
         /// Record the event id for dedupe.
         record: bool,
-        /// Follow-up events to publish with the ack.
-        follow_ups: Vec<FollowUp>,
+        /// What the handler left to write with the ack.
+        effects: Effects,
     },
     /// Acknowledge only: a duplicate, or an event the subscriber does not want.
     Skip,
@@ -82,23 +83,6 @@ pub enum Disposition {
         /// The run's start was recorded (start.lua): take it back.
         charged: bool,
     },
-}
-
-/// What a settled entry adds to the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tally {
-    /// Nothing.
-    None,
-    /// Handled.
-    Handled,
-    /// Scheduled for a retry after a failure of this kind.
-    Retried(FailureKind),
-    /// Dead-lettered after a failure of this kind.
-    DeadLettered(FailureKind),
-    /// Not subscribed.
-    Skipped,
-    /// A duplicate of an event already handled or dead-lettered.
-    Deduplicated,
 }
 
 /// One entry to settle.
@@ -203,10 +187,10 @@ pub const FORWARD_TO: &str = "_to";
 fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
-        Disposition::Ack { record, follow_ups } => {
+        Disposition::Ack { record, effects } => {
             let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
             let home = keys::slot(&routing.keys.stream);
-            for f in follow_ups {
+            for f in &effects.follow_ups {
                 let mut fields = event_fields(&f.event);
                 let n = routing.partitions.get(&f.stream).copied().unwrap_or(1);
                 let target = keys::route(&f.stream, n, f.event.partitionkey.as_deref(), &f.event.id);
@@ -277,7 +261,7 @@ pub async fn settle<C: ConnectionLike>(
 fn is_plain(s: &Settlement) -> bool {
     !s.release
         && match &s.disposition {
-            Disposition::Ack { follow_ups, .. } => follow_ups.is_empty(),
+            Disposition::Ack { effects, .. } => effects.is_empty(),
             Disposition::Skip => true,
             _ => false,
         }
@@ -579,6 +563,7 @@ mod tests {
     #[test]
     fn on_a_cluster_a_follow_up_to_another_slot_goes_to_the_forward_key() {
         let keys = SubscriberKeys::new("events", "sub");
+        use crate::handler::FollowUp;
         let follow = |stream: &str| FollowUp { stream: stream.into(), event: Event::new("F", "sub", "{}") };
         assert_ne!(keys::slot("records"), keys::slot("events"));
         let s = Settlement {
@@ -587,7 +572,10 @@ mod tests {
             event_id: "e".into(),
             owner: "events/1-0".into(),
             release: false,
-            disposition: Disposition::Ack { record: true, follow_ups: vec![follow("records"), follow("{events}x")] },
+            disposition: Disposition::Ack {
+                record: true,
+                effects: Effects { follow_ups: vec![follow("records"), follow("{events}x")] },
+            },
             fallback: None,
             tally: Tally::Handled,
         };

@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::dispatch::{Failure, Work};
-use super::settle::{Disposition, Settlement, Tally};
+use super::Tally;
+use super::dispatch::Work;
+use super::letters::Failure;
+use super::settle::{Disposition, Settlement};
 use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
-use crate::plugin::invoke::Outcome;
+use crate::handler::Outcome;
 
 /// Run `work` on `active`'s handler; the settlement for its entry.
 pub async fn run(active: Arc<Active>, work: Work, metrics: &super::Counters) -> Settlement {
@@ -40,13 +42,13 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
     let now = now_ms();
     let mut fallback = None;
     let (disposition, tally) = match outcome {
-        Outcome::Handled { follow_ups } => {
-            if !follow_ups.is_empty() {
+        Outcome::Handled { effects } => {
+            if !effects.is_empty() {
                 let reason = "a follow-up's stream holds another type of key";
-                let failure = Failure { kind: crate::plugin::invoke::FailureKind::Trap, reason, attempts: job.attempt };
+                let failure = Failure { kind: crate::handler::FailureKind::Trap, reason, attempts: job.attempt };
                 fallback = Some(dead_letter_fields(&work.entry, active, stream, &failure, now));
             }
-            (Disposition::Ack { record: !settings.dedupe_window.is_zero(), follow_ups }, Tally::Handled)
+            (Disposition::Ack { record: !settings.dedupe_window.is_zero(), effects }, Tally::Handled)
         }
         Outcome::Failed { kind, reason, delay_hint } => {
             if kind.retryable() && job.attempt < settings.retry.max_attempts {
@@ -92,7 +94,7 @@ mod tests {
     use crate::consume::settle::meta;
     use crate::consume::testing::{active, entry};
     use crate::event::Event;
-    use crate::plugin::invoke::{FailureKind, Job};
+    use crate::handler::{FailureKind, Job};
 
     fn work(attempt: u32) -> Work {
         let event = Event::new("A", "tests", "{}");
@@ -107,8 +109,8 @@ mod tests {
 
     #[test]
     fn a_handled_event_is_acked_and_recorded() {
-        let s = dispose(&active("*"), "events", work(1), Outcome::Handled { follow_ups: Vec::new() });
-        assert_eq!(s.disposition, Disposition::Ack { record: true, follow_ups: Vec::new() });
+        let s = dispose(&active("*"), "events", work(1), Outcome::Handled { effects: Default::default() });
+        assert_eq!(s.disposition, Disposition::Ack { record: true, effects: Default::default() });
         assert_eq!(s.tally, Tally::Handled);
     }
 

@@ -33,7 +33,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 
-use super::{PluginError, hex};
+use super::error::PluginError;
 
 /// First bytes of every entry: the format, so a future layout is refused, not misread.
 /// (`ferryc2` entries carried an unkeyed SHA-256 and are refused and rebuilt.)
@@ -378,6 +378,11 @@ fn deserialize(engine: &wasmtime::Engine, artifact: &[u8]) -> Result<Component, 
     // copied into wasmtime's own memory, so later changes to the file cannot affect the
     // loaded code.
     unsafe { Component::deserialize(engine, artifact) }.map_err(|e| format!("{e:#}"))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //!
 //! wasmtime 48 keeps compiler state per engine, so ferry builds exactly one and reuses it for
 //! every plugin and every reload. Guests run as async calls on the tokio runtime: every epoch
-//! tick makes a running guest yield (see `invoke`), so a guest in a loop holds a runtime thread
+//! tick makes a running guest yield (see `schedule`), so a guest in a loop holds a runtime thread
 //! for at most one tick at a time. The epoch is ticked by a plain OS thread (a tokio task could
 //! starve on a busy runtime) that holds only a weak handle, so it ends when the engine is
 //! dropped. WASI is linked in its async form: a guest blocked in a host call (`sleep`, `poll`)
@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::Subscriber;
+use super::contract::Contract;
 use super::sandbox::HostState;
+use super::schedule::{EPOCH_TICK, Permits, guest_permits};
 use crate::config::EngineConfig;
-
-/// How often the epoch advances; deadlines are rounded up to this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Slots of the pooling allocator, engine-wide.
 pub const POOL_COMPONENTS: usize = 1000;
@@ -75,7 +73,7 @@ impl Slots {
 pub struct Engine {
     /// The wasmtime engine.
     pub engine: wasmtime::Engine,
-    /// WASI p2 (inert: nothing granted) plus ferry's imports.
+    /// WASI p2 (inert: nothing granted) plus ferry's imports of every contract version.
     pub linker: Linker<HostState>,
     /// Engine-wide settings it was built with.
     pub config: EngineConfig,
@@ -83,47 +81,6 @@ pub struct Engine {
     /// than the machine's cores (at least one), so long-running guests, however many, never
     /// take every core from the host's own work and from short handler calls.
     pub permits: Arc<Permits>,
-}
-
-/// The engine-wide permits to run guest code past a call's first tick, and how many calls are
-/// queued for one: a holder hands its permit over at its next tick when someone waits, so
-/// guests that never stop running take turns, one tick each, instead of keeping the permit
-/// until they end (or hit their deadline).
-#[derive(Debug)]
-pub struct Permits {
-    semaphore: Arc<tokio::sync::Semaphore>,
-    waiting: std::sync::atomic::AtomicUsize,
-}
-
-impl Permits {
-    /// `n` permits.
-    pub fn new(n: usize) -> Self {
-        Self { semaphore: Arc::new(tokio::sync::Semaphore::new(n)), waiting: Default::default() }
-    }
-
-    /// Queue for a permit (FIFO); `None` only if the semaphore was closed.
-    pub async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        /// Counts this call as waiting until it has a permit or gives up (is dropped).
-        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _waiting = Waiting(&self.waiting);
-        self.semaphore.clone().acquire_owned().await.ok()
-    }
-
-    /// Whether a call is queued for a permit.
-    pub fn contended(&self) -> bool {
-        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
-    }
-}
-
-/// How many guest calls may run past their first tick at once on this machine.
-pub fn guest_permits() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
 }
 
 impl Engine {
@@ -152,14 +109,17 @@ impl Engine {
             // Keep the per-slot reservation close to the cap so 1000 slots fit comfortably.
             wasm.memory_reservation(config.max_memory);
         }
-        let engine =
-            wasmtime::Engine::new(&wasm).map_err(super::wasm_err).context("configuring the WebAssembly engine")?;
+        let engine = wasmtime::Engine::new(&wasm).map_err(wasm_err).context("configuring the WebAssembly engine")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(super::wasm_err).context("linking WASI")?;
-        Subscriber::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(super::wasm_err)
-            .context("linking ferry imports")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err).context("linking WASI")?;
+        for contract in Contract::ALL {
+            // `types` holds only types: an empty instance satisfies a guest's import of it.
+            linker.instance(&contract.interface("types")).map_err(wasm_err)?;
+            super::capability::link(&mut linker, contract)
+                .map_err(wasm_err)
+                .with_context(|| format!("linking ferry imports of {}", contract.interface("*")))?;
+        }
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -181,4 +141,9 @@ impl Engine {
     pub fn ticks(deadline: Duration) -> u64 {
         (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1
     }
+}
+
+/// wasmtime's own error type as an `anyhow` error, keeping its whole message chain.
+pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
 }

@@ -1,312 +1,39 @@
-//! Plugins: loading a `.wasm` file into a validated, pre-instantiated component.
+//! Plugins: everything that touches wasmtime.
 //!
-//! A plugin is one file: the component carries the contract it was built against and the
-//! subscriptions it declares (its `subscriptions` export), so no side file is needed. Loading
-//! reads, hashes (the hash is the plugin's version id), compiles through the on-disk
-//! compiled-artifact cache, checks the contract and pre-instantiates, or says precisely what
-//! is wrong. Its `subscriptions` export is guest code like any other: it runs under the
-//! plugin's deadline (see `invoke`), so a plugin that sleeps or loops there is refused in
-//! bounded time instead of hanging whoever loads it.
+//! # Layout
+//!
+//! - [`load`]: a `.wasm` file into a validated, pre-instantiated [`Plugin`]; [`error`]: why a
+//!   file is not one; [`cache`]: the compiled-artifact cache.
+//! - [`contract`]: the versions of the `ferry:plugin` contract, side by side; [`bindings`]:
+//!   the one `bindgen!` per version; [`instance`]: a component and its instances of
+//!   whichever version.
+//! - [`capability`]: what a plugin may import (`log`, `config`, `publish`), one folder each
+//!   behind one trait, registered in one place.
+//! - [`engine`]: the one engine and its linker; [`schedule`]: the CPU permits and the epoch
+//!   tick; [`throttle`]: a subscriber's adaptive limit of calls in flight.
+//! - [`sandbox`]: a store's state; [`limiter`]: its bounds; [`pipe`]: its captured stdio;
+//!   [`store`]: a store with its limiter and epoch callback.
+//! - [`invoke`]: the [`invoke::Runner`], which runs a handler call (the `handler::Invoke`
+//!   trait), with [`pool`] keeping instances and [`failure`] naming what went wrong.
 
 pub mod bindings;
 pub mod cache;
+pub mod capability;
+pub mod contract;
 pub mod engine;
+pub mod error;
+pub mod failure;
+pub mod instance;
 pub mod invoke;
+pub mod limiter;
+pub mod load;
+pub mod pipe;
+pub mod pool;
 pub mod sandbox;
+pub mod schedule;
+pub mod store;
+pub mod throttle;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
-
-use self::bindings::{CONTRACT_PACKAGE, CONTRACT_VERSION, HANDLER_EXPORT, SubscriberPre};
 pub use self::engine::Engine;
-use self::sandbox::{Grants, HostState, LogRate};
-use crate::config::LimitsConfig;
-use crate::event::Event;
-
-/// Why a file is not a usable plugin.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PluginError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file name cannot name a subscriber.
-    #[error("bad plugin file name: {0}")]
-    Name(String),
-    /// Not WebAssembly at all.
-    #[error("not a WebAssembly file (no `\\0asm` header)")]
-    NotWasm,
-    /// A core module rather than a component.
-    #[error(
-        "a core WebAssembly module, not a component: build for the wasm32-wasip2 target (or wrap it with `wasm-tools component new`)"
-    )]
-    NotComponent,
-    /// wasmtime refused to compile it.
-    #[error("invalid component: {0}")]
-    Compile(String),
-    /// Built against another version of the contract.
-    #[error("built against contract {package}@{found}, but this host implements {package}@{expected}")]
-    WrongContract {
-        /// The contract package.
-        package: &'static str,
-        /// Version the plugin uses.
-        found: String,
-        /// Version the host implements.
-        expected: &'static str,
-    },
-    /// Does not export the handler.
-    #[error("missing export `{HANDLER_EXPORT}` (exports: {found})")]
-    MissingExport {
-        /// What it exports instead.
-        found: String,
-    },
-    /// Imports something ferry does not provide.
-    #[error("cannot link: {0}")]
-    Link(String),
-    /// Its `subscriptions` export failed.
-    #[error("its `subscriptions` export failed: {0}")]
-    Subscriptions(String),
-    /// It declares no subscription and the operator gave none.
-    #[error("declares no subscriptions")]
-    NoSubscriptions,
-    /// It would read a stream it was not granted, or too many.
-    #[error("{0}")]
-    NotGranted(String),
-}
-
-/// One subscription, resolved: the plugin wants events of this type/versions from this stream.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Subscription {
-    /// Event type, or a prefix ending in `*`.
-    pub event_type: String,
-    /// Accepted schema versions; empty: all.
-    pub versions: Vec<u32>,
-    /// Stream read; `None` means the host's default stream.
-    pub stream: Option<String>,
-}
-
-impl Subscription {
-    /// Whether `event` is wanted.
-    pub fn matches(&self, event: &Event) -> bool {
-        self.matches_type(&event.event_type)
-            && (self.versions.is_empty() || self.versions.contains(&event.schemaversion))
-    }
-
-    /// Whether events of `event_type` may be wanted (whatever their schema version).
-    pub fn matches_type(&self, event_type: &str) -> bool {
-        match self.event_type.strip_suffix('*') {
-            Some(prefix) => event_type.starts_with(prefix),
-            None => event_type == self.event_type,
-        }
-    }
-}
-
-/// A loaded, validated plugin version.
-pub struct Plugin {
-    /// Subscriber name: the file stem.
-    pub name: String,
-    /// Version id: the first 12 hex digits of the file's SHA-256.
-    pub version: String,
-    /// Where it was loaded from.
-    pub path: PathBuf,
-    /// Pre-instantiated component.
-    pub pre: SubscriberPre<HostState>,
-    /// Subscriptions the plugin itself declares.
-    pub declared: Vec<Subscription>,
-    /// Whether the compiled artifact came from the cache.
-    pub cached: bool,
-    /// What one instance takes from the pooling allocator.
-    pub slots: engine::Slots,
-}
-
-impl std::fmt::Debug for Plugin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("name", &self.name).field("version", &self.version).finish_non_exhaustive()
-    }
-}
-
-/// The subscriber name a plugin file gets: its file stem.
-pub fn name_of(path: &Path) -> Result<String, PluginError> {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .ok_or_else(|| PluginError::Name(format!("{} has no UTF-8 file stem", path.display())))?;
-    crate::keys::check_name("plugin", stem).map_err(PluginError::Name)?;
-    // The subscriber name is one segment of its keys (`ferry:parked:{S}:SUB:KEY`) and of the
-    // patterns that find them (`ferry:dlq:*:SUB`): with a `:` in it, subscriber `x` with
-    // partition key `y:z` and subscriber `x:y` with key `z` would share a key, and a glob
-    // character would make a pattern match other subscribers' keys.
-    if stem.contains([':', '*', '?', '[', ']', '\\']) {
-        return Err(PluginError::Name(format!(
-            "plugin name `{}` must not contain `:` or glob characters (`*?[]\\`): it is a segment of Redis key names",
-            crate::redact::escape(stem)
-        )));
-    }
-    Ok(stem.to_string())
-}
-
-impl Plugin {
-    /// Load, compile (or fetch from `cache`), validate and pre-instantiate the plugin at `path`,
-    /// then read its subscriptions within `limits` (its deadline above all). Compilation runs
-    /// on a blocking thread.
-    pub async fn load(
-        engine: &Engine,
-        path: &Path,
-        cache: Option<&cache::Cache>,
-        limits: &LimitsConfig,
-    ) -> Result<Arc<Plugin>, PluginError> {
-        let name = name_of(path)?;
-        let bytes = tokio::fs::read(path).await.map_err(|source| PluginError::Read { path: path.into(), source })?;
-        Self::from_bytes(engine, name, path, bytes, cache, limits).await
-    }
-
-    /// Like [`Plugin::load`] with the file already read.
-    pub async fn from_bytes(
-        engine: &Engine,
-        name: String,
-        path: &Path,
-        bytes: Vec<u8>,
-        cache: Option<&cache::Cache>,
-        limits: &LimitsConfig,
-    ) -> Result<Arc<Plugin>, PluginError> {
-        if !bytes.starts_with(b"\0asm") {
-            return Err(PluginError::NotWasm);
-        }
-        // Bytes 4..8 are the version and layer: a core module is layer 0, a component layer 1.
-        if bytes.get(6..8) != Some(&[1, 0]) {
-            return Err(PluginError::NotComponent);
-        }
-        let hash = version_hash(&bytes);
-        let version = hash[..12].to_string();
-        let (wasm, cache) = (engine.engine.clone(), cache.cloned());
-        // Compilation is CPU-bound (seconds for a big component): keep it off the runtime threads.
-        let (component, cached) = tokio::task::spawn_blocking(move || match cache {
-            Some(cache) => cache.get_or_compile(&wasm, &hash, &bytes),
-            None => Ok((Component::new(&wasm, &bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?, false)),
-        })
-        .await
-        .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
-        check_contract(engine, &component)?;
-        let slots = engine::Slots::of(&component, limits.instances);
-        let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let pre = SubscriberPre::new(pre).map_err(|e| PluginError::Link(format!("{e:#}")))?;
-        let mut plugin = Plugin { name, version, path: path.to_path_buf(), pre, declared: Vec::new(), cached, slots };
-        plugin.declared = plugin.read_subscriptions(engine, limits).await?;
-        Ok(Arc::new(plugin))
-    }
-
-    async fn read_subscriptions(
-        &self,
-        engine: &Engine,
-        limits: &LimitsConfig,
-    ) -> Result<Vec<Subscription>, PluginError> {
-        let grants = Arc::new(Grants {
-            subscriber: self.name.as_str().into(),
-            version: self.version.as_str().into(),
-            config: Default::default(),
-            publish_streams: Vec::new(),
-            limits: *limits,
-        });
-        let mut store = invoke::new_store(engine, grants, LogRate::of(limits));
-        let started = invoke::arm(&mut store, engine, limits.deadline, false);
-        let pre = &self.pre;
-        let result = tokio::time::timeout(invoke::cutoff(limits.deadline), async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance.ferry_plugin_handler().call_subscriptions(&mut store).await
-        })
-        .await;
-        let elapsed = started.elapsed();
-        invoke::disarm(&mut store);
-        let stderr = store.data_mut().drain_stdio();
-        let declared = match result {
-            Err(_) => return Err(PluginError::Subscriptions(invoke::deadline_reason(limits.deadline, elapsed, true))),
-            Ok(Err(e)) => {
-                let (kind, mut reason) = invoke::classify(&e, limits.deadline, limits.memory, elapsed);
-                if !stderr.is_empty() {
-                    reason.push_str("; stderr: ");
-                    reason.push_str(sandbox::truncate(stderr.trim(), 1024));
-                }
-                return Err(PluginError::Subscriptions(format!("{}: {reason}", kind.as_str())));
-            }
-            Ok(Ok(declared)) => declared,
-        };
-        Ok(declared
-            .into_iter()
-            .map(|s| Subscription { event_type: s.event_type, versions: s.versions, stream: s.stream })
-            .collect())
-    }
-}
-
-/// The SHA-256 of a plugin file in hex; its first 12 digits are the plugin's version id.
-pub fn version_hash(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn check_contract(engine: &Engine, component: &Component) -> Result<(), PluginError> {
-    let ty = component.component_type();
-    let prefix = format!("{CONTRACT_PACKAGE}/");
-    let wrong_version = |name: &str| -> Option<PluginError> {
-        let rest = name.strip_prefix(&prefix)?;
-        let (_, found) = rest.split_once('@')?;
-        (found != CONTRACT_VERSION).then(|| PluginError::WrongContract {
-            package: CONTRACT_PACKAGE,
-            found: found.to_string(),
-            expected: CONTRACT_VERSION,
-        })
-    };
-    let exports: Vec<String> = ty.exports(&engine.engine).map(|(name, _)| name.to_string()).collect();
-    if !exports.iter().any(|e| e == HANDLER_EXPORT) {
-        if let Some(err) = exports.iter().find_map(|e| wrong_version(e)) {
-            return Err(err);
-        }
-        let found = if exports.is_empty() { "none".to_string() } else { exports.join(", ") };
-        return Err(PluginError::MissingExport { found });
-    }
-    if let Some(err) = ty.imports(&engine.engine).find_map(|(name, _)| wrong_version(name)) {
-        return Err(err);
-    }
-    Ok(())
-}
-
-/// wasmtime's own error type as an `anyhow` error, keeping its whole message chain.
-pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
-    anyhow::anyhow!("{e:#}")
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plugin_name_cannot_collide_with_another_subscribers_keys() {
-        for bad in ["x:y", "a*", "a?b", "[a]", "a\\b"] {
-            assert!(name_of(Path::new(&format!("/p/{bad}.wasm"))).is_err(), "{bad}");
-        }
-        assert_eq!(name_of(Path::new("/p/orders-v2_x.wasm")).expect("fine"), "orders-v2_x");
-    }
-
-    #[test]
-    fn subscriptions_match_type_prefix_and_version() {
-        let mut event = Event::new("OrderCreated", "orders", "{}");
-        event.schemaversion = 2;
-        let exact = Subscription { event_type: "OrderCreated".into(), versions: vec![], stream: None };
-        let prefix = Subscription { event_type: "Order*".into(), versions: vec![2], stream: None };
-        let old = Subscription { event_type: "OrderCreated".into(), versions: vec![1], stream: None };
-        let all = Subscription { event_type: "*".into(), versions: vec![], stream: None };
-        assert!(exact.matches(&event) && prefix.matches(&event) && all.matches(&event));
-        assert!(!old.matches(&event));
-    }
-}
+pub use self::error::PluginError;
+pub use self::load::{Plugin, name_of, version_hash};

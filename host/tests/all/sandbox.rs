@@ -544,7 +544,7 @@ async fn a_guest_asleep_in_a_wasi_call_does_not_keep_its_cpu_permit_from_busy_ne
     let env = Env::new();
     // Every engine-wide permit is taken by a sleeper: each runs guest code past its first tick
     // (50 ms busy, so it must take a permit), then sleeps 20 s in WASI.
-    let permits = ferry::plugin::engine::guest_permits();
+    let permits = ferry::plugin::schedule::guest_permits();
     let sleeper = format!(
         "subscriptions = [{{ type = \"Sleep\" }}]\nconcurrency = {permits}\n{RECORDER_TOML}\n[limits]\ndeadline = \"60s\"\n"
     );
@@ -577,7 +577,7 @@ async fn guests_that_never_stop_running_share_the_cpu_permits_with_other_long_ca
     let env = Env::new();
     // Every engine-wide permit is taken by a hog: guest code that runs for 20 s without a
     // pause (the recorder's busy `slow`), far past its first tick.
-    let permits = ferry::plugin::engine::guest_permits();
+    let permits = ferry::plugin::schedule::guest_permits();
     let hog = format!(
         "subscriptions = [{{ type = \"Hog\" }}]\nconcurrency = {permits}\n{RECORDER_TOML}\n[limits]\ndeadline = \"60s\"\n"
     );

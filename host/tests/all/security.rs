@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use ferry::config::{EngineConfig, LimitsConfig};
 use ferry::event::Event;
-use ferry::plugin::invoke::{FailureKind, Invoke, Job, Outcome, Runner};
-use ferry::plugin::sandbox::Grants;
+use ferry::handler::{FailureKind, Invoke, Job, Outcome};
+use ferry::plugin::capability::Grants;
+use ferry::plugin::invoke::Runner;
 use ferry::plugin::{Engine, Plugin};
 use ferry_test_fixtures as fixtures;
 
@@ -17,13 +18,13 @@ async fn hostile() -> Runner {
     let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
     let limits = LimitsConfig::default();
     let plugin = Plugin::load(&engine, Path::new(fixtures::HOSTILE), None, &limits).await.expect("load");
-    let grants = Arc::new(Grants {
-        subscriber: "hostile".into(),
-        version: plugin.version.as_str().into(),
-        config: Default::default(),
-        publish_streams: vec!["events".into()],
-        limits,
-    });
+    let settings = ferry::config::SubscriberConfig {
+        publish_streams: Some(vec!["events".into()]),
+        limits: Some(limits),
+        ..Default::default()
+    }
+    .fill();
+    let grants = Arc::new(Grants::new("hostile", &plugin.version, &settings));
     Runner::with_concurrency(engine, plugin, grants, 1)
 }
 
@@ -51,7 +52,9 @@ async fn a_huge_retry_reason_is_cut_like_stderr() {
 async fn follow_ups_with_huge_fields_are_refused_and_never_held() {
     let runner = hostile().await;
     match runner.handle(job(act("huge_follow_ups"))).await {
-        Outcome::Handled { follow_ups } => assert!(follow_ups.is_empty(), "{} held", follow_ups.len()),
+        Outcome::Handled { effects } => {
+            assert!(effects.follow_ups.is_empty(), "{} held", effects.follow_ups.len())
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -69,9 +72,9 @@ async fn an_amplifying_tree_of_follow_ups_stays_within_the_causation_budget() {
     while let Some(event) = queue.pop_front() {
         assert!(handled <= u64::from(ferry::event::CAUSATION_BUDGET) + 1, "the tree grew past the budget");
         match runner.handle(job(event)).await {
-            Outcome::Handled { follow_ups } => {
+            Outcome::Handled { effects } => {
                 handled += 1;
-                queue.extend(follow_ups.into_iter().map(|f| f.event));
+                queue.extend(effects.follow_ups.into_iter().map(|f| f.event));
             }
             // The SDK turns the refused `send` into a reject: dead-lettered at once.
             Outcome::Failed { kind: FailureKind::HandlerReject, reason, .. } => {
@@ -97,9 +100,9 @@ async fn a_loop_of_follow_ups_is_dead_lettered_past_the_maximum_causation_depth(
     loop {
         assert!(hops <= ferry::event::MAX_CAUSATION_DEPTH + 1, "the chain went on past the maximum depth");
         match runner.handle(job(event.clone())).await {
-            Outcome::Handled { follow_ups } => {
-                assert_eq!(follow_ups.len(), 1);
-                event = follow_ups[0].event.clone();
+            Outcome::Handled { effects } => {
+                assert_eq!(effects.follow_ups.len(), 1);
+                event = effects.follow_ups[0].event.clone();
                 hops += 1;
             }
             Outcome::Failed { kind: FailureKind::InvalidEvent, reason, .. } => {

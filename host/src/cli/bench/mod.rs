@@ -29,11 +29,13 @@ use tokio::sync::watch;
 use ferry::config::{Config, InstanceMode, LimitsConfig, Start, SubscriberConfig};
 use ferry::consume::{self, Active, Context, RedisHealth, Subscriber};
 use ferry::event::Event;
+use ferry::handler::Subscription;
+use ferry::handler::{Handling, Invoke, Job, Outcome};
 use ferry::metrics::{self, Metrics};
 use ferry::plugin::cache::Cache;
-use ferry::plugin::invoke::{Handling, Invoke, Job, Outcome, Runner};
-use ferry::plugin::sandbox::Grants;
-use ferry::plugin::{Engine, Plugin, Subscription};
+use ferry::plugin::capability::Grants;
+use ferry::plugin::invoke::Runner;
+use ferry::plugin::{Engine, Plugin};
 use ferry::redis_server::RedisServer;
 
 /// `ferry bench`.
@@ -164,7 +166,7 @@ struct Native;
 
 impl Invoke for Native {
     fn handle(&self, _job: Arc<Job>) -> Handling {
-        Box::pin(std::future::ready(Outcome::Handled { follow_ups: Vec::new() }))
+        Box::pin(std::future::ready(Outcome::Handled { effects: Default::default() }))
     }
     fn name(&self) -> &str {
         "native"
@@ -364,13 +366,8 @@ impl Bench {
     }
 
     fn runner(&self, plugin: &Arc<Plugin>, name: &str, mode: InstanceMode) -> Arc<Runner> {
-        let grants = Arc::new(Grants {
-            subscriber: name.into(),
-            version: plugin.version.as_str().into(),
-            config: Default::default(),
-            publish_streams: Vec::new(),
-            limits: LimitsConfig { instance_mode: mode, ..LimitsConfig::default() },
-        });
+        let limits = LimitsConfig { instance_mode: mode, ..LimitsConfig::default() };
+        let grants = Arc::new(Grants::none(name, &plugin.version, limits));
         Arc::new(Runner::new(self.engine.clone(), plugin.clone(), grants))
     }
 

@@ -1,0 +1,66 @@
+//! The trait every capability implements, and what the sandbox tells a capability about
+//! the event being handled. Knows nothing of the store type: a capability reaches only its
+//! own context, through the getter the registry hands to [`Capability::link`].
+
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+
+use crate::config::Effective;
+use crate::handler::Effects;
+use crate::plugin::contract::Contract;
+
+/// One capability a plugin may import.
+pub trait Capability {
+    /// What the operator granted one subscriber, shared by all its instances.
+    type Grant: std::fmt::Debug + Send + Sync + 'static;
+    /// What the capability keeps in one instance's store: its grant and its per-call state.
+    /// It implements the capability's WIT host traits.
+    type Ctx: Send + 'static;
+
+    /// The interfaces this capability provides (names without package and version), each
+    /// with what a plugin importing it needs, as `ferry plugins check` says it.
+    const IMPORTS: &'static [(&'static str, &'static str)];
+
+    /// The grant the settings of subscriber `subscriber` give.
+    fn grant(subscriber: &Arc<str>, settings: &Effective) -> Self::Grant;
+
+    /// A store's context, nothing yet called.
+    fn ctx(grant: &Arc<Self::Grant>) -> Self::Ctx;
+
+    /// Link this capability's interfaces of `contract` into `linker`, reaching its context in
+    /// a store through `get`. A capability that a version does not have links nothing for it.
+    fn link<T: 'static>(
+        linker: &mut Linker<T>,
+        contract: Contract,
+        get: fn(&mut T) -> &mut Self::Ctx,
+    ) -> wasmtime::Result<()>;
+
+    /// A call of the handler on `current` begins: reset the per-call state.
+    fn begin(ctx: &mut Self::Ctx, current: &Arc<Current>);
+
+    /// The handler succeeded: move what the call produced into `effects`, written by the
+    /// settle with the acknowledgement. Nothing by default.
+    fn finish(_ctx: &mut Self::Ctx, _effects: &mut Effects) {}
+
+    /// A grant the call needed and the operator has not given: the event is retried whatever
+    /// the handler made of the refusal (the operator's to fix). None by default.
+    fn denied(_ctx: &mut Self::Ctx) -> Option<String> {
+        None
+    }
+}
+
+/// The event being handled, as the capabilities need it.
+#[derive(Debug, Default, Clone)]
+pub struct Current {
+    /// Id of the handled event.
+    pub event_id: String,
+    /// Its correlation id.
+    pub correlationid: Option<String>,
+    /// The stream it came from.
+    pub stream: String,
+    /// Its causation depth (0 for a producer's own event); its follow-ups get one more.
+    pub depth: u32,
+    /// How many follow-ups it may still have in its chain (see `Event::causationbudget`).
+    pub budget: u32,
+}
