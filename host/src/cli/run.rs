@@ -110,6 +110,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let host = Host::new(config).await?;
     let admin = ferry::admin::spawn(host.clone()).await?;
     let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
+    let schema_watcher = match (&host.context().contracts, host.config().watch) {
+        (Some(registry), true) => ferry::contract::watch::watch(registry.clone())?,
+        _ => None,
+    };
     let loader = host.clone();
     let loading = tokio::spawn(async move { loader.load_all().await });
     let relay = match relay_settings {
@@ -134,6 +138,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         let _ = task.await;
     }
     drop(watcher);
+    drop(schema_watcher);
     // Loads are bounded (compile, then the plugin's deadline); finish them so every started
     // stream is known and stopped below.
     let _ = loading.await;

@@ -1,0 +1,167 @@
+//! Event contracts (issue 26): valid and invalid events on each path, the schema directory
+//! reloaded with a breaking version, `ferry schemas check` and the generated documents.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry::config::Config;
+use ferry::event::Event;
+use ferry_test_fixtures as fixtures;
+use serde_json::{Value, json};
+
+use crate::support::{Env, RECORDER_TOML, ferry};
+
+/// `OrderCreated@1`: an order id and a non-negative amount.
+pub fn order_v1() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": {"order_id": {"type": "string"}, "amount": {"type": "integer", "minimum": 0}},
+        "required": ["order_id", "amount"]
+    })
+}
+
+/// Write `(type, version, schema)` files under `dir`.
+pub fn write_schemas(dir: &Path, schemas: &[(&str, u32, Value)]) {
+    for (t, v, doc) in schemas {
+        std::fs::create_dir_all(dir.join(t)).expect("mkdir");
+        std::fs::write(dir.join(t).join(format!("{v}.json")), serde_json::to_vec_pretty(doc).expect("json"))
+            .expect("write schema");
+    }
+}
+
+fn with_schemas(env: &Env, dir: &Path) -> Config {
+    let mut config = env.config();
+    config.schemas = Some(dir.to_path_buf());
+    config
+}
+
+fn order(v: u32, data: Value) -> Event {
+    let mut e = Event::new("OrderCreated", "tests", data.to_string());
+    e.schemaversion = v;
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_event_is_dead_lettered_before_dispatch_with_path_keyword_and_schema() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(with_schemas(&env, schemas.path())).await.expect("host");
+    let mut conn = env.conn().await;
+    let good = order(1, json!({"order_id": "o-1", "amount": 5}));
+    let bad = order(1, json!({"order_id": "o-2", "amount": -5}));
+    for e in [&good, &bad] {
+        ferry::outbox::publish(&mut conn, "events", e).await.expect("publish");
+    }
+    env.settled("events", Duration::from_secs(30)).await;
+    let recs = env.records_at_least(1, Duration::from_secs(10)).await;
+    assert_eq!(recs.len(), 1, "only the valid event reached the handler: {recs:?}");
+    assert_eq!(recs[0]["id"], good.id.as_str());
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!((letters[0].event_id.as_str(), letters[0].kind.as_str()), (bad.id.as_str(), "invalid-event"));
+    let reason = &letters[0].reason;
+    assert!(reason.contains("OrderCreated@1") && reason.contains("at /amount (minimum)"), "{reason}");
+
+    // Replayed while still invalid: refused again on the replay path.
+    let ids = ferry::dlq::Selection::Ids(vec![bad.id.clone()]);
+    assert_eq!(ferry::dlq::replay(&mut conn, "rec", &ids, |_, _| {}).await.expect("replay"), 1);
+    env.settled("events", Duration::from_secs(30)).await;
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 1, "dead-lettered again: {letters:?}");
+    assert!(letters[0].reason.contains("at /amount (minimum)"));
+
+    // The schema widened in place (a backward-compatible edit): the replay reaches the handler.
+    let mut wider = order_v1();
+    wider["properties"]["amount"] = json!({"type": "integer"});
+    write_schemas(schemas.path(), &[("OrderCreated", 1, wider)]);
+    host.context().contracts.as_ref().expect("registry").reload().expect("reloads");
+    assert_eq!(ferry::dlq::replay(&mut conn, "rec", &ids, |_, _| {}).await.expect("replay"), 1);
+    let recs = env.records_at_least(2, Duration::from_secs(30)).await;
+    assert_eq!(recs[1]["id"], bad.id.as_str());
+    host.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_refuses_an_invalid_event_and_fills_dataschema() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let registry = ferry::contract::Registry::open(schemas.path(), Default::default()).expect("registry");
+    let mut conn = env.conn().await;
+    let replication = ferry::connection::Replication::PRIMARY;
+    let mut bad = order(1, json!({"order_id": 7, "amount": 1}));
+    let err = ferry::outbox::publish_checked(&mut conn, "events", &mut bad, replication, Some(&registry))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("at /order_id (type)"), "{err}");
+    let mut good = order(1, json!({"order_id": "o", "amount": 1}));
+    ferry::outbox::publish_checked(&mut conn, "events", &mut good, replication, Some(&registry))
+        .await
+        .expect("published");
+    let len: u64 = redis::cmd("XLEN").arg("events").query_async(&mut conn).await.expect("xlen");
+    assert_eq!(len, 1, "only the valid event was written");
+    let mut pipe = redis::pipe();
+    let mut tx_bad = order(1, json!({}));
+    assert!(ferry::outbox::add_checked(&mut pipe, "events", &mut tx_bad, Some(&registry)).is_err());
+    assert_eq!(pipe.len(), 0, "nothing added to the transaction");
+    assert_eq!(good.dataschema.as_deref(), Some("ferry://schemas/OrderCreated/1.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_publish_refuses_an_invalid_event_with_its_path() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let dir = schemas.path().to_str().expect("utf-8 path");
+    let url = env.redis.url();
+    let args =
+        |data: &'static str| ["publish", "--redis", &url, "--schemas", dir, "--type", "OrderCreated", "--data", data];
+    let (status, _, stderr) = ferry(&args(r#"{"order_id":"o"}"#));
+    assert!(!status.success(), "refused");
+    assert!(stderr.contains("required") && stderr.contains("OrderCreated@1"), "{stderr}");
+    let (status, stdout, stderr) = ferry(&args(r#"{"order_id":"o","amount":2}"#));
+    assert!(status.success(), "{stderr}");
+    let mut conn = env.conn().await;
+    let value: redis::Value =
+        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let entries = ferry::consume::read::parse_entries("events", value);
+    assert_eq!(entries.len(), 1);
+    let event = Event::from_fields(&entries[0].fields).expect("event");
+    assert_eq!(event.id, stdout.trim());
+    assert_eq!(event.dataschema.as_deref(), Some("ferry://schemas/OrderCreated/1.json"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_directory_reloaded_with_a_breaking_version_is_refused_and_the_old_set_kept() {
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let registry =
+        std::sync::Arc::new(ferry::contract::Registry::open(schemas.path(), Default::default()).expect("registry"));
+    let _watcher = ferry::contract::watch::watch(registry.clone()).expect("watch").expect("a directory");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        !done()
+    };
+    // A v2 that requires a new property: old payloads are refused (not backward).
+    let mut v2 = order_v1();
+    v2["required"] = json!(["order_id", "amount", "currency"]);
+    write_schemas(schemas.path(), &[("OrderCreated", 2, v2)]);
+    while until("the refusal", &|| registry.refused().is_some()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reason = registry.refused().unwrap_or_default();
+    assert!(reason.contains("OrderCreated@2") && reason.contains("currency"), "{reason}");
+    assert!(registry.active().schema("OrderCreated", 2).is_none(), "the old set stays active");
+    // A compatible v2 (an optional property without constraints... and a wider amount).
+    let mut v2 = order_v1();
+    v2["properties"]["amount"] = json!({"type": "number", "minimum": 0});
+    write_schemas(schemas.path(), &[("OrderCreated", 2, v2)]);
+    while until("the new set", &|| registry.active().schema("OrderCreated", 2).is_some()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(registry.refused().is_none());
+}
