@@ -103,6 +103,9 @@ impl std::fmt::Display for Violation {
             Method::Set => "",
             Method::Structural => " [structural rule: undecidable on sets]",
         };
+        if self.accepted == self.by {
+            return write!(f, "{}@{} against the base, at {path}: {}{how}", self.event_type, self.by, self.reason);
+        }
         write!(
             f,
             "{}@{} does not accept every payload {}@{} accepts, at {path}: {}{how}",
@@ -123,14 +126,73 @@ pub struct Report {
     pub structural: Vec<(String, u32, u32)>,
 }
 
+fn versions_of(t: &super::TypeContract) -> Versions {
+    t.versions.iter().map(|(v, s)| (*v, (s.uri.clone(), s.document.clone()))).collect()
+}
+
 /// Check every type of `set` against its mode.
 pub fn check_set(set: &Set) -> Result<(), Vec<Violation>> {
-    let mut violations = Vec::new();
-    for (name, t) in set.types() {
-        let versions: Versions = t.versions.iter().map(|(v, s)| (*v, (s.uri.clone(), s.document.clone()))).collect();
-        violations.extend(check_type(name, t.contract.compatibility, &versions, &set.documents).violations);
-    }
+    let violations = report(set).violations;
     if violations.is_empty() { Ok(()) } else { Err(violations) }
+}
+
+/// What checking every type of `set` against its mode found.
+pub fn report(set: &Set) -> Report {
+    let mut out = Report::default();
+    for (name, t) in set.types() {
+        let found = check_type(name, t.contract.compatibility, &versions_of(t), &set.documents);
+        out.violations.extend(found.violations);
+        out.structural.extend(found.structural);
+    }
+    out
+}
+
+/// What `current` breaks of `base` (the schemas already published): a version removed (its
+/// producers and stored events still exist), or changed in place in a way its type's mode
+/// refuses (the changed version is checked against what it was, as if it were the next one).
+/// `$ref` resolves in `current`.
+pub fn against_base(base: &Set, current: &Set) -> Report {
+    let mut out = Report::default();
+    for (name, old) in base.types() {
+        let now = current.get(name);
+        let mode = now.map_or(old.contract.compatibility, |t| t.contract.compatibility);
+        for (version, was) in &old.versions {
+            let violation = |path: String, reason: String, method| Violation {
+                event_type: name.clone(),
+                accepted: *version,
+                by: *version,
+                path,
+                reason,
+                method,
+            };
+            let Some(is) = now.and_then(|t| t.versions.get(version)) else {
+                let reason = "the version was removed; producers and stored events may still use it".to_string();
+                out.violations.push(violation(String::new(), reason, Method::Structural));
+                continue;
+            };
+            if is.document == was.document || mode == Compatibility::None {
+                continue;
+            }
+            let (was, is) = ((was.uri.clone(), was.document.clone()), (is.uri.clone(), is.document.clone()));
+            let mut pairs = Vec::new();
+            if mode.backward() {
+                pairs.push((&is, &was, "it was changed in place and refuses payloads it accepted"));
+            }
+            if mode.forward() {
+                pairs.push((&was, &is, "it was changed in place and accepts payloads it refused"));
+            }
+            for (wide, narrow, what) in pairs {
+                let (found, method) = accepts_all(wide, narrow, &current.documents);
+                if method == Method::Structural {
+                    out.structural.push((name.clone(), *version, *version));
+                }
+                for (path, reason) in found {
+                    out.violations.push(violation(path, format!("{what}: {reason}"), method));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Check the versions of `event_type` against `mode`; `documents` resolve `$ref`.
@@ -198,12 +260,7 @@ pub fn accepts_all(
             let example = n
                 .subtract(&w)
                 .ok()
-                .map(|d| {
-                    format!(
-                        " (for example, payloads matching {})",
-                        crate::redact::escape(&d.to_json_schema().to_string())
-                    )
-                })
+                .map(|d| format!(" (for example, payloads matching {})", shown(&d.to_json_schema().to_string())))
                 .unwrap_or_default();
             let found = if structural.is_empty() {
                 vec![(String::new(), format!("some payloads are refused{example}"))]
@@ -214,6 +271,13 @@ pub fn accepts_all(
         }
         _ => (structural, Method::Structural),
     }
+}
+
+/// Text from a schema for a message: control characters escaped, cut at 300 bytes.
+fn shown(text: &str) -> String {
+    let cut = crate::redact::truncate(text, 300);
+    let more = if cut.len() < text.len() { "..." } else { "" };
+    format!("{}{more}", crate::redact::printable(cut))
 }
 
 fn object(v: &Value) -> Option<&serde_json::Map<String, Value>> {

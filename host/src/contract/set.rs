@@ -61,7 +61,7 @@ impl Schema {
             .map(|e| Error {
                 instance_path: e.instance_path().as_str().to_string(),
                 keyword: e.kind().keyword().to_string(),
-                message: crate::redact::escape(&e.to_string()),
+                message: crate::redact::printable(crate::redact::truncate(&e.to_string(), 300)).into_owned(),
             })
             .collect()
     }

@@ -212,3 +212,24 @@ fn transitive_modes_compare_with_every_earlier_version() {
     assert_eq!(pairs, vec![(1, 2), (1, 3)]);
     assert_eq!(transitive.violations[0].path, "/properties/n/maximum", "{:?}", transitive.violations[0]);
 }
+
+#[test]
+fn what_the_sets_cannot_decide_falls_back_to_structural_rules_and_says_so() {
+    // Containment of one regular expression in another is outside the canonical form (a
+    // refutation by example is not): `^[ab]+$` does accept every `^a+$`, but only the
+    // structural rules decide the pair, conservatively, and say so.
+    let schema = |max: u32| {
+        let pattern = if max == 5 { "^a+$" } else { "^[ab]+$" };
+        json!({"type": "object", "properties": {"code": {"type": "string", "pattern": pattern}}})
+    };
+    let documents = std::sync::Arc::new(BTreeMap::new());
+    let versions: compat::Versions = [(1, schema(5)), (2, schema(3))]
+        .into_iter()
+        .map(|(v, doc)| (v, (format!("ferry://schemas/T/{v}.json"), doc)))
+        .collect();
+    let report = compat::check_type("T", Compatibility::Backward, &versions, &documents);
+    assert_eq!(report.structural, vec![("T".to_string(), 1, 2)], "{report:?}");
+    assert_eq!(report.violations.len(), 1, "{report:?}");
+    assert_eq!(report.violations[0].method, compat::Method::Structural);
+    assert!(report.violations[0].to_string().contains("structural rule"), "{}", report.violations[0]);
+}

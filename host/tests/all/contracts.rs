@@ -165,3 +165,69 @@ async fn a_schema_directory_reloaded_with_a_breaking_version_is_refused_and_the_
     }
     assert!(registry.refused().is_none());
 }
+
+fn check(args: &[&str]) -> (bool, String) {
+    let mut all = vec!["schemas", "check"];
+    all.extend_from_slice(args);
+    let (status, stdout, stderr) = ferry(&all);
+    (status.success(), format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn ferry_schemas_check_prints_each_violation_with_its_path() {
+    let schemas = tempfile::tempdir().expect("tempdir");
+    let dir = schemas.path().to_str().expect("utf-8");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let (ok, out) = check(&["--dir", dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("OrderCreated: versions 1 (backward-transitive)"), "{out}");
+    // v2 lowers nothing but narrows `amount` to at most 100: old payloads are refused.
+    let mut v2 = order_v1();
+    v2["properties"]["amount"]["maximum"] = json!(100);
+    write_schemas(schemas.path(), &[("OrderCreated", 2, v2)]);
+    let (ok, out) = check(&["--dir", dir]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("violation: OrderCreated@2") && out.contains("/properties/amount/maximum"), "{out}");
+}
+
+#[test]
+fn ferry_schemas_check_against_a_base_finds_versions_changed_in_place_or_removed() {
+    let base = tempfile::tempdir().expect("tempdir");
+    write_schemas(base.path(), &[("OrderCreated", 1, order_v1()), ("Gone", 1, json!({"type": "object"}))]);
+    let now = tempfile::tempdir().expect("tempdir");
+    let mut edited = order_v1();
+    edited["required"] = json!(["order_id", "amount", "currency"]);
+    write_schemas(now.path(), &[("OrderCreated", 1, edited)]);
+    let (ok, out) =
+        check(&["--dir", now.path().to_str().expect("utf-8"), "--base", base.path().to_str().expect("utf-8")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("OrderCreated@1 against the base") && out.contains("currency"), "{out}");
+    assert!(out.contains("Gone@1 against the base") && out.contains("removed"), "{out}");
+}
+
+#[test]
+fn ferry_schemas_check_reads_the_base_from_a_git_ref_and_lists_stale_subscribers() {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(repo.path()).args(args).output().expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    let dir = repo.path().join("schemas");
+    write_schemas(&dir, &[("OrderCreated", 1, order_v1())]);
+    git(&["add", "."]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "v1"]);
+    let mut narrowed = order_v1();
+    narrowed["properties"]["amount"]["maximum"] = json!(10);
+    write_schemas(&dir, &[("OrderCreated", 1, narrowed)]);
+    let config = repo.path().join("ferry.toml");
+    let plugins = repo.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    std::fs::write(plugins.join("old.toml"), "subscriptions = [{ type = \"OrderCreated\", versions = [7] }]\n")
+        .expect("write");
+    std::fs::write(&config, format!("plugins = {:?}\nschemas = {:?}\n", plugins, dir)).expect("write config");
+    let (ok, out) = check(&["--config", config.to_str().expect("utf-8"), "--base", "HEAD"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("OrderCreated@1 against the base") && out.contains("maximum"), "{out}");
+    assert!(out.contains("subscriber `old` accepts OrderCreated versions 7"), "{out}");
+}
