@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use ferry::config::{Config, SubscriptionConfig};
+use ferry::contract::docs::Party;
 use ferry::contract::{Set, compat};
 
 use super::ConfigFile;
@@ -31,6 +32,18 @@ pub enum SchemasCommand {
         #[arg(long)]
         base: Option<String>,
     },
+    /// Write the AsyncAPI 3.0 document (`OUT/asyncapi.json`) and a catalog page per type
+    /// (`OUT/catalog/TYPE.md`) from the registry and the configured subscribers.
+    Docs {
+        #[command(flatten)]
+        file: ConfigFile,
+        /// Schema directory (default: the file's `schemas`, else `schemas`).
+        #[arg(long, env = "FERRY_SCHEMAS")]
+        dir: Option<PathBuf>,
+        /// Where to write.
+        #[arg(long, default_value = "docs/generated")]
+        out: PathBuf,
+    },
 }
 
 /// Run `ferry schemas ...`.
@@ -39,6 +52,10 @@ pub async fn run(cmd: SchemasCommand) -> anyhow::Result<ExitCode> {
         SchemasCommand::Check { file, dir, base } => {
             let config = file.load()?;
             check(&config, &schema_dir(&config, dir), base.as_deref())
+        }
+        SchemasCommand::Docs { file, dir, out } => {
+            let config = file.load()?;
+            docs(&config, &schema_dir(&config, dir), &out)
         }
     }
 }
@@ -69,11 +86,10 @@ fn check(config: &Config, dir: &Path, base: Option<&str>) -> anyhow::Result<Exit
     for (t, accepted, by) in &report.structural {
         println!("note: {t}@{by} over {t}@{accepted} was decided by structural rules (the sets could not be compared)");
     }
-    for (subscriber, subscription) in stale_subscriptions(config, &set) {
-        let versions: Vec<String> = subscription.versions.iter().map(u32::to_string).collect();
+    for (subscriber, event_type, versions) in stale_subscriptions(&parties(config), &set) {
+        let versions: Vec<String> = versions.iter().map(u32::to_string).collect();
         println!(
-            "warning: subscriber `{subscriber}` accepts {} versions {} and no schema has any of them",
-            subscription.event_type,
+            "warning: subscriber `{subscriber}` accepts {event_type} versions {} and no schema has any of them",
             versions.join(", ")
         );
     }
@@ -119,36 +135,68 @@ fn load_base(dir: &Path, base: &str) -> anyhow::Result<(Set, Option<tempfile::Te
     Ok((set, Some(copy)))
 }
 
-/// Subscriptions (from the host file and the plugins' own files) to a type that has schemas,
-/// accepting only versions none of which has one: no producer can publish them any more.
-fn stale_subscriptions(config: &Config, set: &Set) -> Vec<(String, SubscriptionConfig)> {
-    let mut named: Vec<(String, Vec<SubscriptionConfig>)> = Vec::new();
-    named.extend(config.subscribers.iter().filter_map(|(n, s)| Some((n.clone(), s.subscriptions.clone()?))));
+/// The subscribers the configuration knows (the host file's `[subscribers.NAME]` and the
+/// plugins' own `NAME.toml`), as the documents show them. Subscriptions a plugin declares
+/// only in its component are not read here (that needs loading it: a running host's admin
+/// endpoint shows them).
+fn parties(config: &Config) -> Vec<Party> {
+    let mut names: BTreeSet<String> = config.subscribers.keys().cloned().collect();
     if let Ok(entries) = std::fs::read_dir(&config.plugins) {
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        files.sort();
-        for path in files.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-            if let Ok(file) = ferry::config::load_plugin_file(&config.plugins, &path)
-                && let Some(subscriptions) = file.subscriptions
-                && config.subscribers.get(&name).is_none_or(|s| s.subscriptions.is_none())
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_some_and(|e| e == "toml" || e == "wasm")
+                && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
             {
-                named.push((name, subscriptions));
+                names.insert(stem.to_string());
             }
         }
     }
-    let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for (subscriber, subscriptions) in named {
-        for s in subscriptions {
-            let Some(t) = set.get(&s.event_type) else { continue };
-            if !s.versions.is_empty()
-                && !s.versions.iter().any(|v| t.versions.contains_key(v))
-                && seen.insert((subscriber.clone(), s.event_type.clone()))
-            {
-                out.push((subscriber.clone(), s));
+    for name in names {
+        let path = config.plugins.join(format!("{name}.toml"));
+        let file = if path.exists() { ferry::config::load_plugin_file(&config.plugins, &path).ok() } else { None };
+        let Ok(effective) = config.subscriber(&name, file.as_ref()) else { continue };
+        let receives = effective
+            .subscriptions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s: SubscriptionConfig| (s.stream.unwrap_or_else(|| config.stream.clone()), s.event_type, s.versions))
+            .collect();
+        out.push(Party { name, receives, sends: effective.publish_streams });
+    }
+    out
+}
+
+/// Subscriptions to a type that has schemas, accepting only versions none of which has one:
+/// no producer can publish them any more.
+fn stale_subscriptions(parties: &[Party], set: &Set) -> Vec<(String, String, Vec<u32>)> {
+    let mut out = Vec::new();
+    for p in parties {
+        for (_, event_type, versions) in &p.receives {
+            let Some(t) = set.get(event_type) else { continue };
+            if !versions.is_empty() && !versions.iter().any(|v| t.versions.contains_key(v)) {
+                out.push((p.name.clone(), event_type.clone(), versions.clone()));
             }
         }
     }
     out
+}
+
+/// Write the AsyncAPI document and the catalog under `out`.
+fn docs(config: &Config, dir: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+    let set = Set::load(dir).with_context(|| format!("loading the schemas in {}", dir.display()))?;
+    let parties = parties(config);
+    let catalog = out.join("catalog");
+    std::fs::create_dir_all(&catalog).with_context(|| format!("creating {}", catalog.display()))?;
+    let document = ferry::contract::docs::asyncapi(&set, &parties, &config.stream);
+    let file = out.join("asyncapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&document)?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(catalog.join("index.md"), ferry::contract::docs::index(&set))?;
+    for (t, _) in set.types() {
+        if let Some(page) = ferry::contract::docs::catalog(&set, &parties, t) {
+            std::fs::write(catalog.join(ferry::contract::docs::page_name(t)), page)?;
+        }
+    }
+    println!("wrote {} and {} catalog page(s) in {}", file.display(), set.types().count(), catalog.display());
+    Ok(ExitCode::SUCCESS)
 }

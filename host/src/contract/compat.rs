@@ -265,7 +265,10 @@ pub fn accepts_all(
             let found = if structural.is_empty() {
                 vec![(String::new(), format!("some payloads are refused{example}"))]
             } else {
-                structural.into_iter().map(|(path, reason)| (path, format!("{reason}{example}"))).collect()
+                // The example once, on the first difference.
+                let mut found = structural;
+                found[0].1.push_str(&example);
+                found
             };
             (found, Method::Set)
         }
@@ -374,6 +377,8 @@ pub fn differences(wide: &Value, narrow: &Value, path: &str, out: &mut Vec<(Stri
         "deprecated",
         "readOnly",
         "writeOnly",
+        "$defs",
+        "definitions",
     ];
     for (key, value) in w.iter().filter(|(k, _)| !known.contains(&k.as_str())) {
         if n.get(key) != Some(value) {

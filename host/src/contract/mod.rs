@@ -15,9 +15,11 @@
 //!
 //! - [`set`]: loading and compiling a directory into a [`Set`];
 //! - [`compat`]: compatibility modes, decided on the sets of payloads each version accepts;
+//! - [`docs`]: the AsyncAPI 3.0 document and the catalog pages;
 //! - [`watch`]: reloading on changes to the directory.
 
 pub mod compat;
+pub mod docs;
 pub mod set;
 pub mod watch;
 

@@ -231,3 +231,85 @@ fn ferry_schemas_check_reads_the_base_from_a_git_ref_and_lists_stale_subscribers
     assert!(out.contains("OrderCreated@1 against the base") && out.contains("maximum"), "{out}");
     assert!(out.contains("subscriber `old` accepts OrderCreated versions 7"), "{out}");
 }
+
+/// `@asyncapi/parser`, pinned by `tests/asyncapi/package-lock.json`, installed with `npm ci`
+/// into `target/asyncapi` (again when the lock changes); returns the validating script.
+fn asyncapi_parser() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let source = root.join("tests/asyncapi");
+    let target = root.join("target/asyncapi");
+    std::fs::create_dir_all(&target).expect("mkdir target/asyncapi");
+    let lock = std::fs::read(source.join("package-lock.json")).expect("the lock file");
+    let installed = std::fs::read(target.join("package-lock.json")).ok();
+    for file in ["package.json", "package-lock.json", "validate.mjs"] {
+        std::fs::copy(source.join(file), target.join(file)).expect("copying the parser project");
+    }
+    if installed.as_deref() != Some(&lock[..]) || !target.join("node_modules/@asyncapi/parser").exists() {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(&target)
+            .output()
+            .expect("running npm (scripts/setup.sh installs node and npm)");
+        assert!(out.status.success(), "npm ci: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    target.join("validate.mjs")
+}
+
+#[test]
+fn the_generated_asyncapi_document_is_valid_for_the_asyncapi_parser() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let schemas = root.path().join("schemas");
+    let money = json!({"type": "object", "properties": {"cents": {"type": "integer"}}, "required": ["cents"]});
+    // v1 closed: v2's new optional properties are a backward-compatible change.
+    let mut v1 = order_v1();
+    v1["additionalProperties"] = json!(false);
+    let mut v2 = v1.clone();
+    v2["properties"]["total"] = json!({"$ref": "../Money/1.json"});
+    v2["properties"]["lines"] = json!({"type": "array", "items": {"$ref": "#/$defs/line"}});
+    v2["$defs"] = json!({"line": {"type": "object", "properties": {"sku": {"type": "string"}}}});
+    v2["required"] = json!(["order_id"]);
+    write_schemas(&schemas, &[("OrderCreated", 1, v1), ("OrderCreated", 2, v2), ("Money", 1, money)]);
+    std::fs::write(
+        schemas.join("OrderCreated/contract.toml"),
+        "owner = \"orders team\"\ndescription = \"An order was placed.\"\ncompatibility = \"backward\"\n",
+    )
+    .expect("contract");
+    let plugins = root.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    std::fs::write(
+        plugins.join("billing.toml"),
+        "subscriptions = [{ type = \"Order*\", versions = [2] }]\npublish_streams = [\"invoices\"]\n",
+    )
+    .expect("write");
+    let config = root.path().join("ferry.toml");
+    std::fs::write(&config, format!("plugins = {plugins:?}\nschemas = {schemas:?}\n")).expect("config");
+    let out = root.path().join("docs");
+    let (status, stdout, stderr) =
+        ferry(&["schemas", "docs", "--config", config.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")]);
+    assert!(status.success(), "{stdout}{stderr}");
+    let file = out.join("asyncapi.json");
+    let document: Value = serde_json::from_slice(&std::fs::read(&file).expect("written")).expect("json");
+    assert_eq!(document["asyncapi"], "3.0.0");
+    assert!(
+        document["components"]["messages"]["OrderCreated.v2"]["payload"]["schema"]["properties"]["total"]["properties"]
+            ["cents"]
+            .is_object(),
+        "refs inlined: {document}"
+    );
+    assert_eq!(
+        document["operations"]["billing.receive.events.Order_"]["messages"].as_array().map(Vec::len),
+        Some(1),
+        "{document}"
+    );
+    assert_eq!(document["operations"]["billing.send.invoices"]["action"], "send");
+
+    let script = asyncapi_parser();
+    let run = std::process::Command::new("node").arg(&script).arg(&file).output().expect("running node");
+    let said = format!("{}{}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert!(run.status.success(), "the parser refused the document:\n{said}\n{document:#}");
+    assert!(said.contains("valid AsyncAPI 3.0.0"), "{said}");
+
+    let page = std::fs::read_to_string(out.join("catalog/OrderCreated.md")).expect("catalog page");
+    assert!(page.contains("orders team") && page.contains("### 1 → 2") && page.contains("billing"), "{page}");
+    assert!(page.contains("(backward): yes"), "{page}");
+}
