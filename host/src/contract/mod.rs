@@ -142,6 +142,12 @@ pub struct Registry {
     refused: Mutex<Option<String>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("dir", &self.dir).field("schemas", &self.active().len()).finish()
+    }
+}
+
 impl Registry {
     /// A registry of the schemas in `dir` under `policy`. Fails when they do not compile or
     /// break a compatibility mode: a host does not start with a contract it cannot keep.

@@ -313,3 +313,43 @@ fn the_generated_asyncapi_document_is_valid_for_the_asyncapi_parser() {
     assert!(page.contains("orders team") && page.contains("### 1 → 2") && page.contains("billing"), "{page}");
     assert!(page.contains("(backward): yes"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_marks_a_row_its_contract_refuses_failed_and_relays_the_rest() {
+    let env = Env::new();
+    let pg = crate::pg::start().await;
+    let client = crate::pg::client(&pg.url()).await;
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let mut settings = crate::pg::settings(&pg, &env.redis.url());
+    settings.contracts = Some(std::sync::Arc::new(
+        ferry::contract::Registry::open(schemas.path(), Default::default()).expect("registry"),
+    ));
+    let relay = crate::pg::InProcessRelay::start(settings);
+    let bad = crate::pg::insert_plain(&client, "OrderCreated", r#"{"order_id":"o","amount":-1}"#).await;
+    let good = crate::pg::insert_plain(&client, "OrderCreated", r#"{"order_id":"o","amount":1}"#).await;
+    let mut conn = env.conn().await;
+    let events = env
+        .wait_for("the valid row in the stream", Duration::from_secs(60), || {
+            let mut conn = conn.clone();
+            async move {
+                let events = crate::pg::stream_events(&mut conn, "events").await;
+                (!events.is_empty()).then_some(events)
+            }
+        })
+        .await;
+    assert_eq!(events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![good.to_string()]);
+    assert_eq!(events[0].dataschema.as_deref(), Some("ferry://schemas/OrderCreated/1.json"));
+    let c = &client;
+    let error: String = env
+        .wait_for("the invalid row marked failed", Duration::from_secs(30), move || async move {
+            let row = c
+                .query_opt("SELECT error FROM ferry_outbox WHERE id = $1 AND failed_at IS NOT NULL", &[&bad])
+                .await
+                .ok()??;
+            row.get(0)
+        })
+        .await;
+    assert!(error.contains("OrderCreated@1") && error.contains("at /amount (minimum)"), "{error}");
+    relay.stop().await;
+}
