@@ -98,7 +98,7 @@ fn prepare_fills_dataschema_only_when_empty_and_refs_resolve_inside_the_registry
 fn a_remote_ref_does_not_compile() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), &[("Remote", 1, json!({"$ref": "https://example.com/schema.json"}))], &[]);
-    let err = Registry::open(dir.path(), ValidationConfig::default()).err().expect("refused");
+    let err = Registry::open(dir.path(), ValidationConfig::default()).expect_err("refused");
     assert!(matches!(err, ContractError::Compile { .. }), "{err}");
 }
 
