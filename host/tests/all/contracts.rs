@@ -328,7 +328,7 @@ async fn the_relay_marks_a_row_its_contract_refuses_failed_and_relays_the_rest()
     let relay = crate::pg::InProcessRelay::start(settings);
     let bad = crate::pg::insert_plain(&client, "OrderCreated", r#"{"order_id":"o","amount":-1}"#).await;
     let good = crate::pg::insert_plain(&client, "OrderCreated", r#"{"order_id":"o","amount":1}"#).await;
-    let mut conn = env.conn().await;
+    let conn = env.conn().await;
     let events = env
         .wait_for("the valid row in the stream", Duration::from_secs(60), || {
             let mut conn = conn.clone();
