@@ -311,28 +311,7 @@ pub fn differences(wide: &Value, narrow: &Value, path: &str, out: &mut Vec<(Stri
         return;
     }
     let at = |key: &str| format!("{path}/{key}");
-    if let Some(wt) = types(wide) {
-        let nt = types(narrow).unwrap_or_else(|| vec!["any".into()]);
-        let covered = |t: &String| wt.contains(t) || (t == "integer" && wt.iter().any(|x| x == "number"));
-        if let Some(t) = nt.iter().find(|t| !covered(t)) {
-            out.push((at("type"), format!("type {t} is no longer accepted")));
-        }
-    }
-    if let Some(Value::Array(we)) = w.get("enum") {
-        match n.get("enum") {
-            Some(Value::Array(ne)) => {
-                for value in ne.iter().filter(|v| !we.contains(v)) {
-                    out.push((at("enum"), format!("enum value {value} is no longer accepted")));
-                }
-            }
-            _ => out.push((at("enum"), "an enum now restricts values that were free".into())),
-        }
-    }
-    if let Some(c) = w.get("const")
-        && n.get("const") != Some(c)
-    {
-        out.push((at("const"), format!("only {c} is accepted now")));
-    }
+    values(wide, narrow, path, out);
     bounds(w, n, path, out);
     let wr: Vec<&str> =
         w.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
@@ -384,6 +363,34 @@ pub fn differences(wide: &Value, narrow: &Value, path: &str, out: &mut Vec<(Stri
         if n.get(key) != Some(value) {
             out.push((at(key), format!("`{key}` changed and the structural rules cannot tell what it accepts")));
         }
+    }
+}
+
+/// `type`, `enum` and `const`.
+fn values(wide: &Value, narrow: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    let (Some(w), Some(n)) = (object(wide), object(narrow)) else { return };
+    let at = |key: &str| format!("{path}/{key}");
+    if let Some(wt) = types(wide) {
+        let nt = types(narrow).unwrap_or_else(|| vec!["any".into()]);
+        let covered = |t: &String| wt.contains(t) || (t == "integer" && wt.iter().any(|x| x == "number"));
+        if let Some(t) = nt.iter().find(|t| !covered(t)) {
+            out.push((at("type"), format!("type {t} is no longer accepted")));
+        }
+    }
+    if let Some(Value::Array(we)) = w.get("enum") {
+        match n.get("enum") {
+            Some(Value::Array(ne)) => {
+                for value in ne.iter().filter(|v| !we.contains(v)) {
+                    out.push((at("enum"), format!("enum value {value} is no longer accepted")));
+                }
+            }
+            _ => out.push((at("enum"), "an enum now restricts values that were free".into())),
+        }
+    }
+    if let Some(c) = w.get("const")
+        && n.get("const") != Some(c)
+    {
+        out.push((at("const"), format!("only {c} is accepted now")));
     }
 }
 
