@@ -107,6 +107,38 @@ pub struct Config {
     pub streams: BTreeMap<String, StreamConfig>,
     /// Relay a PostgreSQL outbox table to the streams from this host too (off by default).
     pub relay: Option<RelayConfig>,
+    /// Directory of event schemas, `TYPE/VERSION.json` (JSON Schema 2020-12) with an optional
+    /// `TYPE/contract.toml`, watched and reloaded like the plugin directory (docs/contracts.md).
+    /// Default: none (no schema registry, events are not validated).
+    pub schemas: Option<PathBuf>,
+    /// How events are checked against their schemas (with `schemas` set).
+    pub validation: ValidationConfig,
+}
+
+/// What validation does with an event that fails its schema, per type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValidationMode {
+    /// Refuse it: at publish an error, before dispatch a dead letter (`invalid-event`).
+    #[default]
+    Enforce,
+    /// Log it and let it through.
+    Warn,
+    /// Do not check.
+    Off,
+}
+
+/// `[validation]`: how events are checked against the schema registry.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// The mode of every type without one of its own. Default `enforce`.
+    pub mode: ValidationMode,
+    /// Refuse events whose `type@schemaversion` has no schema (under the type's mode).
+    /// Default false: such events pass.
+    pub refuse_unknown: bool,
+    /// Modes by event type (`OrderCreated = "warn"`); over the type's `contract.toml`.
+    pub types: BTreeMap<String, ValidationMode>,
 }
 
 /// Settings of one logical stream.
@@ -154,6 +186,8 @@ impl Default for Config {
             subscribers: BTreeMap::new(),
             streams: BTreeMap::new(),
             relay: None,
+            schemas: None,
+            validation: ValidationConfig::default(),
         }
     }
 }

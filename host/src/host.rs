@@ -169,6 +169,7 @@ impl Host {
             partitions: config.partitions(),
             replication: config.replication(),
             replicas: crate::replica::ReplicaWatch::new(config.durability_on_missing_replica),
+            contracts: crate::contract::Registry::from_config(&config).context("loading the schema registry")?,
         });
         let retention = consume::trim::Retention::spawn(ctx.clone(), config.retention_keys());
         Ok(Arc::new(Host {

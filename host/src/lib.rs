@@ -20,6 +20,8 @@
 //!   dead-letter), plus promotion of due retries and reclaiming entries of dead consumers.
 //! - [`replica`]: which stream keys have no replica confirming writes (`durability =
 //!   "replicated"`): one state per key, logged once per change, for metrics and `/readyz`.
+//! - [`contract`]: the schema registry: a JSON Schema per event type and version, validation
+//!   at publish and before dispatch, compatibility modes, the AsyncAPI document.
 //! - [`dlq`]: inspect, replay and purge dead letters.
 //! - [`host`]: the running host: loads plugins, starts and swaps subscribers, shuts down.
 //! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
@@ -44,6 +46,7 @@ pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod consume;
+pub mod contract;
 pub mod dlq;
 pub mod event;
 pub mod handler;

@@ -36,6 +36,36 @@ pub fn add(pipe: &mut redis::Pipeline, stream: &str, event: &Event) {
     pipe.add_command(xadd(stream, event));
 }
 
+/// [`add`] after checking `event` against its contract in `registry` (and filling its
+/// `dataschema`): an event its schema refuses is not added.
+pub fn add_checked(
+    pipe: &mut redis::Pipeline,
+    stream: &str,
+    event: &mut Event,
+    registry: Option<&crate::contract::Registry>,
+) -> Result<(), crate::contract::Invalid> {
+    if let Some(registry) = registry {
+        registry.prepare(event)?;
+    }
+    add(pipe, stream, event);
+    Ok(())
+}
+
+/// [`publish_with`] after checking `event` against its contract in `registry` (and filling
+/// its `dataschema`): an event its schema refuses is not published ([`PublishError::Invalid`]).
+pub async fn publish_checked<C: ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+    event: &mut Event,
+    replication: Replication,
+    registry: Option<&crate::contract::Registry>,
+) -> Result<String, PublishError> {
+    if let Some(registry) = registry {
+        registry.prepare(event)?;
+    }
+    publish_with(conn, stream, event, replication).await
+}
+
 /// The stream key `event` goes to when `stream` has `partitions` partitions (see
 /// [`crate::keys::route`]): use it with [`add`] or [`publish`] for a partitioned stream.
 pub fn route(stream: &str, partitions: u32, event: &Event) -> String {
@@ -86,6 +116,9 @@ pub enum PublishError {
         /// Why it is not known to be replicated.
         source: NotReplicated,
     },
+    /// The event's contract refuses it ([`publish_checked`]): nothing was written.
+    #[error("event refused by its contract: {0}")]
+    Invalid(#[from] crate::contract::Invalid),
 }
 
 /// The outbox in the application's PostgreSQL database: add an event inside the caller's

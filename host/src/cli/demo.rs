@@ -33,6 +33,18 @@ pub struct DemoArgs {
 }
 
 /// Run the demo.
+/// The demo's schema of `UserRegistered@1`.
+const USER_REGISTERED: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "properties": {
+    "user_id": {"type": "string"},
+    "email": {"type": "string", "pattern": "@"},
+    "name": {"type": "string"}
+  },
+  "required": ["user_id", "email"]
+}"#;
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (url, _server) = match &args.redis {
         Some(url) => (url.clone(), None),
@@ -51,6 +63,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ..Config::default()
     };
     config.admin.listen = String::new();
+    // The users team's contract (docs/contracts.md): an event that breaks it is dead-lettered
+    // with the validation error, never handled.
+    let schemas = tempfile::Builder::new().prefix("ferry-demo-schemas-").tempdir()?;
+    std::fs::create_dir_all(schemas.path().join("UserRegistered"))?;
+    std::fs::write(schemas.path().join("UserRegistered/1.json"), USER_REGISTERED)?;
+    config.schemas = Some(schemas.path().to_path_buf());
     config.defaults = SubscriberConfig {
         start: Some(Start::Beginning),
         retry: Some(RetryConfig {
@@ -94,6 +112,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#,
         ),
         Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
+        // Breaks its contract (no email): dead-lettered as invalid-event before any handler.
+        Event::new("UserRegistered", "users", r#"{"user_id":"u-3","name":"Nobody"}"#),
     ];
     for e in &seeds {
         ferry::outbox::publish(&mut conn, &stream, e).await?;
@@ -108,7 +128,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .arg("{oops")
         .query_async::<String>(&mut conn)
         .await?;
-    println!("published 5 events and 1 malformed entry to {stream}");
+    println!("published 6 events (one breaks its schema) and 1 malformed entry to {stream}");
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     loop {

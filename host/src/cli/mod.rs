@@ -14,6 +14,7 @@ mod plugins;
 mod publish;
 mod relay;
 mod run;
+mod schemas;
 mod status;
 mod table;
 
@@ -78,6 +79,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Relay a PostgreSQL outbox table to the streams; manage the table.
     Relay(relay::RelayArgs),
+    /// Check the event schemas (compatibility, for CI) and generate their documents.
+    #[command(subcommand)]
+    Schemas(schemas::SchemasCommand),
 }
 
 impl Command {
@@ -172,5 +176,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Schemas(cmd) => schemas::run(cmd).await,
     }
 }

@@ -46,13 +46,17 @@ pub struct PublishArgs {
     /// Media type of the payload.
     #[arg(long, default_value = ferry::event::JSON)]
     pub content_type: String,
+    /// Schema directory to check the event against (overrides the file's `schemas`).
+    #[arg(long, env = "FERRY_SCHEMAS")]
+    pub schemas: Option<PathBuf>,
     #[command(flatten)]
     pub redis: RedisArgs,
 }
 
 /// Run `ferry publish`.
 pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let config = args.redis.config()?;
+    let mut config = args.redis.config()?;
+    config.schemas = args.schemas.clone().or(config.schemas);
     let stream = args.stream.unwrap_or_else(|| config.stream.clone());
     let data = match (&args.data, &args.data_file) {
         (Some(d), _) => d.clone().into_bytes(),
@@ -70,6 +74,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if ferry::event::is_json(&event.datacontenttype) {
         serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
             .context("--data is not valid JSON (pass --content-type for other payloads)")?;
+    }
+    // Checked before connecting: an event its contract refuses is never written (`schemas`).
+    let contracts = ferry::contract::Registry::from_config(&config).context("loading the schema registry")?;
+    if let Some(registry) = &contracts {
+        registry.prepare(&mut event).context("the event does not meet its contract")?;
     }
     let (_, mut conn) = ferry::connection::connect(&config.target()).await?;
     // A partitioned stream (`[streams.NAME] partitions = N` in the config): its partition.

@@ -208,7 +208,8 @@ async fn relay(args: &RunArgs, postgres: &str, table: &str) -> anyhow::Result<Ex
     if let Some(stream) = &args.stream {
         config.stream = stream.clone();
     }
-    let settings = Settings::for_host(&config, &args.config(postgres, table))?;
+    let mut settings = Settings::for_host(&config, &args.config(postgres, table))?;
+    settings.contracts = ferry::contract::Registry::from_config(&config).context("loading the schema registry")?;
     let metrics = Metrics::new();
     let admin = match &args.admin {
         Some(listen) => Some(serve_metrics(listen, metrics.clone()).await?),

@@ -110,10 +110,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     let host = Host::new(config).await?;
     let admin = ferry::admin::spawn(host.clone()).await?;
     let watcher = if host.config().watch { Some(ferry::reload::watch(host.clone())?) } else { None };
+    let schema_watcher = match (&host.context().contracts, host.config().watch) {
+        (Some(registry), true) => ferry::contract::watch::watch(registry.clone())?,
+        _ => None,
+    };
     let loader = host.clone();
     let loading = tokio::spawn(async move { loader.load_all().await });
     let relay = match relay_settings {
-        Some(settings) => {
+        Some(mut settings) => {
+            settings.contracts = host.context().contracts.clone();
             let relay = ferry::relay::Relay::new(settings, host.context().metrics.relay.clone());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(async move {
@@ -134,6 +139,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         let _ = task.await;
     }
     drop(watcher);
+    drop(schema_watcher);
     // Loads are bounded (compile, then the plugin's deadline); finish them so every started
     // stream is known and stopped below.
     let _ = loading.await;

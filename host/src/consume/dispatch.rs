@@ -95,6 +95,8 @@ pub struct Dispatcher {
     /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
     /// read from the version each read is dispatched under.
     pub claim_idle: Option<std::time::Duration>,
+    /// The schema registry: a wanted event whose payload fails its schema is an invalid event.
+    pub contracts: Option<Arc<crate::contract::Registry>>,
 }
 
 /// An entry's verdict before the script: the part decided from the entry alone.
@@ -412,6 +414,10 @@ impl Dispatcher {
                 tally: Tally::Skipped,
             });
         }
+        // Its contract, on every path (new, retried, replayed): the schema may have changed.
+        if let Some(Err(e)) = self.contracts.as_ref().map(|c| c.validate(&event)) {
+            return invalid(e.to_string(), None);
+        }
         Local::Candidate(Box::new(Candidate { entry, event, attempt, owner, replay }))
     }
 }
@@ -422,7 +428,12 @@ mod tests {
     use crate::consume::testing::{active, entry};
 
     fn dispatcher() -> Dispatcher {
-        Dispatcher { keys: SubscriberKeys::new("events", "sub"), group: "sub".into(), claim_idle: None }
+        Dispatcher {
+            keys: SubscriberKeys::new("events", "sub"),
+            group: "sub".into(),
+            claim_idle: None,
+            contracts: None,
+        }
     }
 
     fn field<'a>(s: &'a Settlement, name: &str) -> Option<&'a [u8]> {

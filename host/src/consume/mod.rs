@@ -180,6 +180,9 @@ pub struct Context {
     /// The stream keys whose writes no replica confirms, and what to do then (the
     /// `durability_on_missing_replica` policy).
     pub replicas: crate::replica::ReplicaWatch,
+    /// The schema registry (`schemas`): entries whose payload fails its schema are
+    /// dead-lettered before dispatch. `None`: no registry.
+    pub contracts: Option<Arc<crate::contract::Registry>>,
 }
 
 impl Context {

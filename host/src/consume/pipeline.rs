@@ -111,7 +111,7 @@ impl Pipeline {
                 stop.clone(),
             ),
             starter: Starter::spawn(ctx.clone(), keys.clone(), subscriber.clone()),
-            dispatcher: Dispatcher { keys, group, claim_idle: ctx.read.claim_idle },
+            dispatcher: Dispatcher { keys, group, claim_idle: ctx.read.claim_idle, contracts: ctx.contracts.clone() },
             permits: Arc::new(Semaphore::new(first.settings.concurrency)),
             concurrency: first.settings.concurrency,
             workers: JoinSet::new(),

@@ -58,6 +58,9 @@ pub struct Settings {
     pub lock_retry: Duration,
     /// What happens to published rows.
     pub retention: Retention,
+    /// The schema registry: a row whose event its contract refuses is marked failed with
+    /// the reason (`None`: no registry).
+    pub contracts: Option<std::sync::Arc<crate::contract::Registry>>,
 }
 
 impl Settings {
@@ -95,6 +98,7 @@ impl Settings {
             } else {
                 Retention::Keep((!config.keep_published.is_zero()).then_some(config.keep_published))
             },
+            contracts: None,
         })
     }
 }
@@ -231,7 +235,12 @@ impl Relay {
         let mut failed: Vec<(uuid::Uuid, String)> = Vec::new();
         for pg_row in rows {
             let row = Row::from_pg(pg_row)?;
-            match row.to_event(&self.settings.rules) {
+            let contracts = self.settings.contracts.as_deref();
+            let checked = row.to_event(&self.settings.rules).and_then(|(stream, mut event)| {
+                contracts.map_or(Ok(()), |c| c.prepare(&mut event)).map_err(|e| e.to_string())?;
+                Ok((stream, event))
+            });
+            match checked {
                 Ok((stream, event)) => {
                     let n = self.settings.partitions.get(&stream).copied().unwrap_or(1);
                     let key = crate::keys::route(&stream, n, event.partitionkey.as_deref(), &event.id);

@@ -481,6 +481,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         partitions: Default::default(),
         replication: ferry::connection::Replication::PRIMARY,
         replicas: ferry::replica::ReplicaWatch::new(Default::default()),
+        contracts: None,
     });
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
