@@ -11,6 +11,7 @@
 pub mod bindings;
 pub mod cache;
 pub mod engine;
+pub mod http_allow;
 pub mod invoke;
 pub mod sandbox;
 
