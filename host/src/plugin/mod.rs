@@ -12,6 +12,7 @@ pub mod bindings;
 pub mod cache;
 pub mod engine;
 pub mod http_allow;
+pub mod http_send;
 pub mod invoke;
 pub mod sandbox;
 
