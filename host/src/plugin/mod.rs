@@ -15,6 +15,7 @@ pub mod http_allow;
 pub mod http_send;
 pub mod invoke;
 pub mod sandbox;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
