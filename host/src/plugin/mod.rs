@@ -23,6 +23,8 @@ pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod failure;
+pub mod http_allow;
+pub mod http_send;
 pub mod instance;
 pub mod invoke;
 pub mod limiter;
@@ -31,6 +33,7 @@ pub mod pipe;
 pub mod pool;
 pub mod sandbox;
 pub mod schedule;
+pub mod state;
 pub mod store;
 pub mod throttle;
 

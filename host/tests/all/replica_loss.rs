@@ -317,7 +317,8 @@ async fn under_wait_a_shard_without_replica_makes_no_progress_visibly_and_resume
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut sent = sent;
     let later = publish(&mut conn, 360, 420).await;
-    let later_elsewhere: Vec<String> = later.iter().filter(|(_, p)| !lost.contains(p)).map(|(id, _)| id.clone()).collect();
+    let later_elsewhere: Vec<String> =
+        later.iter().filter(|(_, p)| !lost.contains(p)).map(|(id, _)| id.clone()).collect();
     sent.extend(later);
     until(&w, "events published later to the partitions that kept their replica to be consumed", 60, || {
         let (mut conn, later_elsewhere) = (conn.clone(), later_elsewhere.clone());

@@ -1,0 +1,536 @@
+//! Sending a plugin's outbound HTTP request (issue 25): the `wasi:http` hook that every
+//! request of a guest goes through, so nothing leaves the host that the subscriber's grant
+//! does not admit.
+//!
+//! Per request, in order: the count per event; the URL against the grant
+//! ([`AllowList::admits`]); the declared body size; the host name resolved here and every
+//! address checked ([`super::http_allow::Admitted::address_allowed`]) before connecting *to
+//! that address* (so the name cannot be re-resolved elsewhere between check and connect);
+//! TLS with the system's roots for `https`; the three timeouts, each clamped to what is left
+//! of the event's deadline; `Idempotency-Key` (the same on every attempt of the event) and
+//! `traceparent` added; the response body cut at its cap. A refusal is the standard
+//! `HttpRequestDenied` (or the matching `wasi:http` error code) returned to the guest, and
+//! recorded with the reason in [`Calls`].
+//!
+//! Redirects are not followed: a 3xx goes to the guest, whose next request is checked like any
+//! other. Connections are not pooled yet (one per request, like wasmtime's default sender).
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
+
+use super::http_allow::{AllowList, Scheme};
+
+/// A plugin's outbound HTTP bounds, each with a default and a per-subscriber override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connecting (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// From the request sent to the response's first byte.
+    pub first_byte_timeout: Duration,
+    /// Between two chunks of the response body.
+    pub between_bytes_timeout: Duration,
+    /// Requests per event.
+    pub requests_per_event: u32,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(5),
+            between_bytes_timeout: Duration::from_secs(5),
+            requests_per_event: 16,
+            request_bytes: 1 << 20,
+            response_bytes: 4 << 20,
+        }
+    }
+}
+
+/// One request a guest made, for the event's trace, `ferry plugins invoke` and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The method.
+    pub method: String,
+    /// `scheme://host:port/path` (no query: it may carry secrets).
+    pub url: String,
+    /// `ok` with the status, or why it failed or was refused.
+    pub outcome: Outcome,
+    /// Until the response head arrived, or the failure.
+    pub took: Duration,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response arrived with this status.
+    Status(u16),
+    /// The grant or a bound refused it before anything was sent.
+    Refused(String),
+    /// It was sent (or tried) and failed.
+    Failed(String),
+}
+
+impl Outcome {
+    /// The metrics label: `ok`, `refused` or `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Status(_) => "ok",
+            Self::Refused(_) => "refused",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The calls of one event, shared between the hook and whoever reports them.
+pub type Calls = Arc<Mutex<Vec<Call>>>;
+
+/// The `wasi:http` hooks of one event's call: its grant, bounds, deadline and headers.
+pub struct OutboundHttp {
+    /// The subscriber's grant.
+    pub allow: Arc<AllowList>,
+    /// Its bounds.
+    pub limits: HttpLimits,
+    /// When the event's deadline ends: no timeout reaches past it.
+    pub deadline: Instant,
+    /// `Idempotency-Key` (`SUBSCRIBER:EVENT_ID`), unless turned off.
+    pub idempotency_key: Option<String>,
+    /// The event's W3C `traceparent`, if traced.
+    pub traceparent: Option<String>,
+    /// Requests made so far by this event.
+    pub sent: u32,
+    /// What happened to each.
+    pub calls: Calls,
+}
+
+type Sent = Box<
+    dyn Future<Output = Result<(http::Response<WasiBody>, Box<dyn Future<Output = Result<(), Error>> + Send>), Error>>
+        + Send,
+>;
+
+impl OutboundHttp {
+    fn record(&self, method: &str, url: String, outcome: Outcome, took: Duration) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(Call { method: method.to_string(), url, outcome, took });
+        }
+    }
+
+    fn refuse(&self, method: &str, url: String, why: String, code: Error) -> Sent {
+        tracing::warn!(%url, "outbound HTTP request refused: {why}");
+        self.record(method, url, Outcome::Refused(why), Duration::ZERO);
+        Box::new(async move { Err(code) })
+    }
+
+    /// The timeouts for a request: the guest's (if shorter), ours, and never past the deadline.
+    fn timeouts(&self, options: Option<RequestOptions>) -> [Duration; 3] {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let pick = |ours: Duration, theirs: Option<Duration>| theirs.map_or(ours, |t| t.min(ours)).min(left);
+        let o = options.unwrap_or_default();
+        [
+            pick(self.limits.connect_timeout, o.connect_timeout),
+            pick(self.limits.first_byte_timeout, o.first_byte_timeout),
+            pick(self.limits.between_bytes_timeout, o.between_bytes_timeout),
+        ]
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
+    fn send_request(
+        &mut self,
+        mut request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Sent {
+        let method = request.method().to_string();
+        let uri = request.uri().clone();
+        let scheme = uri.scheme_str().and_then(Scheme::parse);
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().or(scheme.map(Scheme::default_port)).unwrap_or(0);
+        let url = format!("{}://{host}:{port}{}", uri.scheme_str().unwrap_or("?"), uri.path());
+        self.sent += 1;
+        if self.sent > self.limits.requests_per_event {
+            let why = format!("more than {} requests in one event", self.limits.requests_per_event);
+            return self.refuse(&method, url, why, Error::HttpRequestDenied);
+        }
+        let Some(scheme) = scheme else {
+            return self.refuse(&method, url, "only http and https".into(), Error::HttpRequestDenied);
+        };
+        if self.allow.admits(scheme, &host, port).is_none() {
+            let why = if self.allow.is_empty() {
+                "no [subscribers.NAME.http] allow grant".to_string()
+            } else {
+                "not in the subscriber's http.allow".to_string()
+            };
+            return self.refuse(&method, url, why, Error::HttpRequestDenied);
+        }
+        let declared = request.body().size_hint().exact().or(request.body().size_hint().upper());
+        if declared.is_some_and(|n| n > self.limits.request_bytes) {
+            let why = format!("request body over {} bytes", self.limits.request_bytes);
+            return self.refuse(&method, url, why, Error::HttpRequestBodySize(declared));
+        }
+        let headers = request.headers_mut();
+        if let Some(key) = self.idempotency_key.as_deref().and_then(|k| http::HeaderValue::from_str(k).ok()) {
+            headers.entry("idempotency-key").or_insert(key);
+        }
+        if let Some(tp) = self.traceparent.as_deref().and_then(|t| http::HeaderValue::from_str(t).ok()) {
+            headers.insert("traceparent", tp);
+        }
+        let limit = self.limits.request_bytes;
+        let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize(Some(limit))).boxed_unsync());
+        let target = Target { allow: self.allow.clone(), scheme, host, port };
+        let (timeouts, response_bytes, calls) =
+            (self.timeouts(options), self.limits.response_bytes, self.calls.clone());
+        Box::new(async move {
+            let started = Instant::now();
+            let result = send(target, request, timeouts, response_bytes).await;
+            let outcome = match &result {
+                Ok(r) => Outcome::Status(r.status().as_u16()),
+                Err(e) => Outcome::Failed(format!("{e:?}")),
+            };
+            if let Ok(mut calls) = calls.lock() {
+                calls.push(Call { method, url, outcome, took: started.elapsed() });
+            }
+            result.map(|r| (r, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
+        })
+    }
+}
+
+/// Where a request goes, as admitted.
+struct Target {
+    allow: Arc<AllowList>,
+    scheme: Scheme,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    /// Resolve the host and keep the addresses the grant allows; refused when none is.
+    async fn addresses(&self) -> Result<Vec<SocketAddr>, Error> {
+        let bare = self.host.trim_start_matches('[').trim_end_matches(']');
+        let resolved: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+            Err(_) => tokio::net::lookup_host((bare, self.port))
+                .await
+                .map_err(|e| Error::DnsError { rcode: Some(e.to_string()), info_code: None })?
+                .collect(),
+        };
+        let admitted = self.allow.admits(self.scheme, &self.host, self.port).ok_or(Error::HttpRequestDenied)?;
+        let allowed: Vec<SocketAddr> = resolved.iter().copied().filter(|a| admitted.address_allowed(a.ip())).collect();
+        if allowed.is_empty() {
+            let shown: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
+            tracing::warn!(host = %self.host, addresses = ?shown, "outbound HTTP refused: the name resolves only to addresses the grant does not name (private, loopback or link-local)");
+            return Err(if resolved.is_empty() { Error::DestinationNotFound } else { Error::DestinationIpProhibited });
+        }
+        Ok(allowed)
+    }
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Connect to the first allowed address that answers, with TLS for `https`.
+async fn connect(target: &Target, timeout: Duration) -> Result<Box<dyn Stream>, Error> {
+    let addrs = target.addresses().await?;
+    let tcp = tokio::time::timeout(timeout, async {
+        let mut last = Error::ConnectionRefused;
+        for addr in addrs {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Error::Connect(e),
+            }
+        }
+        Err(last)
+    })
+    .await
+    .map_err(|_| Error::ConnectionTimeout)??;
+    match target.scheme {
+        Scheme::Http => Ok(Box::new(tcp)),
+        Scheme::Https => {
+            let name = target.host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let name = rustls_pki_types::ServerName::try_from(name).map_err(|_| Error::HttpRequestUriInvalid)?;
+            let tls = tokio::time::timeout(timeout, tls_connector()?.connect(name, tcp))
+                .await
+                .map_err(|_| Error::ConnectionTimeout)?
+                .map_err(Error::Tls)?;
+            Ok(Box::new(tls))
+        }
+    }
+}
+
+/// One TLS client configuration for the process: the system's roots, ring's primitives.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, Error> {
+    use tokio_rustls::rustls;
+    static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!("reading the system's TLS roots: {e}");
+        }
+        roots.add_parsable_certificates(found.certs);
+        // ring rather than aws-lc-rs: no C toolchain or cmake in the build. Its provider lacks
+        // the post-quantum key exchange (hence the deprecation); fine for plugins' API calls.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot build the outbound TLS configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    });
+    match config {
+        Ok(c) => Ok(tokio_rustls::TlsConnector::from(c.clone())),
+        Err(e) => Err(Error::InternalError(Some(e.clone()))),
+    }
+}
+
+/// Send `request` to `target`; the response's body is capped and watched between chunks.
+async fn send(
+    target: Target,
+    mut request: http::Request<WasiBody>,
+    [connect_timeout, first_byte, between_bytes]: [Duration; 3],
+    response_bytes: u64,
+) -> Result<http::Response<WasiBody>, Error> {
+    let stream = connect(&target, connect_timeout).await?;
+    let io = wasmtime_wasi_http::io::TokioIo::new(stream);
+    let (mut sender, conn) = tokio::time::timeout(connect_timeout, hyper::client::conn::http1::handshake(io))
+        .await
+        .map_err(|_| Error::ConnectionTimeout)??;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("outbound HTTP connection ended: {e}");
+        }
+    });
+    // On the wire the request line carries only the path (no proxy in between).
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let response = tokio::time::timeout(first_byte, sender.send_request(request))
+        .await
+        .map_err(|_| Error::ConnectionReadTimeout)??;
+    let declared = response.body().size_hint().exact();
+    if declared.is_some_and(|n| n > response_bytes) {
+        return Err(Error::HttpResponseBodySize(declared));
+    }
+    Ok(response.map(|incoming| {
+        let watched = Watched { incoming, between_bytes, timer: Box::pin(tokio::time::sleep(between_bytes)) };
+        Capped::new(watched, response_bytes, Error::HttpResponseBodySize(Some(response_bytes))).boxed_unsync()
+    }))
+}
+
+/// The response body, failing when no chunk arrives within `between_bytes`.
+struct Watched {
+    incoming: hyper::body::Incoming,
+    between_bytes: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.between_bytes;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Hyper(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+/// A body cut off with `over` once more than `limit` bytes passed.
+struct Capped<B> {
+    inner: B,
+    left: u64,
+    over: Option<Error>,
+}
+
+impl<B> Capped<B> {
+    fn new(inner: B, limit: u64, over: Error) -> Self {
+        Self { inner, left: limit, over: Some(over) }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = Error> + Unpin> Body for Capped<B> {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if n > self.left {
+                    self.left = 0;
+                    let over = self.over.take().unwrap_or(Error::HttpProtocolError);
+                    return Poll::Ready(Some(Err(over)));
+                }
+                self.left -= n;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wasmtime_wasi_http::WasiHttpHooks;
+
+    /// A local server answering each connection with `reply` (or never, when `None`); the
+    /// request heads it received.
+    async fn server(reply: Option<&'static str>) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let heads = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let heads = heads.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    heads.lock().expect("lock").push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    match reply {
+                        Some(r) => {
+                            let _ = conn.write_all(r.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    }
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    fn hooks(allow: &[String], deadline: Duration) -> OutboundHttp {
+        OutboundHttp {
+            allow: Arc::new(AllowList::parse(allow).expect("grant")),
+            limits: HttpLimits { response_bytes: 64, requests_per_event: 3, ..HttpLimits::default() },
+            deadline: Instant::now() + deadline,
+            idempotency_key: Some("welcome:0190-event".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            sent: 0,
+            calls: Calls::default(),
+        }
+    }
+
+    async fn get(h: &mut OutboundHttp, url: &str) -> Result<http::Response<WasiBody>, Error> {
+        let body = http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync();
+        let request = http::Request::get(url).body(body).expect("request");
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let fut: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async move {
+            let _ = rx.await;
+            Ok(())
+        });
+        Box::into_pin(h.send_request(request, None, fut)).await.map(|(r, _)| r)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+    #[tokio::test]
+    async fn an_allowed_request_carries_the_idempotency_key_and_traceparent() {
+        let (port, seen) = server(Some(OK)).await;
+        let mut h = hooks(&[format!("http://127.0.0.1:{port}")], Duration::from_secs(5));
+        let response = get(&mut h, &format!("http://127.0.0.1:{port}/mail?to=x")).await.expect("sent");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+        let head = seen.lock().expect("lock")[0].to_ascii_lowercase();
+        assert!(head.starts_with("get /mail?to=x http/1.1"), "{head}");
+        assert!(head.contains("idempotency-key: welcome:0190-event"), "{head}");
+        assert!(head.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), "{head}");
+        let calls = h.calls.lock().expect("lock").clone();
+        assert_eq!(calls[0].outcome, Outcome::Status(200));
+        assert_eq!(calls[0].url, format!("http://127.0.0.1:{port}/mail"), "no query in the record");
+    }
+
+    #[tokio::test]
+    async fn requests_outside_the_grant_are_refused_before_any_connection() {
+        let (port, seen) = server(Some(OK)).await;
+        let mut h = hooks(&[format!("http://127.0.0.1:{}", port.wrapping_add(1))], Duration::from_secs(5));
+        for url in [format!("http://127.0.0.1:{port}/"), format!("https://127.0.0.1:{port}/")] {
+            assert!(matches!(get(&mut h, &url).await, Err(Error::HttpRequestDenied)), "{url}");
+        }
+        let mut none = hooks(&[], Duration::from_secs(5));
+        assert!(matches!(get(&mut none, &format!("http://127.0.0.1:{port}/")).await, Err(Error::HttpRequestDenied)));
+        assert!(seen.lock().expect("lock").is_empty(), "nothing reached the server");
+        assert!(
+            matches!(&h.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("http.allow"))
+        );
+        assert!(
+            matches!(&none.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("no [subscribers.NAME.http] allow"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_granted_name_resolving_to_loopback_is_refused() {
+        let (port, seen) = server(Some(OK)).await;
+        let mut h = hooks(&[format!("http://localhost:{port}")], Duration::from_secs(5));
+        let result = get(&mut h, &format!("http://localhost:{port}/")).await;
+        assert!(matches!(result, Err(Error::DestinationIpProhibited)), "{result:?}");
+        assert!(seen.lock().expect("lock").is_empty());
+        // Named by address, the operator means it.
+        let mut h =
+            hooks(&[format!("http://localhost:{port}"), format!("http://127.0.0.0/8:{port}")], Duration::from_secs(5));
+        assert_eq!(get(&mut h, &format!("http://localhost:{port}/")).await.expect("sent").status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
+        let (port, _) = server(None).await;
+        let mut h = hooks(&[format!("http://127.0.0.1:{port}")], Duration::from_millis(300));
+        let started = Instant::now();
+        let result = get(&mut h, &format!("http://127.0.0.1:{port}/")).await;
+        assert!(matches!(result, Err(Error::ConnectionReadTimeout)), "{result:?}");
+        let took = started.elapsed();
+        assert!(took < HttpLimits::default().first_byte_timeout, "clamped to the deadline, took {took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_response_over_the_cap_fails_and_requests_past_the_count_are_refused() {
+        const BIG: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n50\r\n01234567890123456789012345678901234567890123456789012345678901234567890123456789\r\n0\r\n\r\n";
+        let (port, _) = server(Some(BIG)).await;
+        let mut h = hooks(&[format!("http://127.0.0.1:{port}")], Duration::from_secs(5));
+        let response = get(&mut h, &format!("http://127.0.0.1:{port}/")).await.expect("head");
+        let body = response.into_body().collect().await;
+        assert!(matches!(body, Err(Error::HttpResponseBodySize(Some(64)))), "{:?}", body.err());
+        for _ in 0..2 {
+            get(&mut h, &format!("http://127.0.0.1:{port}/")).await.expect("within the count");
+        }
+        assert!(matches!(get(&mut h, &format!("http://127.0.0.1:{port}/")).await, Err(Error::HttpRequestDenied)));
+    }
+}
