@@ -20,6 +20,7 @@
 
 pub mod compat;
 pub mod docs;
+pub mod mode;
 pub mod set;
 pub mod watch;
 
@@ -29,7 +30,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::config::{ValidationConfig, ValidationMode};
 use crate::event::Event;
 
-pub use self::compat::{Compatibility, Violation};
+pub use self::compat::Violation;
+pub use self::mode::Compatibility;
 pub use self::set::{Contract, Schema, Set, TypeContract};
 
 /// Most validation errors kept for one event (the first ones): enough to fix the producer,

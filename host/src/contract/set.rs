@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ContractError, Error, Invalid, MAX_ERRORS, compat::Compatibility};
+use super::mode::Compatibility;
+use super::{ContractError, Error, Invalid, MAX_ERRORS};
 use crate::config::ValidationMode;
 use crate::event::Event;
 
