@@ -30,7 +30,8 @@
 //!
 //! Around the host, each depending on it and never the other way round:
 //!
-//! - [`reload`]: watch the plugin directory and apply changes to a [`host::Host`].
+//! - [`reload`]: watch the plugin directory and apply changes to a [`host::Host`]
+//!   ([`fs_events`]: the debounce and the changed-contents rule it shares with the schema watcher).
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page).
 //! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
 //!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
@@ -49,6 +50,7 @@ pub mod consume;
 pub mod contract;
 pub mod dlq;
 pub mod event;
+pub mod fs_events;
 pub mod handler;
 pub mod host;
 pub mod keys;

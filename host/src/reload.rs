@@ -15,17 +15,16 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
-use notify_debouncer_full::notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 
+use crate::fs_events::changes;
 use crate::host::Host;
 
 /// How long the directory must be quiet before changes are applied.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub use crate::fs_events::DEBOUNCE;
 
 /// Watching stops when this is dropped.
 pub struct Watcher {
@@ -52,16 +51,6 @@ pub fn affected(dir: &Path, paths: &[PathBuf]) -> BTreeSet<String> {
 
 fn same_dir(a: &Path, b: &Path) -> bool {
     a == b || a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b)
-}
-
-/// Whether a file event may have changed contents: opening, reading and closing a file
-/// do not (closing after a write does).
-fn changes(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
 }
 
 /// Start watching the host's plugin directory.
@@ -116,16 +105,5 @@ mod tests {
         ];
         let names: Vec<String> = affected(dir, &paths).into_iter().collect();
         assert_eq!(names, vec!["a".to_string(), "b".to_string()]);
-    }
-
-    #[test]
-    fn reading_a_file_is_not_a_change() {
-        use notify_debouncer_full::notify::event::{CreateKind, ModifyKind};
-        assert!(!changes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
-        assert!(!changes(&EventKind::Access(AccessKind::Read)));
-        assert!(!changes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
-        assert!(changes(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(changes(&EventKind::Modify(ModifyKind::Any)));
-        assert!(changes(&EventKind::Create(CreateKind::File)));
     }
 }

@@ -2,20 +2,19 @@
 //! read again and swapped in, or refused (the active set stays; [`super::Registry::reload`]).
 //!
 //! The directory is watched recursively (`TYPE/VERSION.json`); editors' temporary files and
-//! access events are ignored as in `crate::reload`.
+//! access events are ignored by the same rule as plugins' (`crate::fs_events`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use notify_debouncer_full::notify::event::{AccessKind, AccessMode};
-use notify_debouncer_full::notify::{EventKind, RecursiveMode};
+use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 
 use super::Registry;
 
 /// How long the directory must be quiet before it is read again (as for plugins).
-pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50);
+pub use crate::fs_events::DEBOUNCE;
 
 /// Watching stops when this is dropped.
 pub struct Watcher {
@@ -41,10 +40,9 @@ pub fn watch(registry: Arc<Registry>) -> anyhow::Result<Option<Watcher>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut debouncer = new_debouncer(DEBOUNCE, None, move |result: DebounceEventResult| match result {
         Ok(events) => {
-            let changed = events.iter().any(|e| {
-                !matches!(e.event.kind, EventKind::Access(k) if k != AccessKind::Close(AccessMode::Write))
-                    && e.event.paths.iter().any(|p| counts(p))
-            });
+            let changed = events
+                .iter()
+                .any(|e| crate::fs_events::changes(&e.event.kind) && e.event.paths.iter().any(|p| counts(p)));
             if changed {
                 let _ = tx.send(());
             }
