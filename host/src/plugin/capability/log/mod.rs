@@ -116,30 +116,25 @@ impl LogCtx {
     }
 }
 
-impl v0_1::ferry::plugin::log::Host for LogCtx {
-    fn write(&mut self, level: v0_1::ferry::plugin::log::Level, message: String) {
-        use v0_1::ferry::plugin::log::Level;
-        let level = match level {
-            Level::Trace => tracing::Level::TRACE,
-            Level::Debug => tracing::Level::DEBUG,
-            Level::Info => tracing::Level::INFO,
-            Level::Warn => tracing::Level::WARN,
-            Level::Error => tracing::Level::ERROR,
-        };
-        self.emit(level, &message);
-    }
+/// `log.write` for one contract version: each version's `level` is its own generated enum
+/// (the WIT `types` are shared, `log` is not), mapped to tracing's level the same way.
+macro_rules! log_host {
+    ($version:ident) => {
+        impl $version::ferry::plugin::log::Host for LogCtx {
+            fn write(&mut self, level: $version::ferry::plugin::log::Level, message: String) {
+                use $version::ferry::plugin::log::Level;
+                let level = match level {
+                    Level::Trace => tracing::Level::TRACE,
+                    Level::Debug => tracing::Level::DEBUG,
+                    Level::Info => tracing::Level::INFO,
+                    Level::Warn => tracing::Level::WARN,
+                    Level::Error => tracing::Level::ERROR,
+                };
+                self.emit(level, &message);
+            }
+        }
+    };
 }
 
-impl v0_2::ferry::plugin::log::Host for LogCtx {
-    fn write(&mut self, level: v0_2::ferry::plugin::log::Level, message: String) {
-        use v0_2::ferry::plugin::log::Level;
-        let level = match level {
-            Level::Trace => tracing::Level::TRACE,
-            Level::Debug => tracing::Level::DEBUG,
-            Level::Info => tracing::Level::INFO,
-            Level::Warn => tracing::Level::WARN,
-            Level::Error => tracing::Level::ERROR,
-        };
-        self.emit(level, &message);
-    }
-}
+log_host!(v0_1);
+log_host!(v0_2);
