@@ -145,6 +145,12 @@ pub fn dlq_pattern(subscriber: &str) -> String {
     format!("ferry:dlq:{{*}}:{subscriber}")
 }
 
+/// The hash holding the handler state of `subscriber` on `stream`, in the stream's slot so
+/// the settle can commit it with the ack (`plugin::state`).
+pub fn state(stream: &str, subscriber: &str) -> String {
+    format!("ferry:state:{{{stream}}}:{subscriber}")
+}
+
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
 

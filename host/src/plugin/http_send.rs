@@ -119,16 +119,18 @@ type Sent = Box<
         + Send,
 >;
 
-impl OutboundHttp {
-    fn record(&self, method: &str, url: String, outcome: Outcome, took: Duration) {
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.push(Call { method: method.to_string(), url, outcome, took });
-        }
+/// Add `call` to `calls` (refused up front by the hook, or ended in its future).
+fn record(calls: &Calls, call: Call) {
+    if let Ok(mut calls) = calls.lock() {
+        calls.push(call);
     }
+}
 
+impl OutboundHttp {
     fn refuse(&self, method: &str, url: String, why: String, code: Error) -> Sent {
         tracing::warn!(%url, "outbound HTTP request refused: {why}");
-        self.record(method, url, Outcome::Refused(why), Duration::ZERO);
+        let call = Call { method: method.to_string(), url, outcome: Outcome::Refused(why), took: Duration::ZERO };
+        record(&self.calls, call);
         Box::new(async move { Err(code) })
     }
 
@@ -198,9 +200,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
                 Ok(r) => Outcome::Status(r.status().as_u16()),
                 Err(e) => Outcome::Failed(format!("{e:?}")),
             };
-            if let Ok(mut calls) = calls.lock() {
-                calls.push(Call { method, url, outcome, took: started.elapsed() });
-            }
+            record(&calls, Call { method, url, outcome, took: started.elapsed() });
             result.map(|r| (r, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         })
     }

@@ -20,11 +20,6 @@ use crate::connection::Conn;
 pub static COMMIT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(include_str!("state_commit.lua")));
 
-/// The hash holding the state of `subscriber` on `stream` (in the stream's slot).
-pub fn state_key(stream: &str, subscriber: &str) -> String {
-    format!("ferry:state:{{{stream}}}:{subscriber}")
-}
-
 /// A subscriber's state bounds, each with a default and a per-subscriber override.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateLimits {
@@ -92,7 +87,7 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// An empty transaction on the state hash `key` (from [`state_key`]).
+    /// An empty transaction on the state hash `key` (from [`crate::keys::state`]).
     pub fn new(key: String, limits: StateLimits) -> Self {
         Self { key, limits, seen: BTreeMap::new(), view: BTreeMap::new(), writes: BTreeMap::new() }
     }
@@ -270,7 +265,7 @@ mod tests {
     }
 
     fn txn() -> Txn {
-        Txn::new(state_key("events", "inventory"), StateLimits { quota_bytes: 64, ..StateLimits::default() })
+        Txn::new(crate::keys::state("events", "inventory"), StateLimits { quota_bytes: 64, ..StateLimits::default() })
     }
 
     #[tokio::test]
@@ -322,7 +317,7 @@ mod tests {
         let server = RedisServer::start().expect("redis");
         let mut c = conn(&server).await;
         let mut t = Txn::new(
-            state_key("events", "inventory"),
+            crate::keys::state("events", "inventory"),
             StateLimits { key_bytes: 8, value_bytes: 16, writes_per_event: 2, quota_bytes: 20 },
         );
         assert_eq!(t.set("", vec![]), Err(StateError::Key(0, 8)));
@@ -334,8 +329,10 @@ mod tests {
         assert_eq!(t.set("c", vec![]), Err(StateError::Writes(2)));
         // 1 + 10 + 1 + 10 = 22 bytes > 20.
         assert_eq!(t.commit(&mut c).await.expect("commit"), Committed::OverQuota { total: 0 });
-        let mut small =
-            Txn::new(state_key("events", "inventory"), StateLimits { quota_bytes: 20, ..StateLimits::default() });
+        let mut small = Txn::new(
+            crate::keys::state("events", "inventory"),
+            StateLimits { quota_bytes: 20, ..StateLimits::default() },
+        );
         small.set("a", vec![1; 10]).expect("a");
         assert_eq!(small.commit(&mut c).await.expect("commit"), Committed::Done);
         let mut bad = txn();

@@ -162,6 +162,18 @@ where
     }
 }
 
+/// Wait until every event of `ids` is handled, or fail with `what` after `secs`.
+async fn until_handled(world: &World, conn: &Conn, what: &str, secs: u64, ids: &[String]) {
+    until(world, what, secs, || {
+        let mut conn = conn.clone();
+        async move {
+            let h = handled(&mut conn).await;
+            ids.iter().all(|id| h.contains_key(id))
+        }
+    })
+    .await;
+}
+
 /// Where [`lose_a_replica`] leaves the test.
 struct Lost {
     w: World,
@@ -296,14 +308,7 @@ async fn under_wait_a_shard_without_replica_makes_no_progress_visibly_and_resume
     let Lost { w, mut conn, sent, before, promoted, lost } = lose_a_replica(OnMissingReplica::Wait).await;
     // Every partition that kept its replica is consumed; the shard without one is not.
     let elsewhere: Vec<String> = sent.iter().filter(|(_, p)| !lost.contains(p)).map(|(id, _)| id.clone()).collect();
-    until(&w, "the partitions that kept their replica to be consumed", 90, || {
-        let (mut conn, elsewhere) = (conn.clone(), elsewhere.clone());
-        async move {
-            let h = handled(&mut conn).await;
-            elsewhere.iter().all(|id| h.contains_key(id))
-        }
-    })
-    .await;
+    until_handled(&w, &conn, "the partitions that kept their replica to be consumed", 90, &elsewhere).await;
     signals_present(&w, promoted, &lost, "ferry_writes_waiting_for_replica").await;
     let h = handled(&mut conn).await;
     let waiting = sent[before..].iter().filter(|(_, p)| lost.contains(p)).collect::<Vec<_>>();
@@ -320,14 +325,8 @@ async fn under_wait_a_shard_without_replica_makes_no_progress_visibly_and_resume
     let later_elsewhere: Vec<String> =
         later.iter().filter(|(_, p)| !lost.contains(p)).map(|(id, _)| id.clone()).collect();
     sent.extend(later);
-    until(&w, "events published later to the partitions that kept their replica to be consumed", 60, || {
-        let (mut conn, later_elsewhere) = (conn.clone(), later_elsewhere.clone());
-        async move {
-            let h = handled(&mut conn).await;
-            later_elsewhere.iter().all(|id| h.contains_key(id))
-        }
-    })
-    .await;
+    let what = "events published later to the partitions that kept their replica to be consumed";
+    until_handled(&w, &conn, what, 60, &later_elsewhere).await;
     dead_node_not_dialled(&w).await;
     recover(w, conn, &sent, promoted).await;
 }
