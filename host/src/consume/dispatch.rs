@@ -491,6 +491,30 @@ mod tests {
     }
 
     #[test]
+    fn an_over_large_entry_with_huge_attributes_keeps_them_cut_in_its_dead_letter() {
+        // Security review (issue 23, item 11): an oversize entry's dead letter kept its `type`
+        // (and id, source, time) whole, so a 15 MiB type was copied into the dead-letter stream.
+        let huge = "T".repeat(MAX_ENTRY_BYTES);
+        let e = Entry {
+            key: "events".into(),
+            id: "1-0".into(),
+            fields: vec![
+                (b"id".to_vec(), "i".repeat(100_000).into_bytes()),
+                (b"type".to_vec(), huge.into_bytes()),
+                (b"source".to_vec(), b"tests".to_vec()),
+            ],
+        };
+        let Local::Settle(s) = dispatcher().local(&active("*"), e) else { panic!("settled at once") };
+        let Disposition::DeadLetter { fields } = &s.disposition else { panic!("dead-lettered: {s:?}") };
+        let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(bytes < 4 * crate::event::MAX_ATTRIBUTE_BYTES + 4096, "the dead letter holds {bytes} bytes");
+        let kept = field(&s, "type").expect("its type, cut");
+        assert_eq!(kept.len(), crate::event::MAX_ATTRIBUTE_BYTES);
+        assert!(kept.iter().all(|b| *b == b'T'));
+        assert_eq!(field(&s, "source"), Some(&b"tests"[..]), "short attributes are kept whole");
+    }
+
+    #[test]
     fn an_unsubscribed_event_is_skipped_but_a_retry_of_it_still_runs() {
         let event = Event::new("Other", "tests", "{}");
         let Local::Settle(s) = dispatcher().local(&active("Mine"), entry("events", "1-0", &event)) else {

@@ -404,7 +404,7 @@ async fn an_invalid_entry_is_dead_lettered_only_by_subscribers_that_want_its_typ
         .expect("xadd");
     let _: String =
         redis::cmd("XADD").arg("events").arg("*").arg("garbage").arg("1").query_async(&mut conn).await.expect("xadd");
-    env.settled("events", Duration::from_secs(30)).await;
+    env.settled_groups("events", &["orders", "greeter"], Duration::from_secs(30)).await;
     let letters = |sub: &'static str| {
         let mut conn = conn.clone();
         async move { ferry::dlq::list(&mut conn, Some(sub), 10).await.expect("dlq") }

@@ -144,19 +144,32 @@ impl Env {
     /// Wait until every group on `stream` has no lag, nothing pending and no waiting retry,
     /// seen on two polls in a row (one poll reads several keys and can fall between moves).
     pub async fn settled(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
-        self.settled_once(stream, timeout).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        self.settled_once(stream, timeout).await
+        self.settled_groups(stream, &[], timeout).await
     }
 
-    async fn settled_once(&self, stream: &str, timeout: Duration) -> Vec<ferry::status::GroupStatus> {
+    /// [`Env::settled`], once every one of `groups` exists on `stream` too: a host creates its
+    /// subscribers' groups one after another, so with several subscribers the first group can
+    /// be settled before the next one exists.
+    pub async fn settled_groups(
+        &self,
+        stream: &str,
+        groups: &[&str],
+        timeout: Duration,
+    ) -> Vec<ferry::status::GroupStatus> {
+        self.settled_once(stream, groups, timeout).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.settled_once(stream, groups, timeout).await
+    }
+
+    async fn settled_once(&self, stream: &str, want: &[&str], timeout: Duration) -> Vec<ferry::status::GroupStatus> {
         let conn = self.conn().await;
-        self.wait_for(&format!("every group on {stream} to settle"), timeout, || {
+        self.wait_for(&format!("every group on {stream} ({want:?} among them) to settle"), timeout, || {
             let mut conn = conn.clone();
             let stream = stream.to_string();
             async move {
                 let groups = ferry::status::collect(&mut conn, std::slice::from_ref(&stream)).await.ok()?;
                 let mut done = !groups.is_empty()
+                    && want.iter().all(|w| groups.iter().any(|g| g.group == *w))
                     && groups.iter().all(|g| {
                         g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0
                     });
