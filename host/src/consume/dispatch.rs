@@ -347,7 +347,14 @@ impl Dispatcher {
             let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
             let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = keep {
+                // Kept attributes are cut like every attribute a producer may write
+                // (`event::MAX_ATTRIBUTE_BYTES`): a huge `type` stays only in its stream.
                 letter.retain(|(k, _)| k.starts_with(b"_") || keep.contains(&k.as_slice()));
+                for (k, v) in &mut letter {
+                    if !k.starts_with(b"_") {
+                        v.truncate(crate::event::MAX_ATTRIBUTE_BYTES);
+                    }
+                }
             }
             (Disposition::DeadLetter { fields: letter }, Tally::DeadLettered(FailureKind::InvalidEvent))
         };

@@ -207,3 +207,35 @@ async fn a_plugin_declaring_100000_streams_is_refused_and_the_host_runs_on() {
     assert_eq!(state("good").state, "running");
     host.stop_all().await;
 }
+
+/// Item 16, decided and documented (docs/security.md, "Known limits"): deduplication is by
+/// event `id` alone, so unique ids are the producers' duty. This pins the decision: an event
+/// whose id was handled is skipped (and counted) whichever producer (`source`) wrote it, and
+/// ids from `ferry::outbox` (UUID v7) never collide between producers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_a_handled_id_is_skipped_whichever_producer_wrote_it() {
+    use std::time::Duration;
+
+    use crate::support::{Env, RECORDER_TOML};
+
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let billing = Event::new("Charged", "billing", "{}");
+    ferry::outbox::publish(&mut conn, "events", &billing).await.expect("publish");
+    env.records_at_least(1, Duration::from_secs(20)).await;
+    let mut shipping = Event::new("Shipped", "shipping", "{}");
+    shipping.id = billing.id.clone();
+    ferry::outbox::publish(&mut conn, "events", &shipping).await.expect("publish the same id");
+    let other = Event::new("Shipped", "shipping", "{}");
+    assert_ne!(other.id, billing.id, "the outbox's ids are unique across producers");
+    ferry::outbox::publish(&mut conn, "events", &other).await.expect("publish");
+    let records = env.records_at_least(2, Duration::from_secs(20)).await;
+    env.settled("events", Duration::from_secs(20)).await;
+    let types: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    assert_eq!(types, ["Charged", "Shipped"], "the second producer's reuse of the id was skipped: {records:?}");
+    assert_eq!(records[1]["id"], other.id.as_str());
+    assert_eq!(ferry::metrics::count(&host.context().metrics.deduplicated, "rec"), 1);
+    host.stop_all().await;
+}
