@@ -365,7 +365,8 @@ impl Host {
             }
             subscriptions.push((stream, sub));
         }
-        let grants = Arc::new(Grants::new(&plugin.name, &plugin.version, &effective));
+        let services = crate::plugin::capability::seam::Services { contracts: self.ctx.contracts.clone() };
+        let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =
             Arc::new(Runner::with_concurrency(self.engine.clone(), plugin, grants, effective.concurrency));
         Ok(Active { runner, subscriptions, settings: effective })

@@ -35,6 +35,11 @@ pub struct InvokeArgs {
     /// The attempt to deliver the event with.
     #[arg(long, default_value_t = 1)]
     pub attempt: u32,
+    /// A schema directory (`schemas/<type>/<version>.json`): the event is checked against its
+    /// type's contract before the handler runs (an invalid one is reported as the
+    /// `invalid-event` dead letter a host would make of it), and so is every follow-up.
+    #[arg(long, value_name = "DIR")]
+    pub schemas: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -99,10 +104,34 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     }
     .fill();
-    let grants = Arc::new(Grants::new(&plugin.name, &plugin.version, &settings));
+    let contracts = match &args.schemas {
+        Some(dir) => Some(Arc::new(
+            ferry::contract::Registry::open(dir, ferry::config::ValidationConfig::default())
+                .with_context(|| format!("loading the schemas in {}", dir.display()))?,
+        )),
+        None => None,
+    };
+    let services = ferry::plugin::capability::seam::Services { contracts: contracts.clone() };
+    let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &settings, &services));
     let runner = Runner::with_concurrency(engine, plugin, grants, 1);
+    let invalid = contracts.as_ref().and_then(|c| c.validate(&event).err());
     let job = Arc::new(Job { stream: "events".into(), entry_id: "0-1".into(), attempt: args.attempt, event });
-    let report = match runner.handle(job).await {
+    let report = match invalid {
+        Some(invalid) => Report {
+            disposition: "reject",
+            kind: Some("invalid-event".into()),
+            reason: Some(invalid.to_string()),
+            follow_ups: Vec::new(),
+        },
+        None => report(runner.handle(job).await)?,
+    };
+    print(&report, args.json)?;
+    Ok(if report.disposition == "ack" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// What the handler's `outcome` says, as `invoke` prints it.
+fn report(outcome: Outcome) -> anyhow::Result<Report> {
+    Ok(match outcome {
         Outcome::Handled { effects } => Report {
             disposition: "ack",
             kind: None,
@@ -132,8 +161,11 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             follow_ups: Vec::new(),
         },
         Outcome::HostError(e) => anyhow::bail!("the handler could not be run: {e}"),
-    };
-    if args.json {
+    })
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         match (&report.kind, &report.reason) {
@@ -144,7 +176,7 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             println!("  follow-up {} to {}: {}", f["type"], f["stream"], f["data"]);
         }
     }
-    Ok(if report.disposition == "ack" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(())
 }
 
 #[cfg(test)]

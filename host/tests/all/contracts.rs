@@ -84,6 +84,66 @@ async fn an_invalid_event_is_dead_lettered_before_dispatch_with_path_keyword_and
     host.stop_all().await;
 }
 
+/// On follow-ups: `publish.send` refuses one that breaks its type's contract and says why,
+/// with the JSON path; the recorder passes the error on, so its event is retried and ends as a
+/// dead letter whose reason carries it. Nothing invalid reaches the records stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_that_breaks_its_contract_is_refused_in_publish_send_with_its_path() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    // The recorder's follow-up (`Recorded`) has no `ticket`: this contract demands one.
+    let recorded = json!({"type": "object", "required": ["ticket"]});
+    write_schemas(schemas.path(), &[("Recorded", 1, recorded)]);
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let host = ferry::host::Host::start(with_schemas(&env, schemas.path())).await.expect("host");
+    let mut conn = env.conn().await;
+    let sent = crate::support::publish(&mut conn, "events", "Any", "{}").await;
+    let letter = env
+        .wait_for("the dead letter of the event whose follow-up was refused", Duration::from_secs(60), || {
+            let mut conn = conn.clone();
+            async move { ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?.into_iter().next() }
+        })
+        .await;
+    assert_eq!(letter.event_id, sent.id);
+    assert!(
+        letter.reason.contains("Recorded@1") && letter.reason.contains("ticket"),
+        "the reason names the schema and the missing property: {}",
+        letter.reason
+    );
+    let records: u64 = redis::cmd("XLEN").arg("records").query_async(&mut conn).await.expect("xlen");
+    assert_eq!(records, 0, "no invalid follow-up was written");
+    host.stop_all().await;
+}
+
+/// `ferry plugins invoke --schemas DIR` checks the event as a host would before dispatch.
+#[test]
+fn ferry_plugins_invoke_checks_the_event_against_its_contract() {
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"type": "OrderCreated", "data": {"order_id": "o-1", "amount": -1}}"#).expect("write");
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"type": "OrderCreated", "data": {"order_id": "o-1", "amount": 1}}"#).expect("write");
+    let dir_arg = schemas.path().to_str().expect("utf-8 path");
+    let invoke = |event: &Path| {
+        ferry(&[
+            "plugins",
+            "invoke",
+            fixtures::RECORDER,
+            "--event",
+            event.to_str().expect("utf-8"),
+            "--schemas",
+            dir_arg,
+        ])
+    };
+    let (status, out, err) = invoke(&bad);
+    assert!(!status.success(), "{out}{err}");
+    assert!(out.contains("invalid-event") && out.contains("at /amount (minimum)"), "{out}{err}");
+    let (status, out, err) = invoke(&good);
+    assert!(status.success(), "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_refuses_an_invalid_event_and_fills_dataschema() {
     let env = Env::new();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use wasmtime::component::Linker;
 
-use self::seam::{Capability, Current};
+use self::seam::{Capability, Current, Services};
 use crate::config::{Effective, LimitsConfig};
 use crate::handler::Effects;
 use crate::plugin::contract::Contract;
@@ -53,13 +53,19 @@ macro_rules! registry {
         }
 
         impl Grants {
-            /// What `settings` grant subscriber `subscriber` running version `version`.
+            /// What `settings` grant subscriber `subscriber` running version `version`, with
+            /// no host services (no schema registry).
             pub fn new(subscriber: &str, version: &str, settings: &Effective) -> Self {
+                Self::with(subscriber, version, settings, &Services::default())
+            }
+
+            /// [`Grants::new`] with the host's `services`.
+            pub fn with(subscriber: &str, version: &str, settings: &Effective, services: &Services) -> Self {
                 let subscriber: Arc<str> = subscriber.into();
                 Self {
                     version: version.into(),
                     limits: settings.limits,
-                    $($field: Arc::new(<$capability as Capability>::grant(&subscriber, settings)),)*
+                    $($field: Arc::new(<$capability as Capability>::grant(&subscriber, settings, services)),)*
                     subscriber,
                 }
             }

@@ -22,8 +22,8 @@ pub trait Capability {
     /// with what a plugin importing it needs, as `ferry plugins check` says it.
     const IMPORTS: &'static [(&'static str, &'static str)];
 
-    /// The grant the settings of subscriber `subscriber` give.
-    fn grant(subscriber: &Arc<str>, settings: &Effective) -> Self::Grant;
+    /// The grant the settings of subscriber `subscriber` give, with the host's `services`.
+    fn grant(subscriber: &Arc<str>, settings: &Effective, services: &Services) -> Self::Grant;
 
     /// A store's context, nothing yet called.
     fn ctx(grant: &Arc<Self::Grant>) -> Self::Ctx;
@@ -48,6 +48,16 @@ pub trait Capability {
     fn denied(_ctx: &mut Self::Ctx) -> Option<String> {
         None
     }
+}
+
+/// What the host lends every capability, whichever subscriber it serves: the parts of the
+/// host a capability needs that are no grant of one subscriber's (the schema registry that
+/// follow-ups are validated against). Empty where no host runs (`ferry plugins invoke`
+/// without `--schemas`, unit tests).
+#[derive(Debug, Default, Clone)]
+pub struct Services {
+    /// The schema registry, when the host has one (`schemas = "DIR"`).
+    pub contracts: Option<Arc<crate::contract::Registry>>,
 }
 
 /// The event being handled, as the capabilities need it.

@@ -32,7 +32,7 @@ impl Capability for Config {
         "reads config values: grant each under `[subscribers.NAME.config]` (or `[config]` in NAME.toml); ungranted keys read as absent",
     )];
 
-    fn grant(_subscriber: &Arc<str>, settings: &Effective) -> Self::Grant {
+    fn grant(_subscriber: &Arc<str>, settings: &Effective, _services: &super::seam::Services) -> Self::Grant {
         settings.config.clone()
     }
 

@@ -51,7 +51,7 @@ impl Capability for Log {
     const IMPORTS: &'static [(&'static str, &'static str)] =
         &[("log", "no grant needed (capped per event and per plugin)")];
 
-    fn grant(subscriber: &Arc<str>, settings: &Effective) -> LogGrant {
+    fn grant(subscriber: &Arc<str>, settings: &Effective, _services: &super::seam::Services) -> LogGrant {
         LogGrant {
             subscriber: subscriber.clone(),
             lines: settings.limits.log_lines,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::seam::{Capability, Current};
+use super::seam::{Capability, Current, Services};
 use crate::config::Effective;
 use crate::event::{self, Event};
 use crate::handler::{Effects, FollowUp};
@@ -40,6 +40,9 @@ pub struct PublishGrant {
     pub count: usize,
     /// Bytes of one follow-up's data.
     pub bytes: usize,
+    /// The host's schema registry: a follow-up must satisfy its type's contract, like an
+    /// event a producer publishes (`contract::Registry::prepare`).
+    pub contracts: Option<Arc<crate::contract::Registry>>,
 }
 
 /// A store's publishing: its grant, the event being handled and what it queued.
@@ -63,12 +66,13 @@ impl Capability for Publish {
         "needs `publish_streams = [...]` (the streams it may publish to) in `[subscribers.NAME]` or NAME.toml",
     )];
 
-    fn grant(subscriber: &Arc<str>, settings: &Effective) -> PublishGrant {
+    fn grant(subscriber: &Arc<str>, settings: &Effective, services: &Services) -> PublishGrant {
         PublishGrant {
             subscriber: subscriber.clone(),
             streams: settings.publish_streams.clone(),
             count: settings.limits.publish_count,
             bytes: settings.limits.publish_bytes,
+            contracts: services.contracts.clone(),
         }
     }
 
@@ -137,7 +141,12 @@ impl PublishCtx {
         if queued >= self.grant.count {
             return Err(format!("at most {} follow-up events per handled event", self.grant.count));
         }
-        let event = self.follow_up(out)?;
+        let mut event = self.follow_up(out)?;
+        // Its contract, checked where it is made: the handler hears why (with the JSON path)
+        // and may fix it or fail, instead of a consumer dead-lettering it later.
+        if let Some(contracts) = &self.grant.contracts {
+            contracts.prepare(&mut event).map_err(|e| e.to_string())?;
+        }
         let id = event.id.clone();
         self.follow_ups.push(FollowUp { stream, event });
         Ok(id)
@@ -220,7 +229,7 @@ mod tests {
 
     fn publisher() -> PublishCtx {
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
-        let mut ctx = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings)));
+        let mut ctx = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &Services::default())));
         let current =
             Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
         Publish::begin(&mut ctx, &Arc::new(current));
@@ -275,5 +284,38 @@ mod tests {
         state.send_event(out).expect("at the limits");
         let entry = &state.follow_ups[0].event;
         assert!(entry.entry_bytes() <= event::MAX_ENTRY_BYTES);
+    }
+
+    /// Issue 26: a follow-up is checked against its type's contract in `publish.send`, so the
+    /// handler hears the error with its JSON path (and `dataschema` is filled as at publish).
+    #[test]
+    fn a_follow_up_that_breaks_its_contract_is_refused_with_its_path() {
+        use crate::contract::{Registry, set::Contract, set::Set};
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer", "minimum": 0}},
+            "required": ["n"]
+        });
+        let set = Set::build([("T".to_string(), (Contract::default(), [(1, schema)].into()))].into()).expect("set");
+        let registry = Arc::new(Registry::with(None, Default::default(), set));
+        let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
+        let services = Services { contracts: Some(registry) };
+        let mut state = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &services)));
+        let current =
+            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
+        Publish::begin(&mut state, &Arc::new(current));
+        let mut out = outgoing();
+        out.data = br#"{"n": -1}"#.to_vec();
+        let err = state.send_event(out).expect_err("refused");
+        assert!(err.contains("/n") && err.contains("T@1"), "path and schema: {err}");
+        assert!(state.follow_ups.is_empty());
+        let mut out = outgoing();
+        out.data = br#"{"n": 1}"#.to_vec();
+        state.send_event(out).expect("valid");
+        let dataschema = state.follow_ups[0].event.dataschema.clone().unwrap_or_default();
+        assert!(!dataschema.is_empty(), "dataschema filled");
+        let mut out = outgoing();
+        out.event_type = "Unknown".into();
+        state.send_event(out).expect("a type without a schema passes by default");
     }
 }
