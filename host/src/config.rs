@@ -111,6 +111,11 @@ pub struct Config {
     /// `TYPE/contract.toml`, watched and reloaded like the plugin directory (docs/contracts.md).
     /// Default: none (no schema registry, events are not validated).
     pub schemas: Option<PathBuf>,
+    /// Directory of upcaster plugins (`*.wasm` of the `upcaster` world), watched and reloaded
+    /// whole like the schema directory: an event a subscriber accepts only at another version
+    /// is converted for it along the shortest chain of their steps (docs/contracts.md,
+    /// "Upcasting"). They run under `[defaults]` limits. Default: none.
+    pub upcasters: Option<PathBuf>,
     /// How events are checked against their schemas (with `schemas` set).
     pub validation: ValidationConfig,
 }
@@ -187,6 +192,7 @@ impl Default for Config {
             streams: BTreeMap::new(),
             relay: None,
             schemas: None,
+            upcasters: None,
             validation: ValidationConfig::default(),
         }
     }

@@ -83,6 +83,9 @@ pub enum FailureKind {
     Crash,
     /// The entry is not a valid event.
     InvalidEvent,
+    /// An upcaster could not convert the event to a version the subscriber accepts (or the
+    /// converted payload breaks the target schema): deterministic, so not retried.
+    UpcastFailed,
 }
 
 impl FailureKind {
@@ -98,12 +101,13 @@ impl FailureKind {
             Self::OutOfFuel => "out-of-fuel",
             Self::Crash => "crash",
             Self::InvalidEvent => "invalid-event",
+            Self::UpcastFailed => "upcast-failed",
         }
     }
 
     /// Whether another attempt may help.
     pub fn retryable(self) -> bool {
-        !matches!(self, Self::HandlerReject | Self::InvalidEvent)
+        !matches!(self, Self::HandlerReject | Self::InvalidEvent | Self::UpcastFailed)
     }
 }
 

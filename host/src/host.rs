@@ -153,6 +153,19 @@ impl Host {
         };
         let engine = Engine::new(&config.engine)?;
         let cache = Cache::from_config(&config);
+        let upcasters = match &config.upcasters {
+            Some(dir) => {
+                let upcasters = Arc::new(crate::contract::upcast::Upcasters::default());
+                let limits = config.defaults.fill().limits;
+                let n = crate::plugin::upcaster::reload(&upcasters, &engine, dir, cache.as_ref(), &limits)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("loading the upcasters")?;
+                tracing::info!(dir = %dir.display(), upcasters = n, steps = ?upcasters.steps(), "upcasters loaded");
+                Some(upcasters)
+            }
+            None => None,
+        };
         let consumer = config.consumer.clone().unwrap_or_else(default_consumer);
         let metrics = Metrics::new();
         metrics.redis_up.set(1);
@@ -170,6 +183,7 @@ impl Host {
             replication: config.replication(),
             replicas: crate::replica::ReplicaWatch::new(config.durability_on_missing_replica),
             contracts: crate::contract::Registry::from_config(&config).context("loading the schema registry")?,
+            upcasters,
         });
         let retention = consume::trim::Retention::spawn(ctx.clone(), config.retention_keys());
         Ok(Arc::new(Host {
@@ -206,6 +220,37 @@ impl Host {
         }
         while loads.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// Load the upcaster directory again and make it the active set, or keep the active set
+    /// and log why not. Nothing without `upcasters`.
+    pub async fn reload_upcasters(&self) -> Result<usize, String> {
+        let (Some(dir), Some(upcasters)) = (&self.config.upcasters, &self.ctx.upcasters) else { return Ok(0) };
+        let limits = self.config.defaults.fill().limits;
+        let result = crate::plugin::upcaster::reload(upcasters, &self.engine, dir, self.cache.as_ref(), &limits).await;
+        match &result {
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), upcasters = n, steps = ?upcasters.steps(), "upcasters reloaded")
+            }
+            Err(e) => tracing::error!(dir = %dir.display(), "upcasters refused; the active set stays: {e}"),
+        }
+        result
+    }
+
+    /// Watch the upcaster directory and reload it on changes (nothing to watch without one).
+    pub fn watch_upcasters(self: &Arc<Self>) -> anyhow::Result<Option<crate::fs_events::Watcher>> {
+        let Some(dir) = self.config.upcasters.clone() else { return Ok(None) };
+        let host = Arc::downgrade(self);
+        let reload: crate::fs_events::Reload = Box::new(move || {
+            let host = host.clone();
+            Box::pin(async move {
+                if let Some(host) = host.upgrade() {
+                    let _ = host.reload_upcasters().await;
+                }
+            })
+        });
+        let counts = |p: &Path| p.extension().is_some_and(|x| x == "wasm");
+        crate::fs_events::watch(&dir, "upcaster directory", counts, reload).map(Some)
     }
 
     /// How many plugin versions were compiled (or taken from the cache) and validated.

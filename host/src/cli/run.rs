@@ -114,6 +114,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
         (Some(registry), true) => ferry::contract::watch::watch(registry.clone())?,
         _ => None,
     };
+    let upcaster_watcher = if host.config().watch { host.watch_upcasters()? } else { None };
     let loader = host.clone();
     let loading = tokio::spawn(async move { loader.load_all().await });
     let relay = match relay_settings {
@@ -140,6 +141,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     }
     drop(watcher);
     drop(schema_watcher);
+    drop(upcaster_watcher);
     // Loads are bounded (compile, then the plugin's deadline); finish them so every started
     // stream is known and stopped below.
     let _ = loading.await;

@@ -19,6 +19,7 @@ use super::letters::Failure;
 use super::read::Entry;
 use super::settle::{Disposition, Settlement, meta, netstrings};
 use super::{Active, now_ms, origin, scripts};
+use crate::contract::upcast::{Plan as Upcast, Upcasters};
 use crate::event::Event;
 use crate::handler::{FailureKind, Job};
 use crate::keys::SubscriberKeys;
@@ -37,6 +38,9 @@ pub struct Work {
     pub owner: String,
     /// It holds its partition key: its settle hands the key on.
     pub release: bool,
+    /// The chain that converts the event to a version the subscriber accepts, if it needs one
+    /// (the job holds the event as stored; the worker converts it for the handler's call).
+    pub upcast: Option<Upcast>,
 }
 
 /// What the dispatcher made of a read.
@@ -97,6 +101,8 @@ pub struct Dispatcher {
     pub claim_idle: Option<std::time::Duration>,
     /// The schema registry: a wanted event whose payload fails its schema is an invalid event.
     pub contracts: Option<Arc<crate::contract::Registry>>,
+    /// The active upcasters, if the host has any.
+    pub upcasters: Option<Arc<Upcasters>>,
 }
 
 /// An entry's verdict before the script: the part decided from the entry alone.
@@ -112,6 +118,7 @@ struct Candidate {
     attempt: u32,
     owner: String,
     replay: bool,
+    upcast: Option<Upcast>,
 }
 
 fn flag(on: bool) -> Vec<u8> {
@@ -284,7 +291,7 @@ impl Dispatcher {
 
     /// Add `candidate` to `plan` as the script's `verdict` says.
     fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, verdict: &str) {
-        let Candidate { entry, event, attempt, owner, .. } = candidate;
+        let Candidate { entry, event, attempt, owner, upcast, .. } = candidate;
         let settle = |disposition, tally, release| Settlement {
             key: entry.key.clone(),
             id: entry.id.clone(),
@@ -299,7 +306,7 @@ impl Dispatcher {
             "run" | "runh" => {
                 let job =
                     Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
-                plan.run.push(Work { entry, job, owner, release: verdict == "runh" });
+                plan.run.push(Work { entry, job, owner, release: verdict == "runh", upcast });
             }
             "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
             "duph" | "deadh" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, true)),
@@ -406,7 +413,12 @@ impl Dispatcher {
         // been asked about yet.
         let parked = meta_field(meta::PARKED).is_some();
         let replay = meta_field(meta::REPLAY).is_some();
-        if (!is_retry || parked) && !active.wants(&self.keys.stream, &event) {
+        // Not wanted as it is, but an upcaster chain reaches a version it accepts: wanted, and
+        // converted when it runs. A retry was wanted when it first ran: planned again, since
+        // the upcasters may have changed since.
+        let accepts = |v| active.accepts(&self.keys.stream, &event.event_type, v);
+        let upcast = self.upcasters.as_ref().and_then(|u| u.plan(&event.event_type, event.schemaversion, accepts));
+        if (!is_retry || parked) && upcast.is_none() && !active.wants(&self.keys.stream, &event) {
             // Under per-key order it may hold its key (taken as it was read, or handed on to
             // it from the parked list): the settle hands the key on.
             let release = event.partitionkey.is_some();
@@ -425,7 +437,7 @@ impl Dispatcher {
         if let Some(Err(e)) = self.contracts.as_ref().map(|c| c.validate(&event)) {
             return invalid(e.to_string(), None);
         }
-        Local::Candidate(Box::new(Candidate { entry, event, attempt, owner, replay }))
+        Local::Candidate(Box::new(Candidate { entry, event, attempt, owner, replay, upcast }))
     }
 }
 
@@ -440,6 +452,7 @@ mod tests {
             group: "sub".into(),
             claim_idle: None,
             contracts: None,
+            upcasters: None,
         }
     }
 
@@ -544,7 +557,8 @@ mod tests {
         for (i, verdict) in ["run", "dup", "dead", "wait", "park", "crash"].iter().enumerate() {
             let event = Event::new("A", "tests", "{}");
             let e = entry("events", &format!("{i}-0"), &event);
-            let c = Candidate { entry: e, event, attempt: 1, owner: format!("events/{i}-0"), replay: false };
+            let c =
+                Candidate { entry: e, event, attempt: 1, owner: format!("events/{i}-0"), replay: false, upcast: None };
             d.apply(&a, &mut plan, c, verdict);
         }
         assert_eq!((plan.run.len(), plan.wait.len(), plan.parked.len()), (1, 1, 1));

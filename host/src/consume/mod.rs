@@ -86,6 +86,14 @@ impl Active {
         self.subscriptions.iter().any(|(s, sub)| s == stream && sub.matches_type(event_type))
     }
 
+    /// Whether a subscription on `stream` takes `event_type` at `version` as it is.
+    pub fn accepts(&self, stream: &str, event_type: &str, version: u32) -> bool {
+        let stream = crate::keys::logical(stream);
+        self.subscriptions.iter().any(|(s, sub)| {
+            s == stream && sub.matches_type(event_type) && (sub.versions.is_empty() || sub.versions.contains(&version))
+        })
+    }
+
     /// Whether an event read from `stream` (a stream key: a partition counts as its stream)
     /// is wanted.
     pub fn wants(&self, stream: &str, event: &Event) -> bool {
@@ -183,6 +191,9 @@ pub struct Context {
     /// The schema registry (`schemas`): entries whose payload fails its schema are
     /// dead-lettered before dispatch. `None`: no registry.
     pub contracts: Option<Arc<crate::contract::Registry>>,
+    /// The active upcasters (`upcasters = "DIR"`): an event a subscriber wants only at another
+    /// version is converted for it (`contract::upcast`).
+    pub upcasters: Option<Arc<crate::contract::upcast::Upcasters>>,
 }
 
 impl Context {

@@ -111,7 +111,13 @@ impl Pipeline {
                 stop.clone(),
             ),
             starter: Starter::spawn(ctx.clone(), keys.clone(), subscriber.clone()),
-            dispatcher: Dispatcher { keys, group, claim_idle: ctx.read.claim_idle, contracts: ctx.contracts.clone() },
+            dispatcher: Dispatcher {
+                keys,
+                group,
+                claim_idle: ctx.read.claim_idle,
+                contracts: ctx.contracts.clone(),
+                upcasters: ctx.upcasters.clone(),
+            },
             permits: Arc::new(Semaphore::new(first.settings.concurrency)),
             concurrency: first.settings.concurrency,
             workers: JoinSet::new(),
@@ -269,10 +275,11 @@ impl Pipeline {
             }
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
             let in_flight = self.in_flight.clone();
+            let contracts = work.upcast.as_ref().and(self.dispatcher.contracts.clone());
             self.workers.spawn(async move {
                 let settlement = if start.await.unwrap_or(false) {
                     in_flight.started(&work.entry.key, &work.entry.id);
-                    worker::run(active, work, &counters).await
+                    worker::run(active, work, contracts.as_deref(), &counters).await
                 } else {
                     give_back(&work, false)
                 };

@@ -12,26 +12,47 @@ use super::dispatch::Work;
 use super::letters::Failure;
 use super::settle::{Disposition, Settlement};
 use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
-use crate::handler::Outcome;
+use crate::handler::{FailureKind, Job, Outcome};
 
 /// Run `work` on `active`'s handler; the settlement for its entry.
-pub async fn run(active: Arc<Active>, work: Work, metrics: &super::Counters) -> Settlement {
+pub async fn run(
+    active: Arc<Active>,
+    work: Work,
+    contracts: Option<&crate::contract::Registry>,
+    metrics: &super::Counters,
+) -> Settlement {
     let started = Instant::now();
     metrics.in_flight.inc();
-    let mut outcome = active.runner.handle(work.job.clone()).await;
-    // A host-side failure (instantiation, a full pool) is not the event's: try a few more
-    // times before giving the entry back.
+    let outcome = match upcast(&work, contracts).await {
+        Ok(job) => handle(&active, job).await,
+        Err(reason) => Outcome::Failed { kind: FailureKind::UpcastFailed, reason, delay_hint: None },
+    };
+    metrics.in_flight.dec();
+    metrics.duration.observe(started.elapsed().as_secs_f64());
+    let job = work.job.clone();
+    dispose(&active, &job.stream, work, outcome)
+}
+
+/// Run `job` on `active`'s handler. A host-side failure (instantiation, a full pool) is not
+/// the event's: try a few more times before giving the entry back.
+async fn handle(active: &Active, job: Arc<Job>) -> Outcome {
+    let mut outcome = active.runner.handle(job.clone()).await;
     for round in 0..4u32 {
         if !matches!(outcome, Outcome::HostError(_)) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20 << round)).await;
-        outcome = active.runner.handle(work.job.clone()).await;
+        outcome = active.runner.handle(job.clone()).await;
     }
-    metrics.in_flight.dec();
-    metrics.duration.observe(started.elapsed().as_secs_f64());
-    let job = work.job.clone();
-    dispose(&active, &job.stream, work, outcome)
+    outcome
+}
+
+/// The job the handler gets: `work`'s, or its event converted along its upcast chain (and
+/// checked against the target version's schema); the stored entry stays as it is.
+async fn upcast(work: &Work, contracts: Option<&crate::contract::Registry>) -> Result<Arc<Job>, String> {
+    let Some(plan) = &work.upcast else { return Ok(work.job.clone()) };
+    let event = plan.apply(&work.job.event, contracts).await?;
+    Ok(Arc::new(Job { event, ..(*work.job).clone() }))
 }
 
 /// The disposition of `work` after `outcome`.
@@ -75,7 +96,7 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         }
     };
     // The entry's names move into the settlement: nothing is copied per event but the id.
-    let Work { entry, job, owner, release } = work;
+    let Work { entry, job, owner, release, .. } = work;
     Settlement {
         key: entry.key,
         id: entry.id,
@@ -100,7 +121,7 @@ mod tests {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
         let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt });
-        Work { entry, job, owner: "events/1-0".into(), release: false }
+        Work { entry, job, owner: "events/1-0".into(), release: false, upcast: None }
     }
 
     fn failed(kind: FailureKind) -> Outcome {

@@ -22,6 +22,7 @@ pub mod compat;
 pub mod docs;
 pub mod mode;
 pub mod set;
+pub mod upcast;
 pub mod watch;
 
 use std::path::{Path, PathBuf};

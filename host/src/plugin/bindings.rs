@@ -31,5 +31,15 @@ pub mod v0_2 {
     });
 }
 
+/// `ferry:plugin@0.2.0`'s `upcaster` world: a plugin that converts payloads between schema
+/// versions (`plugin::upcaster`).
+pub mod upcaster {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit-0.2.0",
+        world: "upcaster",
+        exports: { default: async },
+    });
+}
+
 /// The shapes every version shares (events, deliveries, handler errors, follow-ups).
 pub use v0_1::ferry::plugin::types;

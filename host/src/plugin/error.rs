@@ -50,6 +50,15 @@ pub enum PluginError {
         /// What it exports instead.
         found: String,
     },
+    /// A file in the upcaster directory that does not export the upcaster interface.
+    #[error("not an upcaster: it does not export `ferry:plugin/upcast@0.2.0` (exports: {found})")]
+    NotUpcaster {
+        /// What it exports instead.
+        found: String,
+    },
+    /// An upcaster's `steps` export failed.
+    #[error("its `steps` export failed: {0}")]
+    Steps(String),
     /// Imports something ferry does not provide.
     #[error("cannot link: {0}")]
     Link(String),

@@ -94,23 +94,7 @@ impl Plugin {
         cache: Option<&cache::Cache>,
         limits: &LimitsConfig,
     ) -> Result<Arc<Plugin>, PluginError> {
-        if !bytes.starts_with(b"\0asm") {
-            return Err(PluginError::NotWasm);
-        }
-        // Bytes 4..8 are the version and layer: a core module is layer 0, a component layer 1.
-        if bytes.get(6..8) != Some(&[1, 0]) {
-            return Err(PluginError::NotComponent);
-        }
-        let hash = version_hash(&bytes);
-        let version = hash[..12].to_string();
-        let (wasm, cache) = (engine.engine.clone(), cache.cloned());
-        // Compilation is CPU-bound (seconds for a big component): keep it off the runtime threads.
-        let (component, cached) = tokio::task::spawn_blocking(move || match cache {
-            Some(cache) => cache.get_or_compile(&wasm, &hash, &bytes),
-            None => Ok((Component::new(&wasm, &bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?, false)),
-        })
-        .await
-        .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
+        let Compiled { component, version, cached } = compile(engine, bytes, cache).await?;
         let contract = check_contract(engine, &component)?;
         let slots = engine::Slots::of(&component, limits.instances);
         let pre = engine.linker.instantiate_pre(&component).map_err(|e| PluginError::Link(format!("{e:#}")))?;
@@ -151,6 +135,40 @@ impl Plugin {
             .map(|s| Subscription { event_type: s.event_type, versions: s.versions, stream: s.stream })
             .collect())
     }
+}
+
+/// A component compiled from a plugin file's bytes.
+pub struct Compiled {
+    /// The component.
+    pub component: Component,
+    /// Its version id: the first 12 hex digits of the bytes' SHA-256.
+    pub version: String,
+    /// Whether the compiled artifact came from the cache.
+    pub cached: bool,
+}
+
+/// Check that `bytes` are a component, hash them (the version id) and compile them, through
+/// `cache` when given, on a blocking thread: the one path from a file's bytes to code, for
+/// subscribers and upcasters alike (the bytes hashed are the bytes compiled).
+pub async fn compile(engine: &Engine, bytes: Vec<u8>, cache: Option<&cache::Cache>) -> Result<Compiled, PluginError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(PluginError::NotWasm);
+    }
+    // Bytes 4..8 are the version and layer: a core module is layer 0, a component layer 1.
+    if bytes.get(6..8) != Some(&[1, 0]) {
+        return Err(PluginError::NotComponent);
+    }
+    let hash = version_hash(&bytes);
+    let version = hash[..12].to_string();
+    let (wasm, cache) = (engine.engine.clone(), cache.cloned());
+    // Compilation is CPU-bound (seconds for a big component): keep it off the runtime threads.
+    let (component, cached) = tokio::task::spawn_blocking(move || match cache {
+        Some(cache) => cache.get_or_compile(&wasm, &hash, &bytes),
+        None => Ok((Component::new(&wasm, &bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?, false)),
+    })
+    .await
+    .map_err(|e| PluginError::Compile(format!("compiler thread failed: {e}")))??;
+    Ok(Compiled { component, version, cached })
 }
 
 /// The SHA-256 of a plugin file in hex; its first 12 digits are the plugin's version id.

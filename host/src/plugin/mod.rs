@@ -15,6 +15,8 @@
 //!   [`store`]: a store with its limiter and epoch callback.
 //! - [`invoke`]: the [`invoke::Runner`], which runs a handler call (the `handler::Invoke`
 //!   trait), with [`pool`] keeping instances and [`failure`] naming what went wrong.
+//! - [`upcaster`]: plugins of the `upcaster` world, converting payloads between schema
+//!   versions for `contract::upcast`.
 
 pub mod bindings;
 pub mod cache;
@@ -36,6 +38,7 @@ pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod throttle;
+pub mod upcaster;
 
 pub use self::engine::Engine;
 pub use self::error::PluginError;

@@ -413,3 +413,161 @@ async fn the_relay_marks_a_row_its_contract_refuses_failed_and_relays_the_rest()
     assert!(error.contains("OrderCreated@1") && error.contains("at /amount (minimum)"), "{error}");
     relay.stop().await;
 }
+
+/// `OrderPlaced` v1, v2 and v3 as the upcaster fixture converts them; v3 also requires what
+/// `v3_requires` names (an empty list: nothing more).
+fn order_placed(dir: &Path, v3_requires: &[&str]) {
+    let v1 = json!({
+        "type": "object",
+        "properties": {"order_id": {"type": "string"}, "cents": {"type": "integer"}},
+        "required": ["order_id", "cents"]
+    });
+    let v2 = json!({
+        "type": "object",
+        "properties": {"order_id": {"type": "string"}, "amount": {"type": "object", "required": ["cents"]}},
+        "required": ["order_id", "amount"]
+    });
+    let mut required = vec!["order_id", "amount"];
+    required.extend_from_slice(v3_requires);
+    let v3 = json!({
+        "type": "object",
+        "properties": {
+            "order_id": {"type": "string"},
+            "amount": {"type": "object", "required": ["cents", "currency"]}
+        },
+        "required": required
+    });
+    write_schemas(dir, &[("OrderPlaced", 1, v1), ("OrderPlaced", 2, v2), ("OrderPlaced", 3, v3)]);
+    // Each version changes the payload's shape: no compatibility between them is claimed.
+    std::fs::write(dir.join("OrderPlaced/contract.toml"), "compatibility = \"none\"\n").expect("contract.toml");
+}
+
+fn placed(v: u32, data: Value) -> Event {
+    let mut e = Event::new("OrderPlaced", "tests", data.to_string());
+    e.schemaversion = v;
+    e
+}
+
+/// A recorder that accepts `OrderPlaced` at version 3 only.
+fn v3_only() -> String {
+    format!("subscriptions = [{{ type = \"OrderPlaced\", versions = [3] }}]\n{RECORDER_TOML}")
+}
+
+/// Upcasting on the live and retry paths, with a failing upcaster: a subscriber that accepts
+/// only v3 gets v1 and v2 events converted along the upcaster's chain (v1 -> v2 -> v3),
+/// checked against the v3 schema, while the stored entries stay as they were; a retried v1
+/// event is converted again on its retry; a payload the upcaster refuses and one it traps on
+/// are dead-lettered as `upcast-failed` with the reason, at once. The upcaster is added to its
+/// directory while the host runs (hot reload), in a `ferry run` process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upcaster_chain_converts_old_versions_live_and_on_retry_and_its_failures_are_dead_letters() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    order_placed(schemas.path(), &[]);
+    let upcasters = tempfile::tempdir().expect("tempdir");
+    env.add_plugin("rec", fixtures::RECORDER, &v3_only());
+    let mut config = with_schemas(&env, schemas.path());
+    config.upcasters = Some(upcasters.path().to_path_buf());
+    config.watch = true;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = crate::support::HostProcess::start(&config, dir.path(), "host");
+    let mut conn = env.conn().await;
+    // Without an upcaster a v1 event is not this subscriber's: skipped.
+    let early = placed(1, json!({"order_id": "o-0", "cents": 1}));
+    ferry::outbox::publish(&mut conn, "events", &early).await.expect("publish");
+    env.settled_groups("events", &["rec"], Duration::from_secs(60)).await;
+    std::fs::copy(fixtures::UPCASTER, upcasters.path().join("orders.wasm")).expect("copy the upcaster");
+    env.wait_for("the upcaster to be loaded", Duration::from_secs(60), || {
+        let log = host.log();
+        async move { log.contains("upcasters reloaded").then_some(()) }
+    })
+    .await;
+    let events = [
+        placed(1, json!({"order_id": "o-1", "cents": 100})),
+        placed(2, json!({"order_id": "o-2", "amount": {"cents": 200}})),
+        placed(3, json!({"order_id": "o-3", "amount": {"cents": 300, "currency": "USD"}})),
+        placed(1, json!({"order_id": "o-4", "cents": 400, "act": "retry", "until": 2})),
+    ];
+    let poison = placed(1, json!({"order_id": "o-5", "cents": 500, "poison": true}));
+    let trap = placed(1, json!({"order_id": "o-6", "cents": 600, "trap": true}));
+    for e in events.iter().chain([&poison, &trap]) {
+        ferry::outbox::publish(&mut conn, "events", e).await.expect("publish");
+    }
+    env.records_at_least(4, Duration::from_secs(60)).await;
+    env.settled_groups("events", &["rec"], Duration::from_secs(60)).await;
+    let records = env.records_at_least(4, Duration::from_secs(10)).await;
+    let by_order = |id: &str| {
+        records
+            .iter()
+            .find(|r| {
+                serde_json::from_str::<Value>(r["data"].as_str().unwrap_or("null"))
+                    .ok()
+                    .is_some_and(|d| d["order_id"] == id)
+            })
+            .unwrap_or_else(|| panic!("a record of {id}: {records:?}"))
+    };
+    for (id, cents, currency) in [("o-1", 100, "EUR"), ("o-2", 200, "EUR"), ("o-3", 300, "USD"), ("o-4", 400, "EUR")] {
+        let r = by_order(id);
+        assert_eq!(r["schemaversion"], 3, "{id} reached the handler as v3: {r}");
+        let data: Value = serde_json::from_str(r["data"].as_str().unwrap_or("null")).expect("json data");
+        assert_eq!(data["amount"], json!({"cents": cents, "currency": currency}), "{id}");
+        assert!(data.get("cents").is_none(), "{id}: the v1 field moved");
+    }
+    assert_eq!(by_order("o-4")["attempt"], 2, "converted again on its retry");
+    assert_eq!(records.len(), 4, "the early v1 event (no upcaster then) was skipped: {records:?}");
+    // The stored entry is never rewritten.
+    let stored: redis::Value =
+        redis::cmd("XRANGE").arg("events").arg("-").arg("+").query_async(&mut conn).await.expect("xrange");
+    let stored = ferry::consume::read::parse_entries("events", stored);
+    let first = stored.iter().find(|e| e.field("id") == Some(events[0].id.as_bytes())).expect("stored v1");
+    assert_eq!(first.field("data"), Some(events[0].data.as_slice()));
+    assert_eq!(first.field("schemaversion"), Some(&b"1"[..]));
+    // The upcaster's failures: dead letters with the reason, after one attempt.
+    let letters = ferry::dlq::list(&mut conn, Some("rec"), 10).await.expect("dlq");
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let letter = |e: &Event| letters.iter().find(|l| l.event_id == e.id).unwrap_or_else(|| panic!("{letters:?}"));
+    for (e, says) in [(&poison, "no amount in cents"), (&trap, "trap")] {
+        let l = letter(e);
+        assert_eq!((l.kind.as_str(), l.attempts.as_str()), ("upcast-failed", "1"), "{l:?}");
+        assert!(l.reason.contains("OrderPlaced@1->2") && l.reason.contains(says), "{}", l.reason);
+    }
+    drop(host);
+}
+
+/// Upcasting on the replay path: the converted payload breaks the v3 schema (which demands a
+/// `channel` no upcaster sets), so the event is dead-lettered as `upcast-failed`; once the v3
+/// schema is fixed, replaying the dead letter converts it again and the handler gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_an_upcast_is_converted_again_when_replayed() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    order_placed(schemas.path(), &["channel"]);
+    let upcasters = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(fixtures::UPCASTER, upcasters.path().join("orders.wasm")).expect("copy the upcaster");
+    env.add_plugin("rec", fixtures::RECORDER, &v3_only());
+    let mut config = with_schemas(&env, schemas.path());
+    config.upcasters = Some(upcasters.path().to_path_buf());
+    let host = ferry::host::Host::start(config).await.expect("host");
+    let mut conn = env.conn().await;
+    let event = placed(1, json!({"order_id": "o-1", "cents": 100}));
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    let letter = env
+        .wait_for("the dead letter of the invalid upcast", Duration::from_secs(60), || {
+            let mut conn = conn.clone();
+            async move { ferry::dlq::list(&mut conn, Some("rec"), 10).await.ok()?.into_iter().next() }
+        })
+        .await;
+    assert_eq!((letter.event_id.as_str(), letter.kind.as_str()), (event.id.as_str(), "upcast-failed"));
+    assert!(
+        letter.reason.contains("upcast payload is invalid") && letter.reason.contains("channel"),
+        "{}",
+        letter.reason
+    );
+    order_placed(schemas.path(), &[]);
+    host.context().contracts.as_ref().expect("registry").reload().expect("reloads");
+    let ids = ferry::dlq::Selection::Ids(vec![event.id.clone()]);
+    assert_eq!(ferry::dlq::replay(&mut conn, "rec", &ids, |_, _| {}).await.expect("replay"), 1);
+    let records = env.records_at_least(1, Duration::from_secs(60)).await;
+    assert_eq!((records[0]["id"].as_str(), records[0]["schemaversion"].as_u64()), (Some(event.id.as_str()), Some(3)));
+    host.stop_all().await;
+}

@@ -482,6 +482,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         replication: ferry::connection::Replication::PRIMARY,
         replicas: ferry::replica::ReplicaWatch::new(Default::default()),
         contracts: None,
+        upcasters: None,
     });
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
