@@ -243,3 +243,25 @@ async fn the_outbox_writes_the_event_only_with_the_callers_own_writes() {
     let exists: bool = redis::cmd("EXISTS").arg("order:o-2:data").query_async(&mut conn).await.expect("exists");
     assert!(!exists);
 }
+
+/// `ferry demo` (what `examples/demo.sh` runs) with the example plugins: it starts its own
+/// redis-server, every event ends handled or dead-lettered with its reason, and the event that
+/// breaks its schema is dead-lettered as `invalid-event` with the validation error's path.
+#[test]
+fn the_demo_runs_end_to_end_and_shows_an_invalid_event_with_its_validation_error() {
+    let plugins = tempfile::tempdir().expect("tempdir");
+    for (name, fixture) in
+        [("inventory", fixtures::INVENTORY), ("welcome", fixtures::WELCOME), ("event-logger", fixtures::EVENT_LOGGER)]
+    {
+        std::fs::copy(fixture, plugins.path().join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    let dir = plugins.path().to_str().expect("utf-8 path");
+    let (status, out, err) = ferry(&["demo", "--plugins", dir, "--timeout", "120"]);
+    assert!(status.success(), "{out}\n{err}");
+    assert!(out.contains("demo finished: every event was handled or dead-lettered with its reason"), "{out}");
+    let invalid = out
+        .lines()
+        .find(|l| l.starts_with("dead letter for") && l.contains("UserRegistered") && l.contains("(invalid-event)"))
+        .unwrap_or_else(|| panic!("the invalid event's dead letter: {out}"));
+    assert!(invalid.contains("UserRegistered@1") && invalid.contains("at "), "its validation error: {invalid}");
+}
