@@ -11,6 +11,7 @@
 //! loaded. It prints a table and writes the same figures as JSON.
 
 mod cluster;
+mod contracts;
 mod cost;
 mod plain;
 mod retention;
@@ -86,6 +87,8 @@ pub enum Only {
     Python,
     /// The JavaScript plugin (needs --javascript).
     Javascript,
+    /// The contract rows: validation off and on, an upcast step per event.
+    Contracts,
 }
 
 /// One measured figure.
@@ -321,14 +324,34 @@ fn settings() -> anyhow::Result<ferry::config::Effective> {
 }
 
 fn active(invoke: Arc<dyn Invoke>, stream: &str) -> anyhow::Result<Active> {
-    Ok(Active {
-        runner: invoke,
-        subscriptions: vec![(
-            stream.to_string(),
-            Subscription { event_type: "*".into(), versions: vec![], stream: None },
-        )],
-        settings: settings()?,
-    })
+    let every = Subscription { event_type: "*".into(), versions: vec![], stream: None };
+    Ok(Active { runner: invoke, subscriptions: vec![(stream.to_string(), every)], settings: settings()? })
+}
+
+/// The benchmark's consumer context on `redis`/`shared`, with a schema registry and
+/// upcasters when given.
+fn context(
+    redis: ferry::connection::Redis,
+    shared: ferry::connection::Conn,
+    contracts: Option<Arc<ferry::contract::Registry>>,
+    upcasters: Option<Arc<ferry::contract::upcast::Upcasters>>,
+) -> Context {
+    Context {
+        redis,
+        shared,
+        consumer: "bench".into(),
+        read: ferry::config::ReadConfig::default(),
+        metrics: Metrics::new(),
+        health: RedisHealth::default(),
+        grace: Duration::from_secs(10),
+        retention: None,
+        stream_retention: Default::default(),
+        partitions: Default::default(),
+        replication: ferry::connection::Replication::PRIMARY,
+        replicas: ferry::replica::ReplicaWatch::new(Default::default()),
+        contracts,
+        upcasters,
+    }
 }
 
 struct Bench {
@@ -340,12 +363,24 @@ struct Bench {
 impl Bench {
     /// Run `subscribers` on `stream` until each has handled `n` events; returns the seconds.
     async fn drain(&self, stream: &str, subscribers: Vec<(String, Arc<dyn Invoke>)>, n: usize) -> anyhow::Result<f64> {
+        let every = |invoke| active(invoke, stream);
+        self.drain_with(stream, subscribers, n, every).await
+    }
+
+    /// [`Bench::drain`] with each subscriber's [`Active`] made by `active`.
+    async fn drain_with(
+        &self,
+        stream: &str,
+        subscribers: Vec<(String, Arc<dyn Invoke>)>,
+        n: usize,
+        active: impl Fn(Arc<dyn Invoke>) -> anyhow::Result<Active>,
+    ) -> anyhow::Result<f64> {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let names: Vec<String> = subscribers.iter().map(|(name, _)| name.clone()).collect();
         let started = Instant::now();
         for (name, invoke) in subscribers {
-            let sub = Arc::new(Subscriber::new(name, active(invoke, stream)?));
+            let sub = Arc::new(Subscriber::new(name, active(invoke)?));
             tasks.push(tokio::spawn(consume::run_stream(self.ctx.clone(), sub, stream.to_string(), rx.clone())));
         }
         let deadline = Instant::now() + Duration::from_secs(600);
@@ -466,24 +501,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
     let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::Node(server.url())).await?;
-    let metrics = Metrics::new();
-    let read = ferry::config::ReadConfig::default();
-    let ctx = Arc::new(Context {
-        redis,
-        shared,
-        consumer: "bench".into(),
-        read,
-        metrics,
-        health: RedisHealth::default(),
-        grace: Duration::from_secs(10),
-        retention: None,
-        stream_retention: Default::default(),
-        partitions: Default::default(),
-        replication: ferry::connection::Replication::PRIMARY,
-        replicas: ferry::replica::ReplicaWatch::new(Default::default()),
-        contracts: None,
-        upcasters: None,
-    });
+    let ctx = Arc::new(context(redis, shared, None, None));
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
     let mut report = Report::default();
@@ -581,6 +599,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     for (label, cost) in &costs {
         report.cost(label, cost);
+    }
+    // 1b. Contracts: validation on and off, and an upcast step per event.
+    if wants(Only::Contracts) {
+        contracts::figures(&bench, &noop, &args.guests, sizes.polyglot_events, &mut report).await?;
     }
     if !args.only.is_empty() {
         return finish(&args, &report);
