@@ -48,6 +48,9 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/plugins", get(plugins))
         .route("/api/status", get(status))
+        .route("/api/asyncapi.json", get(asyncapi))
+        .route("/api/schemas/{event_type}/{version}", get(schema))
+        .route("/api/catalog/{event_type}", get(catalog))
         .route("/", get(|| async { Html(include_str!("status.html")) }))
         .layer(axum::middleware::from_fn_with_state(allowed, check_host))
         .with_state(host)
@@ -129,6 +132,53 @@ async fn readyz(State(host): State<Arc<Host>>) -> impl IntoResponse {
             _ => "no plugin loaded",
         };
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n"))
+    }
+}
+
+/// The AsyncAPI 3.0 document of the active schema set and the running subscribers (what
+/// `ferry schemas docs` writes); 404 without a schema registry.
+async fn asyncapi(State(host): State<Arc<Host>>) -> axum::response::Response {
+    let Some(registry) = &host.context().contracts else {
+        return (StatusCode::NOT_FOUND, "no schema registry: set `schemas` in the host configuration\n")
+            .into_response();
+    };
+    let parties = host.parties().await;
+    axum::Json(crate::contract::docs::asyncapi(&registry.active(), &parties, &host.config().stream)).into_response()
+}
+
+/// One schema of the active set, as its file holds it; 404 if there is none.
+async fn schema(
+    State(host): State<Arc<Host>>,
+    axum::extract::Path((event_type, version)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    let version = version.strip_suffix(".json").unwrap_or(&version).parse::<u32>().ok();
+    let document = host
+        .context()
+        .contracts
+        .as_ref()
+        .zip(version)
+        .and_then(|(registry, v)| crate::contract::docs::schema_document(&registry.active(), &event_type, v));
+    match document {
+        Some(document) => axum::Json(document).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such schema\n").into_response(),
+    }
+}
+
+/// The catalog page (Markdown) of one type: versions, what changed, who produces and who
+/// subscribes; 404 if the type has no schema.
+async fn catalog(
+    State(host): State<Arc<Host>>,
+    axum::extract::Path(event_type): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let parties = host.parties().await;
+    let page = host
+        .context()
+        .contracts
+        .as_ref()
+        .and_then(|registry| crate::contract::docs::catalog(&registry.active(), &parties, &event_type));
+    match page {
+        Some(page) => ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], page).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such type\n").into_response(),
     }
 }
 

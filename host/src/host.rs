@@ -513,6 +513,27 @@ impl Host {
         stop_streams(tasks).await;
     }
 
+    /// The running subscribers as the generated contract documents see them: what each
+    /// receives and may publish (`contract::docs`).
+    pub async fn parties(&self) -> Vec<crate::contract::docs::Party> {
+        let running = self.running.lock().await;
+        running
+            .iter()
+            .map(|(name, entry)| {
+                let active = entry.subscriber.active();
+                crate::contract::docs::Party {
+                    name: name.clone(),
+                    receives: active
+                        .subscriptions
+                        .iter()
+                        .map(|(stream, s)| (stream.clone(), s.event_type.clone(), s.versions.clone()))
+                        .collect(),
+                    sends: active.settings.publish_streams.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// Status of every plugin: running versions and refused files.
     pub async fn plugins(&self) -> Vec<PluginStatus> {
         let running = self.running.lock().await;

@@ -571,3 +571,36 @@ async fn a_dead_letter_of_an_upcast_is_converted_again_when_replayed() {
     assert_eq!((records[0]["id"].as_str(), records[0]["schemaversion"].as_u64()), (Some(event.id.as_str()), Some(3)));
     host.stop_all().await;
 }
+
+/// The admin endpoint serves the generated documents: the AsyncAPI document of the active
+/// set with the running subscribers, each schema as written, and each type's catalog page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_serves_the_asyncapi_document_schemas_and_catalog() {
+    let env = Env::new();
+    let schemas = tempfile::tempdir().expect("tempdir");
+    write_schemas(schemas.path(), &[("OrderCreated", 1, order_v1())]);
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let mut config = with_schemas(&env, schemas.path());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").to_string();
+    config.admin.listen = addr.clone();
+    let host = crate::support::InProcessHost::start(config);
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move { ferry::status::http_get(&addr, path).await }
+    };
+    env.wait_for("the subscriber in /api/plugins", Duration::from_secs(30), || async {
+        get("/api/plugins").await.ok().filter(|body| body.contains("\"rec\"")).map(|_| ())
+    })
+    .await;
+    let document: Value = serde_json::from_str(&get("/api/asyncapi.json").await.expect("asyncapi")).expect("json");
+    assert_eq!(document["asyncapi"], "3.0.0");
+    assert!(document["components"]["messages"].to_string().contains("OrderCreated"), "{document}");
+    assert!(document["operations"].to_string().contains("rec"), "the running subscriber: {document}");
+    let schema: Value = serde_json::from_str(&get("/api/schemas/OrderCreated/1").await.expect("schema")).expect("json");
+    assert_eq!(schema, order_v1());
+    let missing = get("/api/schemas/OrderCreated/9").await.expect_err("no such version");
+    assert!(missing.to_string().contains("404"), "{missing}");
+    let page = get("/api/catalog/OrderCreated").await.expect("catalog");
+    assert!(page.starts_with("# OrderCreated") && page.contains("rec"), "{page}");
+    host.stop().await;
+}
