@@ -86,6 +86,11 @@ pub enum FailureKind {
     /// An upcaster could not convert the event to a version the subscriber accepts (or the
     /// converted payload breaks the target schema): deterministic, so not retried.
     UpcastFailed,
+    /// The event's state writes would pass the subscriber's state quota.
+    StateQuota,
+    /// A state key the event read changed before its commit: it runs again at once, on the
+    /// same attempt (recorded on its retry entry only; never a dead letter's kind).
+    StateConflict,
 }
 
 impl FailureKind {
@@ -102,6 +107,8 @@ impl FailureKind {
             Self::Crash => "crash",
             Self::InvalidEvent => "invalid-event",
             Self::UpcastFailed => "upcast-failed",
+            Self::StateQuota => "state-quota",
+            Self::StateConflict => "state-conflict",
         }
     }
 
@@ -152,13 +159,25 @@ pub struct Job {
 pub struct Effects {
     /// Follow-up events queued through `publish`, in order.
     pub follow_ups: Vec<FollowUp>,
+    /// State writes through `state`, committed with the acknowledgement if every key the
+    /// event read is still at the version it saw (`plugin::state`).
+    pub state: Option<StateCommit>,
 }
 
 impl Effects {
     /// Whether the settle has nothing to write besides the acknowledgement.
     pub fn is_empty(&self) -> bool {
-        self.follow_ups.is_empty()
+        self.follow_ups.is_empty() && self.state.is_none()
     }
+}
+
+/// One event's state commit, as the settle sends it: the arguments of `state_check` and
+/// `state_apply` (consume/prelude.lua), from `plugin::state::Txn::commit_args`. The hash is
+/// the subscriber's state key on the stream the settle is for (`keys::SubscriberKeys::state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCommit {
+    /// The commit's arguments.
+    pub args: Vec<Vec<u8>>,
 }
 
 /// A follow-up event queued through `publish`, written when the handled event is settled.

@@ -111,6 +111,8 @@ pub struct SubscriberKeys {
     /// refuses them): set aside here with `_reason`, so the rest of the stream's follow-ups
     /// flow. Shared by the stream's subscribers, like the forward key.
     pub forward_dead: String,
+    /// The subscriber's handler state on this stream ([`state`]), committed by the settle.
+    pub state: String,
 }
 
 impl SubscriberKeys {
@@ -131,6 +133,7 @@ impl SubscriberKeys {
             parked_prefix: format!("ferry:parked:{{{stream}}}:{subscriber}:"),
             forward: format!("ferry:forward:{{{stream}}}"),
             forward_dead: format!("ferry:unforwarded:{{{stream}}}"),
+            state: state(stream, subscriber),
         }
     }
 

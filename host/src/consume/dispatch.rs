@@ -300,6 +300,7 @@ impl Dispatcher {
             release,
             disposition,
             fallback: None,
+            state_fallbacks: None,
             tally,
         };
         match verdict {
@@ -374,6 +375,7 @@ impl Dispatcher {
             release: true,
             disposition,
             fallback: None,
+            state_fallbacks: None,
             tally,
         })
     }
@@ -430,6 +432,7 @@ impl Dispatcher {
                 release,
                 disposition: Disposition::Skip,
                 fallback: None,
+                state_fallbacks: None,
                 tally: Tally::Skipped,
             });
         }

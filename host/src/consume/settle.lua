@@ -3,17 +3,23 @@
 -- therefore writes nothing twice, and a write that would fail (a key of the wrong type) is
 -- found before the ack, so nothing is acked and then lost.
 -- KEYS: 1 retry schedule, 2 dead-letter stream, 3 seen, 4 dead, 5 inflight, 6 holds,
---       7 holders, 8 hold since, 9 parked count, 10 retry stream, 11 parked-list prefix
+--       7 holders, 8 hold since, 9 parked count, 10 retry stream, 11 parked-list prefix,
+--       12 the subscriber's state hash
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then one netstring list per
 --       entry: op, stream key, entry id, event id, owner, release ('1'/'0'), then per op:
 --   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
+--   ackst:   an ack with state writes: record, the state commit's arguments (a netstring
+--            list, see state_check in the prelude), then the follow-up pairs. Checked
+--            before the XACK: a key read that changed meanwhile, or the quota, refuses the
+--            whole settle of the entry (nothing acked or written; codes -3, -4)
 --   retry:   due ms, netstring fields of the retry entry
 --   dlq:     netstring fields of the dead-letter entry
 --   skip:    nothing (a duplicate or an unsubscribed event: ack only)
 --   release: charged ('1': the run's start was recorded); not acked: a host-side
 --            failure or a stop, no attempt charged and the run taken off the crash budget
 -- Returns one code per entry: 1 settled, 0 not pending any more (settled elsewhere),
--- -1 a follow-up stream holds another type, -2 the schedule or dead-letter key does.
+-- -1 a follow-up stream holds another type, -2 the schedule, dead-letter or state key does,
+-- -3 a state key the event read changed meanwhile, -4 its state writes pass the quota.
 local now, window, lease = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local function is_type(key, want)
@@ -105,9 +111,17 @@ for i = 5, #ARGV do
   if op == 'release' then
     give_back(id, owner, s[7] == '1')
   else
-    if op == 'ack' then
-      for j = 8, #s, 2 do
+    if op == 'ack' or op == 'ackst' then
+      for j = (op == 'ack' and 8 or 9), #s, 2 do
         if not is_type(s[j], 'stream') then code = -1 end
+      end
+      if op == 'ackst' and code == 1 then
+        if not is_type(KEYS[12], 'hash') then
+          code = -2
+        else
+          local refused = state_check(KEYS[12], fields(s[8]))
+          if refused then code = refused[1] == 0 and -3 or -4 end
+        end
       end
     elseif op == 'retry' then
       if not is_type(KEYS[1], 'zset') then code = -2 end
@@ -123,8 +137,9 @@ for i = 5, #ARGV do
     -- Refused before the ack: the run ended without a verdict that could be written.
     if code == -2 then give_back(id, owner, true) end
     if code == 1 then
-      if op == 'ack' then
-        for j = 8, #s, 2 do
+      if op == 'ack' or op == 'ackst' then
+        if op == 'ackst' then state_apply(KEYS[12], fields(s[8])) end
+        for j = (op == 'ack' and 8 or 9), #s, 2 do
           redis.call('XADD', s[j], '*', unpack(fields(s[j + 1])))
         end
         if s[7] == '1' and window > 0 then redis.call('ZADD', KEYS[3], now, id) end

@@ -102,6 +102,8 @@ pub struct Settlement {
     pub disposition: Disposition,
     /// The dead letter to write instead if a follow-up's stream refuses the ack.
     pub fallback: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// For an ack with state writes: what to do instead when the commit is refused.
+    pub state_fallbacks: Option<Box<StateFallbacks>>,
     /// What it adds to the metrics once settled.
     pub tally: Tally,
 }
@@ -118,9 +120,22 @@ impl Settlement {
             release: false,
             disposition: Disposition::Release { charged },
             fallback: None,
+            state_fallbacks: None,
             tally: Tally::None,
         }
     }
+}
+
+/// What an ack with state writes becomes when its commit is refused (worked out by the
+/// worker, which knows the event's attempt and the retry policy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateFallbacks {
+    /// A key the event read changed meanwhile: run the event again at once, on the same
+    /// attempt (it did nothing wrong): a retry due now that keeps its attempt number.
+    pub conflict: Disposition,
+    /// Its writes would pass the subscriber's quota: a failure of the event, retried or
+    /// dead-lettered by the retry policy.
+    pub over_quota: Disposition,
 }
 
 /// How a settle script answered for one entry.
@@ -134,6 +149,10 @@ pub enum Settled {
     FollowUpRefused,
     /// The schedule or dead-letter key holds another type: nothing was written or acked.
     KeyRefused,
+    /// A state key the event read changed meanwhile: nothing was written or acked.
+    StateConflict,
+    /// The event's state writes would pass the quota: nothing was written or acked.
+    StateOverQuota,
 }
 
 /// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
@@ -143,6 +162,15 @@ pub fn netstrings<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> 
     for (k, v) in fields {
         push_netstring(&mut out, k.as_ref());
         push_netstring(&mut out, v.as_ref());
+    }
+    out
+}
+
+/// Encode a list of values as netstrings (one each), as `fields` in the prelude decodes it.
+fn netstring_list(parts: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in parts {
+        push_netstring(&mut out, p);
     }
     out
 }
@@ -189,6 +217,9 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
     let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
         Disposition::Ack { record, effects } => {
             let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
+            if let Some(state) = &effects.state {
+                rest.push(netstring_list(&state.args));
+            }
             let home = keys::slot(&routing.keys.stream);
             for f in &effects.follow_ups {
                 let mut fields = event_fields(&f.event);
@@ -202,7 +233,7 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
                 }
                 rest.push(netstrings(&fields));
             }
-            ("ack", rest)
+            (if effects.state.is_some() { "ackst" } else { "ack" }, rest)
         }
         Disposition::Skip => ("skip", Vec::new()),
         Disposition::Retry { due_ms, fields } => ("retry", vec![due_ms.to_string().into_bytes(), netstrings(fields)]),
@@ -349,6 +380,7 @@ async fn settle_scripted<C: ConnectionLike>(
             &keys.parked_count,
             &keys.retry,
             &keys.parked_prefix,
+            &keys.state,
         ],
         &args,
     );
@@ -359,6 +391,8 @@ async fn settle_scripted<C: ConnectionLike>(
             1 => Settled::Done,
             0 => Settled::Elsewhere,
             -1 => Settled::FollowUpRefused,
+            -3 => Settled::StateConflict,
+            -4 => Settled::StateOverQuota,
             _ => Settled::KeyRefused,
         })
         .collect())
@@ -522,6 +556,32 @@ impl Settler {
                                     tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending")
                                 }
                             },
+                            Settled::StateConflict | Settled::StateOverQuota => match &s.state_fallbacks {
+                                Some(instead) => {
+                                    let conflict = answer == Settled::StateConflict;
+                                    tracing::debug!(subscriber = %self.group, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
+                                    let mut again = s.clone();
+                                    let (disposition, tally) = if conflict {
+                                        (instead.conflict.clone(), Tally::None)
+                                    } else {
+                                        let tally = match &instead.over_quota {
+                                            Disposition::Retry { .. } => Tally::Retried(FailureKind::StateQuota),
+                                            _ => Tally::DeadLettered(FailureKind::StateQuota),
+                                        };
+                                        (instead.over_quota.clone(), tally)
+                                    };
+                                    again.disposition = disposition;
+                                    again.tally = tally;
+                                    again.fallback = None;
+                                    again.state_fallbacks = None;
+                                    // A conflict's retry keeps the partition key held (as any retry).
+                                    refused.push(again);
+                                    continue;
+                                }
+                                None => {
+                                    tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending")
+                                }
+                            },
                             Settled::KeyRefused => tracing::error!(
                                 subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
                                 "cannot settle: the retry schedule or the dead-letter key holds another type of key; the entry stays pending until an operator fixes it"
@@ -574,9 +634,10 @@ mod tests {
             release: false,
             disposition: Disposition::Ack {
                 record: true,
-                effects: Effects { follow_ups: vec![follow("records"), follow("{events}x")] },
+                effects: Effects { follow_ups: vec![follow("records"), follow("{events}x")], state: None },
             },
             fallback: None,
+            state_fallbacks: None,
             tally: Tally::Handled,
         };
         let none = std::collections::BTreeMap::new();
@@ -601,6 +662,7 @@ mod tests {
             release: true,
             disposition: Disposition::Retry { due_ms: 7, fields: vec![(b"k".to_vec(), b"v".to_vec())] },
             fallback: None,
+            state_fallbacks: None,
             tally: Tally::None,
         };
         let keys = SubscriberKeys::new("events", "sub");
@@ -608,5 +670,98 @@ mod tests {
             encode(&s, Routing { cluster: true, keys: &keys, partitions: &Default::default() }),
             b"5:retry,6:events,3:1-0,1:e,10:events/1-0,1:1,1:7,8:1:k,1:v,,".to_vec()
         );
+    }
+
+    /// Issue 25: state writes ride in the settle, guarded by the same XACK as follow-ups.
+    /// Against a real server: a commit whose reads are current writes with the ack; one whose
+    /// key changed meanwhile, or that passes the quota, writes and acks nothing; a settle
+    /// replayed after its ack writes nothing twice.
+    #[tokio::test]
+    async fn state_commits_with_the_ack_and_a_stale_read_or_the_quota_refuses_both() {
+        let server = crate::redis_server::RedisServer::start().expect("redis");
+        let client = redis::Client::open(server.url()).expect("url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let keys = SubscriberKeys::new("events", "sub");
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg("events")
+            .arg("sub")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .expect("group");
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let id: String =
+                redis::cmd("XADD").arg("events").arg("*").arg("k").arg("v").query_async(&mut conn).await.expect("xadd");
+            ids.push(id);
+        }
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("sub")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("events")
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .expect("read");
+        // quota, reads n, (key, version seen)*, writes m, (key, op, value)*
+        let commit = |quota: &str, seen: &str, value: &str| crate::handler::StateCommit {
+            args: [quota, "1", "n", seen, "1", "n", "s", value].iter().map(|a| a.as_bytes().to_vec()).collect(),
+        };
+        let ack = |id: &str, state| Settlement {
+            key: "events".into(),
+            id: id.into(),
+            event_id: format!("e-{id}"),
+            owner: format!("events/{id}"),
+            release: false,
+            disposition: Disposition::Ack {
+                record: false,
+                effects: Effects { follow_ups: Vec::new(), state: Some(state) },
+            },
+            fallback: None,
+            state_fallbacks: None,
+            tally: Tally::Handled,
+        };
+        let none = std::collections::BTreeMap::new();
+        let routing = Routing { cluster: false, keys: &keys, partitions: &none };
+        let reader = conn.clone();
+        let hget = |field: &'static str| {
+            let mut conn = reader.clone();
+            let key = keys.state.clone();
+            async move {
+                redis::cmd("HGET").arg(key).arg(field).query_async::<Option<String>>(&mut conn).await.expect("hget")
+            }
+        };
+        // Two events read `n` at version 0 and each writes 1: the first commits with its ack.
+        let first = ack(&ids[0], commit("0", "0", "1"));
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, std::slice::from_ref(&first)).await.expect("settle");
+        assert_eq!(answers, [Settled::Done]);
+        assert_eq!((hget("=n").await.as_deref(), hget("#n").await.as_deref()), (Some("1"), Some("1")));
+        // The second read a version that is gone: refused, nothing acked or written.
+        let second = ack(&ids[1], commit("0", "0", "1"));
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[second]).await.expect("settle");
+        assert_eq!(answers, [Settled::StateConflict]);
+        let pending: redis::Value =
+            redis::cmd("XPENDING").arg("events").arg("sub").query_async(&mut conn).await.expect("xpending");
+        let redis::Value::Array(summary) = pending else { panic!("{pending:?}") };
+        assert_eq!(summary.first(), Some(&redis::Value::Int(2)), "still pending: the second and the third");
+        // Replayed after its ack (a lost reply): its own write moved the version, so the check
+        // refuses it before the XACK, and the fallback the settler then sends (a retry) finds
+        // it no longer pending. Nothing is applied twice.
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, std::slice::from_ref(&first)).await.expect("settle");
+        assert_eq!(answers, [Settled::StateConflict]);
+        let mut fallback = first.clone();
+        fallback.disposition = Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] };
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[fallback]).await.expect("settle");
+        assert_eq!(answers, [Settled::Elsewhere]);
+        assert_eq!(hget("#n").await.as_deref(), Some("1"), "applied once");
+        // Past the quota: refused before the ack as well.
+        let big = ack(&ids[2], commit("8", "1", "a value longer than the quota"));
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[big]).await.expect("settle");
+        assert_eq!(answers, [Settled::StateOverQuota]);
+        assert_eq!(hget("=n").await.as_deref(), Some("1"));
     }
 }

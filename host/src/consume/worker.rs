@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::Tally;
 use super::dispatch::Work;
 use super::letters::Failure;
-use super::settle::{Disposition, Settlement};
+use super::settle::{Disposition, Settlement, StateFallbacks};
 use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
 use crate::handler::{FailureKind, Job, Outcome};
 
@@ -62,34 +62,20 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
     let job = &work.job;
     let now = now_ms();
     let mut fallback = None;
+    let mut state_fallbacks = None;
     let (disposition, tally) = match outcome {
         Outcome::Handled { effects } => {
-            if !effects.is_empty() {
+            if !effects.follow_ups.is_empty() {
                 let reason = "a follow-up's stream holds another type of key";
-                let failure = Failure { kind: crate::handler::FailureKind::Trap, reason, attempts: job.attempt };
+                let failure = Failure { kind: FailureKind::Trap, reason, attempts: job.attempt };
                 fallback = Some(dead_letter_fields(&work.entry, active, stream, &failure, now));
+            }
+            if effects.state.is_some() {
+                state_fallbacks = Some(Box::new(state_fallbacks_of(active, stream, &work, now)));
             }
             (Disposition::Ack { record: !settings.dedupe_window.is_zero(), effects }, Tally::Handled)
         }
-        Outcome::Failed { kind, reason, delay_hint } => {
-            if kind.retryable() && job.attempt < settings.retry.max_attempts {
-                let wait = retry::delay(&settings.retry, job.attempt, delay_hint);
-                tracing::info!(
-                    subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
-                    "handler failed, retry in {}: {reason}", humantime::format_duration(wait)
-                );
-                let fields = retry_fields(&work.entry, stream, kind, &reason, job.attempt + 1, now);
-                (Disposition::Retry { due_ms: now + wait.as_millis() as u64, fields }, Tally::Retried(kind))
-            } else {
-                tracing::warn!(
-                    subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
-                    "event dead-lettered: {reason}"
-                );
-                let failure = Failure { kind, reason: &reason, attempts: job.attempt };
-                let fields = dead_letter_fields(&work.entry, active, stream, &failure, now);
-                (Disposition::DeadLetter { fields }, Tally::DeadLettered(kind))
-            }
-        }
+        Outcome::Failed { kind, reason, delay_hint } => failed(active, stream, &work, kind, &reason, delay_hint, now),
         Outcome::HostError(e) => {
             tracing::error!(subscriber = %name, event_id = %job.event.id, "cannot run the handler: {e}; the event stays pending and is not charged an attempt");
             (Disposition::Release { charged: true }, Tally::None)
@@ -105,8 +91,50 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         release,
         disposition,
         fallback,
+        state_fallbacks,
         tally,
     }
+}
+
+/// A failure of `work`'s event: a retry while the policy allows one, else its dead letter.
+fn failed(
+    active: &Active,
+    stream: &str,
+    work: &Work,
+    kind: FailureKind,
+    reason: &str,
+    delay_hint: Option<std::time::Duration>,
+    now: u64,
+) -> (Disposition, Tally) {
+    let (settings, name, job) = (&active.settings, active.runner.name(), &work.job);
+    if kind.retryable() && job.attempt < settings.retry.max_attempts {
+        let wait = retry::delay(&settings.retry, job.attempt, delay_hint);
+        tracing::info!(
+            subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
+            "handler failed, retry in {}: {reason}", humantime::format_duration(wait)
+        );
+        let fields = retry_fields(&work.entry, stream, kind, reason, job.attempt + 1, now);
+        (Disposition::Retry { due_ms: now + wait.as_millis() as u64, fields }, Tally::Retried(kind))
+    } else {
+        tracing::warn!(
+            subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
+            "event dead-lettered: {reason}"
+        );
+        let failure = Failure { kind, reason, attempts: job.attempt };
+        let fields = dead_letter_fields(&work.entry, active, stream, &failure, now);
+        (Disposition::DeadLetter { fields }, Tally::DeadLettered(kind))
+    }
+}
+
+/// What an ack with state writes becomes if its commit is refused: on a conflict the event
+/// runs again at once on the same attempt; past the quota it failed.
+fn state_fallbacks_of(active: &Active, stream: &str, work: &Work, now: u64) -> StateFallbacks {
+    let attempt = work.job.attempt;
+    let reason = "a state key it read changed before its commit: run again on the same attempt";
+    let fields = retry_fields(&work.entry, stream, FailureKind::StateConflict, reason, attempt, now);
+    let quota = "its state writes would pass the subscriber's state quota (state.quota_bytes)";
+    let (over_quota, _) = failed(active, stream, work, FailureKind::StateQuota, quota, None, now);
+    StateFallbacks { conflict: Disposition::Retry { due_ms: now, fields }, over_quota }
 }
 
 #[cfg(test)]

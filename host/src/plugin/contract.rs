@@ -100,7 +100,7 @@ mod tests {
     /// What an outcome says, without the ids the host makes up.
     fn said(outcome: Outcome) -> String {
         match outcome {
-            Outcome::Handled { effects: Effects { follow_ups } } => follow_ups
+            Outcome::Handled { effects: Effects { follow_ups, .. } } => follow_ups
                 .iter()
                 .map(|f| {
                     let e = &f.event;

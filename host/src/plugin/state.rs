@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use crate::connection::Conn;
 
 /// The commit script (see its header).
-pub static COMMIT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("state_commit.lua")));
+pub static COMMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(concat!(include_str!("../consume/prelude.lua"), include_str!("state_commit.lua")))
+});
 
 /// A subscriber's state bounds, each with a default and a per-subscriber override.
 #[derive(Debug, Clone, PartialEq, Eq)]
