@@ -326,6 +326,7 @@ impl PluginFilesConfig {
                 ("publish_streams", file.publish_streams.is_some()),
                 ("read_streams", file.read_streams.is_some()),
                 ("subscriptions", file.subscriptions.is_some()),
+                ("state", file.state.is_some()),
             ];
             if let Some((what, _)) = grants.iter().find(|(_, set)| *set) {
                 return refuse(what, "plugin_files.grants is off (grant it in [subscribers.NAME])".into());
@@ -465,6 +466,41 @@ pub struct SubscriberConfig {
     /// Streams besides the host's `stream` the subscriber may read (its subscriptions may
     /// name). Default: none, so a plugin reads only the host's stream.
     pub read_streams: Option<Vec<String>>,
+    /// Handler state (the `state` interface of `ferry:plugin@0.2.0`), committed with each
+    /// event's acknowledgement: `state = true`, or a table of its bounds
+    /// (`[subscribers.NAME.state] quota_bytes = ...`). Default: off.
+    pub state: Option<StateSetting>,
+}
+
+/// `state = true | false`, or a table of bounds (which grants it).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum StateSetting {
+    /// Granted with the default bounds, or not.
+    On(bool),
+    /// Granted with these bounds.
+    With(StateLimits),
+}
+
+/// A subscriber's state bounds (`[subscribers.NAME.state]`); every key has a default.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateLimits {
+    /// Bytes of one key. Default 512.
+    pub key_bytes: usize,
+    /// Bytes of one value. Default 64 KiB.
+    pub value_bytes: usize,
+    /// Keys written (set, delete, increment) by one event. Default 64.
+    pub writes_per_event: usize,
+    /// Keys and values stored in total by the subscriber on one stream (each partition by
+    /// itself); 0: no quota. Default 64 MiB.
+    pub quota_bytes: u64,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self { key_bytes: 512, value_bytes: 64 << 10, writes_per_event: 64, quota_bytes: 64 << 20 }
+    }
 }
 
 /// Retry policy of a subscriber.
@@ -580,6 +616,8 @@ pub struct Effective {
     pub publish_streams: Vec<String>,
     /// Streams besides the host's that the subscriber may read.
     pub read_streams: Vec<String>,
+    /// Its state bounds, when state is granted.
+    pub state: Option<StateLimits>,
 }
 
 impl SubscriberConfig {
@@ -596,6 +634,7 @@ impl SubscriberConfig {
             config: self.config.clone().or_else(|| lower.config.clone()),
             publish_streams: self.publish_streams.clone().or_else(|| lower.publish_streams.clone()),
             read_streams: self.read_streams.clone().or_else(|| lower.read_streams.clone()),
+            state: self.state.or(lower.state),
         }
     }
 
@@ -613,6 +652,11 @@ impl SubscriberConfig {
             config: self.config.clone().unwrap_or_default(),
             publish_streams: self.publish_streams.clone().unwrap_or_default(),
             read_streams: self.read_streams.clone().unwrap_or_default(),
+            state: match self.state {
+                None | Some(StateSetting::On(false)) => None,
+                Some(StateSetting::On(true)) => Some(StateLimits::default()),
+                Some(StateSetting::With(limits)) => Some(limits),
+            },
         }
     }
 

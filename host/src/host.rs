@@ -410,7 +410,10 @@ impl Host {
             }
             subscriptions.push((stream, sub));
         }
-        let services = crate::plugin::capability::seam::Services { contracts: self.ctx.contracts.clone() };
+        let services = crate::plugin::capability::seam::Services {
+            contracts: self.ctx.contracts.clone(),
+            redis: Some(self.ctx.shared.clone()),
+        };
         let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =
             Arc::new(Runner::with_concurrency(self.engine.clone(), plugin, grants, effective.concurrency));

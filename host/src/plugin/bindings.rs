@@ -25,6 +25,14 @@ pub mod v0_2 {
         path: "../plugin-sdk/wit-0.2.0",
         world: "subscriber",
         exports: { default: async },
+        // State reads go to Redis: those imports are async (the guest's call waits on the
+        // runtime, and its deadline still stops it).
+        imports: {
+            "ferry:plugin/state.get": async,
+            "ferry:plugin/state.get-many": async,
+            "ferry:plugin/state.exists": async,
+            "ferry:plugin/state.increment": async,
+        },
         with: {
             "ferry:plugin/types": super::v0_1::ferry::plugin::types,
         },

@@ -21,24 +21,8 @@ pub static COMMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new
     redis::Script::new(concat!(include_str!("../consume/prelude.lua"), include_str!("state_commit.lua")))
 });
 
-/// A subscriber's state bounds, each with a default and a per-subscriber override.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateLimits {
-    /// Bytes of one key.
-    pub key_bytes: usize,
-    /// Bytes of one value.
-    pub value_bytes: usize,
-    /// Keys written (set, delete, increment) by one event.
-    pub writes_per_event: usize,
-    /// Keys and values stored in total by the subscriber (per stream key); 0: no quota.
-    pub quota_bytes: u64,
-}
-
-impl Default for StateLimits {
-    fn default() -> Self {
-        Self { key_bytes: 512, value_bytes: 64 << 10, writes_per_event: 64, quota_bytes: 64 << 20 }
-    }
-}
+/// A subscriber's state bounds (`[subscribers.NAME.state]`).
+pub use crate::config::StateLimits;
 
 /// Why a state call failed; the guest gets the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

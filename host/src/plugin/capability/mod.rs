@@ -16,6 +16,7 @@ pub mod config;
 pub mod log;
 pub mod publish;
 pub mod seam;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -122,6 +123,7 @@ registry! {
     log: log::Log,
     config: config::Config,
     publish: publish::Publish,
+    state: state::State,
 }
 
 impl Grants {

@@ -30,7 +30,7 @@ pub trait Capability {
 
     /// Link this capability's interfaces of `contract` into `linker`, reaching its context in
     /// a store through `get`. A capability that a version does not have links nothing for it.
-    fn link<T: 'static>(
+    fn link<T: Send + 'static>(
         linker: &mut Linker<T>,
         contract: Contract,
         get: fn(&mut T) -> &mut Self::Ctx,
@@ -54,10 +54,18 @@ pub trait Capability {
 /// host a capability needs that are no grant of one subscriber's (the schema registry that
 /// follow-ups are validated against). Empty where no host runs (`ferry plugins invoke`
 /// without `--schemas`, unit tests).
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Services {
     /// The schema registry, when the host has one (`schemas = "DIR"`).
     pub contracts: Option<Arc<crate::contract::Registry>>,
+    /// Where handler state is read (the host's shared connection), when there is a Redis.
+    pub redis: Option<crate::connection::Conn>,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").field("contracts", &self.contracts).field("redis", &self.redis.is_some()).finish()
+    }
 }
 
 /// The event being handled, as the capabilities need it.

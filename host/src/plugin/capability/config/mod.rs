@@ -40,7 +40,7 @@ impl Capability for Config {
         ConfigCtx { values: grant.clone() }
     }
 
-    fn link<T: 'static>(
+    fn link<T: Send + 'static>(
         linker: &mut Linker<T>,
         contract: Contract,
         get: fn(&mut T) -> &mut ConfigCtx,

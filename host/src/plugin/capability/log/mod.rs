@@ -64,7 +64,7 @@ impl Capability for Log {
         LogCtx { grant: grant.clone(), lines: 0, dropped: 0 }
     }
 
-    fn link<T: 'static>(
+    fn link<T: Send + 'static>(
         linker: &mut Linker<T>,
         contract: Contract,
         get: fn(&mut T) -> &mut LogCtx,

@@ -80,7 +80,7 @@ impl Capability for Publish {
         PublishCtx { grant: grant.clone(), current: Arc::default(), follow_ups: Vec::new(), denied: None }
     }
 
-    fn link<T: 'static>(
+    fn link<T: Send + 'static>(
         linker: &mut Linker<T>,
         contract: Contract,
         get: fn(&mut T) -> &mut PublishCtx,
@@ -299,7 +299,7 @@ mod tests {
         let set = Set::build([("T".to_string(), (Contract::default(), [(1, schema)].into()))].into()).expect("set");
         let registry = Arc::new(Registry::with(None, Default::default(), set));
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
-        let services = Services { contracts: Some(registry) };
+        let services = Services { contracts: Some(registry), redis: None };
         let mut state = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &services)));
         let current =
             Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
