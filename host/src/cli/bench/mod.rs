@@ -465,7 +465,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
-    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::Node(server.url())).await?;
+    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::node(server.url())).await?;
     let metrics = Metrics::new();
     let read = ferry::config::ReadConfig::default();
     let ctx = Arc::new(Context {
