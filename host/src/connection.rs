@@ -501,13 +501,16 @@ pub async fn scan<C: Scan>(conn: &mut C, pattern: &str, kind: Option<&str>) -> r
 /// everything else from `template`: the same scheme (TLS or not) and trusted roots, the same
 /// user, password and protocol.
 async fn node_connection(template: &redis::Client, addr: &str) -> redis::RedisResult<MultiplexedConnection> {
-    let invalid = || redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid node address", addr.to_string()));
+    let invalid =
+        || redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid node address", addr.to_string()));
     let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
     let port: u16 = port.parse().map_err(|_| invalid())?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let info = template.get_connection_info().clone();
     let addr = match info.addr().clone() {
-        ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host, port, insecure, tls_params },
+        ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+            ConnectionAddr::TcpTls { host, port, insecure, tls_params }
+        }
         _ => ConnectionAddr::Tcp(host, port),
     };
     let client = redis::Client::open(info.set_addr(addr))?;

@@ -137,11 +137,7 @@ pub async fn counts<C: Scan>(conn: &mut C) -> redis::RedisResult<Vec<(String, St
 }
 
 /// The dead letter whose entry id or event id is `id`.
-pub async fn show<C: Scan>(
-    conn: &mut C,
-    subscriber: Option<&str>,
-    id: &str,
-) -> redis::RedisResult<Option<DeadLetter>> {
+pub async fn show<C: Scan>(conn: &mut C, subscriber: Option<&str>, id: &str) -> redis::RedisResult<Option<DeadLetter>> {
     for (key, stream, sub) in streams(conn, subscriber).await? {
         let value: redis::Value = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(conn).await?;
         if let Some(e) =
@@ -225,11 +221,7 @@ pub async fn replay_with<C: Scan>(
 }
 
 /// Delete the selected dead letters of `subscriber`. Returns how many were removed.
-pub async fn purge<C: Scan>(
-    conn: &mut C,
-    subscriber: &str,
-    selection: &Selection,
-) -> redis::RedisResult<usize> {
+pub async fn purge<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<usize> {
     let mut done = 0;
     for (key, _, _) in streams(conn, Some(subscriber)).await? {
         let chosen = select(conn, &key, selection).await?;

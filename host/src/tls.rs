@@ -139,10 +139,9 @@ pub fn client_config(roots: RootCertStore, verify: Verify) -> Result<rustls::Cli
                 .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(inner))).with_no_client_auth()
         }
-        Verify::Encrypt => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth(),
+        Verify::Encrypt => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))).with_no_client_auth()
+        }
     };
     Ok(config)
 }

@@ -23,3 +23,4 @@ mod replication;
 mod retention;
 mod sandbox;
 mod security;
+mod tls;
