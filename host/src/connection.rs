@@ -443,7 +443,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(anyhow::Error::from))
-        .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
+        .map_err(|e| anyhow::anyhow!(redact(&crate::tls::explain(&*e, "tls_ca"))))
         .with_context(|| format!("cannot reach Redis at {what}"))?;
     let _: String = redis::cmd("PING")
         .query_async(&mut conn)

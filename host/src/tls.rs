@@ -231,6 +231,31 @@ impl ServerCertVerifier for EncryptOnly {
     }
 }
 
+/// `error` and its sources for a message, each source left out when its text is already
+/// there (rustls errors reach us wrapped in an I/O error that repeats them), with a hint
+/// when the server's certificate was refused: `setting` names the key that sets the
+/// trusted CA (`tls_ca`, `sslrootcert`).
+pub fn explain(error: &(dyn std::error::Error + 'static), setting: &str) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    if text.contains("UnknownIssuer") {
+        text.push_str(&format!(
+            " (the server's certificate is not signed by a trusted CA: set {setting} to the PEM file of the CA that signed it)"
+        ));
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        text.push_str(" (the server's certificate is not for the host name or address dialled)");
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

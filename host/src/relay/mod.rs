@@ -62,20 +62,12 @@ pub enum RelayError {
 }
 
 /// The message of a PostgreSQL error (the server's own text when there is one; the client's
-/// `Display` alone says only "db error").
+/// `Display` alone says only "db error"), with its sources and, for a refused certificate, a
+/// hint.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
+        None => crate::tls::explain(e, "sslrootcert"),
     }
 }
 

@@ -27,6 +27,9 @@ struct Pki {
     other_ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    /// Signed by the same CA, for `db.example.invalid` only (not the address dialled).
+    other_name_cert: PathBuf,
+    other_name_key: PathBuf,
 }
 
 impl Pki {
@@ -39,6 +42,11 @@ impl Pki {
             rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("params");
         params.distinguished_name.push(rcgen::DnType::CommonName, "ferry test server");
         let cert = params.signed_by(&key, &ca).expect("server certificate");
+        let other_key = rcgen::KeyPair::generate().expect("server key");
+        let other_cert = rcgen::CertificateParams::new(vec!["db.example.invalid".to_string()])
+            .expect("params")
+            .signed_by(&other_key, &ca)
+            .expect("server certificate");
         let write = |name: &str, text: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, text).expect("writing PEM");
@@ -49,6 +57,8 @@ impl Pki {
             other_ca: write("other-ca.pem", &other.pem()),
             cert: write("server.pem", &cert.pem()),
             key: write("server.key", &key.serialize_pem()),
+            other_name_cert: write("other-name.pem", &other_cert.pem()),
+            other_name_key: write("other-name.key", &other_key.serialize_pem()),
             dir,
         }
     }
@@ -325,4 +335,35 @@ async fn sslmode_require_fails_against_a_server_without_tls_and_prefer_warns_tha
     let err =
         ferry::relay::connect(&format!("{base}?sslmode=verify"), "test").await.err().expect("refused").to_string();
     assert!(err.contains("unknown sslmode") && !err.contains(PASSWORD), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_refuses_a_certificate_for_another_name_that_verify_ca_and_require_accept() {
+    let pki = Pki::new();
+    let pg = tokio::task::block_in_place(|| PostgresServer::start_with_tls(&pki.other_name_cert, &pki.other_name_key))
+        .expect("starting postgres with ssl");
+    let base = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres", pg.port());
+    let ca = pki.ca.display();
+
+    let err = ferry::relay::connect(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"), "test")
+        .await
+        .err()
+        .expect("verify-full checks the name")
+        .to_string();
+    assert!(err.contains("not valid for name") && err.contains("not for the host name"), "{err}");
+    assert!(!err.contains(PASSWORD), "{err}");
+
+    // verify-ca checks the chain only; require with a root certificate does as verify-ca
+    // (libpq's rule), so the wrong CA is refused there but this one passes.
+    ferry::relay::connect(&format!("{base}?sslmode=verify-ca&sslrootcert={ca}"), "test").await.expect("verify-ca");
+    ferry::relay::connect(&format!("{base}?sslmode=require&sslrootcert={ca}"), "test")
+        .await
+        .expect("require with sslrootcert");
+    let other = pki.other_ca.display();
+    let err = ferry::relay::connect(&format!("{base}?sslmode=require&sslrootcert={other}"), "test")
+        .await
+        .err()
+        .expect("require with a root certificate checks the chain")
+        .to_string();
+    assert!(err.contains("UnknownIssuer") && !err.contains(PASSWORD), "{err}");
 }
