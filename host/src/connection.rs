@@ -89,8 +89,8 @@ impl Target {
 /// A client for a [`Target`]: opens connections.
 #[derive(Clone)]
 pub enum Redis {
-    /// One node.
-    Node(redis::Client),
+    /// One node (boxed: with TLS settings a client is large).
+    Node(Box<redis::Client>),
     /// A cluster, with a client for its first seed: the template of the connections opened
     /// to one node on purpose (scans), so they keep the seed's credentials and TLS settings.
     Cluster(Box<ClusterClient>, Arc<redis::Client>),
@@ -153,7 +153,7 @@ impl Redis {
             client.map_err(|e| anyhow::anyhow!("invalid Redis URL {}: {}", redact(url), redact(&e.to_string())))
         };
         Ok(match &target.nodes {
-            Nodes::Node(url) => Self::Node(node(url)?),
+            Nodes::Node(url) => Self::Node(Box::new(node(url)?)),
             Nodes::Cluster(seeds) => {
                 anyhow::ensure!(!seeds.is_empty(), "--cluster needs at least one seed node in --redis");
                 let template = Arc::new(node(&seeds[0])?);

@@ -305,7 +305,7 @@ async fn the_relay_moves_rows_over_tls_with_verify_full_require_and_prefer() {
 
     // verify-full against the wrong CA: refused, clearly, without the password.
     let wrong = format!("{base}?sslmode=verify-full&sslrootcert={}", pki.other_ca.display());
-    let err = ferry::relay::connect(&wrong, "test").await.err().expect("refused").to_string();
+    let err = ferry::relay::connect(&wrong, "test").await.expect_err("refused").to_string();
     assert!(err.contains("TLS") && err.to_lowercase().contains("certificate"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
     // The CLI shows the address redacted.
@@ -320,7 +320,7 @@ async fn sslmode_require_fails_against_a_server_without_tls_and_prefer_warns_tha
     let pg = pg::start().await;
     let base = format!("postgres://postgres:{PASSWORD}@127.0.0.1:{}/postgres", pg.port());
 
-    let err = ferry::relay::connect(&format!("{base}?sslmode=require"), "test").await.err().expect("refused");
+    let err = ferry::relay::connect(&format!("{base}?sslmode=require"), "test").await.expect_err("refused");
     let err = err.to_string();
     assert!(err.contains("server does not support TLS"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
@@ -332,8 +332,7 @@ async fn sslmode_require_fails_against_a_server_without_tls_and_prefer_warns_tha
     assert!(!format!("{out}{err}").contains(PASSWORD), "{out}{err}");
 
     // An unknown sslmode is refused without quoting the URL.
-    let err =
-        ferry::relay::connect(&format!("{base}?sslmode=verify"), "test").await.err().expect("refused").to_string();
+    let err = ferry::relay::connect(&format!("{base}?sslmode=verify"), "test").await.expect_err("refused").to_string();
     assert!(err.contains("unknown sslmode") && !err.contains(PASSWORD), "{err}");
 }
 
@@ -347,8 +346,7 @@ async fn verify_full_refuses_a_certificate_for_another_name_that_verify_ca_and_r
 
     let err = ferry::relay::connect(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"), "test")
         .await
-        .err()
-        .expect("verify-full checks the name")
+        .expect_err("verify-full checks the name")
         .to_string();
     assert!(err.contains("not valid for name") && err.contains("not for the host name"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
@@ -362,8 +360,7 @@ async fn verify_full_refuses_a_certificate_for_another_name_that_verify_ca_and_r
     let other = pki.other_ca.display();
     let err = ferry::relay::connect(&format!("{base}?sslmode=require&sslrootcert={other}"), "test")
         .await
-        .err()
-        .expect("require with a root certificate checks the chain")
+        .expect_err("require with a root certificate checks the chain")
         .to_string();
     assert!(err.contains("UnknownIssuer") && !err.contains(PASSWORD), "{err}");
 }
