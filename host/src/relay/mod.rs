@@ -105,7 +105,9 @@ pub async fn connect(
             }
         }
     });
-    if tls.mode == tls::Mode::Prefer {
+    // A Unix socket is local and never offers TLS: nothing to warn about there.
+    let local = config.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    if tls.mode == tls::Mode::Prefer && !local {
         // `prefer` falls back to plaintext when the server offers no TLS: say so, once per
         // session, rather than send the rows (and the password exchange) unannounced.
         let encrypted: Option<bool> = client

@@ -228,6 +228,10 @@ where
     type Error = rustls::pki_types::InvalidDnsNameError;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Self::Error> {
+        // No host name: a Unix socket (PostgreSQL answers "no TLS" there, and `prefer` goes
+        // on in plaintext) or a bare `hostaddr` (tokio-postgres refuses the handshake without
+        // a name). Neither reaches a handshake with this placeholder.
+        let domain = if domain.is_empty() { "localhost" } else { domain };
         let name = rustls::pki_types::ServerName::try_from(domain.to_string())?;
         Ok(RustlsConnect { name, connector: tokio_rustls::TlsConnector::from(self.config.clone()) })
     }

@@ -331,6 +331,10 @@ async fn sslmode_require_fails_against_a_server_without_tls_and_prefer_warns_tha
     assert!(err.contains("not encrypted"), "the fallback is logged: {err}");
     assert!(!format!("{out}{err}").contains(PASSWORD), "{out}{err}");
 
+    // A Unix socket (no TLS there, no host name to verify) still connects under the default.
+    let socket = format!("host={} port={} user=postgres dbname=postgres", pg.dir().display(), pg.port());
+    ferry::relay::connect(&socket, "test").await.expect("connecting over the Unix socket");
+
     // An unknown sslmode is refused without quoting the URL.
     let err = ferry::relay::connect(&format!("{base}?sslmode=verify"), "test").await.expect_err("refused").to_string();
     assert!(err.contains("unknown sslmode") && !err.contains(PASSWORD), "{err}");
