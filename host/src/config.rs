@@ -869,6 +869,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_ca_travels_with_the_redis_target() {
+        let config: Config =
+            toml::from_str("redis = \"rediss://a:1,rediss://b:2\"\ncluster = true\ntls_ca = \"/etc/ferry/ca.pem\"")
+                .expect("valid config");
+        let target = config.target();
+        assert_eq!(target.tls_ca.as_deref(), Some(Path::new("/etc/ferry/ca.pem")));
+        assert!(matches!(target.nodes, crate::connection::Nodes::Cluster(ref seeds) if seeds.len() == 2));
+        assert_eq!(Config::default().target().tls_ca, None, "the system's roots by default");
+    }
+
+    #[test]
     fn layers_merge_with_host_file_on_top() {
         let config: Config = toml::from_str(
             r#"

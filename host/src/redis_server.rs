@@ -307,7 +307,7 @@ impl RedisCluster {
     /// Start a fresh node and make it a replica of primary `primary`, as an operator adds one:
     /// `CLUSTER MEET` (it joins the cluster), then `CLUSTER REPLICATE` once it knows the
     /// primary. Waits until its replication link is up and every node lists it. Returns its
-    /// index in [`RedisCluster::nodes`].
+    /// index in [`RedisCluster::nodes`]. For a cluster started without TLS or a password.
     pub fn add_replica(&mut self, primary: usize, timeout: Duration) -> std::io::Result<usize> {
         let node = Self::start_node(&Options::default())?;
         let primary_port = self.nodes[primary].port;

@@ -45,9 +45,8 @@ pub enum TlsError {
 
 /// ring's primitives, for every TLS client of the process.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    // ring rather than aws-lc-rs: no C toolchain or cmake in the build. Its provider lacks the
-    // post-quantum key exchange (hence the deprecation).
-    #[allow(deprecated)]
+    // ring rather than aws-lc-rs: no C toolchain or cmake in the build.
+    #[expect(deprecated, reason = "ring's provider lacks the post-quantum key exchange; aws-lc-rs needs a C toolchain")]
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

@@ -97,7 +97,13 @@ async fn tls_conn(url: &str, ca: &Path) -> MultiplexedConnection {
 
 /// Run `ferry ARGS` (no `FERRY_*` variable of the caller's); (success, stdout, stderr).
 async fn ferry_cli(args: &[&str]) -> (bool, String, String) {
+    ferry_cli_env(args, &[]).await
+}
+
+/// Run `ferry ARGS` with `env` and no other `FERRY_*` variable of the caller's.
+async fn ferry_cli_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(crate::support::ferry_bin());
         cmd.args(&args).env("FERRY_LOG", "warn").stdin(Stdio::null());
@@ -106,6 +112,7 @@ async fn ferry_cli(args: &[&str]) -> (bool, String, String) {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(env);
         let out = cmd.output().expect("running ferry");
         (
             out.status.success(),
@@ -248,6 +255,13 @@ async fn a_wrong_ca_is_refused_with_a_clear_error_that_shows_no_password() {
     assert!(!ok, "{out}{err}");
     assert!(err.contains("rediss://default:***@") && err.to_lowercase().contains("certificate"), "{err}");
     assert!(!format!("{out}{err}").contains(PASSWORD), "{out}{err}");
+    // FERRY_TLS_CA names the right one; the flag overrides it.
+    let ca = pki.ca.to_str().expect("utf-8").to_string();
+    let (ok, out, err) = ferry_cli_env(&["status", "--redis", &url], &[("FERRY_TLS_CA", &ca)]).await;
+    assert!(ok, "FERRY_TLS_CA is read: {out}{err}");
+    let (ok, out, err) =
+        ferry_cli_env(&["status", "--redis", &url, "--tls-ca", &other], &[("FERRY_TLS_CA", &ca)]).await;
+    assert!(!ok && !format!("{out}{err}").contains(PASSWORD), "--tls-ca overrides FERRY_TLS_CA: {out}{err}");
     let _ = pki.dir();
 }
 
