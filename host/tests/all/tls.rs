@@ -22,7 +22,8 @@ const PASSWORD: &str = "s3cret-hunter2";
 /// A CA and a server certificate for `localhost` and `127.0.0.1` signed by it, as PEM files
 /// in a temp dir; and a second CA that signed nothing (the wrong one).
 struct Pki {
-    dir: tempfile::TempDir,
+    /// Holds the files; removed on drop.
+    _dir: tempfile::TempDir,
     ca: PathBuf,
     other_ca: PathBuf,
     cert: PathBuf,
@@ -59,7 +60,7 @@ impl Pki {
             key: write("server.key", &key.serialize_pem()),
             other_name_cert: write("other-name.pem", &other_cert.pem()),
             other_name_key: write("other-name.key", &other_key.serialize_pem()),
-            dir,
+            _dir: dir,
         }
     }
 
@@ -69,10 +70,6 @@ impl Pki {
             password: Some(PASSWORD.to_string()),
             ..Options::default()
         }
-    }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 
@@ -262,7 +259,6 @@ async fn a_wrong_ca_is_refused_with_a_clear_error_that_shows_no_password() {
     let (ok, out, err) =
         ferry_cli_env(&["status", "--redis", &url, "--tls-ca", &other], &[("FERRY_TLS_CA", &ca)]).await;
     assert!(!ok && !format!("{out}{err}").contains(PASSWORD), "--tls-ca overrides FERRY_TLS_CA: {out}{err}");
-    let _ = pki.dir();
 }
 
 /// A PostgreSQL that accepts TCP only over TLS, with the outbox table, created through the
