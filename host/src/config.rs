@@ -57,6 +57,10 @@ pub struct Config {
     pub redis: String,
     /// Talk to a Redis Cluster (`redis` lists seed nodes). Default false.
     pub cluster: bool,
+    /// PEM file of the CA certificates that `rediss://` trusts, instead of the system's roots
+    /// (for a private or self-signed CA). Needs `rediss://` in `redis`. Default: none (the
+    /// system's roots).
+    pub tls_ca: Option<PathBuf>,
     /// What ferry's writes (publish, settles, forwarded follow-ups, the relay) must reach
     /// before they count as done: `"primary"` (default) or `"replicated"` (`WAIT 1` for one
     /// replica; docs/scale-out.md).
@@ -172,6 +176,7 @@ impl Default for Config {
         Self {
             redis: "redis://127.0.0.1:6379".into(),
             cluster: false,
+            tls_ca: None,
             durability: crate::connection::Durability::Primary,
             durability_timeout: Duration::from_secs(1),
             durability_on_missing_replica: crate::connection::OnMissingReplica::Wait,
@@ -768,7 +773,7 @@ impl Config {
 
     /// Where Redis is.
     pub fn target(&self) -> crate::connection::Target {
-        crate::connection::Target::new(&self.redis, self.cluster)
+        crate::connection::Target::new(&self.redis, self.cluster).with_tls_ca(self.tls_ca.clone())
     }
 
     /// Read a host configuration file.
@@ -912,6 +917,17 @@ fn parse_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_ca_travels_with_the_redis_target() {
+        let config: Config =
+            toml::from_str("redis = \"rediss://a:1,rediss://b:2\"\ncluster = true\ntls_ca = \"/etc/ferry/ca.pem\"")
+                .expect("valid config");
+        let target = config.target();
+        assert_eq!(target.tls_ca.as_deref(), Some(Path::new("/etc/ferry/ca.pem")));
+        assert!(matches!(target.nodes, crate::connection::Nodes::Cluster(ref seeds) if seeds.len() == 2));
+        assert_eq!(Config::default().target().tls_ca, None, "the system's roots by default");
+    }
 
     #[test]
     fn layers_merge_with_host_file_on_top() {

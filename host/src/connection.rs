@@ -8,6 +8,8 @@
 //! `XREADGROUP` on a shared multiplexed (or cluster) connection stalls every command behind
 //! it. Response timeouts always exceed the blocking time.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::redact::redact;
@@ -15,11 +17,21 @@ use anyhow::Context as _;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, ConnectionAddr, Pipeline, RedisFuture, TlsCertificates, Value};
 
-/// Where Redis is: one node, or the seed nodes of a cluster.
+/// Where Redis is (one node, or the seed nodes of a cluster) and what TLS trusts there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub struct Target {
+    /// The node or the seeds.
+    pub nodes: Nodes,
+    /// A PEM CA bundle that replaces the system's roots for `rediss://` (config `tls_ca`):
+    /// for a private or self-signed CA. `None`: the system's roots.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// The addresses of a [`Target`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nodes {
     /// A single node (or a proxy): one URL.
     Node(String),
     /// A Redis Cluster: seed node URLs; the client discovers the rest.
@@ -28,31 +40,60 @@ pub enum Target {
 
 impl Target {
     /// `redis` as given on the command line or in the config: with `cluster`, a
-    /// comma-separated list of seed nodes.
+    /// comma-separated list of seed nodes. The system's roots for TLS.
     pub fn new(redis: &str, cluster: bool) -> Self {
-        if cluster {
-            Self::Cluster(redis.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        let nodes = if cluster {
+            Nodes::Cluster(redis.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
         } else {
-            Self::Node(redis.to_string())
-        }
+            Nodes::Node(redis.to_string())
+        };
+        Self { nodes, tls_ca: None }
+    }
+
+    /// One node at `url`, trusting the system's roots.
+    pub fn node(url: impl Into<String>) -> Self {
+        Self { nodes: Nodes::Node(url.into()), tls_ca: None }
+    }
+
+    /// The same target, trusting only the CA bundle at `ca` (when given) for `rediss://`.
+    pub fn with_tls_ca(mut self, ca: Option<PathBuf>) -> Self {
+        self.tls_ca = ca;
+        self
     }
 
     /// For messages.
     pub fn describe(&self) -> String {
-        match self {
-            Self::Node(url) => crate::redact::redact(url),
-            Self::Cluster(seeds) => format!("the cluster at {}", crate::redact::redact(&seeds.join(","))),
+        match &self.nodes {
+            Nodes::Node(url) => crate::redact::redact(url),
+            Nodes::Cluster(seeds) => format!("the cluster at {}", crate::redact::redact(&seeds.join(","))),
         }
+    }
+
+    /// The CA bundle as redis-rs takes it, after checking that every URL uses TLS: a CA set
+    /// for a plain `redis://` address would protect nothing, so it is refused rather than
+    /// ignored.
+    fn certificates(&self) -> anyhow::Result<Option<TlsCertificates>> {
+        let Some(path) = &self.tls_ca else { return Ok(None) };
+        let urls = match &self.nodes {
+            Nodes::Node(url) => std::slice::from_ref(url),
+            Nodes::Cluster(seeds) => seeds.as_slice(),
+        };
+        if let Some(plain) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+            anyhow::bail!("tls_ca is set but {} is not a rediss:// URL", redact(plain));
+        }
+        let ca = crate::tls::read_ca(path)?;
+        Ok(Some(TlsCertificates { client_tls: None, root_cert: Some(ca.pem) }))
     }
 }
 
 /// A client for a [`Target`]: opens connections.
 #[derive(Clone)]
 pub enum Redis {
-    /// One node.
-    Node(redis::Client),
-    /// A cluster.
-    Cluster(Box<ClusterClient>),
+    /// One node (boxed: with TLS settings a client is large).
+    Node(Box<redis::Client>),
+    /// A cluster, with a client for its first seed: the template of the connections opened
+    /// to one node on purpose (scans), so they keep the seed's credentials and TLS settings.
+    Cluster(Box<ClusterClient>, Arc<redis::Client>),
 }
 
 /// A connection to a node or a cluster; cheap to clone (clones share the connection).
@@ -63,7 +104,8 @@ pub enum Conn {
     /// A dedicated connection to one node.
     Node(MultiplexedConnection),
     /// A connection to a cluster: follows `MOVED`/`ASK` and retries `TRYAGAIN`/`CLUSTERDOWN`.
-    Cluster(ClusterConnection),
+    /// With the template for connections to one of its nodes (see [`Redis::Cluster`]).
+    Cluster(ClusterConnection, Arc<redis::Client>),
 }
 
 impl ConnectionLike for Conn {
@@ -71,7 +113,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Managed(c) => c.req_packed_command(cmd),
             Self::Node(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster(c, _) => c.req_packed_command(cmd),
         }
     }
 
@@ -84,7 +126,7 @@ impl ConnectionLike for Conn {
         match self {
             Self::Managed(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Node(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c, _) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -92,53 +134,58 @@ impl ConnectionLike for Conn {
         match self {
             Self::Managed(c) => c.get_db(),
             Self::Node(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster(c, _) => c.get_db(),
         }
     }
 }
 
 impl Redis {
-    /// A client for `target` (no connection yet).
+    /// A client for `target` (no connection yet). With `target.tls_ca`, TLS trusts only that
+    /// bundle; `rediss://` without it trusts the system's roots.
     pub fn open(target: &Target) -> anyhow::Result<Self> {
-        Ok(match target {
-            Target::Node(url) => {
-                // Neither the URL nor the parser's message (which may quote it) is shown as is.
-                Self::Node(
-                    redis::Client::open(url.as_str()).map_err(|e| {
-                        anyhow::anyhow!("invalid Redis URL {}: {}", redact(url), redact(&e.to_string()))
-                    })?,
-                )
-            }
-            Target::Cluster(seeds) => {
+        let certs = target.certificates()?;
+        let node = |url: &str| -> anyhow::Result<redis::Client> {
+            // Neither the URL nor the parser's message (which may quote it) is shown as is.
+            let client = match &certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs.clone()),
+                None => redis::Client::open(url),
+            };
+            client.map_err(|e| anyhow::anyhow!("invalid Redis URL {}: {}", redact(url), redact(&e.to_string())))
+        };
+        Ok(match &target.nodes {
+            Nodes::Node(url) => Self::Node(Box::new(node(url)?)),
+            Nodes::Cluster(seeds) => {
                 anyhow::ensure!(!seeds.is_empty(), "--cluster needs at least one seed node in --redis");
-                Self::Cluster(Box::new(
-                    ClusterClient::builder(seeds.iter().map(String::as_str))
-                        .connection_timeout(Duration::from_secs(2))
-                        .response_timeout(Duration::from_secs(10))
-                        .retries(16)
-                        // A node that stays unreachable (a primary that died for good) is dropped
-                        // after 8 attempts (~5 s of backoff) instead of being dialled every second
-                        // for ever by every connection whose slot map still lists it (one that
-                        // never sends a command to its slots never learns it left). A request
-                        // for its slots then finds the new primary through `MOVED`; a node that
-                        // comes back is added again by the next topology refresh.
-                        .max_connection_attempts(std::num::NonZeroUsize::new(8).expect("8 > 0"))
-                        .build()
-                        .map_err(|e| {
-                            anyhow::anyhow!(
-                                "invalid Redis Cluster seeds {}: {}",
-                                redact(&seeds.join(",")),
-                                redact(&e.to_string())
-                            )
-                        })?,
-                ))
+                let template = Arc::new(node(&seeds[0])?);
+                let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(10))
+                    .retries(16)
+                    // A node that stays unreachable (a primary that died for good) is dropped
+                    // after 8 attempts (~5 s of backoff) instead of being dialled every second
+                    // for ever by every connection whose slot map still lists it (one that
+                    // never sends a command to its slots never learns it left). A request
+                    // for its slots then finds the new primary through `MOVED`; a node that
+                    // comes back is added again by the next topology refresh.
+                    .max_connection_attempts(std::num::NonZeroUsize::new(8).expect("8 > 0"));
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
+                }
+                let client = builder.build().map_err(|e| {
+                    anyhow::anyhow!(
+                        "invalid Redis Cluster seeds {}: {}",
+                        redact(&seeds.join(",")),
+                        redact(&e.to_string())
+                    )
+                })?;
+                Self::Cluster(Box::new(client), template)
             }
         })
     }
 
     /// Whether this is a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+        matches!(self, Self::Cluster(..))
     }
 
     /// The shared connection: settles, scripts, housekeeping, reads that do not block.
@@ -152,7 +199,9 @@ impl Redis {
                     .set_max_delay(Duration::from_secs(1));
                 Ok(Conn::Managed(client.get_connection_manager_with_config(config).await?))
             }
-            Self::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
+            Self::Cluster(client, template) => {
+                Ok(Conn::Cluster(client.get_async_connection().await?, template.clone()))
+            }
         }
     }
 
@@ -166,11 +215,11 @@ impl Redis {
                     .set_response_timeout(Some(timeout));
                 Ok(Conn::Node(client.get_multiplexed_async_connection_with_config(&config).await?))
             }
-            Self::Cluster(client) => {
+            Self::Cluster(client, template) => {
                 let config = redis::cluster::ClusterConfig::new()
                     .set_connection_timeout(Duration::from_secs(2))
                     .set_response_timeout(timeout);
-                Ok(Conn::Cluster(client.get_async_connection_with_config(config).await?))
+                Ok(Conn::Cluster(client.get_async_connection_with_config(config).await?, template.clone()))
             }
         }
     }
@@ -340,7 +389,7 @@ pub async fn replicated(conn: &mut Conn, key: &str, replication: Replication) ->
 /// node that never saw the writes, and confirm them falsely.
 async fn to_primary_of(conn: &mut Conn, key: &str, cmd: Cmd) -> redis::RedisResult<Value> {
     match conn {
-        Conn::Cluster(_) => {
+        Conn::Cluster(..) => {
             let mut pipe = redis::pipe();
             pipe.cmd("EXISTS").arg(key).ignore().add_command(cmd);
             let (reply,): (Value,) = pipe.query_async(conn).await?;
@@ -394,7 +443,7 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
         .and_then(|r| r.map_err(anyhow::Error::from))
-        .map_err(|e| anyhow::anyhow!(redact(&format!("{e:#}"))))
+        .map_err(|e| anyhow::anyhow!(redact(&crate::tls::explain(&*e, "tls_ca"))))
         .with_context(|| format!("cannot reach Redis at {what}"))?;
     let _: String = redis::cmd("PING")
         .query_async(&mut conn)
@@ -404,25 +453,71 @@ pub async fn connect(target: &Target) -> anyhow::Result<(Redis, Conn)> {
     Ok((redis, conn))
 }
 
+/// A connection [`scan`] can read every primary through.
+pub trait Scan: ConnectionLike {
+    /// The client whose settings (scheme, TLS roots, user, password) a connection of one's
+    /// own to one cluster node copies; `None` when there is none to copy (a connection made
+    /// outside [`Redis`]: a node is then dialled at `redis://host:port`).
+    fn node_template(&self) -> Option<Arc<redis::Client>> {
+        None
+    }
+}
+
+impl Scan for Conn {
+    fn node_template(&self) -> Option<Arc<redis::Client>> {
+        match self {
+            Self::Cluster(_, template) => Some(template.clone()),
+            Self::Managed(_) | Self::Node(_) => None,
+        }
+    }
+}
+
+impl Scan for MultiplexedConnection {}
+impl Scan for ConnectionManager {}
+impl Scan for ClusterConnection {}
+
 /// Every key matching `pattern` (of `kind`, e.g. `stream`, if given), on every primary: a
 /// `SCAN` sees one node, so on a cluster each primary (from `CLUSTER NODES`) is scanned on a
-/// connection of its own.
-pub async fn scan<C: ConnectionLike>(
-    conn: &mut C,
-    pattern: &str,
-    kind: Option<&str>,
-) -> redis::RedisResult<Vec<String>> {
+/// connection of its own, opened like the first seed's (its user, password, `rediss://` and
+/// CA: a node that requires them refuses a connection without).
+pub async fn scan<C: Scan>(conn: &mut C, pattern: &str, kind: Option<&str>) -> redis::RedisResult<Vec<String>> {
     let nodes: redis::RedisResult<String> = redis::cmd("CLUSTER").arg("NODES").query_async(conn).await;
     let Ok(nodes) = nodes else { return scan_node(conn, pattern, kind).await };
+    let template = match conn.node_template() {
+        Some(t) => t,
+        None => Arc::new(redis::Client::open("redis://127.0.0.1")?),
+    };
     let mut out = Vec::new();
     for addr in primaries(&nodes) {
-        let client = redis::Client::open(format!("redis://{addr}"))?;
-        let mut node = client.get_multiplexed_async_connection().await?;
+        let mut node = node_connection(&template, &addr).await?;
         out.extend(scan_node(&mut node, pattern, kind).await?);
     }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// A connection to the node at `addr` (`host:port`, as `CLUSTER NODES` lists it) with
+/// everything else from `template`: the same scheme (TLS or not) and trusted roots, the same
+/// user, password and protocol.
+async fn node_connection(template: &redis::Client, addr: &str) -> redis::RedisResult<MultiplexedConnection> {
+    let invalid =
+        || redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "invalid node address", addr.to_string()));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(invalid)?;
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let info = template.get_connection_info().clone();
+    let addr = match info.addr().clone() {
+        ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+            ConnectionAddr::TcpTls { host, port, insecure, tls_params }
+        }
+        _ => ConnectionAddr::Tcp(host, port),
+    };
+    let client = redis::Client::open(info.set_addr(addr))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 /// The `host:port` of every primary that is not failed, from a `CLUSTER NODES` reply.
@@ -467,10 +562,10 @@ mod tests {
     #[test]
     fn a_cluster_target_is_a_list_of_seeds() {
         assert_eq!(
-            Target::new("redis://a:1, redis://b:2,", true),
-            Target::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
+            Target::new("redis://a:1, redis://b:2,", true).nodes,
+            Nodes::Cluster(vec!["redis://a:1".into(), "redis://b:2".into()])
         );
-        assert_eq!(Target::new("redis://a:1", false), Target::Node("redis://a:1".into()));
+        assert_eq!(Target::new("redis://a:1", false), Target::node("redis://a:1"));
     }
 
     #[test]

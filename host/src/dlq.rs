@@ -10,7 +10,7 @@
 use redis::aio::ConnectionLike;
 use serde::Serialize;
 
-use crate::connection::Replication;
+use crate::connection::{Replication, Scan};
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
 use crate::consume::settle::{meta, netstrings, original_fields};
@@ -70,7 +70,7 @@ impl DeadLetter {
 }
 
 /// Every dead-letter stream key, optionally of one subscriber, as (key, stream, subscriber).
-pub async fn streams<C: ConnectionLike>(
+pub async fn streams<C: Scan>(
     conn: &mut C,
     subscriber: Option<&str>,
 ) -> redis::RedisResult<Vec<(String, String, String)>> {
@@ -92,7 +92,7 @@ pub async fn streams<C: ConnectionLike>(
 }
 
 /// Up to `limit` dead letters (oldest first), of one subscriber or all.
-pub async fn list<C: ConnectionLike>(
+pub async fn list<C: Scan>(
     conn: &mut C,
     subscriber: Option<&str>,
     limit: usize,
@@ -117,7 +117,7 @@ pub async fn list<C: ConnectionLike>(
 
 /// How many dead letters there are, of one subscriber or all (what [`list`] would return
 /// without a limit).
-pub async fn total<C: ConnectionLike>(conn: &mut C, subscriber: Option<&str>) -> redis::RedisResult<u64> {
+pub async fn total<C: Scan>(conn: &mut C, subscriber: Option<&str>) -> redis::RedisResult<u64> {
     let mut total = 0;
     for (key, _, _) in streams(conn, subscriber).await? {
         let n: u64 = redis::cmd("XLEN").arg(&key).query_async(conn).await?;
@@ -127,7 +127,7 @@ pub async fn total<C: ConnectionLike>(conn: &mut C, subscriber: Option<&str>) ->
 }
 
 /// Count of dead letters per (stream, subscriber).
-pub async fn counts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<Vec<(String, String, u64)>> {
+pub async fn counts<C: Scan>(conn: &mut C) -> redis::RedisResult<Vec<(String, String, u64)>> {
     let mut out = Vec::new();
     for (key, stream, sub) in streams(conn, None).await? {
         let n: u64 = redis::cmd("XLEN").arg(&key).query_async(conn).await?;
@@ -137,11 +137,7 @@ pub async fn counts<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<Vec<(
 }
 
 /// The dead letter whose entry id or event id is `id`.
-pub async fn show<C: ConnectionLike>(
-    conn: &mut C,
-    subscriber: Option<&str>,
-    id: &str,
-) -> redis::RedisResult<Option<DeadLetter>> {
+pub async fn show<C: Scan>(conn: &mut C, subscriber: Option<&str>, id: &str) -> redis::RedisResult<Option<DeadLetter>> {
     for (key, stream, sub) in streams(conn, subscriber).await? {
         let value: redis::Value = redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query_async(conn).await?;
         if let Some(e) =
@@ -165,7 +161,7 @@ pub enum Selection {
 /// Replay the selected dead letters of `subscriber`: each moves atomically (`MULTI`: `XADD`
 /// to the subscriber's retry stream with attempts reset, `XDEL` from the dead-letter stream).
 /// `progress(done, total)` is called after each chunk. Returns how many were replayed.
-pub async fn replay<C: ConnectionLike>(
+pub async fn replay<C: Scan>(
     conn: &mut C,
     subscriber: &str,
     selection: &Selection,
@@ -178,7 +174,7 @@ pub async fn replay<C: ConnectionLike>(
 /// of moves ends with `WAIT 1` in its pipeline, and a chunk no replica confirmed is an error
 /// (the moves stand on the primary; a failover may undo them, putting the dead letters back,
 /// and replaying again is safe: each dead letter is moved once).
-pub async fn replay_with<C: ConnectionLike>(
+pub async fn replay_with<C: Scan>(
     conn: &mut C,
     subscriber: &str,
     selection: &Selection,
@@ -225,11 +221,7 @@ pub async fn replay_with<C: ConnectionLike>(
 }
 
 /// Delete the selected dead letters of `subscriber`. Returns how many were removed.
-pub async fn purge<C: ConnectionLike>(
-    conn: &mut C,
-    subscriber: &str,
-    selection: &Selection,
-) -> redis::RedisResult<usize> {
+pub async fn purge<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<usize> {
     let mut done = 0;
     for (key, _, _) in streams(conn, Some(subscriber)).await? {
         let chosen = select(conn, &key, selection).await?;

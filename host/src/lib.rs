@@ -36,6 +36,8 @@
 //! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
 //!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
 //! - [`redact`]: credentials masked out of every address shown in an error, a log or `--help`.
+//! - [`tls`]: the TLS client settings (roots, CA bundle, verification) shared by Redis,
+//!   PostgreSQL and plugins' outbound HTTP.
 //!
 //! The `ferry` binary (`src/main.rs`, `src/cli/`) holds the command line and its commands,
 //! the demo and the benchmark; its `run` command wires [`host::Host`], [`admin`] and
@@ -65,3 +67,4 @@ pub mod reload;
 pub mod replica;
 pub mod status;
 pub mod telemetry;
+pub mod tls;

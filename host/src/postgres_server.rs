@@ -4,7 +4,8 @@
 //! already running on 5432 nor shares state with another. `initdb` refuses to run as root, so
 //! as root the binaries run as the `postgres` user (`runuser`) on a directory that user owns.
 //! Binaries are found through `FERRY_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin`,
-//! else `PATH`.
+//! else `PATH`. [`PostgresServer::start_with_tls`] serves TLS only (`ssl = on`, `hostssl`),
+//! for the relay's TLS tests.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,17 @@ impl PostgresServer {
     /// Create a cluster and start it. Durability is relaxed (`fsync=off`): a killed server
     /// keeps every commit, only an OS crash would not.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`PostgresServer::start`], with `ssl = on` and this certificate and key (PEM),
+    /// and TCP connections accepted only over TLS (`hostssl` lines in `pg_hba.conf`): a
+    /// client that sends plaintext is refused.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> std::io::Result<Self> {
+        Self::start_inner(Some((cert, key)))
+    }
+
+    fn start_inner(tls: Option<(&Path, &Path)>) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-pg-").tempdir()?;
         let as_postgres = is_root();
         let mut server = Self { dir, bin: bin_dir(), as_postgres, port: 0, running: false };
@@ -44,6 +56,9 @@ impl PostgresServer {
             ]),
             true,
         )?;
+        if let Some((cert, key)) = tls {
+            server.enable_tls(cert, key)?;
+        }
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
@@ -53,6 +68,37 @@ impl PostgresServer {
             }
         }
         Err(last_err.unwrap_or_else(|| std::io::Error::other("postgres did not start")))
+    }
+
+    /// Copy the certificate and key into the data directory (the key mode 0600 and owned by
+    /// the server's user, or the server refuses it), turn `ssl` on and make every TCP line of
+    /// `pg_hba.conf` a `hostssl` line.
+    fn enable_tls(&self, cert: &Path, key: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = self.data();
+        std::fs::copy(cert, data.join("server.crt"))?;
+        std::fs::copy(key, data.join("server.key"))?;
+        std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+        if self.as_postgres {
+            self.run(
+                Command::new("chown").arg("postgres:").arg(data.join("server.crt")).arg(data.join("server.key")),
+                false,
+            )?;
+        }
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )?;
+        let hba = std::fs::read_to_string(data.join("pg_hba.conf"))?;
+        let hba: String = hba
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        std::fs::write(data.join("pg_hba.conf"), hba)
     }
 
     fn data(&self) -> PathBuf {

@@ -2,22 +2,49 @@
 //!
 //! Used by `ferry demo` when no Redis URL is given, by the benchmark, and by every
 //! integration test, so none of them depends on a server already running on 6379 or shares
-//! state with another.
+//! state with another. [`Options`] adds TLS (a `--tls-port` beside the plain port, for the
+//! TLS tests) and a password.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// How to start a [`RedisServer`] (or every node of a [`RedisCluster`]).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Persist every write (`appendfsync always`) so a restart keeps everything.
+    pub appendonly: bool,
+    /// Also listen for TLS on a port of its own (`--tls-port`), with this certificate; on a
+    /// cluster the bus and replication use TLS too. Clients are not asked for a certificate.
+    pub tls: Option<TlsFiles>,
+    /// `requirepass` (and `masterauth` on a cluster): the `default` user's password.
+    pub password: Option<String>,
+}
+
+/// The PEM files of a TLS server.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The server's certificate (chain).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signed it (`--tls-ca-cert-file`; redis-server wants one even when it does
+    /// not check clients).
+    pub ca: PathBuf,
+}
 
 /// A running `redis-server` owned by this process.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The TLS port, with `options.tls`.
+    tls_port: u16,
     dir: tempfile::TempDir,
     /// Run as a Redis Cluster node.
     cluster: bool,
-    appendonly: bool,
+    options: Options,
 }
 
 impl RedisServer {
@@ -29,11 +56,19 @@ impl RedisServer {
     /// Start a server; with `appendonly` it persists every write (`appendfsync always`) so a
     /// restart keeps everything.
     pub fn start_with(appendonly: bool) -> std::io::Result<Self> {
+        Self::start_with_options(Options { appendonly, ..Options::default() })
+    }
+
+    /// Start a server as `options` say.
+    pub fn start_with_options(options: Options) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-redis-").tempdir()?;
-        let mut server = Self { child: None, port: 0, dir, appendonly, cluster: false };
+        let mut server = Self { child: None, port: 0, tls_port: 0, dir, options, cluster: false };
         let mut last_err = None;
         for _ in 0..5 {
             server.port = free_port()?;
+            if server.options.tls.is_some() {
+                server.tls_port = free_port()?;
+            }
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => {
@@ -64,7 +99,24 @@ impl RedisServer {
                 .arg("--cluster-config-file")
                 .arg(self.dir.path().join("nodes.conf"));
         }
-        if self.appendonly {
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--tls-port")
+                .arg(self.tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args(["--tls-auth-clients", "no"]);
+            if self.cluster {
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
+        }
+        if let Some(password) = &self.options.password {
+            cmd.arg("--requirepass").arg(password).arg("--masterauth").arg(password);
+        }
+        if self.options.appendonly {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
@@ -101,6 +153,20 @@ impl RedisServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, with `default:PASSWORD@` when the server has a password
+    /// (started with [`Options::tls`]).
+    pub fn tls_url(&self) -> String {
+        match &self.options.password {
+            Some(password) => format!("rediss://default:{password}@127.0.0.1:{}", self.tls_port),
+            None => format!("rediss://127.0.0.1:{}", self.tls_port),
+        }
+    }
+
+    /// The TLS port (0 without [`Options::tls`]).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port
     }
 
     /// The server's data directory.
@@ -171,14 +237,29 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Start six nodes and join them into a cluster.
     pub fn start() -> std::io::Result<Self> {
+        Self::start_with_options(Options::default())
+    }
+
+    /// Start six nodes as `options` say and join them into a cluster. With TLS the nodes
+    /// talk to each other (bus, replication) over TLS and announce their TLS ports; each keeps
+    /// a plain port too, for [`RedisCluster::cli`].
+    pub fn start_with_options(options: Options) -> std::io::Result<Self> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
-            nodes.push(Self::start_node()?);
+            nodes.push(Self::start_node(&options)?);
         }
         let mut create = Command::new("redis-cli");
+        if let Some(tls) = &options.tls {
+            create.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        if let Some(password) = &options.password {
+            create.arg("-a").arg(password).arg("--no-auth-warning");
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
-            create.arg(format!("127.0.0.1:{}", node.port));
+            // The port the cluster bus is derived from (+10000): the TLS one under tls-cluster.
+            let port = if options.tls.is_some() { node.tls_port } else { node.port };
+            create.arg(format!("127.0.0.1:{port}"));
         }
         let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).stdin(Stdio::null()).output()?;
         if !out.status.success() {
@@ -203,11 +284,18 @@ impl RedisCluster {
 
     /// A fresh cluster-enabled node on a free port below 55535 (its bus port is port + 10000),
     /// not yet in a cluster.
-    fn start_node() -> std::io::Result<RedisServer> {
+    fn start_node(options: &Options) -> std::io::Result<RedisServer> {
         let dir = tempfile::Builder::new().prefix("ferry-redis-cluster-").tempdir()?;
-        let mut node = RedisServer { child: None, port: 0, dir, appendonly: false, cluster: true };
+        let options = Options { appendonly: false, ..options.clone() };
+        let mut node = RedisServer { child: None, port: 0, tls_port: 0, dir, options, cluster: true };
         for _ in 0..5 {
-            node.port = free_cluster_port()?;
+            // Under tls-cluster the bus is the TLS port + 10000, else the plain port + 10000.
+            if node.options.tls.is_some() {
+                node.port = free_port()?;
+                node.tls_port = free_cluster_port()?;
+            } else {
+                node.port = free_cluster_port()?;
+            }
             if node.spawn().is_ok() {
                 return Ok(node);
             }
@@ -219,9 +307,9 @@ impl RedisCluster {
     /// Start a fresh node and make it a replica of primary `primary`, as an operator adds one:
     /// `CLUSTER MEET` (it joins the cluster), then `CLUSTER REPLICATE` once it knows the
     /// primary. Waits until its replication link is up and every node lists it. Returns its
-    /// index in [`RedisCluster::nodes`].
+    /// index in [`RedisCluster::nodes`]. For a cluster started without TLS or a password.
     pub fn add_replica(&mut self, primary: usize, timeout: Duration) -> std::io::Result<usize> {
-        let node = Self::start_node()?;
+        let node = Self::start_node(&Options::default())?;
         let primary_port = self.nodes[primary].port;
         self.nodes.push(node);
         let i = self.nodes.len() - 1;
@@ -253,7 +341,7 @@ impl RedisCluster {
         let deadline = Instant::now() + timeout;
         loop {
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                let info = cli(n.port, &["CLUSTER", "INFO"]);
+                let info = cli(n, &["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
             });
             if ok {
@@ -271,19 +359,22 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
     }
 
+    /// The TLS seed URLs (`rediss://`, with the password), comma-separated.
+    pub fn tls_seeds(&self) -> String {
+        self.nodes.iter().map(RedisServer::tls_url).collect::<Vec<_>>().join(",")
+    }
+
     /// The index of the node that serves `slot` as primary now.
     pub fn primary_of(&self, slot: u16) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|n| n.child.is_some() && cli(n.port, &["ROLE"]).starts_with("master") && owns(n.port, slot))
+        self.nodes.iter().position(|n| n.child.is_some() && cli(n, &["ROLE"]).starts_with("master") && owns(n, slot))
     }
 
     /// The index of a replica of node `primary`.
     pub fn replica_of(&self, primary: usize) -> Option<usize> {
-        let id = cli(self.nodes[primary].port, &["CLUSTER", "MYID"]).trim().to_string();
+        let id = cli(&self.nodes[primary], &["CLUSTER", "MYID"]).trim().to_string();
         self.nodes.iter().position(|n| {
             n.child.is_some()
-                && cli(n.port, &["CLUSTER", "NODES"]).lines().any(|l| {
+                && cli(n, &["CLUSTER", "NODES"]).lines().any(|l| {
                     let f: Vec<&str> = l.split_whitespace().collect();
                     f.len() > 3 && f[2].contains("myself") && f[2].contains("slave") && f[3] == id
                 })
@@ -292,7 +383,7 @@ impl RedisCluster {
 
     /// `redis-cli -p PORT args...` on node `i`; its output.
     pub fn cli(&self, i: usize, args: &[&str]) -> String {
-        cli(self.nodes[i].port, args)
+        cli(&self.nodes[i], args)
     }
 
     /// Node `i`'s id (`CLUSTER MYID`).
@@ -411,8 +502,8 @@ impl RedisCluster {
 }
 
 /// Whether the node on `port` serves `slot`, from its own line of `CLUSTER NODES`.
-fn owns(port: u16, slot: u16) -> bool {
-    cli(port, &["CLUSTER", "NODES"]).lines().filter(|l| l.contains("myself")).any(|l| {
+fn owns(node: &RedisServer, slot: u16) -> bool {
+    cli(node, &["CLUSTER", "NODES"]).lines().filter(|l| l.contains("myself")).any(|l| {
         l.split_whitespace().skip(8).any(|range| {
             let (a, b) = range.split_once('-').unwrap_or((range, range));
             matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
@@ -420,11 +511,14 @@ fn owns(port: u16, slot: u16) -> bool {
     })
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .arg("-p")
-        .arg(port.to_string())
-        .args(args)
+/// `redis-cli` on `node`'s plain port (with its password).
+fn cli(node: &RedisServer, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.arg("-p").arg(node.port.to_string());
+    if let Some(password) = &node.options.password {
+        cmd.arg("-a").arg(password).arg("--no-auth-warning");
+    }
+    cmd.args(args)
         .stdin(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -441,5 +535,6 @@ fn ping(port: u16) -> bool {
     }
     let mut line = String::new();
     let mut reader = BufReader::new(&mut stream);
-    reader.read_line(&mut line).is_ok() && line.starts_with("+PONG")
+    // A server with a password answers `-NOAUTH`: up all the same.
+    reader.read_line(&mut line).is_ok() && (line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
 }

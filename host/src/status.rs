@@ -7,6 +7,7 @@ use redis::aio::ConnectionLike;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::connection::Scan;
 use crate::consume::read;
 use crate::keys::SubscriberKeys;
 
@@ -68,7 +69,7 @@ fn as_u64(v: Option<i64>) -> Option<u64> {
 }
 
 /// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
-pub async fn discover<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
+pub async fn discover<C: Scan>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
     let mut streams: Vec<String> = extra.to_vec();
     for key in crate::connection::scan(conn, "ferry:retry:{*}:*", None).await? {
         if let Some(rest) = key.strip_prefix("ferry:retry:{")
@@ -378,7 +379,7 @@ async fn first_at<C: ConnectionLike>(conn: &mut C, stream: &str, start: &str) ->
 }
 
 /// Every ferry group on the streams that carry one, plus `extra` streams.
-pub async fn snapshot<C: ConnectionLike>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
+pub async fn snapshot<C: Scan>(conn: &mut C, extra: &[String]) -> anyhow::Result<Vec<GroupStatus>> {
     let streams = discover(conn, extra).await.context("listing streams")?;
     collect(conn, &streams).await.context("reading group state")
 }

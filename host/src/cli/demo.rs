@@ -95,7 +95,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("plugin {} {} {}", p.name, p.version.as_deref().unwrap_or("-"), p.state);
     }
 
-    let (_, mut conn) = ferry::connection::connect(&ferry::connection::Target::Node(url.clone())).await?;
+    let (_, mut conn) = ferry::connection::connect(&ferry::connection::Target::node(url.clone())).await?;
     // The orders module writes its order and the event in one transaction (the outbox pattern).
     let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
     order.partitionkey = Some("o-1001".into());

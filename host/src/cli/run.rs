@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// Talk to a Redis Cluster (overrides the file).
     #[arg(long, env = "FERRY_CLUSTER")]
     pub cluster: bool,
+    /// PEM file of the CA certificates rediss:// trusts instead of the system's roots
+    /// (overrides the file's tls_ca).
+    #[arg(long, env = "FERRY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// What writes must reach before they count as done: primary or replicated (overrides
     /// the file; replicated waits for one replica with WAIT).
     #[arg(long, env = "FERRY_DURABILITY")]
@@ -62,6 +66,9 @@ impl RunArgs {
             config.redis = v.clone();
         }
         config.cluster |= self.cluster;
+        if let Some(v) = &self.tls_ca {
+            config.tls_ca = Some(v.clone());
+        }
         if let Some(v) = self.durability {
             config.durability = v;
         }

@@ -268,26 +268,14 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Box<dyn Stream>, 
     }
 }
 
-/// One TLS client configuration for the process: the system's roots, ring's primitives.
+/// One TLS client configuration for the process: the system's roots, ring's primitives
+/// (crate::tls, shared with Redis and PostgreSQL).
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, Error> {
     use tokio_rustls::rustls;
     static CONFIG: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>> = std::sync::OnceLock::new();
     let config = CONFIG.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for e in &found.errors {
-            tracing::warn!("reading the system's TLS roots: {e}");
-        }
-        roots.add_parsable_certificates(found.certs);
-        // ring rather than aws-lc-rs: no C toolchain or cmake in the build. Its provider lacks
-        // the post-quantum key exchange (hence the deprecation); fine for plugins' API calls.
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("cannot build the outbound TLS configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = crate::tls::client_config(crate::tls::system_roots(), crate::tls::Verify::Full)
+            .map_err(|e| format!("cannot build the outbound TLS configuration: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     });

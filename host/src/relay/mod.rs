@@ -14,6 +14,8 @@
 //!   rows below the oldest running transaction, `XADD` each with its own event id, then mark
 //!   them; LISTEN/NOTIFY wakes it, polling backs it up.
 //! - [`manage`]: list failed rows and re-queue them (`ferry relay failed|retry`).
+//! - [`tls`]: `sslmode` and `sslrootcert` on rustls (the session is encrypted unless the
+//!   connection string says `sslmode=disable`).
 //! - [`command`]: the `ferry relay` command line.
 //!
 //! Why snapshot xmin rather than a sequence watermark, and what order is kept: docs/relay.md.
@@ -22,6 +24,7 @@ pub mod manage;
 pub mod producer;
 pub mod row;
 pub mod schema;
+pub mod tls;
 pub mod worker;
 
 pub use producer::{add, add_to};
@@ -41,6 +44,9 @@ pub enum RelayError {
     /// The PostgreSQL URL does not parse.
     #[error("invalid postgres URL: {0}")]
     Url(String),
+    /// The TLS settings of the PostgreSQL URL cannot be used (`sslrootcert` unreadable).
+    #[error("postgres TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The session holding the relay lock closed: this relay is no longer the active one.
     #[error("postgres: the session holding the relay lock closed")]
     LockLost,
@@ -56,20 +62,12 @@ pub enum RelayError {
 }
 
 /// The message of a PostgreSQL error (the server's own text when there is one; the client's
-/// `Display` alone says only "db error").
+/// `Display` alone says only "db error"), with its sources and, for a refused certificate, a
+/// hint.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                text.push_str(": ");
-                text.push_str(&s.to_string());
-                source = s.source();
-            }
-            text
-        }
+        None => crate::tls::explain(e, "sslrootcert"),
     }
 }
 
@@ -81,13 +79,15 @@ pub async fn connect(
 ) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>), RelayError> {
     use futures_util::StreamExt as _;
 
+    let (url, tls) = tls::split(url).map_err(RelayError::Url)?;
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|e: tokio_postgres::Error| RelayError::Url(crate::redact::redact(&e.to_string())))?;
     config.application_name(application_name);
+    config.ssl_mode(tls.ssl_mode());
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(5));
     }
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (client, mut connection) = config.connect(tls.connector()?).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -105,5 +105,21 @@ pub async fn connect(
             }
         }
     });
+    // A Unix socket is local and never offers TLS: nothing to warn about there.
+    let local = config.get_hosts().iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    if tls.mode == tls::Mode::Prefer && !local {
+        // `prefer` falls back to plaintext when the server offers no TLS: say so, once per
+        // session, rather than send the rows (and the password exchange) unannounced.
+        let encrypted: Option<bool> = client
+            .query_opt("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await?
+            .map(|row| row.get(0));
+        if encrypted != Some(true) {
+            tracing::warn!(
+                "the PostgreSQL session is not encrypted: the server offers no TLS and sslmode is \
+                 prefer (the default); set sslmode=require or verify-full to refuse plaintext"
+            );
+        }
+    }
     Ok((client, rx))
 }

@@ -84,7 +84,7 @@ impl Settings {
         crate::keys::check_name("stream", default_stream).map_err(RelayError::Event)?;
         Ok(Self {
             postgres: config.postgres.clone(),
-            target: Target::Node(redis.to_string()),
+            target: Target::node(redis.to_string()),
             partitions: Default::default(),
             replication: Replication::PRIMARY,
             on_missing_replica: OnMissingReplica::Wait,

@@ -24,3 +24,4 @@ mod retention;
 mod sandbox;
 mod security;
 mod state;
+mod tls;

@@ -41,6 +41,17 @@ pub fn settings(pg: &PostgresServer, redis_url: &str) -> ferry::relay::Settings 
     ferry::relay::Settings::from_config(&config, redis_url, "events").expect("valid relay settings")
 }
 
+/// Relay settings for tests with the PostgreSQL connection string `postgres`.
+pub fn settings_for(postgres: &str, redis_url: &str) -> ferry::relay::Settings {
+    let config = ferry::config::RelayConfig {
+        postgres: postgres.to_string(),
+        poll: Duration::from_millis(100),
+        lock_retry: Duration::from_millis(100),
+        ..Default::default()
+    };
+    ferry::relay::Settings::from_config(&config, redis_url, "events").expect("valid relay settings")
+}
+
 /// A relay running in this process until stopped.
 pub struct InProcessRelay {
     stop: Option<tokio::sync::oneshot::Sender<()>>,

@@ -96,7 +96,7 @@ async fn relays_to_partitions(target: Target, durability: Durability) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_routes_rows_to_their_partitions_on_a_single_node() {
     let redis = RedisServer::start().expect("redis");
-    relays_to_partitions(Target::Node(redis.url()), Durability::Primary).await;
+    relays_to_partitions(Target::node(redis.url()), Durability::Primary).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +141,7 @@ async fn under_replicated_durability_rows_stay_unmarked_until_a_replica_has_them
         assert!(Instant::now() < deadline, "rows not marked after a replica arrived: {}", status.backlog);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (_, mut conn) = ferry::connection::connect(&Target::Node(primary.url())).await.expect("connect");
+    let (_, mut conn) = ferry::connection::connect(&Target::node(primary.url())).await.expect("connect");
     let ids: std::collections::HashSet<String> =
         stream_events(&mut conn, "events").await.into_iter().map(|e| e.id).collect();
     assert!(events.iter().all(|e| ids.contains(&e.id)), "every event in the stream");

@@ -38,7 +38,7 @@ async fn publish_waits_for_a_replica_and_says_when_none_confirmed() {
     let primary = RedisServer::start().expect("primary");
     let mut replica = RedisServer::start().expect("replica");
     replicate(&primary, &replica);
-    let (_, mut conn) = ferry::connection::connect(&Target::Node(primary.url())).await.expect("connect");
+    let (_, mut conn) = ferry::connection::connect(&Target::node(primary.url())).await.expect("connect");
     let event = Event::new("OrderCreated", "tests", "{}");
     let entry = ferry::outbox::publish_with(&mut conn, "events", &event, replicated(5_000)).await.expect("replicated");
     // Confirmed means the replica has it now, not eventually.
@@ -154,7 +154,7 @@ async fn a_replay_under_replicated_durability_says_when_no_replica_confirmed_its
     let primary = RedisServer::start().expect("primary");
     let mut replica = RedisServer::start().expect("replica");
     replicate(&primary, &replica);
-    let (_, mut conn) = ferry::connection::connect(&Target::Node(primary.url())).await.expect("connect");
+    let (_, mut conn) = ferry::connection::connect(&Target::node(primary.url())).await.expect("connect");
     let dlq = ferry::keys::SubscriberKeys::new("events", "rec").dlq;
     let dead_letter = |conn: &mut ferry::connection::Conn| {
         let event = Event::new("A", "tests", "{}");

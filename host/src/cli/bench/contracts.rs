@@ -42,7 +42,7 @@ async fn bench_with(
     registry: Option<Arc<ferry::contract::Registry>>,
     upcasters: Option<Arc<ferry::contract::upcast::Upcasters>>,
 ) -> anyhow::Result<Bench> {
-    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::Node(bench.url.clone())).await?;
+    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::node(bench.url.clone())).await?;
     Ok(Bench {
         url: bench.url.clone(),
         ctx: Arc::new(context(redis, shared, registry, upcasters)),

@@ -500,7 +500,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let server = RedisServer::start().context("starting redis-server for the benchmark")?;
-    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::Node(server.url())).await?;
+    let (redis, shared) = ferry::connection::connect(&ferry::connection::Target::node(server.url())).await?;
     let ctx = Arc::new(context(redis, shared, None, None));
     let engine = Engine::new(&Default::default())?;
     let bench = Bench { url: server.url(), ctx, engine };
