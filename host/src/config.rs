@@ -332,6 +332,7 @@ impl PluginFilesConfig {
                 ("read_streams", file.read_streams.is_some()),
                 ("subscriptions", file.subscriptions.is_some()),
                 ("state", file.state.is_some()),
+                ("http", file.http.is_some()),
             ];
             if let Some((what, _)) = grants.iter().find(|(_, set)| *set) {
                 return refuse(what, "plugin_files.grants is off (grant it in [subscribers.NAME])".into());
@@ -475,6 +476,58 @@ pub struct SubscriberConfig {
     /// event's acknowledgement: `state = true`, or a table of its bounds
     /// (`[subscribers.NAME.state] quota_bytes = ...`). Default: off.
     pub state: Option<StateSetting>,
+    /// Outbound HTTP (`wasi:http/outgoing-handler`), granted by a table:
+    /// `[subscribers.NAME.http] allow = ["https://api.example.com", ...]` with its bounds.
+    /// Default: not granted (a plugin importing `wasi:http` is refused at load).
+    pub http: Option<HttpConfig>,
+}
+
+/// A subscriber's outbound HTTP grant and bounds (`[subscribers.NAME.http]`); every key but
+/// `allow` has a default. The grammar of `allow` is `plugin::capability::http::allow`'s.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where requests may go: `scheme://host[:port]` (`http` or `https`; the host a name, a
+    /// name with a leading `*.` for its subdomains, an IP literal or a CIDR block; an omitted
+    /// port is the scheme's default). Empty: every request is refused. Default: empty.
+    pub allow: Vec<String>,
+    /// Add `Idempotency-Key: SUBSCRIBER:EVENT_ID` to every request (the same on every
+    /// attempt of an event), unless the guest set one. Default true.
+    pub idempotency_key: bool,
+    /// Connecting (TCP and TLS). Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// From the request sent to the response's first byte. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
+    /// Between two chunks of the response body. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub between_bytes_timeout: Duration,
+    /// Requests one event may make (each attempt counts afresh). Default 16.
+    pub requests_per_event: u32,
+    /// Bytes of one request body. Default 1 MiB.
+    pub request_bytes: u64,
+    /// Bytes of one response body. Default 4 MiB.
+    pub response_bytes: u64,
+    /// Requests of the subscriber in flight at once, across its concurrent events; a request
+    /// past it waits (within the event's deadline). Default 32.
+    pub concurrent_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            idempotency_key: true,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(5),
+            between_bytes_timeout: Duration::from_secs(5),
+            requests_per_event: 16,
+            request_bytes: 1 << 20,
+            response_bytes: 4 << 20,
+            concurrent_requests: 32,
+        }
+    }
 }
 
 /// `state = true | false`, or a table of bounds (which grants it).
@@ -623,6 +676,8 @@ pub struct Effective {
     pub read_streams: Vec<String>,
     /// Its state bounds, when state is granted.
     pub state: Option<StateLimits>,
+    /// Its outbound HTTP grant and bounds, when granted.
+    pub http: Option<HttpConfig>,
 }
 
 impl SubscriberConfig {
@@ -640,6 +695,7 @@ impl SubscriberConfig {
             publish_streams: self.publish_streams.clone().or_else(|| lower.publish_streams.clone()),
             read_streams: self.read_streams.clone().or_else(|| lower.read_streams.clone()),
             state: self.state.or(lower.state),
+            http: self.http.clone().or_else(|| lower.http.clone()),
         }
     }
 
@@ -662,6 +718,7 @@ impl SubscriberConfig {
                 Some(StateSetting::On(true)) => Some(StateLimits::default()),
                 Some(StateSetting::With(limits)) => Some(limits),
             },
+            http: self.http.clone(),
         }
     }
 
@@ -700,6 +757,23 @@ impl SubscriberConfig {
         }
         if effective.limits.deadline.is_zero() {
             return Err(ConfigError::Invalid("limits.deadline must be above zero".into()));
+        }
+        // `http.allow` is read where the grant is made (`plugin::capability::http`, at load),
+        // which owns its grammar: config depends on no other module of the host.
+        if let Some(http) = &effective.http {
+            for (what, value) in [
+                ("http.connect_timeout", http.connect_timeout),
+                ("http.first_byte_timeout", http.first_byte_timeout),
+                ("http.between_bytes_timeout", http.between_bytes_timeout),
+            ] {
+                check_duration(what, value, MAX_DURATION)?;
+                if value.is_zero() {
+                    return Err(ConfigError::Invalid(format!("{what} must be above zero")));
+                }
+            }
+            if http.concurrent_requests == 0 {
+                return Err(ConfigError::Invalid("http.concurrent_requests must be at least 1".into()));
+            }
         }
         Ok(effective)
     }
@@ -1080,6 +1154,27 @@ max = 1"
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_http_table_grants_outbound_http_with_defaults_for_each_bound() {
+        let config: Config = toml::from_str(
+            "[subscribers.welcome.http]\nallow = [\"https://api.example.com\", \"http://10.0.0.0/8\"]\nresponse_bytes = 1024\nfirst_byte_timeout = \"250ms\"\nidempotency_key = false",
+        )
+        .expect("valid config");
+        let http = config.subscriber("welcome", None).expect("effective").http.expect("granted");
+        assert_eq!(http.allow, ["https://api.example.com", "http://10.0.0.0/8"]);
+        assert_eq!(http.response_bytes, 1024);
+        assert_eq!(http.first_byte_timeout, Duration::from_millis(250));
+        assert!(!http.idempotency_key);
+        assert_eq!(http.connect_timeout, HttpConfig::default().connect_timeout, "a bound left out keeps its default");
+        assert!(config.subscriber("other", None).expect("effective").http.is_none(), "deny by default");
+        let zero: Config = toml::from_str("[subscribers.w.http]\nconnect_timeout = \"0s\"").expect("parses");
+        assert!(zero.subscriber("w", None).is_err());
+        assert!(toml::from_str::<SubscriberConfig>("[http]\nallowed = []").is_err(), "unknown key");
+        let strict: Config = toml::from_str("[plugin_files]\ngrants = false").expect("valid");
+        let file: SubscriberConfig = toml::from_str("[http]\nallow = [\"https://x.example\"]").expect("valid");
+        assert!(strict.subscriber("w", Some(&file)).is_err(), "a plugin file may not grant itself HTTP then");
     }
 
     #[test]
