@@ -387,6 +387,7 @@ impl Host {
                 declared.len()
             )));
         }
+        crate::plugin::capability::http::check(&self.engine.engine, plugin.pre.component(), &plugin.name, &effective)?;
         let mut subscriptions = Vec::new();
         let mut streams = std::collections::BTreeSet::new();
         for sub in declared {
@@ -413,6 +414,7 @@ impl Host {
         let services = crate::plugin::capability::seam::Services {
             contracts: self.ctx.contracts.clone(),
             redis: Some(self.ctx.shared.clone()),
+            http_metrics: Some(self.ctx.metrics.http.clone()),
         };
         let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =

@@ -66,6 +66,47 @@ pub struct KeyLabels {
     pub stream: String,
 }
 
+/// Labels of plugins' outbound HTTP requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Subscriber name.
+    pub subscriber: String,
+    /// `ok` (a response arrived, whatever its status), `refused` (the grant or a bound) or
+    /// `failed` (sent or tried, and it failed: connect, timeout, protocol).
+    pub outcome: String,
+}
+
+/// Plugins' outbound HTTP (`plugin::capability::http`), in the host's registry.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    /// Requests by subscriber and outcome (`ferry_http_requests_total`).
+    pub requests: Family<HttpLabels, Counter>,
+    /// Time to the response head (or the failure), seconds, by subscriber.
+    pub duration: Family<SubscriberLabels, Histogram>,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 4.0, 10))),
+        }
+    }
+}
+
+impl HttpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register("http_requests", "Plugins' outbound HTTP requests by outcome", metrics.requests.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a plugin's outbound HTTP request to the response head or the failure",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+}
+
 /// Writes no replica confirmed in time under `durability = "replicated"`, by write.
 pub type Shortfalls = Family<WriteLabels, Counter>;
 
@@ -220,6 +261,8 @@ pub struct Metrics {
     pub relay: RelayMetrics,
     /// Retention of the streams this host trims.
     pub retention: RetentionMetrics,
+    /// Plugins' outbound HTTP.
+    pub http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -314,6 +357,7 @@ impl Metrics {
         );
         let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
         let retention = RetentionMetrics::register(&mut registry);
+        let http = HttpMetrics::register(&mut registry);
         Self {
             registry: Arc::new(registry),
             handled,
@@ -341,6 +385,7 @@ impl Metrics {
             unconfirmed_writes,
             relay,
             retention,
+            http,
         }
     }
 

@@ -113,6 +113,9 @@ impl Engine {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err).context("linking WASI")?;
+        // Outbound HTTP: every request goes through the `http` capability's hooks, and a plugin
+        // importing it without a grant is refused before it is instantiated.
+        super::capability::http::link_wasi(&mut linker).map_err(wasm_err).context("linking wasi:http")?;
         for contract in Contract::ALL {
             // `types` holds only types: an empty instance satisfies a guest's import of it.
             linker.instance(&contract.interface("types")).map_err(wasm_err)?;

@@ -174,6 +174,7 @@ impl Inner {
             budget: event
                 .causationbudget
                 .map_or(crate::event::CAUSATION_BUDGET, |b| b.min(crate::event::CAUSATION_BUDGET)),
+            traceparent: event.traceparent.clone(),
         });
         if let Some(fuel) = self.grants.limits.fuel
             && self.engine.config.fuel

@@ -25,8 +25,6 @@ pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod failure;
-pub mod http_allow;
-pub mod http_send;
 pub mod instance;
 pub mod invoke;
 pub mod limiter;

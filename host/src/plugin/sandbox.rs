@@ -130,6 +130,15 @@ impl WasiView for HostState {
     }
 }
 
+/// `wasi:http` shares WASI's resource table (its bodies are `wasi:io` streams); the hooks and
+/// context are the `http` capability's.
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        let http = &mut self.capabilities.http;
+        wasmtime_wasi_http::WasiHttpCtxView { hooks: &mut http.hooks, table: &mut self.table, ctx: &mut http.ctx }
+    }
+}
+
 impl HasCapabilities for HostState {
     fn capabilities(&mut self) -> &mut Ctxs {
         &mut self.capabilities

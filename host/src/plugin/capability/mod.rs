@@ -13,6 +13,7 @@
 //! `config::SubscriberConfig` if the operator grants it, and one line in `registry!`.
 
 pub mod config;
+pub mod http;
 pub mod log;
 pub mod publish;
 pub mod seam;
@@ -124,6 +125,7 @@ registry! {
     config: config::Config,
     publish: publish::Publish,
     state: state::State,
+    http: http::Http,
 }
 
 impl Grants {

@@ -60,6 +60,8 @@ pub struct Services {
     pub contracts: Option<Arc<crate::contract::Registry>>,
     /// Where handler state is read (the host's shared connection), when there is a Redis.
     pub redis: Option<crate::connection::Conn>,
+    /// Where plugins' outbound HTTP requests are counted, when there is a registry.
+    pub http_metrics: Option<crate::metrics::HttpMetrics>,
 }
 
 impl std::fmt::Debug for Services {
@@ -81,4 +83,6 @@ pub struct Current {
     pub depth: u32,
     /// How many follow-ups it may still have in its chain (see `Event::causationbudget`).
     pub budget: u32,
+    /// Its W3C `traceparent`, if the producer traced it (outbound HTTP carries it on).
+    pub traceparent: Option<String>,
 }

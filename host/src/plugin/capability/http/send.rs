@@ -4,7 +4,7 @@
 //!
 //! Per request, in order: the count per event; the URL against the grant
 //! ([`AllowList::admits`]); the declared body size; the host name resolved here and every
-//! address checked ([`super::http_allow::Admitted::address_allowed`]) before connecting *to
+//! address checked ([`super::allow::Admitted::address_allowed`]) before connecting *to
 //! that address* (so the name cannot be re-resolved elsewhere between check and connect);
 //! TLS with the system's roots for `https`; the three timeouts, each clamped to what is left
 //! of the event's deadline; `Idempotency-Key` (the same on every attempt of the event) and
@@ -13,7 +13,9 @@
 //! recorded with the reason in [`Calls`].
 //!
 //! Redirects are not followed: a 3xx goes to the guest, whose next request is checked like any
-//! other. Connections are not pooled yet (one per request, like wasmtime's default sender).
+//! other. Connections are not pooled yet (one per request, like wasmtime's default sender):
+//! a pooled client must keep the address check per connection, which hyper-util's pool does
+//! not give us as is.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -26,9 +28,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
-use super::http_allow::{AllowList, Scheme};
+use super::allow::{AllowList, Scheme};
+use crate::config::HttpConfig;
+use crate::metrics::{HttpLabels, HttpMetrics};
 
-/// A plugin's outbound HTTP bounds, each with a default and a per-subscriber override.
+/// A plugin's outbound HTTP bounds, as one request needs them (from `config::HttpConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpLimits {
     /// Connecting (TCP and TLS).
@@ -45,16 +49,22 @@ pub struct HttpLimits {
     pub response_bytes: u64,
 }
 
+impl From<&HttpConfig> for HttpLimits {
+    fn from(c: &HttpConfig) -> Self {
+        Self {
+            connect_timeout: c.connect_timeout,
+            first_byte_timeout: c.first_byte_timeout,
+            between_bytes_timeout: c.between_bytes_timeout,
+            requests_per_event: c.requests_per_event,
+            request_bytes: c.request_bytes,
+            response_bytes: c.response_bytes,
+        }
+    }
+}
+
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(2),
-            first_byte_timeout: Duration::from_secs(5),
-            between_bytes_timeout: Duration::from_secs(5),
-            requests_per_event: 16,
-            request_bytes: 1 << 20,
-            response_bytes: 4 << 20,
-        }
+        Self::from(&HttpConfig::default())
     }
 }
 
@@ -96,6 +106,36 @@ impl Outcome {
 /// The calls of one event, shared between the hook and whoever reports them.
 pub type Calls = Arc<Mutex<Vec<Call>>>;
 
+/// Where a call is recorded: the event's [`Calls`], the log (inside the event's span) and
+/// the metrics.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    /// The subscriber, for the metrics' labels.
+    pub subscriber: Arc<str>,
+    /// The host's HTTP metrics, when there is a registry.
+    pub metrics: Option<HttpMetrics>,
+    /// The current event's calls.
+    pub calls: Calls,
+}
+
+impl Recorder {
+    /// Add `call` (refused up front by the hook, or ended in its future).
+    fn record(&self, call: Call) {
+        tracing::debug!(method = %call.method, url = %call.url, outcome = ?call.outcome, took_ms = call.took.as_millis() as u64, "outbound HTTP request");
+        if let Some(m) = &self.metrics {
+            let labels = HttpLabels { subscriber: self.subscriber.to_string(), outcome: call.outcome.label().into() };
+            m.requests.get_or_create(&labels).inc();
+            if !matches!(call.outcome, Outcome::Refused(_)) {
+                let sub = crate::metrics::Metrics::sub(&self.subscriber);
+                m.duration.get_or_create(&sub).observe(call.took.as_secs_f64());
+            }
+        }
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(call);
+        }
+    }
+}
+
 /// The `wasi:http` hooks of one event's call: its grant, bounds, deadline and headers.
 pub struct OutboundHttp {
     /// The subscriber's grant.
@@ -110,8 +150,10 @@ pub struct OutboundHttp {
     pub traceparent: Option<String>,
     /// Requests made so far by this event.
     pub sent: u32,
-    /// What happened to each.
-    pub calls: Calls,
+    /// The subscriber's requests in flight at once (`http.concurrent_requests`).
+    pub permits: Arc<tokio::sync::Semaphore>,
+    /// Where each call is recorded.
+    pub recorder: Recorder,
 }
 
 type Sent = Box<
@@ -119,18 +161,11 @@ type Sent = Box<
         + Send,
 >;
 
-/// Add `call` to `calls` (refused up front by the hook, or ended in its future).
-fn record(calls: &Calls, call: Call) {
-    if let Ok(mut calls) = calls.lock() {
-        calls.push(call);
-    }
-}
-
 impl OutboundHttp {
     fn refuse(&self, method: &str, url: String, why: String, code: Error) -> Sent {
         tracing::warn!(%url, "outbound HTTP request refused: {why}");
         let call = Call { method: method.to_string(), url, outcome: Outcome::Refused(why), took: Duration::ZERO };
-        record(&self.calls, call);
+        self.recorder.record(call);
         Box::new(async move { Err(code) })
     }
 
@@ -191,16 +226,23 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         let limit = self.limits.request_bytes;
         let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize(Some(limit))).boxed_unsync());
         let target = Target { allow: self.allow.clone(), scheme, host, port };
-        let (timeouts, response_bytes, calls) =
-            (self.timeouts(options), self.limits.response_bytes, self.calls.clone());
+        let (timeouts, response_bytes, recorder) =
+            (self.timeouts(options), self.limits.response_bytes, self.recorder.clone());
+        let (permits, deadline) = (self.permits.clone(), self.deadline);
         Box::new(async move {
             let started = Instant::now();
-            let result = send(target, request, timeouts, response_bytes).await;
+            // A request past the subscriber's concurrent requests waits for one to end, but
+            // never past the event's deadline.
+            let left = deadline.saturating_duration_since(started);
+            let result = match tokio::time::timeout(left, permits.acquire_owned()).await {
+                Ok(Ok(permit)) => send(target, request, timeouts, response_bytes, permit).await,
+                _ => Err(Error::ConnectionLimitReached),
+            };
             let outcome = match &result {
                 Ok(r) => Outcome::Status(r.status().as_u16()),
                 Err(e) => Outcome::Failed(format!("{e:?}")),
             };
-            record(&calls, Call { method, url, outcome, took: started.elapsed() });
+            recorder.record(Call { method, url, outcome, took: started.elapsed() });
             result.map(|r| (r, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
         })
     }
@@ -291,6 +333,7 @@ async fn send(
     mut request: http::Request<WasiBody>,
     [connect_timeout, first_byte, between_bytes]: [Duration; 3],
     response_bytes: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<http::Response<WasiBody>, Error> {
     let stream = connect(&target, connect_timeout).await?;
     let io = wasmtime_wasi_http::io::TokioIo::new(stream);
@@ -313,7 +356,8 @@ async fn send(
         return Err(Error::HttpResponseBodySize(declared));
     }
     Ok(response.map(|incoming| {
-        let watched = Watched { incoming, between_bytes, timer: Box::pin(tokio::time::sleep(between_bytes)) };
+        let timer = Box::pin(tokio::time::sleep(between_bytes));
+        let watched = Watched { incoming, between_bytes, timer, _permit: permit };
         Capped::new(watched, response_bytes, Error::HttpResponseBodySize(Some(response_bytes))).boxed_unsync()
     }))
 }
@@ -323,6 +367,9 @@ struct Watched {
     incoming: hyper::body::Incoming,
     between_bytes: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The request counts against the subscriber's concurrent requests until its body is
+    /// read or dropped.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Body for Watched {
@@ -432,7 +479,8 @@ mod tests {
             idempotency_key: Some("welcome:0190-event".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             sent: 0,
-            calls: Calls::default(),
+            permits: Arc::new(tokio::sync::Semaphore::new(4)),
+            recorder: Recorder::default(),
         }
     }
 
@@ -461,7 +509,7 @@ mod tests {
         assert!(head.starts_with("get /mail?to=x http/1.1"), "{head}");
         assert!(head.contains("idempotency-key: welcome:0190-event"), "{head}");
         assert!(head.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), "{head}");
-        let calls = h.calls.lock().expect("lock").clone();
+        let calls = h.recorder.calls.lock().expect("lock").clone();
         assert_eq!(calls[0].outcome, Outcome::Status(200));
         assert_eq!(calls[0].url, format!("http://127.0.0.1:{port}/mail"), "no query in the record");
     }
@@ -477,10 +525,10 @@ mod tests {
         assert!(matches!(get(&mut none, &format!("http://127.0.0.1:{port}/")).await, Err(Error::HttpRequestDenied)));
         assert!(seen.lock().expect("lock").is_empty(), "nothing reached the server");
         assert!(
-            matches!(&h.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("http.allow"))
+            matches!(&h.recorder.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("http.allow"))
         );
         assert!(
-            matches!(&none.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("no [subscribers.NAME.http] allow"))
+            matches!(&none.recorder.calls.lock().expect("lock")[0].outcome, Outcome::Refused(why) if why.contains("no [subscribers.NAME.http] allow"))
         );
     }
 

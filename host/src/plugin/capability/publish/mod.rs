@@ -231,7 +231,7 @@ mod tests {
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
         let mut ctx = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &Services::default())));
         let current =
-            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
+            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10, traceparent: None };
         Publish::begin(&mut ctx, &Arc::new(current));
         ctx
     }
@@ -299,10 +299,10 @@ mod tests {
         let set = Set::build([("T".to_string(), (Contract::default(), [(1, schema)].into()))].into()).expect("set");
         let registry = Arc::new(Registry::with(None, Default::default(), set));
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
-        let services = Services { contracts: Some(registry), redis: None };
+        let services = Services { contracts: Some(registry), ..Services::default() };
         let mut state = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &services)));
         let current =
-            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10 };
+            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10, traceparent: None };
         Publish::begin(&mut state, &Arc::new(current));
         let mut out = outgoing();
         out.data = br#"{"n": -1}"#.to_vec();
