@@ -12,6 +12,7 @@ mod delivery;
 mod e2e;
 mod edges;
 mod guarantees;
+mod http;
 mod observability;
 mod polyglot;
 mod recovery;

@@ -1,0 +1,356 @@
+//! Outbound HTTP granted per subscriber (issue 25), with the fetcher fixture
+//! (`tests/guests/fetcher`: one request through the standard `wasi:http/outgoing-handler`
+//! per event, its status and body length recorded). Each test starts its own Redis and its
+//! own HTTP/1.1 server on a free port, answering by hand.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry::event::Event;
+use ferry_test_fixtures as fixtures;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::Env;
+
+/// What the test server answers.
+#[derive(Clone)]
+enum Reply {
+    /// These bytes, then close.
+    With(String),
+    /// Nothing, ever (the connection is held open).
+    Never,
+}
+
+/// A local HTTP/1.1 server: the requests it received (head and body, as sent).
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    async fn start(reply: Reply) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let requests = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (requests, reply) = (requests.clone(), reply.clone());
+                tokio::spawn(async move {
+                    let request = read_request(&mut conn).await;
+                    requests.lock().expect("lock").push(request);
+                    match reply {
+                        Reply::With(bytes) => {
+                            let _ = conn.write_all(bytes.as_bytes()).await;
+                            let _ = conn.shutdown().await;
+                        }
+                        Reply::Never => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(conn);
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, seen }
+    }
+
+    /// The requests received so far, lower-cased.
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").iter().map(|r| r.to_ascii_lowercase()).collect()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// One request's head and (by its content-length) body.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = conn.read(&mut chunk).await else { break };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok());
+            let chunked = text[..end].to_ascii_lowercase().contains("transfer-encoding: chunked");
+            let body = &text[end + 4..];
+            let complete = match length {
+                Some(n) => body.len() >= n,
+                None if chunked => body.ends_with("0\r\n\r\n"),
+                None => true,
+            };
+            if complete {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+/// The fetcher's plugin file: `http` is the `[http]` table's body (none: not granted).
+fn fetcher_toml(http: Option<&str>, extra: &str) -> String {
+    let http = http.map(|t| format!("[http]\n{t}\n")).unwrap_or_default();
+    format!(
+        r#"start = "beginning"
+publish_streams = ["records"]
+{extra}
+[config]
+record_to = "records"
+[retry]
+max_attempts = 3
+initial_delay = "20ms"
+multiplier = 1.0
+max_delay = "20ms"
+jitter = 0.0
+{http}"#
+    )
+}
+
+fn allow(urls: &[String]) -> String {
+    format!("allow = {}", serde_json::to_string(urls).expect("json"))
+}
+
+fn fetch(data: Value) -> Event {
+    Event::new("Fetch", "tests", data.to_string())
+}
+
+/// The fetcher's record of `event`'s last attempt.
+async fn record_of(env: &Env, event: &Event) -> Value {
+    let id = event.id.clone();
+    let conn = env.conn().await;
+    env.wait_for(&format!("the record of {id}"), Duration::from_secs(60), || {
+        let (mut conn, id) = (conn.clone(), id.clone());
+        async move {
+            let recs = crate::support::records(&mut conn, "records").await;
+            recs.into_iter().filter(|r| r["of"] == id.as_str()).last()
+        }
+    })
+    .await
+}
+
+/// An allowed request reaches the server with `Idempotency-Key: SUBSCRIBER:EVENT_ID` and the
+/// event's `traceparent`, and the guest gets the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_request_succeeds_carrying_the_idempotency_key_and_traceparent() {
+    let server = Server::start(Reply::With(OK.into())).await;
+    let env = Env::new();
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&allow(&[server.url("")])), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let mut e = fetch(json!({"url": server.url("/mail?to=x"), "method": "POST", "body": "hello"}));
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    e.traceparent = Some(traceparent.into());
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    let record = record_of(&env, &e).await;
+    assert_eq!((record["status"].as_u64(), record["bytes"].as_u64()), (Some(200), Some(2)), "{record}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let request = &requests[0];
+    assert!(request.starts_with("post /mail?to=x http/1.1"), "{request}");
+    assert!(request.contains(&format!("idempotency-key: fetcher:{}", e.id.to_ascii_lowercase())), "{request}");
+    assert!(request.contains(&format!("traceparent: {traceparent}")), "{request}");
+    assert!(request.contains("\r\nhello\r\n"), "the body arrived (chunked): {request}");
+    host.stop_all().await;
+}
+
+/// Refused before anything is sent, with `HttpRequestDenied` to the guest: another host,
+/// another port; and after resolution: a granted *name* resolving to loopback
+/// (`http://localhost:PORT` granted by name only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_other_hosts_ports_or_a_name_resolving_to_loopback_are_refused() {
+    let granted = Server::start(Reply::With(OK.into())).await;
+    let other = Server::start(Reply::With(OK.into())).await;
+    // Granted by name only: its address (127.0.0.1) is not named for this port.
+    let named = Server::start(Reply::With(OK.into())).await;
+    let env = Env::new();
+    let grant = allow(&[granted.url(""), format!("http://localhost:{}", named.port)]);
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let cases = [
+        (format!("http://other.example:{}/", granted.port), "HttpRequestDenied"),
+        (other.url("/"), "HttpRequestDenied"),
+        (format!("https://127.0.0.1:{}/", granted.port), "HttpRequestDenied"),
+        (format!("http://localhost:{}/", named.port), "DestinationIpProhibited"),
+    ];
+    for (url, error) in &cases {
+        let e = fetch(json!({"url": url}));
+        ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+        let record = record_of(&env, &e).await;
+        assert_eq!(record["error"].as_str(), Some(*error), "{url}: {record}");
+    }
+    let reached = [&granted, &other, &named].map(|s| s.requests().len());
+    assert_eq!(reached, [0, 0, 0], "nothing reached a server");
+    host.stop_all().await;
+}
+
+/// Redirects are not followed: the guest gets the 3xx as it came, and a request it makes
+/// to the `Location` is checked like any other (here it would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_refused_host_reaches_the_guest_unfollowed() {
+    let redirect = "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/latest/meta-data\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    let server = Server::start(Reply::With(redirect.into())).await;
+    let env = Env::new();
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&allow(&[server.url("")])), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let e = fetch(json!({"url": server.url("/go")}));
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    let record = record_of(&env, &e).await;
+    assert_eq!(record["status"].as_u64(), Some(302), "{record}");
+    let then = fetch(json!({"url": "http://169.254.169.254/latest/meta-data"}));
+    ferry::outbox::publish(&mut conn, "events", &then).await.expect("publish");
+    assert_eq!(record_of(&env, &then).await["error"].as_str(), Some("HttpRequestDenied"));
+    assert_eq!(server.requests().len(), 1, "one request, no redirect followed");
+    host.stop_all().await;
+}
+
+/// A server that accepts and never answers is stopped at the event's deadline (1 s), not at
+/// the first-byte timeout (1 min): the event fails as any event past its deadline does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
+    let server = Server::start(Reply::Never).await;
+    let env = Env::new();
+    let grant = format!("{}\nfirst_byte_timeout = \"1m\"", allow(&[server.url("")]));
+    let toml = fetcher_toml(Some(&grant), "[limits]\ndeadline = \"1s\"").replace("max_attempts = 3", "max_attempts = 1");
+    env.add_plugin("fetcher", fixtures::FETCHER, &toml);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let e = fetch(json!({"url": server.url("/slow")}));
+    let published = Instant::now();
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    // Either the clamped timeout reaches the guest just before its deadline (it records the
+    // error) or the deadline cuts the call (a dead letter): both within the deadline's slack.
+    let ended = env
+        .wait_for("the event to end", Duration::from_secs(30), || {
+            let (mut conn, id) = (conn.clone(), e.id.clone());
+            async move {
+                let recs = crate::support::records(&mut conn, "records").await;
+                if let Some(r) = recs.into_iter().find(|r| r["of"] == id.as_str()) {
+                    return Some(format!("recorded {r}"));
+                }
+                let letters = ferry::dlq::list(&mut conn, Some("fetcher"), 10).await.ok()?;
+                letters.into_iter().find(|l| l.event_id == id).map(|l| format!("dead-lettered: {} {}", l.kind, l.reason))
+            }
+        })
+        .await;
+    let took = published.elapsed();
+    assert!(took < Duration::from_secs(10), "ended after {took:?} ({ended}), long before the 1 min timeout");
+    assert!(ended.contains("deadline") || ended.contains("Timeout"), "{ended}");
+    assert_eq!(server.requests().len(), 1, "the request was sent");
+    host.stop_all().await;
+}
+
+/// A response body over `response_bytes` is an error to the guest, whether its length is
+/// declared up front or it streams past the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_over_the_cap_is_an_error() {
+    let declared = format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100));
+    let chunk = "y".repeat(80);
+    let streamed = format!(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n50\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let (a, b) = (Server::start(Reply::With(declared)).await, Server::start(Reply::With(streamed)).await);
+    let env = Env::new();
+    let grant = format!("{}\nresponse_bytes = 64", allow(&[a.url(""), b.url("")]));
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    for server in [&a, &b] {
+        let e = fetch(json!({"url": server.url("/big")}));
+        ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+        let record = record_of(&env, &e).await;
+        // Declared: the `HttpResponseBodySize` code from `handle`; streamed: the body stream's
+        // error, which wasmtime-wasi-http gives the guest as its message.
+        let error = record["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("HttpResponseBodySize") || error.contains("body size exceeds limit: 64 bytes"),
+            "{record}"
+        );
+    }
+    host.stop_all().await;
+}
+
+/// Every attempt of a retried event sends the same `Idempotency-Key`; a subscriber with
+/// `idempotency_key = false` sends none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_key_is_equal_across_the_attempts_of_a_retried_event() {
+    let server = Server::start(Reply::With(OK.into())).await;
+    let env = Env::new();
+    let grant = allow(&[server.url("")]);
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), ""));
+    env.add_plugin("nokey", fixtures::FETCHER, &fetcher_toml(Some(&format!("{grant}\nidempotency_key = false")), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let e = fetch(json!({"url": server.url("/charge"), "retry_below": 3}));
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    env.wait_for("three attempts of each subscriber", Duration::from_secs(60), || async {
+        (server.requests().len() >= 6).then_some(())
+    })
+    .await;
+    env.settled_groups("events", &["fetcher", "nokey"], Duration::from_secs(60)).await;
+    let requests = server.requests();
+    let key = format!("idempotency-key: fetcher:{}\r\n", e.id.to_ascii_lowercase());
+    let keyed = requests.iter().filter(|r| r.contains(&key)).count();
+    let without = requests.iter().filter(|r| !r.contains("idempotency-key")).count();
+    assert_eq!((requests.len(), keyed, without), (6, 3, 3), "{requests:#?}");
+    host.stop_all().await;
+}
+
+/// The host's shutdown does not wait on a hung server beyond `shutdown_grace`, even with a
+/// long deadline and long HTTP timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_the_grace_while_a_call_hangs() {
+    let server = Server::start(Reply::Never).await;
+    let env = Env::new();
+    let grant = format!("{}\nfirst_byte_timeout = \"10m\"", allow(&[server.url("")]));
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), "[limits]\ndeadline = \"10m\""));
+    let mut config = env.config();
+    config.shutdown_grace = Duration::from_secs(1);
+    let host = ferry::host::Host::start(config).await.expect("host");
+    let mut conn = env.conn().await;
+    ferry::outbox::publish(&mut conn, "events", &fetch(json!({"url": server.url("/hang")}))).await.expect("publish");
+    env.wait_for("the request to reach the server", Duration::from_secs(30), || async {
+        (!server.requests().is_empty()).then_some(())
+    })
+    .await;
+    let stopping = Instant::now();
+    host.stop_all().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?} (grace 1 s)");
+}
+
+/// A plugin whose component imports `wasi:http` is refused at load without an `[http]`
+/// grant, with a message naming it, and with a grant entry that cannot be read, naming the
+/// entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_importing_wasi_http_without_a_grant_is_refused_at_load() {
+    let env = Env::new();
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(None, ""));
+    env.add_plugin("badgrant", fixtures::FETCHER, &fetcher_toml(Some(r#"allow = ["https://api.example.com/v1"]"#), ""));
+    env.add_plugin("granted", fixtures::FETCHER, &fetcher_toml(Some("allow = []"), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    let state = |name: &str| plugins.iter().find(|p| p.name == name).cloned().expect(name);
+    let refused = state("fetcher");
+    assert_eq!(refused.state, "refused");
+    let error = refused.error.unwrap_or_default();
+    assert!(error.contains("wasi:http") && error.contains("[subscribers.fetcher.http]"), "{error}");
+    let bad = state("badgrant");
+    assert_eq!(bad.state, "refused");
+    assert!(bad.error.unwrap_or_default().contains("https://api.example.com/v1"), "the entry is named");
+    assert_eq!(state("granted").state, "running", "an empty allow list loads (and refuses every request)");
+    host.stop_all().await;
+}
