@@ -111,7 +111,8 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         )),
         None => None,
     };
-    let services = ferry::plugin::capability::seam::Services { contracts: contracts.clone(), redis: None, http_metrics: None };
+    let services =
+        ferry::plugin::capability::seam::Services { contracts: contracts.clone(), redis: None, http_metrics: None };
     let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &settings, &services));
     let runner = Runner::with_concurrency(engine, plugin, grants, 1);
     let invalid = contracts.as_ref().and_then(|c| c.validate(&event).err());

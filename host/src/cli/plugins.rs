@@ -139,6 +139,10 @@ fn grants_needed(engine: &ferry::plugin::Engine, plugin: &ferry::plugin::Plugin)
         let needs = match (interface, provided) {
             (_, Some((_, needs))) => needs,
             ("ferry:plugin/types", None) => continue,
+            ("wasi:http/outgoing-handler", None) => {
+                "makes outbound HTTP requests: needs a `[subscribers.NAME.http]` table with `allow = [...]` (refused at load without it)"
+            }
+            (other, None) if other.starts_with("wasi:http/") => continue,
             (other, None) if other.starts_with("wasi:") => {
                 wasi += 1;
                 continue;

@@ -7,8 +7,8 @@
 //! - [`contract`]: the versions of the `ferry:plugin` contract, side by side; [`bindings`]:
 //!   the one `bindgen!` per version; [`instance`]: a component and its instances of
 //!   whichever version.
-//! - [`capability`]: what a plugin may import (`log`, `config`, `publish`), one folder each
-//!   behind one trait, registered in one place.
+//! - [`capability`]: what a plugin may import (`log`, `config`, `publish`, `state`, and
+//!   `wasi:http` as `http`), one folder each behind one trait, registered in one place.
 //! - [`engine`]: the one engine and its linker; [`schedule`]: the CPU permits and the epoch
 //!   tick; [`throttle`]: a subscriber's adaptive limit of calls in flight.
 //! - [`sandbox`]: a store's state; [`limiter`]: its bounds; [`pipe`]: its captured stdio;

@@ -70,8 +70,7 @@ impl Server {
 async fn read_request(conn: &mut tokio::net::TcpStream) -> String {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    loop {
-        let Ok(n) = conn.read(&mut chunk).await else { break };
+    while let Ok(n) = conn.read(&mut chunk).await {
         if n == 0 {
             break;
         }
@@ -134,7 +133,7 @@ async fn record_of(env: &Env, event: &Event) -> Value {
         let (mut conn, id) = (conn.clone(), id.clone());
         async move {
             let recs = crate::support::records(&mut conn, "records").await;
-            recs.into_iter().filter(|r| r["of"] == id.as_str()).last()
+            recs.into_iter().rfind(|r| r["of"] == id.as_str())
         }
     })
     .await
@@ -224,7 +223,8 @@ async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
     let server = Server::start(Reply::Never).await;
     let env = Env::new();
     let grant = format!("{}\nfirst_byte_timeout = \"1m\"", allow(&[server.url("")]));
-    let toml = fetcher_toml(Some(&grant), "[limits]\ndeadline = \"1s\"").replace("max_attempts = 3", "max_attempts = 1");
+    let toml =
+        fetcher_toml(Some(&grant), "[limits]\ndeadline = \"1s\"").replace("max_attempts = 3", "max_attempts = 1");
     env.add_plugin("fetcher", fixtures::FETCHER, &toml);
     let host = ferry::host::Host::start(env.config()).await.expect("host");
     let mut conn = env.conn().await;
@@ -242,7 +242,10 @@ async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
                     return Some(format!("recorded {r}"));
                 }
                 let letters = ferry::dlq::list(&mut conn, Some("fetcher"), 10).await.ok()?;
-                letters.into_iter().find(|l| l.event_id == id).map(|l| format!("dead-lettered: {} {}", l.kind, l.reason))
+                letters
+                    .into_iter()
+                    .find(|l| l.event_id == id)
+                    .map(|l| format!("dead-lettered: {} {}", l.kind, l.reason))
             }
         })
         .await;
@@ -259,9 +262,8 @@ async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
 async fn a_response_over_the_cap_is_an_error() {
     let declared = format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100));
     let chunk = "y".repeat(80);
-    let streamed = format!(
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n50\r\n{chunk}\r\n0\r\n\r\n"
-    );
+    let streamed =
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n50\r\n{chunk}\r\n0\r\n\r\n");
     let (a, b) = (Server::start(Reply::With(declared)).await, Server::start(Reply::With(streamed)).await);
     let env = Env::new();
     let grant = format!("{}\nresponse_bytes = 64", allow(&[a.url(""), b.url("")]));
@@ -334,7 +336,7 @@ async fn shutdown_ends_within_the_grace_while_a_call_hangs() {
 
 /// A plugin whose component imports `wasi:http` is refused at load without an `[http]`
 /// grant, with a message naming it, and with a grant entry that cannot be read, naming the
-/// entry.
+/// entry; `ferry plugins check` says which grant the import needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_importing_wasi_http_without_a_grant_is_refused_at_load() {
     let env = Env::new();
@@ -353,4 +355,11 @@ async fn a_plugin_importing_wasi_http_without_a_grant_is_refused_at_load() {
     assert!(bad.error.unwrap_or_default().contains("https://api.example.com/v1"), "the entry is named");
     assert_eq!(state("granted").state, "running", "an empty allow list loads (and refuses every request)");
     host.stop_all().await;
+    // `ferry plugins check` names the grant too.
+    let (status, stdout, _) = crate::support::ferry(&["plugins", "check", fixtures::FETCHER]);
+    assert!(status.success());
+    assert!(
+        stdout.contains("imports wasi:http/outgoing-handler@") && stdout.contains("[subscribers.NAME.http]"),
+        "{stdout}"
+    );
 }

@@ -29,7 +29,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use self::allow::AllowList;
-use self::send::{HttpLimits, OutboundHttp, Recorder};
+use self::send::{HttpLimits, OutboundHttp, Recorder, RefusalLog};
 use super::seam::{Capability, Current, Services};
 use crate::config::Effective;
 use crate::metrics::HttpMetrics;
@@ -53,6 +53,8 @@ pub struct HttpGrant {
     deadline: Duration,
     /// Requests in flight across the subscriber's instances.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Its refusal lines, one per window across its instances.
+    refusals: Arc<RefusalLog>,
     metrics: Option<HttpMetrics>,
 }
 
@@ -93,7 +95,11 @@ impl Capability for Http {
     fn grant(subscriber: &Arc<str>, settings: &Effective, services: &Services) -> HttpGrant {
         let http = settings.http.clone().unwrap_or_default();
         // A bad entry was refused by `check` before the grant is made; here it grants nothing.
-        let allow = if settings.http.is_some() { AllowList::parse(&http.allow).unwrap_or_default() } else { AllowList::default() };
+        let allow = if settings.http.is_some() {
+            AllowList::parse(&http.allow).unwrap_or_default()
+        } else {
+            AllowList::default()
+        };
         HttpGrant {
             subscriber: subscriber.clone(),
             allow: Arc::new(allow),
@@ -101,6 +107,7 @@ impl Capability for Http {
             idempotency_key: http.idempotency_key,
             deadline: settings.limits.deadline,
             permits: Arc::new(tokio::sync::Semaphore::new(http.concurrent_requests.max(1))),
+            refusals: Arc::default(),
             metrics: services.http_metrics.clone(),
         }
     }
@@ -133,7 +140,12 @@ fn hooks(grant: &HttpGrant, current: &Current) -> OutboundHttp {
         traceparent: current.traceparent.clone(),
         sent: 0,
         permits: grant.permits.clone(),
-        recorder: Recorder { subscriber: grant.subscriber.clone(), metrics: grant.metrics.clone(), calls: Default::default() },
+        recorder: Recorder {
+            refusals: grant.refusals.clone(),
+            subscriber: grant.subscriber.clone(),
+            metrics: grant.metrics.clone(),
+            calls: Default::default(),
+        },
     }
 }
 

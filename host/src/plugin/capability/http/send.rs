@@ -106,10 +106,46 @@ impl Outcome {
 /// The calls of one event, shared between the hook and whoever reports them.
 pub type Calls = Arc<Mutex<Vec<Call>>>;
 
+/// How often a subscriber's refused requests are logged: one line per window, the others
+/// counted into the next line (a plugin hammering a refused URL must not flood the log).
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// A subscriber's refusal lines: when the last was written and how many were held back since.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RefusalLog {
+    /// Log a refusal of a request to `url` of `subscriber`, unless one was logged within the
+    /// window (then it is counted). Returns whether it was written.
+    pub fn warn(&self, subscriber: &str, url: &str, why: &str) -> bool {
+        let now = Instant::now();
+        let held_back = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.0.is_some_and(|at| now.duration_since(at) < REFUSAL_WINDOW) {
+                state.1 += 1;
+                return false;
+            }
+            state.0 = Some(now);
+            std::mem::take(&mut state.1)
+        };
+        let url = crate::redact::printable(url);
+        if held_back > 0 {
+            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why} ({held_back} more refused before it, not logged)");
+        } else {
+            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why}");
+        }
+        true
+    }
+}
+
 /// Where a call is recorded: the event's [`Calls`], the log (inside the event's span) and
 /// the metrics.
 #[derive(Clone, Default)]
 pub struct Recorder {
+    /// The subscriber's refusal lines, shared by its instances.
+    pub refusals: Arc<RefusalLog>,
     /// The subscriber, for the metrics' labels.
     pub subscriber: Arc<str>,
     /// The host's HTTP metrics, when there is a registry.
@@ -163,7 +199,7 @@ type Sent = Box<
 
 impl OutboundHttp {
     fn refuse(&self, method: &str, url: String, why: String, code: Error) -> Sent {
-        tracing::warn!(%url, "outbound HTTP request refused: {why}");
+        self.recorder.refusals.warn(&self.recorder.subscriber, &url, &why);
         let call = Call { method: method.to_string(), url, outcome: Outcome::Refused(why), took: Duration::ZERO };
         self.recorder.record(call);
         Box::new(async move { Err(code) })
@@ -225,9 +261,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         }
         let limit = self.limits.request_bytes;
         let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize(Some(limit))).boxed_unsync());
-        let target = Target { allow: self.allow.clone(), scheme, host, port };
-        let (timeouts, response_bytes, recorder) =
-            (self.timeouts(options), self.limits.response_bytes, self.recorder.clone());
+        let recorder = self.recorder.clone();
+        let target = Target { allow: self.allow.clone(), scheme, host, port, recorder: recorder.clone() };
+        let (timeouts, response_bytes) = (self.timeouts(options), self.limits.response_bytes);
         let (permits, deadline) = (self.permits.clone(), self.deadline);
         Box::new(async move {
             let started = Instant::now();
@@ -240,6 +276,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
             };
             let outcome = match &result {
                 Ok(r) => Outcome::Status(r.status().as_u16()),
+                // Refused by the grant after resolution: a refusal, not a failure of the server.
+                Err(e @ Error::DestinationIpProhibited) => Outcome::Refused(format!("{e:?}")),
                 Err(e) => Outcome::Failed(format!("{e:?}")),
             };
             recorder.record(Call { method, url, outcome, took: started.elapsed() });
@@ -254,6 +292,7 @@ struct Target {
     scheme: Scheme,
     host: String,
     port: u16,
+    recorder: Recorder,
 }
 
 impl Target {
@@ -271,7 +310,12 @@ impl Target {
         let allowed: Vec<SocketAddr> = resolved.iter().copied().filter(|a| admitted.address_allowed(a.ip())).collect();
         if allowed.is_empty() {
             let shown: Vec<String> = resolved.iter().map(|a| a.ip().to_string()).collect();
-            tracing::warn!(host = %self.host, addresses = ?shown, "outbound HTTP refused: the name resolves only to addresses the grant does not name (private, loopback or link-local)");
+            let why = format!(
+                "{} resolves only to addresses the grant does not name (private, loopback or link-local): {}",
+                self.host,
+                shown.join(", ")
+            );
+            self.recorder.refusals.warn(&self.recorder.subscriber, &self.host, &why);
             return Err(if resolved.is_empty() { Error::DestinationNotFound } else { Error::DestinationIpProhibited });
         }
         Ok(allowed)
@@ -480,7 +524,11 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             sent: 0,
             permits: Arc::new(tokio::sync::Semaphore::new(4)),
-            recorder: Recorder::default(),
+            recorder: Recorder {
+                subscriber: "welcome".into(),
+                metrics: Some(HttpMetrics::default()),
+                ..Recorder::default()
+            },
         }
     }
 
@@ -511,6 +559,9 @@ mod tests {
         assert!(head.contains("traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"), "{head}");
         let calls = h.recorder.calls.lock().expect("lock").clone();
         assert_eq!(calls[0].outcome, Outcome::Status(200));
+        let metrics = h.recorder.metrics.clone().expect("metrics");
+        let ok = HttpLabels { subscriber: "welcome".into(), outcome: "ok".into() };
+        assert_eq!(metrics.requests.get_or_create(&ok).get(), 1, "counted under its outcome");
         assert_eq!(calls[0].url, format!("http://127.0.0.1:{port}/mail"), "no query in the record");
     }
 
@@ -533,11 +584,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_past_the_subscribers_concurrent_requests_waits_within_its_deadline() {
+        let (port, seen) = server(None).await;
+        let grant = [format!("http://127.0.0.1:{port}")];
+        let mut first = hooks(&grant, Duration::from_secs(30));
+        first.permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut second = hooks(&grant, Duration::from_millis(300));
+        second.permits = first.permits.clone();
+        let url = format!("http://127.0.0.1:{port}/");
+        let held = tokio::spawn(async move { get(&mut first, &url).await.map(|r| r.status()) });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().expect("lock").is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = Instant::now();
+        let result = get(&mut second, &format!("http://127.0.0.1:{port}/")).await;
+        assert!(matches!(result, Err(Error::ConnectionLimitReached)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "gave up at its deadline");
+        assert_eq!(seen.lock().expect("lock").len(), 1, "the second never connected");
+        held.abort();
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_window_and_counted_in_between() {
+        let log = RefusalLog::default();
+        assert!(log.warn("welcome", "http://x.example/", "not granted"));
+        for _ in 0..5 {
+            assert!(!log.warn("welcome", "http://x.example/", "not granted"), "within the window");
+        }
+        assert_eq!(log.state.lock().expect("lock").1, 5, "held back and counted");
+        log.state.lock().expect("lock").0 = Some(Instant::now() - REFUSAL_WINDOW);
+        assert!(log.warn("welcome", "http://x.example/", "not granted"), "the next window");
+        assert_eq!(log.state.lock().expect("lock").1, 0, "the count went into that line");
+    }
+
+    #[tokio::test]
     async fn a_granted_name_resolving_to_loopback_is_refused() {
         let (port, seen) = server(Some(OK)).await;
         let mut h = hooks(&[format!("http://localhost:{port}")], Duration::from_secs(5));
         let result = get(&mut h, &format!("http://localhost:{port}/")).await;
         assert!(matches!(result, Err(Error::DestinationIpProhibited)), "{result:?}");
+        let refused = HttpLabels { subscriber: "welcome".into(), outcome: "refused".into() };
+        assert_eq!(h.recorder.metrics.clone().expect("metrics").requests.get_or_create(&refused).get(), 1);
         assert!(seen.lock().expect("lock").is_empty());
         // Named by address, the operator means it.
         let mut h =

@@ -230,8 +230,14 @@ mod tests {
     fn publisher() -> PublishCtx {
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
         let mut ctx = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &Services::default())));
-        let current =
-            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10, traceparent: None };
+        let current = Current {
+            event_id: "e1".into(),
+            correlationid: None,
+            stream: "events".into(),
+            depth: 0,
+            budget: 10,
+            traceparent: None,
+        };
         Publish::begin(&mut ctx, &Arc::new(current));
         ctx
     }
@@ -301,8 +307,14 @@ mod tests {
         let settings = SubscriberConfig { publish_streams: Some(vec!["events".into()]), ..Default::default() }.fill();
         let services = Services { contracts: Some(registry), ..Services::default() };
         let mut state = Publish::ctx(&Arc::new(Publish::grant(&"amp".into(), &settings, &services)));
-        let current =
-            Current { event_id: "e1".into(), correlationid: None, stream: "events".into(), depth: 0, budget: 10, traceparent: None };
+        let current = Current {
+            event_id: "e1".into(),
+            correlationid: None,
+            stream: "events".into(),
+            depth: 0,
+            budget: 10,
+            traceparent: None,
+        };
         Publish::begin(&mut state, &Arc::new(current));
         let mut out = outgoing();
         out.data = br#"{"n": -1}"#.to_vec();
