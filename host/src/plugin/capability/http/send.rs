@@ -265,7 +265,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         let target = Target { allow: self.allow.clone(), scheme, host, port, recorder: recorder.clone() };
         let (timeouts, response_bytes) = (self.timeouts(options), self.limits.response_bytes);
         let (permits, deadline) = (self.permits.clone(), self.deadline);
-        Box::new(async move {
+        // wasmtime-wasi-http runs this future as a task of its own: carry the event's span
+        // into it, so the call's log lines (and, under `otel`, its spans) are the event's.
+        let span = tracing::Span::current();
+        let sent = async move {
             let started = Instant::now();
             // A request past the subscriber's concurrent requests waits for one to end, but
             // never past the event's deadline.
@@ -282,7 +285,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
             };
             recorder.record(Call { method, url, outcome, took: started.elapsed() });
             result.map(|r| (r, Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>))
-        })
+        };
+        Box::new(tracing::Instrument::instrument(sent, span))
     }
 }
 
