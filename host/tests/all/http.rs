@@ -20,12 +20,15 @@ enum Reply {
     With(String),
     /// Nothing, ever (the connection is held open).
     Never,
+    /// These bytes to every request on the connection (keep-alive).
+    KeepAlive(String),
 }
 
 /// A local HTTP/1.1 server: the requests it received (head and body, as sent).
 struct Server {
     port: u16,
     seen: Arc<Mutex<Vec<String>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
@@ -34,13 +37,26 @@ impl Server {
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let requests = seen.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (requests, reply) = (requests.clone(), reply.clone());
                 tokio::spawn(async move {
                     let request = read_request(&mut conn).await;
                     requests.lock().expect("lock").push(request);
                     match reply {
+                        Reply::KeepAlive(bytes) => loop {
+                            if conn.write_all(bytes.as_bytes()).await.is_err() {
+                                break;
+                            }
+                            let request = read_request(&mut conn).await;
+                            if request.is_empty() {
+                                break;
+                            }
+                            requests.lock().expect("lock").push(request);
+                        },
                         Reply::With(bytes) => {
                             let _ = conn.write_all(bytes.as_bytes()).await;
                             let _ = conn.shutdown().await;
@@ -53,7 +69,12 @@ impl Server {
                 });
             }
         });
-        Self { port, seen }
+        Self { port, seen, connections }
+    }
+
+    /// Connections accepted so far.
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The requests received so far, lower-cased.
@@ -161,6 +182,24 @@ async fn an_allowed_request_succeeds_carrying_the_idempotency_key_and_traceparen
     assert!(request.contains(&format!("idempotency-key: fetcher:{}", e.id.to_ascii_lowercase())), "{request}");
     assert!(request.contains(&format!("traceparent: {traceparent}")), "{request}");
     assert!(request.contains("\r\nhello\r\n"), "the body arrived (chunked): {request}");
+    host.stop_all().await;
+}
+
+/// A subscriber's connection is kept alive: three events' requests to one server over one
+/// connection (each still resolved and checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_successive_events_reuse_a_kept_alive_connection() {
+    let server = Server::start(Reply::KeepAlive("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into())).await;
+    let env = Env::new();
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&allow(&[server.url("")])), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    for _ in 0..3 {
+        let e = fetch(json!({"url": server.url("/again")}));
+        ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+        assert_eq!(record_of(&env, &e).await["status"].as_u64(), Some(200));
+    }
+    assert_eq!((server.requests().len(), server.connections()), (3, 1), "three requests, one connection");
     host.stop_all().await;
 }
 

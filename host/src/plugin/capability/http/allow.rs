@@ -28,7 +28,7 @@ pub struct AllowError {
 }
 
 /// The scheme of a request or an entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     /// Plain HTTP.
     Http,

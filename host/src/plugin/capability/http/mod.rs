@@ -29,7 +29,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use self::allow::AllowList;
-use self::send::{HttpLimits, OutboundHttp, Recorder, RefusalLog};
+use self::send::{HttpLimits, OutboundHttp, Pool, Recorder, RefusalLog};
 use super::seam::{Capability, Current, Services};
 use crate::config::Effective;
 use crate::metrics::HttpMetrics;
@@ -55,6 +55,8 @@ pub struct HttpGrant {
     permits: Arc<tokio::sync::Semaphore>,
     /// Its refusal lines, one per window across its instances.
     refusals: Arc<RefusalLog>,
+    /// Its idle connections (keep-alive), shared by its instances.
+    pool: Arc<Pool>,
     metrics: Option<HttpMetrics>,
 }
 
@@ -108,6 +110,7 @@ impl Capability for Http {
             deadline: settings.limits.deadline,
             permits: Arc::new(tokio::sync::Semaphore::new(http.concurrent_requests.max(1))),
             refusals: Arc::default(),
+            pool: Arc::default(),
             metrics: services.http_metrics.clone(),
         }
     }
@@ -140,6 +143,7 @@ fn hooks(grant: &HttpGrant, current: &Current) -> OutboundHttp {
         traceparent: current.traceparent.clone(),
         sent: 0,
         permits: grant.permits.clone(),
+        pool: grant.pool.clone(),
         recorder: Recorder {
             refusals: grant.refusals.clone(),
             subscriber: grant.subscriber.clone(),

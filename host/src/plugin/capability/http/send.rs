@@ -13,9 +13,11 @@
 //! recorded with the reason in [`Calls`].
 //!
 //! Redirects are not followed: a 3xx goes to the guest, whose next request is checked like any
-//! other. Connections are not pooled yet (one per request, like wasmtime's default sender):
-//! a pooled client must keep the address check per connection, which hyper-util's pool does
-//! not give us as is.
+//! other. HTTP/1.1 connections are kept alive in a [`Pool`] per subscriber (wasmtime's default
+//! sender opens one per request): a connection is given back once its response body was read
+//! to the end, and reused only when the request's host, resolved and checked again, still
+//! includes the address it was made to (hyper-util's pool cannot be told that). HTTP/2 is not
+//! offered (ALPN `http/1.1`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -190,6 +192,8 @@ pub struct OutboundHttp {
     pub permits: Arc<tokio::sync::Semaphore>,
     /// Where each call is recorded.
     pub recorder: Recorder,
+    /// The subscriber's idle connections.
+    pub pool: Arc<Pool>,
 }
 
 type Sent = Box<
@@ -262,7 +266,14 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         let limit = self.limits.request_bytes;
         let request = request.map(|b| Capped::new(b, limit, Error::HttpRequestBodySize(Some(limit))).boxed_unsync());
         let recorder = self.recorder.clone();
-        let target = Target { allow: self.allow.clone(), scheme, host, port, recorder: recorder.clone() };
+        let target = Target {
+            allow: self.allow.clone(),
+            scheme,
+            host,
+            port,
+            recorder: recorder.clone(),
+            pool: self.pool.clone(),
+        };
         let (timeouts, response_bytes) = (self.timeouts(options), self.limits.response_bytes);
         let (permits, deadline) = (self.permits.clone(), self.deadline);
         // wasmtime-wasi-http runs this future as a task of its own: carry the event's span
@@ -297,6 +308,7 @@ struct Target {
     host: String,
     port: u16,
     recorder: Recorder,
+    pool: Arc<Pool>,
 }
 
 impl Target {
@@ -330,13 +342,16 @@ trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'sta
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// Connect to the first allowed address that answers, with TLS for `https`.
-async fn connect(target: &Target, timeout: Duration) -> Result<Box<dyn Stream>, Error> {
-    let addrs = target.addresses().await?;
-    let tcp = tokio::time::timeout(timeout, async {
+async fn connect(
+    target: &Target,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<(SocketAddr, Box<dyn Stream>), Error> {
+    let (addr, tcp) = tokio::time::timeout(timeout, async {
         let mut last = Error::ConnectionRefused;
-        for addr in addrs {
+        for &addr in addrs {
             match tokio::net::TcpStream::connect(addr).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok((addr, s)),
                 Err(e) => last = Error::Connect(e),
             }
         }
@@ -345,7 +360,7 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Box<dyn Stream>, 
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
     match target.scheme {
-        Scheme::Http => Ok(Box::new(tcp)),
+        Scheme::Http => Ok((addr, Box::new(tcp))),
         Scheme::Https => {
             let name = target.host.trim_start_matches('[').trim_end_matches(']').to_string();
             let name = rustls_pki_types::ServerName::try_from(name).map_err(|_| Error::HttpRequestUriInvalid)?;
@@ -353,7 +368,7 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Box<dyn Stream>, 
                 .await
                 .map_err(|_| Error::ConnectionTimeout)?
                 .map_err(Error::Tls)?;
-            Ok(Box::new(tls))
+            Ok((addr, Box::new(tls)))
         }
     }
 }
@@ -383,7 +398,28 @@ async fn send(
     response_bytes: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<http::Response<WasiBody>, Error> {
-    let stream = connect(&target, connect_timeout).await?;
+    // Resolved and checked for every request, pooled connection or not.
+    let addrs = target.addresses().await?;
+    // On the wire the request line carries only the path (no proxy in between).
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let key = Destination { scheme: target.scheme, host: target.host.clone(), port: target.port };
+    let started = tokio::time::Instant::now();
+    if let Some((addr, mut sender)) = target.pool.take(&key, &addrs) {
+        match tokio::time::timeout(first_byte, sender.try_send_request(request)).await {
+            Err(_) => return Err(Error::ConnectionReadTimeout),
+            Ok(Ok(response)) => {
+                let reuse = Reuse { pool: target.pool.clone(), key, addr, sender };
+                return checked(response, between_bytes, response_bytes, permit, reuse);
+            }
+            // Not sent (the idle connection closed meanwhile): a fresh connection below.
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => request = back,
+                None => return Err(e.into_error().into()),
+            },
+        }
+    }
+    let (addr, stream) = connect(&target, &addrs, connect_timeout).await?;
     let io = wasmtime_wasi_http::io::TokioIo::new(stream);
     let (mut sender, conn) = tokio::time::timeout(connect_timeout, hyper::client::conn::http1::handshake(io))
         .await
@@ -393,21 +429,111 @@ async fn send(
             tracing::debug!("outbound HTTP connection ended: {e}");
         }
     });
-    // On the wire the request line carries only the path (no proxy in between).
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-    *request.uri_mut() = http::Uri::builder().path_and_query(path).build().map_err(|_| Error::HttpRequestUriInvalid)?;
+    let first_byte = first_byte.saturating_sub(started.elapsed());
     let response = tokio::time::timeout(first_byte, sender.send_request(request))
         .await
         .map_err(|_| Error::ConnectionReadTimeout)??;
+    checked(response, between_bytes, response_bytes, permit, Reuse { pool: target.pool.clone(), key, addr, sender })
+}
+
+/// The response with its body capped and watched, the connection given back to the pool
+/// once the body was read to its end.
+fn checked(
+    response: http::Response<hyper::body::Incoming>,
+    between_bytes: Duration,
+    response_bytes: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    reuse: Reuse,
+) -> Result<http::Response<WasiBody>, Error> {
     let declared = response.body().size_hint().exact();
     if declared.is_some_and(|n| n > response_bytes) {
         return Err(Error::HttpResponseBodySize(declared));
     }
     Ok(response.map(|incoming| {
         let timer = Box::pin(tokio::time::sleep(between_bytes));
-        let watched = Watched { incoming, between_bytes, timer, _permit: permit };
+        let watched = Watched { incoming, between_bytes, timer, ended: false, reuse: Some(reuse), _permit: permit };
         Capped::new(watched, response_bytes, Error::HttpResponseBodySize(Some(response_bytes))).boxed_unsync()
     }))
+}
+
+/// How long an idle connection is kept for the next request to the same destination.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle connections kept per destination.
+const IDLE_PER_DESTINATION: usize = 8;
+
+type Sender = hyper::client::conn::http1::SendRequest<WasiBody>;
+
+/// Where a connection goes: the scheme, the host as the URL names it (the TLS name) and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Destination {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+}
+
+/// A subscriber's idle HTTP/1.1 connections (keep-alive), by destination. A connection is
+/// reused only by a request whose host, resolved and checked again, still includes the
+/// address the connection was made to: the grant is decided for every request, pooled or not.
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<std::collections::HashMap<Destination, Vec<Idle>>>,
+}
+
+struct Idle {
+    addr: SocketAddr,
+    sender: Sender,
+    since: Instant,
+}
+
+impl Pool {
+    fn alive(idle: &Idle, now: Instant) -> bool {
+        !idle.sender.is_closed() && now.duration_since(idle.since) < IDLE_TIMEOUT
+    }
+
+    /// An idle, ready connection to `key` made to one of `allowed`.
+    fn take(&self, key: &Destination, allowed: &[SocketAddr]) -> Option<(SocketAddr, Sender)> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        let now = Instant::now();
+        list.retain(|i| Self::alive(i, now));
+        let found = list.iter().rposition(|i| i.sender.is_ready() && allowed.contains(&i.addr));
+        let taken = found.map(|at| list.swap_remove(at));
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        taken.map(|i| (i.addr, i.sender))
+    }
+
+    /// Keep `sender` (to `key` at `addr`) for the next request.
+    fn put(&self, key: Destination, addr: SocketAddr, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        idle.retain(|_, list| {
+            list.retain(|i| Self::alive(i, now));
+            !list.is_empty()
+        });
+        let list = idle.entry(key).or_default();
+        if list.len() >= IDLE_PER_DESTINATION {
+            list.remove(0);
+        }
+        list.push(Idle { addr, sender, since: now });
+    }
+
+    /// Idle connections kept now (for tests and the status view).
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).values().map(Vec::len).sum()
+    }
+}
+
+/// A response's connection, to give back to its pool once the body was read to its end.
+struct Reuse {
+    pool: Arc<Pool>,
+    key: Destination,
+    addr: SocketAddr,
+    sender: Sender,
 }
 
 /// The response body, failing when no chunk arrives within `between_bytes`.
@@ -415,6 +541,11 @@ struct Watched {
     incoming: hyper::body::Incoming,
     between_bytes: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The body was read to its end: the connection may serve another request.
+    ended: bool,
+    /// The connection, given back to the pool when the body is dropped after its end (a
+    /// body dropped early leaves its connection mid-response: it is closed instead).
+    reuse: Option<Reuse>,
     /// The request counts against the subscriber's concurrent requests until its body is
     /// read or dropped.
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -432,7 +563,10 @@ impl Body for Watched {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Error::Hyper(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
             Poll::Pending => match self.timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
                 Poll::Pending => Poll::Pending,
@@ -446,6 +580,16 @@ impl Body for Watched {
 
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(reuse) = self.reuse.take()
+            && (self.ended || self.incoming.is_end_stream())
+        {
+            reuse.pool.put(reuse.key, reuse.addr, reuse.sender);
+        }
     }
 }
 
@@ -528,6 +672,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             sent: 0,
             permits: Arc::new(tokio::sync::Semaphore::new(4)),
+            pool: Arc::default(),
             recorder: Recorder {
                 subscriber: "welcome".into(),
                 metrics: Some(HttpMetrics::default()),
@@ -607,6 +752,52 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "gave up at its deadline");
         assert_eq!(seen.lock().expect("lock").len(), 1, "the second never connected");
         held.abort();
+    }
+
+    /// A keep-alive server answering `OK` to every request on a connection; the
+    /// connections it accepted.
+    async fn keepalive_server() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 || conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_kept_alive_for_the_next_request_to_the_same_address_only() {
+        let (port, accepted) = keepalive_server().await;
+        let mut h = hooks(&[format!("http://127.0.0.1:{port}")], Duration::from_secs(5));
+        for _ in 0..3 {
+            let response = get(&mut h, &format!("http://127.0.0.1:{port}/")).await.expect("sent");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "one connection for three requests");
+        assert_eq!(h.pool.idle(), 1);
+        let key = Destination { scheme: Scheme::Http, host: "127.0.0.1".into(), port };
+        let elsewhere: SocketAddr = format!("127.0.0.2:{port}").parse().expect("addr");
+        assert!(h.pool.take(&key, &[elsewhere]).is_none(), "not for an address the request did not resolve to");
+        let here: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        assert!(h.pool.take(&key, &[here]).is_some());
+        // A body dropped before its end leaves the connection mid-response: not pooled.
+        h.sent = 0;
+        let response = get(&mut h, &format!("http://127.0.0.1:{port}/")).await.expect("sent");
+        drop(response);
+        assert_eq!(h.pool.idle(), 0);
     }
 
     #[test]
