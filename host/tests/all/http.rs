@@ -296,7 +296,8 @@ async fn a_server_that_never_answers_is_stopped_at_the_events_deadline() {
 }
 
 /// A response body over `response_bytes` is an error to the guest, whether its length is
-/// declared up front or it streams past the cap.
+/// declared up front or it streams past the cap; a request body over `request_bytes` never
+/// reaches the server whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_over_the_cap_is_an_error() {
     let declared = format!("HTTP/1.1 200 OK\r\ncontent-length: 100\r\nconnection: close\r\n\r\n{}", "x".repeat(100));
@@ -305,7 +306,7 @@ async fn a_response_over_the_cap_is_an_error() {
         format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n50\r\n{chunk}\r\n0\r\n\r\n");
     let (a, b) = (Server::start(Reply::With(declared)).await, Server::start(Reply::With(streamed)).await);
     let env = Env::new();
-    let grant = format!("{}\nresponse_bytes = 64", allow(&[a.url(""), b.url("")]));
+    let grant = format!("{}\nresponse_bytes = 64\nrequest_bytes = 64", allow(&[a.url(""), b.url("")]));
     env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), ""));
     let host = ferry::host::Host::start(env.config()).await.expect("host");
     let mut conn = env.conn().await;
@@ -321,6 +322,14 @@ async fn a_response_over_the_cap_is_an_error() {
             "{record}"
         );
     }
+    let big = "z".repeat(10_000);
+    let e = fetch(json!({"url": a.url("/upload"), "method": "POST", "body": big}));
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    let record = record_of(&env, &e).await;
+    // The host closes the request body's stream at the cap: the guest's write fails.
+    assert!(record["error"].as_str().is_some_and(|e| e.starts_with("writing the body")), "{record}");
+    let uploads: Vec<String> = a.requests().into_iter().filter(|r| r.starts_with("post /upload")).collect();
+    assert!(uploads.iter().all(|r| !r.contains(&big)), "the body was cut");
     host.stop_all().await;
 }
 
