@@ -203,6 +203,44 @@ async fn requests_of_successive_events_reuse_a_kept_alive_connection() {
     host.stop_all().await;
 }
 
+/// `https` verifies the server against the system's roots: a server whose certificate (for
+/// the right address) no trusted CA signed is refused, and nothing is sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_with_an_untrusted_certificate_is_refused() {
+    use tokio_rustls::rustls;
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let seen = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let result = acceptor.accept(tcp).await.map(drop).map_err(|e| e.to_string());
+            seen.lock().expect("lock").push(result);
+        }
+    });
+    let env = Env::new();
+    let url = format!("https://127.0.0.1:{port}");
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&allow(std::slice::from_ref(&url))), ""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    let e = fetch(json!({"url": format!("{url}/secret"), "method": "POST", "body": "token"}));
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    let record = record_of(&env, &e).await;
+    assert!(record["error"].as_str().is_some_and(|e| e.starts_with("Tls")), "{record}");
+    let handshakes = handshakes.lock().expect("lock").clone();
+    assert!(!handshakes.is_empty() && handshakes.iter().all(Result::is_err), "no handshake completed: {handshakes:?}");
+    host.stop_all().await;
+}
+
 /// Refused before anything is sent, with `HttpRequestDenied` to the guest: another host,
 /// another port; and after resolution: a granted *name* resolving to loopback
 /// (`http://localhost:PORT` granted by name only).
