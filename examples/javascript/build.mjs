@@ -4,7 +4,7 @@
 //
 // Uses the componentize() API with absolute paths (the `jco componentize` CLI stumbles on
 // relative --wit paths). The `http` and `fetch-event` engine features are disabled: otherwise
-// the component imports wasi:http, which the ferry host does not provide.
+// the component imports wasi:http, which ferry links only with a [subscribers.NAME.http] grant.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';

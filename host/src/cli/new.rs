@@ -353,7 +353,7 @@ test('an order without a quantity is rejected', () => {
     );
     let build = format!(
         r#"// Build {name}.wasm with componentize-js (`npm install` first). The `http` and
-// `fetch-event` features are off: the ferry host does not provide wasi:http to this plugin.
+// `fetch-event` features are off: no wasi:http import (it needs a [subscribers.NAME.http] grant).
 import {{ componentize }} from '@bytecodealliance/componentize-js';
 import {{ writeFile }} from 'node:fs/promises';
 import {{ dirname, resolve }} from 'node:path';

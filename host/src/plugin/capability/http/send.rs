@@ -276,9 +276,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         };
         let (timeouts, response_bytes) = (self.timeouts(options), self.limits.response_bytes);
         let (permits, deadline) = (self.permits.clone(), self.deadline);
-        // wasmtime-wasi-http runs this future as a task of its own: carry the event's span
-        // into it, so the call's log lines (and, under `otel`, its spans) are the event's.
-        let span = tracing::Span::current();
+        // wasmtime-wasi-http runs this future as a task of its own: it runs in a span of its
+        // own, a child of the event's (the hook is called inside the guest's call), so the
+        // call's log lines are the event's and, under `otel`, each call is a span of its trace.
+        let span = tracing::info_span!("http_request", method = %method, url = %url);
         let sent = async move {
             let started = Instant::now();
             // A request past the subscriber's concurrent requests waits for one to end, but
