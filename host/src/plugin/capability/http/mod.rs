@@ -79,13 +79,6 @@ pub struct HttpCtx {
     pub ctx: WasiHttpCtx,
 }
 
-impl HttpCtx {
-    /// The calls the current event made so far.
-    pub fn calls(&self) -> Vec<send::Call> {
-        self.hooks.recorder.calls.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-}
-
 impl Capability for Http {
     type Grant = HttpGrant;
     type Ctx = HttpCtx;
@@ -97,18 +90,17 @@ impl Capability for Http {
     fn grant(subscriber: &Arc<str>, settings: &Effective, services: &Services) -> HttpGrant {
         let http = settings.http.clone().unwrap_or_default();
         // A bad entry was refused by `check` before the grant is made; here it grants nothing.
-        let allow = if settings.http.is_some() {
-            AllowList::parse(&http.allow).unwrap_or_default()
-        } else {
-            AllowList::default()
-        };
+        let allow = AllowList::parse(&http.allow).unwrap_or_default();
         HttpGrant {
             subscriber: subscriber.clone(),
             allow: Arc::new(allow),
             limits: HttpLimits::from(&http),
             idempotency_key: http.idempotency_key,
             deadline: settings.limits.deadline,
-            permits: Arc::new(tokio::sync::Semaphore::new(http.concurrent_requests.max(1))),
+            // tokio panics past MAX_PERMITS; the operator's number is otherwise taken as is.
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                http.concurrent_requests.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             refusals: Arc::default(),
             pool: Arc::default(),
             metrics: services.http_metrics.clone(),
@@ -181,5 +173,40 @@ pub fn check(
         Some(http) => AllowList::parse(&http.allow)
             .map(drop)
             .map_err(|e| PluginError::NotGranted(format!("[subscribers.{name}.http]: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HttpConfig, SubscriberConfig};
+
+    fn ctx_for(http: Option<HttpConfig>) -> (HttpCtx, Effective) {
+        let settings = SubscriberConfig { http, ..Default::default() }.fill();
+        let grant = Arc::new(Http::grant(&"welcome".into(), &settings, &Services::default()));
+        (Http::ctx(&grant), settings)
+    }
+
+    #[test]
+    fn each_call_gets_the_events_idempotency_key_traceparent_deadline_and_a_fresh_count() {
+        let granted = HttpConfig { allow: vec!["https://api.example.com".into()], ..Default::default() };
+        let (mut ctx, settings) = ctx_for(Some(granted.clone()));
+        ctx.hooks.sent = 5;
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let current =
+            Current { event_id: "0190-e1".into(), traceparent: Some(traceparent.into()), ..Default::default() };
+        Http::begin(&mut ctx, &Arc::new(current));
+        assert_eq!(ctx.hooks.idempotency_key.as_deref(), Some("welcome:0190-e1"), "the same for every attempt");
+        assert_eq!(ctx.hooks.traceparent.as_deref(), Some(traceparent));
+        assert_eq!(ctx.hooks.sent, 0, "requests are counted per call");
+        assert!(ctx.hooks.deadline <= Instant::now() + settings.limits.deadline);
+        assert!(ctx.hooks.allow.admits(allow::Scheme::Https, "api.example.com", 443).is_some());
+
+        let (mut off, _) = ctx_for(Some(HttpConfig { idempotency_key: false, ..granted }));
+        Http::begin(&mut off, &Arc::new(Current { event_id: "e2".into(), ..Default::default() }));
+        assert_eq!((off.hooks.idempotency_key, off.hooks.traceparent), (None, None));
+
+        let (none, _) = ctx_for(None);
+        assert!(none.hooks.allow.is_empty(), "not granted: every request is refused");
     }
 }
