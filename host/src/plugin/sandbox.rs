@@ -150,4 +150,24 @@ mod tests {
         }
         assert!(state.table.push(()).is_err(), "one more is refused");
     }
+
+    /// Issue 23, "checked and sound": the WASI context a guest gets has no preopened
+    /// directory, no arguments, no environment and no working directory, read through
+    /// wasmtime's own `wasi:filesystem` and `wasi:cli` hosts (what the guest's imports call).
+    #[test]
+    fn the_wasi_context_has_no_preopens_arguments_environment_or_working_directory() {
+        use wasmtime_wasi::cli::WasiCliView;
+        use wasmtime_wasi::filesystem::WasiFilesystemView;
+        use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+        use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
+
+        let mut state = HostState::new(Arc::new(Grants::none("ambient", "0", LimitsConfig::default())));
+        let preopens = state.filesystem().get_directories().expect("preopens");
+        let names: Vec<&str> = preopens.iter().map(|(_, name)| name.as_str()).collect();
+        assert!(names.is_empty(), "preopened: {names:?}");
+        let mut cli = state.cli();
+        assert_eq!(cli.get_arguments().expect("arguments"), Vec::<String>::new());
+        assert_eq!(cli.get_environment().expect("environment"), Vec::<(String, String)>::new());
+        assert_eq!(cli.initial_cwd().expect("working directory"), None);
+    }
 }
