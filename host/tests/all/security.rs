@@ -313,3 +313,57 @@ async fn a_plugin_reads_only_the_config_values_granted_to_its_own_subscriber() {
     // And the first one still reads its own (nothing the second was granted leaks back).
     assert_eq!(note(&owner, ask.to_string()).await["region"], "eu");
 }
+
+/// Issue 23, "checked and sound": a stream name with a brace, `#` or a control character is
+/// refused wherever it is named, granted or not: as the host's own `stream`, in a plugin's
+/// subscriptions (listed in `read_streams` all the same), and in `publish.send` to a stream
+/// in `publish_streams`. The rule itself: `keys::tests::stream_names_with_braces_hash_spaces_or_control_characters_are_refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_with_a_brace_hash_or_control_character_is_refused_wherever_it_is_named() {
+    use crate::support::{Env, RECORDER_TOML};
+    for stream in ["ev{x}", "ev#1", "ev\u{1b}[2J"] {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig::default();
+        let plugin = Plugin::load(&engine, Path::new(fixtures::RECORDER), None, &limits).await.expect("load");
+        let settings = ferry::config::SubscriberConfig {
+            publish_streams: Some(vec![stream.into()]),
+            config: Some([("follow_to".to_string(), stream.to_string())].into()),
+            limits: Some(limits),
+            ..Default::default()
+        }
+        .fill();
+        let grants = Arc::new(Grants::new("sender", &plugin.version, &settings));
+        let runner = Runner::with_concurrency(engine, plugin, grants, 1);
+        match runner.handle(job(Event::new("Probe", "test", r#"{"act":"follow"}"#))).await {
+            Outcome::Failed { kind: FailureKind::HandlerReject, reason, .. } => {
+                assert!(reason.contains("must not contain braces"), "{stream:?}: {reason}")
+            }
+            other => panic!("publishing to {stream:?} was not refused: {other:?}"),
+        }
+    }
+
+    let env = Env::new();
+    for (i, stream) in ["ev{x}", "ev#1"].into_iter().enumerate() {
+        let name = format!("reader{i}");
+        let toml = format!(
+            "subscriptions = [{{ type = \"*\", stream = \"{stream}\" }}]\nread_streams = [\"{stream}\"]\n{RECORDER_TOML}"
+        );
+        env.add_plugin(&name, fixtures::RECORDER, &toml);
+    }
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    assert_eq!(plugins.len(), 2);
+    for plugin in plugins {
+        assert_eq!(plugin.state, "refused", "{}", plugin.name);
+        let error = plugin.error.unwrap_or_default();
+        assert!(error.contains("must not contain braces"), "{}: {error}", plugin.name);
+    }
+    host.stop_all().await;
+
+    for stream in ["ev{x}", "ev#1", "ev\u{1b}[2J"] {
+        let mut config = env.config();
+        config.stream = stream.into();
+        let Err(e) = ferry::host::Host::start(config).await else { panic!("a host on {stream:?} started") };
+        assert!(format!("{e:#}").contains("must not contain braces"), "{stream:?}: {e:#}");
+    }
+}
