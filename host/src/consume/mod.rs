@@ -107,12 +107,15 @@ pub struct Subscriber {
     /// Subscriber (plugin) name, also the consumer group name.
     pub name: String,
     active: RwLock<Arc<Active>>,
+    /// Woken on every swap, so a pipeline waiting for a worker's permit follows a reloaded
+    /// `concurrency` at once rather than after the events it holds have run.
+    swapped: tokio::sync::Notify,
 }
 
 impl Subscriber {
     /// A subscriber running `active`.
     pub fn new(name: String, active: Active) -> Self {
-        Self { name, active: RwLock::new(Arc::new(active)) }
+        Self { name, active: RwLock::new(Arc::new(active)), swapped: tokio::sync::Notify::new() }
     }
 
     /// The version new batches use.
@@ -122,7 +125,14 @@ impl Subscriber {
 
     /// Replace the version new batches use; returns the old one.
     pub fn swap(&self, active: Active) -> Arc<Active> {
-        std::mem::replace(&mut *self.active.write().unwrap_or_else(|p| p.into_inner()), Arc::new(active))
+        let old = std::mem::replace(&mut *self.active.write().unwrap_or_else(|p| p.into_inner()), Arc::new(active));
+        self.swapped.notify_waiters();
+        old
+    }
+
+    /// Completes on the next `swap` after this call (even if first polled later).
+    pub fn swapped(&self) -> tokio::sync::futures::Notified<'_> {
+        self.swapped.notified()
     }
 }
 

@@ -158,6 +158,21 @@ impl Pipeline {
         self.concurrency = wanted;
     }
 
+    /// A worker's permit, following the active version's `concurrency` while it waits: a
+    /// reload that raises it lets the events this host holds start at once. `None` once stopped.
+    async fn permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        let subscriber = self.subscriber.clone();
+        loop {
+            let swapped = subscriber.swapped();
+            self.follow_concurrency();
+            tokio::select! {
+                p = self.permits.clone().acquire_owned() => return p.ok(),
+                _ = swapped => {}
+                _ = self.stop.changed() => return None,
+            }
+        }
+    }
+
     /// The next entries to dispatch, taken into this host's hands; `None` once stopped.
     /// Taken-over and waiting entries come first; a read is never cancelled for them (a
     /// cancelled XREADGROUP still delivers its entries into this consumer's pending list).
@@ -168,12 +183,8 @@ impl Pipeline {
                     tracing::error!(subscriber = %self.subscriber.name, "an event's task failed: {e}; its entry stays pending");
                 }
             }
-            self.follow_concurrency();
             // Read only when a worker is free: what is read waits in this host's hands.
-            tokio::select! {
-                p = self.permits.clone().acquire_owned() => drop(p),
-                _ = self.stop.changed() => return None,
-            }
+            drop(self.permit().await?);
             if self.stopped() {
                 return None;
             }
@@ -254,11 +265,7 @@ impl Pipeline {
                 self.read_ahead.ask(count - run.len());
             }
             let start = starts.pop_front().unwrap_or_else(|| self.request_start(&work));
-            let permit: Option<OwnedSemaphorePermit> = tokio::select! {
-                p = self.permits.clone().acquire_owned() => p.ok(),
-                _ = self.stop.changed() => None,
-            };
-            let Some(permit) = permit else {
+            let Some(permit) = self.permit().await else {
                 // Given back: charged if its start was recorded, else not.
                 let mut requested = std::iter::once(start).chain(starts);
                 for w in std::iter::once(work).chain(run) {

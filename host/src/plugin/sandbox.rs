@@ -53,7 +53,15 @@ impl HostState {
     pub fn new(grants: Arc<Grants>) -> Self {
         let stdout = CappedPipe::new(grants.limits.stdio_bytes);
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        // Sockets and name lookup off by ferry's choice, not only by wasmtime's defaults: a
+        // plugin reaches the network only through a capability it was granted.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let limiter = Limiter::new(grants.limits.memory, grants.limits.instances);
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);

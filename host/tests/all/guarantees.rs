@@ -254,33 +254,35 @@ async fn a_reloaded_dedupe_window_reaches_the_settler() {
 async fn a_reloaded_concurrency_reaches_the_running_pipeline() {
     let env = Env::new();
     // A deadline above the sleeps: the four runs overlap however slowly they start.
-    let toml = |n: u32| recorder(&format!("concurrency = {n}\n[limits]\ndeadline = \"60s\""));
+    let toml = |n: u32| recorder(&format!("concurrency = {n}\n[limits]\ndeadline = \"300s\""));
     env.add_plugin("rec", fixtures::RECORDER, &toml(1));
     let keys = SubscriberKeys::new("events", "rec");
     let mut config = env.config();
     config.shutdown_grace = Duration::from_millis(200);
     let host = ferry::host::Host::start(config).await.expect("host");
-    reload(&host, &env, &toml(4)).await;
     let mut conn = env.conn().await;
     let mut ids = Vec::new();
     for i in 0..4 {
-        ids.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":20000}}"#)).await.id);
+        ids.push(publish(&mut conn, "events", "Slow", &format!(r#"{{"i":{i},"act":"sleep","ms":120000}}"#)).await.id);
     }
-    // Four run at once: each has a started run in the in-flight hash (one worker could never
-    // have four: each run lasts 20 s and its marker goes with its settle).
-    env.wait_for("four events running at once", Duration::from_secs(60), || {
-        let mut conn = conn.clone();
-        let keys = keys.clone();
-        let ids = ids.clone();
+    let running = |conn: &MultiplexedConnection, want: u64| {
+        let (mut conn, keys, ids) = (conn.clone(), keys.clone(), ids.clone());
         async move {
             let mut running = 0;
             for id in &ids {
                 running += u64::from(starts_of(&marker(&mut conn, &keys, id).await) == 1);
             }
-            (running == 4).then_some(())
+            (running >= want).then_some(())
         }
-    })
-    .await;
+    };
+    // Under concurrency 1 the first runs (for two minutes) and the other three wait for its
+    // permit, already taken from the stream into this host's hands.
+    env.wait_for("the first event running", Duration::from_secs(60), || running(&conn, 1)).await;
+    reload(&host, &env, &toml(4)).await;
+    // The waiting three start at once: four have a started run in the in-flight hash (one
+    // worker could never have four: each run lasts two minutes and its marker goes with its
+    // settle, and a start is recorded at most one event ahead of a free worker).
+    env.wait_for("four events running at once", Duration::from_secs(60), || running(&conn, 4)).await;
     host.stop_all().await;
 }
 
