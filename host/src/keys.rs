@@ -211,4 +211,36 @@ mod tests {
         let keys = SubscriberKeys::new(&partition("orders", 2), "inventory");
         assert_eq!(slot(&keys.retry), slot("orders#2"));
     }
+
+    /// Issue 23, "checked and sound": `check_name` guards every place a stream is named (the
+    /// host's `stream`, a plugin's subscriptions, `publish.send`, the relay's rows, `ferry
+    /// publish`). A brace would set another key's hash tag (its slot, or one of ferry's own
+    /// keys), `#` would name a partition, a space or control character would forge log lines
+    /// or reach a terminal: each is refused, and ordinary names pass.
+    #[test]
+    fn stream_names_with_braces_hash_spaces_or_control_characters_are_refused() {
+        for bad in [
+            "",
+            "a{b",
+            "a}b",
+            "{orders}",
+            "ferry:retry:{orders}",
+            "orders#0",
+            "#",
+            "a b",
+            "a\nb",
+            "a\rb",
+            "a\tb",
+            "a\u{0}",
+            "a\u{1b}[31m",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{9b}2J",
+        ] {
+            assert!(check_name("stream", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["orders", "orders.v2", "team-a/orders_2", "billing:invoices", "événements"] {
+            assert_eq!(check_name("stream", good), Ok(()), "{good:?}");
+        }
+    }
 }

@@ -228,4 +228,36 @@ mod tests {
         assert!(exact.matches(&event) && prefix.matches(&event) && all.matches(&event));
         assert!(!old.matches(&event));
     }
+
+    /// Issue 23, "checked and sound": the version is the hash of the very bytes compiled, from
+    /// one buffer. The hostile fixture's bytes handed in under the noop's path load as the
+    /// hostile plugin (its declared subscription) with the hostile bytes' hash: nothing reads
+    /// the file again to hash or to compile it. Through the cache too, where the hash is the
+    /// entry's key: a hit gives the same plugin, and other bytes never get its entry.
+    #[tokio::test]
+    async fn the_version_is_the_hash_of_the_bytes_compiled_from_one_buffer() {
+        use crate::config::EngineConfig;
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig::default();
+        let hostile = std::fs::read(ferry_test_fixtures::HOSTILE).expect("hostile fixture");
+        let noop = std::fs::read(ferry_test_fixtures::NOOP).expect("noop fixture");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = cache::Cache::open(dir.path().join("cache"), &dir.path().join("key")).expect("cache");
+        let noop_path = Path::new(ferry_test_fixtures::NOOP);
+        let types = |plugin: &Plugin| plugin.declared.iter().map(|s| s.event_type.clone()).collect::<Vec<_>>();
+        for (cache, hit) in [(None, false), (Some(&cache), false), (Some(&cache), true)] {
+            let plugin = Plugin::from_bytes(&engine, "noop".into(), noop_path, hostile.clone(), cache, &limits)
+                .await
+                .expect("load");
+            assert_eq!(plugin.version, version_hash(&hostile)[..12], "the hash of the bytes given");
+            assert_eq!(types(&plugin), ["Hostile"], "compiled from the bytes given, not from {noop_path:?}");
+            assert_eq!(plugin.cached, hit);
+        }
+        let plugin = Plugin::from_bytes(&engine, "noop".into(), noop_path, noop.clone(), Some(&cache), &limits)
+            .await
+            .expect("load");
+        assert_eq!(plugin.version, version_hash(&noop)[..12]);
+        assert_eq!(types(&plugin), ["*"], "other bytes are compiled anew, never given another's entry");
+        assert!(!plugin.cached);
+    }
 }

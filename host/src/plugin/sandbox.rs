@@ -53,7 +53,15 @@ impl HostState {
     pub fn new(grants: Arc<Grants>) -> Self {
         let stdout = CappedPipe::new(grants.limits.stdio_bytes);
         let stderr = CappedPipe::new(grants.limits.stdio_bytes);
-        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        // Sockets and name lookup off by ferry's choice, not only by wasmtime's defaults: a
+        // plugin reaches the network only through a capability it was granted.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
         let limiter = Limiter::new(grants.limits.memory, grants.limits.instances);
         let mut table = ResourceTable::new();
         table.set_max_capacity(MAX_RESOURCES);
@@ -158,5 +166,25 @@ mod tests {
             state.table.push(()).expect("within the cap");
         }
         assert!(state.table.push(()).is_err(), "one more is refused");
+    }
+
+    /// Issue 23, "checked and sound": the WASI context a guest gets has no preopened
+    /// directory, no arguments, no environment and no working directory, read through
+    /// wasmtime's own `wasi:filesystem` and `wasi:cli` hosts (what the guest's imports call).
+    #[test]
+    fn the_wasi_context_has_no_preopens_arguments_environment_or_working_directory() {
+        use wasmtime_wasi::cli::WasiCliView;
+        use wasmtime_wasi::filesystem::WasiFilesystemView;
+        use wasmtime_wasi::p2::bindings::cli::environment::Host as _;
+        use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
+
+        let mut state = HostState::new(Arc::new(Grants::none("ambient", "0", LimitsConfig::default())));
+        let preopens = state.filesystem().get_directories().expect("preopens");
+        let names: Vec<&str> = preopens.iter().map(|(_, name)| name.as_str()).collect();
+        assert!(names.is_empty(), "preopened: {names:?}");
+        let mut cli = state.cli();
+        assert_eq!(cli.get_arguments().expect("arguments"), Vec::<String>::new());
+        assert_eq!(cli.get_environment().expect("environment"), Vec::<(String, String)>::new());
+        assert_eq!(cli.initial_cwd().expect("working directory"), None);
     }
 }

@@ -196,4 +196,63 @@ mod tests {
         assert!(ddl.contains("pg_notify('app.orders_outbox'"));
         assert!(ddl.contains("ON app.orders_outbox (xid, seq)"));
     }
+
+    /// Issue 23, "checked and sound": the table name is the only text the relay writes into
+    /// its SQL, and only once validated; everything else it sends (ids, errors, ages) goes as
+    /// a parameter (`$n`), so no statement it runs on the table carries a literal at all. A
+    /// hostile name is refused before any SQL is built, from the config as from the CLI.
+    #[test]
+    fn the_table_name_is_validated_and_every_value_is_a_parameter() {
+        let t = Table::new("app.orders_outbox").expect("valid");
+        let statements = [
+            t.select_ready(500),
+            t.mark_published(),
+            t.delete_published(),
+            t.mark_failed(),
+            t.backlog(),
+            t.purge_published(),
+        ];
+        for sql in &statements {
+            assert!(sql.contains(" app.orders_outbox "), "names the table: {sql}");
+            assert!(!sql.contains(['\'', '"', ';']) && !sql.contains("--"), "no literal, no second statement: {sql}");
+        }
+        assert_eq!(
+            t.mark_failed(),
+            "UPDATE app.orders_outbox SET failed_at = now(), error = $2, attempts = attempts + 1 WHERE id = $1"
+        );
+        assert_eq!(
+            t.mark_published(),
+            "UPDATE app.orders_outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)"
+        );
+        assert!(t.purge_published().ends_with("make_interval(secs => $1)"));
+        for hostile in [
+            "ferry_outbox; DROP TABLE users",
+            "ferry_outbox --",
+            "ferry_outbox/*",
+            "ferry_outbox WHERE true",
+            "ferry_outbox'",
+            "ferry_outbox\"",
+            "\"ferry_outbox\"",
+            "ferry_outbox\n",
+            "ferry_outbox\u{0}",
+            "pg_catalog.pg_authid(",
+            "ferry_outbox.",
+            "ｆｅｒｒｙ",
+            "ferry_outbox_notify_and_then_some_more_characters_past_48_bytes",
+        ] {
+            assert!(matches!(Table::new(hostile), Err(RelayError::Table(_))), "{hostile:?} accepted");
+            let config = crate::config::RelayConfig {
+                postgres: "postgres://127.0.0.1/db".into(),
+                table: hostile.to_string(),
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    super::super::Settings::from_config(&config, "redis://127.0.0.1/", "events"),
+                    Err(RelayError::Table(_))
+                ),
+                "{hostile:?} accepted from the config"
+            );
+        }
+    }
 }

@@ -624,3 +624,139 @@ async fn otlp_export_continues_the_producers_trace() {
     assert!(host.terminate().success(), "{}", host.log());
     assert!(host.log().contains("exporting spans over OTLP"), "{}", host.log());
 }
+
+/// Issue 23, "checked and sound": metric labels carry only names the operator chose
+/// (subscriber, stream, plugin, table, write) and a failure's kind, never an event's type or
+/// a failure's text, so a producer or a plugin can neither grow the series without bound nor
+/// write into the metrics. Events of odd types, rejected, panicking and retried to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_labels_carry_no_event_types_or_error_text() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let (host, addr) = host_with_admin(&env, env.config()).await;
+    let mut conn = env.conn().await;
+    let cases = [
+        ("OddTypeHandled", "{}"),
+        ("OddTypeRejected", r#"{"act":"reject"}"#),
+        ("OddTypePanicked", r#"{"act":"panic"}"#),
+        ("OddTypeRetried", r#"{"act":"retry"}"#),
+        ("OddType\",kind=\"forged\"} 1\n# TYPE forged counter", r#"{"act":"reject"}"#),
+    ];
+    for (event_type, data) in cases {
+        publish(&mut conn, "events", event_type, data).await;
+    }
+    let body = env
+        .wait_for("one event handled and four dead-lettered", Duration::from_secs(60), || async {
+            let (_, body) = get(&addr, "/metrics").await;
+            let done = metric(&body, r#"ferry_events_handled_total{subscriber="rec"}"#) == 1.0
+                && metric(&body, r#"ferry_events_dead_lettered_total{subscriber="rec"}"#) == 4.0;
+            done.then_some(body)
+        })
+        .await;
+    host.stop().await;
+    for text in ["OddType", "forged", "rejected on purpose", "boom on purpose", "asked to retry", "panicked"] {
+        assert!(!body.contains(text), "`{text}` is in the metrics:\n{body}");
+    }
+    let names = ["subscriber", "stream", "kind", "plugin", "table", "write", "le"];
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, rest)) = line.split_once('{') else { continue };
+        let labels = &rest[..rest.rfind('}').unwrap_or(rest.len())];
+        for pair in labels.split("\",") {
+            let (name, value) = pair.split_once("=\"").unwrap_or_else(|| panic!("a label in {line}"));
+            let value = value.trim_end_matches('"');
+            assert!(names.contains(&name), "label `{name}` in {line}");
+            if name == "kind" {
+                assert!(value.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "a kind, not a text: {line}");
+            }
+        }
+    }
+}
+
+/// The DOM headless Chromium renders for `url` (after the page's script ran), or `None`
+/// without Chromium.
+fn rendered_dom(url: &str) -> Option<String> {
+    let chromium = Path::new("/usr/bin/chromium");
+    if !chromium.exists() {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must install chromium (scripts/setup.sh)");
+        eprintln!("not rendering: /usr/bin/chromium is not installed (scripts/setup.sh installs it)");
+        return None;
+    }
+    let profile = tempfile::tempdir().expect("profile");
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("running chromium");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Issue 23, "checked and sound": text from plugins reaches the status page only as text.
+/// The page's script has no HTML sink (every value goes through `textContent`); markup in a
+/// plugin's subscription and in a refused plugin's error is a plain JSON string in
+/// `/api/status` and, rendered by headless Chromium, text: no element is made of it and its
+/// handlers never run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn markup_from_plugins_reaches_the_status_page_only_as_text() {
+    let env = Env::new();
+    let img = "<img src=x onerror=document.title='owned'><b id=injected>bold</b>";
+    let svg = "<svg/onload=document.title=document.domain>";
+    env.add_plugin("marked", fixtures::RECORDER, &format!("subscriptions = [{{ type = \"{img}\" }}]\n{RECORDER_TOML}"));
+    env.add_plugin(
+        "refused",
+        fixtures::RECORDER,
+        &format!("subscriptions = [{{ type = \"*\", stream = \"{svg}\" }}]\n{RECORDER_TOML}"),
+    );
+    let (host, addr) = host_with_admin(&env, env.config()).await;
+
+    let (_, page) = get(&addr, "/").await;
+    let script = &page[page.find("<script>").expect("the page's script")..];
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "createContextualFragment",
+        "DOMParser",
+        "setHTML",
+        "parseHTML",
+        "srcdoc",
+        "eval(",
+        "Function(",
+    ] {
+        assert!(!script.contains(sink), "the status page uses `{sink}`");
+    }
+    assert!(script.contains("td.textContent = text"), "values are written as text");
+
+    let (_, status) = get(&addr, "/api/status").await;
+    let status: Value = serde_json::from_str(&status).expect("status json");
+    let plugin = |name: &str| status["plugins"].as_array()?.iter().find(|p| p["name"] == name).cloned();
+    let marked = plugin("marked").expect("marked listed");
+    assert_eq!(marked["subscriptions"][0]["event_type"], img, "{marked}");
+    let refused = plugin("refused").expect("refused listed");
+    assert_eq!(refused["state"], "refused", "{refused}");
+    assert!(refused["error"].as_str().unwrap_or_default().contains(svg), "{refused}");
+
+    let url = format!("http://{addr}/");
+    let dom = tokio::task::spawn_blocking(move || rendered_dom(&url)).await.expect("join");
+    host.stop().await;
+    let Some(dom) = dom else { return };
+    assert!(dom.contains(r#"data-refreshes="#), "the script ran:\n{dom}");
+    assert!(dom.contains("&lt;img src=x onerror=document.title='owned'&gt;"), "the markup shown as text:\n{dom}");
+    assert!(dom.contains("&lt;svg/onload=document.title=document.domain&gt;"), "the error shown as text:\n{dom}");
+    for element in ["<img", "<svg", "<b id=\"injected\"", "<b id=injected"] {
+        assert!(!dom.contains(element), "`{element}` became an element:\n{dom}");
+    }
+    assert!(dom.contains("<title>ferry status</title>"), "no handler of the markup ran:\n{dom}");
+}

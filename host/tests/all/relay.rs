@@ -666,3 +666,64 @@ async fn copies_of_a_relayed_event_in_one_read_are_handled_once() {
         assert_eq!(recs.len(), 200, "ordered = {ordered}: each event handled once");
     }
 }
+
+/// Issue 23, "checked and sound": values reach PostgreSQL only as parameters, in both
+/// directions. Attributes written as SQL (quotes, a second statement, a comment) go in through
+/// the producer API and come out of the relay unchanged, the table intact; a row whose
+/// stream name carries a quote is marked failed with an error that quotes it verbatim (the
+/// relay's own UPDATE binds the error too). The table name is the only text in the SQL and is
+/// validated (`relay::schema::tests::the_table_name_is_validated_and_every_value_is_a_parameter`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_written_as_sql_reach_postgresql_only_as_parameters() {
+    let env = Env::new();
+    let pg = pg::start().await;
+    let client = pg::client(&pg.url()).await;
+    let relay = InProcessRelay::start(pg::settings(&pg, &env.redis.url()));
+
+    let drop = "T'); DROP TABLE ferry_outbox; --";
+    let mut event = Event::new(drop, "s' OR '1'='1", r#"{"note":"'; DELETE FROM ferry_outbox; --"}"#);
+    event.subject = Some("'||pg_sleep(30)||'".into());
+    event.partitionkey = Some("k\"; TRUNCATE ferry_outbox; /*".into());
+    event.correlationid = Some("$1 $2 \\' E'\\x00'".into());
+    ferry::outbox::postgres::add(&client, &event).await.expect("add");
+    let quoted = uuid::Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO ferry_outbox (id, type, source, data, stream) VALUES ($1, 'T', 's', '{}', $2)",
+            &[&quoted, &"x'{y}"],
+        )
+        .await
+        .expect("a row with a quote in its stream");
+    let last = pg::insert_plain(&client, "Last", "{}").await;
+
+    let conn = env.conn().await;
+    let events = env
+        .wait_for("the last row in the stream", Duration::from_secs(60), || {
+            let mut conn = conn.clone();
+            async move {
+                let events = stream_events(&mut conn, "events").await;
+                events.iter().any(|e| e.id == last.to_string()).then_some(events)
+            }
+        })
+        .await;
+    let got = events.iter().find(|e| e.id == event.id).expect("the hostile-looking event relayed");
+    assert_eq!(
+        (&got.event_type, &got.source, &got.subject, &got.partitionkey, &got.correlationid),
+        (&event.event_type, &event.source, &event.subject, &event.partitionkey, &event.correlationid),
+        "every attribute byte for byte"
+    );
+    assert_eq!(json(&got.data), json(&event.data), "the payload (jsonb keeps its value, not its spacing)");
+    let c = &client;
+    let error: String = env
+        .wait_for("the quoted row marked failed", Duration::from_secs(30), move || async move {
+            c.query_opt("SELECT error FROM ferry_outbox WHERE id = $1 AND failed_at IS NOT NULL", &[&quoted])
+                .await
+                .ok()?
+                .map(|r| r.get(0))
+        })
+        .await;
+    assert!(error.contains("x'{y}"), "the error, quote and all: {error}");
+    let rows: i64 = client.query_one("SELECT count(*) FROM ferry_outbox", &[]).await.expect("the table").get(0);
+    assert_eq!(rows, 3, "the table and its rows are all there");
+    relay.stop().await;
+}

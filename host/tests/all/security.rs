@@ -239,3 +239,131 @@ async fn an_event_with_a_handled_id_is_skipped_whichever_producer_wrote_it() {
     assert_eq!(ferry::metrics::count(&host.context().metrics.deduplicated, "rec"), 1);
     host.stop_all().await;
 }
+
+/// A runner of the recorder as subscriber `name`, granted the `records` stream and `config`
+/// (with `record_to = "records"`, where it writes what it saw).
+async fn recorder(name: &str, config: &[(&str, &str)]) -> Runner {
+    let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+    let limits = LimitsConfig::default();
+    let plugin = Plugin::load(&engine, Path::new(fixtures::RECORDER), None, &limits).await.expect("load");
+    let mut values: std::collections::BTreeMap<String, String> =
+        config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    values.insert("record_to".into(), "records".into());
+    let settings = ferry::config::SubscriberConfig {
+        publish_streams: Some(vec!["records".into()]),
+        config: Some(values),
+        limits: Some(limits),
+        ..Default::default()
+    }
+    .fill();
+    let grants = Arc::new(Grants::new(name, &plugin.version, &settings));
+    Runner::with_concurrency(engine, plugin, grants, 1)
+}
+
+/// What the recorder noted (a JSON object) handling an event with payload `data`.
+async fn note(runner: &Runner, data: String) -> serde_json::Value {
+    match runner.handle(job(Event::new("Probe", "test", data))).await {
+        Outcome::Handled { effects } => {
+            let record: serde_json::Value =
+                serde_json::from_slice(&effects.follow_ups[0].event.data).expect("a JSON record");
+            let note = record["note"].as_str().expect("a note");
+            serde_json::from_str(note).unwrap_or_else(|e| panic!("a JSON note ({e}): {note}"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 23, "checked and sound": a guest finds nothing the operator did not grant. No
+/// arguments, no environment, stdin at its end, no file under any path a preopened directory
+/// would be mounted at; a UDP socket, a name lookup and a TCP connection (to a port that
+/// listens) are all refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_finds_no_arguments_environment_stdin_preopens_sockets_or_name_lookup() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let runner = recorder("ambient", &[]).await;
+    let found = note(&runner, format!(r#"{{"act":"ambient","port":{port}}}"#)).await;
+    assert_eq!(found["args"], serde_json::json!([]), "no arguments: {found}");
+    assert_eq!(found["env"], serde_json::json!([]), "no environment: {found}");
+    assert_eq!(found["stdin"], "0 bytes", "stdin is empty and closed: {found}");
+    assert_eq!(found["paths"], serde_json::json!([]), "no preopened directory: {found}");
+    for probe in ["udp", "dns", "tcp"] {
+        let outcome = found[probe].as_str().unwrap_or_default();
+        assert!(outcome.starts_with("denied"), "{probe} must be refused: {found}");
+    }
+}
+
+/// Issue 23, "checked and sound": a plugin reads only the config values granted to its own
+/// subscriber. The same plugin as another subscriber, beside it, finds the first one's secret
+/// absent, exactly like a key nobody set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reads_only_the_config_values_granted_to_its_own_subscriber() {
+    let owner = recorder("owner", &[("secret", "owners-secret"), ("region", "eu")]).await;
+    let other = recorder("other", &[("region", "us")]).await;
+    let ask = r#"{"act":"config","keys":["secret","region","record_to","unset"]}"#;
+    assert_eq!(
+        note(&owner, ask.to_string()).await,
+        serde_json::json!({"secret": "owners-secret", "region": "eu", "record_to": "records"})
+    );
+    assert_eq!(
+        note(&other, ask.to_string()).await,
+        serde_json::json!({"region": "us", "record_to": "records"}),
+        "the other subscriber's secret reads as absent"
+    );
+    // And the first one still reads its own (nothing the second was granted leaks back).
+    assert_eq!(note(&owner, ask.to_string()).await["region"], "eu");
+}
+
+/// Issue 23, "checked and sound": a stream name with a brace, `#` or a control character is
+/// refused wherever it is named, granted or not: as the host's own `stream`, in a plugin's
+/// subscriptions (listed in `read_streams` all the same), and in `publish.send` to a stream
+/// in `publish_streams`. The rule itself: `keys::tests::stream_names_with_braces_hash_spaces_or_control_characters_are_refused`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_with_a_brace_hash_or_control_character_is_refused_wherever_it_is_named() {
+    use crate::support::{Env, RECORDER_TOML};
+    for stream in ["ev{x}", "ev#1", "ev\u{1b}[2J"] {
+        let engine = Engine::new(&EngineConfig { pooling: false, ..EngineConfig::default() }).expect("engine");
+        let limits = LimitsConfig::default();
+        let plugin = Plugin::load(&engine, Path::new(fixtures::RECORDER), None, &limits).await.expect("load");
+        let settings = ferry::config::SubscriberConfig {
+            publish_streams: Some(vec![stream.into()]),
+            config: Some([("follow_to".to_string(), stream.to_string())].into()),
+            limits: Some(limits),
+            ..Default::default()
+        }
+        .fill();
+        let grants = Arc::new(Grants::new("sender", &plugin.version, &settings));
+        let runner = Runner::with_concurrency(engine, plugin, grants, 1);
+        match runner.handle(job(Event::new("Probe", "test", r#"{"act":"follow"}"#))).await {
+            Outcome::Failed { kind: FailureKind::HandlerReject, reason, .. } => {
+                assert!(reason.contains("must not contain braces"), "{stream:?}: {reason}")
+            }
+            other => panic!("publishing to {stream:?} was not refused: {other:?}"),
+        }
+    }
+
+    let env = Env::new();
+    for (i, stream) in ["ev{x}", "ev#1"].into_iter().enumerate() {
+        let name = format!("reader{i}");
+        let toml = format!(
+            "subscriptions = [{{ type = \"*\", stream = \"{stream}\" }}]\nread_streams = [\"{stream}\"]\n{RECORDER_TOML}"
+        );
+        env.add_plugin(&name, fixtures::RECORDER, &toml);
+    }
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let plugins = host.plugins().await;
+    assert_eq!(plugins.len(), 2);
+    for plugin in plugins {
+        assert_eq!(plugin.state, "refused", "{}", plugin.name);
+        let error = plugin.error.unwrap_or_default();
+        assert!(error.contains("must not contain braces"), "{}: {error}", plugin.name);
+    }
+    host.stop_all().await;
+
+    for stream in ["ev{x}", "ev#1", "ev\u{1b}[2J"] {
+        let mut config = env.config();
+        config.stream = stream.into();
+        let Err(e) = ferry::host::Host::start(config).await else { panic!("a host on {stream:?} started") };
+        assert!(format!("{e:#}").contains("must not contain braces"), "{stream:?}: {e:#}");
+    }
+}

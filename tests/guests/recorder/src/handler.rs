@@ -5,7 +5,10 @@
 //   ok | retry (until attempt `until`, optional `delay_ms`) | reject | panic (until `until`)
 //   | loop | alloc | recurse | slow (`ms`, busy) | sleep (`ms`, in a WASI call, after `spin_ms` busy) | log_flood | stdout_flood | open_file | env
 //   | socket (`port`) | publish_forbidden | publish_huge | follow (publish to `follow_to`,
-//   then retry until `until`)
+//   then retry until `until`) | ambient (everything a process could find without a grant:
+//   arguments, environment, stdin, files under any likely preopen, a UDP socket, a name
+//   lookup, a TCP connection to `port`; the note is a JSON object of what it found)
+//   | config (the values of `keys`, as a JSON object of the granted ones)
 
 use ferry_plugin_sdk::publish::{self, Outgoing};
 use ferry_plugin_sdk::{Error, Event, Handler, Result, Subscription, config, log};
@@ -46,6 +49,34 @@ fn record(event: &Event, note: String) -> Result {
     });
     publish::send(Outgoing::json("Recorded", &record)?.to_stream(&stream))?;
     Ok(())
+}
+
+/// What the guest can reach without a grant (the `ambient` act): each probe says what it got,
+/// or `denied: <error>`.
+fn ambient(port: u16) -> String {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let outcome = |r: std::io::Result<String>| r.unwrap_or_else(|e| format!("denied: {e}"));
+    let mut stdin = [0u8; 64];
+    // Paths a preopen would most likely be mounted at (the guest cannot list preopens
+    // through std): any of them readable means the host granted a directory.
+    let paths: Vec<&str> = ["/", ".", "/etc/hostname", "/tmp", "/proc/self/environ", "data"]
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok())
+        .collect();
+    json!({
+        "args": std::env::args().collect::<Vec<_>>(),
+        "env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>(),
+        "cwd": outcome(std::env::current_dir().map(|d| d.display().to_string())),
+        "stdin": outcome(std::io::stdin().read(&mut stdin).map(|n| format!("{n} bytes"))),
+        "paths": paths,
+        "udp": outcome(std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| {
+            s.send_to(b"ping", ("127.0.0.1", port)).map(|n| format!("sent {n} bytes"))
+        })),
+        "dns": outcome(("localhost", port).to_socket_addrs().map(|a| format!("{} addresses", a.count()))),
+        "tcp": outcome(std::net::TcpStream::connect(("127.0.0.1", port)).map(|_| "connected".to_string())),
+    })
+    .to_string()
 }
 
 #[inline(never)]
@@ -152,6 +183,16 @@ impl Handler for Recorder {
                     return Err(Error::retry("follow-up published, then failed"));
                 }
                 "followed".into()
+            }
+            "ambient" => ambient(data.get("port").and_then(Value::as_u64).unwrap_or(6379) as u16),
+            "config" => {
+                let keys = data.get("keys").and_then(Value::as_array).cloned().unwrap_or_default();
+                let found: serde_json::Map<String, Value> = keys
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .filter_map(|k| config::get(k).map(|v| (k.to_string(), Value::from(v))))
+                    .collect();
+                Value::Object(found).to_string()
             }
             _ => String::new(),
         };
