@@ -527,6 +527,38 @@ impl Settler {
         Ok(answers)
     }
 
+    /// What to settle instead of `s`, whose settle Redis refused with `answer` (a follow-up's
+    /// stream of the wrong type, a state commit in conflict or over its quota): the fallback the
+    /// worker worked out, or `None` (logged) when there is none and the entry stays pending.
+    fn instead(&self, s: &Settlement, answer: Settled) -> Option<Settlement> {
+        let mut again = s.clone();
+        if answer == Settled::FollowUpRefused {
+            let Some(fields) = &s.fallback else {
+                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending");
+                return None;
+            };
+            tracing::warn!(subscriber = %self.group, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
+            again.disposition = Disposition::DeadLetter { fields: fields.clone() };
+            again.tally = Tally::DeadLettered(FailureKind::Trap);
+        } else {
+            let Some(instead) = &s.state_fallbacks else {
+                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending");
+                return None;
+            };
+            let conflict = answer == Settled::StateConflict;
+            tracing::debug!(subscriber = %self.group, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
+            // A conflict's retry keeps the partition key held (as any retry).
+            (again.disposition, again.tally) = match (&instead.over_quota, conflict) {
+                (_, true) => (instead.conflict.clone(), Tally::None),
+                (retry @ Disposition::Retry { .. }, false) => (retry.clone(), Tally::Retried(FailureKind::StateQuota)),
+                (other, false) => (other.clone(), Tally::DeadLettered(FailureKind::StateQuota)),
+            };
+            again.state_fallbacks = None;
+        }
+        again.fallback = None;
+        Some(again)
+    }
+
     async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -542,50 +574,16 @@ impl Settler {
                         match answer {
                             Settled::Done => self.counters.count(s.tally),
                             Settled::Elsewhere => {}
-                            Settled::FollowUpRefused => match &s.fallback {
-                                Some(fields) => {
-                                    tracing::warn!(subscriber = %self.group, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
-                                    let mut retry = s.clone();
-                                    retry.disposition = Disposition::DeadLetter { fields: fields.clone() };
-                                    retry.fallback = None;
-                                    retry.tally = Tally::DeadLettered(FailureKind::Trap);
-                                    refused.push(retry);
-                                    continue;
-                                }
-                                None => {
-                                    tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending")
-                                }
-                            },
-                            Settled::StateConflict | Settled::StateOverQuota => match &s.state_fallbacks {
-                                Some(instead) => {
-                                    let conflict = answer == Settled::StateConflict;
-                                    tracing::debug!(subscriber = %self.group, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
-                                    let mut again = s.clone();
-                                    let (disposition, tally) = if conflict {
-                                        (instead.conflict.clone(), Tally::None)
-                                    } else {
-                                        let tally = match &instead.over_quota {
-                                            Disposition::Retry { .. } => Tally::Retried(FailureKind::StateQuota),
-                                            _ => Tally::DeadLettered(FailureKind::StateQuota),
-                                        };
-                                        (instead.over_quota.clone(), tally)
-                                    };
-                                    again.disposition = disposition;
-                                    again.tally = tally;
-                                    again.fallback = None;
-                                    again.state_fallbacks = None;
-                                    // A conflict's retry keeps the partition key held (as any retry).
-                                    refused.push(again);
-                                    continue;
-                                }
-                                None => {
-                                    tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending")
-                                }
-                            },
                             Settled::KeyRefused => tracing::error!(
                                 subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
                                 "cannot settle: the retry schedule or the dead-letter key holds another type of key; the entry stays pending until an operator fixes it"
                             ),
+                            Settled::FollowUpRefused | Settled::StateConflict | Settled::StateOverQuota => {
+                                if let Some(again) = self.instead(s, answer) {
+                                    refused.push(again);
+                                    continue;
+                                }
+                            }
                         }
                         self.in_flight.remove(&s.key, &s.id);
                     }
@@ -672,6 +670,32 @@ mod tests {
         );
     }
 
+    /// `n` entries added to `stream` and read by `group` (pending, for a settle to ack).
+    async fn read_by_group(
+        conn: &mut redis::aio::MultiplexedConnection,
+        stream: &str,
+        group: &str,
+        n: usize,
+    ) -> Vec<String> {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await
+            .expect("group");
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            ids.push(redis::cmd("XADD").arg(stream).arg("*").arg("k").arg("v").query_async(conn).await.expect("xadd"));
+        }
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP").arg(group).arg("c").arg("STREAMS").arg(stream).arg(">");
+        let _: redis::Value = read.query_async(conn).await.expect("read");
+        ids
+    }
+
     /// Issue 25: state writes ride in the settle, guarded by the same XACK as follow-ups.
     /// Against a real server: a commit whose reads are current writes with the ack; one whose
     /// key changed meanwhile, or that passes the quota, writes and acks nothing; a settle
@@ -682,31 +706,7 @@ mod tests {
         let client = redis::Client::open(server.url()).expect("url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
         let keys = SubscriberKeys::new("events", "sub");
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg("events")
-            .arg("sub")
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await
-            .expect("group");
-        let mut ids = Vec::new();
-        for _ in 0..3 {
-            let id: String =
-                redis::cmd("XADD").arg("events").arg("*").arg("k").arg("v").query_async(&mut conn).await.expect("xadd");
-            ids.push(id);
-        }
-        let _: redis::Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("sub")
-            .arg("c")
-            .arg("STREAMS")
-            .arg("events")
-            .arg(">")
-            .query_async(&mut conn)
-            .await
-            .expect("read");
+        let ids = read_by_group(&mut conn, "events", "sub", 3).await;
         // quota, reads n, (key, version seen)*, writes m, (key, op, value)*
         let commit = |quota: &str, seen: &str, value: &str| crate::handler::StateCommit {
             args: [quota, "1", "n", seen, "1", "n", "s", value].iter().map(|a| a.as_bytes().to_vec()).collect(),
