@@ -1,9 +1,11 @@
-//! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page.
+//! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page,
+//! and the console's API (dead letters, the audit trail).
 //!
-//! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. There is no
-//! authentication yet, so every request's `Host` header must name an IP address, `localhost`
-//! or one of `admin.hosts`: a page on another site that rebinds its DNS name to this address
-//! (DNS rebinding) sends its own name and is refused.
+//! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. Who may use it is
+//! [`auth`]'s business: every request's `Host` header must name an IP address, `localhost` or
+//! one of `admin.hosts` (a page on another site that rebinds its DNS name to this address
+//! sends its own name and is refused), and with tokens configured every route but the
+//! scraped ones needs one. Off loopback the endpoint refuses to start without tokens.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,28 +15,46 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
 
-mod auth;
+pub mod auth;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
 
-/// Start the endpoint if configured; returns its task.
+/// Start the endpoint if configured; returns its task. Refuses a non-loopback address when
+/// no token is configured.
 pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let listen = host.config().admin.listen.clone();
+    let admin = host.config().admin.clone();
+    let listen = admin.listen.clone();
     if listen.is_empty() {
         return Ok(None);
     }
+    let env = std::env::var("FERRY_ADMIN_TOKENS").ok();
+    let tokens = auth::load_tokens(&admin, &host.config().plugins, env.as_deref())?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding the admin endpoint to {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{addr} (/metrics, /healthz, /readyz, /api/plugins, /api/status, /)");
-    let app = router(host.clone());
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "the admin endpoint would listen on {addr}, which is not a loopback address, without \
+             authentication: configure tokens (admin.tokens_file or FERRY_ADMIN_TOKENS), or listen on \
+             127.0.0.1, or turn it off with admin.listen = \"\""
+        );
+    }
+    let auth = Arc::new(auth::Auth::new(tokens, admin.open_metrics));
+    if auth.is_open() {
+        tracing::info!("admin endpoint on http://{addr}, open (loopback, no tokens configured)");
+    } else {
+        tracing::info!("admin endpoint on http://{addr}, tokens required");
+    }
+    let app = router(host.clone(), auth);
     Ok(Some(tokio::spawn(async move {
         let poller = tokio::spawn(poll_gauges(host));
-        if let Err(e) = axum::serve(listener, app).await {
+        // The client address keys the limit on failed logins.
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("admin endpoint failed: {e}");
         }
         poller.abort();
@@ -42,8 +62,12 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
 }
 
 /// The admin routes.
-pub fn router(host: Arc<Host>) -> Router {
+pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
     let allowed = Arc::new(host.config().admin.hosts.clone());
+    let sessions = Router::new()
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout))
+        .with_state(auth.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -54,8 +78,10 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/api/schemas/{event_type}/{version}", get(schema))
         .route("/api/catalog/{event_type}", get(catalog))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
-        .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
         .with_state(host)
+        .merge(sessions)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
 }
 
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
