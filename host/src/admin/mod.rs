@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 
 pub mod auth;
+mod dlq;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
@@ -77,6 +78,11 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/api/asyncapi.json", get(asyncapi))
         .route("/api/schemas/{event_type}/{version}", get(schema))
         .route("/api/catalog/{event_type}", get(catalog))
+        .route("/api/dlq/{subscriber}", get(dlq::list))
+        .route("/api/dlq/{subscriber}/groups", get(dlq::groups))
+        .route("/api/dlq/{subscriber}/replay", post(dlq::replay))
+        .route("/api/dlq/{subscriber}/purge", post(dlq::purge))
+        .route("/api/audit", get(audit))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
         .merge(sessions)
@@ -172,6 +178,23 @@ async fn catalog(
     match page {
         Some(page) => ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], page).into_response(),
         None => (StatusCode::NOT_FOUND, "no such type\n").into_response(),
+    }
+}
+
+/// `GET /api/audit?limit=N`: the newest entries of the audit trail, newest first (what
+/// `ferry audit --json` prints).
+async fn audit(
+    State(host): State<Arc<Host>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(crate::audit::MAX_ENTRIES);
+    let mut conn = host.context().shared.clone();
+    match crate::audit::list(&mut conn, limit).await {
+        Ok(entries) => axum::Json(entries).into_response(),
+        Err(e) => {
+            tracing::warn!("admin endpoint: audit trail: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
+        }
     }
 }
 
