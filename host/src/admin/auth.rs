@@ -325,17 +325,11 @@ pub(super) async fn authorize(
     let post = request.method() == axum::http::Method::POST;
     let headers = request.headers();
     let addr = client(&request);
-    let from_bearer = bearer(headers).is_some();
-    if post {
-        match same_origin(headers) {
-            Some(false) => return refuse(StatusCode::FORBIDDEN, "cross-origin request refused (Origin is not this Host)"),
-            None if !from_bearer && !auth.is_open() => {
-                return refuse(StatusCode::FORBIDDEN, "a POST without a bearer token must carry Origin");
-            }
-            _ => {}
-        }
-    }
+    let cross_origin = || refuse(StatusCode::FORBIDDEN, "cross-origin request refused (Origin is not this Host)");
     if path == "/api/login" || path == "/api/logout" {
+        if post && same_origin(headers) == Some(false) {
+            return cross_origin();
+        }
         return next.run(request).await;
     }
     let principal = if let Some(secret) = bearer(headers) {
@@ -356,6 +350,17 @@ pub(super) async fn authorize(
     } else {
         return refuse(StatusCode::UNAUTHORIZED, "log in: POST /api/login or Authorization: Bearer TOKEN");
     };
+    if post {
+        match same_origin(headers) {
+            Some(false) => return cross_origin(),
+            // A script's bearer token is no ambient credential a foreign page could ride on;
+            // a cookie is, so a cookie's POST must say where it comes from.
+            None if bearer(headers).is_none() && !auth.is_open() => {
+                return refuse(StatusCode::FORBIDDEN, "a POST without a bearer token must carry Origin");
+            }
+            _ => {}
+        }
+    }
     if post && principal.role != Role::Operator {
         return refuse(StatusCode::FORBIDDEN, "this needs the operator role");
     }
@@ -432,10 +437,16 @@ pub(super) async fn check_host(
     let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
     if host.is_none_or(|h| admits(&allowed, h)) {
         // A handler waiting on a stalled Redis must not hold the connection forever.
-        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
             Ok(response) => response,
             Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
-        }
+        };
+        // Answers carry producers' and plugins' text (types, reasons): a browser must take
+        // them as the declared type (JSON, plain text), never sniff them into HTML.
+        let headers = response.headers_mut();
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+        headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        response
     } else {
         (StatusCode::MISDIRECTED_REQUEST, "this endpoint does not answer to that host name (admin.hosts)\n")
             .into_response()
