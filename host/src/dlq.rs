@@ -270,7 +270,9 @@ async fn select<C: ConnectionLike>(
     let entries = all_entries(conn, key).await?;
     Ok(match selection {
         Selection::All => entries,
-        _ => entries.into_iter().filter(|e| selection.selects(&DeadLetter::from_entry(stream, subscriber, e))).collect(),
+        _ => {
+            entries.into_iter().filter(|e| selection.selects(&DeadLetter::from_entry(stream, subscriber, e))).collect()
+        }
     })
 }
 
@@ -332,12 +334,9 @@ fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
         None => Ok(None),
         Some(Given::Ms(ms)) => Ok(Some(ms)),
         Some(Given::Text(t)) if t.is_empty() => Ok(None),
-        Some(Given::Text(t)) => {
-            parse_instant(&t, crate::consume::now_ms()).map(Some).map_err(serde::de::Error::custom)
-        }
+        Some(Given::Text(t)) => parse_instant(&t, crate::consume::now_ms()).map(Some).map_err(serde::de::Error::custom),
     }
 }
-
 
 impl Filter {
     /// Whether no field is given (the filter matches every dead letter).
@@ -352,10 +351,7 @@ impl Filter {
         given(&self.event_type, &d.event_type)
             && given(&self.kind, &d.kind)
             && given(&self.correlation, d.field("correlationid").unwrap_or(""))
-            && self
-                .reason
-                .as_deref()
-                .is_none_or(|r| d.reason.to_lowercase().contains(&r.to_lowercase()))
+            && self.reason.as_deref().is_none_or(|r| d.reason.to_lowercase().contains(&r.to_lowercase()))
             && self.since.is_none_or(|s| at >= s)
             && self.until.is_none_or(|u| at <= u)
             && self.id.as_deref().is_none_or(|id| id.is_empty() || id == d.id || id == d.event_id)
@@ -584,7 +580,9 @@ mod tests {
         let f = |json: &str| serde_json::from_str::<Filter>(json).expect("filter");
         assert!(f("{}").matches(&d));
         assert!(f(r#"{"type":"OrderPlaced","kind":"handler-reject","reason":"stock missing"}"#).matches(&d));
-        assert!(f(r#"{"correlation":"c-1","id":"e1","since":1699999999999,"until":"2023-11-14T22:13:21Z"}"#).matches(&d));
+        assert!(
+            f(r#"{"correlation":"c-1","id":"e1","since":1699999999999,"until":"2023-11-14T22:13:21Z"}"#).matches(&d)
+        );
         assert!(!f(r#"{"type":"Other"}"#).matches(&d));
         assert!(!f(r#"{"since":"2023-11-14T22:13:21Z"}"#).matches(&d));
         assert!(!f(r#"{"correlation":"c-2"}"#).matches(&d));

@@ -376,10 +376,7 @@ pub(super) struct Login {
 
 /// `POST /api/login`: a valid token starts a session, kept in the HttpOnly, SameSite=Strict
 /// cookie; failures count towards the client's limit.
-pub(super) async fn login(
-    State(auth): State<Arc<Auth>>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
+pub(super) async fn login(State(auth): State<Arc<Auth>>, request: axum::extract::Request) -> axum::response::Response {
     let addr = client(&request);
     let headers = request.headers().clone();
     let Ok(body) = axum::body::to_bytes(request.into_body(), 64 << 10).await else {
@@ -403,10 +400,8 @@ pub(super) async fn login(
     let id = auth.start_session(principal);
     // Secure when the reverse proxy in front says the page came over TLS; plain HTTP on
     // loopback would otherwise lose the cookie.
-    let secure = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let secure =
+        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
     let cookie = format!(
         "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         SESSION_TTL.as_secs(),
@@ -471,8 +466,9 @@ mod tests {
 
     #[test]
     fn token_lines_are_name_role_token_and_bad_ones_are_refused() {
-        let tokens = parse_tokens("t", "# comment\nalice operator 0123456789abcdef\n\nbob viewer fedcba9876543210 # x".lines())
-            .expect("parses");
+        let tokens =
+            parse_tokens("t", "# comment\nalice operator 0123456789abcdef\n\nbob viewer fedcba9876543210 # x".lines())
+                .expect("parses");
         assert_eq!(tokens.len(), 2);
         assert_eq!((tokens[0].name.as_str(), tokens[0].role), ("alice", Role::Operator));
         assert_eq!((tokens[1].name.as_str(), tokens[1].role), ("bob", Role::Viewer));

@@ -101,7 +101,8 @@ pub(super) async fn groups(
 /// What an action's body names, as a [`Selection`].
 fn selection(body: &[u8]) -> Result<Selection, Refusal> {
     let bad = |why: String| (StatusCode::BAD_REQUEST, format!("{why}\n"));
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(format!("expected a JSON object: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("expected a JSON object: {e}")))?;
     let serde_json::Value::Object(mut fields) = value else {
         return Err(bad("expected a JSON object".into()));
     };
@@ -175,9 +176,7 @@ async fn act(
         let mut conn = host.context().shared.clone();
         let replication = host.context().replication;
         let done = match action {
-            Action::Replay => {
-                crate::dlq::replay_with(&mut conn, &subscriber, &selection, replication, |_, _| {}).await
-            }
+            Action::Replay => crate::dlq::replay_with(&mut conn, &subscriber, &selection, replication, |_, _| {}).await,
             Action::Purge => crate::dlq::purge(&mut conn, &subscriber, &selection).await,
         }?;
         let name = match action {
@@ -190,10 +189,7 @@ async fn act(
         }
         Ok::<_, redis::RedisError>(done)
     });
-    let done = work
-        .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?
-        .map_err(redis_failed)?;
+    let done = work.await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?.map_err(redis_failed)?;
     let key = match action {
         Action::Replay => "replayed",
         Action::Purge => "purged",

@@ -100,7 +100,9 @@ impl DlqSelect {
             (None, true, _) => Ok(dlq::Selection::All),
             (None, false, false) => Ok(dlq::Selection::Ids(self.ids.clone())),
             (None, false, true) if !filter.is_empty() => Ok(dlq::Selection::Filter(filter)),
-            (None, false, true) => anyhow::bail!("name the dead letters to act on (ids, --group or a filter), or pass --all"),
+            (None, false, true) => {
+                anyhow::bail!("name the dead letters to act on (ids, --group or a filter), or pass --all")
+            }
         }
     }
 }
@@ -149,7 +151,13 @@ impl FilterArgs {
 }
 
 /// Record an action in the audit trail; a failure to is said, and does not undo it.
-async fn audit(conn: &mut ferry::connection::Conn, action: &str, subscriber: &str, selection: &dlq::Selection, n: usize) {
+async fn audit(
+    conn: &mut ferry::connection::Conn,
+    action: &str,
+    subscriber: &str,
+    selection: &dlq::Selection,
+    n: usize,
+) {
     if let Err(e) = ferry::audit::record(conn, &cli_actor(), action, subscriber, selection, n).await {
         eprintln!("warning: the {action} ran but could not be recorded in the audit trail: {e}");
     }

@@ -169,7 +169,8 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
     for path in ["/metrics", "/healthz", "/readyz"] {
         assert_eq!(get(&addr, path, None).await.status, 200, "{path} stays open (admin.open_metrics)");
     }
-    let reply = request(&addr, "GET", "/api/plugins", &[("Host", "evil.example"), ("Authorization", "Bearer x")], "").await;
+    let reply =
+        request(&addr, "GET", "/api/plugins", &[("Host", "evil.example"), ("Authorization", "Bearer x")], "").await;
     assert_eq!(reply.status, 421, "a foreign Host is refused before anything else");
     let reply = get(&addr, "/api/plugins", Some("not-a-token-at-all")).await;
     assert_eq!(reply.status, 401, "an unknown token");
@@ -230,7 +231,8 @@ async fn filters_and_groups_match_the_cli_a_group_replay_replays_that_group_and_
     let mut conn = env.conn().await;
     let mut missing = Vec::new();
     for n in [17, 4242, 9] {
-        missing.push(dead_letter(&mut conn, "OrderPlaced", "handler-reject", &format!("order {n} not found"), None).await);
+        missing
+            .push(dead_letter(&mut conn, "OrderPlaced", "handler-reject", &format!("order {n} not found"), None).await);
     }
     dead_letter(&mut conn, "OrderPlaced", "trap", "wasm trap at 0x7ffd1234: unreachable", Some("corr-7")).await;
     dead_letter(&mut conn, "Refund", "trap", "wasm trap at 0x00ab9999: unreachable", None).await;
@@ -263,9 +265,15 @@ async fn filters_and_groups_match_the_cli_a_group_replay_replays_that_group_and_
     assert_eq!(groups, serde_json::from_str::<Value>(&out).expect("json"));
     let groups = groups.as_array().expect("array").clone();
     assert_eq!(groups.len(), 2, "{groups:?}");
-    assert_eq!((groups[0]["kind"].as_str(), groups[0]["reason"].as_str()), (Some("handler-reject"), Some("order <n> not found")));
+    assert_eq!(
+        (groups[0]["kind"].as_str(), groups[0]["reason"].as_str()),
+        (Some("handler-reject"), Some("order <n> not found"))
+    );
     assert_eq!(groups[0]["count"], 3);
-    assert_eq!((groups[1]["reason"].as_str(), groups[1]["count"].as_u64()), (Some("wasm trap at <hex>: unreachable"), Some(2)));
+    assert_eq!(
+        (groups[1]["reason"].as_str(), groups[1]["count"].as_u64()),
+        (Some("wasm trap at <hex>: unreachable"), Some(2))
+    );
     assert!(groups[0]["oldest"].as_str() <= groups[0]["newest"].as_str());
     let group = groups[0]["group"].as_str().expect("group id").to_string();
 
@@ -284,21 +292,28 @@ async fn filters_and_groups_match_the_cli_a_group_replay_replays_that_group_and_
     // Purge by filter from the API, replay a group from the CLI: both audited.
     let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"type":"Refund"}"#).await;
     assert_eq!(reply.json(), serde_json::json!({"purged": 1}));
-    let trap = get(&addr, "/api/dlq/rec/groups", Some(VIEWER)).await.json()[0]["group"].as_str().expect("id").to_string();
+    let trap =
+        get(&addr, "/api/dlq/rec/groups", Some(VIEWER)).await.json()[0]["group"].as_str().expect("id").to_string();
     let (ok, out, err) = cli(args(&["dlq", "replay", "--subscriber", "rec", "--group", &trap], &url)).await;
     assert!(ok && out.contains("replayed 1 dead letter(s)"), "{out}{err}");
 
     let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
     let audit = audit.as_array().expect("array");
     assert_eq!(audit.len(), 3, "{audit:?}");
-    assert_eq!((audit[2]["token"].as_str(), audit[2]["action"].as_str(), audit[2]["count"].as_u64()), (Some("alice"), Some("replay"), Some(3)));
+    assert_eq!(
+        (audit[2]["token"].as_str(), audit[2]["action"].as_str(), audit[2]["count"].as_u64()),
+        (Some("alice"), Some("replay"), Some(3))
+    );
     assert!(audit[2]["selection"].as_str().is_some_and(|s| s.contains(&group)), "{audit:?}");
     assert_eq!((audit[1]["action"].as_str(), audit[1]["count"].as_u64()), (Some("purge"), Some(1)));
     assert!(audit[1]["selection"].as_str().is_some_and(|s| s.contains("Refund")));
     assert!(audit[0]["token"].as_str().is_some_and(|t| t.starts_with("cli")), "{audit:?}");
     let (ok, out, err) = cli(args(&["audit"], &url)).await;
     assert!(ok, "{err}");
-    assert!(out.contains("alice") && out.contains("purge") && out.contains(&group) && out.contains("3 entries"), "{out}");
+    assert!(
+        out.contains("alice") && out.contains("purge") && out.contains(&group) && out.contains("3 entries"),
+        "{out}"
+    );
     host.stop().await;
 }
 
@@ -350,7 +365,8 @@ async fn off_loopback_the_endpoint_refuses_to_start_without_tokens_and_on_loopba
     .await;
     let reply = get(&addr, "/api/dlq/rec", None).await;
     assert_eq!(reply.status, 200, "loopback without tokens stays open: {}", reply.body);
-    let reply = request(&addr, "POST", "/api/dlq/rec/purge", &[("Origin", "http://evil.example")], r#"{"all":true}"#).await;
+    let reply =
+        request(&addr, "POST", "/api/dlq/rec/purge", &[("Origin", "http://evil.example")], r#"{"all":true}"#).await;
     assert_eq!(reply.status, 403, "even open, a cross-origin POST is refused");
     host.stop().await;
 }
