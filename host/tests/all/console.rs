@@ -174,6 +174,24 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
     assert_eq!(reply.status, 421, "a foreign Host is refused before anything else");
     let reply = get(&addr, "/api/plugins", Some("not-a-token-at-all")).await;
     assert_eq!(reply.status, 401, "an unknown token");
+
+    // `ferry plugins list --admin` passes FERRY_ADMIN_TOKEN as its bearer token.
+    let plugins_list = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(crate::support::ferry_bin());
+        cmd.args(["plugins", "list", "--admin", &addr]).env("FERRY_LOG", "warn").env_remove("FERRY_ADMIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("FERRY_ADMIN_TOKEN", token);
+        }
+        move || cmd.output().expect("running ferry")
+    };
+    let without = tokio::task::spawn_blocking(plugins_list(None)).await.expect("join");
+    assert!(!without.status.success(), "no token: refused");
+    let with = tokio::task::spawn_blocking(plugins_list(Some(VIEWER))).await.expect("join");
+    assert!(
+        with.status.success() && String::from_utf8_lossy(&with.stdout).contains("rec"),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
     host.stop().await;
 }
 
