@@ -388,3 +388,39 @@ async fn off_loopback_the_endpoint_refuses_to_start_without_tokens_and_on_loopba
     assert_eq!(reply.status, 403, "even open, a cross-origin POST is refused");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_environment_work_and_a_failed_login_is_logged_without_the_token() {
+    let env = Env::new();
+    let mut config = env.config();
+    let addr = free_addr();
+    config.admin.listen = addr.clone();
+    let tokens = format!("ops operator {OPERATOR},look viewer {VIEWER}");
+    let mut host = crate::support::HostProcess::start_with(
+        &config,
+        env.cache.path(),
+        "host",
+        &[("FERRY_ADMIN_TOKENS".to_string(), tokens)],
+    );
+    env.wait_for("the admin endpoint", Duration::from_secs(30), || async {
+        (get(&addr, "/healthz", None).await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(&addr, "/api/audit", None).await.status, 401);
+    assert_eq!(get(&addr, "/api/audit", Some(VIEWER)).await.status, 200);
+    assert_eq!(post(&addr, "/api/dlq/rec/purge", VIEWER, r#"{"all":true}"#).await.status, 403);
+    assert_eq!(post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"all":true}"#).await.status, 200);
+    let guess = "guess-that-must-not-be-logged";
+    let origin = format!("http://{addr}");
+    let body = serde_json::json!({ "token": guess }).to_string();
+    assert_eq!(request(&addr, "POST", "/api/login", &[("Origin", &origin)], &body).await.status, 401);
+    let log = env
+        .wait_for("the failed login in the log", Duration::from_secs(10), || async {
+            let log = host.log();
+            log.contains("failed login").then_some(log)
+        })
+        .await;
+    assert!(log.contains("127.0.0.1"), "the client address is logged: {log}");
+    assert!(!log.contains(guess) && !log.contains(OPERATOR) && !log.contains(VIEWER), "{log}");
+    host.terminate();
+}
