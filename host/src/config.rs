@@ -401,11 +401,20 @@ pub struct AdminConfig {
     /// refused: a web page rebinding its own DNS name to this address cannot read it.
     /// Default: none.
     pub hosts: Vec<String>,
+    /// File of access tokens, one `name role token` a line (`role`: `viewer` or `operator`;
+    /// `#` starts a comment). It must not be readable by group or others, nor lie inside the
+    /// plugin directory. `FERRY_ADMIN_TOKENS` adds tokens in the same form, separated by
+    /// newlines or commas. Without any token the endpoint only listens on a loopback address,
+    /// and is open there. Default: none.
+    pub tokens_file: Option<PathBuf>,
+    /// Whether `/metrics`, `/healthz` and `/readyz` answer without a token, for scrapers and
+    /// probes. Default true.
+    pub open_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into(), hosts: Vec::new() }
+        Self { listen: "127.0.0.1:9464".into(), hosts: Vec::new(), tokens_file: None, open_metrics: true }
     }
 }
 

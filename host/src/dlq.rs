@@ -1,4 +1,6 @@
-//! Dead letters: list, show, replay and purge.
+//! Dead letters: list, filter, group by cause, show, replay and purge: the one
+//! implementation `ferry dlq` and the admin endpoint's `/api/dlq` share, so they never
+//! disagree.
 //!
 //! Each subscriber has one dead-letter stream per source stream it reads,
 //! `ferry:dlq:{STREAM}:SUBSCRIBER`, in the source stream's hash slot (a dead-lettering moves
@@ -8,13 +10,16 @@
 //! stream with its attempts reset, so it reaches that subscriber only.
 
 use redis::aio::ConnectionLike;
-use serde::Serialize;
+use serde::{Deserialize as _, Serialize};
 
 use crate::connection::{Replication, Scan};
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
 use crate::consume::settle::{meta, netstrings, original_fields};
 use crate::keys::{self, SubscriberKeys};
+
+/// How many dead letters a listing shows unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 100;
 
 /// One dead letter.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -150,12 +155,33 @@ pub async fn show<C: Scan>(conn: &mut C, subscriber: Option<&str>, id: &str) -> 
 }
 
 /// Which dead letters an operation applies to.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Selection {
     /// Every dead letter of the subscriber.
     All,
     /// These entry ids or event ids.
     Ids(Vec<String>),
+    /// Those of one cause (a [`Group::group`] id).
+    Group(String),
+    /// Those a filter matches.
+    Filter(Filter),
+}
+
+impl Selection {
+    /// Whether it selects `d`.
+    pub fn selects(&self, d: &DeadLetter) -> bool {
+        match self {
+            Selection::All => true,
+            Selection::Ids(ids) => ids.iter().any(|id| *id == d.id || *id == d.event_id),
+            Selection::Group(g) => {
+                let (kind, reason) = d.cause();
+                group_id(&kind, &reason) == *g
+            }
+            Selection::Filter(f) => f.matches(d),
+        }
+    }
 }
 
 /// Replay the selected dead letters of `subscriber`: each moves atomically (`MULTI`: `XADD`
@@ -186,7 +212,7 @@ pub async fn replay_with<C: Scan>(
         let mut seen = 0;
         let keys = SubscriberKeys::new(&stream, subscriber);
         crate::consume::ensure_groups(conn, &keys, subscriber, crate::config::Start::New).await?;
-        let chosen = select(conn, &key, selection).await?;
+        let chosen = select(conn, &key, &stream, subscriber, selection).await?;
         let total = chosen.len();
         for chunk in chosen.chunks(200) {
             let mut pipe = redis::pipe();
@@ -223,8 +249,8 @@ pub async fn replay_with<C: Scan>(
 /// Delete the selected dead letters of `subscriber`. Returns how many were removed.
 pub async fn purge<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<usize> {
     let mut done = 0;
-    for (key, _, _) in streams(conn, Some(subscriber)).await? {
-        let chosen = select(conn, &key, selection).await?;
+    for (key, stream, _) in streams(conn, Some(subscriber)).await? {
+        let chosen = select(conn, &key, &stream, subscriber, selection).await?;
         for chunk in chosen.chunks(500) {
             let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
             let n: usize = redis::cmd("XDEL").arg(&key).arg(&ids).query_async(conn).await?;
@@ -234,14 +260,333 @@ pub async fn purge<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selectio
     Ok(done)
 }
 
-async fn select<C: ConnectionLike>(conn: &mut C, key: &str, selection: &Selection) -> redis::RedisResult<Vec<Entry>> {
-    let value: redis::Value = redis::cmd("XRANGE").arg(key).arg("-").arg("+").query_async(conn).await?;
-    let entries = read::parse_entries(key, value);
+async fn select<C: ConnectionLike>(
+    conn: &mut C,
+    key: &str,
+    stream: &str,
+    subscriber: &str,
+    selection: &Selection,
+) -> redis::RedisResult<Vec<Entry>> {
+    let entries = all_entries(conn, key).await?;
     Ok(match selection {
         Selection::All => entries,
-        Selection::Ids(ids) => entries
-            .into_iter()
-            .filter(|e| ids.iter().any(|id| *id == e.id || e.field("id") == Some(id.as_bytes())))
-            .collect(),
+        _ => {
+            entries.into_iter().filter(|e| selection.selects(&DeadLetter::from_entry(stream, subscriber, e))).collect()
+        }
     })
+}
+
+/// Which dead letters a listing or an action covers: every field given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filter {
+    /// The event's type, exactly.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The failure kind, exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Text the reason contains (case-insensitive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Dead-lettered at or after this instant (Unix ms). Deserialized from Unix ms, RFC 3339
+    /// or a duration before now (`"1h"`).
+    #[serde(deserialize_with = "instant", skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// Dead-lettered at or before this instant (same forms as `since`).
+    #[serde(deserialize_with = "instant", skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// The event's correlation id, exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<String>,
+    /// The entry id or the event id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A time a filter names that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a time: give Unix milliseconds, RFC 3339 (2026-12-06T23:00:00Z) or a duration ago (90m)")]
+pub struct TimeError(pub String);
+
+/// `text` as Unix ms: Unix ms, RFC 3339, or a duration (`"90m"`) before `now_ms`.
+pub fn parse_instant(text: &str, now_ms: u64) -> Result<u64, TimeError> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(ms);
+    }
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now_ms.saturating_sub(ago.as_millis() as u64));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000).max(0) as u64)
+        .map_err(|_| TimeError(text.to_string()))
+}
+
+fn instant<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Ms(u64),
+        Text(String),
+    }
+    match Option::<Given>::deserialize(d)? {
+        None => Ok(None),
+        Some(Given::Ms(ms)) => Ok(Some(ms)),
+        Some(Given::Text(t)) if t.is_empty() => Ok(None),
+        Some(Given::Text(t)) => parse_instant(&t, crate::consume::now_ms()).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Filter {
+    /// Whether no field is given (the filter matches every dead letter).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `d` matches every field given.
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        let at = d.dead_lettered_ms();
+        let given = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w.is_empty() || w == have);
+        given(&self.event_type, &d.event_type)
+            && given(&self.kind, &d.kind)
+            && given(&self.correlation, d.field("correlationid").unwrap_or(""))
+            && self.reason.as_deref().is_none_or(|r| d.reason.to_lowercase().contains(&r.to_lowercase()))
+            && self.since.is_none_or(|s| at >= s)
+            && self.until.is_none_or(|u| at <= u)
+            && self.id.as_deref().is_none_or(|id| id.is_empty() || id == d.id || id == d.event_id)
+    }
+}
+
+impl DeadLetter {
+    /// When it was dead-lettered (Unix ms), from its entry id.
+    pub fn dead_lettered_ms(&self) -> u64 {
+        self.id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+    }
+
+    /// The value of field `name`, if present.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Its cause: the failure kind with the reason normalised (see [`normalise`]).
+    pub fn cause(&self) -> (String, String) {
+        (self.kind.clone(), normalise(&self.reason))
+    }
+}
+
+/// Dead letters that failed for one cause: the same failure kind and normalised reason.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Group {
+    /// Short stable id of the cause (what `--group` and `{"group": ...}` take).
+    pub group: String,
+    /// The subscriber.
+    pub subscriber: String,
+    /// Failure kind.
+    pub kind: String,
+    /// The normalised reason.
+    pub reason: String,
+    /// How many dead letters.
+    pub count: u64,
+    /// When the oldest was dead-lettered (RFC 3339).
+    pub oldest: String,
+    /// When the newest was dead-lettered (RFC 3339).
+    pub newest: String,
+}
+
+/// A reason with what varies between events of one cause replaced: UUIDs by `<uuid>`, long
+/// hex strings (`0x...`, or 8+ hex digits with a digit among them) by `<hex>`, every other
+/// run of digits by `<n>`.
+pub fn normalise(reason: &str) -> String {
+    let chars: Vec<char> = reason.chars().collect();
+    let boundary = |i: usize| chars.get(i).is_none_or(|c| !c.is_ascii_alphanumeric());
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if (i == 0 || boundary(i - 1)) && is_uuid(&chars[i..]) && boundary(i + 36) {
+            out.push_str("<uuid>");
+            i += 36;
+        } else if chars[i].is_ascii_alphanumeric() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_alphanumeric() {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            out.push_str(&normalise_word(&word));
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn is_uuid(chars: &[char]) -> bool {
+    chars.len() >= 36
+        && chars[..36]
+            .iter()
+            .enumerate()
+            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+fn normalise_word(word: &str) -> String {
+    let hex = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit());
+    if word.strip_prefix("0x").or_else(|| word.strip_prefix("0X")).is_some_and(hex)
+        || (word.len() >= 8 && hex(word) && word.chars().any(|c| c.is_ascii_digit()))
+    {
+        return "<hex>".into();
+    }
+    let mut out = String::new();
+    let mut in_digits = false;
+    for c in word.chars() {
+        if c.is_ascii_digit() {
+            if !in_digits {
+                out.push_str("<n>");
+            }
+            in_digits = true;
+        } else {
+            out.push(c);
+            in_digits = false;
+        }
+    }
+    out
+}
+
+/// The id of a cause: the first 12 hex digits of SHA-256 over kind and normalised reason.
+pub fn group_id(kind: &str, normalised: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new().chain_update(kind).chain_update([0u8]).chain_update(normalised).finalize();
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every dead letter of one subscriber or all that `filter` matches (oldest first per
+/// dead-letter stream), and how many there are in all; at most `limit` returned.
+pub async fn find<C: Scan>(
+    conn: &mut C,
+    subscriber: Option<&str>,
+    filter: &Filter,
+    limit: usize,
+) -> redis::RedisResult<(Vec<DeadLetter>, u64)> {
+    if filter.is_empty() {
+        let letters = list(conn, subscriber, limit).await?;
+        let total = total(conn, subscriber).await?.max(letters.len() as u64);
+        return Ok((letters, total));
+    }
+    let mut out = Vec::new();
+    let mut total = 0;
+    for (key, stream, sub) in streams(conn, subscriber).await? {
+        for d in all_entries(conn, &key).await?.iter().map(|e| DeadLetter::from_entry(&stream, &sub, e)) {
+            if filter.matches(&d) {
+                total += 1;
+                if out.len() < limit {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    Ok((out, total))
+}
+
+/// The dead letters `filter` matches grouped by cause, largest group first.
+pub async fn groups<C: Scan>(
+    conn: &mut C,
+    subscriber: Option<&str>,
+    filter: &Filter,
+) -> redis::RedisResult<Vec<Group>> {
+    let mut by_cause: std::collections::BTreeMap<(String, String, String), (u64, u64, u64)> = Default::default();
+    for (key, stream, sub) in streams(conn, subscriber).await? {
+        for d in all_entries(conn, &key).await?.iter().map(|e| DeadLetter::from_entry(&stream, &sub, e)) {
+            if !filter.matches(&d) {
+                continue;
+            }
+            let (kind, reason) = d.cause();
+            let at = d.dead_lettered_ms();
+            let slot = by_cause.entry((sub.clone(), kind, reason)).or_insert((0, u64::MAX, 0));
+            slot.0 += 1;
+            slot.1 = slot.1.min(at);
+            slot.2 = slot.2.max(at);
+        }
+    }
+    let mut out: Vec<Group> = by_cause
+        .into_iter()
+        .map(|((subscriber, kind, reason), (count, oldest, newest))| Group {
+            group: group_id(&kind, &reason),
+            subscriber,
+            kind,
+            reason,
+            count,
+            oldest: crate::consume::letters::rfc3339_ms(oldest),
+            newest: crate::consume::letters::rfc3339_ms(newest),
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| b.newest.cmp(&a.newest)));
+    Ok(out)
+}
+
+/// Every entry of the stream at `key`, read in pages.
+async fn all_entries<C: ConnectionLike>(conn: &mut C, key: &str) -> redis::RedisResult<Vec<Entry>> {
+    let mut out: Vec<Entry> = Vec::new();
+    let mut start = "-".to_string();
+    loop {
+        let value: redis::Value =
+            redis::cmd("XRANGE").arg(key).arg(&start).arg("+").arg("COUNT").arg(PAGE).query_async(conn).await?;
+        let page = read::parse_entries(key, value);
+        let done = page.len() < PAGE;
+        if let Some(last) = page.last() {
+            start = format!("({}", last.id);
+        }
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Entries read per `XRANGE` when a whole dead-letter stream is scanned.
+const PAGE: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalising_a_reason_replaces_what_varies_between_events() {
+        assert_eq!(
+            normalise("order 12345 not found (id 3f2504e0-4f89-11d3-9a0c-0305e82c3301, hash deadbeef01)"),
+            "order <n> not found (id <uuid>, hash <hex>)"
+        );
+        assert_eq!(normalise("timeout after 250ms at 0x7ffd"), "timeout after <n>ms at <hex>");
+        assert_eq!(normalise("bad request"), "bad request");
+        assert_eq!(group_id("trap", "a <n>"), group_id("trap", "a <n>"));
+        assert_ne!(group_id("trap", "a <n>"), group_id("handler-reject", "a <n>"));
+    }
+
+    #[test]
+    fn a_filter_matches_every_field_it_gives() {
+        let d = DeadLetter {
+            stream: "events".into(),
+            subscriber: "rec".into(),
+            id: "1700000000000-0".into(),
+            event_id: "e1".into(),
+            event_type: "OrderPlaced".into(),
+            kind: "handler-reject".into(),
+            reason: "Stock Missing for 12".into(),
+            attempts: "1".into(),
+            plugin_version: String::new(),
+            first_failure: String::new(),
+            last_failure: String::new(),
+            fields: vec![("correlationid".into(), "c-1".into())],
+        };
+        let f = |json: &str| serde_json::from_str::<Filter>(json).expect("filter");
+        assert!(f("{}").matches(&d));
+        assert!(f(r#"{"type":"OrderPlaced","kind":"handler-reject","reason":"stock missing"}"#).matches(&d));
+        assert!(
+            f(r#"{"correlation":"c-1","id":"e1","since":1699999999999,"until":"2023-11-14T22:13:21Z"}"#).matches(&d)
+        );
+        assert!(!f(r#"{"type":"Other"}"#).matches(&d));
+        assert!(!f(r#"{"since":"2023-11-14T22:13:21Z"}"#).matches(&d));
+        assert!(!f(r#"{"correlation":"c-2"}"#).matches(&d));
+        assert!(serde_json::from_str::<Filter>(r#"{"since":"yesterday-ish"}"#).is_err());
+        assert!(parse_instant("1h", 10_000_000).is_ok_and(|t| t == 10_000_000 - 3_600_000));
+    }
 }

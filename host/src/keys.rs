@@ -157,6 +157,9 @@ pub fn state(stream: &str, subscriber: &str) -> String {
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
 
+/// Stream of the audit trail: every operator action on dead letters (see `audit`).
+pub const AUDIT: &str = "ferry:audit";
+
 /// Sorted set where running hosts register (member: consumer name, score: last seen in ms).
 pub const HOSTS: &str = "ferry:hosts";
 

@@ -32,7 +32,8 @@
 //!
 //! - [`reload`]: watch the plugin directory and apply changes to a [`host::Host`]
 //!   ([`fs_events`]: the debounce and the changed-contents rule it shares with the schema watcher).
-//! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page).
+//! - [`audit`]: the audit trail of operator actions, a bounded Redis stream.
+//! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page); `admin/auth.rs` decides who may use it.
 //! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
 //!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
 //! - [`redact`]: credentials masked out of every address shown in an error, a log or `--help`.
@@ -45,6 +46,7 @@
 //! checks it.
 
 pub mod admin;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod connection;

@@ -390,7 +390,16 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     let mut stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
         .await
         .context("timed out connecting")??;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    // A script reaching an endpoint that requires a token passes it as FERRY_ADMIN_TOKEN.
+    let authorization = match std::env::var("FERRY_ADMIN_TOKEN") {
+        Ok(token) if !token.is_empty() => format!("Authorization: Bearer {token}\r\n"),
+        _ => String::new(),
+    };
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{authorization}Connection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);

@@ -1,4 +1,5 @@
-//! `ferry dlq`: list, show, replay and purge dead letters from the command line.
+//! `ferry dlq`: list, filter, group, show, replay and purge dead letters from the command
+//! line, through the same [`ferry::dlq`] functions the admin endpoint's `/api/dlq` uses.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use super::RedisArgs;
 use super::table::{header, table};
 
 /// How many dead letters `ferry dlq list` shows unless `--limit` says otherwise.
-pub const DEFAULT_LIMIT: usize = 100;
+pub const DEFAULT_LIMIT: usize = dlq::DEFAULT_LIMIT;
 
 /// `ferry dlq ...`.
 #[derive(Debug, Subcommand)]
@@ -23,6 +24,8 @@ pub enum DlqCommand {
         /// Show at most this many.
         #[arg(long, default_value_t = DEFAULT_LIMIT)]
         limit: usize,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Print JSON (an array of the dead letters shown).
         #[arg(long)]
         json: bool,
@@ -46,6 +49,20 @@ pub enum DlqCommand {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Group dead letters by cause (failure kind and reason with numbers, UUIDs and hex
+    /// replaced), largest group first.
+    Groups {
+        /// Only this subscriber's.
+        #[arg(long)]
+        subscriber: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Print JSON (an array of the groups).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
     /// Deliver dead letters again to their subscriber only, attempts reset.
     Replay(DlqSelect),
     /// Delete dead letters.
@@ -61,31 +78,107 @@ pub struct DlqSelect {
     /// Entry ids or event ids.
     pub ids: Vec<String>,
     /// Every dead letter of the subscriber.
-    #[arg(long, conflicts_with = "ids")]
+    #[arg(long, conflicts_with_all = ["ids", "group"])]
     pub all: bool,
+    /// The dead letters of one cause: a group id from `ferry dlq groups`.
+    #[arg(long, conflicts_with = "ids")]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
 }
 
 impl DlqSelect {
     fn selection(&self) -> anyhow::Result<dlq::Selection> {
-        match (self.all, self.ids.is_empty()) {
-            (true, _) => Ok(dlq::Selection::All),
-            (false, false) => Ok(dlq::Selection::Ids(self.ids.clone())),
-            (false, true) => anyhow::bail!("name the dead letters to act on, or pass --all"),
+        let filter = self.filter.filter()?;
+        if !filter.is_empty() && (self.all || self.group.is_some() || !self.ids.is_empty()) {
+            anyhow::bail!("give either filter flags or ids, --group or --all, not both");
         }
+        match (&self.group, self.all, self.ids.is_empty()) {
+            (Some(g), _, _) => Ok(dlq::Selection::Group(g.clone())),
+            (None, true, _) => Ok(dlq::Selection::All),
+            (None, false, false) => Ok(dlq::Selection::Ids(self.ids.clone())),
+            (None, false, true) if !filter.is_empty() => Ok(dlq::Selection::Filter(filter)),
+            (None, false, true) => {
+                anyhow::bail!("name the dead letters to act on (ids, --group or a filter), or pass --all")
+            }
+        }
+    }
+}
+
+/// Which dead letters: every flag given must match.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FilterArgs {
+    /// Only events of this type.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only this failure kind (trap, handler-reject, ...).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only reasons containing this text (case-insensitive).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only dead-lettered since: a duration ago (`90m`), RFC 3339 or Unix milliseconds.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only dead-lettered until (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only events with this correlation id.
+    #[arg(long)]
+    pub correlation: Option<String>,
+    /// Only the dead letter with this entry id or event id.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+impl FilterArgs {
+    /// The filter these flags give.
+    pub fn filter(&self) -> anyhow::Result<dlq::Filter> {
+        let now = ferry::consume::now_ms();
+        let instant = |t: &Option<String>| t.as_deref().map(|t| dlq::parse_instant(t, now)).transpose();
+        Ok(dlq::Filter {
+            event_type: self.event_type.clone(),
+            kind: self.kind.clone(),
+            reason: self.reason.clone(),
+            since: instant(&self.since)?,
+            until: instant(&self.until)?,
+            correlation: self.correlation.clone(),
+            id: self.id.clone(),
+        })
+    }
+}
+
+/// Record an action in the audit trail; a failure to is said, and does not undo it.
+async fn audit(
+    conn: &mut ferry::connection::Conn,
+    action: &str,
+    subscriber: &str,
+    selection: &dlq::Selection,
+    n: usize,
+) {
+    if let Err(e) = ferry::audit::record(conn, &cli_actor(), action, subscriber, selection, n).await {
+        eprintln!("warning: the {action} ran but could not be recorded in the audit trail: {e}");
+    }
+}
+
+/// Who the audit trail names for an action from the command line.
+fn cli_actor() -> String {
+    match std::env::var("USER") {
+        Ok(user) if !user.is_empty() => format!("cli:{user}"),
+        _ => "cli".to_string(),
     }
 }
 
 /// Run `ferry dlq ...`.
 pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        DlqCommand::List { subscriber, limit, json, wide, redis } => {
+        DlqCommand::List { subscriber, limit, filter, json, wide, redis } => {
+            let filter = filter.filter()?;
             let mut conn = redis.connect().await?;
-            let letters = dlq::list(&mut conn, subscriber.as_deref(), limit).await?;
-            let total = dlq::total(&mut conn, subscriber.as_deref()).await?;
-            // Dead letters may arrive between the two reads: never claim fewer than shown.
-            let total = total.max(letters.len() as u64);
+            // Dead letters may arrive between reads: `find` never claims fewer than shown.
+            let (letters, total) = dlq::find(&mut conn, subscriber.as_deref(), &filter, limit).await?;
             let cut = (letters.len() as u64) < total;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
@@ -114,6 +207,30 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 }
                 print!("{}", table(&rows));
                 println!("{}", summary(letters.len(), total, limit));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Groups { subscriber, filter, json, redis } => {
+            let filter = filter.filter()?;
+            let mut conn = redis.connect().await?;
+            let groups = dlq::groups(&mut conn, subscriber.as_deref(), &filter).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&groups)?);
+            } else {
+                let mut rows = vec![header(&["GROUP", "SUBSCRIBER", "KIND", "COUNT", "OLDEST", "NEWEST", "REASON"])];
+                for g in &groups {
+                    rows.push(vec![
+                        g.group.clone(),
+                        g.subscriber.clone(),
+                        g.kind.clone(),
+                        g.count.to_string(),
+                        g.oldest.clone(),
+                        g.newest.clone(),
+                        cut_reason(&g.reason, REASON_WIDTH),
+                    ]);
+                }
+                print!("{}", table(&rows));
+                println!("{} group(s)", groups.len());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -146,6 +263,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             })
             .await?;
             eprintln!();
+            audit(&mut conn, "replay", &select.subscriber, &selection, n).await;
             println!("replayed {n} dead letter(s) to {}", select.subscriber);
             Ok(ExitCode::SUCCESS)
         }
@@ -153,6 +271,7 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             let selection = select.selection()?;
             let mut conn = select.redis.connect().await?;
             let n = dlq::purge(&mut conn, &select.subscriber, &selection).await?;
+            audit(&mut conn, "purge", &select.subscriber, &selection, n).await;
             println!("purged {n} dead letter(s) of {}", select.subscriber);
             Ok(ExitCode::SUCCESS)
         }

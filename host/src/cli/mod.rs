@@ -5,6 +5,7 @@
 //! flags, then `FERRY_*` environment variables, then the `--config` file, then the built-in
 //! defaults. So `ferry status --config ferry.toml` talks to the Redis the host uses.
 
+mod audit;
 mod bench;
 mod demo;
 mod dlq;
@@ -71,6 +72,8 @@ pub enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Show the audit trail: who replayed or purged which dead letters, and when.
+    Audit(audit::AuditArgs),
     /// Show streams, groups, lag, pending, retries and dead letters, straight from Redis.
     Status(status::StatusArgs),
     /// Run the end-to-end demo on a local Redis (started if --redis is not given).
@@ -179,6 +182,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins(cmd) => plugins::run(cmd).await,
         Command::New(args) => new::run(args),
         Command::Dlq(cmd) => dlq::run(cmd).await,
+        Command::Audit(args) => audit::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -7,6 +7,7 @@ mod support;
 mod cli;
 mod cluster;
 mod cluster_faults;
+mod console;
 mod contracts;
 mod delivery;
 mod e2e;

@@ -1,9 +1,11 @@
-//! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page.
+//! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page,
+//! and the console's API (dead letters, the audit trail).
 //!
-//! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. There is no
-//! authentication yet, so every request's `Host` header must name an IP address, `localhost`
-//! or one of `admin.hosts`: a page on another site that rebinds its DNS name to this address
-//! (DNS rebinding) sends its own name and is refused.
+//! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. Who may use it is
+//! [`auth`]'s business: every request's `Host` header must name an IP address, `localhost` or
+//! one of `admin.hosts` (a page on another site that rebinds its DNS name to this address
+//! sends its own name and is refused), and with tokens configured every route but the
+//! scraped ones needs one. Off loopback the endpoint refuses to start without tokens.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,26 +15,47 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{get, post};
+
+pub mod auth;
+mod dlq;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
 
-/// Start the endpoint if configured; returns its task.
+/// Start the endpoint if configured; returns its task. Refuses a non-loopback address when
+/// no token is configured.
 pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let listen = host.config().admin.listen.clone();
+    let admin = host.config().admin.clone();
+    let listen = admin.listen.clone();
     if listen.is_empty() {
         return Ok(None);
     }
+    let env = std::env::var("FERRY_ADMIN_TOKENS").ok();
+    let tokens = auth::load_tokens(&admin, &host.config().plugins, env.as_deref())?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("binding the admin endpoint to {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!("admin endpoint on http://{addr} (/metrics, /healthz, /readyz, /api/plugins, /api/status, /)");
-    let app = router(host.clone());
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "the admin endpoint would listen on {addr}, which is not a loopback address, without \
+             authentication: configure tokens (admin.tokens_file or FERRY_ADMIN_TOKENS), or listen on \
+             127.0.0.1, or turn it off with admin.listen = \"\""
+        );
+    }
+    let auth = Arc::new(auth::Auth::new(tokens, admin.open_metrics));
+    if auth.is_open() {
+        tracing::info!("admin endpoint on http://{addr}, open (loopback, no tokens configured)");
+    } else {
+        tracing::info!("admin endpoint on http://{addr}, tokens required");
+    }
+    let app = router(host.clone(), auth);
     Ok(Some(tokio::spawn(async move {
         let poller = tokio::spawn(poll_gauges(host));
-        if let Err(e) = axum::serve(listener, app).await {
+        // The client address keys the limit on failed logins.
+        let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("admin endpoint failed: {e}");
         }
         poller.abort();
@@ -40,8 +63,12 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
 }
 
 /// The admin routes.
-pub fn router(host: Arc<Host>) -> Router {
+pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
     let allowed = Arc::new(host.config().admin.hosts.clone());
+    let sessions = Router::new()
+        .route("/api/login", post(auth::login))
+        .route("/api/logout", post(auth::logout))
+        .with_state(auth.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -51,44 +78,16 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/api/asyncapi.json", get(asyncapi))
         .route("/api/schemas/{event_type}/{version}", get(schema))
         .route("/api/catalog/{event_type}", get(catalog))
-        .route("/", get(|| async { Html(include_str!("status.html")) }))
-        .layer(axum::middleware::from_fn_with_state(allowed, check_host))
+        .route("/api/dlq/{subscriber}", get(dlq::list))
+        .route("/api/dlq/{subscriber}/groups", get(dlq::groups))
+        .route("/api/dlq/{subscriber}/replay", post(dlq::replay))
+        .route("/api/dlq/{subscriber}/purge", post(dlq::purge))
+        .route("/api/audit", get(audit))
+        .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
-}
-
-/// Longest a request may take to answer once its headers are read.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Refuse a request whose `Host` names something other than an IP address, `localhost` or
-/// one of `admin.hosts` (see the module docs).
-async fn check_host(
-    State(allowed): State<Arc<Vec<String>>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let host = request.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
-    if host.is_none_or(|h| admits(&allowed, h)) {
-        // A handler waiting on a stalled Redis must not hold the connection forever.
-        match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => (StatusCode::GATEWAY_TIMEOUT, "timed out\n").into_response(),
-        }
-    } else {
-        (StatusCode::MISDIRECTED_REQUEST, "this endpoint does not answer to that host name (admin.hosts)\n")
-            .into_response()
-    }
-}
-
-/// Whether a `Host` header value (`name[:port]`, `[v6]:port`) may address the endpoint.
-fn admits(allowed: &[String], host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name.parse::<std::net::IpAddr>().is_ok()
-        || name == "localhost"
-        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
+        .merge(sessions)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
 }
 
 async fn metrics(State(host): State<Arc<Host>>) -> impl IntoResponse {
@@ -179,6 +178,23 @@ async fn catalog(
     match page {
         Some(page) => ([(header::CONTENT_TYPE, "text/markdown; charset=utf-8")], page).into_response(),
         None => (StatusCode::NOT_FOUND, "no such type\n").into_response(),
+    }
+}
+
+/// `GET /api/audit?limit=N`: the newest entries of the audit trail, newest first (what
+/// `ferry audit --json` prints).
+async fn audit(
+    State(host): State<Arc<Host>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let limit = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100).min(crate::audit::MAX_ENTRIES);
+    let mut conn = host.context().shared.clone();
+    match crate::audit::list(&mut conn, limit).await {
+        Ok(entries) => axum::Json(entries).into_response(),
+        Err(e) => {
+            tracing::warn!("admin endpoint: audit trail: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
+        }
     }
 }
 
@@ -287,35 +303,4 @@ async fn status(State(host): State<Arc<Host>>) -> impl IntoResponse {
     let streams = crate::status::retention(&mut conn, &targets).await.unwrap_or_default();
     let missing_replicas = host.context().replicas.missing();
     axum::Json(StatusView { plugins, counters, groups, streams, redis_up, missing_replicas })
-}
-
-#[cfg(test)]
-mod tests {
-    /// Issue 23, item 12: a DNS-rebinding page sends its own name in `Host`.
-    #[test]
-    fn only_ip_addresses_localhost_and_configured_names_are_admitted() {
-        let allowed = vec!["ferry.internal".to_string()];
-        for ok in [
-            "127.0.0.1:9464",
-            "127.0.0.1",
-            "[::1]:9464",
-            "localhost:9464",
-            "LOCALHOST",
-            "10.1.2.3:80",
-            "ferry.internal:9464",
-            "Ferry.Internal.",
-        ] {
-            assert!(super::admits(&allowed, ok), "{ok}");
-        }
-        for bad in [
-            "evil.example:9464",
-            "evil.example",
-            "127.0.0.1.evil.example:9464",
-            "localhost.evil.example",
-            "",
-            "\u{fffd}",
-        ] {
-            assert!(!super::admits(&allowed, bad), "{bad}");
-        }
-    }
 }

@@ -1,0 +1,426 @@
+//! The console's admin API (issue 27): tokens and roles, the login cookie, CSRF and `Host`
+//! checks, the limit on failed logins, dead letters filtered and grouped as `ferry dlq`
+//! shows them, group replay, the audit trail, and producers' text returned as JSON strings.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use ferry::config::Config;
+use ferry::event::Event;
+use ferry::keys::SubscriberKeys;
+use ferry_test_fixtures as fixtures;
+use redis::aio::MultiplexedConnection;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::support::{Env, InProcessHost, RECORDER_TOML, ferry};
+
+const OPERATOR: &str = "operator-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789ab";
+
+/// One HTTP answer.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {} {}", self.status, self.body))
+    }
+}
+
+/// `METHOD path` with `headers` (a `Host` naming `addr` unless given) and `body`.
+async fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    // Status 0: nothing listens (yet).
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return Reply { status: 0, head: String::new(), body: String::new() };
+    };
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status");
+    Reply { status, head: head.to_string(), body: body.to_string() }
+}
+
+async fn get(addr: &str, path: &str, token: Option<&str>) -> Reply {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("Authorization", b.as_str())).collect();
+    request(addr, "GET", path, &headers, "").await
+}
+
+async fn post(addr: &str, path: &str, token: &str, body: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    request(addr, "POST", path, &[("Authorization", &bearer), ("Content-Type", "application/json")], body).await
+}
+
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// A host running the recorder as `rec`, its admin endpoint on a free loopback port with an
+/// operator (`alice`) and a viewer (`vera`) token in a 0600 file.
+async fn console_host(env: &Env) -> (InProcessHost, String) {
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let tokens = env.cache.path().join("admin-tokens");
+    std::fs::write(&tokens, format!("# name role token\nalice operator {OPERATOR}\nvera viewer {VIEWER}\n"))
+        .expect("tokens file");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut config: Config = env.config();
+    let addr = free_addr();
+    config.admin.listen = addr.clone();
+    config.admin.tokens_file = Some(tokens);
+    let host = InProcessHost::start(config);
+    env.wait_for("the admin endpoint and the subscriber", Duration::from_secs(30), || async {
+        let reply = get(&addr, "/api/plugins", Some(VIEWER)).await;
+        (reply.status == 200 && reply.body.contains("\"rec\"")).then_some(())
+    })
+    .await;
+    (host, addr)
+}
+
+/// Write a dead letter of `rec` on `events` as the host writes one; returns the event.
+async fn dead_letter(
+    conn: &mut MultiplexedConnection,
+    event_type: &str,
+    kind: &str,
+    reason: &str,
+    correlation: Option<&str>,
+) -> Event {
+    let mut event = Event::new(event_type, "tests", "{}");
+    event.correlationid = correlation.map(Into::into);
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(SubscriberKeys::new("events", "rec").dlq).arg("*");
+    event.write_fields(&mut cmd);
+    cmd.arg("_reason").arg(reason).arg("_kind").arg(kind).arg("_attempts").arg(3).arg("_subscriber").arg("rec");
+    let _: String = cmd.query_async(conn).await.expect("XADD");
+    event
+}
+
+async fn cli(args: Vec<String>) -> (bool, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, out, err) = ferry(&args);
+        (status.success(), out, err)
+    })
+    .await
+    .expect("join")
+}
+
+fn args(list: &[&str], url: &str) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).chain(["--redis".to_string(), url.to_string()]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_and_hosts_are_refused() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let reads = [
+        "/api/plugins",
+        "/api/status",
+        "/api/asyncapi.json",
+        "/api/schemas/OrderPlaced/1",
+        "/api/catalog/OrderPlaced",
+        "/api/dlq/rec",
+        "/api/dlq/rec/groups",
+        "/api/audit",
+    ];
+    for path in reads {
+        let reply = get(&addr, path, None).await;
+        assert_eq!(reply.status, 401, "{path} without a token: {}", reply.body);
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{path}");
+        let reply = get(&addr, path, Some(VIEWER)).await;
+        assert!(![401, 403].contains(&reply.status), "{path} with the viewer's token: {} {}", reply.status, reply.body);
+    }
+    for path in ["/api/dlq/rec/replay", "/api/dlq/rec/purge"] {
+        let reply = request(&addr, "POST", path, &[], r#"{"all":true}"#).await;
+        assert_eq!(reply.status, 401, "{path} without a token");
+        let reply = post(&addr, path, VIEWER, r#"{"all":true}"#).await;
+        assert_eq!(reply.status, 403, "{path} as a viewer: {}", reply.body);
+        let reply = get(&addr, path, Some(OPERATOR)).await;
+        assert_eq!(reply.status, 405, "{path} is POST only");
+        let bearer = format!("Bearer {OPERATOR}");
+        let reply =
+            request(&addr, "POST", path, &[("Authorization", &bearer), ("Origin", "http://evil.example")], "{}").await;
+        assert_eq!(reply.status, 403, "{path} from another origin: {}", reply.body);
+    }
+    let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"all":true}"#).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"purged": 0})));
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(&addr, path, None).await.status, 200, "{path} stays open (admin.open_metrics)");
+    }
+    let reply =
+        request(&addr, "GET", "/api/plugins", &[("Host", "evil.example"), ("Authorization", "Bearer x")], "").await;
+    assert_eq!(reply.status, 421, "a foreign Host is refused before anything else");
+    let reply = get(&addr, "/api/plugins", Some("not-a-token-at-all")).await;
+    assert_eq!(reply.status, 401, "an unknown token");
+
+    // `ferry plugins list --admin` passes FERRY_ADMIN_TOKEN as its bearer token.
+    let plugins_list = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(crate::support::ferry_bin());
+        cmd.args(["plugins", "list", "--admin", &addr]).env("FERRY_LOG", "warn").env_remove("FERRY_ADMIN_TOKEN");
+        if let Some(token) = token {
+            cmd.env("FERRY_ADMIN_TOKEN", token);
+        }
+        move || cmd.output().expect("running ferry")
+    };
+    let without = tokio::task::spawn_blocking(plugins_list(None)).await.expect("join");
+    assert!(!without.status.success(), "no token: refused");
+    let with = tokio::task::spawn_blocking(plugins_list(Some(VIEWER))).await.expect("join");
+    assert!(
+        with.status.success() && String::from_utf8_lossy(&with.stdout).contains("rec"),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_sets_a_strict_httponly_cookie_that_works_and_the_sixth_failed_login_gets_429() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let origin = format!("http://{addr}");
+    let login = |token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        let (addr, origin) = (addr.clone(), origin.clone());
+        async move { request(&addr, "POST", "/api/login", &[("Origin", &origin)], &body).await }
+    };
+    let reply = login(OPERATOR).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["name"], "alice");
+    let cookie = reply.header("set-cookie").expect("a session cookie").to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().expect("name=value").to_string();
+    let reply = request(&addr, "GET", "/api/dlq/rec", &[("Cookie", &session)], "").await;
+    assert_eq!(reply.status, 200, "the cookie identifies the page: {}", reply.body);
+    let reply =
+        request(&addr, "POST", "/api/dlq/rec/replay", &[("Cookie", &session), ("Origin", &origin)], r#"{"all":true}"#)
+            .await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 0})), "same-origin POST");
+    let reply = request(
+        &addr,
+        "POST",
+        "/api/dlq/rec/replay",
+        &[("Cookie", &session), ("Origin", "http://evil.example")],
+        r#"{"all":true}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 403, "cross-origin POST with the cookie");
+    let reply = request(&addr, "POST", "/api/dlq/rec/replay", &[("Cookie", &session)], r#"{"all":true}"#).await;
+    assert_eq!(reply.status, 403, "a cookie POST without Origin");
+    let reply = request(&addr, "GET", "/api/dlq/rec", &[("Cookie", "ferry_session=forged")], "").await;
+    assert_eq!(reply.status, 401, "a made-up session");
+
+    for i in 1..=5 {
+        assert_eq!(login("wrong-token-guess-000").await.status, 401, "failed login {i}");
+    }
+    assert_eq!(login("wrong-token-guess-000").await.status, 429, "the sixth failed login within a minute");
+    assert_eq!(login(OPERATOR).await.status, 429, "limited, even with the right token, until the minute passes");
+    let reply = request(&addr, "GET", "/api/dlq/rec", &[("Cookie", &session)], "").await;
+    assert_eq!(reply.status, 200, "an open session is not cut by the limit");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_groups_match_the_cli_a_group_replay_replays_that_group_and_each_action_is_audited() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let url = env.redis.url();
+    let mut conn = env.conn().await;
+    let mut missing = Vec::new();
+    for n in [17, 4242, 9] {
+        missing
+            .push(dead_letter(&mut conn, "OrderPlaced", "handler-reject", &format!("order {n} not found"), None).await);
+    }
+    dead_letter(&mut conn, "OrderPlaced", "trap", "wasm trap at 0x7ffd1234: unreachable", Some("corr-7")).await;
+    dead_letter(&mut conn, "Refund", "trap", "wasm trap at 0x00ab9999: unreachable", None).await;
+
+    // Filters: the API's list is what `ferry dlq list --json` prints for the same flags.
+    for (query, flags, n) in [
+        ("type=OrderPlaced", vec!["--type", "OrderPlaced"], 4),
+        ("kind=trap", vec!["--kind", "trap"], 2),
+        ("reason=NOT%20FOUND", vec!["--reason", "NOT FOUND"], 3),
+        ("correlation=corr-7", vec!["--correlation", "corr-7"], 1),
+        ("since=1h&type=Refund", vec!["--since", "1h", "--type", "Refund"], 1),
+        ("until=1000", vec!["--until", "1000"], 0),
+    ] {
+        let api = get(&addr, &format!("/api/dlq/rec?{query}"), Some(VIEWER)).await.json();
+        let mut flags: Vec<&str> = flags;
+        flags.splice(0..0, ["dlq", "list", "--subscriber", "rec", "--json"]);
+        let (ok, out, err) = cli(args(&flags, &url)).await;
+        assert!(ok, "{err}");
+        let from_cli: Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(api["dead_letters"], from_cli, "{query}");
+        assert_eq!(api["total"], n, "{query}: {api}");
+    }
+    let by_id = get(&addr, &format!("/api/dlq/rec?id={}", missing[1].id), Some(VIEWER)).await.json();
+    assert_eq!(by_id["dead_letters"][0]["event_id"], missing[1].id.as_str());
+
+    // Groups: the same as `ferry dlq groups --json`; numbers and hex normalised away.
+    let groups = get(&addr, "/api/dlq/rec/groups", Some(VIEWER)).await.json();
+    let (ok, out, err) = cli(args(&["dlq", "groups", "--subscriber", "rec", "--json"], &url)).await;
+    assert!(ok, "{err}");
+    assert_eq!(groups, serde_json::from_str::<Value>(&out).expect("json"));
+    let groups = groups.as_array().expect("array").clone();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(
+        (groups[0]["kind"].as_str(), groups[0]["reason"].as_str()),
+        (Some("handler-reject"), Some("order <n> not found"))
+    );
+    assert_eq!(groups[0]["count"], 3);
+    assert_eq!(
+        (groups[1]["reason"].as_str(), groups[1]["count"].as_u64()),
+        (Some("wasm trap at <hex>: unreachable"), Some(2))
+    );
+    assert!(groups[0]["oldest"].as_str() <= groups[0]["newest"].as_str());
+    let group = groups[0]["group"].as_str().expect("group id").to_string();
+
+    // A group replay replays exactly that group: the recorder handles those three only.
+    let reply = post(&addr, "/api/dlq/rec/replay", OPERATOR, &serde_json::json!({ "group": group }).to_string()).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 3})), "{}", reply.body);
+    let records = env.records_at_least(3, Duration::from_secs(30)).await;
+    let mut recorded: Vec<String> = records.iter().filter_map(|r| r["id"].as_str().map(String::from)).collect();
+    let mut wanted: Vec<String> = missing.iter().map(|e| e.id.clone()).collect();
+    recorded.sort();
+    wanted.sort();
+    assert_eq!(recorded, wanted);
+    let left = get(&addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+    assert_eq!(left["total"], 2, "the other group stays: {left}");
+
+    // Purge by filter from the API, replay a group from the CLI: both audited.
+    let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"type":"Refund"}"#).await;
+    assert_eq!(reply.json(), serde_json::json!({"purged": 1}));
+    let trap =
+        get(&addr, "/api/dlq/rec/groups", Some(VIEWER)).await.json()[0]["group"].as_str().expect("id").to_string();
+    let (ok, out, err) = cli(args(&["dlq", "replay", "--subscriber", "rec", "--group", &trap], &url)).await;
+    assert!(ok && out.contains("replayed 1 dead letter(s)"), "{out}{err}");
+
+    let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
+    let audit = audit.as_array().expect("array");
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert_eq!(
+        (audit[2]["token"].as_str(), audit[2]["action"].as_str(), audit[2]["count"].as_u64()),
+        (Some("alice"), Some("replay"), Some(3))
+    );
+    assert!(audit[2]["selection"].as_str().is_some_and(|s| s.contains(&group)), "{audit:?}");
+    assert_eq!((audit[1]["action"].as_str(), audit[1]["count"].as_u64()), (Some("purge"), Some(1)));
+    assert!(audit[1]["selection"].as_str().is_some_and(|s| s.contains("Refund")));
+    assert!(audit[0]["token"].as_str().is_some_and(|t| t.starts_with("cli")), "{audit:?}");
+    let (ok, out, err) = cli(args(&["audit"], &url)).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("alice") && out.contains("purge") && out.contains(&group) && out.contains("3 entries"),
+        "{out}"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn html_and_script_in_types_and_reasons_come_back_as_json_strings() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let event_type = "<script>alert(1)</script>";
+    let reason = "<img src=x onerror=alert(2)> \"quoted\" \u{1b}[2J";
+    dead_letter(&mut conn, event_type, "handler-reject", reason, Some("</script><b>")).await;
+    for path in ["/api/dlq/rec", "/api/dlq/rec/groups"] {
+        let reply = get(&addr, path, Some(VIEWER)).await;
+        assert_eq!(reply.status, 200);
+        assert!(reply.header("content-type").is_some_and(|t| t.starts_with("application/json")), "{}", reply.head);
+        assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+        assert!(!reply.body.contains('\u{1b}'), "control characters are escaped in JSON");
+    }
+    let list = get(&addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+    assert_eq!(list["dead_letters"][0]["event_type"], event_type);
+    assert_eq!(list["dead_letters"][0]["reason"], reason);
+    let filtered = get(&addr, "/api/dlq/rec?type=%3Cscript%3Ealert(1)%3C%2Fscript%3E", Some(VIEWER)).await.json();
+    assert_eq!(filtered["total"], 1);
+    let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, &serde_json::json!({ "reason": "<img" }).to_string()).await;
+    assert_eq!(reply.json(), serde_json::json!({"purged": 1}));
+    let (ok, out, _) = cli(args(&["audit"], &env.redis.url())).await;
+    assert!(ok && out.contains("<img") && !out.contains('\u{1b}'), "{out:?}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_endpoint_refuses_to_start_without_tokens_and_on_loopback_it_stays_open() {
+    let env = Env::new();
+    let mut config = env.config();
+    config.admin.listen = "0.0.0.0:0".into();
+    let host = ferry::host::Host::start(config).await.expect("host");
+    let err = ferry::admin::spawn(host.clone()).await.expect_err("no tokens off loopback");
+    let text = format!("{err:#}");
+    assert!(text.contains("not a loopback address") && text.contains("admin.tokens_file"), "{text}");
+    host.stop_all().await;
+
+    let mut config = env.config();
+    let addr = free_addr();
+    config.admin.listen = addr.clone();
+    let host = InProcessHost::start(config);
+    env.wait_for("the admin endpoint", Duration::from_secs(20), || async {
+        (get(&addr, "/healthz", None).await.status == 200).then_some(())
+    })
+    .await;
+    let reply = get(&addr, "/api/dlq/rec", None).await;
+    assert_eq!(reply.status, 200, "loopback without tokens stays open: {}", reply.body);
+    let reply =
+        request(&addr, "POST", "/api/dlq/rec/purge", &[("Origin", "http://evil.example")], r#"{"all":true}"#).await;
+    assert_eq!(reply.status, 403, "even open, a cross-origin POST is refused");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_the_environment_work_and_a_failed_login_is_logged_without_the_token() {
+    let env = Env::new();
+    let mut config = env.config();
+    let addr = free_addr();
+    config.admin.listen = addr.clone();
+    let tokens = format!("ops operator {OPERATOR},look viewer {VIEWER}");
+    let mut host = crate::support::HostProcess::start_with(
+        &config,
+        env.cache.path(),
+        "host",
+        &[("FERRY_ADMIN_TOKENS".to_string(), tokens)],
+    );
+    env.wait_for("the admin endpoint", Duration::from_secs(30), || async {
+        (get(&addr, "/healthz", None).await.status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(get(&addr, "/api/audit", None).await.status, 401);
+    assert_eq!(get(&addr, "/api/audit", Some(VIEWER)).await.status, 200);
+    assert_eq!(post(&addr, "/api/dlq/rec/purge", VIEWER, r#"{"all":true}"#).await.status, 403);
+    assert_eq!(post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"all":true}"#).await.status, 200);
+    let guess = "guess-that-must-not-be-logged";
+    let origin = format!("http://{addr}");
+    let body = serde_json::json!({ "token": guess }).to_string();
+    assert_eq!(request(&addr, "POST", "/api/login", &[("Origin", &origin)], &body).await.status, 401);
+    let log = env
+        .wait_for("the failed login in the log", Duration::from_secs(10), || async {
+            let log = host.log();
+            log.contains("failed login").then_some(log)
+        })
+        .await;
+    assert!(log.contains("127.0.0.1"), "the client address is logged: {log}");
+    assert!(!log.contains(guess) && !log.contains(OPERATOR) && !log.contains(VIEWER), "{log}");
+    host.terminate();
+}
