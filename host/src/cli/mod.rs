@@ -15,6 +15,7 @@ mod publish;
 mod relay;
 mod run;
 mod schemas;
+mod state;
 mod status;
 mod table;
 
@@ -82,6 +83,9 @@ pub enum Command {
     /// Check the event schemas (compatibility, for CI) and generate their documents.
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
+    /// List, show and repair a subscriber's handler state (`state = true`).
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 impl Command {
@@ -184,5 +188,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Schemas(cmd) => schemas::run(cmd).await,
+        Command::State(cmd) => state::run(cmd).await,
     }
 }
