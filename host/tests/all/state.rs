@@ -224,3 +224,54 @@ async fn ferry_state_shows_and_repairs_the_count_and_the_next_event_continues_fr
     assert!(!gone.0, "a missing key fails: {}", gone.1);
     host.stop_all().await;
 }
+
+/// `ferry status` shows each subscriber's state size and the admin endpoint exports it as
+/// `ferry_state_bytes{subscriber}`: the quota's own total, summed over the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_size_is_in_the_status_and_the_state_bytes_gauge() {
+    let env = Env::new();
+    env.add_plugin("counter", fixtures::COUNTER, COUNTER_TOML);
+    let mut config = env.config();
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    config.admin.listen = addr.clone();
+    let host = crate::support::InProcessHost::start(config);
+    let mut conn = env.conn().await;
+    for _ in 0..12 {
+        ferry::outbox::publish(&mut conn, "events", &act("none")).await.expect("publish");
+    }
+    env.records_at_least(12, Duration::from_secs(60)).await;
+    env.settled_groups("events", &["counter"], Duration::from_secs(60)).await;
+    // `count` = "12": 5 + 2 bytes.
+    let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.expect("status");
+    let counter = groups.iter().find(|g| g.group == "counter").expect("the counter's group");
+    assert_eq!(counter.state_bytes, 7);
+    let gauge = env
+        .wait_for("the state gauge", Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move {
+                let body = ferry::status::http_get(&addr, "/metrics").await.ok()?;
+                let line = body.lines().find(|l| l.starts_with(r#"ferry_state_bytes{subscriber="counter"}"#))?;
+                let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+                (value == 7.0).then_some(value)
+            }
+        })
+        .await;
+    assert_eq!(gauge, 7.0);
+    let url = env.redis.url();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::ferry_bin())
+            .args(["status", "--redis", &url, "--stream", "events"])
+            .env("FERRY_LOG", "warn")
+            .env_remove("FERRY_CONFIG")
+            .output()
+            .expect("running ferry")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("STATE") && text.contains(" 7B "), "{text}");
+    host.stop().await;
+}
