@@ -240,6 +240,9 @@ pub struct Metrics {
     pub parked: Family<StreamLabels, Gauge>,
     /// Age of the oldest hold in seconds (0: none): a stuck key shows here.
     pub oldest_hold_seconds: Family<StreamLabels, Gauge>,
+    /// Bytes of keys and values in the subscriber's handler state, over every stream it
+    /// reads (the quota's own total, polled with the queue gauges).
+    pub state_bytes: Family<SubscriberLabels, Gauge>,
     /// Plugin versions loaded (first load and reloads).
     pub plugin_loads: Family<PluginLabels, Counter>,
     /// Plugin versions refused (invalid file).
@@ -293,6 +296,7 @@ impl Metrics {
         let held_keys = Family::default();
         let parked = Family::default();
         let oldest_hold_seconds = Family::default();
+        let state_bytes = Family::default();
         let plugin_loads = Family::default();
         let plugin_refused = Family::default();
         let redis_up = Gauge::default();
@@ -327,6 +331,11 @@ impl Metrics {
             "oldest_hold_seconds",
             "Age of the oldest partition-key hold (0: none)",
             oldest_hold_seconds.clone(),
+        );
+        registry.register(
+            "state_bytes",
+            "Bytes of keys and values in the subscriber's handler state, over its streams",
+            state_bytes.clone(),
         );
         registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
         registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
@@ -376,6 +385,7 @@ impl Metrics {
             held_keys,
             parked,
             oldest_hold_seconds,
+            state_bytes,
             plugin_loads,
             plugin_refused,
             redis_up,

@@ -39,6 +39,9 @@ pub struct GroupStatus {
     /// Follow-ups of the stream that could not be forwarded to their target (on a cluster:
     /// a target key of another type), set aside with their reason.
     pub unforwarded: u64,
+    /// Bytes of keys and values of the subscriber's handler state on this stream (the total
+    /// its quota counts, kept by every commit: one HGET, no scan); 0 without state.
+    pub state_bytes: u64,
     /// Consumers (host instances) with their idle time, ms.
     pub consumers: Vec<ConsumerStatus>,
     /// The node that holds the stream key (`host:port` of the primary serving its slot on a
@@ -175,6 +178,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
             let unforwarded: u64 = redis::cmd("XLEN").arg(&keys.forward_dead).query_async(conn).await?;
             let (held_keys, parked, oldest_hold) = hold_state(conn, &keys).await?;
+            let state_bytes: Option<i64> = redis::cmd("HGET").arg(&keys.state).arg("_bytes").query_async(conn).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
             let consumers = match consumers {
@@ -200,6 +204,7 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
                 retries_pending,
                 dead_letters,
                 unforwarded,
+                state_bytes: state_bytes.unwrap_or(0).max(0) as u64,
                 held_keys,
                 parked,
                 oldest_hold_ms: oldest_hold.map(|since| crate::consume::now_ms().saturating_sub(since)),

@@ -210,11 +210,14 @@ async fn poll_gauges(host: Arc<Host>) {
     // Labels set by the previous poll: a subscriber removed since (or a stream it no longer
     // reads) loses its series instead of showing its last value for ever.
     let mut previous: HashSet<StreamLabels> = HashSet::new();
+    let mut previous_state: HashSet<String> = HashSet::new();
     loop {
         if let Ok(groups) = groups(&host).await {
             let m = &host.context().metrics;
             let mut seen = HashSet::new();
+            let mut state = std::collections::HashMap::<String, u64>::new();
             for g in groups {
+                *state.entry(g.group.clone()).or_default() += g.state_bytes;
                 let labels = StreamLabels { subscriber: g.group.clone(), stream: g.stream.clone() };
                 m.lag.get_or_create(&labels).set(g.lag.map_or(-1, |l| l as i64));
                 m.pending.get_or_create(&labels).set(g.pending as i64);
@@ -237,6 +240,13 @@ async fn poll_gauges(host: Arc<Host>) {
                 m.oldest_hold_seconds.remove(gone);
             }
             previous = seen;
+            for gone in previous_state.iter().filter(|s| !state.contains_key(*s)) {
+                m.state_bytes.remove(&crate::metrics::Metrics::sub(gone));
+            }
+            for (subscriber, bytes) in &state {
+                m.state_bytes.get_or_create(&crate::metrics::Metrics::sub(subscriber)).set(*bytes as i64);
+            }
+            previous_state = state.into_keys().collect();
         }
         tokio::time::sleep(POLL).await;
     }

@@ -16,6 +16,7 @@ mod publish;
 mod relay;
 mod run;
 mod schemas;
+mod state;
 mod status;
 mod table;
 
@@ -85,6 +86,9 @@ pub enum Command {
     /// Check the event schemas (compatibility, for CI) and generate their documents.
     #[command(subcommand)]
     Schemas(schemas::SchemasCommand),
+    /// List, show and repair a subscriber's handler state (`state = true`).
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 impl Command {
@@ -188,5 +192,6 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Schemas(cmd) => schemas::run(cmd).await,
+        Command::State(cmd) => state::run(cmd).await,
     }
 }

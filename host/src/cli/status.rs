@@ -205,6 +205,7 @@ pub fn render(groups: &[GroupStatus]) -> String {
         "RETRIES",
         "DEAD",
         "HELD",
+        "STATE",
         "NODE",
         "CONSUMERS",
     ])];
@@ -234,6 +235,7 @@ pub fn render(groups: &[GroupStatus]) -> String {
                 (0, _) => "-".into(),
                 (n, age) => format!("{n}/{} ({}s)", g.parked, age.unwrap_or(0) / 1000),
             },
+            if g.state_bytes == 0 { "-".into() } else { format!("{}B", g.state_bytes) },
             g.node.as_deref().unwrap_or("-").trim_start_matches("redis://").to_string(),
             consumers.join(", "),
         ]);
@@ -290,6 +292,7 @@ mod tests {
             retries_pending: 3,
             dead_letters: 4,
             unforwarded: 0,
+            state_bytes: 1234,
             held_keys: 0,
             parked: 0,
             oldest_hold_ms: None,
@@ -300,7 +303,7 @@ mod tests {
         };
         let table = render(std::slice::from_ref(&g));
         let row: Vec<&str> = table.lines().nth(1).expect("a row").split_whitespace().collect();
-        assert_eq!(&row[..9], ["orders", "billing", "?", "2", "1500ms", "1+3", "4", "-", "10.0.0.2:7001"]);
+        assert_eq!(&row[..10], ["orders", "billing", "?", "2", "1500ms", "1+3", "4", "-", "1234B", "10.0.0.2:7001"]);
         assert!(table.contains("host-a (2 pending, seen 1m 1s ago)"), "{table}");
         assert!(!table.contains('!'), "nothing degraded: {table}");
         let mut alone = g.clone();

@@ -168,3 +168,110 @@ async fn per_key_sum(conn: &mut MultiplexedConnection) -> u64 {
     }
     sum
 }
+
+/// Run `ferry state ARGS --subscriber counter --redis URL`; (success, stdout, stderr).
+async fn ferry_state(redis: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(crate::support::ferry_bin());
+    cmd.arg("state").args(args).args(["--subscriber", "counter", "--redis", redis]).env("FERRY_LOG", "warn");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FERRY_") && k != "FERRY_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("running ferry")).await.expect("join");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `ferry state get` shows what the counter committed, `ferry state set` repairs it (on a
+/// partition, named by `--stream`), and the next event counts on from the repaired value;
+/// `list` shows each key's size with control characters escaped, `delete` removes a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_state_shows_and_repairs_the_count_and_the_next_event_continues_from_the_repair() {
+    let env = Env::new();
+    env.add_plugin("counter", fixtures::COUNTER, COUNTER_TOML);
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    for _ in 0..3 {
+        ferry::outbox::publish(&mut conn, "events", &act("none")).await.expect("publish");
+    }
+    env.records_at_least(3, Duration::from_secs(60)).await;
+    env.settled_groups("events", &["counter"], Duration::from_secs(60)).await;
+    let url = env.redis.url();
+    let got = ferry_state(&url, &["get", "count"]).await;
+    assert!(got.0, "{}", got.2);
+    assert_eq!(got.1.trim(), "3");
+    let set = ferry_state(&url, &["set", "count", "100"]).await;
+    assert!(set.0, "{}", set.2);
+    ferry::outbox::publish(&mut conn, "events", &act("none")).await.expect("publish");
+    let recs = env.records_at_least(4, Duration::from_secs(60)).await;
+    assert_eq!(parse(&recs[3])["count"], 101, "continued from the repair: {recs:?}");
+    assert_eq!(committed(&mut conn, "events", "count").await.as_deref(), Some("101"));
+    // A partition's state is its own hash, reached by `--stream`.
+    let odd = ferry_state(&url, &["set", "bad\u{1b}[2Jkey", "xyz", "--stream", "events#2"]).await;
+    assert!(odd.0, "{}", odd.2);
+    let listed = ferry_state(&url, &["list", "--stream", "events#2"]).await;
+    assert!(listed.0, "{}", listed.2);
+    assert!(!listed.1.contains('\u{1b}'), "escaped: {:?}", listed.1);
+    assert!(listed.1.contains("bad\\u{1b}[2Jkey") && listed.1.contains("  3"), "{}", listed.1);
+    let main = ferry_state(&url, &["list", "--json"]).await;
+    let keys: Value = serde_json::from_str(&main.1).expect("json");
+    assert_eq!(keys[0]["key"], "count");
+    assert_eq!(keys[0]["bytes"], 3);
+    let deleted = ferry_state(&url, &["delete", "bad\u{1b}[2Jkey", "--stream", "events#2"]).await;
+    assert!(deleted.0, "{}", deleted.2);
+    let gone = ferry_state(&url, &["get", "bad\u{1b}[2Jkey", "--stream", "events#2"]).await;
+    assert!(!gone.0, "a missing key fails: {}", gone.1);
+    host.stop_all().await;
+}
+
+/// `ferry status` shows each subscriber's state size and the admin endpoint exports it as
+/// `ferry_state_bytes{subscriber}`: the quota's own total, summed over the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_size_is_in_the_status_and_the_state_bytes_gauge() {
+    let env = Env::new();
+    env.add_plugin("counter", fixtures::COUNTER, COUNTER_TOML);
+    let mut config = env.config();
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    };
+    config.admin.listen = addr.clone();
+    let host = crate::support::InProcessHost::start(config);
+    let mut conn = env.conn().await;
+    for _ in 0..12 {
+        ferry::outbox::publish(&mut conn, "events", &act("none")).await.expect("publish");
+    }
+    env.records_at_least(12, Duration::from_secs(60)).await;
+    env.settled_groups("events", &["counter"], Duration::from_secs(60)).await;
+    // `count` = "12": 5 + 2 bytes.
+    let groups = ferry::status::collect(&mut conn, &["events".to_string()]).await.expect("status");
+    let counter = groups.iter().find(|g| g.group == "counter").expect("the counter's group");
+    assert_eq!(counter.state_bytes, 7);
+    let gauge = env
+        .wait_for("the state gauge", Duration::from_secs(20), || {
+            let addr = addr.clone();
+            async move {
+                let body = ferry::status::http_get(&addr, "/metrics").await.ok()?;
+                let line = body.lines().find(|l| l.starts_with(r#"ferry_state_bytes{subscriber="counter"}"#))?;
+                let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+                (value == 7.0).then_some(value)
+            }
+        })
+        .await;
+    assert_eq!(gauge, 7.0);
+    let url = env.redis.url();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::ferry_bin())
+            .args(["status", "--redis", &url, "--stream", "events"])
+            .env("FERRY_LOG", "warn")
+            .env_remove("FERRY_CONFIG")
+            .output()
+            .expect("running ferry")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("STATE") && text.contains(" 7B "), "{text}");
+    host.stop().await;
+}

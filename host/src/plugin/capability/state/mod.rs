@@ -11,6 +11,8 @@
 //! every key the event read is unchanged (`consume/settle.lua`, `ackst`). A handler that fails,
 //! traps or times out never reaches `finish`: its writes are dropped with its store's call.
 
+pub mod stored;
+
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker};
