@@ -389,6 +389,13 @@ async fn ferry_status_watch_redraws_fresh_state_and_rides_out_a_redis_outage() {
         watch.frames().iter().find_map(|f| row(f, "events", "rec").filter(|r| r[2] == "2"))
     })
     .await;
+    // Each watcher refreshes on its own clock: the JSON one must have drawn the lag too before
+    // the outage begins (else a slow machine sees it skip straight from 0 to the outage).
+    let json_doc = |want: fn(&Value) -> bool| {
+        let lines = json.lines();
+        async move { lines.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|d| want(&d)).then_some(()) }
+    };
+    env.wait_for("the new lag in the JSON lines", Duration::from_secs(20), || json_doc(|d| d[0]["lag"] == 2)).await;
 
     env.redis.kill();
     let seen = watch.frames().len();
@@ -396,6 +403,8 @@ async fn ferry_status_watch_redraws_fresh_state_and_rides_out_a_redis_outage() {
         watch.frames().iter().skip(seen).any(|f| f.contains("redis unreachable")).then_some(())
     })
     .await;
+    env.wait_for("the outage in the JSON lines", Duration::from_secs(30), || json_doc(|d| d["error"].is_string()))
+        .await;
     assert!(watch.child.try_wait().expect("try_wait").is_none(), "watching goes on through the outage");
     env.redis.restart().expect("restart");
     // The restarted server is empty (no persistence): a table again, without the stream.
