@@ -243,8 +243,9 @@ async fn hold_state<C: ConnectionLike>(
 async fn undelivered<C: ConnectionLike>(conn: &mut C, key: &str, last: &str) -> redis::RedisResult<u64> {
     // Counted inside Redis (count.lua): a backlog's payloads never cross the network to be
     // counted, on every status tick and every `/api/status` request.
-    let cmd = crate::consume::scripts::evalsha(&crate::consume::scripts::COUNT, &[key], &[last, "100000"]);
-    crate::consume::scripts::run(conn, &cmd).await
+    use crate::consume::scripts::{self, COUNT};
+    let reply = scripts::call(conn, &COUNT, &[key], &[last, "100000"]).await?;
+    scripts::parse(&COUNT, &reply)
 }
 
 /// Retries waiting in the schedule, and retries in the subscriber's retry stream (delivered

@@ -16,8 +16,10 @@ use redis::Value;
 
 use super::Tally;
 use super::letters::Failure;
+use super::letters::meta;
 use super::read::Entry;
-use super::settle::{Disposition, Settlement, meta, netstrings};
+use super::scripts::{Verdict, netstrings};
+use super::settle::{Disposition, Settlement};
 use super::{Active, now_ms, origin, scripts};
 use crate::contract::upcast::{Plan as Upcast, Upcasters};
 use crate::event::Event;
@@ -156,45 +158,34 @@ impl Dispatcher {
         };
         let asked: Vec<(&Candidate, &str)> =
             candidates.iter().zip(&guesses).filter_map(|(c, g)| Some((c, g.as_deref()?))).collect();
-        let mut verdicts: Vec<String> = Vec::new();
+        let mut verdicts: Vec<Verdict> = Vec::new();
         if !asked.is_empty() {
-            let keys = &self.keys;
-            let cmd = scripts::evalsha(
-                &scripts::DISPATCH,
-                &[
-                    &keys.seen,
-                    &keys.dead,
-                    &keys.inflight,
-                    &keys.holds,
-                    &keys.holders,
-                    &keys.hold_since,
-                    &keys.parked_count,
-                    &keys.parked_prefix,
-                ],
-                &self.script_args(active, &asked, now, lease_ms),
-            );
-            verdicts = match scripts::run(conn, &cmd).await {
+            let args = self.script_args(active, &asked, now, lease_ms);
+            let keys = scripts::dispatch_keys(&self.keys);
+            let reply = scripts::call(conn, &scripts::DISPATCH, &keys, &args).await;
+            verdicts = match reply.and_then(|reply| Verdict::parse_all(reply, asked.len())) {
                 Ok(verdicts) => verdicts,
                 Err(error) => {
                     // The prechecked runs are recorded: they stand. The rest is read again.
                     let (asked, decided): (Vec<_>, Vec<_>) =
                         candidates.into_iter().zip(guesses).partition(|(_, g)| g.is_some());
                     for (candidate, _) in decided {
-                        self.apply(active, &mut plan, candidate, "run");
+                        self.apply(active, &mut plan, candidate, Verdict::Run { holds: false });
                     }
                     return Err(undecided(plan, asked.into_iter().map(|(c, _)| c).collect(), error));
                 }
             };
         }
         // In read order, so a single worker still runs events in the order they were read.
+        // One verdict per event asked (`Verdict::parse_all` checked the count).
         let mut verdicts = verdicts.into_iter();
         for (candidate, guess) in candidates.into_iter().zip(guesses) {
             let verdict = match guess {
-                None => "run".to_string(),
-                // A verdict missing from the reply: look again later, as for a wait.
-                Some(_) => verdicts.next().unwrap_or_else(|| "wait".into()),
+                None => Verdict::Run { holds: false },
+                // Never short: counted by `parse_all`.
+                Some(_) => verdicts.next().unwrap_or(Verdict::Wait),
             };
-            self.apply(active, &mut plan, candidate, &verdict);
+            self.apply(active, &mut plan, candidate, verdict);
         }
         Ok(plan)
     }
@@ -234,7 +225,7 @@ impl Dispatcher {
         }
         let expiry = now + lease_ms;
         // Leased, not yet started: a worker's start charges the run (start.lua).
-        let markers: Vec<String> = eligible.iter().map(|&i| format!("{expiry}:0:{}", candidates[i].owner)).collect();
+        let markers: Vec<String> = eligible.iter().map(|&i| scripts::marker(expiry, 0, &candidates[i].owner)).collect();
         pipe.cmd("HSET").arg(&keys.inflight).arg("").arg(HASH_TABLE).ignore();
         for (id, marker) in ids.iter().zip(&markers) {
             pipe.cmd("HSETNX").arg(&keys.inflight).arg(*id).arg(marker);
@@ -290,7 +281,7 @@ impl Dispatcher {
     }
 
     /// Add `candidate` to `plan` as the script's `verdict` says.
-    fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, verdict: &str) {
+    fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, verdict: Verdict) {
         let Candidate { entry, event, attempt, owner, upcast, .. } = candidate;
         let settle = |disposition, tally, release| Settlement {
             key: entry.key.clone(),
@@ -304,14 +295,15 @@ impl Dispatcher {
             tally,
         };
         match verdict {
-            "run" | "runh" => {
+            Verdict::Run { holds } => {
                 let job =
                     Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
-                plan.run.push(Work { entry, job, owner, release: verdict == "runh", upcast });
+                plan.run.push(Work { entry, job, owner, release: holds, upcast });
             }
-            "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
-            "duph" | "deadh" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, true)),
-            "crash" => {
+            Verdict::Duplicate { holds } | Verdict::Dead { holds } => {
+                plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, holds))
+            }
+            Verdict::Crash => {
                 let reason = format!(
                     "the event was started {} times without a verdict (the host stopped or failed while handling it)",
                     active.settings.retry.max_deliveries
@@ -322,8 +314,8 @@ impl Dispatcher {
                 let tally = Tally::DeadLettered(FailureKind::Crash);
                 plan.settle.push(settle(Disposition::DeadLetter { fields }, tally, release));
             }
-            "wait" => plan.wait.push(entry),
-            _ => plan.parked.push(entry),
+            Verdict::Wait => plan.wait.push(entry),
+            Verdict::Park => plan.parked.push(entry),
         }
     }
 
@@ -562,7 +554,7 @@ mod tests {
             let e = entry("events", &format!("{i}-0"), &event);
             let c =
                 Candidate { entry: e, event, attempt: 1, owner: format!("events/{i}-0"), replay: false, upcast: None };
-            d.apply(&a, &mut plan, c, verdict);
+            d.apply(&a, &mut plan, c, Verdict::from_word(verdict.as_bytes()).expect("a verdict"));
         }
         assert_eq!((plan.run.len(), plan.wait.len(), plan.parked.len()), (1, 1, 1));
         let tallies: Vec<Tally> = plan.settle.iter().map(|s| s.tally).collect();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::read::{self, Entry};
-use super::{Context, settle};
+use super::{Context, letters, settle};
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
 use crate::replica::{Confirmed, Hold, Writer};
@@ -270,7 +270,7 @@ impl Forwarder {
         for (k, v) in &entry.fields {
             xadd.arg(k).arg(v);
         }
-        xadd.arg(settle::meta::REASON).arg(error.to_string());
+        xadd.arg(letters::meta::REASON).arg(error.to_string());
         let mut pipe = redis::pipe();
         pipe.atomic().add_command(xadd).ignore();
         pipe.cmd("XACK").arg(&self.keys.forward).arg(FORWARDERS).arg(&entry.id).ignore();

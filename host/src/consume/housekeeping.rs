@@ -125,8 +125,8 @@ impl Housekeeper {
                 args.push(h.event_id.clone());
                 args.push(h.owner.clone());
             }
-            let cmd = scripts::evalsha(&scripts::REFRESH, &[&self.keys.inflight], &args);
-            let _: i64 = scripts::run(&mut conn, &cmd).await?;
+            let reply = scripts::call(&mut conn, &scripts::REFRESH, &[&self.keys.inflight], &args).await?;
+            let _pushed: u64 = scripts::parse(&scripts::REFRESH, &reply)?;
         }
         Ok(())
     }
@@ -165,8 +165,8 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let before = now_ms().saturating_sub(SWEEP_AFTER.as_millis() as u64);
         let args = [cursor.to_string(), before.to_string(), "200".to_string()];
-        let cmd = scripts::evalsha(&scripts::SWEEP, &[&self.keys.inflight], &args);
-        scripts::run(&mut conn, &cmd).await
+        let reply = scripts::call(&mut conn, &scripts::SWEEP, &[&self.keys.inflight], &args).await?;
+        scripts::parse(&scripts::SWEEP, &reply)
     }
 
     /// Trim the source stream by the host's `[retention]` (if any, and if the stream has
@@ -199,5 +199,6 @@ pub(super) async fn reap_silent<C: redis::aio::ConnectionLike>(
     idle_ms: u64,
 ) -> redis::RedisResult<Vec<String>> {
     let args = [group.to_string(), me.to_string(), idle_ms.to_string()];
-    scripts::run(conn, &scripts::evalsha(&scripts::REAP, &[key], &args)).await
+    let reply = scripts::call(conn, &scripts::REAP, &[key], &args).await?;
+    scripts::parse(&scripts::REAP, &reply)
 }

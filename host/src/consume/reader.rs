@@ -5,7 +5,7 @@
 //! read overlaps with the events of the previous one.
 //!
 //! Under per-key order new entries are read through `read.lua` instead, which queues each on
-//! its partition key as it is delivered (see [`read::read_fresh_ordered`]); a script cannot
+//! its partition key as it is delivered (see [`read_fresh_ordered`]); a script cannot
 //! block, so when nothing is new the reader waits with an `XREAD BLOCK`, which delivers
 //! nothing, and reads again.
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::read::{self, Entry, Fresh};
-use super::{Context, InFlight, Subscriber, ensure_groups};
+use super::scripts::{self, READ};
+use super::{Context, InFlight, Subscriber, ensure_groups, now_ms};
 use crate::config::Start;
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
@@ -96,7 +97,7 @@ impl Reader {
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
         } else if self.subscriber.active().settings.ordered {
-            match read::read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
+            match read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
                 Ok(Fresh::Read(entries)) => Ok(entries),
                 Ok(Fresh::Nothing(last)) => {
                     let mut wait = redis::cmd("XREAD");
@@ -228,4 +229,19 @@ async fn read_when_asked(
             }
         }
     }
+}
+
+/// New entries (`>`) of the source and the retry stream for `consumer` under per-key order,
+/// through `read.lua`: each source entry with a partition key takes its key or is parked
+/// behind it as it is delivered, so a key's events keep stream order across hosts.
+pub async fn read_fresh_ordered<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Fresh> {
+    let args = [group.to_string(), consumer.to_string(), count.to_string(), now_ms().to_string()];
+    let reply = scripts::call(conn, &READ, &scripts::read_keys(keys), &args).await?;
+    read::parse_fresh(reply).map_err(|reply| scripts::unexpected(&READ, &reply))
 }

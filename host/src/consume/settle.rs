@@ -15,41 +15,13 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use tokio::sync::{mpsc, watch};
 
-use super::read::Entry;
-use super::{Context, Counters, InFlight, Tally, now_ms, scripts};
+use super::scripts::{self, netstring_list, netstrings};
+use super::{Context, Counters, InFlight, Tally, now_ms};
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::handler::Effects;
 use crate::handler::FailureKind;
 use crate::keys::{self, SubscriberKeys};
-
-/// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
-/// are lowercase letters and digits (CloudEvents), so the `_` prefix cannot collide.
-pub mod meta {
-    /// The attempt number the entry will be delivered with (retry stream).
-    pub const ATTEMPT: &str = "_attempt";
-    /// `stream/entry-id` where the event was first read.
-    pub const ORIGIN: &str = "_origin";
-    /// Set on events parked behind their key as they were read (read.lua): the dispatcher
-    /// has not yet asked whether the subscriber wants them.
-    pub const PARKED: &str = "_parked";
-    /// Set on entries an operator replayed from the dead-letter stream.
-    pub const REPLAY: &str = "_replay";
-    /// Failure reason.
-    pub const REASON: &str = "_reason";
-    /// Failure kind.
-    pub const KIND: &str = "_kind";
-    /// Attempts made.
-    pub const ATTEMPTS: &str = "_attempts";
-    /// Subscriber that failed it.
-    pub const SUBSCRIBER: &str = "_subscriber";
-    /// Plugin version that failed it.
-    pub const VERSION: &str = "_plugin_version";
-    /// First failure time (RFC 3339).
-    pub const FIRST_FAILURE: &str = "_first_failure";
-    /// Last failure time (RFC 3339).
-    pub const LAST_FAILURE: &str = "_last_failure";
-}
 
 /// What to do with one entry: the disposition of its event.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,31 +127,19 @@ pub enum Settled {
     StateOverQuota,
 }
 
-/// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
-/// unlike JSON in Redis's Lua.
-pub fn netstrings<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in fields {
-        push_netstring(&mut out, k.as_ref());
-        push_netstring(&mut out, v.as_ref());
+impl Settled {
+    /// The answer `settle.lua` writes as `code`; `None` for a code it never writes.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => Self::Done,
+            0 => Self::Elsewhere,
+            -1 => Self::FollowUpRefused,
+            -2 => Self::KeyRefused,
+            -3 => Self::StateConflict,
+            -4 => Self::StateOverQuota,
+            _ => return None,
+        })
     }
-    out
-}
-
-/// Encode a list of values as netstrings (one each), as `fields` in the prelude decodes it.
-fn netstring_list(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        push_netstring(&mut out, p);
-    }
-    out
-}
-
-fn push_netstring(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(part.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(part);
-    out.push(b',');
 }
 
 /// Fields of an event as owned pairs, as `XADD` writes them.
@@ -188,11 +148,6 @@ pub fn event_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
         event.to_fields().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect();
     out.push((b"schemaversion".to_vec(), event.schemaversion.to_string().into_bytes()));
     out
-}
-
-/// The entry's own event fields, without ferry's `_` metadata.
-pub fn original_fields(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
-    entry.fields.iter().filter(|(k, _)| !k.starts_with(b"_")).cloned().collect()
 }
 
 /// Where a settle writes follow-ups: straight to their streams, or, on a cluster, the ones
@@ -213,7 +168,6 @@ pub const FORWARD_TO: &str = "_to";
 
 /// The settle script's argument for one settlement.
 fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
     let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
         Disposition::Ack { record, effects } => {
             let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
@@ -248,12 +202,8 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         s.owner.as_bytes(),
         if s.release { b"1" } else { b"0" },
     ];
-    for part in head {
-        push_netstring(&mut out, part);
-    }
-    for part in &rest {
-        push_netstring(&mut out, part);
-    }
+    let mut out = netstring_list(&head);
+    out.extend(netstring_list(&rest));
     out
 }
 
@@ -365,37 +315,11 @@ async fn settle_scripted<C: ConnectionLike>(
         lease_ms.to_string().into_bytes(),
     ];
     args.extend(settlements.iter().map(|s| encode(s, routing)));
-    let keys = routing.keys;
-    let cmd = scripts::evalsha(
-        &scripts::SETTLE,
-        &[
-            &keys.schedule,
-            &keys.dlq,
-            &keys.seen,
-            &keys.dead,
-            &keys.inflight,
-            &keys.holds,
-            &keys.holders,
-            &keys.hold_since,
-            &keys.parked_count,
-            &keys.retry,
-            &keys.parked_prefix,
-            &keys.state,
-        ],
-        &args,
-    );
-    let codes: Vec<i64> = scripts::run(conn, &cmd).await?;
-    Ok(codes
-        .into_iter()
-        .map(|c| match c {
-            1 => Settled::Done,
-            0 => Settled::Elsewhere,
-            -1 => Settled::FollowUpRefused,
-            -3 => Settled::StateConflict,
-            -4 => Settled::StateOverQuota,
-            _ => Settled::KeyRefused,
-        })
-        .collect())
+    let reply = scripts::call(conn, &scripts::SETTLE, &scripts::settle_keys(routing.keys), &args).await?;
+    scripts::list(&scripts::SETTLE, reply, settlements.len(), |v| match v {
+        redis::Value::Int(code) => Settled::from_code(*code),
+        _ => None,
+    })
 }
 
 /// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
@@ -406,8 +330,8 @@ pub async fn promote<C: ConnectionLike>(
     now_ms: u64,
     limit: usize,
 ) -> redis::RedisResult<usize> {
-    let cmd = scripts::evalsha(&scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]);
-    scripts::run(conn, &cmd).await
+    let reply = scripts::call(conn, &scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]).await?;
+    scripts::parse(&scripts::PROMOTE, &reply)
 }
 
 /// The largest group of settlements sent in one call.

@@ -73,14 +73,13 @@ async fn run(
             args.push(r.event_id.clone());
             args.push(r.owner.clone());
         }
-        let cmd = scripts::evalsha(&scripts::START, &[&keys.inflight], &args);
         let mut conn = ctx.shared.clone();
-        match scripts::run::<_, Vec<i64>>(&mut conn, &cmd).await {
+        let reply = scripts::call(&mut conn, &scripts::START, &[&keys.inflight], &args).await;
+        match reply.and_then(|reply| scripts::Start::parse_all(reply, group.len())) {
             Ok(answers) => {
                 ctx.health.up(&ctx.metrics);
-                let mut answers = answers.into_iter();
-                for r in group.drain(..) {
-                    let _ = r.reply.send(answers.next() == Some(1));
+                for (r, answer) in group.drain(..).zip(answers) {
+                    let _ = r.reply.send(answer == scripts::Start::Started);
                 }
             }
             Err(e) => {

@@ -140,7 +140,7 @@ fn state_fallbacks_of(active: &Active, stream: &str, work: &Work, now: u64) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consume::settle::meta;
+    use crate::consume::letters::meta;
     use crate::consume::testing::{active, entry};
     use crate::event::Event;
     use crate::handler::{FailureKind, Job};

@@ -16,9 +16,10 @@ use std::collections::BTreeMap;
 
 use crate::connection::Conn;
 
-/// The commit script (see its header).
+/// The commit script (see its header), after the state rules it shares with the settle
+/// (`consume/state.lua`).
 pub static COMMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(concat!(include_str!("../consume/prelude.lua"), include_str!("state_commit.lua")))
+    redis::Script::new(concat!(include_str!("../consume/state.lua"), include_str!("state_commit.lua")))
 });
 
 /// A subscriber's state bounds (`[subscribers.NAME.state]`).
@@ -234,8 +235,8 @@ pub fn parse_commit(reply: &[redis::Value]) -> redis::RedisResult<Committed> {
 fn bad_reply(reply: &[redis::Value]) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
-        "unexpected state commit reply",
-        format!("{reply:?}"),
+        "unexpected reply from a ferry script",
+        format!("state_commit.lua answered {reply:?}"),
     ))
 }
 
