@@ -157,6 +157,19 @@ pub fn state(stream: &str, subscriber: &str) -> String {
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
 
+/// Pattern matching every retry stream (one per subscriber and source stream).
+pub const ALL_RETRY_PATTERN: &str = "ferry:retry:{*}:*";
+
+/// Split a retry-stream key back into (stream, subscriber).
+pub fn parse_retry(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("ferry:retry:{")?.split_once("}:")
+}
+
+/// The partition count recorded for `stream` (`host::check_partitions`), in its slot.
+pub fn partitions(stream: &str) -> String {
+    format!("ferry:partitions:{{{stream}}}")
+}
+
 /// Stream of the audit trail: every operator action on dead letters (see `audit`).
 pub const AUDIT: &str = "ferry:audit";
 
@@ -183,6 +196,8 @@ mod tests {
             assert!(key.contains("{orders}"), "{key}");
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));
+        assert_eq!(parse_retry(&keys.retry), Some(("orders", "inventory")));
+        assert_eq!(slot(&partitions("orders")), slot("orders"));
         assert!(check_name("stream", "a{b}").is_err());
     }
 

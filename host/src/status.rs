@@ -74,10 +74,8 @@ fn as_u64(v: Option<i64>) -> Option<u64> {
 /// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
 pub async fn discover<C: Scan>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
     let mut streams: Vec<String> = extra.to_vec();
-    for key in crate::connection::scan(conn, "ferry:retry:{*}:*", None).await? {
-        if let Some(rest) = key.strip_prefix("ferry:retry:{")
-            && let Some((stream, _)) = rest.split_once("}:")
-        {
+    for key in crate::connection::scan(conn, crate::keys::ALL_RETRY_PATTERN, None).await? {
+        if let Some((stream, _)) = crate::keys::parse_retry(&key) {
             streams.push(stream.to_string());
         }
     }

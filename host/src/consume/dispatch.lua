@@ -8,8 +8,8 @@
 --       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park,
 --       the in-flight marker the precheck wrote for it ('' for none)
 -- A marker the precheck wrote is this read's own guess, not a run: it counts as absent, and
--- is removed unless the verdict is to run.
--- Returns one verdict per event: run, dup, dead, wait, crash or park; run, dup and dead with
+-- is removed unless the decision is to run.
+-- Returns one decision per event: run, dup, dead, wait, crash or park; run, dup and dead with
 -- an `h` when the event holds its partition key (its settle must hand the key on).
 local K = per_key()
 local seen, dead, inflight = KEYS[6], KEYS[7], KEYS[8]
@@ -24,7 +24,7 @@ local out = {}
 for i = FIRST_EVENT, #ARGV, PER_EVENT do
   local stream, entry, id, owner = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local replay, pkey, parked, guess = ARGV[i + 4] == '1', ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local verdict
+  local decision
   local current = redis.call('HGET', inflight, id)
   local guessed = guess ~= '' and current == guess
   if guessed then current = nil end
@@ -32,39 +32,39 @@ for i = FIRST_EVENT, #ARGV, PER_EVENT do
   if window > 0 then
     local handled = redis.call('ZSCORE', seen, id)
     if handled and tonumber(handled) >= cutoff then
-      verdict = 'dup'
+      decision = 'dup'
     elseif not replay then
       local lettered = redis.call('ZSCORE', dead, id)
-      if lettered and tonumber(lettered) >= cutoff then verdict = 'dead' end
+      if lettered and tonumber(lettered) >= cutoff then decision = 'dead' end
     end
-    if not verdict and holder and holder ~= owner and expiry > now then verdict = 'wait' end
+    if not decision and holder and holder ~= owner and expiry > now then decision = 'wait' end
   end
   -- A duplicate may be the holder of its key (a parked copy moved to the retry stream after
   -- the other copy was handled): it must hand the key on, or the key stays held forever.
-  if (verdict == 'dup' or verdict == 'dead') and any_holds and redis.call('HEXISTS', K.holders, owner) == 1 then
-    verdict = verdict .. 'h'
+  if (decision == 'dup' or decision == 'dead') and any_holds and redis.call('HEXISTS', K.holders, owner) == 1 then
+    decision = decision .. 'h'
   end
-  if not verdict and starts >= max_deliveries then verdict = 'crash' end
+  if not decision and starts >= max_deliveries then decision = 'crash' end
   local holds = false
-  if not verdict and ordered and pkey ~= '' then
+  if not decision and ordered and pkey ~= '' then
     local key_holder = take(K, pkey, owner, now)
     if key_holder and key_holder ~= owner then
       park(K, stream, group, entry, pkey, parked)
-      verdict = 'park'
+      decision = 'park'
     else
       holds = true
     end
   end
-  if not verdict then
+  if not decision then
     -- A holder from before `ordered` was turned off still hands its key on.
     if not holds and any_holds and redis.call('HEXISTS', K.holders, owner) == 1 then holds = true end
     -- Leased, not yet started: the run is charged to the crash budget when a worker
     -- really starts it (start.lua), so events that wait for a worker are never charged.
     mark(inflight, id, now + lease, starts, owner)
-    verdict = holds and 'runh' or 'run'
+    decision = holds and 'runh' or 'run'
   elseif guessed then
     redis.call('HDEL', inflight, id)
   end
-  out[#out + 1] = verdict
+  out[#out + 1] = decision
 end
 return out

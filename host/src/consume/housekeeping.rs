@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::read::{self, Entry};
-use super::{Context, InFlight, now_ms, scripts, settle, trim};
+use super::{Context, InFlight, now_ms, scripts, trim};
 use crate::keys::SubscriberKeys;
 
 /// Markers whose lease ended this long ago are swept (their entries are gone).
@@ -62,7 +62,7 @@ impl Housekeeper {
                 break;
             }
             let mut conn = self.ctx.shared.clone();
-            if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
+            if let Err(e) = promote(&mut conn, &self.keys, now_ms(), 1000).await {
                 tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle() / 4 {
@@ -186,6 +186,18 @@ impl Housekeeper {
             _ => {}
         }
     }
+}
+
+/// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
+/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
+pub async fn promote<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    now_ms: u64,
+    limit: usize,
+) -> redis::RedisResult<usize> {
+    let reply = scripts::call(conn, &scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]).await?;
+    scripts::parse(&scripts::PROMOTE, &reply)
 }
 
 /// Remove the consumers of `group` on `key` other than `me` that have nothing pending and have

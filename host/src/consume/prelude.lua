@@ -64,7 +64,7 @@ end
 
 -- Park entry `entry` of `stream` behind `pkey`: acked for `group` and stored (netstring
 -- fields `stored`, carrying its `_origin`) at the tail of the key's parked list, to be handed
--- the key in its turn (settle.lua `release`).
+-- the key in its turn (settle.lua `hand_on`).
 local function park(K, stream, group, entry, pkey, stored)
   redis.call('XACK', stream, group, entry)
   redis.call('RPUSH', K.parked .. pkey, stored)

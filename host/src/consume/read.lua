@@ -2,7 +2,8 @@
 -- scripts cannot block) and, under per-key order, give each source entry its place in its
 -- partition key's queue at the moment it is delivered, in stream order. A free key is taken
 -- for the entry (it runs when dispatched); a held key gets the entry parked behind it at once
--- (acked, stored in the key's parked list, released to the retry stream in its turn).
+-- (acked, stored in the key's parked list, handed the key and moved to the retry stream in
+-- its turn).
 -- Taking the place at delivery rather than at dispatch keeps a key's events in stream order
 -- when several hosts read one group: an event one host has read but not yet dispatched (or
 -- never will: it was killed) can no longer be overtaken by a later event of its key that

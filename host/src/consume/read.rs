@@ -1,4 +1,4 @@
-//! Reading entries: `XREADGROUP`, `XAUTOCLAIM`, delivery counts, and reply parsing.
+//! Reading entries: `XREADGROUP`, `XAUTOCLAIM`, and reply parsing (theirs and `read.lua`'s).
 //!
 //! Replies are parsed by hand from [`redis::Value`] rather than through redis-rs's typed
 //! stream replies: it avoids a hash map per entry on the hot path, and it keeps entries whose
@@ -104,7 +104,7 @@ pub async fn auto_claim<C: ConnectionLike>(
     let mut out = parts.next().map(|v| parse_entries(key, v)).unwrap_or_default();
     // Ids of entries deleted while pending (Redis 7 lists them apart and has already dropped
     // them from the pending list): returned as entries without fields, so whatever they held
-    // (a partition key) is released.
+    // (a partition key) is handed on.
     if let Some(Value::Array(deleted)) = parts.next() {
         out.extend(deleted.iter().filter_map(text).map(|id| Entry { key: key.to_string(), id, fields: Vec::new() }));
     }

@@ -241,7 +241,7 @@ pub fn list<T>(script: &Lua, reply: Value, n: usize, item: impl Fn(&Value) -> Op
 
 /// What `dispatch.lua` decided for one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Decision {
     /// Run it now; `holds`: it holds its partition key (its settle hands the key on).
     Run {
         /// It holds its partition key.
@@ -265,8 +265,8 @@ pub enum Verdict {
     Park,
 }
 
-impl Verdict {
-    /// The verdict `dispatch.lua` writes as `word`; `None` for a word it never writes.
+impl Decision {
+    /// The decision `dispatch.lua` writes as `word`; `None` for a word it never writes.
     pub fn from_word(word: &[u8]) -> Option<Self> {
         Some(match word {
             b"run" => Self::Run { holds: false },
@@ -282,7 +282,7 @@ impl Verdict {
         })
     }
 
-    /// `dispatch.lua`'s reply for `n` events: one verdict each, or an error naming the script.
+    /// `dispatch.lua`'s reply for `n` events: one decision each, or an error naming the script.
     pub fn parse_all(reply: Value, n: usize) -> redis::RedisResult<Vec<Self>> {
         list(&DISPATCH, reply, n, |v| match v {
             Value::BulkString(b) => Self::from_word(b),
@@ -358,11 +358,11 @@ mod tests {
     #[test]
     fn an_unknown_verdict_or_a_short_reply_is_an_error_naming_the_script() {
         let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let ok = Verdict::parse_all(Value::Array(vec![bulk("runh"), bulk("park")]), 2).expect("parsed");
-        assert_eq!(ok, [Verdict::Run { holds: true }, Verdict::Park]);
+        let ok = Decision::parse_all(Value::Array(vec![bulk("runh"), bulk("park")]), 2).expect("parsed");
+        assert_eq!(ok, [Decision::Run { holds: true }, Decision::Park]);
         for (reply, n) in [(Value::Array(vec![bulk("runs")]), 1), (Value::Array(vec![bulk("run")]), 2), (Value::Nil, 0)]
         {
-            let e = Verdict::parse_all(reply, n).expect_err("refused");
+            let e = Decision::parse_all(reply, n).expect_err("refused");
             assert!(e.to_string().contains("dispatch.lua"), "{e}");
         }
         let e = Start::parse_all(Value::Array(vec![Value::Int(2)]), 1).expect_err("refused");

@@ -1,11 +1,12 @@
--- Settle a group of entries, each atomically: validate what it will write, ack it, and only
+-- Settle a group of entries (ack, retry, dead-letter or give back), each atomically: validate what it will write, ack it, and only
 -- if the ack removed it from the pending list apply its effects. A replayed or racing settle
 -- therefore writes nothing twice, and a write that would fail (a key of the wrong type) is
 -- found before the ack, so nothing is acked and then lost.
 -- KEYS: 1-5 the per-key set (prelude `per_key`), 6 retry schedule, 7 dead-letter stream,
 --       8 seen, 9 dead, 10 inflight, 11 retry stream, 12 the subscriber's state hash
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then one netstring list per
---       entry: op, stream key, entry id, event id, owner, release ('1'/'0'), then per op:
+--       entry: op, stream key, entry id, event id, owner, hand on ('1'/'0': the event may hold
+--       its partition key, which the settle then hands on), then per op:
 --   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
 --   ackst:   an ack with state writes: record, the state commit's arguments (a netstring
 --            list, see state_check in the prelude), then the follow-up pairs. Checked
@@ -14,7 +15,7 @@
 --   retry:   due ms, netstring fields of the retry entry
 --   dlq:     netstring fields of the dead-letter entry
 --   skip:    nothing (a duplicate or an unsubscribed event: ack only)
---   release: charged ('1': the run's start was recorded); not acked: a host-side
+--   giveback: charged ('1': the run's start was recorded); not acked: a host-side
 --            failure or a stop, no attempt charged and the run taken off the crash budget
 -- Returns one code per entry: 1 settled, 0 not pending any more (settled elsewhere),
 -- -1 a follow-up stream holds another type, -2 the schedule, dead-letter or state key does,
@@ -38,11 +39,11 @@ end
 
 -- Per-key order: the holder is done, so the next event parked behind its key goes to the
 -- retry stream and takes the hold over. Found by owner, so a holder whose entry was deleted
--- still releases its key. Every check comes before the first write, so a release never
+-- still hands its key on. Every check comes before the first write, so a hand-on never
 -- stops half-way (a script error keeps the writes made before it): a parked entry that
 -- could not be written back (nothing parks such a one any more) is set aside as a dead
 -- letter and the key goes to the next one.
-local function release(owner)
+local function hand_on(owner)
   local pkey = redis.call('HGET', K.holders, owner)
   if not pkey then return end
   if redis.call('HGET', K.holds, pkey) ~= owner then
@@ -107,9 +108,9 @@ end
 local out = {}
 for i = FIRST_ENTRY, #ARGV do
   local s = fields(ARGV[i])
-  local op, stream, entry, id, owner, rel = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
+  local op, stream, entry, id, owner, holds = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
   local code = 1
-  if op == 'release' then
+  if op == 'giveback' then
     give_back(id, owner, s[7] == '1')
   else
     if op == 'ack' or op == 'ackst' then
@@ -132,8 +133,8 @@ for i = FIRST_ENTRY, #ARGV do
     if code == 1 and redis.call('XACK', stream, group, entry) == 0 then
       code = 0
       -- An entry deleted while pending (taken over by XAUTOCLAIM, which already dropped it
-      -- from the pending list) may have held its partition key: release it all the same.
-      if op == 'dlq' and id == '' and rel then release(owner) end
+      -- from the pending list) may have held its partition key: hand it on all the same.
+      if op == 'dlq' and id == '' and holds then hand_on(owner) end
     end
     -- Refused before the ack: the run ended without a verdict that could be written.
     if code == -2 then give_back(id, owner, true) end
@@ -159,7 +160,7 @@ for i = FIRST_ENTRY, #ARGV do
           forget(id, owner)
         end
       end
-      if rel and op ~= 'retry' then release(owner) end
+      if holds and op ~= 'retry' then hand_on(owner) end
     end
   end
   out[#out + 1] = code

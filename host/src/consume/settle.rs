@@ -51,7 +51,7 @@ pub enum Disposition {
     /// No verdict (a host-side failure, or the host stopping): the entry stays pending and
     /// is delivered again; a run that was `charged` (its start recorded) is taken off the
     /// event's crash budget.
-    Release {
+    GiveBack {
         /// The run's start was recorded (start.lua): take it back.
         charged: bool,
     },
@@ -69,7 +69,7 @@ pub struct Settlement {
     /// The run's owner: the event's `_origin`, stable across its retries.
     pub owner: String,
     /// Whether the event may hold a partition key to hand on.
-    pub release: bool,
+    pub hand_on: bool,
     /// What to do.
     pub disposition: Disposition,
     /// The dead letter to write instead if a follow-up's stream refuses the ack.
@@ -89,8 +89,8 @@ impl Settlement {
             id,
             event_id,
             owner,
-            release: false,
-            disposition: Disposition::Release { charged },
+            hand_on: false,
+            disposition: Disposition::GiveBack { charged },
             fallback: None,
             state_fallbacks: None,
             tally: Tally::None,
@@ -192,7 +192,7 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         Disposition::Skip => ("skip", Vec::new()),
         Disposition::Retry { due_ms, fields } => ("retry", vec![due_ms.to_string().into_bytes(), netstrings(fields)]),
         Disposition::DeadLetter { fields } => ("dlq", vec![netstrings(fields)]),
-        Disposition::Release { charged } => ("release", vec![if *charged { b"1".to_vec() } else { b"0".to_vec() }]),
+        Disposition::GiveBack { charged } => ("giveback", vec![if *charged { b"1".to_vec() } else { b"0".to_vec() }]),
     };
     let head: [&[u8]; 6] = [
         op.as_bytes(),
@@ -200,7 +200,7 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         s.id.as_bytes(),
         s.event_id.as_bytes(),
         s.owner.as_bytes(),
-        if s.release { b"1" } else { b"0" },
+        if s.hand_on { b"1" } else { b"0" },
     ];
     let mut out = netstring_list(&head);
     out.extend(netstring_list(&rest));
@@ -240,7 +240,7 @@ pub async fn settle<C: ConnectionLike>(
 
 /// Whether `s` can go the plain way: an ack (or skip) with nothing else to write.
 fn is_plain(s: &Settlement) -> bool {
-    !s.release
+    !s.hand_on
         && match &s.disposition {
             Disposition::Ack { effects, .. } => effects.is_empty(),
             Disposition::Skip => true,
@@ -320,18 +320,6 @@ async fn settle_scripted<C: ConnectionLike>(
         redis::Value::Int(code) => Settled::from_code(*code),
         _ => None,
     })
-}
-
-/// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
-/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
-pub async fn promote<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &SubscriberKeys,
-    now_ms: u64,
-    limit: usize,
-) -> redis::RedisResult<usize> {
-    let reply = scripts::call(conn, &scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]).await?;
-    scripts::parse(&scripts::PROMOTE, &reply)
 }
 
 /// The largest group of settlements sent in one call.
@@ -553,7 +541,7 @@ mod tests {
             id: "1-0".into(),
             event_id: "e".into(),
             owner: "events/1-0".into(),
-            release: false,
+            hand_on: false,
             disposition: Disposition::Ack {
                 record: true,
                 effects: Effects { follow_ups: vec![follow("records"), follow("{events}x")], state: None },
@@ -581,7 +569,7 @@ mod tests {
             id: "1-0".into(),
             event_id: "e".into(),
             owner: "events/1-0".into(),
-            release: true,
+            hand_on: true,
             disposition: Disposition::Retry { due_ms: 7, fields: vec![(b"k".to_vec(), b"v".to_vec())] },
             fallback: None,
             state_fallbacks: None,
@@ -640,7 +628,7 @@ mod tests {
             id: id.into(),
             event_id: format!("e-{id}"),
             owner: format!("events/{id}"),
-            release: false,
+            hand_on: false,
             disposition: Disposition::Ack {
                 record: false,
                 effects: Effects { follow_ups: Vec::new(), state: Some(state) },

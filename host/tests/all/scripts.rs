@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use ferry::consume::scripts::{self, Replay, Start, Verdict};
+use ferry::consume::scripts::{self, Decision, Replay, Start};
 use ferry::consume::settle::{Disposition, Routing, Settled, Settlement, settle};
 use ferry::consume::{Tally, now_ms};
 use ferry::event::Event;
@@ -138,7 +138,7 @@ struct Asked<'a> {
 }
 
 /// Run dispatch.lua for `asked` (window 1 h, lease 10 s, 2 deliveries at most).
-async fn dispatch(conn: &mut MultiplexedConnection, ordered: bool, now: u64, asked: &[Asked<'_>]) -> Vec<Verdict> {
+async fn dispatch(conn: &mut MultiplexedConnection, ordered: bool, now: u64, asked: &[Asked<'_>]) -> Vec<Decision> {
     let mut args: Vec<Vec<u8>> = [GROUP, &now.to_string(), "3600000", "10000", "2", if ordered { "1" } else { "0" }]
         .iter()
         .map(|a| a.as_bytes().to_vec())
@@ -153,12 +153,12 @@ async fn dispatch(conn: &mut MultiplexedConnection, ordered: bool, now: u64, ask
     }
     let reply =
         scripts::call(conn, &scripts::DISPATCH, &scripts::dispatch_keys(&keys()), &args).await.expect("dispatch");
-    Verdict::parse_all(reply, asked.len()).expect("one verdict each")
+    Decision::parse_all(reply, asked.len()).expect("one decision each")
 }
 
 /// dispatch.lua, one event per branch: run (leased, not started: `expiry:0:owner`), dup and
 /// dead within the window (dead not for a replay), wait behind another delivery's live lease,
-/// crash when the budget is spent, and a precheck's guess removed when the verdict is not run.
+/// crash when the budget is spent, and a precheck's guess removed when the decision is not run.
 #[tokio::test]
 async fn dispatch_decides_run_dup_dead_wait_and_crash_and_records_only_runs() {
     let env = Env::new();
@@ -174,7 +174,7 @@ async fn dispatch_decides_run_dup_dead_wait_and_crash_and_records_only_runs() {
         let _: () = cmd(&mut conn, &["HSET", &k.inflight, id, marker]).await;
     }
     let ask = |entry, event, owner, replay, guess| Asked { entry, event, owner, replay, pkey: "", guess };
-    let verdicts = dispatch(
+    let decisions = dispatch(
         &mut conn,
         false,
         now,
@@ -188,9 +188,9 @@ async fn dispatch_decides_run_dup_dead_wait_and_crash_and_records_only_runs() {
         ],
     )
     .await;
-    use Verdict::*;
+    use Decision::*;
     assert_eq!(
-        verdicts,
+        decisions,
         [Run { holds: false }, Duplicate { holds: false }, Dead { holds: false }, Run { holds: false }, Crash, Wait]
     );
     let expiry = now + 10_000;
@@ -221,14 +221,14 @@ async fn dispatch_takes_a_free_key_parks_behind_a_held_one_and_flags_a_holding_d
     let _: () = cmd(&mut conn, &["HSET", &k.holders, "events/0-1", "L"]).await;
     let (o1, o2) = (format!("events/{first}"), format!("events/{second}"));
     let ask = |entry, event, owner, pkey| Asked { entry, event, owner, replay: false, pkey, guess: "" };
-    let verdicts = dispatch(
+    let decisions = dispatch(
         &mut conn,
         true,
         now,
         &[ask(&first, "a", &o1, "K"), ask(&second, "b", &o2, "K"), ask("0-1", "old", "events/0-1", "L")],
     )
     .await;
-    assert_eq!(verdicts, [Verdict::Run { holds: true }, Verdict::Park, Verdict::Duplicate { holds: true }]);
+    assert_eq!(decisions, [Decision::Run { holds: true }, Decision::Park, Decision::Duplicate { holds: true }]);
     assert_eq!(hget(&mut conn, &k.holds, "K").await, Some(o1.clone()));
     assert_eq!(hget(&mut conn, &k.holders, &o1).await.as_deref(), Some("K"));
     assert_eq!(pending(&mut conn, "events").await, 1, "the parked entry is acked");
@@ -240,13 +240,13 @@ async fn dispatch_takes_a_free_key_parks_behind_a_held_one_and_flags_a_holding_d
 
 // ---- settle.lua ---------------------------------------------------------------------------
 
-fn settlement(id: &str, event_id: &str, release: bool, disposition: Disposition) -> Settlement {
+fn settlement(id: &str, event_id: &str, hand_on: bool, disposition: Disposition) -> Settlement {
     Settlement {
         key: "events".into(),
         id: id.into(),
         event_id: event_id.into(),
         owner: format!("events/{id}"),
-        release,
+        hand_on,
         disposition,
         fallback: None,
         state_fallbacks: None,
@@ -436,9 +436,9 @@ async fn promote_replay_count_and_reap_keep_their_contracts() {
         .query_async(&mut conn)
         .await
         .expect("ZADD");
-    let moved = ferry::consume::settle::promote(&mut conn, &k, 100, 10).await.expect("promote");
+    let moved = ferry::consume::housekeeping::promote(&mut conn, &k, 100, 10).await.expect("promote");
     assert_eq!(moved, 1);
-    assert_eq!(ferry::consume::settle::promote(&mut conn, &k, 100, 10).await.expect("promote"), 0);
+    assert_eq!(ferry::consume::housekeeping::promote(&mut conn, &k, 100, 10).await.expect("promote"), 0);
     assert_eq!(entries(&mut conn, &k.retry).await, [vec![("id".to_string(), "due".to_string())]]);
 
     let letter = add(&mut conn, &k.dlq, &[("id", "l")]).await;
