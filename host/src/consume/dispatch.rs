@@ -94,8 +94,8 @@ fn scores(reply: Option<Value>) -> Vec<Option<f64>> {
 pub struct Dispatcher {
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
+    /// The subscriber's name (also its consumer group's).
+    pub subscriber: String,
     /// The configured `claim_idle` (`None`: derived from the active version's deadline). The
     /// lease of a run (how long another delivery of the event waits for this one unless the
     /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
@@ -251,7 +251,7 @@ impl Dispatcher {
     fn script_args(&self, active: &Active, asked: &[(&Candidate, &str)], now: u64, lease_ms: u64) -> Vec<Vec<u8>> {
         let settings = &active.settings;
         let mut args: Vec<Vec<u8>> = vec![
-            self.group.as_bytes().to_vec(),
+            self.subscriber.as_bytes().to_vec(),
             now.to_string().into_bytes(),
             (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
             lease_ms.to_string().into_bytes(),
@@ -343,7 +343,7 @@ impl Dispatcher {
         let (disposition, tally) = if unwanted {
             (Disposition::Skip, Tally::Skipped)
         } else {
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
+            tracing::warn!(subscriber = %self.subscriber, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
             let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
             let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = keep {
@@ -444,7 +444,7 @@ mod tests {
     fn dispatcher() -> Dispatcher {
         Dispatcher {
             keys: SubscriberKeys::new("events", "sub"),
-            group: "sub".into(),
+            subscriber: "sub".into(),
             claim_idle: None,
             contracts: None,
             upcasters: None,

@@ -28,8 +28,6 @@ pub struct Forwarder {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream (the forward key is the stream's).
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another forwarder's entry is taken over
     /// (`claim_idle`) is its active version's, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -55,7 +53,7 @@ impl Forwarder {
     /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
     /// its own pending list is its own (a host's other subscribers forward the same key).
     fn name(&self) -> String {
-        format!("{}/{}", self.ctx.consumer, self.group)
+        format!("{}/{}", self.ctx.consumer, self.subscriber.name)
     }
 
     /// Forward every `read.poll` until `stop`.
@@ -104,7 +102,7 @@ impl Forwarder {
             &self.ctx.metrics,
             self.ctx.replication,
             "forward",
-            &self.group,
+            &self.subscriber.name,
             &self.keys.stream,
         )
     }

@@ -27,8 +27,6 @@ pub struct Housekeeper {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another consumer's entry is taken over
     /// (`claim_idle`) is read from its active version on every tick, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -63,12 +61,12 @@ impl Housekeeper {
             }
             let mut conn = self.ctx.shared.clone();
             if let Err(e) = promote(&mut conn, &self.keys, now_ms(), 1000).await {
-                tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
+                tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle() / 4 {
                 last_liveness = Instant::now();
                 if let Err(e) = self.refresh().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "keeping runs alive failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "keeping runs alive failed: {e}");
                 }
                 match self.take_over().await {
                     Ok(entries) if !entries.is_empty() => {
@@ -78,15 +76,17 @@ impl Housekeeper {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "taking over idle entries failed: {e}")
+                        tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "taking over idle entries failed: {e}")
                     }
                 }
                 if let Err(e) = self.reap().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "removing dead consumers failed: {e}");
                 }
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
-                    Err(e) => tracing::warn!(subscriber = %self.group, "sweeping in-flight markers failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.subscriber.name, "sweeping in-flight markers failed: {e}")
+                    }
                 }
             }
             if last_trim.elapsed() >= trim_every {
@@ -108,7 +108,7 @@ impl Housekeeper {
             for chunk in ids.chunks(500) {
                 let _: redis::Value = redis::cmd("XCLAIM")
                     .arg(key)
-                    .arg(&self.group)
+                    .arg(&self.subscriber.name)
                     .arg(&self.ctx.consumer)
                     .arg(0)
                     .arg(chunk)
@@ -137,13 +137,19 @@ impl Housekeeper {
         let mut out = Vec::new();
         let min_idle = self.claim_idle().as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            let claimed =
-                read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count)
-                    .await?;
+            let claimed = read::auto_claim(
+                &mut conn,
+                key,
+                &self.subscriber.name,
+                &self.ctx.consumer,
+                min_idle,
+                self.ctx.read.count,
+            )
+            .await?;
             out.extend(claimed.into_iter().filter(|e| !self.in_flight.contains(&e.key, &e.id)));
         }
         if !out.is_empty() {
-            tracing::info!(subscriber = %self.group, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
+            tracing::info!(subscriber = %self.subscriber.name, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
         }
         Ok(out)
     }
@@ -153,8 +159,8 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let idle = (self.claim_idle() * 2).as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            for name in reap_silent(&mut conn, key, &self.group, &self.ctx.consumer, idle).await? {
-                tracing::info!(subscriber = %self.group, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
+            for name in reap_silent(&mut conn, key, &self.subscriber.name, &self.ctx.consumer, idle).await? {
+                tracing::info!(subscriber = %self.subscriber.name, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
             }
         }
         Ok(())
@@ -180,7 +186,7 @@ impl Housekeeper {
         let retry = trim::trim(&mut conn, &self.keys.retry, None, now_ms()).await;
         match (source, retry) {
             (Ok(a), Ok(b)) if a + b > 0 => {
-                tracing::debug!(subscriber = %self.group, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
+                tracing::debug!(subscriber = %self.subscriber.name, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
             }
             (Err(e), _) | (_, Err(e)) => tracing::warn!(stream = %self.keys.stream, "trimming failed: {e}"),
             _ => {}

@@ -26,7 +26,6 @@ pub struct Reader {
     keys: SubscriberKeys,
     /// Its settings (per-key order) are looked up on every read: a reload may change them.
     subscriber: Arc<Subscriber>,
-    group: String,
     start: Start,
     block: Duration,
     conn: Option<Conn>,
@@ -37,11 +36,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader of `keys` for `group`, creating the groups at `start` if they are missing.
+    /// A reader of `keys` for `subscriber`'s group, creating the groups at `start` if they are missing.
     pub fn new(keys: SubscriberKeys, subscriber: Arc<Subscriber>, start: Start, block: Duration) -> Self {
         Self {
             keys,
-            group: subscriber.name.clone(),
             subscriber,
             start,
             block,
@@ -71,7 +69,7 @@ impl Reader {
         let Some(conn) = self.conn.as_mut() else {
             let connected = async {
                 let mut c = ctx.redis.dedicated(self.block).await?;
-                ensure_groups(&mut c, &self.keys, &self.group, self.start).await?;
+                ensure_groups(&mut c, &self.keys, &self.subscriber.name, self.start).await?;
                 Ok::<_, redis::RedisError>(c)
             };
             match connected.await {
@@ -93,11 +91,11 @@ impl Reader {
         let block = self.block.as_millis() as u64;
         let result = if self.pending_phase {
             let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(&self.group).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
+            cmd.arg("GROUP").arg(&self.subscriber.name).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
         } else if self.subscriber.active().settings.ordered {
-            match read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
+            match read_fresh_ordered(conn, &self.keys, &self.subscriber.name, &ctx.consumer, count).await {
                 Ok(Fresh::Read(entries)) => Ok(entries),
                 Ok(Fresh::Nothing(last)) => {
                     let mut wait = redis::cmd("XREAD");
@@ -107,7 +105,7 @@ impl Reader {
                 Err(e) => Err(e),
             }
         } else {
-            read::read_group(conn, &self.group, &ctx.consumer, count, Some(block), &keys, ">").await
+            read::read_group(conn, &self.subscriber.name, &ctx.consumer, count, Some(block), &keys, ">").await
         };
         match result {
             Ok(entries) => {

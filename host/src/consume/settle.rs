@@ -1,5 +1,5 @@
 //! The settler: the last stage of an event's path. Each finished event becomes a
-//! [`Settlement`]; the [`Settler`] groups the settlements that are ready together into one
+//! [`Settlement`]; the [`Settler`] batches the settlements that are ready together into one
 //! round trip, so a slow event never holds back the acks of fast ones and a busy stream
 //! still settles hundreds of events per call.
 //!
@@ -322,8 +322,8 @@ async fn settle_scripted<C: ConnectionLike>(
     })
 }
 
-/// The largest group of settlements sent in one call.
-const MAX_GROUP: usize = 512;
+/// The largest batch of settlements sent in one call.
+const MAX_BATCH: usize = 512;
 
 /// The settler of one (subscriber, stream): receives settlements from the dispatcher and the
 /// workers and applies them, grouped, retrying through Redis outages until the host stops.
@@ -332,10 +332,8 @@ pub struct Settler {
     pub ctx: std::sync::Arc<Context>,
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: its active version's dedupe window and lease are read for every
-    /// group, so a reload reaches the settler (a window kept from the first version would
+    /// batch, so a reload reaches the settler (a window kept from the first version would
     /// record nothing after `0s` → `1h`, or prune at the old window).
     pub subscriber: std::sync::Arc<super::Subscriber>,
     /// Entries in this host's hands; settled ones leave it.
@@ -348,13 +346,13 @@ impl Settler {
     /// Settle what arrives on `rx` until every sender is gone. On `stop`, a settle that
     /// cannot reach Redis is given up: its entries stay pending and are delivered again.
     pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut own = None;
         while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
-            group.push(first);
-            super::fill(&mut group, &mut rx, MAX_GROUP);
-            self.settle_group(&mut own, &mut group, &stop).await;
-            group.clear();
+            batch.push(first);
+            super::fill(&mut batch, &mut rx, MAX_BATCH);
+            self.settle_batch(&mut own, &mut batch, &stop).await;
+            batch.clear();
         }
     }
 
@@ -391,7 +389,7 @@ impl Settler {
             &self.ctx.metrics,
             self.ctx.replication,
             "settle",
-            &self.group,
+            &self.subscriber.name,
             &self.keys.stream,
         )
     }
@@ -407,12 +405,12 @@ impl Settler {
         self.writer().confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
     }
 
-    /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
+    /// Settle `batch` on `conn` once; under `durability = "replicated"` then wait for a
     /// replica (see [`Settler::confirm`]).
     async fn settle_once(
         &self,
         own: &mut Option<Conn>,
-        group: &[Settlement],
+        batch: &[Settlement],
         stop: &watch::Receiver<bool>,
     ) -> redis::RedisResult<Vec<Settled>> {
         let routing =
@@ -422,19 +420,19 @@ impl Settler {
         let window_ms = settings.dedupe_window.as_millis() as u64;
         let lease_ms = self.ctx.claim_idle_of(&self.subscriber).as_millis() as u64;
         let mut conn = self.ctx.write_conn(own).await?;
-        let answers = settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-        if let Err(e) = self.confirm(&mut conn, group.len(), stop).await {
+        let answers = settle(&mut conn, routing, &self.subscriber.name, window_ms, lease_ms, batch).await?;
+        if let Err(e) = self.confirm(&mut conn, batch.len(), stop).await {
             // The connection failed before a replica was known to have the settle: its primary
             // may have died with it (a failover). Settle again, on whichever primary serves the
             // slot now: the effects are guarded by the XACK, so a settle that survived writes
             // nothing twice, and one that was lost is written again with the same follow-up
             // ids; a give-back applied again finds its lease ended and changes nothing. The
             // first answers count.
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
+            tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
             *own = None;
             let mut conn = self.ctx.write_conn(own).await?;
-            settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-            self.confirm(&mut conn, group.len(), stop).await?;
+            settle(&mut conn, routing, &self.subscriber.name, window_ms, lease_ms, batch).await?;
+            self.confirm(&mut conn, batch.len(), stop).await?;
         }
         Ok(answers)
     }
@@ -446,19 +444,19 @@ impl Settler {
         let mut again = s.clone();
         if answer == Settled::FollowUpRefused {
             let Some(fields) = &s.fallback else {
-                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending");
+                tracing::error!(subscriber = %self.subscriber.name, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending");
                 return None;
             };
-            tracing::warn!(subscriber = %self.group, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
+            tracing::warn!(subscriber = %self.subscriber.name, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
             again.disposition = Disposition::DeadLetter { fields: fields.clone() };
             again.tally = Tally::DeadLettered(FailureKind::Trap);
         } else {
             let Some(instead) = &s.state_fallbacks else {
-                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending");
+                tracing::error!(subscriber = %self.subscriber.name, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending");
                 return None;
             };
             let conflict = answer == Settled::StateConflict;
-            tracing::debug!(subscriber = %self.group, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
+            tracing::debug!(subscriber = %self.subscriber.name, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
             // A conflict's retry keeps the partition key held (as any retry).
             (again.disposition, again.tally) = match (&instead.over_quota, conflict) {
                 (_, true) => (instead.conflict.clone(), Tally::None),
@@ -471,10 +469,10 @@ impl Settler {
         Some(again)
     }
 
-    async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
+    async fn settle_batch(&self, own: &mut Option<Conn>, batch: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = self.settle_once(own, group, stop).await;
+            let result = self.settle_once(own, batch, stop).await;
             if result.is_err() {
                 *own = None;
             }
@@ -482,12 +480,12 @@ impl Settler {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
                     let mut refused = Vec::new();
-                    for (s, answer) in group.iter().zip(answers) {
+                    for (s, answer) in batch.iter().zip(answers) {
                         match answer {
                             Settled::Done => self.counters.count(s.tally),
                             Settled::Elsewhere => {}
                             Settled::KeyRefused => tracing::error!(
-                                subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
+                                subscriber = %self.subscriber.name, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
                                 "cannot settle: the retry schedule or the dead-letter key holds another type of key; the entry stays pending until an operator fixes it"
                             ),
                             Settled::FollowUpRefused | Settled::StateConflict | Settled::StateOverQuota => {
@@ -502,12 +500,12 @@ impl Settler {
                     if refused.is_empty() {
                         return;
                     }
-                    *group = refused;
+                    *batch = refused;
                 }
                 Err(e) => {
                     self.ctx.health.down(&self.ctx.metrics, &e);
                     if *stop.borrow() {
-                        for s in group.iter() {
+                        for s in batch.iter() {
                             self.in_flight.remove(&s.key, &s.id);
                         }
                         return;
