@@ -154,6 +154,32 @@ pub fn state(stream: &str, subscriber: &str) -> String {
     format!("ferry:state:{{{stream}}}:{subscriber}")
 }
 
+/// The fields of a state hash ([`state`]), for the Rust side and, generated into their head
+/// ([`state_field::lua`]), for the scripts that commit state (`consume/state.lua`).
+pub mod state_field {
+    /// Prefix of a key's value: `=KEY`.
+    pub const VALUE: &str = "=";
+    /// Prefix of a key's version: `#KEY` (bumped by every write, deletes too, never reset).
+    pub const VERSION: &str = "#";
+    /// The total bytes of keys and values stored (what the quota counts).
+    pub const BYTES: &str = "_bytes";
+
+    /// The field of `key`'s value.
+    pub fn value(key: &str) -> String {
+        format!("{VALUE}{key}")
+    }
+
+    /// The field of `key`'s version.
+    pub fn version(key: &str) -> String {
+        format!("{VERSION}{key}")
+    }
+
+    /// These names as the Lua table `S` the state rules read.
+    pub fn lua() -> String {
+        format!("local S = {{VALUE = '{VALUE}', VERSION = '{VERSION}', BYTES = '{BYTES}'}}\n")
+    }
+}
+
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
 

@@ -176,7 +176,8 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
             let unforwarded: u64 = redis::cmd("XLEN").arg(&keys.forward_dead).query_async(conn).await?;
             let (held_keys, parked, oldest_hold) = hold_state(conn, &keys).await?;
-            let state_bytes: Option<i64> = redis::cmd("HGET").arg(&keys.state).arg("_bytes").query_async(conn).await?;
+            let state_bytes: Option<i64> =
+                redis::cmd("HGET").arg(&keys.state).arg(crate::keys::state_field::BYTES).query_async(conn).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
             let consumers = match consumers {

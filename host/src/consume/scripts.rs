@@ -112,8 +112,10 @@ pub fn constants() -> String {
          local MAX_FIELDS, MAX_ENTRY_BYTES = {MAX_FIELDS}, {MAX_ENTRY_BYTES}\n\
          local F = {{{f}}}\n\
          local A = {{{a}}}\n\
-         local INVALID_EVENT = {}\n",
-        lua_string(FailureKind::InvalidEvent.as_str())
+         local INVALID_EVENT = {}\n\
+         {}",
+        lua_string(FailureKind::InvalidEvent.as_str()),
+        crate::keys::state_field::lua(),
     )
 }
 
