@@ -13,9 +13,10 @@ use redis::aio::ConnectionLike;
 use serde::{Deserialize as _, Serialize};
 
 use crate::connection::{Replication, Scan};
+use crate::consume::letters::{meta, original_fields};
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
-use crate::consume::settle::{meta, netstrings, original_fields};
+use crate::consume::scripts::netstrings;
 use crate::keys::{self, SubscriberKeys};
 
 /// How many dead letters a listing shows unless told otherwise.
@@ -239,7 +240,9 @@ pub async fn replay_with<C: Scan>(
                 return Err(redis::RedisError::from((redis::ErrorKind::Io, "replay", what)));
             }
             seen += chunk.len();
-            done += replies.iter().filter(|v| matches!(v, redis::Value::Int(1))).count();
+            for reply in &replies {
+                done += usize::from(scripts::Replay::parse(reply)? == scripts::Replay::Moved);
+            }
             progress(seen, total);
         }
     }
