@@ -148,6 +148,7 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         "/api/whoami",
         "/api/jobs",
         "/api/jobs/00ff",
+        "/api/find?id=x",
     ];
     for path in reads {
         let reply = get(&addr, path, None).await;
@@ -629,5 +630,54 @@ async fn a_group_of_a_thousand_replays_as_a_job_to_its_total_and_the_same_post_w
         .await;
     assert_eq!((job["action"].as_str(), job["count"].as_u64()), (Some("purge"), Some(1)), "{job}");
     assert_eq!(get(&addr, "/api/jobs/00ff", Some(VIEWER)).await.status, 404);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_by_correlation_returns_where_each_event_is_and_the_causation_tree_as_the_cli_does() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let correlation = "corr-<b>find</b>";
+    let mut handled = Event::new("OrderPlaced", "tests", r#"{"act":"ok"}"#);
+    handled.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &handled).await.expect("publish");
+    let mut dead = Event::new("<script>alert(1)</script>", "tests", r#"{"act":"reject"}"#);
+    dead.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &dead).await.expect("publish");
+    let records = env.records_at_least(1, Duration::from_secs(30)).await;
+    dead_letters(&env, &addr, 1).await;
+
+    let found = get(&addr, "/api/find?correlation=corr-%3Cb%3Efind%3C%2Fb%3E", Some(VIEWER)).await.json();
+    let events = found["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "two roots: {found}");
+    let (first, second) = (&events[0], &events[1]);
+    assert_eq!((first["event_id"].as_str(), first["stream"].as_str()), (Some(handled.id.as_str()), Some("events")));
+    assert_eq!(first["correlation"], correlation, "verbatim");
+    assert_eq!(first["where"][0]["subscriber"], "rec");
+    assert_eq!(first["where"][0]["status"], "handled", "{found}");
+    let child = &first["children"][0];
+    assert_eq!(first["children"].as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!((child["type"].as_str(), child["stream"].as_str()), (Some("Recorded"), Some("records")));
+    assert_eq!(child["causation"], handled.id.as_str());
+    assert_eq!(records[0]["id"], handled.id.as_str(), "the recorder's follow-up is of the handled event");
+    assert_eq!(second["event_id"], dead.id.as_str());
+    assert_eq!(second["type"], "<script>alert(1)</script>", "verbatim in a JSON string");
+    assert_eq!(second["where"][0]["status"], "dead", "{found}");
+    assert!(second["where"][0]["detail"].as_str().is_some_and(|d| d.contains("rejected on purpose")), "{found}");
+    assert_eq!(second["children"], serde_json::json!([]));
+
+    // By id: the event and what it caused; the CLI prints the same.
+    let by_id = get(&addr, &format!("/api/find?id={}", handled.id), Some(VIEWER)).await.json();
+    assert_eq!(by_id["events"].as_array().map(Vec::len), Some(1), "{by_id}");
+    assert_eq!(by_id["events"][0], events[0]);
+    let (ok, out, err) =
+        cli(args(&["find", "--correlation", correlation, "--stream", "records", "--json"], &env.redis.url())).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), found);
+    let (ok, out, _) = cli(args(&["find", "--id", &handled.id, "--stream", "records"], &env.redis.url())).await;
+    assert!(ok && out.contains("rec: handled") && out.contains("Recorded"), "{out}");
+    assert_eq!(get(&addr, "/api/find", Some(VIEWER)).await.status, 400);
+    assert_eq!(get(&addr, "/api/find?id=nothing-like-it", Some(VIEWER)).await.json()["events"], serde_json::json!([]));
     host.stop().await;
 }
