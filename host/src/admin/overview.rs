@@ -185,7 +185,10 @@ struct Row {
     retries_waiting: u64,
     dead_letters: u64,
     held_keys: u64,
-    consumers: Vec<crate::status::ConsumerStatus>,
+    /// How many consumers (host instances) the group has.
+    consumers: usize,
+    /// Their names, pending counts and idle times.
+    consumer_list: Vec<crate::status::ConsumerStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -216,7 +219,8 @@ pub(super) async fn overview(
             pending: g.pending,
             dead_letters: g.dead_letters,
             held_keys: g.held_keys,
-            consumers: g.consumers,
+            consumers: g.consumers.len(),
+            consumer_list: g.consumers,
         })
         .collect();
     Json(Overview { subscribers, history: history.points() }).into_response()

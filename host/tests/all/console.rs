@@ -712,9 +712,51 @@ async fn the_overview_has_a_row_per_subscriber_and_stream_and_a_history_sampled_
     assert_eq!(rows.len(), 1, "{overview}");
     assert_eq!((rows[0]["subscriber"].as_str(), rows[0]["stream"].as_str()), (Some("rec"), Some("events")));
     assert_eq!((rows[0]["dead_letters"].as_u64(), rows[0]["pending"].as_u64()), (Some(1), Some(0)), "{overview}");
-    assert!(rows[0]["consumers"].as_array().is_some_and(|c| !c.is_empty()), "{overview}");
+    assert!(rows[0]["consumers"].as_u64() >= Some(1), "{overview}");
+    assert_eq!(rows[0]["consumer_list"].as_array().map(Vec::len), rows[0]["consumers"].as_u64().map(|n| n as usize));
     for key in ["lag", "retries_waiting", "held_keys"] {
         assert!(rows[0].get(key).is_some(), "{key}: {overview}");
     }
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_show_their_grants_limits_last_reload_and_state_throttled_or_refused_with_the_reason() {
+    let env = Env::new();
+    std::fs::write(env.plugins.path().join("broken.wasm"), b"<script>not wasm</script>").expect("write");
+    let (host, addr) = console_host(&env).await;
+    let plugins = get(&addr, "/api/plugins", Some(VIEWER)).await.json();
+    let by_name = |plugins: &Value, name: &str| {
+        plugins.as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned()).unwrap_or(Value::Null)
+    };
+    let rec = by_name(&plugins, "rec");
+    assert_eq!(rec["state"], "running", "{rec}");
+    assert!(rec["version"].as_str().is_some_and(|v| !v.is_empty()), "{rec}");
+    assert_eq!(rec["subscriptions"][0]["event_type"], "*");
+    assert!(rec["last_reload_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{rec}");
+    assert_eq!(rec["grants"]["publish_streams"], serde_json::json!(["records"]));
+    assert_eq!(rec["grants"]["config"], serde_json::json!(["record_to"]), "config keys, never values: {rec}");
+    assert!(!rec["grants"].to_string().contains("\"records\"}"), "{rec}");
+    assert!(rec["limits"]["memory"].as_u64().is_some_and(|m| m > 0), "{rec}");
+    assert!(rec["limits"].get("deadline").is_some() && rec["limits"]["retry"]["max_attempts"] == 3, "{rec}");
+    let max = rec["limits"]["throttle"]["max"].as_u64().expect("throttle");
+    assert_eq!(
+        (rec["limits"]["concurrency"].as_u64(), rec["limits"]["throttle"]["limit"].as_u64()),
+        (Some(max), Some(max))
+    );
+    let broken = by_name(&plugins, "broken");
+    assert_eq!(broken["state"], "refused", "{plugins}");
+    assert!(broken["reason"].as_str().is_some_and(|r| !r.is_empty()), "{broken}");
+
+    // Traps (one event, three attempts) throttle the subscriber: its limit halves (down to
+    // one) and, its last call having failed, its long calls pause.
+    let mut conn = env.conn().await;
+    crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"panic"}"#).await;
+    dead_letters(&env, &addr, 1).await;
+    let rec = by_name(&get(&addr, "/api/plugins", Some(VIEWER)).await.json(), "rec");
+    assert_eq!(rec["state"], "throttled", "{rec}");
+    assert_eq!(rec["limits"]["throttle"]["penalized"], true, "{rec}");
+    assert!(rec["limits"]["throttle"]["limit"].as_u64() <= Some(max.div_ceil(2)), "{rec}");
+    assert!(rec["reason"].as_str().is_some_and(|r| r.contains(&format!("of {max} calls"))), "{rec}");
     host.stop().await;
 }
