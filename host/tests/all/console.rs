@@ -760,3 +760,44 @@ async fn plugins_show_their_grants_limits_last_reload_and_state_throttled_or_ref
     assert!(rec["reason"].as_str().is_some_and(|r| r.contains(&format!("of {max} calls"))), "{rec}");
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_dlq_edit_replays_the_same_event_marked_edited_and_dlq_show_prints_the_payload() {
+    let env = Env::new();
+    let url = env.redis.url();
+    let mut conn = env.conn().await;
+    let event = dead_letter(&mut conn, "OrderPlaced", "handler-reject", "sku unknown", Some("corr-cli")).await;
+    let keys = SubscriberKeys::new("events", "rec");
+    let letters = ferry::consume::read::parse_entries(
+        &keys.dlq,
+        redis::cmd("XRANGE").arg(&keys.dlq).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    let entry = letters[0].id.clone();
+    let (ok, out, err) = cli(args(&["dlq", "show", &entry, "--subscriber", "rec"], &url)).await;
+    assert!(ok && out.contains("payload (json, 2 bytes)"), "{out}{err}");
+
+    let edit = ["dlq", "edit", &entry, "--subscriber", "rec", "--data", r#"{"sku":"A-1"}"#, "--set", "subject=fixed"];
+    let (ok, out, err) = cli(args(&edit, &url)).await;
+    assert!(ok && out.contains("changed: subject, data"), "{out}{err}");
+    let (ok, _, err) = cli(args(&edit, &url)).await;
+    assert!(!ok && err.contains("no dead letter"), "a second edit finds it gone: {err}");
+
+    // No host runs: the replayed entry waits in the retry stream as the edit wrote it.
+    let retry = ferry::consume::read::parse_entries(
+        &keys.retry,
+        redis::cmd("XRANGE").arg(&keys.retry).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    assert_eq!(retry.len(), 1);
+    let field = |name: &str| retry[0].field(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(field("id").as_deref(), Some(event.id.as_str()), "the same event id");
+    assert_eq!(field("data").as_deref(), Some(r#"{"sku":"A-1"}"#));
+    assert_eq!(field("subject").as_deref(), Some("fixed"));
+    assert_eq!(field("correlationid").as_deref(), Some("corr-cli"));
+    assert_eq!(field("_attempt").as_deref(), Some("1"));
+    assert!(field("_replay").is_some() && field("_reason").is_none());
+    let marker: Value = serde_json::from_str(&field("_edited").expect("the edited marker")).expect("json");
+    assert!(marker["by"].as_str().is_some_and(|by| by.starts_with("cli")), "{marker}");
+    assert_eq!(marker["fields"], serde_json::json!(["subject", "data"]));
+    let (ok, out, _) = cli(args(&["audit"], &url)).await;
+    assert!(ok && out.contains("edit") && out.contains(&event.id), "{out}");
+}
