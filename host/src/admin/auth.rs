@@ -318,8 +318,8 @@ pub(super) async fn authorize(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" {
-        // The status page itself holds no data: what it shows comes from /api/status.
+    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" || super::console::is_asset(path) {
+        // The status page and the console hold no data: what they show comes from /api/*.
         return next.run(request).await;
     }
     let post = request.method() == axum::http::Method::POST;

@@ -18,6 +18,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 
 pub mod auth;
+mod console;
 mod dlq;
 
 use crate::host::Host;
@@ -86,6 +87,7 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
         .merge(sessions)
+        .merge(console::routes())
         .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
 }
