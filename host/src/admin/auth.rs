@@ -272,6 +272,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Routes that answer without a token when `admin.open_metrics` is on.
 const SCRAPED: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
+/// Whether `path` is the console page or one of its assets.
+fn is_page(path: &str) -> bool {
+    path == "/console" || path.strip_prefix("/console/").is_some_and(|asset| !asset.contains('/'))
+}
+
 fn client(request: &axum::extract::Request) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
@@ -318,8 +323,9 @@ pub(super) async fn authorize(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" || super::console::is_asset(path) {
-        // The status page and the console hold no data: what they show comes from /api/*.
+    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" || is_page(path) {
+        // The pages themselves hold no data: what they show comes from /api/, which needs
+        // a token (the console's own login form gets the session).
         return next.run(request).await;
     }
     let post = request.method() == axum::http::Method::POST;

@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 pub mod auth;
 mod console;
 mod dlq;
+pub mod jobs;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
@@ -83,6 +84,11 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/api/dlq/{subscriber}/groups", get(dlq::groups))
         .route("/api/dlq/{subscriber}/replay", post(dlq::replay))
         .route("/api/dlq/{subscriber}/purge", post(dlq::purge))
+        .route("/api/dlq/{subscriber}/letters/{entry_id}", get(dlq::letter))
+        .route("/api/dlq/{subscriber}/letters/{entry_id}/edit", post(dlq::edit))
+        .route("/api/jobs", get(dlq::job_list))
+        .route("/api/jobs/{id}", get(dlq::job))
+        .route("/api/whoami", get(whoami))
         .route("/api/audit", get(audit))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
@@ -198,6 +204,11 @@ async fn audit(
             (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
         }
     }
+}
+
+/// `GET /api/whoami`: the token (or session) a request acts as, `{"name", "role"}`.
+async fn whoami(axum::Extension(principal): axum::Extension<auth::Principal>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "name": principal.name, "role": principal.role }))
 }
 
 async fn plugins(State(host): State<Arc<Host>>) -> impl IntoResponse {

@@ -143,7 +143,11 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         "/api/catalog/OrderPlaced",
         "/api/dlq/rec",
         "/api/dlq/rec/groups",
+        "/api/dlq/rec/letters/1-0",
         "/api/audit",
+        "/api/whoami",
+        "/api/jobs",
+        "/api/jobs/00ff",
     ];
     for path in reads {
         let reply = get(&addr, path, None).await;
@@ -152,7 +156,7 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         let reply = get(&addr, path, Some(VIEWER)).await;
         assert!(![401, 403].contains(&reply.status), "{path} with the viewer's token: {} {}", reply.status, reply.body);
     }
-    for path in ["/api/dlq/rec/replay", "/api/dlq/rec/purge"] {
+    for path in ["/api/dlq/rec/replay", "/api/dlq/rec/purge", "/api/dlq/rec/letters/1-0/edit"] {
         let reply = request(&addr, "POST", path, &[], r#"{"all":true}"#).await;
         assert_eq!(reply.status, 401, "{path} without a token");
         let reply = post(&addr, path, VIEWER, r#"{"all":true}"#).await;
@@ -423,4 +427,122 @@ async fn tokens_from_the_environment_work_and_a_failed_login_is_logged_without_t
     assert!(log.contains("127.0.0.1"), "the client address is logged: {log}");
     assert!(!log.contains(guess) && !log.contains(OPERATOR) && !log.contains(VIEWER), "{log}");
     host.terminate();
+}
+
+/// Wait until `rec` has `n` dead letters; returns the listing.
+async fn dead_letters(env: &Env, addr: &str, n: u64) -> Value {
+    env.wait_for(&format!("{n} dead letter(s)"), Duration::from_secs(30), || async {
+        let list = get(addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+        (list["total"] == n).then_some(list)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_token_and_its_role() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    assert_eq!(
+        get(&addr, "/api/whoami", Some(VIEWER)).await.json(),
+        serde_json::json!({"name": "vera", "role": "viewer"})
+    );
+    assert_eq!(
+        get(&addr, "/api/whoami", Some(OPERATOR)).await.json(),
+        serde_json::json!({"name": "alice", "role": "operator"})
+    );
+    assert_eq!(get(&addr, "/api/whoami", None).await.status, 401);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_dead_letter_is_replayed_as_the_same_event_with_the_new_payload_and_the_edit_is_audited() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let mut event = Event::new("OrderPlaced", "tests", r#"{"act":"reject","order":"<script>alert(1)</script>"}"#);
+    event.subject = Some("order-1".into());
+    event.correlationid = Some("corr-edit".into());
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    let list = dead_letters(&env, &addr, 1).await;
+    let entry = list["dead_letters"][0]["id"].as_str().expect("entry id").to_string();
+
+    // The detail: every attribute, the payload pretty-printed, ferry's metadata, no edits.
+    let detail = get(&addr, &format!("/api/dlq/rec/letters/{entry}"), Some(VIEWER)).await.json();
+    assert_eq!(detail["entry_id"], entry.as_str());
+    assert_eq!(detail["event"]["id"], event.id.as_str());
+    assert_eq!(detail["event"]["subject"], "order-1");
+    assert_eq!(detail["event"]["correlationid"], "corr-edit");
+    assert!(detail["event"].get("data").is_none() && detail["event"].get("_reason").is_none(), "{detail}");
+    assert_eq!(detail["payload"]["kind"], "json");
+    assert!(detail["payload"]["text"].as_str().is_some_and(|t| t.contains("\n  \"act\": \"reject\"")), "{detail}");
+    assert!(
+        detail["payload"]["text"].as_str().is_some_and(|t| t.contains("<script>alert(1)</script>")),
+        "producers' text comes back verbatim in a JSON string: {detail}"
+    );
+    assert_eq!(detail["meta"]["kind"], "handler-reject");
+    assert_eq!(detail["meta"]["attempts"], 1);
+    assert!(detail["meta"]["reason"].as_str().is_some_and(|r| r.contains("rejected on purpose")), "{detail}");
+    assert!(detail["meta"]["plugin_version"].as_str().is_some_and(|v| !v.is_empty()), "{detail}");
+    assert!(detail["meta"]["last_failure_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{detail}");
+    assert_eq!(detail["edits"], serde_json::json!([]));
+    assert_eq!(get(&addr, "/api/dlq/rec/letters/1-0", Some(VIEWER)).await.status, 404);
+    assert_eq!(get(&addr, "/api/dlq/rec/letters/not-an-id", Some(VIEWER)).await.status, 404);
+
+    let path = format!("/api/dlq/rec/letters/{entry}/edit");
+    let still_failing = serde_json::json!({ "data": r#"{"act":"reject","try":2}"# }).to_string();
+    assert_eq!(post(&addr, &path, VIEWER, &still_failing).await.status, 403, "a viewer cannot edit");
+    let bearer = format!("Bearer {OPERATOR}");
+    let foreign = [("Authorization", bearer.as_str()), ("Origin", "http://evil.example")];
+    assert_eq!(request(&addr, "POST", &path, &foreign, &still_failing).await.status, 403, "cross-origin");
+    let reply = post(&addr, &path, OPERATOR, r#"{"attributes":{"id":"another"}}"#).await;
+    assert_eq!(reply.status, 400, "the id stays: {}", reply.body);
+    let reply = post(&addr, &path, OPERATOR, r#"{"attributes":{"time":"yesterday"}}"#).await;
+    assert_eq!(reply.status, 400, "an invalid event is refused: {}", reply.body);
+    assert_eq!(dead_letters(&env, &addr, 1).await["dead_letters"][0]["id"], entry.as_str(), "nothing moved");
+
+    // A first edit that still fails: the event comes back dead, its detail lists the edit.
+    let reply = post(&addr, &path, OPERATOR, &still_failing).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 1, "fields": ["data"]})));
+    assert_eq!(post(&addr, &path, OPERATOR, &still_failing).await.status, 404, "that dead letter is gone");
+    let again = env
+        .wait_for("the edited event dead again", Duration::from_secs(30), || async {
+            let list = get(&addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+            let id = list["dead_letters"][0]["id"].as_str().filter(|id| *id != entry)?.to_string();
+            Some(id)
+        })
+        .await;
+    let detail = get(&addr, &format!("/api/dlq/rec/letters/{again}"), Some(VIEWER)).await.json();
+    assert_eq!(detail["event"]["id"], event.id.as_str(), "the same event");
+    assert!(detail["payload"]["text"].as_str().is_some_and(|t| t.contains("\"try\": 2")), "{detail}");
+    assert_eq!(detail["edits"].as_array().map(Vec::len), Some(1), "{detail}");
+    assert_eq!(
+        (detail["edits"][0]["by"].as_str(), detail["edits"][0]["fields"].clone()),
+        (Some("alice"), serde_json::json!(["data"]))
+    );
+
+    // The fix: the plugin handles the same event id with the new payload and subject.
+    let fixed = serde_json::json!({
+        "data": r#"{"act":"ok","note":"<img src=x onerror=alert(1)>"}"#,
+        "attributes": {"subject": "order-1-fixed"},
+    });
+    let reply = post(&addr, &format!("/api/dlq/rec/letters/{again}/edit"), OPERATOR, &fixed.to_string()).await;
+    assert_eq!(reply.json(), serde_json::json!({"replayed": 1, "fields": ["subject", "data"]}), "{}", reply.body);
+    let records = env.records_at_least(1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["id"], event.id.as_str(), "replayed as the same event id");
+    assert_eq!(records[0]["subject"], "order-1-fixed");
+    assert_eq!(records[0]["correlationid"], "corr-edit", "what the edit did not name stays");
+    let data: Value = serde_json::from_str(records[0]["data"].as_str().expect("data")).expect("json");
+    assert_eq!(data["note"], "<img src=x onerror=alert(1)>");
+    assert_eq!(dead_letters(&env, &addr, 0).await["total"], 0);
+
+    let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
+    assert_eq!(audit.as_array().map(Vec::len), Some(2), "{audit}");
+    assert_eq!(
+        (audit[0]["action"].as_str(), audit[0]["token"].as_str(), audit[0]["event_id"].as_str()),
+        (Some("edit"), Some("alice"), Some(event.id.as_str()))
+    );
+    assert_eq!(audit[0]["fields"], serde_json::json!(["subject", "data"]));
+    assert_eq!(audit[0]["count"], 1);
+    host.stop().await;
 }

@@ -40,9 +40,3 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
         body,
     )
 }
-
-/// Whether `path` is one of the console's assets, which answer without a token (they hold no
-/// data; the page logs in through `/api/login`).
-pub fn is_asset(path: &str) -> bool {
-    matches!(path, "/console" | "/console/" | "/console/console.js" | "/console/console.css")
-}
