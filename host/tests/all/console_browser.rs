@@ -94,6 +94,8 @@ async fn seed(conn: &mut MultiplexedConnection) {
 fn walk(url: &str, screenshots: &Path) -> Result<String, String> {
     let dir = repo_root().join("tests/browser");
     let log = tempfile::NamedTempFile::new().expect("walk log");
+    // One open file for both streams: one offset, so neither overwrites the other.
+    let out = log.reopen().expect("log");
     let mut child = Command::new("node")
         .arg("walk.mjs")
         .current_dir(&dir)
@@ -102,8 +104,8 @@ fn walk(url: &str, screenshots: &Path) -> Result<String, String> {
         .env("FERRY_VIEWER_TOKEN", VIEWER)
         .env("FERRY_SCREENSHOTS", screenshots)
         .stdin(Stdio::null())
-        .stdout(log.reopen().expect("log"))
-        .stderr(log.reopen().expect("log"))
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
         .spawn()
         .expect("running node");
     let deadline = Instant::now() + WALK_TIMEOUT;
@@ -172,4 +174,85 @@ async fn the_console_walks_through_login_dead_letters_jobs_find_and_audit_in_hea
         Ok(output) => eprintln!("{output}"),
         Err(why) => panic!("{why}"),
     }
+}
+
+/// An HTTP/1.1 exchange as a reverse proxy forwards it: `headers` as given (`Host` included),
+/// answered as (status, head, body).
+async fn forwarded(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    stream.write_all(format!("{head}\r\n{body}").as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status");
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// What docs/operations.md says of the console behind a TLS-terminating proxy (nginx with
+/// `proxy_set_header Host $host` and `X-Forwarded-Proto https`, or Caddy, which sends both by
+/// default): the public name in `admin.hosts` is admitted and any other refused, the page
+/// carries its Content-Security-Policy, the login cookie is `Secure`, and the browser's
+/// `https://` Origin passes the CSRF check while another site's does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_tls_proxy_the_console_gets_a_secure_cookie_and_its_https_origin_passes() {
+    let env = Env::new();
+    env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
+    let tokens = env.cache.path().join("admin-tokens");
+    std::fs::write(&tokens, format!("alice operator {OPERATOR}\n")).expect("tokens file");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut config: Config = env.config();
+    let addr = free_addr();
+    config.admin.listen = addr.clone();
+    config.admin.tokens_file = Some(tokens);
+    config.admin.hosts = vec!["ferry.example.com".into()];
+    let host = InProcessHost::start(config);
+    env.wait_for("the admin endpoint", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(&addr).await.ok().map(drop)
+    })
+    .await;
+    let public = [("Host", "ferry.example.com"), ("X-Forwarded-Proto", "https")];
+
+    let (status, head, body) = forwarded(&addr, "GET", "/console", &public, "").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(body.contains("/console/console.js"), "the page");
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{head}");
+    let (status, _, _) = forwarded(&addr, "GET", "/console", &[("Host", "ferry.attacker.example")], "").await;
+    assert_eq!(status, 421, "a name outside admin.hosts");
+
+    let login = serde_json::json!({ "token": OPERATOR }).to_string();
+    let origin = ("Origin", "https://ferry.example.com");
+    let (status, head, body) = forwarded(&addr, "POST", "/api/login", &[public[0], public[1], origin], &login).await;
+    assert_eq!(status, 200, "{head}{body}");
+    let cookie = head.lines().find(|l| l.starts_with("set-cookie:")).expect("a cookie").to_string();
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    let session = cookie["set-cookie:".len()..].split(';').next().expect("name=value").trim().to_string();
+    let (_, plain, _) = forwarded(&addr, "POST", "/api/login", &[public[0], origin], &login).await;
+    assert!(!plain.contains("; secure"), "over plain HTTP the cookie cannot be Secure: {plain}");
+
+    let cookie = ("Cookie", session.as_str());
+    let (status, _, body) =
+        forwarded(&addr, "POST", "/api/dlq/rec/purge", &[public[0], origin, cookie], r#"{"all":true}"#).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"purged":0}"#), "the console's own https Origin");
+    let evil = ("Origin", "https://evil.example");
+    let (status, _, _) =
+        forwarded(&addr, "POST", "/api/dlq/rec/purge", &[public[0], evil, cookie], r#"{"all":true}"#).await;
+    assert_eq!(status, 403, "another site's Origin");
+    let (status, _, body) = forwarded(&addr, "GET", "/api/whoami", &[public[0], cookie], "").await;
+    assert_eq!((status, body.contains("alice")), (200, true), "{body}");
+    host.stop().await;
 }
