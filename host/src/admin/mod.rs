@@ -89,6 +89,7 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/api/jobs", get(dlq::job_list))
         .route("/api/jobs/{id}", get(dlq::job))
         .route("/api/whoami", get(whoami))
+        .route("/api/find", get(find))
         .route("/api/audit", get(audit))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
@@ -201,6 +202,53 @@ async fn audit(
         Ok(entries) => axum::Json(entries).into_response(),
         Err(e) => {
             tracing::warn!("admin endpoint: audit trail: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
+        }
+    }
+}
+
+/// The stream keys an event may be in: those with ferry groups, the running subscribers'
+/// streams and those they publish to, each partition of a partitioned one.
+async fn known_streams(host: &Host) -> redis::RedisResult<Vec<String>> {
+    let mut named: Vec<String> = Vec::new();
+    for party in host.parties().await {
+        named.extend(party.receives.into_iter().map(|(stream, _, _)| stream));
+        named.extend(party.sends);
+    }
+    named.push(host.config().stream.clone());
+    let mut keys = Vec::new();
+    for stream in named {
+        match host.config().streams.get(&stream).map(|s| s.partitions).filter(|p| *p > 1) {
+            Some(n) => keys.extend((0..n).map(|p| crate::keys::partition(&stream, p))),
+            None => keys.push(stream),
+        }
+    }
+    let mut conn = host.context().shared.clone();
+    crate::status::discover(&mut conn, &keys).await
+}
+
+/// `GET /api/find?id=ID` or `?correlation=ID`: where the event(s) are and what they caused
+/// (what `ferry find --json` prints).
+async fn find(
+    State(host): State<Arc<Host>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let wanted = match (query.get("id").filter(|v| !v.is_empty()), query.get("correlation").filter(|v| !v.is_empty())) {
+        (Some(id), None) => crate::find::Query::Id(id.clone()),
+        (None, Some(c)) => crate::find::Query::Correlation(c.clone()),
+        _ => return (StatusCode::BAD_REQUEST, "give one of ?id= or ?correlation=\n").into_response(),
+    };
+    let found = match known_streams(&host).await {
+        Ok(streams) => {
+            let mut conn = host.context().shared.clone();
+            crate::find::find(&mut conn, &streams, &wanted).await
+        }
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(found) => axum::Json(found).into_response(),
+        Err(e) => {
+            tracing::warn!("admin endpoint: find: {e}");
             (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
         }
     }

@@ -9,6 +9,7 @@ mod audit;
 mod bench;
 mod demo;
 mod dlq;
+mod find;
 mod invoke;
 mod new;
 mod plugins;
@@ -75,6 +76,9 @@ pub enum Command {
     Dlq(dlq::DlqCommand),
     /// Show the audit trail: who replayed or purged which dead letters, and when.
     Audit(audit::AuditArgs),
+    /// Find an event by id or correlation id: where it is for each subscriber, and the
+    /// follow-ups it caused.
+    Find(find::FindArgs),
     /// Show streams, groups, lag, pending, retries and dead letters, straight from Redis.
     Status(status::StatusArgs),
     /// Run the end-to-end demo on a local Redis (started if --redis is not given).
@@ -187,6 +191,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::New(args) => new::run(args),
         Command::Dlq(cmd) => dlq::run(cmd).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Find(args) => find::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

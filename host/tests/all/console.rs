@@ -148,6 +148,7 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         "/api/whoami",
         "/api/jobs",
         "/api/jobs/00ff",
+        "/api/find?id=x",
     ];
     for path in reads {
         let reply = get(&addr, path, None).await;
@@ -544,5 +545,139 @@ async fn an_edited_dead_letter_is_replayed_as_the_same_event_with_the_new_payloa
     );
     assert_eq!(audit[0]["fields"], serde_json::json!(["subject", "data"]));
     assert_eq!(audit[0]["count"], 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_a_thousand_replays_as_a_job_to_its_total_and_the_same_post_while_it_runs_gets_the_same_job() {
+    let env = Env::new();
+    env.add_plugin("bulk", fixtures::RECORDER, RECORDER_TOML);
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let mut pipe = redis::pipe();
+    for n in 0..1000 {
+        let event = Event::new("OrderPlaced", "tests", "{}");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(SubscriberKeys::new("events", "bulk").dlq).arg("*");
+        event.write_fields(&mut cmd);
+        cmd.arg("_reason").arg(format!("order {n} not found")).arg("_kind").arg("handler-reject");
+        pipe.add_command(cmd).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("XADD");
+    let groups = get(&addr, "/api/dlq/bulk/groups", Some(VIEWER)).await.json();
+    assert_eq!(groups[0]["count"], 1000, "{groups}");
+    let body = serde_json::json!({ "group": groups[0]["group"] }).to_string();
+
+    // The job stops after its first batch until `pause` is dropped: the second POST below
+    // provably arrives while it runs.
+    let pause = ferry::admin::jobs::pause_after_first_batch("bulk");
+    assert_eq!(post(&addr, "/api/dlq/bulk/replay", VIEWER, &body).await.status, 403, "a viewer cannot start a job");
+    let reply = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.json()["job"].as_str().expect("a job id").to_string();
+    let path = format!("/api/jobs/{id}");
+    let job = env
+        .wait_for("the job's first batch", Duration::from_secs(30), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["done"].as_u64() > Some(0)).then_some(job)
+        })
+        .await;
+    assert_eq!((job["state"].as_str(), job["total"].as_u64()), (Some("running"), Some(1000)), "{job}");
+    assert_eq!(
+        (job["action"].as_str(), job["subscriber"].as_str(), job["by"].as_str()),
+        (Some("replay"), Some("bulk"), Some("alice"))
+    );
+    assert!(job["done"].as_u64() < Some(1000), "paused part way: {job}");
+    let again = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!((again.status, again.json()["job"].as_str()), (202, Some(id.as_str())), "the running job, not a second");
+    let listed = get(&addr, "/api/jobs", Some(VIEWER)).await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    drop(pause);
+    let job = env
+        .wait_for("the job's end", Duration::from_secs(60), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["state"] != "running").then_some(job)
+        })
+        .await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64(), job["total"].as_u64(), job["count"].as_u64()),
+        (Some("done"), Some(1000), Some(1000), Some(1000)),
+        "{job}"
+    );
+    assert!(job["finished_ms"].as_u64() >= job["started_ms"].as_u64(), "{job}");
+    assert_eq!(get(&addr, "/api/dlq/bulk", Some(VIEWER)).await.json()["total"], 0);
+    let records = env.records_at_least(1000, Duration::from_secs(60)).await;
+    let handled = crate::support::by_subscriber(&records, "bulk");
+    assert_eq!(crate::support::counts(&handled).len(), 1000, "each replayed event handled");
+    let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
+    assert_eq!((audit[0]["action"].as_str(), audit[0]["count"].as_u64()), (Some("replay"), Some(1000)), "{audit}");
+
+    // Once it ended, the same POST starts nothing (the group is empty) and answers at once;
+    // `"job": true` makes even a small action a job.
+    let reply = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 0})));
+    dead_letter(&mut conn, "Refund", "trap", "boom", None).await;
+    let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"all": true, "job": true}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let path = format!("/api/jobs/{}", reply.json()["job"].as_str().expect("id"));
+    let job = env
+        .wait_for("the purge job's end", Duration::from_secs(30), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["state"] == "done").then_some(job)
+        })
+        .await;
+    assert_eq!((job["action"].as_str(), job["count"].as_u64()), (Some("purge"), Some(1)), "{job}");
+    assert_eq!(get(&addr, "/api/jobs/00ff", Some(VIEWER)).await.status, 404);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_by_correlation_returns_where_each_event_is_and_the_causation_tree_as_the_cli_does() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let correlation = "corr-<b>find</b>";
+    let mut handled = Event::new("OrderPlaced", "tests", r#"{"act":"ok"}"#);
+    handled.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &handled).await.expect("publish");
+    let mut dead = Event::new("<script>alert(1)</script>", "tests", r#"{"act":"reject"}"#);
+    dead.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &dead).await.expect("publish");
+    let records = env.records_at_least(1, Duration::from_secs(30)).await;
+    dead_letters(&env, &addr, 1).await;
+
+    let found = get(&addr, "/api/find?correlation=corr-%3Cb%3Efind%3C%2Fb%3E", Some(VIEWER)).await.json();
+    let events = found["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "two roots: {found}");
+    let (first, second) = (&events[0], &events[1]);
+    assert_eq!((first["event_id"].as_str(), first["stream"].as_str()), (Some(handled.id.as_str()), Some("events")));
+    assert_eq!(first["correlation"], correlation, "verbatim");
+    assert_eq!(first["where"][0]["subscriber"], "rec");
+    assert_eq!(first["where"][0]["status"], "handled", "{found}");
+    let child = &first["children"][0];
+    assert_eq!(first["children"].as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!((child["type"].as_str(), child["stream"].as_str()), (Some("Recorded"), Some("records")));
+    assert_eq!(child["causation"], handled.id.as_str());
+    assert_eq!(records[0]["id"], handled.id.as_str(), "the recorder's follow-up is of the handled event");
+    assert_eq!(second["event_id"], dead.id.as_str());
+    assert_eq!(second["type"], "<script>alert(1)</script>", "verbatim in a JSON string");
+    assert_eq!(second["where"][0]["status"], "dead", "{found}");
+    assert!(second["where"][0]["detail"].as_str().is_some_and(|d| d.contains("rejected on purpose")), "{found}");
+    assert_eq!(second["children"], serde_json::json!([]));
+
+    // By id: the event and what it caused; the CLI prints the same.
+    let by_id = get(&addr, &format!("/api/find?id={}", handled.id), Some(VIEWER)).await.json();
+    assert_eq!(by_id["events"].as_array().map(Vec::len), Some(1), "{by_id}");
+    assert_eq!(by_id["events"][0], events[0]);
+    let (ok, out, err) =
+        cli(args(&["find", "--correlation", correlation, "--stream", "records", "--json"], &env.redis.url())).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), found);
+    let (ok, out, _) = cli(args(&["find", "--id", &handled.id, "--stream", "records"], &env.redis.url())).await;
+    assert!(ok && out.contains("rec: handled") && out.contains("Recorded"), "{out}");
+    assert_eq!(get(&addr, "/api/find", Some(VIEWER)).await.status, 400);
+    assert_eq!(get(&addr, "/api/find?id=nothing-like-it", Some(VIEWER)).await.json()["events"], serde_json::json!([]));
     host.stop().await;
 }
