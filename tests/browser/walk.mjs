@@ -128,7 +128,8 @@ async function editAndReplay(page) {
   await page.locator('#letter-payload').waitFor();
   check((await page.locator('#letter-payload span.k').count()) > 0, 'the JSON payload is highlighted');
   check((await page.textContent('#letter-event [data-attr="correlationid"]')) === 'corr-walk', 'attributes shown');
-  check((await page.textContent('#letter-meta')).includes('sku bad unknown'), 'the reason shown');
+  const meta = await page.textContent('#letter-meta');
+  check(meta.includes('sku bad unknown') && meta.includes('walk-host') && meta.includes('Z'), `the failure shown: ${meta}`);
   await shot(page, 'letter');
   await page.fill('#edit-data', '{"order": 17, "sku": "A-1"}');
   await page.fill('#edit-attr-subject', 'fixed by the walk');

@@ -50,9 +50,11 @@ fn dead_letter_cmd(event: &Event, kind: &str, reason: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(SubscriberKeys::new("events", "rec").dlq).arg("*");
     event.write_fields(&mut cmd);
-    let now = ferry::consume::now_ms();
+    let now = time::OffsetDateTime::now_utc();
+    let rfc3339 = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).expect("a time");
     cmd.arg("_reason").arg(reason).arg("_kind").arg(kind).arg("_attempts").arg(3).arg("_subscriber").arg("rec");
-    cmd.arg("_first_failure").arg(now - 1500).arg("_last_failure").arg(now).arg("_plugin_version").arg("walk-seed");
+    cmd.arg("_first_failure").arg(rfc3339(now - Duration::from_millis(1500))).arg("_last_failure").arg(rfc3339(now));
+    cmd.arg("_plugin_version").arg("walk-seed").arg("_host").arg("walk-host");
     cmd
 }
 
