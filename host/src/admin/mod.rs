@@ -21,6 +21,7 @@ pub mod auth;
 mod console;
 mod dlq;
 pub mod jobs;
+pub mod overview;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
@@ -52,8 +53,10 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
     } else {
         tracing::info!("admin endpoint on http://{addr}, tokens required");
     }
-    let app = router(host.clone(), auth);
+    let history = Arc::new(overview::History::default());
+    let app = router(host.clone(), auth, history.clone());
     Ok(Some(tokio::spawn(async move {
+        let sampler = tokio::spawn(overview::sample(host.clone(), history));
         let poller = tokio::spawn(poll_gauges(host));
         // The client address keys the limit on failed logins.
         let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -61,11 +64,12 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
             tracing::error!("admin endpoint failed: {e}");
         }
         poller.abort();
+        sampler.abort();
     })))
 }
 
-/// The admin routes.
-pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
+/// The admin routes; `history` is what `/api/overview` charts ([`overview::sample`] fills it).
+pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>, history: Arc<overview::History>) -> Router {
     let allowed = Arc::new(host.config().admin.hosts.clone());
     let sessions = Router::new()
         .route("/api/login", post(auth::login))
@@ -90,9 +94,11 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/api/jobs/{id}", get(dlq::job))
         .route("/api/whoami", get(whoami))
         .route("/api/find", get(find))
+        .route("/api/overview", get(overview::overview))
         .route("/api/audit", get(audit))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
+        .layer(axum::Extension(history))
         .merge(sessions)
         .merge(console::routes())
         .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))

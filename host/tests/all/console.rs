@@ -149,6 +149,7 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         "/api/jobs",
         "/api/jobs/00ff",
         "/api/find?id=x",
+        "/api/overview",
     ];
     for path in reads {
         let reply = get(&addr, path, None).await;
@@ -679,5 +680,41 @@ async fn find_by_correlation_returns_where_each_event_is_and_the_causation_tree_
     assert!(ok && out.contains("rec: handled") && out.contains("Recorded"), "{out}");
     assert_eq!(get(&addr, "/api/find", Some(VIEWER)).await.status, 400);
     assert_eq!(get(&addr, "/api/find?id=nothing-like-it", Some(VIEWER)).await.json()["events"], serde_json::json!([]));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_has_a_row_per_subscriber_and_stream_and_a_history_sampled_from_the_metrics() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    for _ in 0..5 {
+        crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"ok"}"#).await;
+    }
+    crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"reject"}"#).await;
+    dead_letters(&env, &addr, 1).await;
+    // Points come every 10 s; the one after these runs counts them.
+    let overview = env
+        .wait_for("a history point with the runs", Duration::from_secs(45), || async {
+            let overview = get(&addr, "/api/overview", Some(VIEWER)).await.json();
+            let points = overview["history"].as_array()?.clone();
+            let sum = |name: &str| points.iter().filter_map(|p| p[name].as_u64()).sum::<u64>();
+            (sum("handled") == 5 && sum("dead_lettered") == 1).then_some(overview)
+        })
+        .await;
+    let points = overview["history"].as_array().expect("points");
+    let busy = points.iter().find(|p| p["handled"].as_u64() > Some(0)).expect("a busy point");
+    assert!(busy["t"].as_u64().is_some_and(|t| t > 1_700_000_000), "{busy}");
+    assert!(busy["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{busy}");
+    assert!(busy["p99_ms"].as_f64() >= busy["p50_ms"].as_f64(), "{busy}");
+    assert!(points.iter().map(|p| p["failed"].as_u64().unwrap_or(0)).sum::<u64>() >= 1, "the rejection: {points:?}");
+    let rows = overview["subscribers"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{overview}");
+    assert_eq!((rows[0]["subscriber"].as_str(), rows[0]["stream"].as_str()), (Some("rec"), Some("events")));
+    assert_eq!((rows[0]["dead_letters"].as_u64(), rows[0]["pending"].as_u64()), (Some(1), Some(0)), "{overview}");
+    assert!(rows[0]["consumers"].as_array().is_some_and(|c| !c.is_empty()), "{overview}");
+    for key in ["lag", "retries_waiting", "held_keys"] {
+        assert!(rows[0].get(key).is_some(), "{key}: {overview}");
+    }
     host.stop().await;
 }
