@@ -10,7 +10,7 @@
 //
 // Exits 0 when every step passed and the page logged no console error and threw nothing;
 // otherwise prints what failed (and saves failure.png) and exits 1.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -27,6 +27,7 @@ const operatorToken = need('FERRY_OPERATOR_TOKEN');
 const viewerToken = need('FERRY_VIEWER_TOKEN');
 const shots = need('FERRY_SCREENSHOTS');
 mkdirSync(shots, { recursive: true });
+rmSync(join(shots, 'failure.png'), { force: true });
 
 // What the seeded markup would do if it ever became an element or ran.
 const MARKUP = ['<img src=x onerror=', '<script>', '<b id="injected">'];
@@ -72,11 +73,33 @@ async function noInjection(page, where) {
 async function overview(page) {
   step('overview: rows and live charts');
   await page.locator('#overview-subscribers tr[data-subscriber="rec"]').waitFor();
-  for (const id of ['throughput', 'failures', 'latency']) await page.locator(`#chart-${id} svg polyline`).first().waitFor();
+  for (const id of ['throughput', 'failures', 'latency']) {
+    await page.locator(`#chart-${id} svg polyline`).first().waitFor({ state: 'attached' });
+  }
   // Live: the overview redraws by itself.
   await page.waitForFunction(() => Number(document.querySelector('#view-overview')?.dataset.refreshes || 0) >= 2);
   const dead = await page.textContent('#overview-subscribers tr[data-subscriber="rec"] [data-col="dead_letters"]');
   check(Number(dead) >= 1005, `the overview counts the seeded dead letters (${dead})`);
+}
+
+// Back to the overview once the walk has made traffic: the charts show the replays.
+async function overviewAfter(page) {
+  step('overview again: the replays in the charts');
+  // The finished job's bar can be dismissed.
+  await page.click('#jobs .job button[aria-label="dismiss"]');
+  check((await page.locator('#jobs .job').count()) === 0, 'the finished job dismissed');
+  await page.click('header nav a[data-view="overview"]');
+  // The history gains a point every 10 s: three of them make a chart worth a screenshot.
+  await page.waitForFunction(
+    () => {
+      const chart = document.querySelector('#chart-throughput svg')?.dataset;
+      return Number(chart?.max || 0) > 0 && Number(chart?.points || 0) >= 3;
+    },
+    null,
+    { timeout: 60_000 },
+  );
+  const dead = await page.textContent('#overview-subscribers tr[data-subscriber="rec"] [data-col="dead_letters"]');
+  check(Number(dead) < 1005, `the overview counts fewer dead letters now (${dead})`);
   await shot(page, 'overview');
 }
 
@@ -269,6 +292,7 @@ try {
   await audit(page);
   await plugins(page);
   await markup(page);
+  await overviewAfter(page);
   await viewer(browser);
 } catch (e) {
   failed = e;

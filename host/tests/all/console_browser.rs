@@ -162,7 +162,12 @@ async fn the_console_walks_through_login_dead_letters_jobs_find_and_audit_in_hea
     let mut handled = Event::new("OrderPlaced", "shop", r#"{"order":16}"#);
     handled.correlationid = Some("corr-walk".into());
     ferry::outbox::publish(&mut conn, "events", &handled).await.expect("publishing");
-    env.records_at_least(1, Duration::from_secs(60)).await;
+    // Failures for the overview's charts: five rejected (dead-lettered), five that fail once.
+    for _ in 0..5 {
+        crate::support::publish(&mut conn, "events", "Rejected", r#"{"act":"reject"}"#).await;
+        crate::support::publish(&mut conn, "events", "Flaky", r#"{"act":"retry","until":2}"#).await;
+    }
+    env.records_at_least(6, Duration::from_secs(60)).await;
     env.wait_for("the admin endpoint", Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(&addr).await.ok().map(drop)
     })

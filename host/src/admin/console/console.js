@@ -234,7 +234,7 @@ VIEWS.overview = async function (root, _params, generation) {
   const body = el('tbody');
   root.append(
     el('h1', {}, 'Overview'),
-    el('p', { class: 'muted' }, 'Refreshed ', refreshed, ` (every ${REFRESH_MS / 1000} s) · the last hour`),
+    el('p', { class: 'muted' }, 'Refreshed ', refreshed, ` (every ${REFRESH_MS / 1000} s) · charts: up to the last hour`),
     charts,
     el('h2', {}, 'Subscribers'),
     el(
@@ -286,8 +286,15 @@ function subscriberRow(s) {
     num('retries_waiting', s.retries_waiting),
     dead,
     num('held_keys', s.held_keys),
-    num('consumers', s.consumers),
+    consumers(s.consumers),
   );
+}
+
+// How many consumers (host instances) read, their names and idle times on hover.
+function consumers(list) {
+  const all = Array.isArray(list) ? list : [];
+  const names = all.map((c) => (typeof c === 'object' && c !== null ? `${c.name} (idle ${c.idle_ms ?? '?'} ms)` : String(c)));
+  return el('td', { class: 'num', dataset: { col: 'consumers' }, title: names.join('\n') }, Array.isArray(list) ? all.length : list ?? '–');
 }
 
 function historyCharts(history) {
@@ -310,32 +317,48 @@ function historyCharts(history) {
 }
 
 function fmt(n) {
+  if (Number.isInteger(n)) return String(n);
   if (n >= 100) return String(Math.round(n));
   if (n >= 10) return n.toFixed(1);
   return n.toFixed(2).replace(/\.?0+$/, '') || '0';
 }
 
-// A line chart of the last hour: x is time (now − 1 h … now), y from 0 to the largest value.
+// A line chart of the last hour: x is time, y from 0 to the largest value. A host that started
+// less than an hour ago has a shorter history: the x axis then spans that (a minute at least),
+// so a fresh host's first minutes are not a sliver at the right edge.
 function chart(id, title, unit, history, series) {
   const [w, h, left, bottom] = [320, 110, 34, 14];
   const now = Date.now() / 1000;
-  const from = now - 3600;
+  const first = history.length ? history[0].t : now;
+  const span = Math.min(3600, Math.max(60, now - first + 10));
+  const from = now - span;
   const values = series.map((s) => history.map((p, i) => s.at(p, i)));
   const max = Math.max(1e-9, ...values.flat());
-  const x = (t) => left + ((Math.min(now, Math.max(from, t)) - from) / 3600) * (w - left - 4);
+  const x = (t) => left + ((Math.min(now, Math.max(from, t)) - from) / span) * (w - left - 4);
   const y = (v) => 4 + (1 - v / max) * (h - bottom - 8);
   const plot = svg(
     'svg',
-    { viewBox: `0 0 ${w} ${h}`, role: 'img', 'aria-label': `${title} over the last hour`, 'data-points': history.length },
+    {
+      viewBox: `0 0 ${w} ${h}`,
+      role: 'img',
+      'aria-label': `${title} over the last ${Math.round(span / 60)} minutes`,
+      'data-points': history.length,
+      'data-max': max === 1e-9 ? 0 : max,
+    },
     svg('line', { class: 'axis', x1: left, y1: h - bottom - 4, x2: w - 4, y2: h - bottom - 4 }),
     svg('line', { class: 'axis', x1: left, y1: 4, x2: left, y2: h - bottom - 4 }),
     svg('text', { x: left - 3, y: 12, 'text-anchor': 'end' }, fmt(max === 1e-9 ? 0 : max)),
     svg('text', { x: left - 3, y: h - bottom - 4, 'text-anchor': 'end' }, '0'),
-    svg('text', { x: left, y: h - 2 }, '−60 min'),
+    svg('text', { x: left, y: h - 2 }, `−${Math.round(span / 60)} min`),
     svg('text', { x: w - 4, y: h - 2, 'text-anchor': 'end' }, 'now'),
-    values.map((vs, i) =>
-      svg('polyline', { class: `s${i}`, points: vs.map((v, j) => `${x(history[j].t).toFixed(1)},${y(v).toFixed(1)}`).join(' ') }),
-    ),
+    // Steps: each point is a count over the interval that ends at its `t`.
+    values.map((vs, i) => {
+      const steps = vs.flatMap((v, j) => {
+        const start = j > 0 ? history[j - 1].t : history[j].t - 10;
+        return [`${x(start).toFixed(1)},${y(v).toFixed(1)}`, `${x(history[j].t).toFixed(1)},${y(v).toFixed(1)}`];
+      });
+      return svg('polyline', { class: `s${i}`, points: steps.join(' ') });
+    }),
   );
   const last = (vs) => (vs.length ? fmt(vs[vs.length - 1]) : '–');
   return el(
