@@ -44,7 +44,7 @@ function watch(page, who) {
   });
   page.on('pageerror', (e) => problems.push(`${who}: page error: ${e.message}`));
   page.on('dialog', (d) => d.accept());
-  page.setDefaultTimeout(20_000);
+  page.setDefaultTimeout(30_000);
 }
 
 async function shot(page, name) {

@@ -50,7 +50,9 @@ fn dead_letter_cmd(event: &Event, kind: &str, reason: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(SubscriberKeys::new("events", "rec").dlq).arg("*");
     event.write_fields(&mut cmd);
+    // To the millisecond, as the settle writes them.
     let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_millisecond(now.millisecond()).expect("a time");
     let rfc3339 = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).expect("a time");
     cmd.arg("_reason").arg(reason).arg("_kind").arg(kind).arg("_attempts").arg(3).arg("_subscriber").arg("rec");
     cmd.arg("_first_failure").arg(rfc3339(now - Duration::from_millis(1500))).arg("_last_failure").arg(rfc3339(now));

@@ -59,6 +59,12 @@ function time(ms) {
   return new Date(n).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
 
+// An RFC 3339 time as the console writes every time (UTC, to the second); other text as is.
+function stamp(text) {
+  const ms = Date.parse(text);
+  return Number.isNaN(ms) ? text || '–' : time(ms);
+}
+
 function short(text, n) {
   const s = String(text ?? '');
   return s.length > n ? s.slice(0, n - 1) + '…' : s;
@@ -473,8 +479,8 @@ function groupsTable(subscriber, groups, refresh) {
         el('td', { class: 'mono' }, g.kind),
         el('td', { class: 'wrap' }, g.reason),
         el('td', { class: 'num', dataset: { col: 'count' } }, g.count),
-        el('td', {}, g.oldest),
-        el('td', {}, g.newest),
+        el('td', { class: 'nowrap' }, stamp(g.oldest)),
+        el('td', { class: 'nowrap' }, stamp(g.newest)),
         el('td', {},
           action('Replay group', () => act(subscriber, 'replay', { group: g.group }, `the group of ${g.count}`, refresh), 'primary'),
           ' ',
@@ -516,7 +522,7 @@ function lettersTable(subscriber, filter, listing, refresh) {
       el('td', { class: 'mono', dataset: { col: 'kind' } }, d.kind),
       el('td', { class: 'wrap', dataset: { col: 'reason' } }, short(d.reason, 200)),
       el('td', { class: 'num' }, d.attempts),
-      el('td', {}, d.last_failure || '–'),
+      el('td', { class: 'nowrap' }, stamp(d.last_failure)),
       el('td', { class: 'mono' }, short(d.event_id, 40)),
       el('td', { class: 'mono' }, correlation));
   });
@@ -830,7 +836,7 @@ VIEWS.audit = async function (root, _params, generation) {
       el('thead', {}, el('tr', {}, ['time', 'token', 'action', 'subscriber', 'selection', 'count', 'details'].map((h) =>
         el('th', { class: h === 'count' ? 'num' : '' }, h)))),
       el('tbody', {}, entries.map((a) => el('tr', { dataset: { entry: a.id, action: a.action } },
-        el('td', {}, a.time), el('td', {}, a.token), el('td', {}, a.action), el('td', {}, a.subscriber),
+        el('td', { class: 'nowrap' }, stamp(a.time)), el('td', {}, a.token), el('td', {}, a.action), el('td', {}, a.subscriber),
         el('td', { class: 'mono wrap' }, a.selection), el('td', { class: 'num' }, a.count),
         el('td', {}, details(a)))))));
 };
