@@ -1,11 +1,47 @@
 //! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page,
-//! and the console's API (dead letters, the audit trail).
+//! and the console's API (overview, dead letters and their jobs, find, the audit trail).
 //!
 //! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. Who may use it is
 //! [`auth`]'s business: every request's `Host` header must name an IP address, `localhost` or
 //! one of `admin.hosts` (a page on another site that rebinds its DNS name to this address
 //! sends its own name and is refused), and with tokens configured every route but the
 //! scraped ones needs one. Off loopback the endpoint refuses to start without tokens.
+//!
+//! # The console API
+//!
+//! What the console page is built on; shapes may grow but not change (docs/operations.md,
+//! "Console API", says the same with more words). Every `POST` needs the operator role.
+//!
+//! - `GET /api/whoami` → `{"name": "alice", "role": "operator"}`.
+//! - `GET /api/overview` ([`overview`]) → `{"subscribers": [{"subscriber": "billing",
+//!   "stream": "orders", "lag": 0, "pending": 1, "retries_waiting": 2, "dead_letters": 14,
+//!   "held_keys": 0, "consumers": 1, "consumer_list": [...]}], "history": [{"t": 1796610480,
+//!   "handled": 1520, "failed": 3, "dead_lettered": 1, "p50_ms": 1.9, "p99_ms": 41.0}]}`.
+//! - `GET /api/dlq/{subscriber}/letters/{entry_id}` ([`crate::dlq::detail`]) →
+//!   `{"entry_id": "1796610484059-0", "subscriber": "billing", "stream": "orders", "event":
+//!   {"id": "...", "type": "OrderPlaced", ...}, "payload": {"kind": "json", "text": "{\n
+//!   \"sku\": \"bad\"\n}", "bytes": 13, "truncated": false}, "meta": {"attempts": 3,
+//!   "first_failure_ms": ..., "last_failure_ms": ..., "reason": "sku bad unknown", "kind":
+//!   "handler-reject", "host": null, "plugin_version": "9d50cc88df80", "origin": "..."},
+//!   "edits": [{"by": "alice", "at_ms": ..., "fields": ["data"]}]}`.
+//! - `POST /api/dlq/{subscriber}/letters/{entry_id}/edit` with `{"data": "{\"sku\":
+//!   \"A-1\"}", "attributes": {"subject": "order-1"}}` ([`crate::dlq::edit`]) →
+//!   `{"replayed": 1, "fields": ["subject", "data"]}`: the same event id, audited.
+//! - `POST /api/dlq/{subscriber}/replay|purge` of more than [`jobs::JOB_ABOVE`] dead letters,
+//!   or with `"job": true` → `202 {"job": "8c2e41f09a7b3d55"}` ([`jobs`]); `GET /api/jobs` →
+//!   `[job]`, `GET /api/jobs/{id}` → `{"id": "8c2e41f09a7b3d55", "action": "replay",
+//!   "subscriber": "billing", "selection": {"group": "5f1c0e9a2b7d"}, "total": 1000, "done":
+//!   400, "count": 400, "state": "running", "error": null, "started_ms": ..., "finished_ms":
+//!   null, "updated_ms": ..., "by": "alice"}`.
+//! - `GET /api/find?id=...` or `?correlation=...` ([`crate::find`]) → `{"events":
+//!   [{"event_id": "...", "type": "OrderPlaced", "stream": "orders", "entry_id": "...",
+//!   "correlation": "c-77", "causation": null, "where": [{"subscriber": "billing", "status":
+//!   "handled", "detail": "..."}], "children": [...]}], "scanned": 5210, "truncated": false}`.
+//! - `GET /api/plugins` → per plugin `{"name", "version", "state": "running" | "throttled" |
+//!   "refused", "reason", "subscriptions", "grants": {"publish_streams", "read_streams",
+//!   "config" (keys), "http", "state"}, "limits": {"memory", "deadline", "fuel", ...,
+//!   "concurrency", "ordered", "retry", "throttle": {"limit", "max", "penalized"}}, "error",
+//!   "loaded_at", "last_reload_ms"}`.
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -49,10 +49,16 @@ struct Totals {
 }
 
 /// A bucket's upper bound, ordered (`+Inf` last).
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Bound(f64);
 
 impl Eq for Bound {}
+
+impl PartialOrd for Bound {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Ord for Bound {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
@@ -179,7 +185,10 @@ struct Row {
     retries_waiting: u64,
     dead_letters: u64,
     held_keys: u64,
-    consumers: Vec<crate::status::ConsumerStatus>,
+    /// How many consumers (host instances) the group has.
+    consumers: usize,
+    /// Their names, pending counts and idle times.
+    consumer_list: Vec<crate::status::ConsumerStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,7 +219,8 @@ pub(super) async fn overview(
             pending: g.pending,
             dead_letters: g.dead_letters,
             held_keys: g.held_keys,
-            consumers: g.consumers,
+            consumers: g.consumers.len(),
+            consumer_list: g.consumers,
         })
         .collect();
     Json(Overview { subscribers, history: history.points() }).into_response()

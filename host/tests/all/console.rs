@@ -712,9 +712,92 @@ async fn the_overview_has_a_row_per_subscriber_and_stream_and_a_history_sampled_
     assert_eq!(rows.len(), 1, "{overview}");
     assert_eq!((rows[0]["subscriber"].as_str(), rows[0]["stream"].as_str()), (Some("rec"), Some("events")));
     assert_eq!((rows[0]["dead_letters"].as_u64(), rows[0]["pending"].as_u64()), (Some(1), Some(0)), "{overview}");
-    assert!(rows[0]["consumers"].as_array().is_some_and(|c| !c.is_empty()), "{overview}");
+    assert!(rows[0]["consumers"].as_u64() >= Some(1), "{overview}");
+    assert_eq!(rows[0]["consumer_list"].as_array().map(Vec::len), rows[0]["consumers"].as_u64().map(|n| n as usize));
     for key in ["lag", "retries_waiting", "held_keys"] {
         assert!(rows[0].get(key).is_some(), "{key}: {overview}");
     }
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_show_their_grants_limits_last_reload_and_state_throttled_or_refused_with_the_reason() {
+    let env = Env::new();
+    std::fs::write(env.plugins.path().join("broken.wasm"), b"<script>not wasm</script>").expect("write");
+    let (host, addr) = console_host(&env).await;
+    let plugins = get(&addr, "/api/plugins", Some(VIEWER)).await.json();
+    let by_name = |plugins: &Value, name: &str| {
+        plugins.as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned()).unwrap_or(Value::Null)
+    };
+    let rec = by_name(&plugins, "rec");
+    assert_eq!(rec["state"], "running", "{rec}");
+    assert!(rec["version"].as_str().is_some_and(|v| !v.is_empty()), "{rec}");
+    assert_eq!(rec["subscriptions"][0]["event_type"], "*");
+    assert!(rec["last_reload_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{rec}");
+    assert_eq!(rec["grants"]["publish_streams"], serde_json::json!(["records"]));
+    assert_eq!(rec["grants"]["config"], serde_json::json!(["record_to"]), "config keys, never values: {rec}");
+    assert!(!rec["grants"].to_string().contains("\"records\"}"), "{rec}");
+    assert!(rec["limits"]["memory"].as_u64().is_some_and(|m| m > 0), "{rec}");
+    assert!(rec["limits"].get("deadline").is_some() && rec["limits"]["retry"]["max_attempts"] == 3, "{rec}");
+    let max = rec["limits"]["throttle"]["max"].as_u64().expect("throttle");
+    assert_eq!(
+        (rec["limits"]["concurrency"].as_u64(), rec["limits"]["throttle"]["limit"].as_u64()),
+        (Some(max), Some(max))
+    );
+    let broken = by_name(&plugins, "broken");
+    assert_eq!(broken["state"], "refused", "{plugins}");
+    assert!(broken["reason"].as_str().is_some_and(|r| !r.is_empty()), "{broken}");
+
+    // Traps (one event, three attempts) throttle the subscriber: its limit halves (down to
+    // one) and, its last call having failed, its long calls pause.
+    let mut conn = env.conn().await;
+    crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"panic"}"#).await;
+    dead_letters(&env, &addr, 1).await;
+    let rec = by_name(&get(&addr, "/api/plugins", Some(VIEWER)).await.json(), "rec");
+    assert_eq!(rec["state"], "throttled", "{rec}");
+    assert_eq!(rec["limits"]["throttle"]["penalized"], true, "{rec}");
+    assert!(rec["limits"]["throttle"]["limit"].as_u64() <= Some(max.div_ceil(2)), "{rec}");
+    assert!(rec["reason"].as_str().is_some_and(|r| r.contains(&format!("of {max} calls"))), "{rec}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_dlq_edit_replays_the_same_event_marked_edited_and_dlq_show_prints_the_payload() {
+    let env = Env::new();
+    let url = env.redis.url();
+    let mut conn = env.conn().await;
+    let event = dead_letter(&mut conn, "OrderPlaced", "handler-reject", "sku unknown", Some("corr-cli")).await;
+    let keys = SubscriberKeys::new("events", "rec");
+    let letters = ferry::consume::read::parse_entries(
+        &keys.dlq,
+        redis::cmd("XRANGE").arg(&keys.dlq).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    let entry = letters[0].id.clone();
+    let (ok, out, err) = cli(args(&["dlq", "show", &entry, "--subscriber", "rec"], &url)).await;
+    assert!(ok && out.contains("payload (json, 2 bytes)"), "{out}{err}");
+
+    let edit = ["dlq", "edit", &entry, "--subscriber", "rec", "--data", r#"{"sku":"A-1"}"#, "--set", "subject=fixed"];
+    let (ok, out, err) = cli(args(&edit, &url)).await;
+    assert!(ok && out.contains("changed: subject, data"), "{out}{err}");
+    let (ok, _, err) = cli(args(&edit, &url)).await;
+    assert!(!ok && err.contains("no dead letter"), "a second edit finds it gone: {err}");
+
+    // No host runs: the replayed entry waits in the retry stream as the edit wrote it.
+    let retry = ferry::consume::read::parse_entries(
+        &keys.retry,
+        redis::cmd("XRANGE").arg(&keys.retry).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    assert_eq!(retry.len(), 1);
+    let field = |name: &str| retry[0].field(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(field("id").as_deref(), Some(event.id.as_str()), "the same event id");
+    assert_eq!(field("data").as_deref(), Some(r#"{"sku":"A-1"}"#));
+    assert_eq!(field("subject").as_deref(), Some("fixed"));
+    assert_eq!(field("correlationid").as_deref(), Some("corr-cli"));
+    assert_eq!(field("_attempt").as_deref(), Some("1"));
+    assert!(field("_replay").is_some() && field("_reason").is_none());
+    let marker: Value = serde_json::from_str(&field("_edited").expect("the edited marker")).expect("json");
+    assert!(marker["by"].as_str().is_some_and(|by| by.starts_with("cli")), "{marker}");
+    assert_eq!(marker["fields"], serde_json::json!(["subject", "data"]));
+    let (ok, out, _) = cli(args(&["audit"], &url)).await;
+    assert!(ok && out.contains("edit") && out.contains(&event.id), "{out}");
 }
