@@ -28,6 +28,8 @@
 //! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
 //! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
+//! - [`stop`]: the stop signal every long-running task watches; [`backoff`]: the wait
+//!   before trying Redis or PostgreSQL again.
 //!
 //! Around the host, each depending on it and never the other way round:
 //!
@@ -48,6 +50,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -70,5 +73,6 @@ pub mod relay;
 pub mod reload;
 pub mod replica;
 pub mod status;
+pub mod stop;
 pub mod telemetry;
 pub mod tls;
