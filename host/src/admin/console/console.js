@@ -292,15 +292,15 @@ function subscriberRow(s) {
     num('retries_waiting', s.retries_waiting),
     dead,
     num('held_keys', s.held_keys),
-    consumers(s.consumers),
+    consumers(s.consumers, s.consumer_list),
   );
 }
 
 // How many consumers (host instances) read, their names and idle times on hover.
-function consumers(list) {
+function consumers(count, list) {
   const all = Array.isArray(list) ? list : [];
-  const names = all.map((c) => (typeof c === 'object' && c !== null ? `${c.name} (idle ${c.idle_ms ?? '?'} ms)` : String(c)));
-  return el('td', { class: 'num', dataset: { col: 'consumers' }, title: names.join('\n') }, Array.isArray(list) ? all.length : list ?? '–');
+  const names = all.map((c) => `${c.name}: ${c.pending} pending, idle ${c.idle_ms} ms`);
+  return el('td', { class: 'num', dataset: { col: 'consumers' }, title: names.join('\n') }, count ?? all.length);
 }
 
 function historyCharts(history) {
@@ -714,6 +714,9 @@ function editForm(subscriber, letter, done) {
     input.dataset.original = input.value;
     return el('label', {}, k, input);
   });
+  // An optional attribute the event lacks (subject, partitionkey, ...) may be added.
+  const extraName = el('input', { id: 'edit-extra-name', placeholder: 'attribute', disabled: !canAct() });
+  const extraValue = el('input', { id: 'edit-extra-value', placeholder: 'value', disabled: !canAct() });
   const error = el('p', { class: 'error', id: 'edit-error', role: 'alert' });
   const submit = el('button', { type: 'submit', class: 'primary', id: 'edit-replay', disabled: !canAct() }, 'Replay with these changes');
   if (!canAct()) submit.title = 'needs the operator role';
@@ -726,6 +729,7 @@ function editForm(subscriber, letter, done) {
       const input = label.querySelector('input');
       if (input.value !== input.dataset.original) body.attributes[input.name] = input.value;
     }
+    if (extraName.value.trim()) body.attributes[extraName.value.trim()] = extraValue.value;
     if (body.data === undefined && Object.keys(body.attributes).length === 0) {
       error.textContent = 'Nothing changed: use Replay to replay it as it is.';
       return;
@@ -754,7 +758,9 @@ function editForm(subscriber, letter, done) {
       ? 'This payload (binary, or too large to show whole) is replayed as it is; its attributes may be changed.'
       : 'Replayed as the same event id; the edit is recorded on the event and in the audit trail.'),
     el('label', { for: 'edit-data' }, 'payload'), data,
-    inputs, error, submit);
+    inputs,
+    el('label', {}, 'add an attribute'), el('div', { class: 'pair' }, extraName, extraValue),
+    error, submit);
 }
 
 // ---------------------------------------------------------------- find
@@ -780,6 +786,10 @@ VIEWS.find = async function (root, params, generation) {
   root.append(events.length === 0
     ? el('p', { class: 'muted', id: 'find-none' }, 'No event found.')
     : el('ul', { class: 'tree', id: 'find-tree' }, events.map(eventNode)));
+  if (found.scanned !== undefined) {
+    root.append(el('p', { class: found.truncated ? 'warn' : 'muted' }, `${found.scanned} stream entries read`,
+      found.truncated ? ': a stream was longer than the search reads, older events may be missing' : ''));
+  }
 };
 
 function eventNode(e) {
@@ -807,6 +817,23 @@ VIEWS.plugins = async function (root, _params, generation) {
       el('tbody', {}, plugins.map(pluginRow))));
 };
 
+function bytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1 && n % 1024 === 0) {
+    n /= 1024;
+    i += 1;
+  }
+  return `${n} ${units[i]}`;
+}
+
+// Limits as the API gives them, with byte counts (memory, *_bytes) made readable.
+function readableLimits(limits) {
+  if (!limits || typeof limits !== 'object') return limits;
+  return Object.fromEntries(Object.entries(limits).map(([k, v]) =>
+    [k, typeof v === 'number' && (k === 'memory' || k.endsWith('_bytes')) ? bytes(v) : v]));
+}
+
 function pluginRow(p) {
   const subscriptions = (p.subscriptions || []).map((s) =>
     el('div', { class: 'mono' }, `${s.stream}: ${s.event_type}`, s.versions && s.versions.length ? ` v${s.versions.join(',')}` : ''));
@@ -818,7 +845,7 @@ function pluginRow(p) {
     el('td', {}, el('span', { class: `badge ${p.state}` }, p.state), why ? el('div', { class: 'error' }, why) : null),
     el('td', {}, subscriptions.length ? subscriptions : '–'),
     el('td', {}, value(p.grants)),
-    el('td', {}, value(p.limits)),
+    el('td', {}, value(readableLimits(p.limits))),
     el('td', {}, reload));
 }
 
