@@ -254,7 +254,7 @@ async function viewer(browser) {
   check(role === 'viewer', `logged in as a viewer (${role})`);
   await page.click('header nav a[data-view="dlq"]');
   await page.locator('#dlq-list tbody tr').first().waitFor();
-  const buttons = page.locator('#dlq-actions button, #dlq-groups button');
+  const buttons = page.locator('#dlq-actions button, #dlq-groups button, #dlq-list input[type=checkbox]');
   const n = await buttons.count();
   check(n >= 4, `action buttons shown (${n})`);
   for (let i = 0; i < n; i++) check(await buttons.nth(i).isDisabled(), `action ${i} disabled for a viewer`);

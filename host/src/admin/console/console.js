@@ -511,7 +511,7 @@ function lettersTable(subscriber, filter, listing, refresh) {
     action(`Replay ${scope}`, () => act(subscriber, 'replay', matching, scope, refresh), '', 'replay-matching'),
     action(`Purge ${scope}`, () => act(subscriber, 'purge', matching, scope, refresh), 'danger', 'purge-matching'));
   const rows = listing.dead_letters.map((d) => {
-    const box = el('input', { type: 'checkbox', value: d.id, 'aria-label': `select ${d.id}`, onchange: onSelect });
+    const box = el('input', { type: 'checkbox', value: d.id, 'aria-label': `select ${d.id}`, onchange: onSelect, disabled: !canAct() });
     boxes.push(box);
     const correlation = (d.fields.find(([k]) => k === 'correlationid') || [])[1] || '';
     const href = `#/letter?subscriber=${enc(subscriber)}&entry=${enc(d.id)}`;
@@ -523,17 +523,18 @@ function lettersTable(subscriber, filter, listing, refresh) {
       el('td', { class: 'wrap', dataset: { col: 'reason' } }, short(d.reason, 200)),
       el('td', { class: 'num' }, d.attempts),
       el('td', { class: 'nowrap' }, stamp(d.last_failure)),
-      el('td', { class: 'mono' }, short(d.event_id, 40)),
+      // A UUID v7 begins with its time, alike for letters of one incident: its end tells them apart.
+      el('td', { class: 'mono', title: d.event_id }, d.event_id.length > 14 ? '…' + d.event_id.slice(-12) : d.event_id),
       el('td', { class: 'mono' }, correlation));
   });
   if (!canAct()) all.disabled = true;
   return el('div', {},
     toolbar,
-    el('table', { id: 'dlq-list' },
+    el('div', { class: 'scroll' }, el('table', { id: 'dlq-list' },
       el('thead', {}, el('tr', {}, el('th', {}, all),
         ['entry', 'type', 'kind', 'reason', 'attempts', 'last failure', 'event id', 'correlation'].map((h) =>
           el('th', { class: h === 'attempts' ? 'num' : '' }, h)))),
-      el('tbody', {}, rows)));
+      el('tbody', {}, rows))));
 }
 
 // Replay or purge `selection`; a large one answers with a job whose bar follows it.
