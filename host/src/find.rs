@@ -191,7 +191,10 @@ async fn newest<C: ConnectionLike>(conn: &mut C, stream: &str) -> redis::RedisRe
             return Ok((out, false));
         }
     }
-    Ok((out, true))
+    // Cut only if something older is left.
+    let older: redis::Value =
+        redis::cmd("XREVRANGE").arg(stream).arg(&end).arg("-").arg("COUNT").arg(1).query_async(conn).await?;
+    Ok((out, !read::parse_entries(stream, older).is_empty()))
 }
 
 /// A stream entry id as numbers, to compare.

@@ -530,6 +530,16 @@ mod tests {
         assert_eq!(same_origin(&HeaderMap::new()), None);
     }
 
+    #[test]
+    fn only_the_console_page_and_its_assets_answer_without_a_token() {
+        for page in ["/console", "/console/console.js", "/console/console.css"] {
+            assert!(is_page(page), "{page}");
+        }
+        for other in ["/consoles", "/console/a/b", "/api/console", "/console.js"] {
+            assert!(!is_page(other), "{other}");
+        }
+    }
+
     /// Issue 23, item 12: a DNS-rebinding page sends its own name in `Host`.
     #[test]
     fn only_ip_addresses_localhost_and_configured_names_are_admitted() {

@@ -238,3 +238,37 @@ pub(super) async fn job(State(host): State<Arc<Host>>, Path(id): Path<String>) -
         Err(e) => redis_failed(e).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_names_one_selection_and_may_ask_for_a_job() {
+        let parse = |body: &str| selection(body.as_bytes()).map_err(|(_, why)| why);
+        assert_eq!(parse(r#"{"all": true}"#), Ok((Selection::All, false)));
+        assert_eq!(parse(r#"{"group": "g", "job": true}"#), Ok((Selection::Group("g".into()), true)));
+        assert_eq!(parse(r#"{"ids": ["a"], "job": false}"#), Ok((Selection::Ids(vec!["a".into()]), false)));
+        let filter = parse(r#"{"type": "T", "since": "1h"}"#).expect("a filter").0;
+        assert!(matches!(filter, Selection::Filter(f) if f.event_type.as_deref() == Some("T") && f.since.is_some()));
+        for bad in [
+            r#"{"all": true, "group": "g"}"#,
+            r#"{"job": true}"#,
+            r#"{"all": false}"#,
+            r#"{"job": 1, "all": true}"#,
+            "[]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_listing_query_is_read_as_a_filter_with_empty_values_left_out() {
+        let query = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (filter, limit) = filter_of(query(&[("type", "T"), ("reason", ""), ("limit", "5")])).expect("reads");
+        assert_eq!((filter.event_type.as_deref(), filter.reason, limit), (Some("T"), None, Some(5)));
+        assert!(filter_of(query(&[("since", "yesterday-ish")])).is_err());
+        assert!(filter_of(query(&[("colour", "red")])).is_err(), "unknown parameters are refused");
+        assert!(filter_of(query(&[("limit", "many")])).is_err());
+    }
+}

@@ -323,3 +323,46 @@ async fn pause_point(subscriber: &str) {
         let _ = held.wait_for(|released| *released).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: &str, updated_ms: u64) -> Job {
+        Job {
+            id: "00ff".into(),
+            action: "replay".into(),
+            subscriber: "s".into(),
+            selection: serde_json::json!({"all": true}),
+            total: 10,
+            done: 2,
+            count: 2,
+            state: state.into(),
+            error: None,
+            started_ms: updated_ms,
+            finished_ms: None,
+            updated_ms,
+            by: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn a_running_job_without_progress_for_too_long_reads_as_failed() {
+        let now = crate::consume::now_ms();
+        assert_eq!(stale(job("running", now)).state, "running");
+        let lost = stale(job("running", now - STALE.as_millis() as u64 - 1000));
+        assert_eq!((lost.state.as_str(), lost.error.is_some()), ("failed", true));
+        let old = now - 10 * STALE.as_millis() as u64;
+        assert_eq!(stale(job("done", old)).state, "done", "an ended job stays as it ended");
+    }
+
+    #[test]
+    fn the_claim_is_per_action_subscriber_and_selection() {
+        let all = Selection::All;
+        let group = Selection::Group("abc".into());
+        assert_eq!(digest(Action::Replay, "s", &all), digest(Action::Replay, "s", &all));
+        assert_ne!(digest(Action::Replay, "s", &all), digest(Action::Purge, "s", &all));
+        assert_ne!(digest(Action::Replay, "s", &all), digest(Action::Replay, "t", &all));
+        assert_ne!(digest(Action::Replay, "s", &all), digest(Action::Replay, "s", &group));
+    }
+}

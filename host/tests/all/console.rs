@@ -647,6 +647,7 @@ async fn find_by_correlation_returns_where_each_event_is_and_the_causation_tree_
     let found = get(&addr, "/api/find?correlation=corr-%3Cb%3Efind%3C%2Fb%3E", Some(VIEWER)).await.json();
     let events = found["events"].as_array().expect("events");
     assert_eq!(events.len(), 2, "two roots: {found}");
+    assert_eq!(found["truncated"], false, "every stream read whole: {found}");
     let (first, second) = (&events[0], &events[1]);
     assert_eq!((first["event_id"].as_str(), first["stream"].as_str()), (Some(handled.id.as_str()), Some("events")));
     assert_eq!(first["correlation"], correlation, "verbatim");
