@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what ferry's build and tests need and a fresh machine may lack: the wasm32-wasip2
-# Rust target, redis-server, PostgreSQL (outbox relay tests), Chromium (status-page test). Python (componentize-py) and
+# Rust target, redis-server, PostgreSQL (outbox relay tests), Chromium (status-page test and the
+# console's browser walk, driven by tests/browser's playwright-core). Python (componentize-py) and
 # JavaScript (componentize-js) toolchains are installed, pinned, by the examples' build
 # scripts into examples/*/ (venv, node_modules). Idempotent; quiet when all is present.
 set -euo pipefail
@@ -29,4 +30,13 @@ command -v node >/dev/null || missing+=(nodejs npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   apt_install "${missing[@]}"
+fi
+# The console's browser walk (host/tests/all/console_browser.rs) drives /usr/bin/chromium through
+# playwright-core, pinned by tests/browser/package-lock.json; playwright-core downloads no browser.
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+wanted="$(node -p "require('$browser_dir/package-lock.json').packages['node_modules/playwright-core'].version")"
+have="$(node -p "try { require('$browser_dir/node_modules/playwright-core/package.json').version } catch { '' }")"
+if [ "$wanted" != "$have" ]; then
+  echo "setup: installing playwright-core $wanted for the browser walk (tests/browser)"
+  (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -71,10 +71,10 @@ pub enum Command {
     /// Start a plugin project (Rust, Python or JavaScript) that builds and passes its tests
     /// as generated, with everything it needs written into it (no ferry checkout needed).
     New(new::NewArgs),
-    /// Inspect, replay and purge dead letters.
+    /// Inspect, replay, purge and edit dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Show the audit trail: who replayed or purged which dead letters, and when.
+    /// Show the audit trail: who replayed, purged or edited which dead letters, and when.
     Audit(audit::AuditArgs),
     /// Find an event by id or correlation id: where it is for each subscriber, and the
     /// follow-ups it caused.

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod cluster_faults;
 mod console;
+mod console_browser;
 mod contracts;
 mod delivery;
 mod e2e;
