@@ -14,6 +14,7 @@ mod e2e;
 mod edges;
 mod guarantees;
 mod http;
+mod invoke;
 mod observability;
 mod polyglot;
 mod recovery;
