@@ -33,7 +33,15 @@ pub struct NewArgs {
 }
 
 const WIT: &str = include_str!("../../../plugin-sdk/wit/ferry.wit");
-const SDK_LIB: &str = include_str!("../../../plugin-sdk/src/lib.rs");
+/// The package the Rust SDK binds (`ferry:plugin@0.2.0`: 0.1.0's interfaces and `state`).
+const WIT_V2: &str = include_str!("../../../plugin-sdk/wit-0.2.0/ferry.wit");
+/// The SDK's source files, as `ferry new rust` writes them.
+const SDK_SOURCES: [(&str, &str); 4] = [
+    ("ferry-plugin-sdk/src/lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
+    ("ferry-plugin-sdk/src/state.rs", include_str!("../../../plugin-sdk/src/state.rs")),
+    ("ferry-plugin-sdk/src/http.rs", include_str!("../../../plugin-sdk/src/http.rs")),
+    ("ferry-plugin-sdk/src/testing.rs", include_str!("../../../plugin-sdk/src/testing.rs")),
+];
 const SDK_MANIFEST: &str = include_str!("../../../plugin-sdk/Cargo.toml");
 const PY_HANDLER: &str = include_str!("../../../examples/python/ferry_handler.py");
 const PY_TESTING: &str = include_str!("../../../examples/python/ferry_testing.py");
@@ -91,6 +99,77 @@ fn write(root: &Path, path: &str, text: &str) -> anyhow::Result<()> {
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))
 }
 
+/// The Rust plugin `ferry new rust` writes: stock in state, a follow-up, its own tests.
+const RUST_HANDLER: &str = r##"//! A ferry plugin: reserves an order's stock, kept in ferry's handler state (`stock:SKU`),
+//! rejects an order it cannot serve, and publishes `StockReserved` to the stream granted as
+//! config `publish`. State writes commit with the event's acknowledgement: a rejected or
+//! retried event leaves none behind. Grants: `state = true` (`ferry plugins invoke` grants it).
+
+use ferry_plugin_sdk::publish::{self, Outgoing};
+use ferry_plugin_sdk::{Error, Event, Handler, Result, Subscription, config, log, state};
+
+struct Plugin;
+
+impl Handler for Plugin {
+    fn subscriptions() -> Vec<Subscription> {
+        vec![Subscription::to("OrderCreated")]
+    }
+
+    fn handle(event: Event) -> Result {
+        let order: serde_json::Value = event.json()?; // bad JSON: rejected, dead-lettered at once
+        let quantity = order["quantity"].as_i64().unwrap_or(0);
+        if quantity <= 0 {
+            return Err(Error::reject("an order needs a quantity"));
+        }
+        let sku = order["sku"].as_str().unwrap_or("unknown");
+        let left = state::increment(&format!("stock:{sku}"), -quantity)?;
+        if left < 0 {
+            // Rejected: this event's writes (the decrement) are dropped with it.
+            return Err(Error::reject(format!("insufficient stock for {quantity} x {sku}")));
+        }
+        log::info(&format!("reserved {quantity} x {sku} for {} ({left} left)", event.id()));
+        if let Some(stream) = config::get("publish") {
+            let reserved = serde_json::json!({ "order": order["order_id"], "sku": sku, "quantity": quantity });
+            publish::send(Outgoing::json("StockReserved", &reserved)?.to_stream(&stream))?;
+        }
+        Ok(())
+    }
+}
+
+ferry_plugin_sdk::plugin!(Plugin);
+
+// `cargo test --target <your machine's target>`: no host, no Redis (see ferry_plugin_sdk::testing).
+#[cfg(test)]
+mod tests {
+    use ferry_plugin_sdk::{Event, testing};
+
+    fn order(quantity: u32) -> Event {
+        Event::builder("OrderCreated").data(format!(r#"{{"order_id":"o-1","sku":"sku-1","quantity":{quantity}}}"#)).build()
+    }
+
+    #[test]
+    fn an_order_takes_its_stock_and_its_follow_up_is_published_where_granted() {
+        testing::reset();
+        testing::set_config("publish", "stock");
+        testing::set_state("stock:sku-1", "10");
+        testing::handle::<super::Plugin>(order(2)).expect("handled");
+        assert_eq!(testing::state_value("stock:sku-1"), Some(b"8".to_vec()));
+        assert_eq!(testing::published()[0].event_type, "StockReserved");
+    }
+
+    #[test]
+    fn an_order_it_cannot_serve_is_rejected_and_takes_nothing() {
+        testing::reset();
+        testing::set_state("stock:sku-1", "1");
+        assert!(testing::handle::<super::Plugin>(order(2)).expect_err("rejected").is_reject());
+        assert_eq!(testing::state_value("stock:sku-1"), Some(b"1".to_vec()));
+    }
+}
+"##;
+
+/// The state `ferry plugins invoke --state` starts the generated plugin from.
+const RUST_STATE: &str = "{ \"stock:sku-1\": 10 }\n";
+
 fn rust(name: &str) -> Vec<(&'static str, String)> {
     let krate = name.replace('-', "_");
     let manifest = format!(
@@ -116,58 +195,7 @@ opt-level = "s"
 strip = true
 "#
     );
-    let handler = r##"//! A ferry plugin: reserves an order's stock, rejects an order without a quantity, and
-//! publishes `StockReserved` to the stream granted as config `publish`.
 
-use ferry_plugin_sdk::publish::{self, Outgoing};
-use ferry_plugin_sdk::{Error, Event, Handler, Result, Subscription, config, log};
-
-struct Plugin;
-
-impl Handler for Plugin {
-    fn subscriptions() -> Vec<Subscription> {
-        vec![Subscription::to("OrderCreated")]
-    }
-
-    fn handle(event: Event) -> Result {
-        let order: serde_json::Value = event.json()?; // bad JSON: rejected, dead-lettered at once
-        let quantity = order["quantity"].as_u64().unwrap_or(0);
-        if quantity == 0 {
-            return Err(Error::reject("an order needs a quantity"));
-        }
-        log::info(&format!("reserving {quantity} for {}", event.id()));
-        if let Some(stream) = config::get("publish") {
-            let reserved = serde_json::json!({ "order": order["order_id"], "quantity": quantity });
-            publish::send(Outgoing::json("StockReserved", &reserved)?.to_stream(&stream))?;
-        }
-        Ok(())
-    }
-}
-
-ferry_plugin_sdk::plugin!(Plugin);
-
-// `cargo test --target <your machine's target>`: no host, no Redis (see ferry_plugin_sdk::testing).
-#[cfg(test)]
-mod tests {
-    use ferry_plugin_sdk::{Event, Handler, testing};
-
-    #[test]
-    fn an_order_is_reserved_and_its_follow_up_published_where_granted() {
-        testing::reset();
-        testing::set_config("publish", "stock");
-        let event = Event::builder("OrderCreated").data(r#"{"order_id":"o-1","quantity":2}"#).build();
-        super::Plugin::handle(event).expect("handled");
-        assert_eq!(testing::published()[0].event_type, "StockReserved");
-    }
-
-    #[test]
-    fn an_order_without_a_quantity_is_rejected() {
-        testing::reset();
-        let event = Event::builder("OrderCreated").data(r#"{"order_id":"o-1"}"#).build();
-        assert!(super::Plugin::handle(event).expect_err("rejected").is_reject());
-    }
-}
-"##;
     let readme = format!(
         r#"# {name}
 
@@ -177,24 +205,31 @@ A ferry plugin in Rust (made by `ferry new rust {name}`).
 cargo test --target "$(rustc -vV | sed -n 's/^host: //p')"    # the handler's own tests
 cargo build --release                                          # target/wasm32-wasip2/release/{krate}.wasm
 ferry plugins invoke target/wasm32-wasip2/release/{krate}.wasm --event event.json \
-  --config publish=stock --publish-stream stock                # one call, no Redis
+  --state state.json --config publish=stock --publish-stream stock    # one call, no Redis
 cp target/wasm32-wasip2/release/{krate}.wasm /srv/ferry/plugins/{name}.wasm    # ferry run hot-loads it
 ```
+
+`invoke` prints the disposition, the follow-ups, the state writes and the log lines; `--json`
+adds the state after the call (feed it back with `--state`). A plugin that calls an HTTP API
+(`ferry_plugin_sdk::http`) is run with `--http-allow https://api.example` (real requests).
+In `ferry run`, grant state with `state = true` in its `[subscribers.{name}]` (or `{name}.toml`).
 
 Needs Rust 1.95+ with `rustup target add wasm32-wasip2`.
 "#
     );
-    vec![
+    let mut files = vec![
         ("Cargo.toml", manifest),
         (".cargo/config.toml", "[build]\ntarget = \"wasm32-wasip2\"\n".to_string()),
-        ("src/lib.rs", handler.to_string()),
+        ("src/lib.rs", RUST_HANDLER.to_string()),
         ("event.json", EVENT.to_string()),
+        ("state.json", RUST_STATE.to_string()),
         ("README.md", readme),
         (".gitignore", "/target\n".to_string()),
         ("ferry-plugin-sdk/Cargo.toml", bundled_sdk_manifest()),
-        ("ferry-plugin-sdk/src/lib.rs", SDK_LIB.to_string()),
-        ("ferry-plugin-sdk/wit/ferry.wit", WIT.to_string()),
-    ]
+        ("ferry-plugin-sdk/wit-0.2.0/ferry.wit", WIT_V2.to_string()),
+    ];
+    files.extend(SDK_SOURCES.iter().map(|(path, text)| (*path, text.to_string())));
+    files
 }
 
 /// The SDK's own manifest without its `[workspace]` table: inside the new project the SDK is a

@@ -15,6 +15,7 @@ mod e2e;
 mod edges;
 mod guarantees;
 mod http;
+mod invoke;
 mod observability;
 mod polyglot;
 mod recovery;
