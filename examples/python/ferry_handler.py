@@ -461,14 +461,9 @@ def _wasi_send(
         future = _outgoing.handle(request, None)
     except Err as e:
         raise HttpError(_code(e.value)) from None
-    if body:
-        with outgoing.write() as stream:
-            try:
-                for start in range(0, len(body), 4096):
-                    stream.blocking_write_and_flush(body[start : start + 4096])
-            except Err as e:
-                raise HttpError("HttpRequestBodySize", f"writing the body: {e.value}") from None
-    h.OutgoingBody.finish(outgoing, None)
+    # A refused request's body stream is closed: the write fails, and the response's error
+    # (e.g. HttpRequestDenied) says why, so it is read before the write's failure is reported.
+    unwritten = _write_body(h, outgoing, body)
     with future:
         with future.subscribe() as ready:
             ready.block()
@@ -477,6 +472,9 @@ def _wasi_send(
         raise HttpError("InternalError", "the response was taken already")
     if not isinstance(result.value, Ok):
         raise HttpError(_code(result.value.value))
+    if unwritten is not None:
+        with result.value.value:
+            raise HttpError("HttpRequestBodySize", f"writing the body: {unwritten}")
     with result.value.value as response:
         status = response.status()
         with response.headers() as fields:
@@ -495,6 +493,26 @@ def _wasi_send(
         with h.IncomingBody.finish(incoming):
             pass
     return status, pairs, b"".join(chunks)
+
+
+def _write_body(h: Any, outgoing: Any, body: Optional[bytes]) -> Optional[str]:
+    """Write ``body`` and finish the request; why it could not be written, if it could not."""
+    failed = None
+    if body:
+        with outgoing.write() as stream:
+            try:
+                for start in range(0, len(body), 4096):
+                    stream.blocking_write_and_flush(body[start : start + 4096])
+            except Err as e:
+                failed = str(e.value)
+    if failed is not None:
+        outgoing.__exit__(None, None, None)  # dropped unfinished: the request is cancelled
+        return failed
+    try:
+        h.OutgoingBody.finish(outgoing, None)
+    except Err as e:
+        return _code(e.value)
+    return None
 
 
 def _code(error: Any) -> str:

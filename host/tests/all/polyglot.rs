@@ -329,3 +329,65 @@ async fn a_javascript_handler_runs_in_the_host_with_state_and_http() {
     };
     run_language(&case, &wasm).await;
 }
+
+/// Run one event through `name` whose HTTP grant does not list the server its config names;
+/// check that nothing reached the server and no state was written; the dead letter's kind and
+/// reason.
+async fn run_denied(
+    name: &str,
+    wasm: &Path,
+    event_type: &str,
+    payload: &str,
+    config: &str,
+    key: &str,
+) -> (String, String) {
+    let api = Api::start().await;
+    let env = Env::new();
+    let toml = format!(
+        "start = \"beginning\"\nsubscriptions = [{{ type = \"{event_type}\" }}]\nstate = true\n[config]\n{}\n\
+         [http]\nallow = [\"http://127.0.0.1:1\"]\n[retry]\nmax_attempts = 1\n",
+        config.replace("URL", &format!("http://127.0.0.1:{}", api.port))
+    );
+    env.add_plugin(name, wasm.to_str().expect("utf-8"), &toml);
+    let mut config = env.config();
+    config.cache_dir = Some(shared_cache());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _host = HostProcess::start(&config, dir.path(), "host");
+    let mut conn = env.conn().await;
+    let event = Event::new(event_type, "tests", payload);
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    env.settled("events", Duration::from_secs(180)).await;
+    let letters = ferry::dlq::list(&mut conn, Some(name), 10).await.expect("dlq");
+    let letter = letters.iter().find(|d| d.event_id == event.id).expect("dead-lettered");
+    assert!(api.requests().is_empty(), "{name}: nothing reached the server");
+    let mut node = ferry::connection::Conn::Node(conn.clone());
+    let stored =
+        ferry::plugin::capability::state::stored::get(&mut node, "events", name, key).await.expect("stored state");
+    assert_eq!(stored, None, "{name}: no state written");
+    (letter.kind.clone(), letter.reason.clone())
+}
+
+/// A request to an origin the grant does not list never leaves the host, and the event ends
+/// with no state written. Python: the helper raises `HttpError("HttpRequestDenied")`, the
+/// handler asks for a retry. JavaScript: a `fetch` *with a body* traps instead of rejecting
+/// (componentize-js 0.23's StarlingMonkey aborts when the refused request's body stream is
+/// closed under its write: "event loop error, but no exception is pending"), so the event is
+/// retried as any trap is; docs/guide-javascript.md says so. When an upgrade fixes that, this
+/// test fails: expect `handler-retry` and "mail API unreachable" then, and fix the guide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_requests_to_an_origin_not_granted_are_denied_and_retried() {
+    let py = tokio::task::spawn_blocking(|| plugin("FERRY_PYTHON_PLUGIN", "python", "inventory-py.wasm"))
+        .await
+        .expect("build");
+    let js = tokio::task::spawn_blocking(|| plugin("FERRY_JS_PLUGIN", "javascript", "welcome-js.wasm"))
+        .await
+        .expect("build");
+    let order = r#"{"order_id":"o-1","sku":"A","quantity":1}"#;
+    let (kind, reason) = run_denied("py", &py, "OrderCreated", order, "warehouse_url = \"URL/r\"", "reserved:A").await;
+    assert_eq!(kind, "handler-retry", "{reason}");
+    assert!(reason.contains("warehouse unreachable: HttpRequestDenied"), "{reason}");
+    let user = r#"{"user_id":"u-1","email":"a@example.com"}"#;
+    let (kind, reason) = run_denied("js", &js, "UserRegistered", user, "mail_url = \"URL/m\"", "greetings:u-1").await;
+    assert_eq!(kind, "trap", "{reason}");
+    assert!(reason.contains("event loop error, but no exception is pending"), "{reason}");
+}
