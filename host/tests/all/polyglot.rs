@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::{Env, HostProcess};
 
 /// The plugin built by `examples/LANG/build.sh`: `$ENV_VAR` if set (CI builds them first),
-/// else built now into `target/polyglot` (the scripts are idempotent and pinned).
+/// else built now into `target/polyglot` (the scripts are idempotent and pinned) when it is
+/// missing or older than a source of the example.
 fn plugin(env_var: &str, lang: &str, file: &str) -> PathBuf {
     if let Ok(path) = std::env::var(env_var) {
         return PathBuf::from(path);
@@ -25,7 +26,11 @@ fn plugin(env_var: &str, lang: &str, file: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = root.join("target/polyglot");
     let path = out.join(file);
-    if !path.exists() {
+    // Tests of one language run at once: one builds, the others wait and see it built.
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    if built.is_none_or(|built| newest_source(&root.join("examples").join(lang)) > built) {
         let status = Command::new(root.join(format!("examples/{lang}/build.sh")))
             .arg(&out)
             .status()
@@ -33,6 +38,21 @@ fn plugin(env_var: &str, lang: &str, file: &str) -> PathBuf {
         assert!(status.success(), "examples/{lang}/build.sh failed");
     }
     path
+}
+
+/// When a file of the example under `dir` last changed (installed tools and outputs aside).
+fn newest_source(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        if [".venv", "node_modules", "build", "__pycache__"].iter().any(|skip| name == *skip) {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+        let when = if meta.is_dir() { newest_source(&entry.path()) } else { meta.modified().unwrap_or(newest) };
+        newest = newest.max(when);
+    }
+    newest
 }
 
 /// A language's example and what it does with state and HTTP.
