@@ -415,6 +415,9 @@ class _Http:
         """Send a request; raises :class:`HttpError` when no response arrives."""
         pairs = list(headers.items()) if isinstance(headers, dict) else list(headers or ())
         payload = body.encode("utf-8") if isinstance(body, str) else (bytes(body) if body is not None else None)
+        if payload is not None and not any(str(k).lower() == "content-length" for k, _ in pairs):
+            # Without it the body goes chunked, which not every API accepts.
+            pairs.append(("content-length", str(len(payload))))
         status, fields, data = _transport(method.upper(), url, [(str(k), str(v)) for k, v in pairs], payload)
         collected: Dict[str, List[str]] = {}
         for name, value in fields:

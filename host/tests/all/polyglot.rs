@@ -269,6 +269,8 @@ async fn run_language(case: &Case, wasm: &Path) {
     assert_eq!(header(good, "idempotency-key"), Some(format!("{name}:{}", event.id).as_str()), "{good}");
     assert_eq!(header(good, "traceparent"), Some(TRACEPARENT), "{good}");
     assert_eq!(header(good, "content-type"), Some("application/json"), "{good}");
+    let sent = good.split_once("\r\n\r\n").map(|(_, body)| body.len().to_string());
+    assert_eq!(header(good, "content-length").map(str::to_string), sent, "{name}: not chunked: {good}");
 
     let log = host.log();
     assert!(
