@@ -310,8 +310,8 @@ async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() 
         (py, js)
     })
     .await;
-    assert!(py.0 && py.1.contains("Ran 2 tests"), "{}", py.1);
-    assert!(js.0 && js.1.contains("# pass 2"), "{}", js.1);
+    assert!(py.0 && py.1.contains("Ran 4 tests"), "{}", py.1);
+    assert!(js.0 && js.1.contains("# pass 4"), "{}", js.1);
     // A name that is not a subscriber name, or a directory that exists, is refused.
     let (bad, _, err) =
         crate::support::ferry(&["new", "rust", "Bad_Name", "--dir", dir.path().to_str().expect("utf-8")]);
