@@ -26,4 +26,5 @@ mod retention;
 mod sandbox;
 mod security;
 mod state;
+mod state_faults;
 mod tls;
