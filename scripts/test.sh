@@ -36,8 +36,8 @@ for round in 2 3; do
   echo "-- round $round"
   cargo test -p ferry-host --quiet --test all -- recovery:: edges:: reload::
 done
-echo "== no function over 80 lines in the consume pipeline"
-python3 scripts/long-functions.py host/src/consume/*.rs
+echo "== no function over 80 lines in host/src"
+python3 scripts/long-functions.py host/src
 echo "== the otel feature (OTLP export, trace continuation)"
 cargo clippy -p ferry-host --all-targets --features otel --quiet -- -D warnings
 cargo test -p ferry-host --features otel --quiet --lib telemetry

@@ -243,6 +243,50 @@ impl Event {
     /// Parse and validate an event from stream-entry fields. Field names starting with `_` are
     /// ferry's delivery metadata and are ignored here; unknown attributes are ignored too.
     pub fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, InvalidEvent> {
+        let entry = Entry::new(fields)?;
+        let id = entry.required(field::ID)?;
+        if id.len() > 256 {
+            return Err(InvalidEvent::Malformed { name: field::ID, reason: "longer than 256 bytes".into() });
+        }
+        let source = entry.required(field::SOURCE)?;
+        let event_type = entry.required(field::TYPE)?;
+        let specversion = entry.required(field::SPECVERSION)?;
+        if specversion != SPEC_VERSION {
+            return Err(InvalidEvent::Malformed {
+                name: field::SPECVERSION,
+                reason: format!("`{specversion}` is not supported (expected {SPEC_VERSION})"),
+            });
+        }
+        let time = entry.time()?;
+        let datacontenttype = entry.get(field::DATACONTENTTYPE)?.unwrap_or_else(|| JSON.to_string());
+        let schemaversion = entry.schemaversion()?;
+        let data = entry.data(&datacontenttype)?;
+        Ok(Self {
+            id,
+            source,
+            event_type,
+            time,
+            datacontenttype,
+            schemaversion,
+            subject: entry.get(field::SUBJECT)?,
+            dataschema: entry.get(field::DATASCHEMA)?,
+            correlationid: entry.get(field::CORRELATIONID)?,
+            causationid: entry.get(field::CAUSATIONID)?,
+            partitionkey: entry.get(field::PARTITIONKEY)?,
+            traceparent: entry.get(field::TRACEPARENT)?,
+            causationdepth: entry.counter(field::CAUSATIONDEPTH)?,
+            causationbudget: entry.counter(field::CAUSATIONBUDGET)?,
+            data,
+        })
+    }
+}
+
+/// A stream entry's fields being read into an [`Event`]: each attribute found once, as UTF-8.
+struct Entry<'a>(&'a [(Vec<u8>, Vec<u8>)]);
+
+impl<'a> Entry<'a> {
+    /// An entry with at least one field and no field twice.
+    fn new(fields: &'a [(Vec<u8>, Vec<u8>)]) -> Result<Self, InvalidEvent> {
         if fields.is_empty() {
             return Err(InvalidEvent::Empty);
         }
@@ -251,80 +295,68 @@ impl Event {
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(InvalidEvent::Duplicated(String::from_utf8_lossy(pair[0]).into_owned()));
         }
-        let get = |name: &'static str| -> Result<Option<String>, InvalidEvent> {
-            match fields.iter().find(|(k, _)| k == name.as_bytes()) {
-                None => Ok(None),
-                Some((_, v)) => String::from_utf8(v.clone())
-                    .map(Some)
-                    .map_err(|_| InvalidEvent::Malformed { name, reason: "not UTF-8".into() }),
-            }
-        };
-        let counter = |name: &'static str| -> Result<Option<u32>, InvalidEvent> {
-            match get(name)? {
-                None => Ok(None),
-                Some(v) => v.parse::<u32>().map(Some).map_err(|_| InvalidEvent::Malformed {
-                    name,
-                    reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
-                }),
-            }
-        };
-        let required = |name: &'static str| -> Result<String, InvalidEvent> {
-            match get(name)? {
-                Some(v) if !v.trim().is_empty() => Ok(v),
-                Some(_) => Err(InvalidEvent::Malformed { name, reason: "empty".into() }),
-                None => Err(InvalidEvent::Missing(name)),
-            }
-        };
+        Ok(Self(fields))
+    }
 
-        let id = required(field::ID)?;
-        if id.len() > 256 {
-            return Err(InvalidEvent::Malformed { name: field::ID, reason: "longer than 256 bytes".into() });
+    fn get(&self, name: &'static str) -> Result<Option<String>, InvalidEvent> {
+        match self.0.iter().find(|(k, _)| k == name.as_bytes()) {
+            None => Ok(None),
+            Some((_, v)) => String::from_utf8(v.clone())
+                .map(Some)
+                .map_err(|_| InvalidEvent::Malformed { name, reason: "not UTF-8".into() }),
         }
-        let source = required(field::SOURCE)?;
-        let event_type = required(field::TYPE)?;
-        let specversion = required(field::SPECVERSION)?;
-        if specversion != SPEC_VERSION {
-            return Err(InvalidEvent::Malformed {
-                name: field::SPECVERSION,
-                reason: format!("`{specversion}` is not supported (expected {SPEC_VERSION})"),
-            });
+    }
+
+    fn counter(&self, name: &'static str) -> Result<Option<u32>, InvalidEvent> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(v) => v.parse::<u32>().map(Some).map_err(|_| InvalidEvent::Malformed {
+                name,
+                reason: format!("`{}` is not a non-negative integer", crate::redact::escape(&v)),
+            }),
         }
-        let time = required(field::TIME)?;
+    }
+
+    fn required(&self, name: &'static str) -> Result<String, InvalidEvent> {
+        match self.get(name)? {
+            Some(v) if !v.trim().is_empty() => Ok(v),
+            Some(_) => Err(InvalidEvent::Malformed { name, reason: "empty".into() }),
+            None => Err(InvalidEvent::Missing(name)),
+        }
+    }
+
+    /// `time`: required, RFC 3339, in UTC.
+    fn time(&self) -> Result<String, InvalidEvent> {
+        let time = self.required(field::TIME)?;
         let parsed = OffsetDateTime::parse(&time, &Rfc3339)
             .map_err(|e| InvalidEvent::Malformed { name: field::TIME, reason: format!("not RFC 3339: {e}") })?;
         if !parsed.offset().is_utc() {
             return Err(InvalidEvent::Malformed { name: field::TIME, reason: "not in UTC".into() });
         }
-        let datacontenttype = get(field::DATACONTENTTYPE)?.unwrap_or_else(|| JSON.to_string());
-        let schemaversion = match get(field::SCHEMAVERSION)? {
-            None => 1,
+        Ok(time)
+    }
+
+    /// The schema version, 1 when absent.
+    fn schemaversion(&self) -> Result<u32, InvalidEvent> {
+        match self.get(field::SCHEMAVERSION)? {
+            None => Ok(1),
             Some(v) => v.parse::<u32>().map_err(|_| InvalidEvent::Malformed {
                 name: field::SCHEMAVERSION,
                 reason: format!("`{v}` is not a non-negative integer"),
-            })?,
-        };
-        let data = fields.iter().find(|(k, _)| k == field::DATA.as_bytes()).map(|(_, v)| v.clone()).unwrap_or_default();
-        if is_json(&datacontenttype) {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&data)
-                .map_err(|e| InvalidEvent::BadJson { content_type: datacontenttype.clone(), reason: e.to_string() })?;
+            }),
         }
-        Ok(Self {
-            id,
-            source,
-            event_type,
-            time,
-            datacontenttype,
-            schemaversion,
-            subject: get(field::SUBJECT)?,
-            dataschema: get(field::DATASCHEMA)?,
-            correlationid: get(field::CORRELATIONID)?,
-            causationid: get(field::CAUSATIONID)?,
-            partitionkey: get(field::PARTITIONKEY)?,
-            traceparent: get(field::TRACEPARENT)?,
-            causationdepth: counter(field::CAUSATIONDEPTH)?,
-            causationbudget: counter(field::CAUSATIONBUDGET)?,
-            data,
-        })
+    }
+
+    /// The payload (empty when absent), checked to parse when its content type is JSON.
+    fn data(&self, datacontenttype: &str) -> Result<Vec<u8>, InvalidEvent> {
+        let data = self.0.iter().find(|(k, _)| k == field::DATA.as_bytes()).map(|(_, v)| v.clone()).unwrap_or_default();
+        if is_json(datacontenttype) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(|e| InvalidEvent::BadJson {
+                content_type: datacontenttype.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(data)
     }
 }
 

@@ -95,15 +95,13 @@ impl Default for HttpMetrics {
 }
 
 impl HttpMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
-        registry.register("http_requests", "Plugins' outbound HTTP requests by outcome", metrics.requests.clone());
+    fn register(&self, registry: &mut Registry) {
+        registry.register("http_requests", "Plugins' outbound HTTP requests by outcome", self.requests.clone());
         registry.register(
             "http_request_duration_seconds",
             "Time from a plugin's outbound HTTP request to the response head or the failure",
-            metrics.duration.clone(),
+            self.duration.clone(),
         );
-        metrics
     }
 }
 
@@ -139,8 +137,8 @@ pub struct RelayMetrics {
 }
 
 impl RelayMetrics {
-    fn register(registry: &mut Registry, shortfalls: Shortfalls, unconfirmed: Family<WriteLabels, Counter>) -> Self {
-        let metrics = Self {
+    fn new(shortfalls: Shortfalls, unconfirmed: Family<WriteLabels, Counter>) -> Self {
+        Self {
             shortfalls,
             unconfirmed,
             relayed: Family::default(),
@@ -151,22 +149,24 @@ impl RelayMetrics {
                 Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
             }),
             active: Family::default(),
-        };
-        registry.register("relay_rows_relayed", "Outbox rows published to their stream", metrics.relayed.clone());
-        registry.register("relay_rows_failed", "Outbox rows marked failed", metrics.failed.clone());
-        registry.register("relay_backlog", "Outbox rows waiting to be relayed", metrics.backlog.clone());
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register("relay_rows_relayed", "Outbox rows published to their stream", self.relayed.clone());
+        registry.register("relay_rows_failed", "Outbox rows marked failed", self.failed.clone());
+        registry.register("relay_backlog", "Outbox rows waiting to be relayed", self.backlog.clone());
         registry.register(
             "relay_oldest_unrelayed_age_seconds",
             "Age of the oldest outbox row waiting to be relayed",
-            metrics.oldest_age.clone(),
+            self.oldest_age.clone(),
         );
         registry.register(
             "relay_latency_seconds",
             "Time from an outbox row's insert to its event being in the stream",
-            metrics.latency.clone(),
+            self.latency.clone(),
         );
-        registry.register("relay_active", "1 while this process is the table's active relay", metrics.active.clone());
-        metrics
+        registry.register("relay_active", "1 while this process is the table's active relay", self.active.clone());
     }
 }
 
@@ -188,19 +188,21 @@ pub struct RetentionMetrics {
 }
 
 impl RetentionMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let metrics = Self { over: Family::default(), oldest_age_seconds: Family::default() };
+    fn new() -> Self {
+        Self { over: Family::default(), oldest_age_seconds: Family::default() }
+    }
+
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "stream_entries_over_retention",
             "Entries over max_len left after the last trimming pass (kept by the safe floor)",
-            metrics.over.clone(),
+            self.over.clone(),
         );
         registry.register(
             "stream_oldest_entry_age_seconds",
             "Age of the oldest entry left after the last trimming pass",
-            metrics.oldest_age_seconds.clone(),
+            self.oldest_age_seconds.clone(),
         );
-        metrics
     }
 }
 
@@ -277,126 +279,115 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
+        let replication_shortfalls = Shortfalls::default();
+        let unconfirmed_writes = Family::<WriteLabels, Counter>::default();
+        let mut metrics = Self {
+            registry: Arc::default(),
+            handled: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            skipped: Family::default(),
+            deduplicated: Family::default(),
+            failures: Family::default(),
+            in_flight: Family::default(),
+            duration: Family::<SubscriberLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
+            }),
+            lag: Family::default(),
+            pending: Family::default(),
+            retries_waiting: Family::default(),
+            dead_letters: Family::default(),
+            unforwarded: Family::default(),
+            held_keys: Family::default(),
+            parked: Family::default(),
+            oldest_hold_seconds: Family::default(),
+            state_bytes: Family::default(),
+            plugin_loads: Family::default(),
+            plugin_refused: Family::default(),
+            redis_up: Gauge::default(),
+            relay: RelayMetrics::new(replication_shortfalls.clone(), unconfirmed_writes.clone()),
+            replication_shortfalls,
+            missing_replica_seconds: Family::default(),
+            writes_waiting_for_replica: Family::default(),
+            unconfirmed_writes,
+            retention: RetentionMetrics::new(),
+            http: HttpMetrics::default(),
+        };
         let mut registry = Registry::with_prefix("ferry");
-        let handled = Family::default();
-        let retried = Family::default();
-        let dead_lettered = Family::default();
-        let skipped = Family::default();
-        let deduplicated = Family::default();
-        let failures = Family::default();
-        let in_flight = Family::default();
-        let duration = Family::<SubscriberLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.000_01, 4.0, 12))
-        });
-        let lag = Family::default();
-        let pending = Family::default();
-        let retries_waiting = Family::default();
-        let dead_letters = Family::default();
-        let unforwarded = Family::default();
-        let held_keys = Family::default();
-        let parked = Family::default();
-        let oldest_hold_seconds = Family::default();
-        let state_bytes = Family::default();
-        let plugin_loads = Family::default();
-        let plugin_refused = Family::default();
-        let redis_up = Gauge::default();
-        registry.register("events_handled", "Events handled successfully", handled.clone());
-        registry.register("events_retried", "Events scheduled for another attempt", retried.clone());
-        registry.register("events_dead_lettered", "Events moved to the dead-letter stream", dead_lettered.clone());
+        metrics.register(&mut registry);
+        metrics.registry = Arc::new(registry);
+        metrics
+    }
+
+    /// Register every metric, in the order the exposition lists them.
+    fn register(&self, registry: &mut Registry) {
+        registry.register("events_handled", "Events handled successfully", self.handled.clone());
+        registry.register("events_retried", "Events scheduled for another attempt", self.retried.clone());
+        registry.register("events_dead_lettered", "Events moved to the dead-letter stream", self.dead_lettered.clone());
         registry.register(
             "events_skipped",
             "Events acked without calling the plugin (not subscribed)",
-            skipped.clone(),
+            self.skipped.clone(),
         );
         registry.register(
             "events_deduplicated",
             "Events acked because their id was already handled",
-            deduplicated.clone(),
+            self.deduplicated.clone(),
         );
-        registry.register("failures", "Handler failures by kind", failures.clone());
-        registry.register("events_in_flight", "Events being handled now", in_flight.clone());
-        registry.register("handler_duration_seconds", "Time spent in the handler per event", duration.clone());
-        registry.register("group_lag", "Entries not yet delivered to the consumer group (-1: unknown)", lag.clone());
-        registry.register("group_pending", "Entries delivered but not yet settled", pending.clone());
-        registry.register("retries_waiting", "Retries waiting for their due time", retries_waiting.clone());
-        registry.register("dead_letters", "Entries in the dead-letter stream", dead_letters.clone());
+        registry.register("failures", "Handler failures by kind", self.failures.clone());
+        registry.register("events_in_flight", "Events being handled now", self.in_flight.clone());
+        registry.register("handler_duration_seconds", "Time spent in the handler per event", self.duration.clone());
+        registry.register(
+            "group_lag",
+            "Entries not yet delivered to the consumer group (-1: unknown)",
+            self.lag.clone(),
+        );
+        registry.register("group_pending", "Entries delivered but not yet settled", self.pending.clone());
+        registry.register("retries_waiting", "Retries waiting for their due time", self.retries_waiting.clone());
+        registry.register("dead_letters", "Entries in the dead-letter stream", self.dead_letters.clone());
         registry.register(
             "follow_ups_unforwarded",
             "Follow-ups set aside because their target stream refused them (on a cluster)",
-            unforwarded.clone(),
+            self.unforwarded.clone(),
         );
-        registry.register("held_keys", "Partition keys held by an event (per-key order)", held_keys.clone());
-        registry.register("parked", "Events parked behind a held partition key", parked.clone());
+        registry.register("held_keys", "Partition keys held by an event (per-key order)", self.held_keys.clone());
+        registry.register("parked", "Events parked behind a held partition key", self.parked.clone());
         registry.register(
             "oldest_hold_seconds",
             "Age of the oldest partition-key hold (0: none)",
-            oldest_hold_seconds.clone(),
+            self.oldest_hold_seconds.clone(),
         );
         registry.register(
             "state_bytes",
             "Bytes of keys and values in the subscriber's handler state, over its streams",
-            state_bytes.clone(),
+            self.state_bytes.clone(),
         );
-        registry.register("plugin_loads", "Plugin versions loaded", plugin_loads.clone());
-        registry.register("plugin_refused", "Plugin versions refused", plugin_refused.clone());
-        registry.register("redis_up", "1 while Redis is reachable", redis_up.clone());
-        let replication_shortfalls = Shortfalls::default();
+        registry.register("plugin_loads", "Plugin versions loaded", self.plugin_loads.clone());
+        registry.register("plugin_refused", "Plugin versions refused", self.plugin_refused.clone());
+        registry.register("redis_up", "1 while Redis is reachable", self.redis_up.clone());
         registry.register(
             "replication_shortfalls",
             "Writes no replica confirmed in time under durability = replicated",
-            replication_shortfalls.clone(),
+            self.replication_shortfalls.clone(),
         );
-        let missing_replica_seconds = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "missing_replica_seconds",
             "Time a stream key's writes went without a confirming replica (durability = replicated)",
-            missing_replica_seconds.clone(),
+            self.missing_replica_seconds.clone(),
         );
-        let writes_waiting_for_replica = Family::<KeyLabels, Gauge>::default();
         registry.register(
             "writes_waiting_for_replica",
             "Writes to a stream key waiting for a replica's confirmation now",
-            writes_waiting_for_replica.clone(),
+            self.writes_waiting_for_replica.clone(),
         );
-        let unconfirmed_writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "writes_unconfirmed",
             "Writes that went ahead without a replica's confirmation (durability_on_missing_replica = continue)",
-            unconfirmed_writes.clone(),
+            self.unconfirmed_writes.clone(),
         );
-        let relay = RelayMetrics::register(&mut registry, replication_shortfalls.clone(), unconfirmed_writes.clone());
-        let retention = RetentionMetrics::register(&mut registry);
-        let http = HttpMetrics::register(&mut registry);
-        Self {
-            registry: Arc::new(registry),
-            handled,
-            retried,
-            dead_lettered,
-            skipped,
-            deduplicated,
-            failures,
-            in_flight,
-            duration,
-            lag,
-            pending,
-            retries_waiting,
-            dead_letters,
-            unforwarded,
-            held_keys,
-            parked,
-            oldest_hold_seconds,
-            state_bytes,
-            plugin_loads,
-            plugin_refused,
-            redis_up,
-            replication_shortfalls,
-            missing_replica_seconds,
-            writes_waiting_for_replica,
-            unconfirmed_writes,
-            relay,
-            retention,
-            http,
-        }
+        self.relay.register(registry);
+        self.retention.register(registry);
+        self.http.register(registry);
     }
 
     /// The Prometheus text exposition of every metric.

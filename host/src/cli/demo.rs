@@ -32,7 +32,6 @@ pub struct DemoArgs {
     pub timeout: u64,
 }
 
-/// Run the demo.
 /// The demo's schema of `UserRegistered@1`.
 const USER_REGISTERED: &str = r#"{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -45,6 +44,7 @@ const USER_REGISTERED: &str = r#"{
   "required": ["user_id", "email"]
 }"#;
 
+/// Run the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (url, _server) = match &args.redis {
         Some(url) => (url.clone(), None),
@@ -55,37 +55,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let stream = "demo-events".to_string();
-    let mut config = Config {
-        redis: url.clone(),
-        plugins: args.plugins.clone(),
-        stream: stream.clone(),
-        watch: false,
-        ..Config::default()
-    };
-    config.admin.listen = String::new();
-    // The users team's contract (docs/contracts.md): an event that breaks it is dead-lettered
-    // with the validation error, never handled.
     let schemas = tempfile::Builder::new().prefix("ferry-demo-schemas-").tempdir()?;
-    std::fs::create_dir_all(schemas.path().join("UserRegistered"))?;
-    std::fs::write(schemas.path().join("UserRegistered/1.json"), USER_REGISTERED)?;
-    config.schemas = Some(schemas.path().to_path_buf());
-    config.defaults = SubscriberConfig {
-        start: Some(Start::Beginning),
-        retry: Some(RetryConfig {
-            initial_delay: Duration::from_millis(200),
-            max_attempts: 3,
-            ..RetryConfig::default()
-        }),
-        ..SubscriberConfig::default()
-    };
-    config.subscribers.insert(
-        "inventory".into(),
-        SubscriberConfig {
-            config: Some([("publish".to_string(), stream.clone())].into()),
-            publish_streams: Some(vec![stream.clone()]),
-            ..SubscriberConfig::default()
-        },
-    );
+    let config = config(&args, &url, &stream, schemas.path())?;
     let host = Host::start(config).await.context("starting the host")?;
     let plugins = host.plugins().await;
     if plugins.iter().all(|p| p.state != "running") {
@@ -96,58 +67,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
 
     let (_, mut conn) = ferry::connection::connect(&ferry::connection::Target::node(url.clone())).await?;
-    // The orders module writes its order and the event in one transaction (the outbox pattern).
-    let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
-    order.partitionkey = Some("o-1001".into());
-    order.correlationid = Some("checkout-7".into());
-    let mut tx = redis::pipe();
-    tx.atomic().hset("demo:order:o-1001", "status", "created").ignore();
-    ferry::outbox::add(&mut tx, &stream, &order);
-    tx.query_async::<()>(&mut conn).await?;
-    let seeds = [
-        Event::new("UserRegistered", "users", r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada Lovelace"}"#),
-        Event::new(
-            "UserRegistered",
-            "users",
-            r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#,
-        ),
-        Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
-        // Breaks its contract (no email): dead-lettered as invalid-event before any handler.
-        Event::new("UserRegistered", "users", r#"{"user_id":"u-3","name":"Nobody"}"#),
-    ];
-    for e in &seeds {
-        ferry::outbox::publish(&mut conn, &stream, e).await?;
-    }
-    // A producer bug: an entry that is not a valid event. It is set aside, never handled.
-    redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("type")
-        .arg("OrderCreated")
-        .arg("data")
-        .arg("{oops")
-        .query_async::<String>(&mut conn)
-        .await?;
-    println!("published 6 events (one breaks its schema) and 1 malformed entry to {stream}");
-
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    loop {
-        let groups = ferry::status::collect(&mut conn, std::slice::from_ref(&stream)).await?;
-        let done = !groups.is_empty()
-            && groups
-                .iter()
-                .all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
-        if done {
-            println!();
-            print!("{}", super::status::render(&groups));
-            break;
-        }
-        if Instant::now() > deadline {
-            print!("{}", super::status::render(&groups));
-            anyhow::bail!("the demo did not settle within {}s", args.timeout);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_seeds(&mut conn, &stream).await?;
+    wait_settled(&mut conn, &stream, args.timeout).await?;
     let m = &host.context().metrics;
     println!();
     for p in &plugins {
@@ -166,4 +87,104 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     host.stop_all().await;
     println!("\ndemo finished: every event was handled or dead-lettered with its reason");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo host's configuration: the example plugins on `stream`, the users team's schema
+/// written into `schemas`.
+fn config(args: &DemoArgs, url: &str, stream: &str, schemas: &std::path::Path) -> anyhow::Result<Config> {
+    let stream = stream.to_string();
+    let mut config = Config {
+        redis: url.to_string(),
+        plugins: args.plugins.clone(),
+        stream: stream.clone(),
+        watch: false,
+        ..Config::default()
+    };
+    config.admin.listen = String::new();
+    // The users team's contract (docs/contracts.md): an event that breaks it is dead-lettered
+    // with the validation error, never handled.
+    std::fs::create_dir_all(schemas.join("UserRegistered"))?;
+    std::fs::write(schemas.join("UserRegistered/1.json"), USER_REGISTERED)?;
+    config.schemas = Some(schemas.to_path_buf());
+    config.defaults = SubscriberConfig {
+        start: Some(Start::Beginning),
+        retry: Some(RetryConfig {
+            initial_delay: Duration::from_millis(200),
+            max_attempts: 3,
+            ..RetryConfig::default()
+        }),
+        ..SubscriberConfig::default()
+    };
+    config.subscribers.insert(
+        "inventory".into(),
+        SubscriberConfig {
+            config: Some([("publish".to_string(), stream.clone())].into()),
+            publish_streams: Some(vec![stream.clone()]),
+            ..SubscriberConfig::default()
+        },
+    );
+    Ok(config)
+}
+
+/// Publish the seeds: an order through the outbox pattern, users registering (one breaking
+/// its schema), an order that cannot be served, and one malformed entry.
+async fn publish_seeds(conn: &mut ferry::connection::Conn, stream: &str) -> anyhow::Result<()> {
+    // The orders module writes its order and the event in one transaction (the outbox pattern).
+    let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
+    order.partitionkey = Some("o-1001".into());
+    order.correlationid = Some("checkout-7".into());
+    let mut tx = redis::pipe();
+    tx.atomic().hset("demo:order:o-1001", "status", "created").ignore();
+    ferry::outbox::add(&mut tx, stream, &order);
+    tx.query_async::<()>(conn).await?;
+    let seeds = [
+        Event::new("UserRegistered", "users", r#"{"user_id":"u-1","email":"ada@example.com","name":"Ada Lovelace"}"#),
+        Event::new(
+            "UserRegistered",
+            "users",
+            r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#,
+        ),
+        Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
+        // Breaks its contract (no email): dead-lettered as invalid-event before any handler.
+        Event::new("UserRegistered", "users", r#"{"user_id":"u-3","name":"Nobody"}"#),
+    ];
+    for e in &seeds {
+        ferry::outbox::publish(conn, stream, e).await?;
+    }
+    // A producer bug: an entry that is not a valid event. It is set aside, never handled.
+    redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("type")
+        .arg("OrderCreated")
+        .arg("data")
+        .arg("{oops")
+        .query_async::<String>(conn)
+        .await?;
+    println!("published 6 events (one breaks its schema) and 1 malformed entry to {stream}");
+    Ok(())
+}
+
+/// Wait until every subscriber has settled everything, then print the status table.
+async fn wait_settled(conn: &mut ferry::connection::Conn, stream: &str, timeout: u64) -> anyhow::Result<()> {
+    let streams = [stream.to_string()];
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let groups = ferry::status::collect(conn, &streams).await?;
+        let done = !groups.is_empty()
+            && groups
+                .iter()
+                .all(|g| g.lag == Some(0) && g.pending == 0 && g.retries_scheduled == 0 && g.retries_pending == 0);
+        if done {
+            println!();
+            print!("{}", super::status::render(&groups));
+            break;
+        }
+        if Instant::now() > deadline {
+            print!("{}", super::status::render(&groups));
+            anyhow::bail!("the demo did not settle within {}s", timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }

@@ -179,59 +179,14 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             let mut conn = redis.connect().await?;
             // Dead letters may arrive between reads: `find` never claims fewer than shown.
             let (letters, total) = dlq::find(&mut conn, subscriber.as_deref(), &filter, limit).await?;
-            let cut = (letters.len() as u64) < total;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
-                if cut {
-                    eprintln!("showing {} of {total} dead letter(s); raise --limit for more", letters.len());
-                }
-            } else if wide {
-                for d in &letters {
-                    println!("{}\n", block(d, false));
-                }
-                println!("{}", summary(letters.len(), total, limit));
-            } else {
-                let mut rows =
-                    vec![header(&["SUBSCRIBER", "STREAM", "ENTRY", "EVENT", "TYPE", "KIND", "ATTEMPTS", "REASON"])];
-                for d in &letters {
-                    rows.push(vec![
-                        d.subscriber.clone(),
-                        d.stream.clone(),
-                        d.id.clone(),
-                        d.event_id.clone(),
-                        d.event_type.clone(),
-                        d.kind.clone(),
-                        d.attempts.clone(),
-                        cut_reason(&d.reason, REASON_WIDTH),
-                    ]);
-                }
-                print!("{}", table(&rows));
-                println!("{}", summary(letters.len(), total, limit));
-            }
+            print_letters(&letters, total, limit, json, wide)?;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Groups { subscriber, filter, json, redis } => {
             let filter = filter.filter()?;
             let mut conn = redis.connect().await?;
             let groups = dlq::groups(&mut conn, subscriber.as_deref(), &filter).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&groups)?);
-            } else {
-                let mut rows = vec![header(&["GROUP", "SUBSCRIBER", "KIND", "COUNT", "OLDEST", "NEWEST", "REASON"])];
-                for g in &groups {
-                    rows.push(vec![
-                        g.group.clone(),
-                        g.subscriber.clone(),
-                        g.kind.clone(),
-                        g.count.to_string(),
-                        g.oldest.clone(),
-                        g.newest.clone(),
-                        cut_reason(&g.reason, REASON_WIDTH),
-                    ]);
-                }
-                print!("{}", table(&rows));
-                println!("{} group(s)", groups.len());
-            }
+            print_groups(&groups, json)?;
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id, subscriber, json, redis } => {
@@ -276,6 +231,62 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ferry dlq list`'s output: JSON, blocks (`--wide`) or a table, then how many in all.
+fn print_letters(letters: &[dlq::DeadLetter], total: u64, limit: usize, json: bool, wide: bool) -> anyhow::Result<()> {
+    let cut = (letters.len() as u64) < total;
+    if json {
+        println!("{}", serde_json::to_string_pretty(letters)?);
+        if cut {
+            eprintln!("showing {} of {total} dead letter(s); raise --limit for more", letters.len());
+        }
+    } else if wide {
+        for d in letters {
+            println!("{}\n", block(d, false));
+        }
+        println!("{}", summary(letters.len(), total, limit));
+    } else {
+        let mut rows = vec![header(&["SUBSCRIBER", "STREAM", "ENTRY", "EVENT", "TYPE", "KIND", "ATTEMPTS", "REASON"])];
+        for d in letters {
+            rows.push(vec![
+                d.subscriber.clone(),
+                d.stream.clone(),
+                d.id.clone(),
+                d.event_id.clone(),
+                d.event_type.clone(),
+                d.kind.clone(),
+                d.attempts.clone(),
+                cut_reason(&d.reason, REASON_WIDTH),
+            ]);
+        }
+        print!("{}", table(&rows));
+        println!("{}", summary(letters.len(), total, limit));
+    }
+    Ok(())
+}
+
+/// `ferry dlq groups`'s output: JSON or a table.
+fn print_groups(groups: &[dlq::Group], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(groups)?);
+    } else {
+        let mut rows = vec![header(&["GROUP", "SUBSCRIBER", "KIND", "COUNT", "OLDEST", "NEWEST", "REASON"])];
+        for g in groups {
+            rows.push(vec![
+                g.group.clone(),
+                g.subscriber.clone(),
+                g.kind.clone(),
+                g.count.to_string(),
+                g.oldest.clone(),
+                g.newest.clone(),
+                cut_reason(&g.reason, REASON_WIDTH),
+            ]);
+        }
+        print!("{}", table(&rows));
+        println!("{} group(s)", groups.len());
+    }
+    Ok(())
 }
 
 /// Characters of a reason the table shows.

@@ -215,7 +215,21 @@ fn bundled_sdk_manifest() -> String {
 }
 
 fn python(name: &str) -> Vec<(&'static str, String)> {
-    let app = r#""""A ferry plugin: reserves an order's stock, rejects an order without a quantity, and
+    vec![
+        ("app.py", PY_APP.to_string()),
+        ("test_app.py", PY_TEST.to_string()),
+        ("ferry_handler.py", PY_HANDLER.to_string()),
+        ("ferry_testing.py", PY_TESTING.to_string()),
+        ("wit/ferry.wit", WIT.to_string()),
+        ("build.sh", python_build(name)),
+        ("event.json", EVENT.to_string()),
+        ("README.md", python_readme(name)),
+        (".gitignore", ".venv/\n__pycache__/\n*.wasm\n".to_string()),
+    ]
+}
+
+/// The Python plugin's handler (`app.py`).
+const PY_APP: &str = r#""""A ferry plugin: reserves an order's stock, rejects an order without a quantity, and
 publishes StockReserved to the stream granted as config "publish"."""
 
 from ferry_handler import Event, FerryHandler, Reject, config, log, publish
@@ -234,7 +248,9 @@ class Handler(FerryHandler):
         if stream:
             publish.send_json("StockReserved", {"order": order.get("order_id"), "quantity": quantity}, stream=stream)
 "#;
-    let test = r#""""The handler's own tests: no host, no Redis (python3 -m unittest)."""
+
+/// The Python plugin's own tests (`test_app.py`).
+const PY_TEST: &str = r#""""The handler's own tests: no host, no Redis (python3 -m unittest)."""
 
 import unittest
 
@@ -259,7 +275,10 @@ class HandlerTest(unittest.TestCase):
 if __name__ == "__main__":
     unittest.main()
 "#;
-    let build = format!(
+
+/// The Python plugin's `build.sh`.
+fn python_build(name: &str) -> String {
+    format!(
         r#"#!/usr/bin/env bash
 # Build {name}.wasm with componentize-py (installed, pinned, into .venv on first use).
 set -euo pipefail
@@ -272,8 +291,12 @@ export VIRTUAL_ENV="$here/.venv"
 "$here/.venv/bin/componentize-py" -d "$here/wit" -w subscriber componentize -p "$here" app -o "$here/{name}.wasm"
 echo "built $here/{name}.wasm"
 "#
-    );
-    let readme = format!(
+    )
+}
+
+/// The Python plugin's README.
+fn python_readme(name: &str) -> String {
+    format!(
         r#"# {name}
 
 A ferry plugin in Python (made by `ferry new python {name}`).
@@ -284,22 +307,26 @@ python3 -m unittest                     # the handler's own tests
 ferry plugins invoke {name}.wasm --event event.json --config publish=stock --publish-stream stock
 ```
 "#
-    );
-    vec![
-        ("app.py", app.to_string()),
-        ("test_app.py", test.to_string()),
-        ("ferry_handler.py", PY_HANDLER.to_string()),
-        ("ferry_testing.py", PY_TESTING.to_string()),
-        ("wit/ferry.wit", WIT.to_string()),
-        ("build.sh", build),
-        ("event.json", EVENT.to_string()),
-        ("README.md", readme),
-        (".gitignore", ".venv/\n__pycache__/\n*.wasm\n".to_string()),
-    ]
+    )
 }
 
 fn javascript(name: &str) -> Vec<(&'static str, String)> {
-    let app = r#"// A ferry plugin: reserves an order's stock, rejects an order without a quantity, and
+    vec![
+        ("app.js", JS_APP.to_string()),
+        ("app.test.mjs", JS_TEST.to_string()),
+        ("ferry-handler.js", JS_HANDLER.to_string()),
+        ("ferry-testing.mjs", JS_TESTING.to_string()),
+        ("wit/ferry.wit", WIT.to_string()),
+        ("package.json", javascript_package(name)),
+        ("build.mjs", javascript_build(name)),
+        ("event.json", EVENT.to_string()),
+        ("README.md", javascript_readme(name)),
+        (".gitignore", "node_modules/\n*.wasm\n".to_string()),
+    ]
+}
+
+/// The JavaScript plugin's handler (`app.js`).
+const JS_APP: &str = r#"// A ferry plugin: reserves an order's stock, rejects an order without a quantity, and
 // publishes StockReserved to the stream granted as config `publish`.
 import { config, defineHandler, log, publish, Reject } from './ferry-handler.js';
 
@@ -316,7 +343,9 @@ export const handler = defineHandler({
   },
 });
 "#;
-    let test = r#"// The handler's own tests: no host, no Redis.
+
+/// The JavaScript plugin's own tests (`app.test.mjs`).
+const JS_TEST: &str = r#"// The handler's own tests: no host, no Redis.
 //   node --import ./ferry-testing.mjs --test
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -335,7 +364,10 @@ test('an order without a quantity is rejected', () => {
   assert.throws(() => handler.handle(...testing.event('OrderCreated', { order_id: 'o-1' })), (e) => e.payload?.tag === 'reject');
 });
 "#;
-    let package = format!(
+
+/// The JavaScript plugin's `package.json`.
+fn javascript_package(name: &str) -> String {
+    format!(
         r#"{{
   "name": "{name}",
   "private": true,
@@ -350,8 +382,12 @@ test('an order without a quantity is rejected', () => {
   }}
 }}
 "#
-    );
-    let build = format!(
+    )
+}
+
+/// The JavaScript plugin's `build.mjs`.
+fn javascript_build(name: &str) -> String {
+    format!(
         r#"// Build {name}.wasm with componentize-js (`npm install` first). The `http` and
 // `fetch-event` features are off: no wasi:http import (it needs a [subscribers.NAME.http] grant).
 import {{ componentize }} from '@bytecodealliance/componentize-js';
@@ -370,8 +406,12 @@ const {{ component }} = await componentize({{
 await writeFile(resolve(here, '{name}.wasm'), component);
 console.log('built {name}.wasm');
 "#
-    );
-    let readme = format!(
+    )
+}
+
+/// The JavaScript plugin's README.
+fn javascript_readme(name: &str) -> String {
+    format!(
         r#"# {name}
 
 A ferry plugin in JavaScript (made by `ferry new javascript {name}`).
@@ -382,19 +422,7 @@ npm install && npm run build            # {name}.wasm (componentize-js)
 ferry plugins invoke {name}.wasm --event event.json --config publish=stock --publish-stream stock
 ```
 "#
-    );
-    vec![
-        ("app.js", app.to_string()),
-        ("app.test.mjs", test.to_string()),
-        ("ferry-handler.js", JS_HANDLER.to_string()),
-        ("ferry-testing.mjs", JS_TESTING.to_string()),
-        ("wit/ferry.wit", WIT.to_string()),
-        ("package.json", package),
-        ("build.mjs", build),
-        ("event.json", EVENT.to_string()),
-        ("README.md", readme),
-        (".gitignore", "node_modules/\n*.wasm\n".to_string()),
-    ]
+    )
 }
 
 #[cfg(test)]

@@ -139,59 +139,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
             manage::init(&client, &table).await?;
             println!("outbox table {} ready", table.name());
         }
-        RelayCommand::Failed { limit, json } => {
-            let rows = manage::failed(&client, &table, limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let mut out = vec![vec![
-                    "ID".to_string(),
-                    "TYPE".into(),
-                    "STREAM".into(),
-                    "FAILED AT".into(),
-                    "ATTEMPTS".into(),
-                    "ERROR".into(),
-                ]];
-                for r in &rows {
-                    out.push(vec![
-                        r.id.clone(),
-                        r.event_type.clone(),
-                        r.stream.clone().unwrap_or_else(|| "(default)".into()),
-                        r.failed_at.clone(),
-                        r.attempts.to_string(),
-                        r.error.clone(),
-                    ]);
-                }
-                print!("{}", super::table::table(&out));
-                println!("{} failed row(s)", rows.len());
-            }
-        }
-        RelayCommand::Status { json } => {
-            let status = manage::status(&client, &table).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                let rows = vec![
-                    vec![
-                        "TABLE".to_string(),
-                        "BACKLOG".into(),
-                        "OLDEST".into(),
-                        "FAILED".into(),
-                        "KEPT".into(),
-                        "ACTIVE RELAY".into(),
-                    ],
-                    vec![
-                        status.table.clone(),
-                        status.backlog.to_string(),
-                        format!("{:.1}s", status.oldest_unrelayed_age_seconds),
-                        status.failed.to_string(),
-                        status.published_kept.to_string(),
-                        status.active_relay.clone().unwrap_or_else(|| "none".into()),
-                    ],
-                ];
-                print!("{}", super::table::table(&rows));
-            }
-        }
+        RelayCommand::Failed { limit, json } => failed(&client, &table, limit, json).await?,
+        RelayCommand::Status { json } => status(&client, &table, json).await?,
         RelayCommand::Retry { ids, all } => {
             if ids.is_empty() && !all {
                 anyhow::bail!("name the rows to retry by event id, or pass --all");
@@ -201,6 +150,65 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry relay failed`: the failed rows, as a table or JSON.
+async fn failed(client: &tokio_postgres::Client, table: &Table, limit: i64, json: bool) -> anyhow::Result<()> {
+    let rows = manage::failed(client, table, limit).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let mut out = vec![vec![
+            "ID".to_string(),
+            "TYPE".into(),
+            "STREAM".into(),
+            "FAILED AT".into(),
+            "ATTEMPTS".into(),
+            "ERROR".into(),
+        ]];
+        for r in &rows {
+            out.push(vec![
+                r.id.clone(),
+                r.event_type.clone(),
+                r.stream.clone().unwrap_or_else(|| "(default)".into()),
+                r.failed_at.clone(),
+                r.attempts.to_string(),
+                r.error.clone(),
+            ]);
+        }
+        print!("{}", super::table::table(&out));
+        println!("{} failed row(s)", rows.len());
+    }
+    Ok(())
+}
+
+/// `ferry relay status`: the table's backlog and its active relay, as a table or JSON.
+async fn status(client: &tokio_postgres::Client, table: &Table, json: bool) -> anyhow::Result<()> {
+    let status = manage::status(client, table).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let rows = vec![
+            vec![
+                "TABLE".to_string(),
+                "BACKLOG".into(),
+                "OLDEST".into(),
+                "FAILED".into(),
+                "KEPT".into(),
+                "ACTIVE RELAY".into(),
+            ],
+            vec![
+                status.table.clone(),
+                status.backlog.to_string(),
+                format!("{:.1}s", status.oldest_unrelayed_age_seconds),
+                status.failed.to_string(),
+                status.published_kept.to_string(),
+                status.active_relay.clone().unwrap_or_else(|| "none".into()),
+            ],
+        ];
+        print!("{}", super::table::table(&rows));
+    }
+    Ok(())
 }
 
 async fn relay(args: &RunArgs, postgres: &str, table: &str) -> anyhow::Result<ExitCode> {

@@ -227,12 +227,32 @@ impl Relay {
         redis: &mut Conn,
         rows: &[tokio_postgres::Row],
     ) -> Result<(), RelayError> {
-        // One pipeline per stream key, in the order keys first appear; rows keep their order
-        // within a key (per-key order is per partition).
-        let mut by_key: Vec<(String, redis::Pipeline)> = Vec::new();
-        let mut published: Vec<uuid::Uuid> = Vec::with_capacity(rows.len());
-        let mut created: Vec<OffsetDateTime> = Vec::with_capacity(rows.len());
-        let mut failed: Vec<(uuid::Uuid, String)> = Vec::new();
+        let batch = self.batch(rows)?;
+        if !self.send(batch.by_key, redis).await? {
+            // Not marked: the rows are published again (same event ids) next round.
+            return Ok(());
+        }
+        let confirmed = OffsetDateTime::now_utc();
+        mark(work, statements, &batch.published, &batch.failed).await?;
+        self.metrics.relayed.get_or_create(&self.labels).inc_by(batch.published.len() as u64);
+        self.metrics.failed.get_or_create(&self.labels).inc_by(batch.failed.len() as u64);
+        let latency = self.metrics.latency.get_or_create(&self.labels);
+        for at in batch.created {
+            latency.observe((confirmed - at).as_seconds_f64().max(0.0));
+        }
+        Ok(())
+    }
+
+    /// Turn rows into `XADD`s, one pipeline per stream key in the order keys first appear;
+    /// rows keep their order within a key (per-key order is per partition). A row that is not
+    /// a valid event is set aside as failed.
+    fn batch(&self, rows: &[tokio_postgres::Row]) -> Result<Batch, RelayError> {
+        let mut batch = Batch {
+            by_key: Vec::new(),
+            published: Vec::with_capacity(rows.len()),
+            created: Vec::with_capacity(rows.len()),
+            failed: Vec::new(),
+        };
         for pg_row in rows {
             let row = Row::from_pg(pg_row)?;
             let contracts = self.settings.contracts.as_deref();
@@ -244,26 +264,32 @@ impl Relay {
                 Ok((stream, event)) => {
                     let n = self.settings.partitions.get(&stream).copied().unwrap_or(1);
                     let key = crate::keys::route(&stream, n, event.partitionkey.as_deref(), &event.id);
-                    let pipe = match by_key.iter().position(|(k, _)| *k == key) {
-                        Some(i) => &mut by_key[i].1,
+                    let pipe = match batch.by_key.iter().position(|(k, _)| *k == key) {
+                        Some(i) => &mut batch.by_key[i].1,
                         None => {
-                            by_key.push((key.clone(), redis::pipe()));
-                            &mut by_key.last_mut().expect("just pushed").1
+                            batch.by_key.push((key.clone(), redis::pipe()));
+                            &mut batch.by_key.last_mut().expect("just pushed").1
                         }
                     };
                     let mut xadd = redis::cmd("XADD");
                     xadd.arg(&key).arg("*");
                     event.write_fields(&mut xadd);
                     pipe.add_command(xadd).ignore();
-                    published.push(row.id);
-                    created.push(row.created_at);
+                    batch.published.push(row.id);
+                    batch.created.push(row.created_at);
                 }
                 Err(reason) => {
                     tracing::warn!(table = %self.settings.table.name(), id = %row.id, "outbox row failed: {reason}");
-                    failed.push((row.id, reason));
+                    batch.failed.push((row.id, reason));
                 }
             }
         }
+        Ok(batch)
+    }
+
+    /// Send each key's pipeline; false when a replica did not confirm one and the policy says
+    /// to leave the rows unmarked.
+    async fn send(&self, by_key: Vec<(String, redis::Pipeline)>, redis: &mut Conn) -> Result<bool, RelayError> {
         let replication = self.settings.replication;
         for (key, mut pipe) in by_key {
             let rows = pipe.len() as u64;
@@ -278,32 +304,11 @@ impl Relay {
                     self.metrics.unconfirmed.get_or_create(&labels).inc_by(rows);
                     continue;
                 }
-                // Not marked: the rows are published again (same event ids) next round.
                 tracing::warn!(table = %self.settings.table.name(), stream = %key, "a relayed batch {e}");
-                return Ok(());
+                return Ok(false);
             }
         }
-        let confirmed = OffsetDateTime::now_utc();
-        if failed.is_empty() {
-            // The common round: one statement, its own transaction.
-            within(work.execute(&statements.published, &[&published])).await?;
-        } else {
-            let tx = within(work.transaction()).await?;
-            if !published.is_empty() {
-                within(tx.execute(&statements.published, &[&published])).await?;
-            }
-            for (id, reason) in &failed {
-                within(tx.execute(&statements.failed, &[id, reason])).await?;
-            }
-            within(tx.commit()).await?;
-        }
-        self.metrics.relayed.get_or_create(&self.labels).inc_by(published.len() as u64);
-        self.metrics.failed.get_or_create(&self.labels).inc_by(failed.len() as u64);
-        let latency = self.metrics.latency.get_or_create(&self.labels);
-        for at in created {
-            latency.observe((confirmed - at).as_seconds_f64().max(0.0));
-        }
-        Ok(())
+        Ok(true)
     }
 
     async fn stats(&self, work: &tokio_postgres::Client) -> Result<(), RelayError> {
@@ -314,6 +319,40 @@ impl Relay {
         self.metrics.oldest_age.get_or_create(&self.labels).set(oldest);
         Ok(())
     }
+}
+
+/// One round's rows, turned into `XADD`s.
+struct Batch {
+    /// One pipeline per stream key.
+    by_key: Vec<(String, redis::Pipeline)>,
+    /// The rows published, and when each was inserted.
+    published: Vec<uuid::Uuid>,
+    created: Vec<OffsetDateTime>,
+    /// The rows that are not valid events, with why.
+    failed: Vec<(uuid::Uuid, String)>,
+}
+
+/// Mark a round's rows: published (deleted or marked, by the retention) and failed.
+async fn mark(
+    work: &mut tokio_postgres::Client,
+    statements: &Statements,
+    published: &[uuid::Uuid],
+    failed: &[(uuid::Uuid, String)],
+) -> Result<(), RelayError> {
+    if failed.is_empty() {
+        // The common round: one statement, its own transaction.
+        within(work.execute(&statements.published, &[&published])).await?;
+    } else {
+        let tx = within(work.transaction()).await?;
+        if !published.is_empty() {
+            within(tx.execute(&statements.published, &[&published])).await?;
+        }
+        for (id, reason) in failed {
+            within(tx.execute(&statements.failed, &[id, reason])).await?;
+        }
+        within(tx.commit()).await?;
+    }
+    Ok(())
 }
 
 /// The statements of one session's rounds.

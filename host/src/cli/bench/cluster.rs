@@ -24,7 +24,9 @@ use ferry::consume::read;
 use ferry::event::Event;
 use ferry::redis_server::{RedisCluster, RedisServer};
 
-use super::{Report, cost, sample_event};
+use super::cost;
+use super::harness::sample_event;
+use super::report::Report;
 
 /// Partitions of the benchmark stream: two per primary.
 const PARTITIONS: u32 = 6;

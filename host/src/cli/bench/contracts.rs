@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde_json::json;
 
-use super::{Bench, Report, Shape, context, cost, settings};
+use super::cost;
+use super::harness::{Bench, Shape, context, settings};
+use super::report::Report;
 use ferry::config::{InstanceMode, ValidationConfig};
 use ferry::consume::Active;
 use ferry::event::Event;

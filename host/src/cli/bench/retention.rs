@@ -14,7 +14,8 @@ use ferry::config::RetentionConfig;
 use ferry::consume::{self, Subscriber, trim};
 use tokio::sync::watch;
 
-use super::{Bench, Native, Report, active, preload, sample_event};
+use super::harness::{Bench, Native, active, preload, sample_event};
+use super::report::Report;
 use ferry::metrics;
 
 /// Calls shorter than this (µs) are not logged by `SLOWLOG` during these rows.
