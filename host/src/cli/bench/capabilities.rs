@@ -12,7 +12,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Bench, Report, Shape, cost};
+use super::cost;
+use super::harness::{Bench, Shape};
+use super::report::Report;
 use ferry::config::{HttpConfig, Start, StateSetting, SubscriberConfig};
 use ferry::consume::Active;
 use ferry::event::Event;
@@ -84,7 +86,7 @@ pub async fn figures(bench: &Bench, guests: &Path, n: usize, plain: f64, report:
     for mode in ["plain", "state"] {
         let stream = format!("bench-counter-{mode}");
         let mut conn = bench.ctx.shared.clone();
-        super::preload_shaped(&mut conn, &stream, n, Shape::Order).await?;
+        super::harness::preload_shaped(&mut conn, &stream, n, Shape::Order).await?;
         let name = format!("counter-{mode}");
         let sub = subscriber(bench, &counter, &name, counter_settings(mode))?;
         rows.push(measure(bench, &stream, &name, sub, n).await?);
