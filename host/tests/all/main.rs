@@ -29,4 +29,5 @@ mod sandbox;
 mod scripts;
 mod security;
 mod state;
+mod state_faults;
 mod tls;
