@@ -248,7 +248,22 @@ export const state = {
   /** Add `delta` to the integer at `key` (absent: 0); returns the new value (a Number). No
    * concurrent increment is lost. */
   increment(key, delta = 1) {
-    return Number(stateCall('increment', key, () => store.increment(String(key), BigInt(delta))));
+    const by = BigInt(delta);
+    if (by < 0n) {
+      // componentize-js 0.23 cannot pass a negative s64 to the host (it traps: "coreabi_from_
+      // bigint64 validation"). A read and a write in the event are as safe: the commit checks
+      // that the key did not change since the read, as it does for an increment.
+      const current = state.getText(key);
+      let value;
+      try {
+        value = BigInt(current ?? '0') + by;
+      } catch {
+        throw new StateError(`state increment \`${key}\`: the value is not a decimal integer`);
+      }
+      state.set(key, String(value));
+      return Number(value);
+    }
+    return Number(stateCall('increment', key, () => store.increment(String(key), by)));
   },
 };
 

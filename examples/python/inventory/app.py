@@ -2,10 +2,10 @@
 
 Payload: {"order_id": "o-1", "sku": "sku-1", "quantity": 2}
 
-Stock is kept in the subscriber's state (grant ``state = true``): ``reserved:SKU`` counts the
-units reserved so far, and config ``stock`` (default 100) is what each SKU has. An order that
-would reserve more than is left is rejected, and its increment is discarded with it (state
-changes only with an acknowledged event).
+Stock is kept in the subscriber's state (grant ``state = true``): ``stock:SKU`` is what is
+left of a SKU (absent: config ``initial_stock``, default 100), as the Rust inventory keeps it.
+An order it cannot serve is rejected, and its decrement is discarded with it (state changes
+only with an acknowledged event).
 
 If config ``warehouse_url`` is granted (and its origin in ``[http] allow``), the reservation
 is POSTed there as JSON; the request carries ``Idempotency-Key`` (the same on every attempt),
@@ -33,10 +33,12 @@ class Handler(FerryHandler):
         except (KeyError, TypeError, ValueError) as e:
             raise Reject(f"OrderCreated payload is missing or has a bad field: {e}") from None
 
-        stock = int(config.get("stock", "100"))
-        reserved = state.increment(f"reserved:{sku}", quantity)
-        if reserved > stock:
-            raise Reject(f"order {order_id}: {quantity} x {sku} wanted, {stock - reserved + quantity} left")
+        stock_key = f"stock:{sku}"
+        if not state.exists(stock_key):
+            state.set(stock_key, config.get("initial_stock", "100"))
+        left = state.increment(stock_key, -quantity)
+        if left < 0:
+            raise Reject(f"insufficient stock for {quantity} x {sku} ({left + quantity} left)")
 
         fail = order.get("fail")
         if fail == "retry":
@@ -46,11 +48,10 @@ class Handler(FerryHandler):
         if fail == "raise":
             raise RuntimeError("inventory handler crashed on purpose")
 
-        log.info(f"reserving {quantity} x {sku} for order {order_id} ({stock - reserved} left)")
+        log.info(f"reserving {quantity} x {sku} for order {order_id} ({left} left)")
         warehouse = config.get("warehouse_url")
         if warehouse:
-            self.tell_warehouse(warehouse, {"order_id": order_id, "sku": sku, "quantity": quantity,
-                                            "left": stock - reserved})
+            self.tell_warehouse(warehouse, {"order_id": order_id, "sku": sku, "quantity": quantity, "left": left})
 
         stream = config.get("publish")
         if stream:

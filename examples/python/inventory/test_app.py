@@ -21,10 +21,10 @@ def order(order_id="o-1", sku="A", quantity=2, **extra):
 
 class InventoryTest(unittest.TestCase):
     def test_an_order_is_reserved_in_state_told_to_the_warehouse_and_published_where_granted(self):
-        ft.reset(config={"publish": "stock", "stock": "10", "warehouse_url": WAREHOUSE},
-                 state={"reserved:A": "3"}, http=lambda request: (201, '{"ok":true}'))
+        ft.reset(config={"publish": "stock", "warehouse_url": WAREHOUSE},
+                 state={"stock:A": "7"}, http=lambda request: (201, '{"ok":true}'))
         self.assertEqual(ft.handle(Handler(), order()), "ack")
-        self.assertEqual(ft.state(), {"reserved:A": b"5"})
+        self.assertEqual(ft.state(), {"stock:A": b"5"})
         [request] = ft.requests()
         self.assertEqual((request.method, request.url), ("POST", WAREHOUSE))
         self.assertEqual(request.header("content-type"), "application/json")
@@ -34,14 +34,18 @@ class InventoryTest(unittest.TestCase):
         self.assertEqual(json.loads(follow_up.data)["order_id"], "o-1")
         self.assertTrue(ft.logs()[0].startswith("INFO reserving 2 x A for order o-1 (5 left)"), ft.logs())
 
-    def test_an_order_over_the_stock_left_is_rejected_and_reserves_nothing(self):
-        ft.reset(config={"stock": "4", "warehouse_url": WAREHOUSE}, state={"reserved:A": "3"},
-                 http=lambda request: (200, ""))
+    def test_an_order_it_cannot_serve_is_rejected_and_takes_nothing(self):
+        ft.reset(config={"warehouse_url": WAREHOUSE}, state={"stock:A": "1"}, http=lambda request: (200, ""))
         self.assertEqual(ft.handle(Handler(), order(quantity=2)), "reject")
-        self.assertEqual(ft.state(), {"reserved:A": b"3"}, "the increment is discarded with the event")
+        self.assertEqual(ft.state(), {"stock:A": b"1"}, "the decrement is discarded with the event")
         self.assertEqual(ft.requests(), [], "the warehouse is not told")
         self.assertEqual(ft.handle(Handler(), order(quantity=1)), "ack")
-        self.assertEqual(ft.state(), {"reserved:A": b"4"})
+        self.assertEqual(ft.state(), {"stock:A": b"0"})
+
+    def test_a_sku_never_seen_starts_at_the_initial_stock(self):
+        ft.reset(config={"initial_stock": "4"})
+        self.assertEqual(ft.handle(Handler(), order(quantity=3)), "ack")
+        self.assertEqual(ft.state(), {"stock:A": b"1"})
 
     def test_a_warehouse_down_is_a_retry_that_leaves_no_reservation(self):
         def down(request):

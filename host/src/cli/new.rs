@@ -61,10 +61,6 @@ const PY_WIT: [(&str, &str); 9] = [
     ("wit/deps/sockets.wit", include_str!("../../../examples/python/wit/deps/sockets.wit")),
 ];
 
-/// The committed state `invoke --state` starts the Python and JavaScript templates from.
-const STATE: &str = r#"{ "reserved:sku-1": "3" }
-"#;
-
 const EVENT: &str = r#"{
   "type": "OrderCreated",
   "source": "orders",
@@ -184,7 +180,7 @@ mod tests {
 }
 "##;
 
-/// The state `ferry plugins invoke --state` starts the generated plugin from.
+/// The state `ferry plugins invoke --state` starts the generated plugin from (every language's).
 const RUST_STATE: &str = "{ \"stock:sku-1\": 10 }\n";
 
 fn rust(name: &str) -> Vec<(&'static str, String)> {
@@ -274,7 +270,7 @@ fn python(name: &str) -> Vec<(&'static str, String)> {
         ("ferry_testing.py", PY_TESTING.to_string()),
         ("build.sh", python_build(name)),
         ("event.json", EVENT.to_string()),
-        ("state.json", STATE.to_string()),
+        ("state.json", RUST_STATE.to_string()),
         ("README.md", python_readme(name)),
         (".gitignore", ".venv/\n__pycache__/\n*.wasm\n".to_string()),
     ];
@@ -286,9 +282,9 @@ fn python(name: &str) -> Vec<(&'static str, String)> {
 const PY_APP: &str = r#""""A ferry plugin: reserves an order's stock in state, tells the warehouse over HTTP and
 publishes StockReserved to the stream granted as config "publish".
 
-State (grant `state = true`): `reserved:SKU` counts the units reserved; config "stock"
-(default 100) is what each SKU has. An order over what is left is rejected, and its
-increment is discarded with it: state changes only with an acknowledged event.
+State (grant `state = true`): `stock:SKU` is what is left of a SKU. An order it cannot serve
+is rejected, and its decrement is discarded with it: state changes only with an
+acknowledged event.
 HTTP (grant `[http] allow = ["https://warehouse.example"]`): if config "warehouse_url" is
 set, each reservation is POSTed there. A call is at least once (a retried event calls
 again); the request's Idempotency-Key header, equal on every attempt, lets the warehouse
@@ -307,11 +303,10 @@ class Handler(FerryHandler):
         if quantity <= 0:
             raise Reject("an order needs a quantity")
         sku = str(order.get("sku", "unknown"))
-        stock = int(config.get("stock", "100"))
-        reserved = state.increment(f"reserved:{sku}", quantity)
-        if reserved > stock:
-            raise Reject(f"only {stock - reserved + quantity} x {sku} left")
-        log.info(f"reserving {quantity} x {sku} for {event.id} ({stock - reserved} left)")
+        left = state.increment(f"stock:{sku}", -quantity)
+        if left < 0:
+            raise Reject(f"insufficient stock for {quantity} x {sku}")
+        log.info(f"reserved {quantity} x {sku} for {event.id} ({left} left)")
         reservation = {"order": order.get("order_id"), "sku": sku, "quantity": quantity}
         warehouse = config.get("warehouse_url")
         if warehouse:
@@ -343,22 +338,23 @@ def order(quantity=2):
 
 
 class HandlerTest(unittest.TestCase):
-    def test_an_order_is_reserved_in_state_told_to_the_warehouse_and_published(self):
-        ft.reset(config={"publish": "stock", "warehouse_url": WAREHOUSE}, http=lambda request: (201, "{}"))
+    def test_an_order_takes_its_stock_tells_the_warehouse_and_is_published(self):
+        ft.reset(config={"publish": "stock", "warehouse_url": WAREHOUSE}, state={"stock:A": "10"},
+                 http=lambda request: (201, "{}"))
         self.assertEqual(ft.handle(Handler(), order()), "ack")
-        self.assertEqual(ft.state(), {"reserved:A": b"2"})
+        self.assertEqual(ft.state(), {"stock:A": b"8"})
         self.assertEqual(ft.requests()[0].json(), {"order": "o-1", "sku": "A", "quantity": 2})
         self.assertEqual(ft.published()[0].event_type, "StockReserved")
 
-    def test_an_order_over_the_stock_left_is_rejected_and_reserves_nothing(self):
-        ft.reset(config={"stock": "4"}, state={"reserved:A": "3"})
+    def test_an_order_it_cannot_serve_is_rejected_and_takes_nothing(self):
+        ft.reset(state={"stock:A": "1"})
         self.assertEqual(ft.handle(Handler(), order()), "reject")
-        self.assertEqual(ft.state(), {"reserved:A": b"3"})
+        self.assertEqual(ft.state(), {"stock:A": b"1"})
 
-    def test_a_warehouse_that_fails_is_a_retry_that_reserves_nothing(self):
-        ft.reset(config={"warehouse_url": WAREHOUSE}, http=lambda request: (503, "busy"))
+    def test_a_warehouse_that_fails_is_a_retry_that_takes_nothing(self):
+        ft.reset(config={"warehouse_url": WAREHOUSE}, state={"stock:A": "10"}, http=lambda request: (503, "busy"))
         self.assertEqual(ft.handle(Handler(), order()), "retry")
-        self.assertEqual(ft.state(), {})
+        self.assertEqual(ft.state(), {"stock:A": b"10"})
 
     def test_an_order_without_a_quantity_is_rejected(self):
         ft.reset()
@@ -437,7 +433,7 @@ fn javascript(name: &str) -> Vec<(&'static str, String)> {
         ("package.json", javascript_package(name)),
         ("build.mjs", javascript_build(name)),
         ("event.json", EVENT.to_string()),
-        ("state.json", STATE.to_string()),
+        ("state.json", RUST_STATE.to_string()),
         ("README.md", javascript_readme(name)),
         (".gitignore", "node_modules/\n*.wasm\n".to_string()),
     ]
@@ -447,9 +443,9 @@ fn javascript(name: &str) -> Vec<(&'static str, String)> {
 const JS_APP: &str = r#"// A ferry plugin: reserves an order's stock in state, tells the warehouse over HTTP and
 // publishes StockReserved to the stream granted as config `publish`.
 //
-// State (grant `state = true`): `reserved:SKU` counts the units reserved; config `stock`
-// (default 100) is what each SKU has. An order over what is left is rejected, and its
-// increment is discarded with it: state changes only with an acknowledged event.
+// State (grant `state = true`): `stock:SKU` is what is left of a SKU. An order it cannot
+// serve is rejected, and its decrement is discarded with it: state changes only with an
+// acknowledged event.
 // HTTP (grant `[http] allow = ["https://warehouse.example"]`): if config `warehouse_url` is
 // set, each reservation is POSTed there with fetch(). A call is at least once (a retried
 // event calls again); the request's Idempotency-Key header, equal on every attempt, lets the
@@ -464,10 +460,9 @@ export const handler = defineHandler({
     const quantity = Number(order?.quantity ?? 0);
     if (!(quantity > 0)) throw new Reject('an order needs a quantity');
     const sku = String(order.sku ?? 'unknown');
-    const stock = Number(config.get('stock', '100'));
-    const reserved = state.increment(`reserved:${sku}`, quantity);
-    if (reserved > stock) throw new Reject(`only ${stock - reserved + quantity} x ${sku} left`);
-    log.info(`reserving ${quantity} x ${sku} for ${event.id} (${stock - reserved} left)`);
+    const left = state.increment(`stock:${sku}`, -quantity);
+    if (left < 0) throw new Reject(`insufficient stock for ${quantity} x ${sku}`);
+    log.info(`reserved ${quantity} x ${sku} for ${event.id} (${left} left)`);
     const reservation = { order: order.order_id, sku, quantity };
     const warehouse = config.get('warehouse_url');
     if (warehouse) {
@@ -501,24 +496,32 @@ const { handler } = await import('./app.js');
 const WAREHOUSE = 'http://warehouse.test/reservations';
 const order = (quantity = 2) => testing.event('OrderCreated', { order_id: 'o-1', sku: 'A', quantity });
 
-test('an order is reserved in state, told to the warehouse and published', async () => {
-  testing.reset({ config: { publish: 'stock', warehouse_url: WAREHOUSE }, http: () => new Response('{}', { status: 201 }) });
+test('an order takes its stock, tells the warehouse and is published', async () => {
+  testing.reset({
+    config: { publish: 'stock', warehouse_url: WAREHOUSE },
+    state: { 'stock:A': '10' },
+    http: () => new Response('{}', { status: 201 }),
+  });
   assert.equal(await testing.handle(handler, ...order()), 'ack');
-  assert.deepEqual(testing.state(), { 'reserved:A': '2' });
+  assert.deepEqual(testing.state(), { 'stock:A': '8' });
   assert.deepEqual(testing.requests()[0].json(), { order: 'o-1', sku: 'A', quantity: 2 });
   assert.equal(testing.published()[0].eventType, 'StockReserved');
 });
 
-test('an order over the stock left is rejected and reserves nothing', async () => {
-  testing.reset({ config: { stock: '4' }, state: { 'reserved:A': '3' } });
+test('an order it cannot serve is rejected and takes nothing', async () => {
+  testing.reset({ state: { 'stock:A': '1' } });
   assert.equal(await testing.handle(handler, ...order()), 'reject');
-  assert.deepEqual(testing.state(), { 'reserved:A': '3' });
+  assert.deepEqual(testing.state(), { 'stock:A': '1' });
 });
 
-test('a warehouse that fails is a retry that reserves nothing', async () => {
-  testing.reset({ config: { warehouse_url: WAREHOUSE }, http: () => new Response('busy', { status: 503 }) });
+test('a warehouse that fails is a retry that takes nothing', async () => {
+  testing.reset({
+    config: { warehouse_url: WAREHOUSE },
+    state: { 'stock:A': '10' },
+    http: () => new Response('busy', { status: 503 }),
+  });
   assert.equal(await testing.handle(handler, ...order()), 'retry');
-  assert.deepEqual(testing.state(), {});
+  assert.deepEqual(testing.state(), { 'stock:A': '10' });
 });
 
 test('an order without a quantity is rejected', async () => {

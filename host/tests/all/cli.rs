@@ -318,6 +318,98 @@ async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() 
     assert!(!bad.success() && err.contains("lowercase"), "{err}");
 }
 
+/// A one-connection-at-a-time HTTP/1.1 server on a free port answering `201` to everything;
+/// the requests it got, head and body as sent.
+fn warehouse() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests = seen.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Head, then the body by its content-length (chunked: to the last chunk).
+            while let Ok(n) = conn.read(&mut chunk) {
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let Some(end) = text.find("\r\n\r\n") else { continue };
+                let length: Option<usize> =
+                    text[..end].lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok());
+                let done = match length {
+                    Some(n) => buf.len() >= end + 4 + n,
+                    None => !text[..end].contains("chunked") || text.ends_with("0\r\n\r\n"),
+                };
+                if n == 0 || done {
+                    break;
+                }
+            }
+            requests.lock().expect("lock").push(String::from_utf8_lossy(&buf).into_owned());
+            let _ = conn.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+        }
+    });
+    (port, seen)
+}
+
+/// `ferry new python|javascript` projects build with their own scripts and pass `ferry plugins
+/// invoke` as their README runs it (state from `state.json`, an origin granted) with the
+/// README's `warehouse_url` added, so the reservation is POSTed to a local server too. (One
+/// invoke each: every invoke compiles the component afresh, seconds for these.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_plugins_made_by_ferry_new_build_and_pass_invoke() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().to_path_buf();
+    let (port, requests) = warehouse();
+    let outputs = blocking(move || {
+        assert!(run_in(&root, ferry_bin(), &["new", "python", "shop-py"]).0);
+        assert!(run_in(&root, ferry_bin(), &["new", "javascript", "shop-js"]).0);
+        let (py, js) = (root.join("shop-py"), root.join("shop-js"));
+        let built = run_in(&py, "./build.sh", &[]);
+        assert!(built.0, "the generated Python project builds: {}", built.1);
+        let installed = run_in(&js, "npm", &["install", "--no-audit", "--no-fund"]);
+        assert!(installed.0, "{}", installed.1);
+        let built = run_in(&js, "npm", &["run", "build"]);
+        assert!(built.0, "the generated JavaScript project builds: {}", built.1);
+        let origin = format!("http://127.0.0.1:{port}");
+        let warehouse = format!("warehouse_url={origin}/reservations");
+        let mut outputs = Vec::new();
+        for (project, wasm) in [(&py, "shop-py.wasm"), (&js, "shop-js.wasm")] {
+            let readme = [
+                "plugins",
+                "invoke",
+                wasm,
+                "--event",
+                "event.json",
+                "--state",
+                "state.json",
+                "--http-allow",
+                &origin,
+                "--config",
+                "publish=stock",
+                "--publish-stream",
+                "stock",
+            ];
+            let with_http = [&readme[..], &["--config", &warehouse]].concat();
+            outputs.push((wasm, run_in(project, ferry_bin(), &with_http)));
+        }
+        outputs
+    })
+    .await;
+    for (wasm, (ok, out)) in &outputs {
+        assert!(*ok && out.contains("ack") && out.contains("StockReserved"), "{wasm}: {out}");
+        assert!(out.contains("stock:sku-1\" = 8"), "{wasm}: 10 in stock - 2: {out}");
+        assert!(out.contains("/reservations -> 201"), "{wasm}: the call in the report: {out}");
+    }
+    let requests = requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 2, "one POST per project with warehouse_url: {requests:#?}");
+    for request in &requests {
+        assert!(request.starts_with("POST /reservations"), "{request}");
+        assert!(request.contains(r#""sku":"sku-1""#) && request.contains(r#""quantity":2"#), "{request}");
+        assert!(request.to_ascii_lowercase().contains("idempotency-key: shop-"), "{request}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_stream_filters_names_missing_streams_and_shows_streams_nobody_reads() {
     let env = Env::new();

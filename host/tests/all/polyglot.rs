@@ -303,8 +303,8 @@ async fn raw_events(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Event> 
         .collect()
 }
 
-/// The inventory keeps `reserved:SKU` in state (stock 5 per SKU) and POSTs each reservation
-/// to the warehouse; an order over what is left is rejected after its increment.
+/// The inventory keeps `stock:SKU` in state (5 to start with) and POSTs each reservation to
+/// the warehouse; an order over what is left is rejected after its decrement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_handler_runs_in_the_host_with_state_and_http() {
     let wasm = tokio::task::spawn_blocking(|| plugin("FERRY_PYTHON_PLUGIN", "python", "inventory-py.wasm"))
@@ -317,10 +317,10 @@ async fn a_python_handler_runs_in_the_host_with_state_and_http() {
         follow_up: "StockReserved",
         log_line: "reserving 2 x sku-ü✓ for order o-1 (3 left)",
         crash: "raise",
-        config: "stock = \"5\"\nwarehouse_url = \"URL/reservations\"",
+        config: "initial_stock = \"5\"\nwarehouse_url = \"URL/reservations\"",
         refused: r#"{"order_id":"o-2","sku":"sku-ü✓","quantity":4}"#,
-        key: "reserved:sku-ü✓",
-        committed: "2",
+        key: "stock:sku-ü✓",
+        committed: "3",
         body: r#"{"order_id":"o-1","sku":"sku-\u00fc\u2713","quantity":2,"left":3}"#,
         requests: 1,
     };
@@ -405,7 +405,7 @@ async fn python_and_javascript_requests_to_an_origin_not_granted_are_denied_and_
         .await
         .expect("build");
     let order = r#"{"order_id":"o-1","sku":"A","quantity":1}"#;
-    let (kind, reason) = run_denied("py", &py, "OrderCreated", order, "warehouse_url = \"URL/r\"", "reserved:A").await;
+    let (kind, reason) = run_denied("py", &py, "OrderCreated", order, "warehouse_url = \"URL/r\"", "stock:A").await;
     assert_eq!(kind, "handler-retry", "{reason}");
     assert!(reason.contains("warehouse unreachable: HttpRequestDenied"), "{reason}");
     let user = r#"{"user_id":"u-1","email":"a@example.com"}"#;
