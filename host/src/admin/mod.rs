@@ -54,6 +54,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 
 pub mod auth;
+mod console;
 mod dlq;
 pub mod jobs;
 pub mod overview;
@@ -135,6 +136,7 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>, history: Arc<overview::His
         .with_state(host)
         .layer(axum::Extension(history))
         .merge(sessions)
+        .merge(console::routes())
         .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
 }
