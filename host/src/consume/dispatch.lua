@@ -47,8 +47,7 @@ for i = FIRST_EVENT, #ARGV, PER_EVENT do
   if not decision and starts >= max_deliveries then decision = 'crash' end
   local holds = false
   if not decision and ordered and pkey ~= '' then
-    local key_holder = take(K, pkey, owner, now)
-    if key_holder and key_holder ~= owner then
+    if not take(K, pkey, owner, now) and redis.call('HGET', K.holds, pkey) ~= owner then
       park(K, stream, group, entry, pkey, parked)
       decision = 'park'
     else

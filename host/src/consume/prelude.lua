@@ -53,13 +53,13 @@ local function hold(K, pkey, owner, now)
   redis.call('ZADD', K.since, now, pkey)
 end
 
--- Take `pkey` for `owner` if it is free: nil when taken now, else its holder (who may be
+-- Take `pkey` for `owner` if it is free: whether it was (false: it has a holder, who may be
 -- `owner` itself).
 local function take(K, pkey, owner, now)
-  if redis.call('HSETNX', K.holds, pkey, owner) == 0 then return redis.call('HGET', K.holds, pkey) end
+  if redis.call('HSETNX', K.holds, pkey, owner) == 0 then return false end
   redis.call('HSET', K.holders, owner, pkey)
   redis.call('ZADD', K.since, now, pkey)
-  return nil
+  return true
 end
 
 -- Park entry `entry` of `stream` behind `pkey`: acked for `group` and stored (netstring
