@@ -173,7 +173,7 @@ impl RedisHealth {
 pub struct Context {
     /// Redis client, for the per-reader connections.
     pub redis: Redis,
-    /// Shared connection for settling, promoting and claiming.
+    /// Shared connection for settling, promoting and taking over.
     pub shared: Conn,
     /// This host instance's consumer name.
     pub consumer: String,

@@ -23,7 +23,7 @@ local function netstring(parts, s)
   parts[#parts + 1] = #s .. ':' .. s .. ','
 end
 
--- An in-flight marker (the inflight hash: event id -> `lease-expiry-ms:starts:owner`,
+-- A run marker (the inflight hash: event id -> `lease-expiry-ms:starts:owner`,
 -- scripts.rs `marker` on the Rust side) parsed into its parts; 0, 0, nil when there is none.
 local function marker(v)
   if not v then return 0, 0, nil end
@@ -32,7 +32,7 @@ local function marker(v)
   return tonumber(expiry), tonumber(starts), owner
 end
 
--- Write the in-flight marker of event `id`.
+-- Write the run marker of event `id`.
 local function mark(inflight, id, expiry, starts, owner)
   redis.call('HSET', inflight, id, expiry .. ':' .. starts .. ':' .. owner)
 end
