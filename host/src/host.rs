@@ -29,6 +29,7 @@ use crate::plugin::cache::Cache;
 use crate::plugin::capability::Grants;
 use crate::plugin::invoke::Runner;
 use crate::plugin::{Engine, Plugin, PluginError};
+use crate::stop::Stop;
 use crate::{config, keys};
 
 /// One stream consumer task and its stop switch.
@@ -486,7 +487,7 @@ impl Host {
         }
         for stream in wanted {
             if !entry.streams.contains_key(&stream) {
-                let (stop, rx) = watch::channel(false);
+                let (stop, rx) = Stop::channel();
                 let handle =
                     tokio::spawn(consume::run_stream(self.ctx.clone(), entry.subscriber.clone(), stream.clone(), rx));
                 entry.streams.insert(stream, StreamTask { stop, handle });

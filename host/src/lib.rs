@@ -27,6 +27,8 @@
 //! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
 //! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
+//! - [`stop`]: the stop signal every long-running task watches; [`backoff`]: the wait
+//!   before trying Redis or PostgreSQL again.
 //!
 //! Around the host, each depending on it and never the other way round:
 //!
@@ -47,6 +49,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -68,5 +71,6 @@ pub mod relay;
 pub mod reload;
 pub mod replica;
 pub mod status;
+pub mod stop;
 pub mod telemetry;
 pub mod tls;

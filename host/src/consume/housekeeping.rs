@@ -12,11 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::read::{self, Entry};
 use super::{Context, InFlight, now_ms, scripts, trim};
 use crate::keys::SubscriberKeys;
+use crate::stop::Stop;
 
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
@@ -43,7 +44,7 @@ impl Housekeeper {
     }
 
     /// Run until `stop`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let trim_every = self.ctx.source_retention(&self.keys.stream).map_or(Duration::from_secs(10), |r| r.interval);
@@ -54,9 +55,9 @@ impl Housekeeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => break,
+                _ = stop.stopped() => break,
             }
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 break;
             }
             let mut conn = self.ctx.shared.clone();

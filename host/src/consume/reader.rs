@@ -12,14 +12,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::read::{self, Entry, Fresh};
 use super::scripts::{self, READ};
 use super::{Context, InFlight, Subscriber, ensure_groups, now_ms};
+use crate::backoff::Backoff;
 use crate::config::Start;
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
+use crate::stop::Stop;
 
 /// Reads entries for one (subscriber, stream), reconnecting with backoff.
 pub struct Reader {
@@ -32,7 +34,8 @@ pub struct Reader {
     /// Per stream (source, retry): where the pending phase has got to.
     cursors: [String; 2],
     pending_phase: bool,
-    backoff: Duration,
+    /// Between failed connection attempts.
+    backoff: Backoff,
 }
 
 impl Reader {
@@ -46,7 +49,7 @@ impl Reader {
             conn: None,
             cursors: ["0".into(), "0".into()],
             pending_phase: true,
-            backoff: Duration::from_millis(50),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
         }
     }
 
@@ -77,12 +80,11 @@ impl Reader {
                     ctx.health.up(&ctx.metrics);
                     self.conn = Some(c);
                     self.rewind();
-                    self.backoff = Duration::from_millis(50);
+                    self.backoff.reset();
                 }
                 Err(e) => {
                     ctx.health.down(&ctx.metrics, &e);
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+                    self.backoff.wait().await;
                 }
             }
             return Vec::new();
@@ -154,7 +156,7 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// Start `reader` on its own task until `stop` turns true.
-    pub fn start(reader: Reader, ctx: Arc<Context>, in_flight: InFlight, stop: watch::Receiver<bool>) -> Self {
+    pub fn start(reader: Reader, ctx: Arc<Context>, in_flight: InFlight, stop: Stop) -> Self {
         let (asks, asks_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches) = mpsc::channel(1);
         let task = tokio::spawn(read_when_asked(reader, ctx, in_flight, asks_rx, batches_tx, stop));
@@ -194,7 +196,7 @@ async fn read_when_asked(
     in_flight: InFlight,
     mut asks: mpsc::UnboundedReceiver<Ask>,
     batches: mpsc::Sender<Vec<Entry>>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     loop {
         let count = tokio::select! {
@@ -203,7 +205,7 @@ async fn read_when_asked(
                 Some(Ask::Rewind) => { reader.rewind(); continue }
                 None => return,
             },
-            _ = stop.changed() => return,
+            _ = stop.stopped() => return,
         };
         loop {
             // A rewind asked for while reading applies to the next read.
@@ -214,7 +216,7 @@ async fn read_when_asked(
             // delivers its entries into this consumer's pending list).
             let entries = tokio::select! {
                 read = reader.next(&ctx, count) => in_flight.admit(read),
-                _ = stop.changed() => return,
+                _ = stop.stopped() => return,
             };
             if !entries.is_empty() {
                 if batches.send(entries).await.is_err() {
@@ -222,7 +224,7 @@ async fn read_when_asked(
                 }
                 break;
             }
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 return;
             }
         }

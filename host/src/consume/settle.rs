@@ -13,15 +13,17 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::scripts::{self, netstring_list, netstrings};
 use super::{Context, Counters, InFlight, Tally, now_ms};
+use crate::backoff::Backoff;
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::handler::Effects;
 use crate::handler::FailureKind;
 use crate::keys::{self, SubscriberKeys};
+use crate::stop::Stop;
 
 /// What to do with one entry: the disposition of its event.
 #[derive(Debug, Clone, PartialEq)]
@@ -345,7 +347,7 @@ pub struct Settler {
 impl Settler {
     /// Settle what arrives on `rx` until every sender is gone. On `stop`, a settle that
     /// cannot reach Redis is given up: its entries stay pending and are delivered again.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: Stop) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut own = None;
         while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
@@ -362,7 +364,7 @@ impl Settler {
         &self,
         rx: &mut mpsc::UnboundedReceiver<Settlement>,
         own: &mut Option<Conn>,
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> Option<Settlement> {
         loop {
             let writer = self.writer();
@@ -401,7 +403,7 @@ impl Settler {
     /// A settle that stands on the primary only and is lost in a failover is delivered again
     /// (at least once; its effects were written atomically with the ack, so they are lost or
     /// kept together). A failed `WAIT` is returned: the primary may be gone with the settle.
-    async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
+    async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &Stop) -> redis::RedisResult<()> {
         self.writer().confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
     }
 
@@ -411,7 +413,7 @@ impl Settler {
         &self,
         own: &mut Option<Conn>,
         batch: &[Settlement],
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
@@ -469,8 +471,8 @@ impl Settler {
         Some(again)
     }
 
-    async fn settle_batch(&self, own: &mut Option<Conn>, batch: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(50);
+    async fn settle_batch(&self, own: &mut Option<Conn>, batch: &mut Vec<Settlement>, stop: &Stop) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let result = self.settle_once(own, batch, stop).await;
             if result.is_err() {
@@ -504,14 +506,13 @@ impl Settler {
                 }
                 Err(e) => {
                     self.ctx.health.down(&self.ctx.metrics, &e);
-                    if *stop.borrow() {
+                    if stop.is_stopped() {
                         for s in batch.iter() {
                             self.in_flight.remove(&s.key, &s.id);
                         }
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }

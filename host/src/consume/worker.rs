@@ -5,13 +5,14 @@
 //! never holds back the others.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Tally;
 use super::dispatch::Work;
 use super::letters::Failure;
 use super::settle::{Disposition, Settlement, StateFallbacks};
 use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
+use crate::backoff::Backoff;
 use crate::handler::{FailureKind, Job, Outcome};
 
 /// Run `work` on `active`'s handler; the settlement for its entry.
@@ -37,11 +38,12 @@ pub async fn run(
 /// the event's: try a few more times before giving the entry back.
 async fn handle(active: &Active, job: Arc<Job>) -> Outcome {
     let mut outcome = active.runner.handle(job.clone()).await;
-    for round in 0..4u32 {
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(160));
+    for _ in 0..4 {
         if !matches!(outcome, Outcome::HostError(_)) {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20 << round)).await;
+        backoff.wait().await;
         outcome = active.runner.handle(job.clone()).await;
     }
     outcome

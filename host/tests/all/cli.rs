@@ -10,7 +10,7 @@ use ferry::config::Config;
 use ferry::keys::SubscriberKeys;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry_bin, publish};
+use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry_bin, free_addr, publish};
 
 /// A Redis URL nothing listens on: a command that used it instead of the file's would fail.
 fn dead_redis() -> String {
@@ -18,11 +18,6 @@ fn dead_redis() -> String {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     format!("redis://127.0.0.1:{port}")
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 fn write_config(dir: &Path, config: &Config) -> PathBuf {
@@ -56,8 +51,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("join")
 }
 
-/// Dead letters of `subscriber` on `events`, written as the host writes them.
-async fn dead_letters(env: &Env, subscriber: &str, n: usize) {
+/// Add `n` dead letters of `subscriber` on `events`, written as the host writes them.
+async fn add_dead_letters(env: &Env, subscriber: &str, n: usize) {
     let mut conn = env.conn().await;
     let key = SubscriberKeys::new("events", subscriber).dlq;
     for i in 0..n {
@@ -84,7 +79,7 @@ async fn dead_letters(env: &Env, subscriber: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
     let env = Env::new();
-    dead_letters(&env, "rec", 2).await;
+    add_dead_letters(&env, "rec", 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = env.config();
     config.stream = "orders".into();
@@ -117,7 +112,7 @@ async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_override_environment_which_overrides_the_file() {
     let env = Env::new();
-    dead_letters(&env, "rec", 1).await;
+    add_dead_letters(&env, "rec", 1).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let good = env.redis.url();
     let dead = dead_redis();
@@ -169,8 +164,8 @@ async fn plugins_list_finds_the_admin_endpoint_in_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_list_prints_the_total_and_says_when_the_list_was_cut() {
     let env = Env::new();
-    dead_letters(&env, "rec", 5).await;
-    dead_letters(&env, "other", 2).await;
+    add_dead_letters(&env, "rec", 5).await;
+    add_dead_letters(&env, "other", 2).await;
     let url = env.redis.url();
     let (cut, whole, one_subscriber, json) = blocking(move || {
         (

@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{Env, InProcessHost, RECORDER_TOML, ferry};
+use crate::support::{Env, InProcessHost, RECORDER_TOML, ferry, free_addr};
 
 const OPERATOR: &str = "operator-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789ab";
@@ -71,11 +71,6 @@ async fn get(addr: &str, path: &str, token: Option<&str>) -> Reply {
 async fn post(addr: &str, path: &str, token: &str, body: &str) -> Reply {
     let bearer = format!("Bearer {token}");
     request(addr, "POST", path, &[("Authorization", &bearer), ("Content-Type", "application/json")], body).await
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 /// A host running the recorder as `rec`, its admin endpoint on a free loopback port with an

@@ -6,18 +6,13 @@ use std::time::Duration;
 use ferry::event::Event;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish};
-
-fn recorder_toml(types: &[&str]) -> String {
-    let subs: Vec<String> = types.iter().map(|t| format!("{{ type = \"{t}\" }}")).collect();
-    format!("subscriptions = [{}]\n{RECORDER_TOML}", subs.join(", "))
-}
+use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, recorder_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_exactly_their_subscribers_with_attributes_intact() {
     let env = Env::new();
-    env.add_plugin("alpha", fixtures::RECORDER, &recorder_toml(&["OrderCreated"]));
-    env.add_plugin("beta", fixtures::RECORDER, &recorder_toml(&["OrderCreated", "UserRegistered"]));
+    env.add_plugin("alpha", fixtures::RECORDER, &recorder_of(&["OrderCreated"]));
+    env.add_plugin("beta", fixtures::RECORDER, &recorder_of(&["OrderCreated", "UserRegistered"]));
     let host = InProcessHost::start(env.config());
     let mut conn = env.conn().await;
 

@@ -14,18 +14,15 @@ use ferry_test_fixtures as fixtures;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry, ferry_bin, publish};
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, ferry, ferry_bin, free_addr, publish, recorder_of,
+};
 
 /// The recorder's config with retries an hour apart: a retried event stays scheduled.
 fn slow_retry_toml() -> String {
     RECORDER_TOML
         .replace("initial_delay = \"50ms\"", "initial_delay = \"1h\"")
         .replace("max_delay = \"1s\"", "max_delay = \"2h\"")
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
@@ -721,7 +718,7 @@ async fn markup_from_plugins_reaches_the_status_page_only_as_text() {
     let env = Env::new();
     let img = "<img src=x onerror=document.title='owned'><b id=injected>bold</b>";
     let svg = "<svg/onload=document.title=document.domain>";
-    env.add_plugin("marked", fixtures::RECORDER, &format!("subscriptions = [{{ type = \"{img}\" }}]\n{RECORDER_TOML}"));
+    env.add_plugin("marked", fixtures::RECORDER, &recorder_of(&[img]));
     env.add_plugin(
         "refused",
         fixtures::RECORDER,

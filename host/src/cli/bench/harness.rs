@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use ferry::stop::Stop;
 
 use ferry::config::{InstanceMode, LimitsConfig, Start, SubscriberConfig};
 use ferry::consume::{self, Active, Context, RedisHealth, Subscriber};
@@ -236,7 +236,7 @@ impl Bench {
         n: usize,
         active: impl Fn(Arc<dyn Invoke>) -> anyhow::Result<Active>,
     ) -> anyhow::Result<f64> {
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = Stop::channel();
         let mut tasks = Vec::new();
         let names: Vec<String> = subscribers.iter().map(|(name, _)| name.clone()).collect();
         let started = Instant::now();
