@@ -68,7 +68,7 @@ script!(
     SETTLE,
     "settle.lua",
     [include_str!("state.lua"), include_str!("settle.lua")],
-    "Ack, retry, dead-letter or give back a group of entries."
+    "Ack, retry, dead-letter or give back a batch of entries."
 );
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
 script!(START, "start.lua", "Charge the runs that really start to their events' crash budgets.");
