@@ -66,6 +66,45 @@ pub struct PluginStatus {
     pub error: Option<String>,
     /// When the running version was loaded (RFC 3339).
     pub loaded_at: Option<String>,
+    /// When the running version was loaded (Unix ms).
+    #[serde(default)]
+    pub last_reload_ms: Option<u64>,
+    /// Why the state is not `running`: the refusal, or the throttle's limit.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What the running version was granted: `publish_streams`, `read_streams`, `config`
+    /// (the keys, never the values), `http` (allow list and timeouts), `state` (its bounds).
+    #[serde(default)]
+    pub grants: Option<serde_json::Value>,
+    /// Its bounds: the sandbox limits (memory, deadline, fuel, ...), `concurrency`, `ordered`,
+    /// `retry`, and `throttle` (the adaptive limit of calls in flight now, and its maximum).
+    #[serde(default)]
+    pub limits: Option<serde_json::Value>,
+}
+
+/// What a subscriber was granted, as [`PluginStatus::grants`] shows it.
+fn grants_of(settings: &crate::config::Effective) -> serde_json::Value {
+    serde_json::json!({
+        "publish_streams": settings.publish_streams,
+        "read_streams": settings.read_streams,
+        "config": settings.config.keys().collect::<Vec<_>>(),
+        "http": settings.http,
+        "state": settings.state,
+    })
+}
+
+/// A subscriber's bounds, as [`PluginStatus::limits`] shows them.
+fn limits_of(settings: &crate::config::Effective, throttle: Option<crate::handler::Throttling>) -> serde_json::Value {
+    let mut limits = serde_json::to_value(settings.limits).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &mut limits {
+        fields.insert("concurrency".into(), settings.concurrency.into());
+        fields.insert("ordered".into(), settings.ordered.into());
+        fields.insert("retry".into(), serde_json::to_value(settings.retry).unwrap_or_default());
+        if let Some(throttle) = throttle {
+            fields.insert("throttle".into(), serde_json::to_value(throttle).unwrap_or_default());
+        }
+    }
+    limits
 }
 
 /// One subscription as shown in status views.
@@ -416,6 +455,7 @@ impl Host {
             contracts: self.ctx.contracts.clone(),
             redis: Some(self.ctx.shared.clone()),
             http_metrics: Some(self.ctx.metrics.http.clone()),
+            ..Default::default()
         };
         let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =
@@ -547,10 +587,22 @@ impl Host {
         let mut out = Vec::new();
         for (name, entry) in running.iter() {
             let active = entry.subscriber.active();
+            let throttle = active.runner.throttle();
+            let throttled = throttle.filter(|t| t.penalized);
             out.push(PluginStatus {
                 name: name.clone(),
                 version: Some(active.runner.version().to_string()),
-                state: "running".into(),
+                state: if throttled.is_some() { "throttled" } else { "running" }.into(),
+                last_reload_ms: entry
+                    .loaded_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64),
+                reason: throttled.map(|t| {
+                    format!("its calls fail (deadline, trap or limit): {} of {} calls at once", t.limit, t.max)
+                }),
+                grants: Some(grants_of(&active.settings)),
+                limits: Some(limits_of(&active.settings, throttle)),
                 subscriptions: active
                     .subscriptions
                     .iter()
@@ -571,8 +623,12 @@ impl Host {
                     version: None,
                     state: "refused".into(),
                     subscriptions: Vec::new(),
+                    reason: Some(error.clone()),
                     error: Some(error),
                     loaded_at: None,
+                    last_reload_ms: None,
+                    grants: None,
+                    limits: None,
                 });
             }
         }

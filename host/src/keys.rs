@@ -199,6 +199,20 @@ pub fn partitions(stream: &str) -> String {
 /// Stream of the audit trail: every operator action on dead letters (see `audit`).
 pub const AUDIT: &str = "ferry:audit";
 
+/// Sorted set of the admin endpoint's jobs (member: job id, score: started in ms).
+pub const JOBS: &str = "ferry:jobs";
+
+/// Hash of one admin-endpoint job (its progress), expiring a day after its last change.
+pub fn job(id: &str) -> String {
+    format!("ferry:job:{id}")
+}
+
+/// The id of the job running one action on one selection (`digest` names the pair), while
+/// it runs: what stops a second identical job.
+pub fn job_running(digest: &str) -> String {
+    format!("ferry:jobrun:{digest}")
+}
+
 /// Sorted set where running hosts register (member: consumer name, score: last seen in ms).
 pub const HOSTS: &str = "ferry:hosts";
 

@@ -50,6 +50,14 @@ impl Invoke for Runner {
     fn version(&self) -> &str {
         &self.inner.grants.version
     }
+    fn throttle(&self) -> Option<crate::handler::Throttling> {
+        let throttle = &self.inner.throttle;
+        Some(crate::handler::Throttling {
+            limit: throttle.limit(),
+            max: throttle.max(),
+            penalized: throttle.penalized(),
+        })
+    }
 }
 
 /// Runs one plugin version's handler for one subscriber, managing its instances. Calls may

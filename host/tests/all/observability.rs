@@ -728,20 +728,28 @@ async fn markup_from_plugins_reaches_the_status_page_only_as_text() {
 
     let (_, page) = get(&addr, "/").await;
     let script = &page[page.find("<script>").expect("the page's script")..];
-    for sink in [
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "document.write",
-        "createContextualFragment",
-        "DOMParser",
-        "setHTML",
-        "parseHTML",
-        "srcdoc",
-        "eval(",
-        "Function(",
-    ] {
-        assert!(!script.contains(sink), "the status page uses `{sink}`");
+    // The console (issue 27) shows producers' and plugins' text too: the same rule, on its
+    // page and script as the endpoint serves them.
+    let (_, console) = get(&addr, "/console").await;
+    let (_, console_js) = get(&addr, "/console/console.js").await;
+    assert!(console_js.contains("textContent"), "the console's script is served:\n{console_js}");
+    assert!(!console.contains("<script>"), "the console has no inline script (its policy forbids one)");
+    for (what, text) in [("status page", script), ("console page", &console), ("console script", &console_js)] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "createContextualFragment",
+            "DOMParser",
+            "setHTML",
+            "parseHTML",
+            "srcdoc",
+            "eval(",
+            "Function(",
+        ] {
+            assert!(!text.contains(sink), "the {what} uses `{sink}`");
+        }
     }
     assert!(script.contains("td.textContent = text"), "values are written as text");
 
