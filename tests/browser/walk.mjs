@@ -293,6 +293,12 @@ try {
   await plugins(page);
   await markup(page);
   await overviewAfter(page);
+  step('log out');
+  await page.click('#logout');
+  await page.locator('#login').waitFor({ state: 'visible' });
+  await page.reload();
+  await page.locator('#login').waitFor({ state: 'visible' });
+  check((await page.locator('#view *').count()) === 0, 'nothing shown after logging out');
   await viewer(browser);
 } catch (e) {
   failed = e;
