@@ -15,9 +15,10 @@ use redis::aio::ConnectionLike;
 use serde::{Deserialize as _, Serialize};
 
 use crate::connection::{Replication, Scan};
+use crate::consume::letters::{meta, original_fields};
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
-use crate::consume::settle::{meta, netstrings, original_fields};
+use crate::consume::scripts::netstrings;
 use crate::keys::{self, SubscriberKeys};
 
 pub mod letter;
@@ -341,7 +342,11 @@ async fn move_letters<C: ConnectionLike>(
         other => other?,
     };
     replication.take_wait(&mut replies).map_err(|e| ReplayError::NotReplicated(e.to_string()))?;
-    Ok(replies.iter().filter(|v| matches!(v, redis::Value::Int(1))).count())
+    let mut moved = 0;
+    for reply in &replies {
+        moved += usize::from(scripts::Replay::parse(reply)? == scripts::Replay::Moved);
+    }
+    Ok(moved)
 }
 
 /// Replay one batch of a [`Plan`]; returns how many this call moved.

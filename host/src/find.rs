@@ -13,7 +13,7 @@ use redis::streams::StreamInfoGroupsReply;
 use serde::Serialize;
 
 use crate::consume::read::{self, Entry};
-use crate::consume::settle::netstrings;
+use crate::consume::scripts::netstrings;
 use crate::event::field;
 use crate::keys::SubscriberKeys;
 
@@ -238,7 +238,7 @@ async fn place<C: ConnectionLike>(
     if let Some(d) =
         read::parse_entries(&keys.dlq, letters).iter().find(|e| e.field(field::ID) == Some(event_id.as_bytes()))
     {
-        let reason = d.field(crate::consume::settle::meta::REASON).map(String::from_utf8_lossy).unwrap_or_default();
+        let reason = d.field(crate::consume::letters::meta::REASON).map(String::from_utf8_lossy).unwrap_or_default();
         return Ok(("dead", format!("dead letter {}: {reason}", d.id)));
     }
     let id_field = netstrings(&[(field::ID, event_id)]);

@@ -335,7 +335,7 @@ impl Host {
             // Unchanged since the last version that loaded: a refused edit was undone.
             Ok(None) => {
                 if self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&name).is_some() {
-                    tracing::info!(plugin = %name, "plugin files are valid again; the running version and settings are unchanged");
+                    tracing::info!(subscriber = %name, plugin = %name, "plugin files are valid again; the running version and settings are unchanged");
                 }
             }
             Ok(Some((plugin, effective))) => self.install(&name, plugin, effective).await,
@@ -350,9 +350,9 @@ impl Host {
                     self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), message.clone())
                         == Some(message);
                 if repeated {
-                    tracing::debug!(plugin = %name, "still refusing plugin: {e:#}");
+                    tracing::debug!(subscriber = %name, plugin = %name, "still refusing plugin: {e:#}");
                 } else {
-                    tracing::error!(plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
+                    tracing::error!(subscriber = %name, plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
                 }
             }
         }
@@ -387,7 +387,7 @@ impl Host {
         let bytes = tokio::fs::read(wasm).await.with_context(|| format!("reading {}", wasm.display()))?;
         let attempt = Tried { hash: crate::plugin::version_hash(&bytes), effective: effective.clone() };
         if tried.as_ref() == Some(&attempt) {
-            tracing::debug!(plugin = %name, "plugin file and settings unchanged; not reloaded");
+            tracing::debug!(subscriber = %name, plugin = %name, "plugin file and settings unchanged; not reloaded");
             return Ok(None);
         }
         *tried = Some(attempt);
@@ -397,7 +397,7 @@ impl Host {
             Plugin::from_bytes(&self.engine, name.to_string(), wasm, bytes, self.cache.as_ref(), &effective.limits)
                 .await?;
         tracing::info!(
-            plugin = %name,
+            subscriber = %name, plugin = %name,
             version = %plugin.version,
             cached = plugin.cached,
             "plugin compiled and validated in {:.0?}",
@@ -476,7 +476,7 @@ impl Host {
             Err(e) => {
                 drop(running);
                 self.ctx.metrics.plugin_refused.get_or_create(&PluginLabels { plugin: name.to_string() }).inc();
-                tracing::error!(plugin = %name, "refusing plugin: {e}");
+                tracing::error!(subscriber = %name, plugin = %name, "refusing plugin: {e}");
                 self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), e.to_string());
                 return;
             }
@@ -500,14 +500,14 @@ impl Host {
                 let old = current.subscriber.swap(active);
                 let what = if old.runner.version() == version { "plugin settings changed" } else { "plugin replaced" };
                 tracing::info!(
-                    plugin = %name, from = %old.runner.version(), to = %version, changed = ?changed,
+                    subscriber = %name, plugin = %name, from = %old.runner.version(), to = %version, changed = ?changed,
                     subscriptions = ?describe, "{what}; events in flight finish on the old version"
                 );
                 current.loaded_at = SystemTime::now();
                 current
             }
             None => {
-                tracing::info!(plugin = %name, %version, subscriptions = ?describe, "plugin loaded");
+                tracing::info!(subscriber = %name, plugin = %name, %version, subscriptions = ?describe, "plugin loaded");
                 Running {
                     subscriber: Arc::new(Subscriber::new(name.to_string(), active)),
                     streams: BTreeMap::new(),
@@ -541,7 +541,7 @@ impl Host {
         let entry = self.running.lock().await.remove(name);
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(entry) = entry {
-            tracing::info!(plugin = %name, "plugin removed; its consumer groups are kept");
+            tracing::info!(subscriber = %name, plugin = %name, "plugin removed; its consumer groups are kept");
             stop_streams(entry.streams).await;
         }
     }
@@ -652,7 +652,7 @@ async fn check_partitions(conn: &mut crate::connection::Conn, config: &Config) -
     for (stream, settings) in &config.streams {
         keys::check_name("stream", stream).map_err(anyhow::Error::msg)?;
         let wanted = settings.partitions.max(1);
-        let key = format!("ferry:partitions:{{{stream}}}");
+        let key = keys::partitions(stream);
         let recorded: Option<u32> = redis::cmd("GET").arg(&key).query_async(conn).await?;
         let current = recorded.unwrap_or(1);
         if current != wanted {

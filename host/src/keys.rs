@@ -154,8 +154,47 @@ pub fn state(stream: &str, subscriber: &str) -> String {
     format!("ferry:state:{{{stream}}}:{subscriber}")
 }
 
+/// The fields of a state hash ([`state`]), for the Rust side and, generated into their head
+/// ([`state_field::lua`]), for the scripts that commit state (`consume/state.lua`).
+pub mod state_field {
+    /// Prefix of a key's value: `=KEY`.
+    pub const VALUE: &str = "=";
+    /// Prefix of a key's version: `#KEY` (bumped by every write, deletes too, never reset).
+    pub const VERSION: &str = "#";
+    /// The total bytes of keys and values stored (what the quota counts).
+    pub const BYTES: &str = "_bytes";
+
+    /// The field of `key`'s value.
+    pub fn value(key: &str) -> String {
+        format!("{VALUE}{key}")
+    }
+
+    /// The field of `key`'s version.
+    pub fn version(key: &str) -> String {
+        format!("{VERSION}{key}")
+    }
+
+    /// These names as the Lua table `S` the state rules read.
+    pub fn lua() -> String {
+        format!("local S = {{VALUE = '{VALUE}', VERSION = '{VERSION}', BYTES = '{BYTES}'}}\n")
+    }
+}
+
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
+
+/// Pattern matching every retry stream (one per subscriber and source stream).
+pub const ALL_RETRY_PATTERN: &str = "ferry:retry:{*}:*";
+
+/// Split a retry-stream key back into (stream, subscriber).
+pub fn parse_retry(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("ferry:retry:{")?.split_once("}:")
+}
+
+/// The partition count recorded for `stream` (`host::check_partitions`), in its slot.
+pub fn partitions(stream: &str) -> String {
+    format!("ferry:partitions:{{{stream}}}")
+}
 
 /// Stream of the audit trail: every operator action on dead letters (see `audit`).
 pub const AUDIT: &str = "ferry:audit";
@@ -197,6 +236,8 @@ mod tests {
             assert!(key.contains("{orders}"), "{key}");
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));
+        assert_eq!(parse_retry(&keys.retry), Some(("orders", "inventory")));
+        assert_eq!(slot(&partitions("orders")), slot("orders"));
         assert!(check_name("stream", "a{b}").is_err());
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::read::{self, Entry};
-use super::{Context, settle};
+use super::{Context, letters, settle};
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
 use crate::replica::{Confirmed, Hold, Writer};
@@ -27,8 +27,6 @@ pub struct Forwarder {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream (the forward key is the stream's).
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another forwarder's entry is taken over
     /// (`claim_idle`) is its active version's, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -54,7 +52,7 @@ impl Forwarder {
     /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
     /// its own pending list is its own (a host's other subscribers forward the same key).
     fn name(&self) -> String {
-        format!("{}/{}", self.ctx.consumer, self.group)
+        format!("{}/{}", self.ctx.consumer, self.subscriber.name)
     }
 
     /// Forward every `read.poll` until `stop`.
@@ -103,7 +101,7 @@ impl Forwarder {
             &self.ctx.metrics,
             self.ctx.replication,
             "forward",
-            &self.group,
+            &self.subscriber.name,
             &self.keys.stream,
         )
     }
@@ -259,7 +257,7 @@ impl Forwarder {
         for (k, v) in &entry.fields {
             xadd.arg(k).arg(v);
         }
-        xadd.arg(settle::meta::REASON).arg(error.to_string());
+        xadd.arg(letters::meta::REASON).arg(error.to_string());
         let mut pipe = redis::pipe();
         pipe.atomic().add_command(xadd).ignore();
         pipe.cmd("XACK").arg(&self.keys.forward).arg(FORWARDERS).arg(&entry.id).ignore();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::read::{self, Entry};
-use super::{Context, InFlight, now_ms, scripts, settle, trim};
+use super::{Context, InFlight, now_ms, scripts, trim};
 use crate::keys::SubscriberKeys;
 use crate::stop::Stop;
 
@@ -28,8 +28,6 @@ pub struct Housekeeper {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another consumer's entry is taken over
     /// (`claim_idle`) is read from its active version on every tick, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -63,13 +61,13 @@ impl Housekeeper {
                 break;
             }
             let mut conn = self.ctx.shared.clone();
-            if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
-                tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
+            if let Err(e) = promote(&mut conn, &self.keys, now_ms(), 1000).await {
+                tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle() / 4 {
                 last_liveness = Instant::now();
                 if let Err(e) = self.refresh().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "keeping runs alive failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "keeping runs alive failed: {e}");
                 }
                 match self.take_over().await {
                     Ok(entries) if !entries.is_empty() => {
@@ -79,15 +77,17 @@ impl Housekeeper {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "taking over idle entries failed: {e}")
+                        tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "taking over idle entries failed: {e}")
                     }
                 }
                 if let Err(e) = self.reap().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "removing dead consumers failed: {e}");
                 }
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
-                    Err(e) => tracing::warn!(subscriber = %self.group, "sweeping in-flight markers failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.subscriber.name, "sweeping in-flight markers failed: {e}")
+                    }
                 }
             }
             if last_trim.elapsed() >= trim_every {
@@ -109,7 +109,7 @@ impl Housekeeper {
             for chunk in ids.chunks(500) {
                 let _: redis::Value = redis::cmd("XCLAIM")
                     .arg(key)
-                    .arg(&self.group)
+                    .arg(&self.subscriber.name)
                     .arg(&self.ctx.consumer)
                     .arg(0)
                     .arg(chunk)
@@ -126,8 +126,8 @@ impl Housekeeper {
                 args.push(h.event_id.clone());
                 args.push(h.owner.clone());
             }
-            let cmd = scripts::evalsha(&scripts::REFRESH, &[&self.keys.inflight], &args);
-            let _: i64 = scripts::run(&mut conn, &cmd).await?;
+            let reply = scripts::call(&mut conn, &scripts::REFRESH, &[&self.keys.inflight], &args).await?;
+            let _pushed: u64 = scripts::parse(&scripts::REFRESH, &reply)?;
         }
         Ok(())
     }
@@ -138,13 +138,19 @@ impl Housekeeper {
         let mut out = Vec::new();
         let min_idle = self.claim_idle().as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            let claimed =
-                read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count)
-                    .await?;
+            let claimed = read::auto_claim(
+                &mut conn,
+                key,
+                &self.subscriber.name,
+                &self.ctx.consumer,
+                min_idle,
+                self.ctx.read.count,
+            )
+            .await?;
             out.extend(claimed.into_iter().filter(|e| !self.in_flight.contains(&e.key, &e.id)));
         }
         if !out.is_empty() {
-            tracing::info!(subscriber = %self.group, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
+            tracing::info!(subscriber = %self.subscriber.name, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
         }
         Ok(out)
     }
@@ -154,8 +160,8 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let idle = (self.claim_idle() * 2).as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            for name in reap_silent(&mut conn, key, &self.group, &self.ctx.consumer, idle).await? {
-                tracing::info!(subscriber = %self.group, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
+            for name in reap_silent(&mut conn, key, &self.subscriber.name, &self.ctx.consumer, idle).await? {
+                tracing::info!(subscriber = %self.subscriber.name, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
             }
         }
         Ok(())
@@ -166,8 +172,8 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let before = now_ms().saturating_sub(SWEEP_AFTER.as_millis() as u64);
         let args = [cursor.to_string(), before.to_string(), "200".to_string()];
-        let cmd = scripts::evalsha(&scripts::SWEEP, &[&self.keys.inflight], &args);
-        scripts::run(&mut conn, &cmd).await
+        let reply = scripts::call(&mut conn, &scripts::SWEEP, &[&self.keys.inflight], &args).await?;
+        scripts::parse(&scripts::SWEEP, &reply)
     }
 
     /// Trim the source stream by the host's `[retention]` (if any, and if the stream has
@@ -181,12 +187,24 @@ impl Housekeeper {
         let retry = trim::trim(&mut conn, &self.keys.retry, None, now_ms()).await;
         match (source, retry) {
             (Ok(a), Ok(b)) if a + b > 0 => {
-                tracing::debug!(subscriber = %self.group, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
+                tracing::debug!(subscriber = %self.subscriber.name, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
             }
             (Err(e), _) | (_, Err(e)) => tracing::warn!(stream = %self.keys.stream, "trimming failed: {e}"),
             _ => {}
         }
     }
+}
+
+/// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
+/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
+pub async fn promote<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    now_ms: u64,
+    limit: usize,
+) -> redis::RedisResult<usize> {
+    let reply = scripts::call(conn, &scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]).await?;
+    scripts::parse(&scripts::PROMOTE, &reply)
 }
 
 /// Remove the consumers of `group` on `key` other than `me` that have nothing pending and have
@@ -200,5 +218,6 @@ pub(super) async fn reap_silent<C: redis::aio::ConnectionLike>(
     idle_ms: u64,
 ) -> redis::RedisResult<Vec<String>> {
     let args = [group.to_string(), me.to_string(), idle_ms.to_string()];
-    scripts::run(conn, &scripts::evalsha(&scripts::REAP, &[key], &args)).await
+    let reply = scripts::call(conn, &scripts::REAP, &[key], &args).await?;
+    scripts::parse(&scripts::REAP, &reply)
 }

@@ -19,7 +19,7 @@
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
 //! - [`start`]: charges a run to its event's crash budget when a worker really starts it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
-//! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
+//! - [`settle`]: applies dispositions (ack, retry, dead-letter, give back), grouped.
 //! - [`housekeeping`]: everything on a timer; [`forward`]: on a cluster, follow-ups to
 //!   other slots, on a timer and a task of its own (it may wait for a replica).
 //! - [`pipeline`]: wires the stages together for one (subscriber, stream) and owns shutdown;

@@ -69,16 +69,15 @@ struct Pipeline {
 impl Pipeline {
     fn start(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: Stop) -> Self {
         let keys = SubscriberKeys::new(&stream, &subscriber.name);
-        let group = subscriber.name.clone();
+        let name = subscriber.name.clone();
         let first = subscriber.active();
         let in_flight = InFlight::default();
-        let counters = Arc::new(Counters::new(&ctx.metrics, &group));
+        let counters = Arc::new(Counters::new(&ctx.metrics, &name));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let (claimed_tx, claimed_rx) = mpsc::channel(4);
         let settler = Settler {
             ctx: ctx.clone(),
             keys: keys.clone(),
-            group: group.clone(),
             subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             counters: (*counters).clone(),
@@ -87,23 +86,17 @@ impl Pipeline {
         let housekeeper = Housekeeper {
             ctx: ctx.clone(),
             keys: keys.clone(),
-            group: group.clone(),
             subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             claimed: claimed_tx,
         };
         let housekeeper = tokio::spawn(housekeeper.run(stop.clone()));
         let forwarder = ctx.redis.is_cluster().then(|| {
-            let forwarder = Forwarder {
-                ctx: ctx.clone(),
-                keys: keys.clone(),
-                group: group.clone(),
-                subscriber: subscriber.clone(),
-            };
+            let forwarder = Forwarder { ctx: ctx.clone(), keys: keys.clone(), subscriber: subscriber.clone() };
             tokio::spawn(forwarder.run(stop.clone()))
         });
         let block = ctx.read.block.max(Duration::from_millis(1));
-        tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
+        tracing::info!(subscriber = %name, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
             read_ahead: ReadAhead::start(
                 Reader::new(keys.clone(), subscriber.clone(), first.settings.start, block),
@@ -114,7 +107,7 @@ impl Pipeline {
             starter: Starter::spawn(ctx.clone(), keys.clone(), subscriber.clone()),
             dispatcher: Dispatcher {
                 keys,
-                group,
+                subscriber: name,
                 claim_idle: ctx.read.claim_idle,
                 contracts: ctx.contracts.clone(),
                 upcasters: ctx.upcasters.clone(),

@@ -5,7 +5,7 @@
 //! read overlaps with the events of the previous one.
 //!
 //! Under per-key order new entries are read through `read.lua` instead, which queues each on
-//! its partition key as it is delivered (see [`read::read_fresh_ordered`]); a script cannot
+//! its partition key as it is delivered (see [`read_fresh_ordered`]); a script cannot
 //! block, so when nothing is new the reader waits with an `XREAD BLOCK`, which delivers
 //! nothing, and reads again.
 
@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::read::{self, Entry, Fresh};
-use super::{Context, InFlight, Subscriber, ensure_groups};
+use super::scripts::{self, READ};
+use super::{Context, InFlight, Subscriber, ensure_groups, now_ms};
 use crate::backoff::Backoff;
 use crate::config::Start;
 use crate::connection::Conn;
@@ -27,7 +28,6 @@ pub struct Reader {
     keys: SubscriberKeys,
     /// Its settings (per-key order) are looked up on every read: a reload may change them.
     subscriber: Arc<Subscriber>,
-    group: String,
     start: Start,
     block: Duration,
     conn: Option<Conn>,
@@ -39,11 +39,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// A reader of `keys` for `group`, creating the groups at `start` if they are missing.
+    /// A reader of `keys` for `subscriber`'s group, creating the groups at `start` if they are missing.
     pub fn new(keys: SubscriberKeys, subscriber: Arc<Subscriber>, start: Start, block: Duration) -> Self {
         Self {
             keys,
-            group: subscriber.name.clone(),
             subscriber,
             start,
             block,
@@ -73,7 +72,7 @@ impl Reader {
         let Some(conn) = self.conn.as_mut() else {
             let connected = async {
                 let mut c = ctx.redis.dedicated(self.block).await?;
-                ensure_groups(&mut c, &self.keys, &self.group, self.start).await?;
+                ensure_groups(&mut c, &self.keys, &self.subscriber.name, self.start).await?;
                 Ok::<_, redis::RedisError>(c)
             };
             match connected.await {
@@ -94,11 +93,11 @@ impl Reader {
         let block = self.block.as_millis() as u64;
         let result = if self.pending_phase {
             let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(&self.group).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
+            cmd.arg("GROUP").arg(&self.subscriber.name).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
         } else if self.subscriber.active().settings.ordered {
-            match read::read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
+            match read_fresh_ordered(conn, &self.keys, &self.subscriber.name, &ctx.consumer, count).await {
                 Ok(Fresh::Read(entries)) => Ok(entries),
                 Ok(Fresh::Nothing(last)) => {
                     let mut wait = redis::cmd("XREAD");
@@ -108,7 +107,7 @@ impl Reader {
                 Err(e) => Err(e),
             }
         } else {
-            read::read_group(conn, &self.group, &ctx.consumer, count, Some(block), &keys, ">").await
+            read::read_group(conn, &self.subscriber.name, &ctx.consumer, count, Some(block), &keys, ">").await
         };
         match result {
             Ok(entries) => {
@@ -230,4 +229,19 @@ async fn read_when_asked(
             }
         }
     }
+}
+
+/// New entries (`>`) of the source and the retry stream for `consumer` under per-key order,
+/// through `read.lua`: each source entry with a partition key takes its key or is parked
+/// behind it as it is delivered, so a key's events keep stream order across hosts.
+pub async fn read_fresh_ordered<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Fresh> {
+    let args = [group.to_string(), consumer.to_string(), count.to_string(), now_ms().to_string()];
+    let reply = scripts::call(conn, &READ, &scripts::read_keys(keys), &args).await?;
+    read::parse_fresh(reply).map_err(|reply| scripts::unexpected(&READ, &reply))
 }

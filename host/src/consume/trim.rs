@@ -140,8 +140,9 @@ pub async fn pass<C: ConnectionLike>(
     loop {
         let started = Instant::now();
         type Reply = (u64, u8, u64, u8, Option<String>, Option<String>, Option<String>, Option<String>);
-        let cmd = scripts::evalsha(&scripts::TRIM, &[stream], &args);
-        let (removed, more, length, held, holder, floor, first_id, counted): Reply = scripts::run(conn, &cmd).await?;
+        let reply = scripts::call(conn, &scripts::TRIM, &[stream], &args).await?;
+        let (removed, more, length, held, holder, floor, first_id, counted): Reply =
+            scripts::parse(&scripts::TRIM, &reply)?;
         // What this call counted spares the next calls of the pass the same walk.
         if let Some(counted) = counted {
             args[5] = counted;

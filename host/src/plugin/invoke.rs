@@ -106,7 +106,7 @@ impl Runner {
             let max = plugin.slots.max_live();
             if concurrency > max {
                 tracing::warn!(
-                    plugin = %grants.subscriber,
+                    subscriber = %grants.subscriber, plugin = %grants.subscriber,
                     "at most {max} instances in flight instead of concurrency {concurrency}: each instance takes {} memories, {} tables and up to {} core instances, and one plugin may hold 1/{} of the engine's pool",
                     plugin.slots.memories,
                     plugin.slots.tables,

@@ -15,10 +15,13 @@
 use std::collections::BTreeMap;
 
 use crate::connection::Conn;
+use crate::keys::state_field;
 
-/// The commit script (see its header).
+/// The commit script (see its header), after the state rules it shares with the settle
+/// (`consume/state.lua`).
 pub static COMMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(concat!(include_str!("../consume/prelude.lua"), include_str!("state_commit.lua")))
+    let rules = concat!(include_str!("../consume/state.lua"), include_str!("state_commit.lua"));
+    redis::Script::new(&format!("{}{rules}", crate::keys::state_field::lua()))
 });
 
 /// A subscriber's state bounds (`[subscribers.NAME.state]`).
@@ -93,7 +96,7 @@ impl Txn {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&self.key);
         for k in &missing {
-            cmd.arg(format!("={k}")).arg(format!("#{k}"));
+            cmd.arg(state_field::value(k)).arg(state_field::version(k));
         }
         let reply: Vec<Option<Vec<u8>>> =
             cmd.query_async(conn).await.map_err(|e| StateError::Unavailable(crate::redact::redact(&e.to_string())))?;
@@ -234,8 +237,8 @@ pub fn parse_commit(reply: &[redis::Value]) -> redis::RedisResult<Committed> {
 fn bad_reply(reply: &[redis::Value]) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
-        "unexpected state commit reply",
-        format!("{reply:?}"),
+        "unexpected reply from a ferry script",
+        format!("state_commit.lua answered {reply:?}"),
     ))
 }
 

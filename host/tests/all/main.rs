@@ -25,6 +25,7 @@ mod replica_loss;
 mod replication;
 mod retention;
 mod sandbox;
+mod scripts;
 mod security;
 mod state;
 mod tls;

@@ -167,7 +167,7 @@ async fn an_event_read_by_a_host_that_died_before_dispatching_it_still_runs_befo
     // Host A's read, exactly as a host reads new entries under per-key order; then host A is
     // gone. (With a plain XREADGROUP here, as hosts read before, the order came out [1, 0].)
     let read =
-        ferry::consume::read::read_fresh_ordered(&mut conn, &keys, "ord", "host-a", 1).await.expect("host A reads");
+        ferry::consume::reader::read_fresh_ordered(&mut conn, &keys, "ord", "host-a", 1).await.expect("host A reads");
     let ferry::consume::read::Fresh::Read(read) = read else { panic!("host A read nothing") };
     assert_eq!(read.len(), 1, "host A read the first event");
     let mut config = env.config();
@@ -184,7 +184,8 @@ async fn an_event_read_by_a_host_that_died_before_dispatching_it_still_runs_befo
 /// key on to the next.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwanted_event_parked_as_it_was_read_is_skipped_in_its_turn_and_hands_the_key_on() {
-    use ferry::consume::read::{Fresh, read_fresh_ordered};
+    use ferry::consume::read::Fresh;
+    use ferry::consume::reader::read_fresh_ordered;
     let env = Env::new();
     let toml = format!(
         "subscriptions = [{{ type = \"Keyed\" }}]\n{}",

@@ -134,9 +134,9 @@ impl RefusalLog {
         };
         let url = crate::redact::printable(url);
         if held_back > 0 {
-            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why} ({held_back} more refused before it, not logged)");
+            tracing::warn!(subscriber = %subscriber, plugin = %subscriber, %url, "outbound HTTP request refused: {why} ({held_back} more refused before it, not logged)");
         } else {
-            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why}");
+            tracing::warn!(subscriber = %subscriber, plugin = %subscriber, %url, "outbound HTTP request refused: {why}");
         }
         true
     }
