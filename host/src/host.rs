@@ -455,6 +455,7 @@ impl Host {
             contracts: self.ctx.contracts.clone(),
             redis: Some(self.ctx.shared.clone()),
             http_metrics: Some(self.ctx.metrics.http.clone()),
+            ..Default::default()
         };
         let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =

@@ -99,7 +99,9 @@ impl Command {
     /// The log filter when `FERRY_LOG` is unset. The benchmark's handlers log per event;
     /// keep its output to the figures.
     pub fn default_log_filter(&self) -> &'static str {
-        if matches!(self, Command::Bench(_)) { "warn" } else { "info" }
+        // `plugins invoke` prints the plugin's log lines in its report: warnings only on stderr.
+        let quiet = matches!(self, Command::Bench(_) | Command::Plugins(plugins::PluginsCommand::Invoke(_)));
+        if quiet { "warn" } else { "info" }
     }
 }
 

@@ -246,6 +246,8 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
                 wasm,
                 "--event",
                 "event.json",
+                "--state",
+                "state.json",
                 "--config",
                 "publish=stock",
                 "--publish-stream",
@@ -259,16 +261,28 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
     assert!(tested.0 && tested.1.contains("2 passed"), "the generated tests pass: {}", tested.1);
     assert!(built.0, "the generated project builds: {}", built.1);
     assert!(invoked.0 && invoked.1.contains("ack") && invoked.1.contains("StockReserved"), "{}", invoked.1);
-    // And `ferry run` runs it.
+    assert!(invoked.1.contains(r#"state set "stock:sku-1" = 8"#), "the stock from state.json, taken: {}", invoked.1);
+    // And `ferry run` runs it, with state granted and its stock set by the operator.
     let wasm = dir.path().join("shop-stock/target/wasm32-wasip2/release/shop_stock.wasm");
     env.add_plugin(
         "shop-stock",
         wasm.to_str().expect("utf-8"),
-        "start = \"beginning\"\npublish_streams = [\"stock\"]\n[config]\npublish = \"stock\"\n",
+        "start = \"beginning\"\nstate = true\npublish_streams = [\"stock\"]\n[config]\npublish = \"stock\"\n",
     );
-    let host = crate::support::InProcessHost::start(env.config());
     let mut conn = env.conn().await;
-    crate::support::publish(&mut conn, "events", "OrderCreated", r#"{"order_id":"o-1","quantity":2}"#).await;
+    let mut state_conn = ferry::connection::Conn::Node(conn.clone());
+    ferry::plugin::capability::state::stored::set(
+        &mut state_conn,
+        "events",
+        "shop-stock",
+        "stock:sku-1",
+        b"10".to_vec(),
+    )
+    .await
+    .expect("set the stock");
+    let host = crate::support::InProcessHost::start(env.config());
+    let order = r#"{"order_id":"o-1","sku":"sku-1","quantity":2}"#;
+    crate::support::publish(&mut conn, "events", "OrderCreated", order).await;
     env.wait_for("the follow-up in `stock`", std::time::Duration::from_secs(60), || {
         let mut conn = conn.clone();
         async move {
@@ -278,6 +292,10 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
     })
     .await;
     host.stop().await;
+    let left = ferry::plugin::capability::state::stored::get(&mut state_conn, "events", "shop-stock", "stock:sku-1")
+        .await
+        .expect("get");
+    assert_eq!(left.as_deref(), Some(b"8".as_slice()), "committed with the event's acknowledgement");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,8 +310,8 @@ async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() 
         (py, js)
     })
     .await;
-    assert!(py.0 && py.1.contains("Ran 2 tests"), "{}", py.1);
-    assert!(js.0 && js.1.contains("# pass 2"), "{}", js.1);
+    assert!(py.0 && py.1.contains("Ran 4 tests"), "{}", py.1);
+    assert!(js.0 && js.1.contains("# pass 4"), "{}", js.1);
     // A name that is not a subscriber name, or a directory that exists, is refused.
     let (bad, _, err) =
         crate::support::ferry(&["new", "rust", "Bad_Name", "--dir", dir.path().to_str().expect("utf-8")]);

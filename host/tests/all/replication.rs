@@ -17,7 +17,7 @@ fn replicated(timeout_ms: u64) -> Replication {
 }
 
 /// Make `replica` a replica of `primary` and wait until the link is up.
-fn replicate(primary: &RedisServer, replica: &RedisServer) {
+pub fn replicate(primary: &RedisServer, replica: &RedisServer) {
     let port = primary.port().to_string();
     redis_cli(replica.port(), &["REPLICAOF", "127.0.0.1", &port]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -27,7 +27,8 @@ fn replicate(primary: &RedisServer, replica: &RedisServer) {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> String {
+/// `redis-cli -p PORT ARGS...`: its output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let out =
         std::process::Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).into_owned()

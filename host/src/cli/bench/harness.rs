@@ -18,6 +18,7 @@ use ferry::handler::{Handling, Invoke, Job, Outcome};
 use ferry::metrics::{self, Metrics};
 use ferry::plugin::cache::Cache;
 use ferry::plugin::capability::Grants;
+use ferry::plugin::capability::seam::Services;
 use ferry::plugin::invoke::Runner;
 use ferry::plugin::{Engine, Plugin};
 
@@ -262,9 +263,19 @@ impl Bench {
     }
 
     /// A runner of `plugin` as subscriber `name`, with instance mode `mode`.
+    /// A runner of `plugin` granted state (on the bench's Redis) and nothing else: the Python
+    /// and JavaScript examples keep state on every event; a plugin that never calls it pays
+    /// nothing for the grant.
     pub(super) fn runner(&self, plugin: &Arc<Plugin>, name: &str, mode: InstanceMode) -> Arc<Runner> {
         let limits = LimitsConfig { instance_mode: mode, ..LimitsConfig::default() };
-        let grants = Arc::new(Grants::none(name, &plugin.version, limits));
+        let settings = SubscriberConfig {
+            limits: Some(limits),
+            state: Some(ferry::config::StateSetting::On(true)),
+            ..Default::default()
+        }
+        .fill();
+        let services = Services { redis: Some(self.ctx.shared.clone()), ..Default::default() };
+        let grants = Arc::new(Grants::with(name, &plugin.version, &settings, &services));
         Arc::new(Runner::new(self.engine.clone(), plugin.clone(), grants))
     }
 

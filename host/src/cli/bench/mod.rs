@@ -4,7 +4,8 @@
 //! ([`plain`]: read and ack, nothing else; the honest ceiling every throughput row is a ratio
 //! to), ferry's real consumer loop with a native handler (same loop, no WebAssembly), the Rust
 //! plugin and, when given, the Python and JavaScript plugins, each with its cost per event
-//! ([`cost`]: Redis CPU, per Redis command, host CPU); publish→handled latency at a steady
+//! ([`cost`]: Redis CPU, per Redis command, host CPU), and the Rust plugin with one state
+//! `get` + `set` or one HTTP call per event ([`capabilities`]); publish→handled latency at a steady
 //! rate; fan-out to 4 subscribers; per-event cost of a fresh versus a reused instance; cold
 //! versus cached plugin start; the hot-reload swap time; host memory with 1 and 20 plugins,
 //! idle and under load; and how cost scales with payload size, subscribers and plugins
@@ -15,6 +16,7 @@
 //! [`harness`] (server, context, preloaded events, draining) and the [`report`] (rows, table,
 //! JSON); [`plain`] is the ceiling and [`cost`] what each run cost.
 
+mod capabilities;
 mod cluster;
 mod contracts;
 mod cost;
@@ -96,6 +98,8 @@ pub enum Only {
     Javascript,
     /// The contract rows: validation off and on, an upcast step per event.
     Contracts,
+    /// The capability rows: one state get + set, one HTTP call per event.
+    Capabilities,
 }
 
 /// How much each section measures: `--quick` (CI: proves the benchmark works) or full.
@@ -193,6 +197,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     // 1b. Contracts: validation on and off, and an upcast step per event.
     if wants(Only::Contracts) {
         contracts::figures(&bench, &noop, &args.guests, sizes.polyglot_events, &mut report).await?;
+    }
+    // 1c. Capabilities: state with the ack, outbound HTTP.
+    if wants(Only::Capabilities) {
+        capabilities::figures(&bench, &args.guests, sizes.polyglot_events, plain, &mut report).await?;
     }
     if !args.only.is_empty() {
         return finish(&args, &report);

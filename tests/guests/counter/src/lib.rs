@@ -4,7 +4,12 @@
 //! the state with what the handler saw. Acts in the payload: `{"act":"fail"}` increments, then
 //! asks for a retry (its write must not survive), `{"act":"trap"}` increments, then traps,
 //! `{"act":"reject"}` increments, then rejects, `{"act":"read"}` reads without writing,
-//! `{"act":"big"}` writes a value of 100 KB (over the default value bound).
+//! `{"act":"big"}` writes a value of 100 KB (over the default value bound), `{"act":"slow"}`
+//! increments, then spins until its deadline stops it on its first attempt.
+//!
+//! For `ferry bench`, config `bench` replaces all of that: `"state"` does one `get` and one
+//! `set` of the event's partition key (its id without one) per event, `"plain"` the same work
+//! without the state calls, so the two differ by the state alone.
 wit_bindgen::generate!({ world: "subscriber", path: "../../../plugin-sdk/wit-0.2.0" });
 
 use exports::ferry::plugin::handler::{Delivery, Event, Guest, HandlerError, Subscription};
@@ -23,6 +28,9 @@ impl Guest for Counter {
     }
 
     fn handle(event: Event, delivery: Delivery) -> Result<(), HandlerError> {
+        if let Some(mode) = config::get("bench") {
+            return bench(&event, &mode);
+        }
         let data = String::from_utf8_lossy(&event.data).into_owned();
         let act = |a: &str| data.contains(&format!(r#""act":"{a}""#));
         if act("read") {
@@ -48,11 +56,33 @@ impl Guest for Counter {
         if act("trap") && delivery.attempt < 2 {
             panic!("trapping after writing");
         }
+        if act("slow") && delivery.attempt < 2 {
+            // Only the deadline (an epoch interrupt) ends this.
+            let mut spins = 0u64;
+            loop {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+        }
         if act("reject") {
             return Err(HandlerError::Reject("rejected after writing".into()));
         }
         publish(&event, &format!(r#"{{"of":"{}","count":{count},"attempt":{}}}"#, event.id, delivery.attempt))
     }
+}
+
+/// One benchmark event: the key's value read and replaced (`"state"`), or the same bytes
+/// built without touching state (`"plain"`).
+fn bench(event: &Event, mode: &str) -> Result<(), HandlerError> {
+    let key = event.partitionkey.as_deref().unwrap_or(&event.id);
+    let value = format!("{}:{}", key, event.data.len()).into_bytes();
+    if mode == "state" {
+        let old = state::get(key).map_err(retry)?;
+        std::hint::black_box(old);
+        state::set(key, &value).map_err(retry)?;
+    } else {
+        std::hint::black_box(value);
+    }
+    Ok(())
 }
 
 fn publish(event: &Event, body: &str) -> Result<(), HandlerError> {
