@@ -38,6 +38,8 @@ pub struct Work {
     pub job: Arc<Job>,
     /// The run's owner (`_origin`).
     pub owner: String,
+    /// The host running it (its consumer name), recorded in a dead letter.
+    pub host: Arc<str>,
     /// It holds its partition key: its settle hands the key on.
     pub hand_on: bool,
     /// The chain that converts the event to a version the subscriber accepts, if it needs one
@@ -96,6 +98,8 @@ pub struct Dispatcher {
     pub keys: SubscriberKeys,
     /// The subscriber's name (also its consumer group's).
     pub subscriber: String,
+    /// This host's consumer name, recorded in the dead letters it writes.
+    pub host: Arc<str>,
     /// The configured `claim_idle` (`None`: derived from the active version's deadline). The
     /// lease of a run (how long another delivery of the event waits for this one unless the
     /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
@@ -298,7 +302,7 @@ impl Dispatcher {
             Decision::Run { holds } => {
                 let job =
                     Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
-                plan.run.push(Work { entry, job, owner, hand_on: holds, upcast });
+                plan.run.push(Work { entry, job, owner, host: self.host.clone(), hand_on: holds, upcast });
             }
             Decision::Duplicate { holds } | Decision::Dead { holds } => {
                 plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, holds))
@@ -308,7 +312,8 @@ impl Dispatcher {
                     "the event was started {} times without a verdict (the host stopped or failed while handling it)",
                     active.settings.retry.max_deliveries
                 );
-                let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
+                let failure =
+                    Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt, host: &self.host };
                 let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
                 let hand_on = event.partitionkey.is_some();
                 let tally = Tally::DeadLettered(FailureKind::Crash);
@@ -344,7 +349,7 @@ impl Dispatcher {
             (Disposition::Skip, Tally::Skipped)
         } else {
             tracing::warn!(subscriber = %self.subscriber, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
-            let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
+            let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt, host: &self.host };
             let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = keep {
                 // Kept attributes are cut like every attribute a producer may write
@@ -445,6 +450,7 @@ mod tests {
         Dispatcher {
             keys: SubscriberKeys::new("events", "sub"),
             subscriber: "sub".into(),
+            host: "host-1".into(),
             claim_idle: None,
             contracts: None,
             upcasters: None,
