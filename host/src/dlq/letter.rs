@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::{Planned, ReplayError, move_letters, replay_fields, streams};
 use crate::connection::{Replication, Scan};
-use crate::consume::read::{self, Entry};
 use crate::consume::letters::{meta, original_fields};
+use crate::consume::read::{self, Entry};
 use crate::event::{Event, field};
 use crate::keys::SubscriberKeys;
 
