@@ -3,7 +3,7 @@
 //! For each entry it decides, in this order: is it a valid event of a sane size (else it is
 //! dead-lettered as `invalid-event`), does the subscriber want it (else it is acked as
 //! skipped), and then, atomically with recording the decision (a precheck `MULTI` of native
-//! commands decides the common case, a fresh event with no key to claim; `dispatch.lua`,
+//! commands decides the common case, a fresh event with no key to take; `dispatch.lua`,
 //! one call for the rest of the read, decides every other case): was this event already handled or dead-lettered (a
 //! duplicate: acked without running), is another delivery of it being handled right now
 //! (it waits and is decided after that one settles), has it used up its crash budget
@@ -191,9 +191,9 @@ impl Dispatcher {
     }
 
     /// The precheck: one `MULTI` of native commands for the whole read (`HLEN holds`,
-    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of an in-flight marker per
+    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of a run marker per
     /// event). An event whose marker was new, that is not in either record within the window,
-    /// that does not claim a partition key and with no key held at all is decided here: it
+    /// that does not take a partition key and with no key held at all is decided here: it
     /// runs, recorded exactly as `dispatch.lua` would record it. For every other event the
     /// answer is `Some(marker it wrote, or '')`: the script decides it, treating that marker
     /// as absent. This keeps Lua (about 11 µs of Redis CPU per event) off the common path.
@@ -207,7 +207,7 @@ impl Dispatcher {
     ) -> redis::RedisResult<Vec<Option<String>>> {
         let settings = &active.settings;
         let mut guesses = vec![Some(String::new()); candidates.len()];
-        // An event that may claim its partition key is the script's from the start.
+        // An event that may take its partition key is the script's from the start.
         let eligible: Vec<usize> = (0..candidates.len())
             .filter(|&i| !(settings.ordered && candidates[i].event.partitionkey.is_some()))
             .collect();

@@ -251,7 +251,7 @@ fn is_plain(s: &Settlement) -> bool {
 }
 
 /// Settle plain acks in one MULTI: `XACK` per stream, the handled ids recorded, their
-/// in-flight markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
+/// run markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
 /// removed whoever holds it: the event is recorded as handled in the same step, so any other
 /// delivery of it is a duplicate from now on.
 async fn settle_plain<C: ConnectionLike>(
