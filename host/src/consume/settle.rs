@@ -613,7 +613,7 @@ mod tests {
     /// replayed after its ack writes nothing twice.
     #[tokio::test]
     async fn state_commits_with_the_ack_and_a_stale_read_or_the_quota_refuses_both() {
-        let server = crate::redis_server::RedisServer::start().expect("redis");
+        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
         let client = redis::Client::open(server.url()).expect("url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
         let keys = SubscriberKeys::new("events", "sub");
