@@ -332,4 +332,15 @@ mod tests {
         assert_eq!(text.data, b"hi");
         assert!(event_from_json(r#"{"data":{}}"#).is_err(), "no type");
     }
+
+    #[test]
+    fn the_state_file_stores_strings_as_utf8_and_other_values_as_json_text() {
+        let state = state_from_json(r#"{"name":"Ada","n":5,"doc":{"a":[1]}}"#).expect("state");
+        assert_eq!(state["name"], b"Ada");
+        assert_eq!(state["n"], b"5", "increment reads it as an integer");
+        assert_eq!(state["doc"], br#"{"a":[1]}"#);
+        assert!(state_from_json("[1]").is_err(), "an object of key -> value");
+        assert_eq!(shown("k", Some(&[0xff, 0x00])), serde_json::json!({"key": "k", "value_hex": "ff00"}));
+        assert_eq!(shown("k", None), serde_json::json!({"key": "k", "value": null}), "a delete");
+    }
 }
