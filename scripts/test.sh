@@ -25,6 +25,7 @@ echo "== the Rust SDK's test doubles and a handler's own tests (machine target, 
 host_target="$(rustc -vV | sed -n 's/^host: //p')"
 (cd "$root/plugin-sdk" && cargo test --quiet --target "$host_target")
 (cd "$root/examples/inventory" && cargo test --quiet --target "$host_target")
+(cd "$root/examples/welcome" && cargo test --quiet --target "$host_target")
 echo "== Python and JavaScript handlers' own tests (test doubles, no host)"
 (cd "$root/examples/python/inventory" && python3 -m unittest -q test_app)
 (cd "$root/examples/javascript" && node --import ./ferry-testing.mjs --test welcome/)

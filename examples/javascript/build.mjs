@@ -3,15 +3,17 @@
 //   node build.mjs [OUT_DIR]      (default OUT_DIR: examples/javascript/build)
 //
 // Uses the componentize() API with absolute paths (the `jco componentize` CLI stumbles on
-// relative --wit paths). The `http` and `fetch-event` engine features are disabled: otherwise
-// the component imports wasi:http, which ferry links only with a [subscribers.NAME.http] grant.
+// relative --wit paths). The world is ferry:plugin@0.2.0's `subscriber` (state included). The
+// `http` engine feature stays on: it gives the handlers `fetch()`, through the standard
+// wasi:http/outgoing-handler, which ferry links only for a subscriber with a
+// [subscribers.NAME.http] grant. `fetch-event` (incoming requests) is disabled.
 import { componentize } from '@bytecodealliance/componentize-js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const witPath = resolve(here, '../../plugin-sdk/wit');
+const witPath = resolve(here, '../../plugin-sdk/wit-0.2.0');
 const outDir = resolve(process.argv[2] ?? join(here, 'build'));
 
 // [source module, output file]
@@ -27,7 +29,7 @@ for (const [source, output] of plugins) {
     sourcePath: resolve(here, source),
     witPath,
     worldName: 'subscriber',
-    disableFeatures: ['http', 'fetch-event'],
+    disableFeatures: ['fetch-event'],
   });
   const target = join(outDir, output);
   await writeFile(target, component);

@@ -5,7 +5,8 @@
 #
 # Installs the versions pinned in package-lock.json (npm ci, from the npm registry) when
 # node_modules is missing or older than the lockfile, then runs build.mjs, which calls
-# componentize-js with the `http` and `fetch-event` features disabled (no wasi:http import).
+# componentize-js with `fetch()` (its `http` feature: the component imports wasi:http) and
+# without `fetch-event`.
 # Writes OUT_DIR/welcome-js.wasm (about 12 MB). Needs Node.js >= 20.19.
 set -euo pipefail
 

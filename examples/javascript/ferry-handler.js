@@ -1,4 +1,4 @@
-// Write ferry event handlers in JavaScript (componentize-js, world `ferry:plugin/subscriber`).
+// Write ferry event handlers in JavaScript (componentize-js, world `ferry:plugin/subscriber@0.2.0`).
 //
 // A plugin module exports `handler` (the WIT export is the interface `handler`). Build it with
 // `defineHandler` so you only write the interesting part:
@@ -13,17 +13,27 @@
 //     },
 //   });
 //
-// Returning normally acknowledges the event. `throw new Retry(reason, { delayMs })` asks the
+// `handle` may be `async` (to `await fetch(...)`): the component runs its event loop until the
+// promise settles. Returning (or resolving) acknowledges the event. `throw new Retry(reason, { delayMs })` asks the
 // host to try again later (its retry policy applies, then dead-lettering); `throw new
 // Reject(reason)` dead-letters the event at once. Any other exception is a bug: the component
 // traps, the host records a failure and applies its retry policy.
 //
 // The host owns retries, backoff, dead-lettering and deduplication: delivery is at least once,
-// so handlers must be idempotent.
+// so handlers must be idempotent. Two capabilities, each off until the operator grants it:
+//
+// - `state`: the subscriber's own keys and values (`state = true`). Reads see the committed
+//   state plus this event's own writes; the writes are committed with the event's
+//   acknowledgement, so a retried, rejected or crashed event leaves none behind.
+// - `fetch()`: outbound HTTP (built with componentize-js's `http` feature; granted by
+//   `[subscribers.NAME.http] allow = ["https://api.example"]`). A call is at least once (a
+//   retried event calls again); every request carries `Idempotency-Key: SUBSCRIBER:EVENT_ID`,
+//   equal on every attempt, for the receiver to dedupe.
 
-import { write } from 'ferry:plugin/log@0.1.0';
-import { get } from 'ferry:plugin/config@0.1.0';
-import { send } from 'ferry:plugin/publish@0.1.0';
+import { write } from 'ferry:plugin/log@0.2.0';
+import { get } from 'ferry:plugin/config@0.2.0';
+import { send } from 'ferry:plugin/publish@0.2.0';
+import * as store from 'ferry:plugin/state@0.2.0';
 
 // ---------------------------------------------------------------------------------- errors
 
@@ -179,6 +189,69 @@ export const publish = {
   },
 };
 
+/** A state call failed (not granted, a key or value over its limit, the quota reached). A
+ * Retry, so uncaught it retries the event; the event's writes are discarded either way. */
+export class StateError extends Retry {
+  constructor(reason) {
+    super(reason);
+    this.name = 'StateError';
+  }
+}
+
+function stateCall(op, key, call) {
+  try {
+    return call();
+  } catch (e) {
+    const reason = e && e.payload !== undefined ? e.payload : e;
+    throw new StateError(`state ${op} \`${key}\`: ${reason}`);
+  }
+}
+
+const bytesOf = (value) => (typeof value === 'string' ? encoder.encode(value) : new Uint8Array(value));
+
+/**
+ * The subscriber's own state (needs `state = true`): changed exactly once per event. Keys are
+ * strings, values bytes (a string is stored as UTF-8). A failed call throws a StateError.
+ */
+export const state = {
+  /** The value of `key` (Uint8Array), or undefined. */
+  get(key) {
+    const value = stateCall('get', key, () => store.get(String(key)));
+    return value ?? undefined;
+  },
+  getText(key, fallback = undefined) {
+    const value = state.get(key);
+    return value === undefined ? fallback : new TextDecoder().decode(value);
+  },
+  getJson(key, fallback = undefined) {
+    const text = state.getText(key);
+    return text === undefined ? fallback : JSON.parse(text);
+  },
+  /** The values of `keys`, in order (undefined where not set). */
+  getMany(keys) {
+    const names = keys.map(String);
+    return stateCall('getMany', names.join(','), () => store.getMany(names)).map((v) => v ?? undefined);
+  },
+  exists(key) {
+    return stateCall('exists', key, () => store.exists(String(key)));
+  },
+  /** Set `key` to `value` (Uint8Array or string), committed with the event's acknowledgement. */
+  set(key, value) {
+    stateCall('set', key, () => store.set(String(key), bytesOf(value)));
+  },
+  setJson(key, value) {
+    state.set(key, JSON.stringify(value));
+  },
+  delete(key) {
+    stateCall('delete', key, () => store.delete(String(key)));
+  },
+  /** Add `delta` to the integer at `key` (absent: 0); returns the new value (a Number). No
+   * concurrent increment is lost. */
+  increment(key, delta = 1) {
+    return Number(stateCall('increment', key, () => store.increment(String(key), BigInt(delta))));
+  },
+};
+
 // ---------------------------------------------------------------------------------- handler
 
 function toHandlerError(e) {
@@ -206,19 +279,23 @@ export function defineHandler({ subscribe, handle }) {
       return subs;
     },
     handle(event, delivery) {
-      try {
-        const result = handle(new Event(event, delivery));
-        if (result && typeof result.then === 'function') {
-          // Every ferry import is synchronous; an async handler would be acknowledged before
-          // it finished. Fail loudly instead.
-          throw new TypeError('handle(event) must be synchronous (it returned a promise)');
-        }
-      } catch (e) {
+      // The thrown value's `payload` becomes the `err` case of the WIT result; anything
+      // else is a bug: let the component trap.
+      const fail = (e) => {
         const err = toHandlerError(e);
-        // The thrown value's `payload` becomes the `err` case of the WIT result.
-        if (err) throw { payload: err };
-        throw e; // anything else is a bug: let the component trap
+        throw err ? { payload: err } : e;
+      };
+      let result;
+      try {
+        result = handle(new Event(event, delivery));
+      } catch (e) {
+        fail(e);
       }
+      if (result && typeof result.then === 'function') {
+        // An async handler: componentize-js runs the event loop until this settles.
+        return result.then(() => undefined, fail);
+      }
+      return undefined;
     },
   };
 }

@@ -12,7 +12,6 @@ set -euo pipefail
 COMPONENTIZE_PY_VERSION=0.25.1
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
 out_arg="${1:-$here/build}"
 mkdir -p "$out_arg"
 out="$(cd "$out_arg" && pwd)"
@@ -29,7 +28,8 @@ export VIRTUAL_ENV="$venv"
 
 # -p: where the app module (app.py) and the helper (ferry_handler.py) are found.
 # The WIT export `handler` makes componentize-py look for a class `Handler` in module `app`.
-"$venv/bin/componentize-py" -d "$repo/plugin-sdk/wit" -w subscriber \
+# wit/: ferry:plugin@0.2.0's subscriber world plus wasi:http/outgoing-handler (see wit/world.wit).
+"$venv/bin/componentize-py" -d "$here/wit" -w subscriber \
   componentize -p "$here/inventory" -p "$here" app -o "$out/inventory-py.wasm"
 
 echo "built $out/inventory-py.wasm ($(du -h "$out/inventory-py.wasm" | cut -f1))"

@@ -7,16 +7,22 @@
 //! the event atomically with its ack). An entry keeps the event's fields untouched plus
 //! `_reason`, `_kind`, `_attempts`, `_subscriber`, `_plugin_version`, `_origin`,
 //! `_first_failure` and `_last_failure`. Replay moves an entry into the subscriber's own retry
-//! stream with its attempts reset, so it reaches that subscriber only.
+//! stream with its attempts reset, so it reaches that subscriber only. An action reads its
+//! dead letters once ([`plan`]) and moves them in batches, so a long one can report progress
+//! between batches. [`letter`] is one dead letter in full and its edit-and-replay.
 
 use redis::aio::ConnectionLike;
 use serde::{Deserialize as _, Serialize};
 
 use crate::connection::{Replication, Scan};
+use crate::consume::letters::{meta, original_fields};
 use crate::consume::read::{self, Entry};
 use crate::consume::scripts;
-use crate::consume::settle::{meta, netstrings, original_fields};
+use crate::consume::scripts::netstrings;
 use crate::keys::{self, SubscriberKeys};
+
+pub mod letter;
+pub use letter::{Detail, Edit, EditError, detail, edit};
 
 /// How many dead letters a listing shows unless told otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -184,9 +190,9 @@ impl Selection {
     }
 }
 
-/// Replay the selected dead letters of `subscriber`: each moves atomically (`MULTI`: `XADD`
-/// to the subscriber's retry stream with attempts reset, `XDEL` from the dead-letter stream).
-/// `progress(done, total)` is called after each chunk. Returns how many were replayed.
+/// Replay the selected dead letters of `subscriber`: each moves atomically (`XDEL` from the
+/// dead-letter stream, `XADD` to the subscriber's retry stream with attempts reset, in one
+/// script). `progress(done, total)` is called after each batch. Returns how many were replayed.
 pub async fn replay<C: Scan>(
     conn: &mut C,
     subscriber: &str,
@@ -196,8 +202,8 @@ pub async fn replay<C: Scan>(
     replay_with(conn, subscriber, selection, Replication::PRIMARY, progress).await
 }
 
-/// [`replay`], as durably as `replication` asks: under `durability = "replicated"` each chunk
-/// of moves ends with `WAIT 1` in its pipeline, and a chunk no replica confirmed is an error
+/// [`replay`], as durably as `replication` asks: under `durability = "replicated"` each batch
+/// of moves ends with `WAIT 1` in its pipeline, and a batch no replica confirmed is an error
 /// (the moves stand on the primary; a failover may undo them, putting the dead letters back,
 /// and replaying again is safe: each dead letter is moved once).
 pub async fn replay_with<C: Scan>(
@@ -207,57 +213,161 @@ pub async fn replay_with<C: Scan>(
     replication: Replication,
     mut progress: impl FnMut(usize, usize),
 ) -> redis::RedisResult<usize> {
+    let plan = plan(conn, subscriber, selection).await?;
     let mut done = 0;
-    for (key, stream, _) in streams(conn, Some(subscriber)).await? {
-        let mut seen = 0;
-        let keys = SubscriberKeys::new(&stream, subscriber);
-        crate::consume::ensure_groups(conn, &keys, subscriber, crate::config::Start::New).await?;
-        let chosen = select(conn, &key, &stream, subscriber, selection).await?;
-        let total = chosen.len();
-        for chunk in chosen.chunks(200) {
-            let mut pipe = redis::pipe();
-            for entry in chunk {
-                let mut fields = original_fields(entry);
-                fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
-                fields.push((meta::REPLAY.into(), crate::consume::now_ms().to_string().into_bytes()));
-                if let Some(origin) = entry.field(meta::ORIGIN) {
-                    fields.push((meta::ORIGIN.into(), origin.to_vec()));
-                }
-                let args = [entry.id.as_bytes().to_vec(), netstrings(&fields)];
-                pipe.add_command(scripts::evalsha(&scripts::REPLAY, &[&key, &keys.retry], &args));
-            }
-            replication.append_wait(&mut pipe);
-            let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
-                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                    scripts::load(conn).await?;
-                    pipe.query_async(conn).await?
-                }
-                other => other?,
-            };
-            if let Err(e) = replication.take_wait(&mut replies) {
-                let what = format!("replayed {done} dead letter(s) so far; the last chunk of moves {e}");
+    for (seen, batch) in plan.batches() {
+        done += match replay_batch(conn, batch, replication).await {
+            Ok(n) => n,
+            Err(ReplayError::Redis(e)) => return Err(e),
+            Err(e) => {
+                let what = format!("replayed {done} dead letter(s) so far; {e}");
                 return Err(redis::RedisError::from((redis::ErrorKind::Io, "replay", what)));
             }
-            seen += chunk.len();
-            done += replies.iter().filter(|v| matches!(v, redis::Value::Int(1))).count();
-            progress(seen, total);
-        }
+        };
+        progress(seen, plan.len());
     }
     Ok(done)
 }
 
 /// Delete the selected dead letters of `subscriber`. Returns how many were removed.
 pub async fn purge<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<usize> {
+    let plan = plan(conn, subscriber, selection).await?;
     let mut done = 0;
-    for (key, stream, _) in streams(conn, Some(subscriber)).await? {
-        let chosen = select(conn, &key, &stream, subscriber, selection).await?;
-        for chunk in chosen.chunks(500) {
-            let ids: Vec<&str> = chunk.iter().map(|e| e.id.as_str()).collect();
-            let n: usize = redis::cmd("XDEL").arg(&key).arg(&ids).query_async(conn).await?;
-            done += n;
-        }
+    for (_, batch) in plan.batches() {
+        done += purge_batch(conn, batch).await?;
     }
     Ok(done)
+}
+
+/// The dead letters an action will act on, read once: what [`replay`] and [`purge`] run
+/// through in batches, and what the admin endpoint's jobs run through with their progress
+/// recorded between batches.
+#[derive(Debug, Default)]
+pub struct Plan {
+    letters: Vec<Planned>,
+}
+
+/// One dead letter of a [`Plan`].
+#[derive(Debug, Clone)]
+pub struct Planned {
+    key: String,
+    keys: SubscriberKeys,
+    entry: Entry,
+}
+
+/// Dead letters per batch of a [`Plan`]: one pipeline (and one `WAIT`) each.
+pub const BATCH: usize = 200;
+
+impl Plan {
+    /// How many dead letters it holds.
+    pub fn len(&self) -> usize {
+        self.letters.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.letters.is_empty()
+    }
+
+    /// Its dead letters in batches of [`BATCH`], each with how many are covered once it is done.
+    pub fn batches(&self) -> impl Iterator<Item = (usize, &[Planned])> {
+        let mut seen = 0;
+        self.letters.chunks(BATCH).map(move |batch| {
+            seen += batch.len();
+            (seen, batch)
+        })
+    }
+}
+
+/// Read the dead letters of `subscriber` that `selection` names, on every stream it reads,
+/// and make sure the retry streams they would be replayed to have their group.
+pub async fn plan<C: Scan>(conn: &mut C, subscriber: &str, selection: &Selection) -> redis::RedisResult<Plan> {
+    let mut letters = Vec::new();
+    for (key, stream, _) in streams(conn, Some(subscriber)).await? {
+        let keys = SubscriberKeys::new(&stream, subscriber);
+        let chosen = select(conn, &key, &stream, subscriber, selection).await?;
+        if !chosen.is_empty() {
+            crate::consume::ensure_groups(conn, &keys, subscriber, crate::config::Start::New).await?;
+        }
+        letters.extend(chosen.into_iter().map(|entry| Planned { key: key.clone(), keys: keys.clone(), entry }));
+    }
+    Ok(Plan { letters })
+}
+
+/// The fields a replayed dead letter is delivered with: the event's own, attempts reset, the
+/// replay marker (so the dead set does not take it for a duplicate) and its origin.
+fn replay_fields(entry: &Entry, event: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = event;
+    fields.push((meta::ATTEMPT.into(), b"1".to_vec()));
+    fields.push((meta::REPLAY.into(), crate::consume::now_ms().to_string().into_bytes()));
+    if let Some(origin) = entry.field(meta::ORIGIN) {
+        fields.push((meta::ORIGIN.into(), origin.to_vec()));
+    }
+    fields
+}
+
+/// Why a batch of replays did not go through.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// No replica confirmed the batch (`durability = "replicated"`).
+    #[error("the last batch of moves {0}")]
+    NotReplicated(String),
+}
+
+/// Stream-entry fields, as pairs of bytes.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Move each dead letter of `batch` (with these fields) to its retry stream, one script each in
+/// one pipeline; returns how many this call moved (one replayed or purged meanwhile is not).
+async fn move_letters<C: ConnectionLike>(
+    conn: &mut C,
+    moves: &[(&Planned, Fields)],
+    replication: Replication,
+) -> Result<usize, ReplayError> {
+    let mut pipe = redis::pipe();
+    for (letter, fields) in moves {
+        let args = [letter.entry.id.as_bytes().to_vec(), netstrings(fields)];
+        pipe.add_command(scripts::evalsha(&scripts::REPLAY, &[&letter.key, &letter.keys.retry], &args));
+    }
+    replication.append_wait(&mut pipe);
+    let mut replies: Vec<redis::Value> = match pipe.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            scripts::load(conn).await?;
+            pipe.query_async(conn).await?
+        }
+        other => other?,
+    };
+    replication.take_wait(&mut replies).map_err(|e| ReplayError::NotReplicated(e.to_string()))?;
+    let mut moved = 0;
+    for reply in &replies {
+        moved += usize::from(scripts::Replay::parse(reply)? == scripts::Replay::Moved);
+    }
+    Ok(moved)
+}
+
+/// Replay one batch of a [`Plan`]; returns how many this call moved.
+pub async fn replay_batch<C: ConnectionLike>(
+    conn: &mut C,
+    batch: &[Planned],
+    replication: Replication,
+) -> Result<usize, ReplayError> {
+    let moves: Vec<_> =
+        batch.iter().map(|letter| (letter, replay_fields(&letter.entry, original_fields(&letter.entry)))).collect();
+    move_letters(conn, &moves, replication).await
+}
+
+/// Delete one batch of a [`Plan`]; returns how many this call removed.
+pub async fn purge_batch<C: ConnectionLike>(conn: &mut C, batch: &[Planned]) -> redis::RedisResult<usize> {
+    let mut pipe = redis::pipe();
+    for letter in batch {
+        pipe.cmd("XDEL").arg(&letter.key).arg(&letter.entry.id);
+    }
+    let removed: Vec<usize> = pipe.query_async(conn).await?;
+    Ok(removed.iter().sum())
 }
 
 async fn select<C: ConnectionLike>(

@@ -30,6 +30,23 @@ pub trait Invoke: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Version id recorded in dead letters.
     fn version(&self) -> &str;
+    /// The adaptive limit of calls in flight, for a handler that has one (a plugin: see
+    /// `plugin::throttle`).
+    fn throttle(&self) -> Option<Throttling> {
+        None
+    }
+}
+
+/// A handler's adaptive limit of calls in flight now, as the status views show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Throttling {
+    /// Calls allowed at once now.
+    pub limit: usize,
+    /// Calls allowed at once while healthy (the subscriber's concurrency).
+    pub max: usize,
+    /// Whether its last call failed (deadline, trap, limit) or the limit is below its maximum:
+    /// its long calls pause between ticks.
+    pub penalized: bool,
 }
 
 /// One subscription, resolved: the plugin wants events of this type/versions from this stream.

@@ -29,6 +29,7 @@ use crate::plugin::cache::Cache;
 use crate::plugin::capability::Grants;
 use crate::plugin::invoke::Runner;
 use crate::plugin::{Engine, Plugin, PluginError};
+use crate::stop::Stop;
 use crate::{config, keys};
 
 /// One stream consumer task and its stop switch.
@@ -65,6 +66,45 @@ pub struct PluginStatus {
     pub error: Option<String>,
     /// When the running version was loaded (RFC 3339).
     pub loaded_at: Option<String>,
+    /// When the running version was loaded (Unix ms).
+    #[serde(default)]
+    pub last_reload_ms: Option<u64>,
+    /// Why the state is not `running`: the refusal, or the throttle's limit.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What the running version was granted: `publish_streams`, `read_streams`, `config`
+    /// (the keys, never the values), `http` (allow list and timeouts), `state` (its bounds).
+    #[serde(default)]
+    pub grants: Option<serde_json::Value>,
+    /// Its bounds: the sandbox limits (memory, deadline, fuel, ...), `concurrency`, `ordered`,
+    /// `retry`, and `throttle` (the adaptive limit of calls in flight now, and its maximum).
+    #[serde(default)]
+    pub limits: Option<serde_json::Value>,
+}
+
+/// What a subscriber was granted, as [`PluginStatus::grants`] shows it.
+fn grants_of(settings: &crate::config::Effective) -> serde_json::Value {
+    serde_json::json!({
+        "publish_streams": settings.publish_streams,
+        "read_streams": settings.read_streams,
+        "config": settings.config.keys().collect::<Vec<_>>(),
+        "http": settings.http,
+        "state": settings.state,
+    })
+}
+
+/// A subscriber's bounds, as [`PluginStatus::limits`] shows them.
+fn limits_of(settings: &crate::config::Effective, throttle: Option<crate::handler::Throttling>) -> serde_json::Value {
+    let mut limits = serde_json::to_value(settings.limits).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &mut limits {
+        fields.insert("concurrency".into(), settings.concurrency.into());
+        fields.insert("ordered".into(), settings.ordered.into());
+        fields.insert("retry".into(), serde_json::to_value(settings.retry).unwrap_or_default());
+        if let Some(throttle) = throttle {
+            fields.insert("throttle".into(), serde_json::to_value(throttle).unwrap_or_default());
+        }
+    }
+    limits
 }
 
 /// One subscription as shown in status views.
@@ -295,7 +335,7 @@ impl Host {
             // Unchanged since the last version that loaded: a refused edit was undone.
             Ok(None) => {
                 if self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(&name).is_some() {
-                    tracing::info!(plugin = %name, "plugin files are valid again; the running version and settings are unchanged");
+                    tracing::info!(subscriber = %name, plugin = %name, "plugin files are valid again; the running version and settings are unchanged");
                 }
             }
             Ok(Some((plugin, effective))) => self.install(&name, plugin, effective).await,
@@ -310,9 +350,9 @@ impl Host {
                     self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), message.clone())
                         == Some(message);
                 if repeated {
-                    tracing::debug!(plugin = %name, "still refusing plugin: {e:#}");
+                    tracing::debug!(subscriber = %name, plugin = %name, "still refusing plugin: {e:#}");
                 } else {
-                    tracing::error!(plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
+                    tracing::error!(subscriber = %name, plugin = %name, path = %wasm.display(), "refusing plugin: {e:#}{kept}");
                 }
             }
         }
@@ -347,7 +387,7 @@ impl Host {
         let bytes = tokio::fs::read(wasm).await.with_context(|| format!("reading {}", wasm.display()))?;
         let attempt = Tried { hash: crate::plugin::version_hash(&bytes), effective: effective.clone() };
         if tried.as_ref() == Some(&attempt) {
-            tracing::debug!(plugin = %name, "plugin file and settings unchanged; not reloaded");
+            tracing::debug!(subscriber = %name, plugin = %name, "plugin file and settings unchanged; not reloaded");
             return Ok(None);
         }
         *tried = Some(attempt);
@@ -357,7 +397,7 @@ impl Host {
             Plugin::from_bytes(&self.engine, name.to_string(), wasm, bytes, self.cache.as_ref(), &effective.limits)
                 .await?;
         tracing::info!(
-            plugin = %name,
+            subscriber = %name, plugin = %name,
             version = %plugin.version,
             cached = plugin.cached,
             "plugin compiled and validated in {:.0?}",
@@ -415,6 +455,7 @@ impl Host {
             contracts: self.ctx.contracts.clone(),
             redis: Some(self.ctx.shared.clone()),
             http_metrics: Some(self.ctx.metrics.http.clone()),
+            ..Default::default()
         };
         let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &effective, &services));
         let runner: Arc<dyn crate::handler::Invoke> =
@@ -436,7 +477,7 @@ impl Host {
             Err(e) => {
                 drop(running);
                 self.ctx.metrics.plugin_refused.get_or_create(&PluginLabels { plugin: name.to_string() }).inc();
-                tracing::error!(plugin = %name, "refusing plugin: {e}");
+                tracing::error!(subscriber = %name, plugin = %name, "refusing plugin: {e}");
                 self.refused.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), e.to_string());
                 return;
             }
@@ -460,14 +501,14 @@ impl Host {
                 let old = current.subscriber.swap(active);
                 let what = if old.runner.version() == version { "plugin settings changed" } else { "plugin replaced" };
                 tracing::info!(
-                    plugin = %name, from = %old.runner.version(), to = %version, changed = ?changed,
+                    subscriber = %name, plugin = %name, from = %old.runner.version(), to = %version, changed = ?changed,
                     subscriptions = ?describe, "{what}; events in flight finish on the old version"
                 );
                 current.loaded_at = SystemTime::now();
                 current
             }
             None => {
-                tracing::info!(plugin = %name, %version, subscriptions = ?describe, "plugin loaded");
+                tracing::info!(subscriber = %name, plugin = %name, %version, subscriptions = ?describe, "plugin loaded");
                 Running {
                     subscriber: Arc::new(Subscriber::new(name.to_string(), active)),
                     streams: BTreeMap::new(),
@@ -486,7 +527,7 @@ impl Host {
         }
         for stream in wanted {
             if !entry.streams.contains_key(&stream) {
-                let (stop, rx) = watch::channel(false);
+                let (stop, rx) = Stop::channel();
                 let handle =
                     tokio::spawn(consume::run_stream(self.ctx.clone(), entry.subscriber.clone(), stream.clone(), rx));
                 entry.streams.insert(stream, StreamTask { stop, handle });
@@ -501,7 +542,7 @@ impl Host {
         let entry = self.running.lock().await.remove(name);
         self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         if let Some(entry) = entry {
-            tracing::info!(plugin = %name, "plugin removed; its consumer groups are kept");
+            tracing::info!(subscriber = %name, plugin = %name, "plugin removed; its consumer groups are kept");
             stop_streams(entry.streams).await;
         }
     }
@@ -546,10 +587,22 @@ impl Host {
         let mut out = Vec::new();
         for (name, entry) in running.iter() {
             let active = entry.subscriber.active();
+            let throttle = active.runner.throttle();
+            let throttled = throttle.filter(|t| t.penalized);
             out.push(PluginStatus {
                 name: name.clone(),
                 version: Some(active.runner.version().to_string()),
-                state: "running".into(),
+                state: if throttled.is_some() { "throttled" } else { "running" }.into(),
+                last_reload_ms: entry
+                    .loaded_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as u64),
+                reason: throttled.map(|t| {
+                    format!("its calls fail (deadline, trap or limit): {} of {} calls at once", t.limit, t.max)
+                }),
+                grants: Some(grants_of(&active.settings)),
+                limits: Some(limits_of(&active.settings, throttle)),
                 subscriptions: active
                     .subscriptions
                     .iter()
@@ -570,8 +623,12 @@ impl Host {
                     version: None,
                     state: "refused".into(),
                     subscriptions: Vec::new(),
+                    reason: Some(error.clone()),
                     error: Some(error),
                     loaded_at: None,
+                    last_reload_ms: None,
+                    grants: None,
+                    limits: None,
                 });
             }
         }
@@ -596,7 +653,7 @@ async fn check_partitions(conn: &mut crate::connection::Conn, config: &Config) -
     for (stream, settings) in &config.streams {
         keys::check_name("stream", stream).map_err(anyhow::Error::msg)?;
         let wanted = settings.partitions.max(1);
-        let key = format!("ferry:partitions:{{{stream}}}");
+        let key = keys::partitions(stream);
         let recorded: Option<u32> = redis::cmd("GET").arg(&key).query_async(conn).await?;
         let current = recorded.unwrap_or(1);
         if current != wanted {

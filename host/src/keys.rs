@@ -75,7 +75,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
 /// The keys one subscriber uses for one stream it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberKeys {
-    /// The source stream (the outbox).
+    /// The source stream.
     pub stream: String,
     /// The subscriber's own retry stream: due retries and replays are delivered here, so they
     /// reach this subscriber only.
@@ -154,11 +154,64 @@ pub fn state(stream: &str, subscriber: &str) -> String {
     format!("ferry:state:{{{stream}}}:{subscriber}")
 }
 
+/// The fields of a state hash ([`state`]), for the Rust side and, generated into their head
+/// ([`state_field::lua`]), for the scripts that commit state (`consume/state.lua`).
+pub mod state_field {
+    /// Prefix of a key's value: `=KEY`.
+    pub const VALUE: &str = "=";
+    /// Prefix of a key's version: `#KEY` (bumped by every write, deletes too, never reset).
+    pub const VERSION: &str = "#";
+    /// The total bytes of keys and values stored (what the quota counts).
+    pub const BYTES: &str = "_bytes";
+
+    /// The field of `key`'s value.
+    pub fn value(key: &str) -> String {
+        format!("{VALUE}{key}")
+    }
+
+    /// The field of `key`'s version.
+    pub fn version(key: &str) -> String {
+        format!("{VERSION}{key}")
+    }
+
+    /// These names as the Lua table `S` the state rules read.
+    pub fn lua() -> String {
+        format!("local S = {{VALUE = '{VALUE}', VERSION = '{VERSION}', BYTES = '{BYTES}'}}\n")
+    }
+}
+
 /// Pattern matching every dead-letter stream.
 pub const ALL_DLQ_PATTERN: &str = "ferry:dlq:*";
 
+/// Pattern matching every retry stream (one per subscriber and source stream).
+pub const ALL_RETRY_PATTERN: &str = "ferry:retry:{*}:*";
+
+/// Split a retry-stream key back into (stream, subscriber).
+pub fn parse_retry(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix("ferry:retry:{")?.split_once("}:")
+}
+
+/// The partition count recorded for `stream` (`host::check_partitions`), in its slot.
+pub fn partitions(stream: &str) -> String {
+    format!("ferry:partitions:{{{stream}}}")
+}
+
 /// Stream of the audit trail: every operator action on dead letters (see `audit`).
 pub const AUDIT: &str = "ferry:audit";
+
+/// Sorted set of the admin endpoint's jobs (member: job id, score: started in ms).
+pub const JOBS: &str = "ferry:jobs";
+
+/// Hash of one admin-endpoint job (its progress), expiring a day after its last change.
+pub fn job(id: &str) -> String {
+    format!("ferry:job:{id}")
+}
+
+/// The id of the job running one action on one selection (`digest` names the pair), while
+/// it runs: what stops a second identical job.
+pub fn job_running(digest: &str) -> String {
+    format!("ferry:jobrun:{digest}")
+}
 
 /// Sorted set where running hosts register (member: consumer name, score: last seen in ms).
 pub const HOSTS: &str = "ferry:hosts";
@@ -183,6 +236,8 @@ mod tests {
             assert!(key.contains("{orders}"), "{key}");
         }
         assert_eq!(parse_dlq(&keys.dlq), Some(("orders", "inventory")));
+        assert_eq!(parse_retry(&keys.retry), Some(("orders", "inventory")));
+        assert_eq!(slot(&partitions("orders")), slot("orders"));
         assert!(check_name("stream", "a{b}").is_err());
     }
 

@@ -22,11 +22,14 @@
 //!   "replicated"`): one state per key, logged once per change, for metrics and `/readyz`.
 //! - [`contract`]: the schema registry: a JSON Schema per event type and version, validation
 //!   at publish and before dispatch, compatibility modes, the AsyncAPI document.
-//! - [`dlq`]: inspect, replay and purge dead letters.
+//! - [`dlq`]: inspect, replay and purge dead letters; edit one and replay it.
+//! - [`find`]: an event by id or correlation id across streams: where it is, what it caused.
 //! - [`host`]: the running host: loads plugins, starts and swaps subscribers, shuts down.
 //! - [`status`]: queue state (lag, pending, retries, dead letters) read straight from Redis.
 //! - [`metrics`]: Prometheus metrics; [`telemetry`]: logs (text or JSON) and span export.
 //! - [`config`]: the TOML configuration and its layering.
+//! - [`stop`]: the stop signal every long-running task watches; [`backoff`]: the wait
+//!   before trying Redis or PostgreSQL again.
 //!
 //! Around the host, each depending on it and never the other way round:
 //!
@@ -47,6 +50,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod connection;
@@ -54,6 +58,7 @@ pub mod consume;
 pub mod contract;
 pub mod dlq;
 pub mod event;
+pub mod find;
 pub mod fs_events;
 pub mod handler;
 pub mod host;
@@ -68,5 +73,6 @@ pub mod relay;
 pub mod reload;
 pub mod replica;
 pub mod status;
+pub mod stop;
 pub mod telemetry;
 pub mod tls;

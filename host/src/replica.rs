@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::connection::{Conn, NotReplicated, OnMissingReplica, Replication};
 use crate::metrics::{KeyLabels, Metrics, WriteLabels};
+use crate::stop::Stop;
 
 /// Why a stream key's writes are not confirmed, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -229,7 +230,7 @@ impl<'a> Writer<'a> {
     /// Ask again, with a `WAIT` on `conn` (the connection the writes went through: it covers
     /// them all), whether a replica now has this writer's unconfirmed writes: an idle writer
     /// under `continue` would otherwise never learn that a replica was added.
-    pub async fn recheck(&self, conn: &mut Conn, stop: &tokio::sync::watch::Receiver<bool>) -> redis::RedisResult<()> {
+    pub async fn recheck(&self, conn: &mut Conn, stop: &Stop) -> redis::RedisResult<()> {
         for key in self.watch.keys_of(&self.name) {
             self.confirm(conn, &key, 0, None, stop).await?;
         }
@@ -247,7 +248,7 @@ impl<'a> Writer<'a> {
         key: &str,
         writes: u64,
         answer: Option<Result<(), NotReplicated>>,
-        stop: &tokio::sync::watch::Receiver<bool>,
+        stop: &Stop,
     ) -> redis::RedisResult<Confirmed> {
         self.confirm_holding(conn, key, writes, answer, stop, None).await
     }
@@ -261,7 +262,7 @@ impl<'a> Writer<'a> {
         key: &str,
         writes: u64,
         mut answer: Option<Result<(), NotReplicated>>,
-        stop: &tokio::sync::watch::Receiver<bool>,
+        stop: &Stop,
         hold: Option<Hold<'_>>,
     ) -> redis::RedisResult<Confirmed> {
         if !self.replication.waits() {
@@ -291,7 +292,7 @@ impl<'a> Writer<'a> {
                         self.metrics.unconfirmed_writes.get_or_create(&labels).inc_by(writes);
                         return Ok(Confirmed::Unconfirmed);
                     }
-                    if *stop.borrow() {
+                    if stop.is_stopped() {
                         return Ok(Confirmed::Stopped);
                     }
                     if let Some(hold) = &hold {

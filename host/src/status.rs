@@ -74,10 +74,8 @@ fn as_u64(v: Option<i64>) -> Option<u64> {
 /// Streams that carry ferry consumer groups: those with a retry stream, plus `extra`.
 pub async fn discover<C: Scan>(conn: &mut C, extra: &[String]) -> redis::RedisResult<Vec<String>> {
     let mut streams: Vec<String> = extra.to_vec();
-    for key in crate::connection::scan(conn, "ferry:retry:{*}:*", None).await? {
-        if let Some(rest) = key.strip_prefix("ferry:retry:{")
-            && let Some((stream, _)) = rest.split_once("}:")
-        {
+    for key in crate::connection::scan(conn, crate::keys::ALL_RETRY_PATTERN, None).await? {
+        if let Some((stream, _)) = crate::keys::parse_retry(&key) {
             streams.push(stream.to_string());
         }
     }
@@ -178,7 +176,8 @@ pub async fn collect<C: ConnectionLike>(conn: &mut C, streams: &[String]) -> red
             let dead_letters: u64 = redis::cmd("XLEN").arg(&keys.dlq).query_async(conn).await?;
             let unforwarded: u64 = redis::cmd("XLEN").arg(&keys.forward_dead).query_async(conn).await?;
             let (held_keys, parked, oldest_hold) = hold_state(conn, &keys).await?;
-            let state_bytes: Option<i64> = redis::cmd("HGET").arg(&keys.state).arg("_bytes").query_async(conn).await?;
+            let state_bytes: Option<i64> =
+                redis::cmd("HGET").arg(&keys.state).arg(crate::keys::state_field::BYTES).query_async(conn).await?;
             let consumers: redis::Value =
                 redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(&group).query_async(conn).await?;
             let consumers = match consumers {
@@ -243,8 +242,9 @@ async fn hold_state<C: ConnectionLike>(
 async fn undelivered<C: ConnectionLike>(conn: &mut C, key: &str, last: &str) -> redis::RedisResult<u64> {
     // Counted inside Redis (count.lua): a backlog's payloads never cross the network to be
     // counted, on every status tick and every `/api/status` request.
-    let cmd = crate::consume::scripts::evalsha(&crate::consume::scripts::COUNT, &[key], &[last, "100000"]);
-    crate::consume::scripts::run(conn, &cmd).await
+    use crate::consume::scripts::{self, COUNT};
+    let reply = scripts::call(conn, &COUNT, &[key], &[last, "100000"]).await?;
+    scripts::parse(&COUNT, &reply)
 }
 
 /// Retries waiting in the schedule, and retries in the subscriber's retry stream (delivered

@@ -32,9 +32,18 @@
 //! Build it with `cargo build --release --target wasm32-wasip2` (a `[lib]` with
 //! `crate-type = ["cdylib"]`) and drop the `.wasm` into the host's plugin directory.
 //!
+//! Beyond logging, config and follow-ups, a handler may keep [`state`] (committed with the
+//! event's acknowledgement: exactly once per event) and call HTTP APIs with [`http`] (at least
+//! once: the host adds an `Idempotency-Key` the receiver can dedupe on). Both need the
+//! operator's grant. The crate binds `ferry:plugin@0.2.0`; hosts load plugins of 0.1.0 and
+//! 0.2.0 side by side.
+//!
 //! Test it with `cargo test --target x86_64-unknown-linux-gnu` (your machine's target): build
-//! events with [`Event::builder`], call your handler, and check what it published and logged
-//! with [`testing`]; no host and no Redis are needed.
+//! events with [`Event::builder`], call your handler (through [`testing::handle`] to drop a
+//! failed call's writes as the host does), and check what it published, logged, wrote to
+//! state and sent over HTTP with [`testing`]; no host and no Redis are needed. Then run the
+//! built component once with `ferry plugins invoke FILE --event E.json --state S.json
+//! --http-allow URL`.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -44,7 +53,7 @@ use std::time::Duration;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "subscriber",
-        path: "wit",
+        path: "wit-0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_subscriber",
         default_bindings_module: "ferry_plugin_sdk::bindings",
@@ -404,109 +413,9 @@ pub mod publish {
     }
 }
 
-/// Test doubles for the host's imports, used when the crate is built for the machine's own
-/// target (`cargo test`) instead of `wasm32-wasip2`: [`config::get`] reads what
-/// [`testing::set_config`] granted, [`publish::send`] and [`log`] record what the handler did.
-/// State is per thread (each test runs on its own); [`testing::reset`] clears it.
-///
-/// ```
-/// use ferry_plugin_sdk::{Event, testing};
-/// testing::set_config("record_to", "records");
-/// let event = Event::builder("OrderCreated").data(r#"{"sku":"A"}"#).build();
-/// assert_eq!(event.event_type(), "OrderCreated");
-/// assert_eq!(ferry_plugin_sdk::config::get("record_to").as_deref(), Some("records"));
-/// ```
-pub mod testing {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    use crate::bindings::ferry::plugin::log::Level;
-    use crate::bindings::ferry::plugin::types::OutgoingEvent;
-
-    /// A follow-up the handler published.
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct Published {
-        /// Its type.
-        pub event_type: String,
-        /// The stream it was sent to (`None`: the handled event's).
-        pub stream: Option<String>,
-        /// Its payload.
-        pub data: Vec<u8>,
-        /// Its partition key.
-        pub partition_key: Option<String>,
-    }
-
-    #[derive(Default)]
-    struct State {
-        config: BTreeMap<String, String>,
-        refused_streams: Vec<String>,
-        published: Vec<Published>,
-        logs: Vec<String>,
-    }
-
-    thread_local! {
-        static STATE: RefCell<State> = RefCell::new(State::default());
-    }
-
-    /// Grant config `key` = `value` to the handler under test.
-    pub fn set_config(key: &str, value: &str) {
-        STATE.with(|s| s.borrow_mut().config.insert(key.to_string(), value.to_string()));
-    }
-
-    /// Make publishing to `stream` fail, as an operator's missing grant does.
-    pub fn refuse_stream(stream: &str) {
-        STATE.with(|s| s.borrow_mut().refused_streams.push(stream.to_string()));
-    }
-
-    /// The follow-ups published so far.
-    pub fn published() -> Vec<Published> {
-        STATE.with(|s| s.borrow().published.clone())
-    }
-
-    /// The log lines written so far, as `LEVEL message`.
-    pub fn logs() -> Vec<String> {
-        STATE.with(|s| s.borrow().logs.clone())
-    }
-
-    /// Forget config, follow-ups and logs.
-    pub fn reset() {
-        STATE.with(|s| *s.borrow_mut() = State::default());
-    }
-
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub(crate) fn config(key: &str) -> Option<String> {
-        STATE.with(|s| s.borrow().config.get(key).cloned())
-    }
-
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub(crate) fn log(level: Level, message: &str) {
-        let level = match level {
-            Level::Trace => "TRACE",
-            Level::Debug => "DEBUG",
-            Level::Info => "INFO",
-            Level::Warn => "WARN",
-            Level::Error => "ERROR",
-        };
-        STATE.with(|s| s.borrow_mut().logs.push(format!("{level} {message}")));
-    }
-
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub(crate) fn publish(event: OutgoingEvent) -> Result<String, String> {
-        STATE.with(|s| {
-            let mut s = s.borrow_mut();
-            if let Some(stream) = event.stream.as_ref().filter(|st| s.refused_streams.contains(st)) {
-                return Err(format!("publishing to stream `{stream}` is not allowed"));
-            }
-            s.published.push(Published {
-                event_type: event.event_type,
-                stream: event.stream,
-                data: event.data,
-                partition_key: event.partitionkey,
-            });
-            Ok(format!("test-follow-up-{}", s.published.len()))
-        })
-    }
-}
+pub mod http;
+pub mod state;
+pub mod testing;
 
 #[doc(hidden)]
 pub fn __subscriptions<H: Handler>() -> Vec<wit::Subscription> {

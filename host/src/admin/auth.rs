@@ -272,6 +272,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Routes that answer without a token when `admin.open_metrics` is on.
 const SCRAPED: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
+/// Whether `path` is the console page or one of its assets.
+fn is_page(path: &str) -> bool {
+    path == "/console" || path.strip_prefix("/console/").is_some_and(|asset| !asset.contains('/'))
+}
+
 fn client(request: &axum::extract::Request) -> Option<IpAddr> {
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
@@ -318,8 +323,9 @@ pub(super) async fn authorize(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" {
-        // The status page itself holds no data: what it shows comes from /api/status.
+    if (auth.open_metrics && SCRAPED.contains(&path)) || path == "/" || is_page(path) {
+        // The pages themselves hold no data: what they show comes from /api/, which needs
+        // a token (the console's own login form gets the session).
         return next.run(request).await;
     }
     let post = request.method() == axum::http::Method::POST;
@@ -522,6 +528,16 @@ mod tests {
         assert_eq!(same_origin(&headers("https://evil.example")), Some(false));
         assert_eq!(same_origin(&headers("null")), Some(false));
         assert_eq!(same_origin(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_the_console_page_and_its_assets_answer_without_a_token() {
+        for page in ["/console", "/console/console.js", "/console/console.css"] {
+            assert!(is_page(page), "{page}");
+        }
+        for other in ["/consoles", "/console/a/b", "/api/console", "/console.js"] {
+            assert!(!is_page(other), "{other}");
+        }
     }
 
     /// Issue 23, item 12: a DNS-rebinding page sends its own name in `Host`.

@@ -1,11 +1,47 @@
 //! The admin HTTP endpoint: metrics, health, the host's plugins as JSON, the status page,
-//! and the console's API (dead letters, the audit trail).
+//! and the console's API (overview, dead letters and their jobs, find, the audit trail).
 //!
 //! Bound to 127.0.0.1 by default; `admin.listen = ""` turns it off. Who may use it is
 //! [`auth`]'s business: every request's `Host` header must name an IP address, `localhost` or
 //! one of `admin.hosts` (a page on another site that rebinds its DNS name to this address
 //! sends its own name and is refused), and with tokens configured every route but the
 //! scraped ones needs one. Off loopback the endpoint refuses to start without tokens.
+//!
+//! # The console API
+//!
+//! What the console page is built on; shapes may grow but not change (docs/operations.md,
+//! "Console API", says the same with more words). Every `POST` needs the operator role.
+//!
+//! - `GET /api/whoami` → `{"name": "alice", "role": "operator"}`.
+//! - `GET /api/overview` ([`overview`]) → `{"subscribers": [{"subscriber": "billing",
+//!   "stream": "orders", "lag": 0, "pending": 1, "retries_waiting": 2, "dead_letters": 14,
+//!   "held_keys": 0, "consumers": 1, "consumer_list": [...]}], "history": [{"t": 1796610480,
+//!   "handled": 1520, "failed": 3, "dead_lettered": 1, "p50_ms": 1.9, "p99_ms": 41.0}]}`.
+//! - `GET /api/dlq/{subscriber}/letters/{entry_id}` ([`crate::dlq::detail`]) →
+//!   `{"entry_id": "1796610484059-0", "subscriber": "billing", "stream": "orders", "event":
+//!   {"id": "...", "type": "OrderPlaced", ...}, "payload": {"kind": "json", "text": "{\n
+//!   \"sku\": \"bad\"\n}", "bytes": 13, "truncated": false}, "meta": {"attempts": 3,
+//!   "first_failure_ms": ..., "last_failure_ms": ..., "reason": "sku bad unknown", "kind":
+//!   "handler-reject", "host": null, "plugin_version": "9d50cc88df80", "origin": "..."},
+//!   "edits": [{"by": "alice", "at_ms": ..., "fields": ["data"]}]}`.
+//! - `POST /api/dlq/{subscriber}/letters/{entry_id}/edit` with `{"data": "{\"sku\":
+//!   \"A-1\"}", "attributes": {"subject": "order-1"}}` ([`crate::dlq::edit`]) →
+//!   `{"replayed": 1, "fields": ["subject", "data"]}`: the same event id, audited.
+//! - `POST /api/dlq/{subscriber}/replay|purge` of more than [`jobs::JOB_ABOVE`] dead letters,
+//!   or with `"job": true` → `202 {"job": "8c2e41f09a7b3d55"}` ([`jobs`]); `GET /api/jobs` →
+//!   `[job]`, `GET /api/jobs/{id}` → `{"id": "8c2e41f09a7b3d55", "action": "replay",
+//!   "subscriber": "billing", "selection": {"group": "5f1c0e9a2b7d"}, "total": 1000, "done":
+//!   400, "count": 400, "state": "running", "error": null, "started_ms": ..., "finished_ms":
+//!   null, "updated_ms": ..., "by": "alice"}`.
+//! - `GET /api/find?id=...` or `?correlation=...` ([`crate::find`]) → `{"events":
+//!   [{"event_id": "...", "type": "OrderPlaced", "stream": "orders", "entry_id": "...",
+//!   "correlation": "c-77", "causation": null, "where": [{"subscriber": "billing", "status":
+//!   "handled", "detail": "..."}], "children": [...]}], "scanned": 5210, "truncated": false}`.
+//! - `GET /api/plugins` → per plugin `{"name", "version", "state": "running" | "throttled" |
+//!   "refused", "reason", "subscriptions", "grants": {"publish_streams", "read_streams",
+//!   "config" (keys), "http", "state"}, "limits": {"memory", "deadline", "fuel", ...,
+//!   "concurrency", "ordered", "retry", "throttle": {"limit", "max", "penalized"}}, "error",
+//!   "loaded_at", "last_reload_ms"}`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,7 +54,10 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 
 pub mod auth;
+mod console;
 mod dlq;
+pub mod jobs;
+pub mod overview;
 
 use crate::host::Host;
 use crate::metrics::{self, StreamLabels};
@@ -50,8 +89,10 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
     } else {
         tracing::info!("admin endpoint on http://{addr}, tokens required");
     }
-    let app = router(host.clone(), auth);
+    let history = Arc::new(overview::History::default());
+    let app = router(host.clone(), auth, history.clone());
     Ok(Some(tokio::spawn(async move {
+        let sampler = tokio::spawn(overview::sample(host.clone(), history));
         let poller = tokio::spawn(poll_gauges(host));
         // The client address keys the limit on failed logins.
         let service = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -59,11 +100,12 @@ pub async fn spawn(host: Arc<Host>) -> anyhow::Result<Option<tokio::task::JoinHa
             tracing::error!("admin endpoint failed: {e}");
         }
         poller.abort();
+        sampler.abort();
     })))
 }
 
-/// The admin routes.
-pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
+/// The admin routes; `history` is what `/api/overview` charts ([`overview::sample`] fills it).
+pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>, history: Arc<overview::History>) -> Router {
     let allowed = Arc::new(host.config().admin.hosts.clone());
     let sessions = Router::new()
         .route("/api/login", post(auth::login))
@@ -82,10 +124,19 @@ pub fn router(host: Arc<Host>, auth: Arc<auth::Auth>) -> Router {
         .route("/api/dlq/{subscriber}/groups", get(dlq::groups))
         .route("/api/dlq/{subscriber}/replay", post(dlq::replay))
         .route("/api/dlq/{subscriber}/purge", post(dlq::purge))
+        .route("/api/dlq/{subscriber}/letters/{entry_id}", get(dlq::letter))
+        .route("/api/dlq/{subscriber}/letters/{entry_id}/edit", post(dlq::edit))
+        .route("/api/jobs", get(dlq::job_list))
+        .route("/api/jobs/{id}", get(dlq::job))
+        .route("/api/whoami", get(whoami))
+        .route("/api/find", get(find))
+        .route("/api/overview", get(overview::overview))
         .route("/api/audit", get(audit))
         .route("/", get(|| async { Html(include_str!("../status.html")) }))
         .with_state(host)
+        .layer(axum::Extension(history))
         .merge(sessions)
+        .merge(console::routes())
         .layer(axum::middleware::from_fn_with_state(auth, auth::authorize))
         .layer(axum::middleware::from_fn_with_state(allowed, auth::check_host))
 }
@@ -196,6 +247,58 @@ async fn audit(
             (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
         }
     }
+}
+
+/// The stream keys an event may be in: those with ferry groups, the running subscribers'
+/// streams and those they publish to, each partition of a partitioned one.
+async fn known_streams(host: &Host) -> redis::RedisResult<Vec<String>> {
+    let mut named: Vec<String> = Vec::new();
+    for party in host.parties().await {
+        named.extend(party.receives.into_iter().map(|(stream, _, _)| stream));
+        named.extend(party.sends);
+    }
+    named.push(host.config().stream.clone());
+    let mut keys = Vec::new();
+    for stream in named {
+        match host.config().streams.get(&stream).map(|s| s.partitions).filter(|p| *p > 1) {
+            Some(n) => keys.extend((0..n).map(|p| crate::keys::partition(&stream, p))),
+            None => keys.push(stream),
+        }
+    }
+    let mut conn = host.context().shared.clone();
+    crate::status::discover(&mut conn, &keys).await
+}
+
+/// `GET /api/find?id=ID` or `?correlation=ID`: where the event(s) are and what they caused
+/// (what `ferry find --json` prints).
+async fn find(
+    State(host): State<Arc<Host>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Response {
+    let wanted = match (query.get("id").filter(|v| !v.is_empty()), query.get("correlation").filter(|v| !v.is_empty())) {
+        (Some(id), None) => crate::find::Query::Id(id.clone()),
+        (None, Some(c)) => crate::find::Query::Correlation(c.clone()),
+        _ => return (StatusCode::BAD_REQUEST, "give one of ?id= or ?correlation=\n").into_response(),
+    };
+    let found = match known_streams(&host).await {
+        Ok(streams) => {
+            let mut conn = host.context().shared.clone();
+            crate::find::find(&mut conn, &streams, &wanted).await
+        }
+        Err(e) => Err(e),
+    };
+    match found {
+        Ok(found) => axum::Json(found).into_response(),
+        Err(e) => {
+            tracing::warn!("admin endpoint: find: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "redis failed; see the host's log\n").into_response()
+        }
+    }
+}
+
+/// `GET /api/whoami`: the token (or session) a request acts as, `{"name", "role"}`.
+async fn whoami(axum::Extension(principal): axum::Extension<auth::Principal>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "name": principal.name, "role": principal.role }))
 }
 
 async fn plugins(State(host): State<Arc<Host>>) -> impl IntoResponse {

@@ -1,9 +1,12 @@
 //! `ferry demo`: the README's end-to-end run.
 //!
-//! Starts a throwaway `redis-server` unless `--redis` is given, runs a host in-process with
-//! the example plugins, publishes the seeds' events (an order placed through the outbox
-//! pattern, users registering, one order that cannot be served and one malformed entry),
-//! waits until every subscriber has settled everything, prints a summary and exits 0.
+//! Starts a throwaway `redis-server` unless `--redis` is given, and a small local "mail API"
+//! (an HTTP server on a free loopback port that prints what it received), runs a host
+//! in-process with the example plugins (inventory keeps its stock in handler state, welcome
+//! is granted outbound HTTP to the mail API), publishes the seeds' events (an order placed
+//! through the outbox pattern, users registering, one order that cannot be served and one
+//! malformed entry), waits until every subscriber has settled everything, prints a summary
+//! and exits 0. It needs nothing but itself and `redis-server`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 
-use ferry::config::{Config, RetryConfig, Start, SubscriberConfig};
+use ferry::config::{Config, HttpConfig, RetryConfig, Start, StateSetting, SubscriberConfig};
 use ferry::event::Event;
 use ferry::host::Host;
 use ferry::metrics;
@@ -44,67 +47,40 @@ const USER_REGISTERED: &str = r#"{
   "required": ["user_id", "email"]
 }"#;
 
-/// Run the demo.
-pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let (url, _server) = match &args.redis {
-        Some(url) => (url.clone(), None),
-        None => {
-            let server = RedisServer::start().context("starting a local redis-server for the demo")?;
-            println!("started redis-server on {}", server.url());
-            (server.url(), Some(server))
+/// Start the demo's mail API on a free loopback port: `POST /messages` prints what it
+/// received (the idempotency key the host added, the body) and answers 202. Its URL.
+async fn mail_api() -> anyhow::Result<String> {
+    use axum::http::{HeaderMap, StatusCode};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("starting the demo's mail API")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/messages",
+        axum::routing::post(|headers: HeaderMap, body: String| async move {
+            let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let body = ferry::redact::printable(&body).into_owned();
+            println!("mail API received POST /messages (Idempotency-Key {key}): {body}");
+            StatusCode::ACCEPTED
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("the demo's mail API stopped: {e}");
         }
-    };
-    let stream = "demo-events".to_string();
-    let schemas = tempfile::Builder::new().prefix("ferry-demo-schemas-").tempdir()?;
-    let config = config(&args, &url, &stream, schemas.path())?;
-    let host = Host::start(config).await.context("starting the host")?;
-    let plugins = host.plugins().await;
-    if plugins.iter().all(|p| p.state != "running") {
-        anyhow::bail!("no plugin running from {}: build them with examples/demo.sh", args.plugins.display());
-    }
-    for p in &plugins {
-        println!("plugin {} {} {}", p.name, p.version.as_deref().unwrap_or("-"), p.state);
-    }
-
-    let (_, mut conn) = ferry::connection::connect(&ferry::connection::Target::node(url.clone())).await?;
-    publish_seeds(&mut conn, &stream).await?;
-    wait_settled(&mut conn, &stream, args.timeout).await?;
-    let m = &host.context().metrics;
-    println!();
-    for p in &plugins {
-        println!(
-            "{:<14} handled {:>2}  skipped {:>2}  dead-lettered {:>2}",
-            p.name,
-            metrics::count(&m.handled, &p.name),
-            metrics::count(&m.skipped, &p.name),
-            metrics::count(&m.dead_lettered, &p.name)
-        );
-    }
-    println!();
-    for d in ferry::dlq::list(&mut conn, None, 100).await? {
-        println!("dead letter for {}: {} {} ({}): {}", d.subscriber, d.event_type, d.event_id, d.kind, d.reason);
-    }
-    host.stop_all().await;
-    println!("\ndemo finished: every event was handled or dead-lettered with its reason");
-    Ok(ExitCode::SUCCESS)
+    });
+    Ok(url)
 }
 
-/// The demo host's configuration: the example plugins on `stream`, the users team's schema
-/// written into `schemas`.
-fn config(args: &DemoArgs, url: &str, stream: &str, schemas: &std::path::Path) -> anyhow::Result<Config> {
-    let stream = stream.to_string();
+/// The demo host's configuration: the example plugins in `args.plugins` on `stream`, the
+/// users' contract in `schemas`, inventory granted state, welcome HTTP to the `mail` API.
+fn demo_config(args: &DemoArgs, url: &str, stream: &str, schemas: &std::path::Path, mail: &str) -> Config {
     let mut config = Config {
         redis: url.to_string(),
         plugins: args.plugins.clone(),
-        stream: stream.clone(),
+        stream: stream.to_string(),
         watch: false,
         ..Config::default()
     };
     config.admin.listen = String::new();
-    // The users team's contract (docs/contracts.md): an event that breaks it is dead-lettered
-    // with the validation error, never handled.
-    std::fs::create_dir_all(schemas.join("UserRegistered"))?;
-    std::fs::write(schemas.join("UserRegistered/1.json"), USER_REGISTERED)?;
     config.schemas = Some(schemas.to_path_buf());
     config.defaults = SubscriberConfig {
         start: Some(Start::Beginning),
@@ -118,16 +94,24 @@ fn config(args: &DemoArgs, url: &str, stream: &str, schemas: &std::path::Path) -
     config.subscribers.insert(
         "inventory".into(),
         SubscriberConfig {
-            config: Some([("publish".to_string(), stream.clone())].into()),
-            publish_streams: Some(vec![stream.clone()]),
+            config: Some([("publish".to_string(), stream.to_string())].into()),
+            publish_streams: Some(vec![stream.to_string()]),
+            state: Some(StateSetting::On(true)),
             ..SubscriberConfig::default()
         },
     );
-    Ok(config)
+    config.subscribers.insert(
+        "welcome".into(),
+        SubscriberConfig {
+            config: Some([("mail_url".to_string(), mail.to_string())].into()),
+            http: Some(HttpConfig { allow: vec![mail.to_string()], ..HttpConfig::default() }),
+            ..SubscriberConfig::default()
+        },
+    );
+    config
 }
 
-/// Publish the seeds: an order through the outbox pattern, users registering (one breaking
-/// its schema), an order that cannot be served, and one malformed entry.
+/// Publish the seeds' events and one malformed entry to `stream`.
 async fn publish_seeds(conn: &mut ferry::connection::Conn, stream: &str) -> anyhow::Result<()> {
     // The orders module writes its order and the event in one transaction (the outbox pattern).
     let mut order = Event::new("OrderCreated", "orders", r#"{"order_id":"o-1001","sku":"sku-42","quantity":2}"#);
@@ -144,6 +128,7 @@ async fn publish_seeds(conn: &mut ferry::connection::Conn, stream: &str) -> anyh
             "users",
             r#"{"user_id":"u-2","email":"grace@example.com","name":"Grace Hopper 🚀"}"#,
         ),
+        // More than the 100 in stock: inventory rejects it, its state unchanged.
         Event::new("OrderCreated", "orders", r#"{"order_id":"o-1002","sku":"sku-7","quantity":500}"#),
         // Breaks its contract (no email): dead-lettered as invalid-event before any handler.
         Event::new("UserRegistered", "users", r#"{"user_id":"u-3","name":"Nobody"}"#),
@@ -165,12 +150,11 @@ async fn publish_seeds(conn: &mut ferry::connection::Conn, stream: &str) -> anyh
     Ok(())
 }
 
-/// Wait until every subscriber has settled everything, then print the status table.
-async fn wait_settled(conn: &mut ferry::connection::Conn, stream: &str, timeout: u64) -> anyhow::Result<()> {
-    let streams = [stream.to_string()];
+/// Wait until every subscriber settled everything on `stream`, then print the status table.
+async fn settled(conn: &mut ferry::connection::Conn, stream: &str, timeout: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(timeout);
     loop {
-        let groups = ferry::status::collect(conn, &streams).await?;
+        let groups = ferry::status::collect(conn, &[stream.to_string()]).await?;
         let done = !groups.is_empty()
             && groups
                 .iter()
@@ -178,13 +162,67 @@ async fn wait_settled(conn: &mut ferry::connection::Conn, stream: &str, timeout:
         if done {
             println!();
             print!("{}", super::status::render(&groups));
-            break;
+            return Ok(());
         }
         if Instant::now() > deadline {
             print!("{}", super::status::render(&groups));
-            anyhow::bail!("the demo did not settle within {}s", timeout);
+            anyhow::bail!("the demo did not settle within {timeout}s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+}
+
+/// Run the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let (url, _server) = match &args.redis {
+        Some(url) => (url.clone(), None),
+        None => {
+            let server = RedisServer::start().context("starting a local redis-server for the demo")?;
+            println!("started redis-server on {}", server.url());
+            (server.url(), Some(server))
+        }
+    };
+    let stream = "demo-events".to_string();
+    // The users team's contract (docs/contracts.md): an event that breaks it is dead-lettered
+    // with the validation error, never handled.
+    let schemas = tempfile::Builder::new().prefix("ferry-demo-schemas-").tempdir()?;
+    std::fs::create_dir_all(schemas.path().join("UserRegistered"))?;
+    std::fs::write(schemas.path().join("UserRegistered/1.json"), USER_REGISTERED)?;
+    let mail = mail_api().await?;
+    println!("started the mail API on {mail}");
+    let config = demo_config(&args, &url, &stream, schemas.path(), &mail);
+    let host = Host::start(config).await.context("starting the host")?;
+    let plugins = host.plugins().await;
+    if plugins.iter().all(|p| p.state != "running") {
+        anyhow::bail!("no plugin running from {}: build them with examples/demo.sh", args.plugins.display());
+    }
+    for p in &plugins {
+        println!("plugin {} {} {}", p.name, p.version.as_deref().unwrap_or("-"), p.state);
+    }
+    let (_, mut conn) = ferry::connection::connect(&ferry::connection::Target::node(url.clone())).await?;
+    publish_seeds(&mut conn, &stream).await?;
+    settled(&mut conn, &stream, args.timeout).await?;
+    let m = &host.context().metrics;
+    println!();
+    for p in &plugins {
+        println!(
+            "{:<14} handled {:>2}  skipped {:>2}  dead-lettered {:>2}",
+            p.name,
+            metrics::count(&m.handled, &p.name),
+            metrics::count(&m.skipped, &p.name),
+            metrics::count(&m.dead_lettered, &p.name)
+        );
+    }
+    println!();
+    for d in ferry::dlq::list(&mut conn, None, 100).await? {
+        println!("dead letter for {}: {} {} ({}): {}", d.subscriber, d.event_type, d.event_id, d.kind, d.reason);
+    }
+    for key in ["stock:sku-42", "stock:sku-7"] {
+        let value = ferry::plugin::capability::state::stored::get(&mut conn, &stream, "inventory", key).await?;
+        let value = value.map_or_else(|| "(never written)".to_string(), |v| String::from_utf8_lossy(&v).into_owned());
+        println!("state of inventory: {key} = {value}");
+    }
+    host.stop_all().await;
+    println!("\ndemo finished: every event was handled or dead-lettered with its reason");
+    Ok(ExitCode::SUCCESS)
 }

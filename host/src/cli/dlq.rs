@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use ferry::dlq;
 
@@ -46,6 +47,27 @@ pub enum DlqCommand {
         /// Print JSON instead.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Fix one dead letter and replay it as the same event id: a new payload and/or new
+    /// attribute values (an empty value removes an optional attribute). The edit is recorded
+    /// in the audit trail and marked on the replayed entry.
+    Edit {
+        /// The dead letter's entry id (from `ferry dlq list`).
+        entry_id: String,
+        /// Its subscriber.
+        #[arg(long)]
+        subscriber: String,
+        /// The new payload, as text.
+        #[arg(long, conflicts_with = "data_file")]
+        data: Option<String>,
+        /// The new payload, read from this file.
+        #[arg(long)]
+        data_file: Option<std::path::PathBuf>,
+        /// A new attribute value, `name=value` (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<String>,
         #[command(flatten)]
         redis: RedisArgs,
     },
@@ -189,22 +211,31 @@ pub async fn run(cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             print_groups(&groups, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        DlqCommand::Show { id, subscriber, json, redis } => {
-            let mut conn = redis.connect().await?;
-            match dlq::show(&mut conn, subscriber.as_deref(), &id).await? {
-                Some(d) if json => {
-                    println!("{}", serde_json::to_string_pretty(&d)?);
-                    Ok(ExitCode::SUCCESS)
+        DlqCommand::Show { id, subscriber, json, redis } => show(&id, subscriber.as_deref(), json, redis).await,
+        DlqCommand::Edit { entry_id, subscriber, data, data_file, set, redis } => {
+            let data = match (data, data_file) {
+                (Some(data), _) => Some(data),
+                (None, Some(path)) => {
+                    Some(std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
                 }
-                Some(d) => {
-                    println!("{}", block(&d, true));
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => {
-                    eprintln!("no dead letter with id {id}");
-                    Ok(ExitCode::from(1))
-                }
+                (None, None) => None,
+            };
+            let mut attributes = std::collections::BTreeMap::new();
+            for pair in set {
+                let Some((name, value)) = pair.split_once('=') else {
+                    anyhow::bail!("--set {pair:?}: expected NAME=VALUE");
+                };
+                attributes.insert(name.to_string(), value.to_string());
             }
+            let edit = dlq::Edit { data, attributes };
+            let mut conn = redis.connect().await?;
+            let replication = redis.config()?.replication();
+            let changed = dlq::edit(&mut conn, &subscriber, &entry_id, &edit, &cli_actor(), replication).await?;
+            println!(
+                "replayed dead letter {entry_id} to {subscriber} as the same event; changed: {}",
+                changed.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Replay(select) => {
             let selection = select.selection()?;
@@ -287,6 +318,35 @@ fn print_groups(groups: &[dlq::Group], json: bool) -> anyhow::Result<()> {
         println!("{} group(s)", groups.len());
     }
     Ok(())
+}
+
+/// `ferry dlq show`: the dead letter's block, then (as the console's letter view shows them)
+/// its payload made readable and its past edits.
+async fn show(id: &str, subscriber: Option<&str>, json: bool, redis: RedisArgs) -> anyhow::Result<ExitCode> {
+    let mut conn = redis.connect().await?;
+    let Some(d) = dlq::show(&mut conn, subscriber, id).await? else {
+        eprintln!("no dead letter with id {id}");
+        return Ok(ExitCode::from(1));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}", block(&d, true));
+    if let Some(detail) = dlq::detail(&mut conn, &d.subscriber, &d.id).await? {
+        let p = &detail.payload;
+        let cut = if p.truncated { ", cut" } else { "" };
+        println!("  payload ({}, {} bytes{cut}):", p.kind, p.bytes);
+        for line in p.text.lines() {
+            println!("    {line}");
+        }
+        for e in &detail.edits {
+            let at =
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms));
+            println!("  edited:   {at} by {}: {}", e.by, e.fields.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Characters of a reason the table shows.

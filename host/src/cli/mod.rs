@@ -9,6 +9,7 @@ mod audit;
 mod bench;
 mod demo;
 mod dlq;
+mod find;
 mod invoke;
 mod new;
 mod plugins;
@@ -70,11 +71,14 @@ pub enum Command {
     /// Start a plugin project (Rust, Python or JavaScript) that builds and passes its tests
     /// as generated, with everything it needs written into it (no ferry checkout needed).
     New(new::NewArgs),
-    /// Inspect, replay and purge dead letters.
+    /// Inspect, replay, purge and edit dead letters.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
-    /// Show the audit trail: who replayed or purged which dead letters, and when.
+    /// Show the audit trail: who replayed, purged or edited which dead letters, and when.
     Audit(audit::AuditArgs),
+    /// Find an event by id or correlation id: where it is for each subscriber, and the
+    /// follow-ups it caused.
+    Find(find::FindArgs),
     /// Show streams, groups, lag, pending, retries and dead letters, straight from Redis.
     Status(status::StatusArgs),
     /// Run the end-to-end demo on a local Redis (started if --redis is not given).
@@ -95,7 +99,9 @@ impl Command {
     /// The log filter when `FERRY_LOG` is unset. The benchmark's handlers log per event;
     /// keep its output to the figures.
     pub fn default_log_filter(&self) -> &'static str {
-        if matches!(self, Command::Bench(_)) { "warn" } else { "info" }
+        // `plugins invoke` prints the plugin's log lines in its report: warnings only on stderr.
+        let quiet = matches!(self, Command::Bench(_) | Command::Plugins(plugins::PluginsCommand::Invoke(_)));
+        if quiet { "warn" } else { "info" }
     }
 }
 
@@ -187,6 +193,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::New(args) => new::run(args),
         Command::Dlq(cmd) => dlq::run(cmd).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Find(args) => find::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(args).await,

@@ -2,10 +2,11 @@
 -- chunks inside Redis, only the count comes back (status asks this when Redis cannot tell a
 -- group's lag, and must not pull a backlog's payloads over the network to learn its size).
 -- KEYS: 1 stream. ARGV: 1 exclusive start id, 2 most entries to count.
--- Returns the count (at most ARGV[2]).
+-- Returns the count (at most the cap).
+local stream = KEYS[1]
 local n, start, cap = 0, '(' .. ARGV[1], tonumber(ARGV[2])
 while n < cap do
-  local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', math.min(1000, cap - n))
+  local batch = redis.call('XRANGE', stream, start, '+', 'COUNT', math.min(1000, cap - n))
   if #batch == 0 then break end
   n = n + #batch
   start = '(' .. batch[#batch][1]

@@ -3,7 +3,7 @@
 //! For each entry it decides, in this order: is it a valid event of a sane size (else it is
 //! dead-lettered as `invalid-event`), does the subscriber want it (else it is acked as
 //! skipped), and then, atomically with recording the decision (a precheck `MULTI` of native
-//! commands decides the common case, a fresh event with no key to claim; `dispatch.lua`,
+//! commands decides the common case, a fresh event with no key to take; `dispatch.lua`,
 //! one call for the rest of the read, decides every other case): was this event already handled or dead-lettered (a
 //! duplicate: acked without running), is another delivery of it being handled right now
 //! (it waits and is decided after that one settles), has it used up its crash budget
@@ -16,8 +16,10 @@ use redis::Value;
 
 use super::Tally;
 use super::letters::Failure;
+use super::letters::meta;
 use super::read::Entry;
-use super::settle::{Disposition, Settlement, meta, netstrings};
+use super::scripts::{Decision, netstrings};
+use super::settle::{Disposition, Settlement};
 use super::{Active, now_ms, origin, scripts};
 use crate::contract::upcast::{Plan as Upcast, Upcasters};
 use crate::event::Event;
@@ -37,7 +39,7 @@ pub struct Work {
     /// The run's owner (`_origin`).
     pub owner: String,
     /// It holds its partition key: its settle hands the key on.
-    pub release: bool,
+    pub hand_on: bool,
     /// The chain that converts the event to a version the subscriber accepts, if it needs one
     /// (the job holds the event as stored; the worker converts it for the handler's call).
     pub upcast: Option<Upcast>,
@@ -92,8 +94,8 @@ fn scores(reply: Option<Value>) -> Vec<Option<f64>> {
 pub struct Dispatcher {
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
+    /// The subscriber's name (also its consumer group's).
+    pub subscriber: String,
     /// The configured `claim_idle` (`None`: derived from the active version's deadline). The
     /// lease of a run (how long another delivery of the event waits for this one unless the
     /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
@@ -105,7 +107,7 @@ pub struct Dispatcher {
     pub upcasters: Option<Arc<Upcasters>>,
 }
 
-/// An entry's verdict before the script: the part decided from the entry alone.
+/// An entry's decision before the script: the part decided from the entry alone.
 enum Local {
     Settle(Settlement),
     Candidate(Box<Candidate>),
@@ -156,53 +158,42 @@ impl Dispatcher {
         };
         let asked: Vec<(&Candidate, &str)> =
             candidates.iter().zip(&guesses).filter_map(|(c, g)| Some((c, g.as_deref()?))).collect();
-        let mut verdicts: Vec<String> = Vec::new();
+        let mut decisions: Vec<Decision> = Vec::new();
         if !asked.is_empty() {
-            let keys = &self.keys;
-            let cmd = scripts::evalsha(
-                &scripts::DISPATCH,
-                &[
-                    &keys.seen,
-                    &keys.dead,
-                    &keys.inflight,
-                    &keys.holds,
-                    &keys.holders,
-                    &keys.hold_since,
-                    &keys.parked_count,
-                    &keys.parked_prefix,
-                ],
-                &self.script_args(active, &asked, now, lease_ms),
-            );
-            verdicts = match scripts::run(conn, &cmd).await {
-                Ok(verdicts) => verdicts,
+            let args = self.script_args(active, &asked, now, lease_ms);
+            let keys = scripts::dispatch_keys(&self.keys);
+            let reply = scripts::call(conn, &scripts::DISPATCH, &keys, &args).await;
+            decisions = match reply.and_then(|reply| Decision::parse_all(reply, asked.len())) {
+                Ok(decisions) => decisions,
                 Err(error) => {
                     // The prechecked runs are recorded: they stand. The rest is read again.
                     let (asked, decided): (Vec<_>, Vec<_>) =
                         candidates.into_iter().zip(guesses).partition(|(_, g)| g.is_some());
                     for (candidate, _) in decided {
-                        self.apply(active, &mut plan, candidate, "run");
+                        self.apply(active, &mut plan, candidate, Decision::Run { holds: false });
                     }
                     return Err(undecided(plan, asked.into_iter().map(|(c, _)| c).collect(), error));
                 }
             };
         }
         // In read order, so a single worker still runs events in the order they were read.
-        let mut verdicts = verdicts.into_iter();
+        // One decision per event asked (`Decision::parse_all` checked the count).
+        let mut decisions = decisions.into_iter();
         for (candidate, guess) in candidates.into_iter().zip(guesses) {
-            let verdict = match guess {
-                None => "run".to_string(),
-                // A verdict missing from the reply: look again later, as for a wait.
-                Some(_) => verdicts.next().unwrap_or_else(|| "wait".into()),
+            let decision = match guess {
+                None => Decision::Run { holds: false },
+                // Never short: counted by `parse_all`.
+                Some(_) => decisions.next().unwrap_or(Decision::Wait),
             };
-            self.apply(active, &mut plan, candidate, &verdict);
+            self.apply(active, &mut plan, candidate, decision);
         }
         Ok(plan)
     }
 
     /// The precheck: one `MULTI` of native commands for the whole read (`HLEN holds`,
-    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of an in-flight marker per
+    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of a run marker per
     /// event). An event whose marker was new, that is not in either record within the window,
-    /// that does not claim a partition key and with no key held at all is decided here: it
+    /// that does not take a partition key and with no key held at all is decided here: it
     /// runs, recorded exactly as `dispatch.lua` would record it. For every other event the
     /// answer is `Some(marker it wrote, or '')`: the script decides it, treating that marker
     /// as absent. This keeps Lua (about 11 µs of Redis CPU per event) off the common path.
@@ -216,7 +207,7 @@ impl Dispatcher {
     ) -> redis::RedisResult<Vec<Option<String>>> {
         let settings = &active.settings;
         let mut guesses = vec![Some(String::new()); candidates.len()];
-        // An event that may claim its partition key is the script's from the start.
+        // An event that may take its partition key is the script's from the start.
         let eligible: Vec<usize> = (0..candidates.len())
             .filter(|&i| !(settings.ordered && candidates[i].event.partitionkey.is_some()))
             .collect();
@@ -234,7 +225,7 @@ impl Dispatcher {
         }
         let expiry = now + lease_ms;
         // Leased, not yet started: a worker's start charges the run (start.lua).
-        let markers: Vec<String> = eligible.iter().map(|&i| format!("{expiry}:0:{}", candidates[i].owner)).collect();
+        let markers: Vec<String> = eligible.iter().map(|&i| scripts::marker(expiry, 0, &candidates[i].owner)).collect();
         pipe.cmd("HSET").arg(&keys.inflight).arg("").arg(HASH_TABLE).ignore();
         for (id, marker) in ids.iter().zip(&markers) {
             pipe.cmd("HSETNX").arg(&keys.inflight).arg(*id).arg(marker);
@@ -260,7 +251,7 @@ impl Dispatcher {
     fn script_args(&self, active: &Active, asked: &[(&Candidate, &str)], now: u64, lease_ms: u64) -> Vec<Vec<u8>> {
         let settings = &active.settings;
         let mut args: Vec<Vec<u8>> = vec![
-            self.group.as_bytes().to_vec(),
+            self.subscriber.as_bytes().to_vec(),
             now.to_string().into_bytes(),
             (settings.dedupe_window.as_millis() as u64).to_string().into_bytes(),
             lease_ms.to_string().into_bytes(),
@@ -289,41 +280,42 @@ impl Dispatcher {
         args
     }
 
-    /// Add `candidate` to `plan` as the script's `verdict` says.
-    fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, verdict: &str) {
+    /// Add `candidate` to `plan` as the script's `decision` says.
+    fn apply(&self, active: &Active, plan: &mut Plan, candidate: Candidate, decision: Decision) {
         let Candidate { entry, event, attempt, owner, upcast, .. } = candidate;
-        let settle = |disposition, tally, release| Settlement {
+        let settle = |disposition, tally, hand_on| Settlement {
             key: entry.key.clone(),
             id: entry.id.clone(),
             event_id: event.id.clone(),
             owner: owner.clone(),
-            release,
+            hand_on,
             disposition,
             fallback: None,
             state_fallbacks: None,
             tally,
         };
-        match verdict {
-            "run" | "runh" => {
+        match decision {
+            Decision::Run { holds } => {
                 let job =
                     Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
-                plan.run.push(Work { entry, job, owner, release: verdict == "runh", upcast });
+                plan.run.push(Work { entry, job, owner, hand_on: holds, upcast });
             }
-            "dup" | "dead" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, false)),
-            "duph" | "deadh" => plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, true)),
-            "crash" => {
+            Decision::Duplicate { holds } | Decision::Dead { holds } => {
+                plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, holds))
+            }
+            Decision::Crash => {
                 let reason = format!(
                     "the event was started {} times without a verdict (the host stopped or failed while handling it)",
                     active.settings.retry.max_deliveries
                 );
                 let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
                 let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
-                let release = event.partitionkey.is_some();
+                let hand_on = event.partitionkey.is_some();
                 let tally = Tally::DeadLettered(FailureKind::Crash);
-                plan.settle.push(settle(Disposition::DeadLetter { fields }, tally, release));
+                plan.settle.push(settle(Disposition::DeadLetter { fields }, tally, hand_on));
             }
-            "wait" => plan.wait.push(entry),
-            _ => plan.parked.push(entry),
+            Decision::Wait => plan.wait.push(entry),
+            Decision::Park => plan.parked.push(entry),
         }
     }
 
@@ -351,7 +343,7 @@ impl Dispatcher {
         let (disposition, tally) = if unwanted {
             (Disposition::Skip, Tally::Skipped)
         } else {
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
+            tracing::warn!(subscriber = %self.subscriber, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
             let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
             let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = keep {
@@ -371,8 +363,8 @@ impl Dispatcher {
             id: entry.id.clone(),
             event_id: String::new(),
             owner: owner.to_string(),
-            // A deleted entry may have held its partition key: release it by owner.
-            release: true,
+            // A deleted entry may have held its partition key: hand it on by owner.
+            hand_on: true,
             disposition,
             fallback: None,
             state_fallbacks: None,
@@ -423,13 +415,13 @@ impl Dispatcher {
         if (!is_retry || parked) && upcast.is_none() && !active.wants(&self.keys.stream, &event) {
             // Under per-key order it may hold its key (taken as it was read, or handed on to
             // it from the parked list): the settle hands the key on.
-            let release = event.partitionkey.is_some();
+            let hand_on = event.partitionkey.is_some();
             return Local::Settle(Settlement {
                 key: entry.key.clone(),
                 id: entry.id.clone(),
                 event_id: event.id,
                 owner,
-                release,
+                hand_on,
                 disposition: Disposition::Skip,
                 fallback: None,
                 state_fallbacks: None,
@@ -452,7 +444,7 @@ mod tests {
     fn dispatcher() -> Dispatcher {
         Dispatcher {
             keys: SubscriberKeys::new("events", "sub"),
-            group: "sub".into(),
+            subscriber: "sub".into(),
             claim_idle: None,
             contracts: None,
             upcasters: None,
@@ -474,7 +466,7 @@ mod tests {
         let Local::Settle(s) = dispatcher().local(&active("*"), bad) else { panic!("settled at once") };
         assert_eq!(s.tally, Tally::DeadLettered(FailureKind::InvalidEvent));
         assert_eq!(field(&s, meta::KIND), Some(&b"invalid-event"[..]));
-        assert!(s.release, "it may have held a partition key");
+        assert!(s.hand_on, "it may have held a partition key");
     }
 
     #[test]
@@ -553,16 +545,16 @@ mod tests {
     }
 
     #[test]
-    fn verdicts_sort_candidates_into_the_plan() {
+    fn decisions_sort_candidates_into_the_plan() {
         let d = dispatcher();
         let a = active("*");
         let mut plan = Plan::default();
-        for (i, verdict) in ["run", "dup", "dead", "wait", "park", "crash"].iter().enumerate() {
+        for (i, decision) in ["run", "dup", "dead", "wait", "park", "crash"].iter().enumerate() {
             let event = Event::new("A", "tests", "{}");
             let e = entry("events", &format!("{i}-0"), &event);
             let c =
                 Candidate { entry: e, event, attempt: 1, owner: format!("events/{i}-0"), replay: false, upcast: None };
-            d.apply(&a, &mut plan, c, verdict);
+            d.apply(&a, &mut plan, c, Decision::from_word(decision.as_bytes()).expect("a decision"));
         }
         assert_eq!((plan.run.len(), plan.wait.len(), plan.parked.len()), (1, 1, 1));
         let tallies: Vec<Tally> = plan.settle.iter().map(|s| s.tally).collect();

@@ -11,13 +11,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
 use super::read::{self, Entry};
-use super::{Context, settle};
+use super::{Context, letters, settle};
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
 use crate::replica::{Confirmed, Hold, Writer};
+use crate::stop::Stop;
 
 /// The consumer group of the forwarders on a stream's forward key.
 const FORWARDERS: &str = "ferry-forward";
@@ -28,8 +27,6 @@ pub struct Forwarder {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream (the forward key is the stream's).
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another forwarder's entry is taken over
     /// (`claim_idle`) is its active version's, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -55,11 +52,11 @@ impl Forwarder {
     /// This host's forwarder for this subscriber on the stream's forward key: its own name, so
     /// its own pending list is its own (a host's other subscribers forward the same key).
     fn name(&self) -> String {
-        format!("{}/{}", self.ctx.consumer, self.group)
+        format!("{}/{}", self.ctx.consumer, self.subscriber.name)
     }
 
     /// Forward every `read.poll` until `stop`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut ready, mut own) = (false, None);
@@ -68,9 +65,9 @@ impl Forwarder {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => break,
+                _ = stop.stopped() => break,
             }
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 break;
             }
             if let Err(e) = self.forward(&mut ready, &mut own, &stop).await {
@@ -104,7 +101,7 @@ impl Forwarder {
             &self.ctx.metrics,
             self.ctx.replication,
             "forward",
-            &self.group,
+            &self.subscriber.name,
             &self.keys.stream,
         )
     }
@@ -118,12 +115,7 @@ impl Forwarder {
     /// does; `continue` counts the follow-ups and goes on. A shortfall keeps the connection:
     /// only a failed command drops it (a new cluster connection dials every seed, dead ones
     /// too).
-    async fn forward(
-        &self,
-        ready: &mut bool,
-        own: &mut Option<Conn>,
-        stop: &watch::Receiver<bool>,
-    ) -> redis::RedisResult<()> {
+    async fn forward(&self, ready: &mut bool, own: &mut Option<Conn>, stop: &Stop) -> redis::RedisResult<()> {
         let mut conn = self.ctx.write_conn(own).await?;
         let result = self.forward_on(&mut conn, ready, stop).await;
         if result.is_err() {
@@ -132,12 +124,7 @@ impl Forwarder {
         result
     }
 
-    async fn forward_on(
-        &self,
-        conn: &mut Conn,
-        ready: &mut bool,
-        stop: &watch::Receiver<bool>,
-    ) -> redis::RedisResult<()> {
+    async fn forward_on(&self, conn: &mut Conn, ready: &mut bool, stop: &Stop) -> redis::RedisResult<()> {
         let entries = match self.read(conn, ready).await {
             Ok(entries) => entries,
             Err(e) => {
@@ -216,7 +203,7 @@ impl Forwarder {
         conn: &mut Conn,
         entry: Entry,
         held: &[String],
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> redis::RedisResult<bool> {
         let key = &self.keys.forward;
         let target = entry.field(settle::FORWARD_TO).map(|t| String::from_utf8_lossy(t).into_owned());
@@ -270,7 +257,7 @@ impl Forwarder {
         for (k, v) in &entry.fields {
             xadd.arg(k).arg(v);
         }
-        xadd.arg(settle::meta::REASON).arg(error.to_string());
+        xadd.arg(letters::meta::REASON).arg(error.to_string());
         let mut pipe = redis::pipe();
         pipe.atomic().add_command(xadd).ignore();
         pipe.cmd("XACK").arg(&self.keys.forward).arg(FORWARDERS).arg(&entry.id).ignore();

@@ -1,6 +1,6 @@
 //! Housekeeping of one (subscriber, stream), on its own task and its own timers, apart
 //! from the read loop: promote due retries, keep this host's runs visibly alive, take over
-//! entries of dead consumers, remove silent consumers, sweep abandoned in-flight markers and
+//! entries of dead consumers, remove silent consumers, sweep abandoned run markers and
 //! trim settled entries. (Forwarding follow-ups to other slots is [`super::forward`]'s, on a
 //! task of its own: it may wait for a replica, and keeping runs alive must never wait.)
 //!
@@ -12,11 +12,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::read::{self, Entry};
-use super::{Context, InFlight, now_ms, scripts, settle, trim};
+use super::{Context, InFlight, now_ms, scripts, trim};
 use crate::keys::SubscriberKeys;
+use crate::stop::Stop;
 
 /// Markers whose lease ended this long ago are swept (their entries are gone).
 const SWEEP_AFTER: Duration = Duration::from_secs(3600);
@@ -27,8 +28,6 @@ pub struct Housekeeper {
     pub ctx: Arc<Context>,
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: the idle time after which another consumer's entry is taken over
     /// (`claim_idle`) is read from its active version on every tick, so a reload reaches it.
     pub subscriber: Arc<super::Subscriber>,
@@ -45,7 +44,7 @@ impl Housekeeper {
     }
 
     /// Run until `stop`.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: Stop) {
         let mut tick = tokio::time::interval(self.ctx.read.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let trim_every = self.ctx.source_retention(&self.keys.stream).map_or(Duration::from_secs(10), |r| r.interval);
@@ -56,19 +55,19 @@ impl Housekeeper {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.changed() => break,
+                _ = stop.stopped() => break,
             }
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 break;
             }
             let mut conn = self.ctx.shared.clone();
-            if let Err(e) = settle::promote(&mut conn, &self.keys, now_ms(), 1000).await {
-                tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "promoting due retries failed: {e}");
+            if let Err(e) = promote(&mut conn, &self.keys, now_ms(), 1000).await {
+                tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "promoting due retries failed: {e}");
             }
             if last_liveness.elapsed() >= self.claim_idle() / 4 {
                 last_liveness = Instant::now();
                 if let Err(e) = self.refresh().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "keeping runs alive failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "keeping runs alive failed: {e}");
                 }
                 match self.take_over().await {
                     Ok(entries) if !entries.is_empty() => {
@@ -78,15 +77,17 @@ impl Housekeeper {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "taking over idle entries failed: {e}")
+                        tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "taking over idle entries failed: {e}")
                     }
                 }
                 if let Err(e) = self.reap().await {
-                    tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "removing dead consumers failed: {e}");
+                    tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "removing dead consumers failed: {e}");
                 }
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
-                    Err(e) => tracing::warn!(subscriber = %self.group, "sweeping in-flight markers failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(subscriber = %self.subscriber.name, "sweeping run markers failed: {e}")
+                    }
                 }
             }
             if last_trim.elapsed() >= trim_every {
@@ -108,7 +109,7 @@ impl Housekeeper {
             for chunk in ids.chunks(500) {
                 let _: redis::Value = redis::cmd("XCLAIM")
                     .arg(key)
-                    .arg(&self.group)
+                    .arg(&self.subscriber.name)
                     .arg(&self.ctx.consumer)
                     .arg(0)
                     .arg(chunk)
@@ -125,8 +126,8 @@ impl Housekeeper {
                 args.push(h.event_id.clone());
                 args.push(h.owner.clone());
             }
-            let cmd = scripts::evalsha(&scripts::REFRESH, &[&self.keys.inflight], &args);
-            let _: i64 = scripts::run(&mut conn, &cmd).await?;
+            let reply = scripts::call(&mut conn, &scripts::REFRESH, &[&self.keys.inflight], &args).await?;
+            let _pushed: u64 = scripts::parse(&scripts::REFRESH, &reply)?;
         }
         Ok(())
     }
@@ -137,13 +138,19 @@ impl Housekeeper {
         let mut out = Vec::new();
         let min_idle = self.claim_idle().as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            let claimed =
-                read::auto_claim(&mut conn, key, &self.group, &self.ctx.consumer, min_idle, self.ctx.read.count)
-                    .await?;
+            let claimed = read::auto_claim(
+                &mut conn,
+                key,
+                &self.subscriber.name,
+                &self.ctx.consumer,
+                min_idle,
+                self.ctx.read.count,
+            )
+            .await?;
             out.extend(claimed.into_iter().filter(|e| !self.in_flight.contains(&e.key, &e.id)));
         }
         if !out.is_empty() {
-            tracing::info!(subscriber = %self.group, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
+            tracing::info!(subscriber = %self.subscriber.name, stream = %self.keys.stream, count = out.len(), "took over idle pending entries");
         }
         Ok(out)
     }
@@ -153,20 +160,20 @@ impl Housekeeper {
         let mut conn = self.ctx.shared.clone();
         let idle = (self.claim_idle() * 2).as_millis() as u64;
         for key in [&self.keys.stream, &self.keys.retry] {
-            for name in reap_silent(&mut conn, key, &self.group, &self.ctx.consumer, idle).await? {
-                tracing::info!(subscriber = %self.group, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
+            for name in reap_silent(&mut conn, key, &self.subscriber.name, &self.ctx.consumer, idle).await? {
+                tracing::info!(subscriber = %self.subscriber.name, stream = %key, consumer = %name, "removed a silent consumer with nothing pending");
             }
         }
         Ok(())
     }
 
-    /// One step of sweeping abandoned in-flight markers; the next cursor.
+    /// One step of sweeping abandoned run markers; the next cursor.
     async fn sweep(&self, cursor: &str) -> redis::RedisResult<String> {
         let mut conn = self.ctx.shared.clone();
         let before = now_ms().saturating_sub(SWEEP_AFTER.as_millis() as u64);
         let args = [cursor.to_string(), before.to_string(), "200".to_string()];
-        let cmd = scripts::evalsha(&scripts::SWEEP, &[&self.keys.inflight], &args);
-        scripts::run(&mut conn, &cmd).await
+        let reply = scripts::call(&mut conn, &scripts::SWEEP, &[&self.keys.inflight], &args).await?;
+        scripts::parse(&scripts::SWEEP, &reply)
     }
 
     /// Trim the source stream by the host's `[retention]` (if any, and if the stream has
@@ -180,12 +187,24 @@ impl Housekeeper {
         let retry = trim::trim(&mut conn, &self.keys.retry, None, now_ms()).await;
         match (source, retry) {
             (Ok(a), Ok(b)) if a + b > 0 => {
-                tracing::debug!(subscriber = %self.group, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
+                tracing::debug!(subscriber = %self.subscriber.name, stream = %self.keys.stream, source = a, retry = b, "trimmed settled entries")
             }
             (Err(e), _) | (_, Err(e)) => tracing::warn!(stream = %self.keys.stream, "trimming failed: {e}"),
             _ => {}
         }
     }
+}
+
+/// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
+/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
+pub async fn promote<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    now_ms: u64,
+    limit: usize,
+) -> redis::RedisResult<usize> {
+    let reply = scripts::call(conn, &scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]).await?;
+    scripts::parse(&scripts::PROMOTE, &reply)
 }
 
 /// Remove the consumers of `group` on `key` other than `me` that have nothing pending and have
@@ -199,5 +218,6 @@ pub(super) async fn reap_silent<C: redis::aio::ConnectionLike>(
     idle_ms: u64,
 ) -> redis::RedisResult<Vec<String>> {
     let args = [group.to_string(), me.to_string(), idle_ms.to_string()];
-    scripts::run(conn, &scripts::evalsha(&scripts::REAP, &[key], &args)).await
+    let reply = scripts::call(conn, &scripts::REAP, &[key], &args).await?;
+    scripts::parse(&scripts::REAP, &reply)
 }

@@ -4,8 +4,37 @@
 
 use super::Active;
 use super::read::Entry;
-use super::settle::{self, meta};
 use crate::handler::FailureKind;
+
+/// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
+/// are lowercase letters and digits (CloudEvents), so the `_` prefix cannot collide.
+pub mod meta {
+    /// What every metadata name starts with.
+    pub const PREFIX: &str = "_";
+    /// The attempt number the entry will be delivered with (retry stream).
+    pub const ATTEMPT: &str = "_attempt";
+    /// `stream/entry-id` where the event was first read.
+    pub const ORIGIN: &str = "_origin";
+    /// Set on events parked behind their key as they were read (read.lua): the dispatcher
+    /// has not yet asked whether the subscriber wants them.
+    pub const PARKED: &str = "_parked";
+    /// Set on entries an operator replayed from the dead-letter stream.
+    pub const REPLAY: &str = "_replay";
+    /// Failure reason.
+    pub const REASON: &str = "_reason";
+    /// Failure kind.
+    pub const KIND: &str = "_kind";
+    /// Attempts made.
+    pub const ATTEMPTS: &str = "_attempts";
+    /// Subscriber that failed it.
+    pub const SUBSCRIBER: &str = "_subscriber";
+    /// Plugin version that failed it.
+    pub const VERSION: &str = "_plugin_version";
+    /// First failure time (RFC 3339).
+    pub const FIRST_FAILURE: &str = "_first_failure";
+    /// Last failure time (RFC 3339).
+    pub const LAST_FAILURE: &str = "_last_failure";
+}
 
 /// Why an event failed, as its dead letter records it.
 pub struct Failure<'a> {
@@ -15,6 +44,11 @@ pub struct Failure<'a> {
     pub reason: &'a str,
     /// Attempts made.
     pub attempts: u32,
+}
+
+/// The entry's own event fields, without ferry's `_` metadata.
+pub fn original_fields(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
+    entry.fields.iter().filter(|(k, _)| !k.starts_with(meta::PREFIX.as_bytes())).cloned().collect()
 }
 
 /// RFC 3339 of a Unix-ms instant.
@@ -61,7 +95,7 @@ pub fn retry_fields(
     next_attempt: u32,
     now: u64,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = settle::original_fields(entry);
+    let mut fields = original_fields(entry);
     fields.extend(carried(entry, stream));
     fields.push((meta::ATTEMPT.into(), next_attempt.to_string().into_bytes()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));
@@ -80,7 +114,7 @@ pub fn dead_letter_fields(
     failure: &Failure<'_>,
     now: u64,
 ) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = settle::original_fields(entry);
+    let mut fields = original_fields(entry);
     let runner = &active.runner;
     fields.push((meta::REASON.into(), failure.reason.as_bytes().to_vec()));
     fields.push((meta::KIND.into(), failure.kind.as_str().into()));
@@ -97,7 +131,7 @@ pub fn dead_letter_fields(
 /// event, its carried markers, its attempt and its owner, so it comes back in its turn as the
 /// same delivery it was.
 pub fn parked_fields(entry: &Entry, stream: &str, attempt: u32, owner: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut fields = settle::original_fields(entry);
+    let mut fields = original_fields(entry);
     fields.extend(carried(entry, stream));
     fields.push((meta::ATTEMPT.into(), attempt.to_string().into_bytes()));
     fields.push((meta::ORIGIN.into(), owner.as_bytes().to_vec()));

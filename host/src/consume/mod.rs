@@ -9,7 +9,7 @@
 //! reader ── entries ──> dispatcher ── work ──> workers (≤ concurrency) ──┐
 //! (XREADGROUP: own        (validate, subscribed?,      (invoke the        │ settlement
 //!  pending, then new)      dedupe + crash budget +      handler, one      v
-//!                          per-key order: a MULTI,      task per event)  settler (grouped
+//!                          per-key order: a MULTI,      task per event)  settler (batched
 //!                          a script for the rest)                         round trips)
 //!                               └── immediate settlements ──────────────────────^
 //! ```
@@ -19,7 +19,7 @@
 //! - [`dispatch`]: what happens to each entry read, decided atomically with recording it.
 //! - [`start`]: charges a run to its event's crash budget when a worker really starts it.
 //! - [`worker`]: runs one event and turns its outcome into a disposition.
-//! - [`settle`]: applies dispositions (ack, retry, dead-letter, release), grouped.
+//! - [`settle`]: applies dispositions (ack, retry, dead-letter, give back), grouped.
 //! - [`housekeeping`]: everything on a timer; [`forward`]: on a cluster, follow-ups to
 //!   other slots, on a timer and a task of its own (it may wait for a replica).
 //! - [`pipeline`]: wires the stages together for one (subscriber, stream) and owns shutdown;
@@ -173,7 +173,7 @@ impl RedisHealth {
 pub struct Context {
     /// Redis client, for the per-reader connections.
     pub redis: Redis,
-    /// Shared connection for settling, promoting and claiming.
+    /// Shared connection for settling, promoting and taking over.
     pub shared: Conn,
     /// This host instance's consumer name.
     pub consumer: String,

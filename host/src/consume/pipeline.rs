@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::dispatch::{Dispatcher, Plan, Undecided, Work};
@@ -23,11 +23,12 @@ use super::settle::{Settlement, Settler};
 use super::start::{Starter, Starting};
 use super::{Active, Context, Counters, InFlight, Subscriber, worker};
 use crate::keys::SubscriberKeys;
+use crate::stop::Stop;
 
 /// Run the consumer of `subscriber` on `stream` until `stop` turns true. Then stop taking
 /// work, let running events finish within the grace period, interrupt what still runs at
 /// its end, and give those entries back (pending, not charged).
-pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: watch::Receiver<bool>) {
+pub async fn run_stream(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: Stop) {
     let mut pipeline = Pipeline::start(ctx, subscriber, stream, stop);
     while let Some(entries) = pipeline.next_entries().await {
         let active = pipeline.subscriber.active();
@@ -44,7 +45,7 @@ struct Pipeline {
     ctx: Arc<Context>,
     subscriber: Arc<Subscriber>,
     stream: String,
-    stop: watch::Receiver<bool>,
+    stop: Stop,
     in_flight: InFlight,
     counters: Arc<Counters>,
     read_ahead: ReadAhead,
@@ -66,18 +67,17 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: watch::Receiver<bool>) -> Self {
+    fn start(ctx: Arc<Context>, subscriber: Arc<Subscriber>, stream: String, stop: Stop) -> Self {
         let keys = SubscriberKeys::new(&stream, &subscriber.name);
-        let group = subscriber.name.clone();
+        let name = subscriber.name.clone();
         let first = subscriber.active();
         let in_flight = InFlight::default();
-        let counters = Arc::new(Counters::new(&ctx.metrics, &group));
+        let counters = Arc::new(Counters::new(&ctx.metrics, &name));
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         let (claimed_tx, claimed_rx) = mpsc::channel(4);
         let settler = Settler {
             ctx: ctx.clone(),
             keys: keys.clone(),
-            group: group.clone(),
             subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             counters: (*counters).clone(),
@@ -86,23 +86,17 @@ impl Pipeline {
         let housekeeper = Housekeeper {
             ctx: ctx.clone(),
             keys: keys.clone(),
-            group: group.clone(),
             subscriber: subscriber.clone(),
             in_flight: in_flight.clone(),
             claimed: claimed_tx,
         };
         let housekeeper = tokio::spawn(housekeeper.run(stop.clone()));
         let forwarder = ctx.redis.is_cluster().then(|| {
-            let forwarder = Forwarder {
-                ctx: ctx.clone(),
-                keys: keys.clone(),
-                group: group.clone(),
-                subscriber: subscriber.clone(),
-            };
+            let forwarder = Forwarder { ctx: ctx.clone(), keys: keys.clone(), subscriber: subscriber.clone() };
             tokio::spawn(forwarder.run(stop.clone()))
         });
         let block = ctx.read.block.max(Duration::from_millis(1));
-        tracing::info!(subscriber = %group, %stream, consumer = %ctx.consumer, "consumer started");
+        tracing::info!(subscriber = %name, %stream, consumer = %ctx.consumer, "consumer started");
         Self {
             read_ahead: ReadAhead::start(
                 Reader::new(keys.clone(), subscriber.clone(), first.settings.start, block),
@@ -113,7 +107,7 @@ impl Pipeline {
             starter: Starter::spawn(ctx.clone(), keys.clone(), subscriber.clone()),
             dispatcher: Dispatcher {
                 keys,
-                group,
+                subscriber: name,
                 claim_idle: ctx.read.claim_idle,
                 contracts: ctx.contracts.clone(),
                 upcasters: ctx.upcasters.clone(),
@@ -135,10 +129,6 @@ impl Pipeline {
             waiting: Vec::new(),
             recheck: Instant::now(),
         }
-    }
-
-    fn stopped(&self) -> bool {
-        *self.stop.borrow()
     }
 
     /// Follow the active version's `concurrency` (a reload may change it): permits are added
@@ -168,7 +158,7 @@ impl Pipeline {
             tokio::select! {
                 p = self.permits.clone().acquire_owned() => return p.ok(),
                 _ = swapped => {}
-                _ = self.stop.changed() => return None,
+                _ = self.stop.stopped() => return None,
             }
         }
     }
@@ -185,7 +175,7 @@ impl Pipeline {
             }
             // Read only when a worker is free: what is read waits in this host's hands.
             drop(self.permit().await?);
-            if self.stopped() {
+            if self.stop.is_stopped() {
                 return None;
             }
             let entries = if !self.waiting.is_empty() && self.recheck <= Instant::now() {
@@ -196,7 +186,7 @@ impl Pipeline {
                 self.read_ahead.ask(self.ctx.read.count);
                 let recheck = tokio::time::Instant::from_std(self.recheck);
                 tokio::select! {
-                    _ = self.stop.changed() => return None,
+                    _ = self.stop.stopped() => return None,
                     read = self.read_ahead.next() => read?,
                     Some(taken) = self.claimed_rx.recv() => self.in_flight.admit(taken),
                     _ = tokio::time::sleep_until(recheck), if !self.waiting.is_empty() => Vec::new(),
@@ -225,7 +215,7 @@ impl Pipeline {
                 self.read_ahead.rewind();
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = self.stop.changed() => {}
+                    _ = self.stop.stopped() => {}
                 }
                 plan
             }

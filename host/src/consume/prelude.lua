@@ -1,10 +1,12 @@
--- Limits shared with the Rust side (dispatch.rs `MAX_FIELDS`, `MAX_ENTRY_BYTES`; a unit test
--- in scripts.rs checks that they agree): an entry beyond them is refused as `invalid-event`,
--- so no script ever parks it or has to `unpack` it.
-local MAX_FIELDS, MAX_ENTRY_BYTES = 1000, 16777216
+-- The pieces ferry's delivery scripts share, written once (scripts.rs prepends this file to
+-- every script, after the constants it generates from the Rust side: `MAX_FIELDS`,
+-- `MAX_ENTRY_BYTES`, the `_` metadata names `F.*` (letters.rs `meta`), the event attribute
+-- names `A.*` (event.rs `field`) and the failure kind `INVALID_EVENT`). An entry beyond the
+-- limits is refused by the dispatcher as `invalid-event`, so no script ever parks it or has
+-- to `unpack` it.
 
--- Decode a netstring list (`len:bytes,` repeated) into a Lua array: binary-safe, unlike
--- cjson. The prelude is prepended to every ferry script at build time.
+-- Decode a netstring list (`len:bytes,` repeated; scripts.rs `netstrings`) into a Lua
+-- array: binary-safe, unlike cjson.
 local function fields(s)
   local out, i = {}, 1
   while i <= #s do
@@ -16,7 +18,13 @@ local function fields(s)
   return out
 end
 
--- Parse an in-flight marker `lease-expiry-ms:starts:owner` (nil: none) into its parts.
+-- Append `s` to `parts` as a netstring (`fields` decodes a concatenation of them).
+local function netstring(parts, s)
+  parts[#parts + 1] = #s .. ':' .. s .. ','
+end
+
+-- A run marker (the inflight hash: event id -> `lease-expiry-ms:starts:owner`,
+-- scripts.rs `marker` on the Rust side) parsed into its parts; 0, 0, nil when there is none.
 local function marker(v)
   if not v then return 0, 0, nil end
   local expiry, starts, owner = string.match(v, '^(%d+):(%d+):(.*)$')
@@ -24,56 +32,41 @@ local function marker(v)
   return tonumber(expiry), tonumber(starts), owner
 end
 
--- Handler state (plugin::state, issue 25): one hash per (stream, subscriber) in the stream's
--- slot, field `=KEY` the value, `#KEY` its version (bumped by every write, deletes too, never
--- reset), `_bytes` the total of keys and values stored. A commit's arguments `a` (from
--- `Txn::commit_args`): 1 quota bytes (0: none), 2 reads n, then n × (key, version seen), then
--- writes m, then m × (key, op `s` set | `d` delete, value or "").
--- state_check: nil when every key read is still at the version seen and the quota holds;
--- else {0, KEY} (a key read changed meanwhile) or {-1, TOTAL} (the quota would be exceeded).
--- It writes nothing, so the settle can check before its XACK and apply after it.
-local function state_check(state, a)
-  local quota, reads = tonumber(a[1]), tonumber(a[2])
-  local at = 3
-  for i = 0, reads - 1 do
-    local key, seen = a[at + 2 * i], a[at + 2 * i + 1]
-    if (redis.call('HGET', state, '#' .. key) or '0') ~= seen then return {0, key} end
-  end
-  at = at + 2 * reads
-  local writes = tonumber(a[at]); at = at + 1
-  local delta = 0
-  for i = 0, writes - 1 do
-    local key, op, value = a[at + 3 * i], a[at + 3 * i + 1], a[at + 3 * i + 2]
-    local old = redis.call('HSTRLEN', state, '=' .. key)
-    local had = redis.call('HEXISTS', state, '=' .. key) == 1
-    if op == 's' then
-      delta = delta + #value - old + (had and 0 or #key)
-    elseif had then
-      delta = delta - old - #key
-    end
-  end
-  local total = tonumber(redis.call('HGET', state, '_bytes') or '0')
-  if quota > 0 and delta > 0 and total + delta > quota then return {-1, total} end
-  return nil
+-- Write the run marker of event `id`.
+local function mark(inflight, id, expiry, starts, owner)
+  redis.call('HSET', inflight, id, expiry .. ':' .. starts .. ':' .. owner)
 end
 
--- Apply a checked commit: each write, its version bumped, the total kept.
-local function state_apply(state, a)
-  local at = 3 + 2 * tonumber(a[2])
-  local writes = tonumber(a[at]); at = at + 1
-  local delta = 0
-  for i = 0, writes - 1 do
-    local key, op, value = a[at + 3 * i], a[at + 3 * i + 1], a[at + 3 * i + 2]
-    local old = redis.call('HSTRLEN', state, '=' .. key)
-    local had = redis.call('HEXISTS', state, '=' .. key) == 1
-    if op == 's' then
-      delta = delta + #value - old + (had and 0 or #key)
-      redis.call('HSET', state, '=' .. key, value)
-    elseif had then
-      delta = delta - old - #key
-      redis.call('HDEL', state, '=' .. key)
-    end
-    redis.call('HINCRBY', state, '#' .. key, 1)
-  end
-  if delta ~= 0 then redis.call('HINCRBY', state, '_bytes', delta) end
+-- Per-key order. The per-key set is KEYS[1..5] of every script that takes, parks behind or
+-- hands on a partition key (read, dispatch, settle; scripts.rs `per_key`): holds (key ->
+-- owner), holders (owner -> key), since (key -> ms its hold began), parked_count (counter),
+-- parked (the prefix of the lists parked behind a key: a prefix, not a key).
+local function per_key()
+  return {holds = KEYS[1], holders = KEYS[2], since = KEYS[3], parked_count = KEYS[4], parked = KEYS[5]}
+end
+
+-- `owner` holds `pkey` from `now` on (its previous holder's entry in `holders` is the
+-- caller's to remove).
+local function hold(K, pkey, owner, now)
+  redis.call('HSET', K.holds, pkey, owner)
+  redis.call('HSET', K.holders, owner, pkey)
+  redis.call('ZADD', K.since, now, pkey)
+end
+
+-- Take `pkey` for `owner` if it is free: whether it was (false: it has a holder, who may be
+-- `owner` itself).
+local function take(K, pkey, owner, now)
+  if redis.call('HSETNX', K.holds, pkey, owner) == 0 then return false end
+  redis.call('HSET', K.holders, owner, pkey)
+  redis.call('ZADD', K.since, now, pkey)
+  return true
+end
+
+-- Park entry `entry` of `stream` behind `pkey`: acked for `group` and stored (netstring
+-- fields `stored`, carrying its `_origin`) at the tail of the key's parked list, to be handed
+-- the key in its turn (settle.lua `hand_on`).
+local function park(K, stream, group, entry, pkey, stored)
+  redis.call('XACK', stream, group, entry)
+  redis.call('RPUSH', K.parked .. pkey, stored)
+  redis.call('INCR', K.parked_count)
 end

@@ -1,4 +1,4 @@
-//! Reading entries: `XREADGROUP`, `XAUTOCLAIM`, delivery counts, and reply parsing.
+//! Reading entries: `XREADGROUP`, `XAUTOCLAIM`, and reply parsing (theirs and `read.lua`'s).
 //!
 //! Replies are parsed by hand from [`redis::Value`] rather than through redis-rs's typed
 //! stream replies: it avoids a hash map per entry on the hot path, and it keeps entries whose
@@ -61,46 +61,20 @@ pub enum Fresh {
     Nothing([String; 2]),
 }
 
-/// New entries (`>`) of the source and the retry stream for `consumer` under per-key order,
-/// through `read.lua`: each source entry with a partition key takes its key or is parked
-/// behind it as it is delivered, so a key's events keep stream order across hosts.
-pub async fn read_fresh_ordered<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &crate::keys::SubscriberKeys,
-    group: &str,
-    consumer: &str,
-    count: usize,
-) -> redis::RedisResult<Fresh> {
-    let cmd = super::scripts::evalsha(
-        &super::scripts::READ,
-        &[
-            &keys.stream,
-            &keys.retry,
-            &keys.holds,
-            &keys.holders,
-            &keys.hold_since,
-            &keys.parked_count,
-            &keys.parked_prefix,
-        ],
-        &[
-            group.to_string(),
-            consumer.to_string(),
-            count.to_string(),
-            super::now_ms().to_string(),
-            crate::event::field::PARTITIONKEY.to_string(),
-        ],
-    );
-    let reply: Value = super::scripts::run(conn, &cmd).await?;
-    let Value::Array(parts) = reply else { return Ok(Fresh::Read(Vec::new())) };
-    let mut parts = parts.into_iter();
-    let entries = parts.next().map(parse_read_reply).unwrap_or_default();
-    let mut last = || parts.next().as_ref().and_then(text).unwrap_or_default();
-    let last = [last(), last()];
+/// `read.lua`'s reply: `{entries, last source id, last retry id}`; the reply itself when it
+/// is not of that form.
+pub fn parse_fresh(reply: Value) -> Result<Fresh, Value> {
+    let Value::Array(parts) = reply else { return Err(reply) };
+    let [entries @ (Value::Array(_) | Value::Map(_)), source, retry] = &parts[..] else {
+        return Err(Value::Array(parts));
+    };
+    let (Some(source), Some(retry)) = (text(source), text(retry)) else { return Err(Value::Array(parts)) };
+    let entries = parse_read_reply(entries.clone());
     // Last ids come back only when nothing was delivered (not when all of it was parked).
-    if !entries.is_empty() || last.iter().all(String::is_empty) {
+    if !entries.is_empty() || (source.is_empty() && retry.is_empty()) {
         return Ok(Fresh::Read(entries));
     }
-    Ok(Fresh::Nothing(last.map(|id| if id.is_empty() { "0-0".to_string() } else { id })))
+    Ok(Fresh::Nothing([source, retry].map(|id| if id.is_empty() { "0-0".to_string() } else { id })))
 }
 
 /// `XAUTOCLAIM key group consumer min-idle 0-0 COUNT count`: entries idle for longer than
@@ -130,7 +104,7 @@ pub async fn auto_claim<C: ConnectionLike>(
     let mut out = parts.next().map(|v| parse_entries(key, v)).unwrap_or_default();
     // Ids of entries deleted while pending (Redis 7 lists them apart and has already dropped
     // them from the pending list): returned as entries without fields, so whatever they held
-    // (a partition key) is released.
+    // (a partition key) is handed on.
     if let Some(Value::Array(deleted)) = parts.next() {
         out.extend(deleted.iter().filter_map(text).map(|id| Entry { key: key.to_string(), id, fields: Vec::new() }));
     }

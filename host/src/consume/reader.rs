@@ -5,49 +5,51 @@
 //! read overlaps with the events of the previous one.
 //!
 //! Under per-key order new entries are read through `read.lua` instead, which queues each on
-//! its partition key as it is delivered (see [`read::read_fresh_ordered`]); a script cannot
+//! its partition key as it is delivered (see [`read_fresh_ordered`]); a script cannot
 //! block, so when nothing is new the reader waits with an `XREAD BLOCK`, which delivers
 //! nothing, and reads again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::read::{self, Entry, Fresh};
-use super::{Context, InFlight, Subscriber, ensure_groups};
+use super::scripts::{self, READ};
+use super::{Context, InFlight, Subscriber, ensure_groups, now_ms};
+use crate::backoff::Backoff;
 use crate::config::Start;
 use crate::connection::Conn;
 use crate::keys::SubscriberKeys;
+use crate::stop::Stop;
 
 /// Reads entries for one (subscriber, stream), reconnecting with backoff.
 pub struct Reader {
     keys: SubscriberKeys,
     /// Its settings (per-key order) are looked up on every read: a reload may change them.
     subscriber: Arc<Subscriber>,
-    group: String,
     start: Start,
     block: Duration,
     conn: Option<Conn>,
     /// Per stream (source, retry): where the pending phase has got to.
     cursors: [String; 2],
     pending_phase: bool,
-    backoff: Duration,
+    /// Between failed connection attempts.
+    backoff: Backoff,
 }
 
 impl Reader {
-    /// A reader of `keys` for `group`, creating the groups at `start` if they are missing.
+    /// A reader of `keys` for `subscriber`'s group, creating the groups at `start` if they are missing.
     pub fn new(keys: SubscriberKeys, subscriber: Arc<Subscriber>, start: Start, block: Duration) -> Self {
         Self {
             keys,
-            group: subscriber.name.clone(),
             subscriber,
             start,
             block,
             conn: None,
             cursors: ["0".into(), "0".into()],
             pending_phase: true,
-            backoff: Duration::from_millis(50),
+            backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(2)),
         }
     }
 
@@ -70,7 +72,7 @@ impl Reader {
         let Some(conn) = self.conn.as_mut() else {
             let connected = async {
                 let mut c = ctx.redis.dedicated(self.block).await?;
-                ensure_groups(&mut c, &self.keys, &self.group, self.start).await?;
+                ensure_groups(&mut c, &self.keys, &self.subscriber.name, self.start).await?;
                 Ok::<_, redis::RedisError>(c)
             };
             match connected.await {
@@ -78,12 +80,11 @@ impl Reader {
                     ctx.health.up(&ctx.metrics);
                     self.conn = Some(c);
                     self.rewind();
-                    self.backoff = Duration::from_millis(50);
+                    self.backoff.reset();
                 }
                 Err(e) => {
                     ctx.health.down(&ctx.metrics, &e);
-                    tokio::time::sleep(self.backoff).await;
-                    self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+                    self.backoff.wait().await;
                 }
             }
             return Vec::new();
@@ -92,11 +93,11 @@ impl Reader {
         let block = self.block.as_millis() as u64;
         let result = if self.pending_phase {
             let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(&self.group).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
+            cmd.arg("GROUP").arg(&self.subscriber.name).arg(&ctx.consumer).arg("COUNT").arg(count).arg("STREAMS");
             cmd.arg(&keys).arg(&self.cursors);
             cmd.query_async::<redis::Value>(conn).await.map(read::parse_read_reply)
         } else if self.subscriber.active().settings.ordered {
-            match read::read_fresh_ordered(conn, &self.keys, &self.group, &ctx.consumer, count).await {
+            match read_fresh_ordered(conn, &self.keys, &self.subscriber.name, &ctx.consumer, count).await {
                 Ok(Fresh::Read(entries)) => Ok(entries),
                 Ok(Fresh::Nothing(last)) => {
                     let mut wait = redis::cmd("XREAD");
@@ -106,7 +107,7 @@ impl Reader {
                 Err(e) => Err(e),
             }
         } else {
-            read::read_group(conn, &self.group, &ctx.consumer, count, Some(block), &keys, ">").await
+            read::read_group(conn, &self.subscriber.name, &ctx.consumer, count, Some(block), &keys, ">").await
         };
         match result {
             Ok(entries) => {
@@ -155,7 +156,7 @@ pub struct ReadAhead {
 
 impl ReadAhead {
     /// Start `reader` on its own task until `stop` turns true.
-    pub fn start(reader: Reader, ctx: Arc<Context>, in_flight: InFlight, stop: watch::Receiver<bool>) -> Self {
+    pub fn start(reader: Reader, ctx: Arc<Context>, in_flight: InFlight, stop: Stop) -> Self {
         let (asks, asks_rx) = mpsc::unbounded_channel();
         let (batches_tx, batches) = mpsc::channel(1);
         let task = tokio::spawn(read_when_asked(reader, ctx, in_flight, asks_rx, batches_tx, stop));
@@ -195,7 +196,7 @@ async fn read_when_asked(
     in_flight: InFlight,
     mut asks: mpsc::UnboundedReceiver<Ask>,
     batches: mpsc::Sender<Vec<Entry>>,
-    mut stop: watch::Receiver<bool>,
+    stop: Stop,
 ) {
     loop {
         let count = tokio::select! {
@@ -204,7 +205,7 @@ async fn read_when_asked(
                 Some(Ask::Rewind) => { reader.rewind(); continue }
                 None => return,
             },
-            _ = stop.changed() => return,
+            _ = stop.stopped() => return,
         };
         loop {
             // A rewind asked for while reading applies to the next read.
@@ -215,7 +216,7 @@ async fn read_when_asked(
             // delivers its entries into this consumer's pending list).
             let entries = tokio::select! {
                 read = reader.next(&ctx, count) => in_flight.admit(read),
-                _ = stop.changed() => return,
+                _ = stop.stopped() => return,
             };
             if !entries.is_empty() {
                 if batches.send(entries).await.is_err() {
@@ -223,9 +224,24 @@ async fn read_when_asked(
                 }
                 break;
             }
-            if *stop.borrow() {
+            if stop.is_stopped() {
                 return;
             }
         }
     }
+}
+
+/// New entries (`>`) of the source and the retry stream for `consumer` under per-key order,
+/// through `read.lua`: each source entry with a partition key takes its key or is parked
+/// behind it as it is delivered, so a key's events keep stream order across hosts.
+pub async fn read_fresh_ordered<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) -> redis::RedisResult<Fresh> {
+    let args = [group.to_string(), consumer.to_string(), count.to_string(), now_ms().to_string()];
+    let reply = scripts::call(conn, &READ, &scripts::read_keys(keys), &args).await?;
+    read::parse_fresh(reply).map_err(|reply| scripts::unexpected(&READ, &reply))
 }

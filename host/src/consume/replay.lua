@@ -2,8 +2,10 @@
 -- one that removed it, so two replays of the same dead letters at once publish each once.
 -- KEYS: 1 dead-letter stream, 2 retry stream. ARGV: 1 dead-letter entry id, 2 netstring
 -- fields of the retry entry. Returns 1 if replayed, 0 if already gone.
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('XADD', KEYS[2], '*', unpack(fields(ARGV[2])))
+local dlq, retry = KEYS[1], KEYS[2]
+local letter, stored = ARGV[1], ARGV[2]
+if redis.call('XDEL', dlq, letter) == 1 then
+  redis.call('XADD', retry, '*', unpack(fields(stored)))
   return 1
 end
 return 0

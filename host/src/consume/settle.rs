@@ -1,5 +1,5 @@
 //! The settler: the last stage of an event's path. Each finished event becomes a
-//! [`Settlement`]; the [`Settler`] groups the settlements that are ready together into one
+//! [`Settlement`]; the [`Settler`] batches the settlements that are ready together into one
 //! round trip, so a slow event never holds back the acks of fast ones and a busy stream
 //! still settles hundreds of events per call.
 //!
@@ -13,43 +13,17 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use super::read::Entry;
-use super::{Context, Counters, InFlight, Tally, now_ms, scripts};
+use super::scripts::{self, netstring_list, netstrings};
+use super::{Context, Counters, InFlight, Tally, now_ms};
+use crate::backoff::Backoff;
 use crate::connection::Conn;
 use crate::event::Event;
 use crate::handler::Effects;
 use crate::handler::FailureKind;
 use crate::keys::{self, SubscriberKeys};
-
-/// Delivery metadata fields ferry adds to retry and dead-letter entries. Event attributes
-/// are lowercase letters and digits (CloudEvents), so the `_` prefix cannot collide.
-pub mod meta {
-    /// The attempt number the entry will be delivered with (retry stream).
-    pub const ATTEMPT: &str = "_attempt";
-    /// `stream/entry-id` where the event was first read.
-    pub const ORIGIN: &str = "_origin";
-    /// Set on events parked behind their key as they were read (read.lua): the dispatcher
-    /// has not yet asked whether the subscriber wants them.
-    pub const PARKED: &str = "_parked";
-    /// Set on entries an operator replayed from the dead-letter stream.
-    pub const REPLAY: &str = "_replay";
-    /// Failure reason.
-    pub const REASON: &str = "_reason";
-    /// Failure kind.
-    pub const KIND: &str = "_kind";
-    /// Attempts made.
-    pub const ATTEMPTS: &str = "_attempts";
-    /// Subscriber that failed it.
-    pub const SUBSCRIBER: &str = "_subscriber";
-    /// Plugin version that failed it.
-    pub const VERSION: &str = "_plugin_version";
-    /// First failure time (RFC 3339).
-    pub const FIRST_FAILURE: &str = "_first_failure";
-    /// Last failure time (RFC 3339).
-    pub const LAST_FAILURE: &str = "_last_failure";
-}
+use crate::stop::Stop;
 
 /// What to do with one entry: the disposition of its event.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,7 +53,7 @@ pub enum Disposition {
     /// No verdict (a host-side failure, or the host stopping): the entry stays pending and
     /// is delivered again; a run that was `charged` (its start recorded) is taken off the
     /// event's crash budget.
-    Release {
+    GiveBack {
         /// The run's start was recorded (start.lua): take it back.
         charged: bool,
     },
@@ -97,7 +71,7 @@ pub struct Settlement {
     /// The run's owner: the event's `_origin`, stable across its retries.
     pub owner: String,
     /// Whether the event may hold a partition key to hand on.
-    pub release: bool,
+    pub hand_on: bool,
     /// What to do.
     pub disposition: Disposition,
     /// The dead letter to write instead if a follow-up's stream refuses the ack.
@@ -117,8 +91,8 @@ impl Settlement {
             id,
             event_id,
             owner,
-            release: false,
-            disposition: Disposition::Release { charged },
+            hand_on: false,
+            disposition: Disposition::GiveBack { charged },
             fallback: None,
             state_fallbacks: None,
             tally: Tally::None,
@@ -155,31 +129,19 @@ pub enum Settled {
     StateOverQuota,
 }
 
-/// Encode fields as netstrings (`len:bytes,`), the form the Lua scripts decode: binary-safe,
-/// unlike JSON in Redis's Lua.
-pub fn netstrings<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in fields {
-        push_netstring(&mut out, k.as_ref());
-        push_netstring(&mut out, v.as_ref());
+impl Settled {
+    /// The answer `settle.lua` writes as `code`; `None` for a code it never writes.
+    pub fn from_code(code: i64) -> Option<Self> {
+        Some(match code {
+            1 => Self::Done,
+            0 => Self::Elsewhere,
+            -1 => Self::FollowUpRefused,
+            -2 => Self::KeyRefused,
+            -3 => Self::StateConflict,
+            -4 => Self::StateOverQuota,
+            _ => return None,
+        })
     }
-    out
-}
-
-/// Encode a list of values as netstrings (one each), as `fields` in the prelude decodes it.
-fn netstring_list(parts: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        push_netstring(&mut out, p);
-    }
-    out
-}
-
-fn push_netstring(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(part.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(part);
-    out.push(b',');
 }
 
 /// Fields of an event as owned pairs, as `XADD` writes them.
@@ -188,11 +150,6 @@ pub fn event_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
         event.to_fields().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec())).collect();
     out.push((b"schemaversion".to_vec(), event.schemaversion.to_string().into_bytes()));
     out
-}
-
-/// The entry's own event fields, without ferry's `_` metadata.
-pub fn original_fields(entry: &Entry) -> Vec<(Vec<u8>, Vec<u8>)> {
-    entry.fields.iter().filter(|(k, _)| !k.starts_with(b"_")).cloned().collect()
 }
 
 /// Where a settle writes follow-ups: straight to their streams, or, on a cluster, the ones
@@ -213,7 +170,6 @@ pub const FORWARD_TO: &str = "_to";
 
 /// The settle script's argument for one settlement.
 fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
     let (op, rest): (&str, Vec<Vec<u8>>) = match &s.disposition {
         Disposition::Ack { record, effects } => {
             let mut rest = vec![if *record { b"1".to_vec() } else { b"0".to_vec() }];
@@ -238,7 +194,7 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         Disposition::Skip => ("skip", Vec::new()),
         Disposition::Retry { due_ms, fields } => ("retry", vec![due_ms.to_string().into_bytes(), netstrings(fields)]),
         Disposition::DeadLetter { fields } => ("dlq", vec![netstrings(fields)]),
-        Disposition::Release { charged } => ("release", vec![if *charged { b"1".to_vec() } else { b"0".to_vec() }]),
+        Disposition::GiveBack { charged } => ("giveback", vec![if *charged { b"1".to_vec() } else { b"0".to_vec() }]),
     };
     let head: [&[u8]; 6] = [
         op.as_bytes(),
@@ -246,14 +202,10 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<u8> {
         s.id.as_bytes(),
         s.event_id.as_bytes(),
         s.owner.as_bytes(),
-        if s.release { b"1" } else { b"0" },
+        if s.hand_on { b"1" } else { b"0" },
     ];
-    for part in head {
-        push_netstring(&mut out, part);
-    }
-    for part in &rest {
-        push_netstring(&mut out, part);
-    }
+    let mut out = netstring_list(&head);
+    out.extend(netstring_list(&rest));
     out
 }
 
@@ -290,7 +242,7 @@ pub async fn settle<C: ConnectionLike>(
 
 /// Whether `s` can go the plain way: an ack (or skip) with nothing else to write.
 fn is_plain(s: &Settlement) -> bool {
-    !s.release
+    !s.hand_on
         && match &s.disposition {
             Disposition::Ack { effects, .. } => effects.is_empty(),
             Disposition::Skip => true,
@@ -299,7 +251,7 @@ fn is_plain(s: &Settlement) -> bool {
 }
 
 /// Settle plain acks in one MULTI: `XACK` per stream, the handled ids recorded, their
-/// in-flight markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
+/// run markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
 /// removed whoever holds it: the event is recorded as handled in the same step, so any other
 /// delivery of it is a duplicate from now on.
 async fn settle_plain<C: ConnectionLike>(
@@ -365,53 +317,15 @@ async fn settle_scripted<C: ConnectionLike>(
         lease_ms.to_string().into_bytes(),
     ];
     args.extend(settlements.iter().map(|s| encode(s, routing)));
-    let keys = routing.keys;
-    let cmd = scripts::evalsha(
-        &scripts::SETTLE,
-        &[
-            &keys.schedule,
-            &keys.dlq,
-            &keys.seen,
-            &keys.dead,
-            &keys.inflight,
-            &keys.holds,
-            &keys.holders,
-            &keys.hold_since,
-            &keys.parked_count,
-            &keys.retry,
-            &keys.parked_prefix,
-            &keys.state,
-        ],
-        &args,
-    );
-    let codes: Vec<i64> = scripts::run(conn, &cmd).await?;
-    Ok(codes
-        .into_iter()
-        .map(|c| match c {
-            1 => Settled::Done,
-            0 => Settled::Elsewhere,
-            -1 => Settled::FollowUpRefused,
-            -3 => Settled::StateConflict,
-            -4 => Settled::StateOverQuota,
-            _ => Settled::KeyRefused,
-        })
-        .collect())
+    let reply = scripts::call(conn, &scripts::SETTLE, &scripts::settle_keys(routing.keys), &args).await?;
+    scripts::list(&scripts::SETTLE, reply, settlements.len(), |v| match v {
+        redis::Value::Int(code) => Settled::from_code(*code),
+        _ => None,
+    })
 }
 
-/// Move up to `limit` due retries from the schedule into the subscriber's retry stream.
-/// Returns how many moved. Atomic per retry, so several hosts can promote at once.
-pub async fn promote<C: ConnectionLike>(
-    conn: &mut C,
-    keys: &SubscriberKeys,
-    now_ms: u64,
-    limit: usize,
-) -> redis::RedisResult<usize> {
-    let cmd = scripts::evalsha(&scripts::PROMOTE, &[&keys.schedule, &keys.retry], &[now_ms, limit as u64]);
-    scripts::run(conn, &cmd).await
-}
-
-/// The largest group of settlements sent in one call.
-const MAX_GROUP: usize = 512;
+/// The largest batch of settlements sent in one call.
+const MAX_BATCH: usize = 512;
 
 /// The settler of one (subscriber, stream): receives settlements from the dispatcher and the
 /// workers and applies them, grouped, retrying through Redis outages until the host stops.
@@ -420,10 +334,8 @@ pub struct Settler {
     pub ctx: std::sync::Arc<Context>,
     /// The subscriber's keys on this stream.
     pub keys: SubscriberKeys,
-    /// The consumer group (subscriber name).
-    pub group: String,
     /// The subscriber: its active version's dedupe window and lease are read for every
-    /// group, so a reload reaches the settler (a window kept from the first version would
+    /// batch, so a reload reaches the settler (a window kept from the first version would
     /// record nothing after `0s` → `1h`, or prune at the old window).
     pub subscriber: std::sync::Arc<super::Subscriber>,
     /// Entries in this host's hands; settled ones leave it.
@@ -435,14 +347,14 @@ pub struct Settler {
 impl Settler {
     /// Settle what arrives on `rx` until every sender is gone. On `stop`, a settle that
     /// cannot reach Redis is given up: its entries stay pending and are delivered again.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: watch::Receiver<bool>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Settlement>, stop: Stop) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut own = None;
         while let Some(first) = self.next(&mut rx, &mut own, &stop).await {
-            group.push(first);
-            super::fill(&mut group, &mut rx, MAX_GROUP);
-            self.settle_group(&mut own, &mut group, &stop).await;
-            group.clear();
+            batch.push(first);
+            super::fill(&mut batch, &mut rx, MAX_BATCH);
+            self.settle_batch(&mut own, &mut batch, &stop).await;
+            batch.clear();
         }
     }
 
@@ -452,7 +364,7 @@ impl Settler {
         &self,
         rx: &mut mpsc::UnboundedReceiver<Settlement>,
         own: &mut Option<Conn>,
-        stop: &watch::Receiver<bool>,
+        stop: &Stop,
     ) -> Option<Settlement> {
         loop {
             let writer = self.writer();
@@ -479,7 +391,7 @@ impl Settler {
             &self.ctx.metrics,
             self.ctx.replication,
             "settle",
-            &self.group,
+            &self.subscriber.name,
             &self.keys.stream,
         )
     }
@@ -491,17 +403,17 @@ impl Settler {
     /// A settle that stands on the primary only and is lost in a failover is delivered again
     /// (at least once; its effects were written atomically with the ack, so they are lost or
     /// kept together). A failed `WAIT` is returned: the primary may be gone with the settle.
-    async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &watch::Receiver<bool>) -> redis::RedisResult<()> {
+    async fn confirm(&self, conn: &mut Conn, writes: usize, stop: &Stop) -> redis::RedisResult<()> {
         self.writer().confirm(conn, &self.keys.stream, writes as u64, None, stop).await.map(|_| ())
     }
 
-    /// Settle `group` on `conn` once; under `durability = "replicated"` then wait for a
+    /// Settle `batch` on `conn` once; under `durability = "replicated"` then wait for a
     /// replica (see [`Settler::confirm`]).
     async fn settle_once(
         &self,
         own: &mut Option<Conn>,
-        group: &[Settlement],
-        stop: &watch::Receiver<bool>,
+        batch: &[Settlement],
+        stop: &Stop,
     ) -> redis::RedisResult<Vec<Settled>> {
         let routing =
             Routing { cluster: self.ctx.redis.is_cluster(), keys: &self.keys, partitions: &self.ctx.partitions };
@@ -510,19 +422,19 @@ impl Settler {
         let window_ms = settings.dedupe_window.as_millis() as u64;
         let lease_ms = self.ctx.claim_idle_of(&self.subscriber).as_millis() as u64;
         let mut conn = self.ctx.write_conn(own).await?;
-        let answers = settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-        if let Err(e) = self.confirm(&mut conn, group.len(), stop).await {
+        let answers = settle(&mut conn, routing, &self.subscriber.name, window_ms, lease_ms, batch).await?;
+        if let Err(e) = self.confirm(&mut conn, batch.len(), stop).await {
             // The connection failed before a replica was known to have the settle: its primary
             // may have died with it (a failover). Settle again, on whichever primary serves the
             // slot now: the effects are guarded by the XACK, so a settle that survived writes
             // nothing twice, and one that was lost is written again with the same follow-up
             // ids; a give-back applied again finds its lease ended and changes nothing. The
             // first answers count.
-            tracing::warn!(subscriber = %self.group, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
+            tracing::warn!(subscriber = %self.subscriber.name, stream = %self.keys.stream, "confirming a settle failed ({e}); settling again");
             *own = None;
             let mut conn = self.ctx.write_conn(own).await?;
-            settle(&mut conn, routing, &self.group, window_ms, lease_ms, group).await?;
-            self.confirm(&mut conn, group.len(), stop).await?;
+            settle(&mut conn, routing, &self.subscriber.name, window_ms, lease_ms, batch).await?;
+            self.confirm(&mut conn, batch.len(), stop).await?;
         }
         Ok(answers)
     }
@@ -534,19 +446,19 @@ impl Settler {
         let mut again = s.clone();
         if answer == Settled::FollowUpRefused {
             let Some(fields) = &s.fallback else {
-                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending");
+                tracing::error!(subscriber = %self.subscriber.name, entry_id = %s.id, "cannot settle: a follow-up's stream holds another type of key; the entry stays pending");
                 return None;
             };
-            tracing::warn!(subscriber = %self.group, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
+            tracing::warn!(subscriber = %self.subscriber.name, event_id = %s.event_id, "a follow-up's stream holds another type of key; the event is dead-lettered");
             again.disposition = Disposition::DeadLetter { fields: fields.clone() };
             again.tally = Tally::DeadLettered(FailureKind::Trap);
         } else {
             let Some(instead) = &s.state_fallbacks else {
-                tracing::error!(subscriber = %self.group, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending");
+                tracing::error!(subscriber = %self.subscriber.name, entry_id = %s.id, "cannot settle: a state commit was refused and no fallback was given; the entry stays pending");
                 return None;
             };
             let conflict = answer == Settled::StateConflict;
-            tracing::debug!(subscriber = %self.group, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
+            tracing::debug!(subscriber = %self.subscriber.name, event_id = %s.event_id, conflict, "state commit refused; settling the event as its fallback");
             // A conflict's retry keeps the partition key held (as any retry).
             (again.disposition, again.tally) = match (&instead.over_quota, conflict) {
                 (_, true) => (instead.conflict.clone(), Tally::None),
@@ -559,10 +471,10 @@ impl Settler {
         Some(again)
     }
 
-    async fn settle_group(&self, own: &mut Option<Conn>, group: &mut Vec<Settlement>, stop: &watch::Receiver<bool>) {
-        let mut backoff = Duration::from_millis(50);
+    async fn settle_batch(&self, own: &mut Option<Conn>, batch: &mut Vec<Settlement>, stop: &Stop) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
-            let result = self.settle_once(own, group, stop).await;
+            let result = self.settle_once(own, batch, stop).await;
             if result.is_err() {
                 *own = None;
             }
@@ -570,12 +482,12 @@ impl Settler {
                 Ok(answers) => {
                     self.ctx.health.up(&self.ctx.metrics);
                     let mut refused = Vec::new();
-                    for (s, answer) in group.iter().zip(answers) {
+                    for (s, answer) in batch.iter().zip(answers) {
                         match answer {
                             Settled::Done => self.counters.count(s.tally),
                             Settled::Elsewhere => {}
                             Settled::KeyRefused => tracing::error!(
-                                subscriber = %self.group, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
+                                subscriber = %self.subscriber.name, entry_id = %s.id, schedule = %self.keys.schedule, dlq = %self.keys.dlq,
                                 "cannot settle: the retry schedule or the dead-letter key holds another type of key; the entry stays pending until an operator fixes it"
                             ),
                             Settled::FollowUpRefused | Settled::StateConflict | Settled::StateOverQuota => {
@@ -590,18 +502,17 @@ impl Settler {
                     if refused.is_empty() {
                         return;
                     }
-                    *group = refused;
+                    *batch = refused;
                 }
                 Err(e) => {
                     self.ctx.health.down(&self.ctx.metrics, &e);
-                    if *stop.borrow() {
-                        for s in group.iter() {
+                    if stop.is_stopped() {
+                        for s in batch.iter() {
                             self.in_flight.remove(&s.key, &s.id);
                         }
                         return;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    backoff.wait().await;
                 }
             }
         }
@@ -629,7 +540,7 @@ mod tests {
             id: "1-0".into(),
             event_id: "e".into(),
             owner: "events/1-0".into(),
-            release: false,
+            hand_on: false,
             disposition: Disposition::Ack {
                 record: true,
                 effects: Effects { follow_ups: vec![follow("records"), follow("{events}x")], state: None },
@@ -657,7 +568,7 @@ mod tests {
             id: "1-0".into(),
             event_id: "e".into(),
             owner: "events/1-0".into(),
-            release: true,
+            hand_on: true,
             disposition: Disposition::Retry { due_ms: 7, fields: vec![(b"k".to_vec(), b"v".to_vec())] },
             fallback: None,
             state_fallbacks: None,
@@ -716,7 +627,7 @@ mod tests {
             id: id.into(),
             event_id: format!("e-{id}"),
             owner: format!("events/{id}"),
-            release: false,
+            hand_on: false,
             disposition: Disposition::Ack {
                 record: false,
                 effects: Effects { follow_ups: Vec::new(), state: Some(state) },

@@ -1,9 +1,9 @@
-//! The starter: records that a run starts, in groups (one `start.lua` call for every event
+//! The starter: records that a run starts, in batches (one `start.lua` call for every event
 //! about to start), so the crash budget counts only runs that began or were about to: the
 //! pipeline asks for an event's start when it is among the next `concurrency` events to get a
 //! worker, so the round trip is done by the time the worker is free.
 //!
-//! An event is recorded at dispatch with a lease (its in-flight marker), which the
+//! An event is recorded at dispatch with a lease (its run marker), which the
 //! housekeeper keeps alive while the event waits for a worker; its run is charged only here.
 //! A host that dies with a read's worth of events queued behind busy workers therefore
 //! charges only the events that were running and at most `concurrency` next ones, never the
@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Context, Subscriber, now_ms, scripts};
 use crate::keys::SubscriberKeys;
 
-/// The largest group of starts sent in one call.
-const MAX_GROUP: usize = 512;
+/// The largest batch of starts sent in one call.
+const MAX_BATCH: usize = 512;
 
 struct Request {
     event_id: String,
@@ -43,7 +43,7 @@ impl Starter {
     }
 
     /// Record that the run of `event_id` (owned by `owner`) is about to start; the answer
-    /// comes when the group it went with is written. `false` (or a dropped answer): it must
+    /// comes when the batch it went with is written. `false` (or a dropped answer): it must
     /// not start (another delivery of the event holds its marker, or Redis could not be
     /// reached); the entry is given back uncharged.
     pub fn request(&self, event_id: &str, owner: &str) -> Starting {
@@ -62,30 +62,29 @@ async fn run(
     subscriber: Arc<Subscriber>,
     mut rx: mpsc::UnboundedReceiver<Request>,
 ) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
-        group.push(first);
-        super::fill(&mut group, &mut rx, MAX_GROUP);
+        batch.push(first);
+        super::fill(&mut batch, &mut rx, MAX_BATCH);
         let lease = ctx.claim_idle_of(&subscriber).as_millis() as u64;
-        let mut args = Vec::with_capacity(1 + 2 * group.len());
+        let mut args = Vec::with_capacity(1 + 2 * batch.len());
         args.push((now_ms() + lease).to_string());
-        for r in &group {
+        for r in &batch {
             args.push(r.event_id.clone());
             args.push(r.owner.clone());
         }
-        let cmd = scripts::evalsha(&scripts::START, &[&keys.inflight], &args);
         let mut conn = ctx.shared.clone();
-        match scripts::run::<_, Vec<i64>>(&mut conn, &cmd).await {
+        let reply = scripts::call(&mut conn, &scripts::START, &[&keys.inflight], &args).await;
+        match reply.and_then(|reply| scripts::Start::parse_all(reply, batch.len())) {
             Ok(answers) => {
                 ctx.health.up(&ctx.metrics);
-                let mut answers = answers.into_iter();
-                for r in group.drain(..) {
-                    let _ = r.reply.send(answers.next() == Some(1));
+                for (r, answer) in batch.drain(..).zip(answers) {
+                    let _ = r.reply.send(answer == scripts::Start::Started);
                 }
             }
             Err(e) => {
                 ctx.health.down(&ctx.metrics, &e);
-                for r in group.drain(..) {
+                for r in batch.drain(..) {
                     let _ = r.reply.send(false);
                 }
             }

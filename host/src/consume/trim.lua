@@ -1,5 +1,6 @@
--- One bounded step of trimming KEYS[1] by its retention, never below the safe floor.
+-- One bounded step of trimming a stream by its retention, never below the safe floor.
 --
+-- KEYS: 1 the stream.
 -- ARGV: [1] max_len ('' = none), [2] age cut: entries below this id are too old ('' = none),
 -- [3] '1' = no limits, trim down to the floor (ferry's retry streams), [4] most radix-tree
 -- nodes one call frees (the LIMIT of an approximate XTRIM is in entries: it is this many nodes'
@@ -22,24 +23,25 @@
 -- would remove), holder group or false, floor id or false, first id or false, what this call
 -- counted for the next one (ARGV[6]) or false}.
 local key = KEYS[1]
-if redis.call('EXISTS', key) == 0 then
-  return {0, 0, 0, 0, false, false, false, false}
-end
 local max_len = tonumber(ARGV[1])
 local age = ARGV[2] ~= '' and ARGV[2] or nil
 local to_floor = ARGV[3] == '1'
-local walk = tonumber(ARGV[5])
+local nodes, walk = tonumber(ARGV[4]), tonumber(ARGV[5])
+local earlier = ARGV[6] or ''
+if redis.call('EXISTS', key) == 0 then
+  return {0, 0, 0, 0, false, false, false, false}
+end
 local limit, added
 do
   local info = redis.call('XINFO', 'STREAM', key)
   local f = {}
   for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
   local per_node = math.max(1, math.floor(f['length'] / math.max(1, f['radix-tree-keys'])))
-  limit = math.max(100, tonumber(ARGV[4]) * per_node)
+  limit = math.max(100, nodes * per_node)
   added = f['entries-added']
 end
 local counted = {}
-for part in string.gmatch(ARGV[6] or '', '%S+') do counted[#counted + 1] = part end
+for part in string.gmatch(earlier, '%S+') do counted[#counted + 1] = part end
 
 -- Ids compare as pairs of unsigned decimals (up to 2^64: not Lua numbers).
 local function split(id)

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use super::read::{self, cmp_ids, parse_id};
 use super::{Context, now_ms, scripts};
 use crate::config::RetentionConfig;
+use crate::stop::Stop;
 
 /// Most radix-tree nodes one `trim.lua` call frees with an approximate `XTRIM … LIMIT` (whole
 /// nodes; the limit, in entries, is this many nodes' worth at the stream's mean entries per
@@ -139,8 +140,9 @@ pub async fn pass<C: ConnectionLike>(
     loop {
         let started = Instant::now();
         type Reply = (u64, u8, u64, u8, Option<String>, Option<String>, Option<String>, Option<String>);
-        let cmd = scripts::evalsha(&scripts::TRIM, &[stream], &args);
-        let (removed, more, length, held, holder, floor, first_id, counted): Reply = scripts::run(conn, &cmd).await?;
+        let reply = scripts::call(conn, &scripts::TRIM, &[stream], &args).await?;
+        let (removed, more, length, held, holder, floor, first_id, counted): Reply =
+            scripts::parse(&scripts::TRIM, &reply)?;
         // What this call counted spares the next calls of the pass the same walk.
         if let Some(counted) = counted {
             args[5] = counted;
@@ -215,7 +217,7 @@ pub struct Retention {
 impl Retention {
     /// Start trimming `streams` (stream keys with their retention); nothing runs when empty.
     pub fn spawn(ctx: Arc<Context>, streams: Vec<(String, RetentionConfig)>) -> Self {
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = Stop::channel();
         if !streams.is_empty() {
             tokio::spawn(run(ctx, streams, rx));
         }
@@ -223,7 +225,7 @@ impl Retention {
     }
 }
 
-async fn run(ctx: Arc<Context>, streams: Vec<(String, RetentionConfig)>, mut stop: watch::Receiver<bool>) {
+async fn run(ctx: Arc<Context>, streams: Vec<(String, RetentionConfig)>, stop: Stop) {
     let every = streams.iter().map(|(_, r)| r.interval).min().unwrap_or(Duration::from_secs(10));
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,7 +234,7 @@ async fn run(ctx: Arc<Context>, streams: Vec<(String, RetentionConfig)>, mut sto
         tokio::select! {
             _ = tick.tick() => {}
             // A closed channel (the host was dropped) stops the task too.
-            _ = stop.changed() => break,
+            _ = stop.stopped() => break,
         }
         for ((stream, retention), (trimmer, last)) in streams.iter().zip(state.iter_mut()) {
             if last.is_some_and(|at| at.elapsed() < retention.interval) {

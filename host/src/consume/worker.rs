@@ -5,13 +5,14 @@
 //! never holds back the others.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::Tally;
 use super::dispatch::Work;
 use super::letters::Failure;
 use super::settle::{Disposition, Settlement, StateFallbacks};
 use super::{Active, dead_letter_fields, now_ms, retry, retry_fields};
+use crate::backoff::Backoff;
 use crate::handler::{FailureKind, Job, Outcome};
 
 /// Run `work` on `active`'s handler; the settlement for its entry.
@@ -37,11 +38,12 @@ pub async fn run(
 /// the event's: try a few more times before giving the entry back.
 async fn handle(active: &Active, job: Arc<Job>) -> Outcome {
     let mut outcome = active.runner.handle(job.clone()).await;
-    for round in 0..4u32 {
+    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(160));
+    for _ in 0..4 {
         if !matches!(outcome, Outcome::HostError(_)) {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20 << round)).await;
+        backoff.wait().await;
         outcome = active.runner.handle(job.clone()).await;
     }
     outcome
@@ -78,17 +80,17 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         Outcome::Failed { kind, reason, delay_hint } => failed(active, stream, &work, kind, &reason, delay_hint, now),
         Outcome::HostError(e) => {
             tracing::error!(subscriber = %name, event_id = %job.event.id, "cannot run the handler: {e}; the event stays pending and is not charged an attempt");
-            (Disposition::Release { charged: true }, Tally::None)
+            (Disposition::GiveBack { charged: true }, Tally::None)
         }
     };
     // The entry's names move into the settlement: nothing is copied per event but the id.
-    let Work { entry, job, owner, release, .. } = work;
+    let Work { entry, job, owner, hand_on, .. } = work;
     Settlement {
         key: entry.key,
         id: entry.id,
         event_id: job.event.id.clone(),
         owner,
-        release,
+        hand_on,
         disposition,
         fallback,
         state_fallbacks,
@@ -140,7 +142,7 @@ fn state_fallbacks_of(active: &Active, stream: &str, work: &Work, now: u64) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consume::settle::meta;
+    use crate::consume::letters::meta;
     use crate::consume::testing::{active, entry};
     use crate::event::Event;
     use crate::handler::{FailureKind, Job};
@@ -149,7 +151,7 @@ mod tests {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
         let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt });
-        Work { entry, job, owner: "events/1-0".into(), release: false, upcast: None }
+        Work { entry, job, owner: "events/1-0".into(), hand_on: false, upcast: None }
     }
 
     fn failed(kind: FailureKind) -> Outcome {
@@ -179,6 +181,6 @@ mod tests {
     #[test]
     fn a_host_error_gives_the_event_back_without_a_verdict() {
         let s = dispose(&active("*"), "events", work(1), Outcome::HostError("pool full".into()));
-        assert_eq!((s.disposition, s.tally), (Disposition::Release { charged: true }, Tally::None));
+        assert_eq!((s.disposition, s.tally), (Disposition::GiveBack { charged: true }, Tally::None));
     }
 }

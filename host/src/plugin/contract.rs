@@ -141,9 +141,10 @@ mod tests {
             .await,
         );
         assert!(handled.starts_with("echoes Echoed echo "), "{handled}");
-        // The recorder, the fixture most tests run, is built with the SDK against 0.1.0.
+        // The recorder, the fixture most tests run, is built with the SDK, which binds 0.2.0
+        // since SDK 0.2.0 (the 0.1.0 plugins are guarded by the contract-0.1 fixture above).
         let limits = LimitsConfig::default();
         let recorder = Plugin::load(&engine, Path::new(ferry_test_fixtures::RECORDER), None, &limits).await;
-        assert_eq!(recorder.expect("load").pre.contract(), Contract::V0_1);
+        assert_eq!(recorder.expect("load").pre.contract(), Contract::V0_2);
     }
 }

@@ -50,6 +50,14 @@ impl Invoke for Runner {
     fn version(&self) -> &str {
         &self.inner.grants.version
     }
+    fn throttle(&self) -> Option<crate::handler::Throttling> {
+        let throttle = &self.inner.throttle;
+        Some(crate::handler::Throttling {
+            limit: throttle.limit(),
+            max: throttle.max(),
+            penalized: throttle.penalized(),
+        })
+    }
 }
 
 /// Runs one plugin version's handler for one subscriber, managing its instances. Calls may
@@ -98,7 +106,7 @@ impl Runner {
             let max = plugin.slots.max_live();
             if concurrency > max {
                 tracing::warn!(
-                    plugin = %grants.subscriber,
+                    subscriber = %grants.subscriber, plugin = %grants.subscriber,
                     "at most {max} instances in flight instead of concurrency {concurrency}: each instance takes {} memories, {} tables and up to {} core instances, and one plugin may hold 1/{} of the engine's pool",
                     plugin.slots.memories,
                     plugin.slots.tables,

@@ -111,7 +111,7 @@ impl HostState {
             }
             tracing::info!(
                 target: "ferry::plugin",
-                plugin = %self.grants.subscriber,
+                subscriber = %self.grants.subscriber, plugin = %self.grants.subscriber,
                 event_id = %self.current.event_id,
                 dropped_bytes = dropped,
                 "{name}: {}",
@@ -121,7 +121,7 @@ impl HostState {
         let dropped = self.capabilities.log.dropped;
         if dropped > 0 && rate.admit(&self.grants.subscriber, 0) {
             tracing::warn!(
-                plugin = %self.grants.subscriber,
+                subscriber = %self.grants.subscriber, plugin = %self.grants.subscriber,
                 event_id = %self.current.event_id,
                 "dropped {dropped} log lines over the limit of {} per event",
                 self.grants.limits.log_lines

@@ -11,14 +11,95 @@
 //! Bounds ([`StateLimits`]): key and value sizes and writes per event are refused at the call
 //! with a clear error to the guest; the subscriber's total bytes are checked when the commit
 //! runs (only it knows the total then).
+//!
+//! Where the committed state is read from is a [`Source`]: Redis ([`Conn`]) in a host, or
+//! [`Memory`] where no Redis runs (`ferry plugins invoke --state`).
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use crate::connection::Conn;
+use crate::keys::state_field;
 
-/// The commit script (see its header).
+/// A committed value and its version (0: never written).
+pub type Stored = (Option<Vec<u8>>, u64);
+
+/// Where a [`Txn`] reads the committed state: the value and version of each key.
+pub trait Source {
+    /// The committed value and version of each of `keys` of the state hash `hash`, in order.
+    fn read(&mut self, hash: &str, keys: &[&str]) -> impl Future<Output = Result<Vec<Stored>, StateError>> + Send;
+}
+
+impl Source for Conn {
+    fn read(&mut self, hash: &str, keys: &[&str]) -> impl Future<Output = Result<Vec<Stored>, StateError>> + Send {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(hash);
+        for k in keys {
+            cmd.arg(state_field::value(k)).arg(state_field::version(k));
+        }
+        async move {
+            let reply: Vec<Option<Vec<u8>>> = cmd
+                .query_async(self)
+                .await
+                .map_err(|e| StateError::Unavailable(crate::redact::redact(&e.to_string())))?;
+            Ok(reply
+                .chunks(2)
+                .map(|pair| {
+                    let version = pair
+                        .get(1)
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| String::from_utf8(v).ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    (pair.first().cloned().flatten(), version)
+                })
+                .collect())
+        }
+    }
+}
+
+/// Handler state held in memory, for `ferry plugins invoke` (one call, no Redis, so no
+/// concurrent writer: every version is 0). Clones share the values.
+#[derive(Debug, Clone, Default)]
+pub struct Memory(Arc<Mutex<BTreeMap<String, Vec<u8>>>>);
+
+impl Memory {
+    /// State holding `values`.
+    pub fn with(values: BTreeMap<String, Vec<u8>>) -> Self {
+        Self(Arc::new(Mutex::new(values)))
+    }
+
+    /// Apply a transaction's `writes` (what a commit would write).
+    pub fn apply(&self, writes: &BTreeMap<String, Option<Vec<u8>>>) {
+        let mut values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, v) in writes {
+            match v {
+                Some(v) => values.insert(k.clone(), v.clone()),
+                None => values.remove(k),
+            };
+        }
+    }
+
+    /// The values now.
+    pub fn values(&self) -> BTreeMap<String, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Source for Memory {
+    fn read(&mut self, _hash: &str, keys: &[&str]) -> impl Future<Output = Result<Vec<Stored>, StateError>> + Send {
+        let values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let found: Vec<Stored> = keys.iter().map(|k| (values.get(*k).cloned(), 0)).collect();
+        std::future::ready(Ok(found))
+    }
+}
+
+/// The commit script (see its header), after the state rules it shares with the settle
+/// (`consume/state.lua`).
 pub static COMMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(concat!(include_str!("../consume/prelude.lua"), include_str!("state_commit.lua")))
+    let rules = concat!(include_str!("../consume/state.lua"), include_str!("state_commit.lua"));
+    redis::Script::new(&format!("{}{rules}", crate::keys::state_field::lua()))
 });
 
 /// A subscriber's state bounds (`[subscribers.NAME.state]`).
@@ -84,28 +165,14 @@ impl Txn {
         Ok(())
     }
 
-    /// Read `keys` not yet in the view from Redis, value and version in one round trip.
-    async fn load(&mut self, conn: &mut Conn, keys: &[&str]) -> Result<(), StateError> {
+    /// Read `keys` not yet in the view from `source`, value and version in one round trip.
+    async fn load<S: Source>(&mut self, source: &mut S, keys: &[&str]) -> Result<(), StateError> {
         let missing: Vec<&str> = keys.iter().copied().filter(|k| !self.view.contains_key(*k)).collect();
         if missing.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&self.key);
-        for k in &missing {
-            cmd.arg(format!("={k}")).arg(format!("#{k}"));
-        }
-        let reply: Vec<Option<Vec<u8>>> =
-            cmd.query_async(conn).await.map_err(|e| StateError::Unavailable(crate::redact::redact(&e.to_string())))?;
-        for (k, pair) in missing.iter().zip(reply.chunks(2)) {
-            let value = pair.first().cloned().flatten();
-            let version = pair
-                .get(1)
-                .cloned()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+        let read = source.read(&self.key, &missing).await?;
+        for (k, (value, version)) in missing.iter().zip(read) {
             self.seen.insert(k.to_string(), version);
             self.view.insert(k.to_string(), value);
         }
@@ -113,14 +180,18 @@ impl Txn {
     }
 
     /// The value of `key`: the event's own write if any, else the committed one.
-    pub async fn get(&mut self, conn: &mut Conn, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+    pub async fn get<S: Source>(&mut self, conn: &mut S, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.check_key(key)?;
         self.load(conn, &[key]).await?;
         Ok(self.view.get(key).cloned().flatten())
     }
 
     /// The values of `keys`, in order, in one round trip for those not read yet.
-    pub async fn get_many(&mut self, conn: &mut Conn, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, StateError> {
+    pub async fn get_many<S: Source>(
+        &mut self,
+        conn: &mut S,
+        keys: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, StateError> {
         for k in keys {
             self.check_key(k)?;
         }
@@ -129,7 +200,7 @@ impl Txn {
     }
 
     /// Whether `key` has a value.
-    pub async fn exists(&mut self, conn: &mut Conn, key: &str) -> Result<bool, StateError> {
+    pub async fn exists<S: Source>(&mut self, conn: &mut S, key: &str) -> Result<bool, StateError> {
         Ok(self.get(conn, key).await?.is_some())
     }
 
@@ -160,7 +231,7 @@ impl Txn {
 
     /// Add `delta` to the integer at `key` (absent: 0) and return the new value. It reads the
     /// key, so the commit checks its version: no concurrent increment is lost.
-    pub async fn increment(&mut self, conn: &mut Conn, key: &str, delta: i64) -> Result<i64, StateError> {
+    pub async fn increment<S: Source>(&mut self, conn: &mut S, key: &str, delta: i64) -> Result<i64, StateError> {
         let now = match self.get(conn, key).await? {
             None => 0,
             Some(v) => std::str::from_utf8(&v)
@@ -234,8 +305,8 @@ pub fn parse_commit(reply: &[redis::Value]) -> redis::RedisResult<Committed> {
 fn bad_reply(reply: &[redis::Value]) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
-        "unexpected state commit reply",
-        format!("{reply:?}"),
+        "unexpected reply from a ferry script",
+        format!("state_commit.lua answered {reply:?}"),
     ))
 }
 
@@ -323,6 +394,18 @@ mod tests {
         let mut bad = txn();
         bad.set("word", b"seven".to_vec()).expect("set");
         assert_eq!(bad.increment(&mut c, "word", 1).await, Err(StateError::NotInteger("word".into())));
+    }
+
+    #[tokio::test]
+    async fn a_txn_on_memory_reads_the_seed_and_its_own_writes_and_applies_them() {
+        let mut memory = Memory::with([("n".to_string(), b"41".to_vec())].into());
+        let mut t = txn();
+        assert_eq!(t.increment(&mut memory, "n", 1).await.expect("incr"), 42);
+        assert_eq!(t.get_many(&mut memory, &["n", "m"]).await.expect("get"), vec![Some(b"42".to_vec()), None]);
+        assert_eq!(memory.values()["n"], b"41", "nothing is written before the commit");
+        t.delete("gone").expect("delete");
+        memory.apply(t.writes());
+        assert_eq!(memory.values(), [("n".to_string(), b"42".to_vec())].into());
     }
 
     #[tokio::test]

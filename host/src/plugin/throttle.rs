@@ -81,6 +81,11 @@ impl Throttle {
         self.lock().limit
     }
 
+    /// The limit while healthy (the subscriber's concurrency).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Whether the subscriber's long calls should pause between ticks.
     pub fn penalized(&self) -> bool {
         let state = self.lock();

@@ -19,6 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::row::{Row, StreamRules};
 use super::{RelayError, Table};
+use crate::backoff::Backoff;
 use crate::config::{Config, RelayConfig};
 use crate::connection::{Conn, OnMissingReplica, Redis, Replication, Target};
 use crate::metrics::{RelayLabels, RelayMetrics};
@@ -137,7 +138,7 @@ impl Relay {
     }
 
     async fn forever(&self) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             let started = Instant::now();
             let result = self.session().await;
@@ -146,10 +147,9 @@ impl Relay {
                 tracing::warn!(table = %self.settings.table.name(), "relay session ended: {e}; starting again");
             }
             if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff.wait().await;
         }
     }
 

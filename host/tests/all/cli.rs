@@ -10,7 +10,7 @@ use ferry::config::Config;
 use ferry::keys::SubscriberKeys;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry_bin, publish};
+use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry_bin, free_addr, publish};
 
 /// A Redis URL nothing listens on: a command that used it instead of the file's would fail.
 fn dead_redis() -> String {
@@ -18,11 +18,6 @@ fn dead_redis() -> String {
     let port = listener.local_addr().expect("addr").port();
     drop(listener);
     format!("redis://127.0.0.1:{port}")
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 fn write_config(dir: &Path, config: &Config) -> PathBuf {
@@ -56,8 +51,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.expect("join")
 }
 
-/// Dead letters of `subscriber` on `events`, written as the host writes them.
-async fn dead_letters(env: &Env, subscriber: &str, n: usize) {
+/// Add `n` dead letters of `subscriber` on `events`, written as the host writes them.
+async fn add_dead_letters(env: &Env, subscriber: &str, n: usize) {
     let mut conn = env.conn().await;
     let key = SubscriberKeys::new("events", subscriber).dlq;
     for i in 0..n {
@@ -84,7 +79,7 @@ async fn dead_letters(env: &Env, subscriber: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
     let env = Env::new();
-    dead_letters(&env, "rec", 2).await;
+    add_dead_letters(&env, "rec", 2).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = env.config();
     config.stream = "orders".into();
@@ -117,7 +112,7 @@ async fn status_dlq_and_publish_read_redis_and_stream_from_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_override_environment_which_overrides_the_file() {
     let env = Env::new();
-    dead_letters(&env, "rec", 1).await;
+    add_dead_letters(&env, "rec", 1).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let good = env.redis.url();
     let dead = dead_redis();
@@ -169,8 +164,8 @@ async fn plugins_list_finds_the_admin_endpoint_in_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_list_prints_the_total_and_says_when_the_list_was_cut() {
     let env = Env::new();
-    dead_letters(&env, "rec", 5).await;
-    dead_letters(&env, "other", 2).await;
+    add_dead_letters(&env, "rec", 5).await;
+    add_dead_letters(&env, "other", 2).await;
     let url = env.redis.url();
     let (cut, whole, one_subscriber, json) = blocking(move || {
         (
@@ -251,6 +246,8 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
                 wasm,
                 "--event",
                 "event.json",
+                "--state",
+                "state.json",
                 "--config",
                 "publish=stock",
                 "--publish-stream",
@@ -264,16 +261,28 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
     assert!(tested.0 && tested.1.contains("2 passed"), "the generated tests pass: {}", tested.1);
     assert!(built.0, "the generated project builds: {}", built.1);
     assert!(invoked.0 && invoked.1.contains("ack") && invoked.1.contains("StockReserved"), "{}", invoked.1);
-    // And `ferry run` runs it.
+    assert!(invoked.1.contains(r#"state set "stock:sku-1" = 8"#), "the stock from state.json, taken: {}", invoked.1);
+    // And `ferry run` runs it, with state granted and its stock set by the operator.
     let wasm = dir.path().join("shop-stock/target/wasm32-wasip2/release/shop_stock.wasm");
     env.add_plugin(
         "shop-stock",
         wasm.to_str().expect("utf-8"),
-        "start = \"beginning\"\npublish_streams = [\"stock\"]\n[config]\npublish = \"stock\"\n",
+        "start = \"beginning\"\nstate = true\npublish_streams = [\"stock\"]\n[config]\npublish = \"stock\"\n",
     );
-    let host = crate::support::InProcessHost::start(env.config());
     let mut conn = env.conn().await;
-    crate::support::publish(&mut conn, "events", "OrderCreated", r#"{"order_id":"o-1","quantity":2}"#).await;
+    let mut state_conn = ferry::connection::Conn::Node(conn.clone());
+    ferry::plugin::capability::state::stored::set(
+        &mut state_conn,
+        "events",
+        "shop-stock",
+        "stock:sku-1",
+        b"10".to_vec(),
+    )
+    .await
+    .expect("set the stock");
+    let host = crate::support::InProcessHost::start(env.config());
+    let order = r#"{"order_id":"o-1","sku":"sku-1","quantity":2}"#;
+    crate::support::publish(&mut conn, "events", "OrderCreated", order).await;
     env.wait_for("the follow-up in `stock`", std::time::Duration::from_secs(60), || {
         let mut conn = conn.clone();
         async move {
@@ -283,6 +292,10 @@ async fn a_rust_plugin_made_by_ferry_new_builds_passes_its_tests_invokes_and_run
     })
     .await;
     host.stop().await;
+    let left = ferry::plugin::capability::state::stored::get(&mut state_conn, "events", "shop-stock", "stock:sku-1")
+        .await
+        .expect("get");
+    assert_eq!(left.as_deref(), Some(b"8".as_slice()), "committed with the event's acknowledgement");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,8 +310,8 @@ async fn python_and_javascript_plugins_made_by_ferry_new_pass_their_own_tests() 
         (py, js)
     })
     .await;
-    assert!(py.0 && py.1.contains("Ran 2 tests"), "{}", py.1);
-    assert!(js.0 && js.1.contains("# pass 2"), "{}", js.1);
+    assert!(py.0 && py.1.contains("Ran 4 tests"), "{}", py.1);
+    assert!(js.0 && js.1.contains("# pass 4"), "{}", js.1);
     // A name that is not a subscriber name, or a directory that exists, is refused.
     let (bad, _, err) =
         crate::support::ferry(&["new", "rust", "Bad_Name", "--dir", dir.path().to_str().expect("utf-8")]);

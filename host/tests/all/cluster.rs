@@ -184,7 +184,7 @@ async fn three_hosts_on_a_cluster_lose_nothing_through_host_kills_and_a_failover
 
 /// Publish `n` events per key (`k0`…`k9`) to partitioned `events` through `conn`, in order
 /// per key; returns their ids.
-async fn publish_keyed<C: redis::aio::ConnectionLike>(conn: &mut C, partitions: u32, n: usize) -> Vec<String> {
+async fn publish_partitioned<C: redis::aio::ConnectionLike>(conn: &mut C, partitions: u32, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         for k in 0..10 {
@@ -210,7 +210,7 @@ async fn a_partitioned_stream_is_read_in_every_partition_with_per_key_order() {
     partitioned(&mut config, 6);
     let host = InProcessHost::start(config);
     let mut conn = env.conn().await;
-    let sent = publish_keyed(&mut conn, 6, 30).await;
+    let sent = publish_partitioned(&mut conn, 6, 30).await;
     let used: u64 = {
         let mut n = 0;
         for p in 0..6 {
@@ -259,7 +259,7 @@ async fn two_hosts_share_a_partitioned_stream_on_a_cluster_and_handle_each_event
     config.consumer = Some("host-b".into());
     let b = InProcessHost::start(config);
     let mut conn = world.conn().await;
-    let sent = publish_keyed(&mut conn, 6, 50).await;
+    let sent = publish_partitioned(&mut conn, 6, 50).await;
     let handled = wait_records(&mut conn, "records", sent.len(), Duration::from_secs(90)).await;
     assert!(sent.iter().all(|id| handled.get(id).map(HashSet::len) == Some(1)), "each event once");
     let nodes: HashSet<Option<usize>> =

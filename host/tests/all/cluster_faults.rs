@@ -20,7 +20,7 @@ use ferry_test_fixtures as fixtures;
 use serde_json::Value;
 
 use crate::cluster::ClusterEnv;
-use crate::support::HostProcess;
+use crate::support::{HostProcess, cluster_recorder, xlen};
 
 const PARTITIONS: u32 = 6;
 
@@ -36,15 +36,6 @@ enum Fault {
     KillPrimary(u32),
     /// Move partition `p`'s slot to another primary, keys and all.
     Migrate(u32),
-}
-
-/// The recorder, recording into `stream` (granted to it), with a short deadline so a dead
-/// host's entries are taken over soon (`claim_idle` must exceed it).
-fn recorder(stream: &str, extra: &str) -> String {
-    format!(
-        "{extra}\nstart = \"beginning\"\nconcurrency = 8\npublish_streams = [\"{stream}\"]\n\
-         [config]\nrecord_to = \"{stream}\"\n[limits]\ndeadline = \"1s\"\n"
-    )
 }
 
 /// Every entry of `stream`, read in chunks.
@@ -78,10 +69,6 @@ async fn read_all(conn: &mut Conn, stream: &str) -> Vec<(String, Value)> {
             Some((String::from_utf8_lossy(e.field("id")?).into_owned(), record))
         })
         .collect()
-}
-
-async fn xlen(conn: &mut Conn, stream: &str) -> usize {
-    redis::cmd("XLEN").arg(stream).query_async(conn).await.unwrap_or(0)
 }
 
 /// Per handled event id: the ids of the follow-ups that recorded it.
@@ -138,8 +125,12 @@ fn spawn_producers(
                 for i in 0..events / keys {
                     // Keep publishing while the hosts handle (and the faults happen): stay at
                     // most a few thousand events ahead of the slower subscriber.
-                    while acked.len() * 3
-                        > xlen(&mut conn, "records").await.min(xlen(&mut conn, "ordrecs").await) + 3_000
+                    while acked.len() as u64 * 3
+                        > xlen(&mut conn, "records")
+                            .await
+                            .unwrap_or(0)
+                            .min(xlen(&mut conn, "ordrecs").await.unwrap_or(0))
+                            + 3_000
                     {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -212,8 +203,8 @@ async fn scenario(events: usize, durability: Durability, faults: &[(usize, Fault
     for p in 0..PARTITIONS {
         assert_ne!(keys::slot(&keys::partition("events", p)), keys::slot("records"), "follow-ups cross slots");
     }
-    world.env.add_plugin("rec", fixtures::RECORDER, &recorder("records", ""));
-    world.env.add_plugin("ord", fixtures::RECORDER, &recorder("ordrecs", "ordered = true"));
+    world.env.add_plugin("rec", fixtures::RECORDER, &cluster_recorder("records", ""));
+    world.env.add_plugin("ord", fixtures::RECORDER, &cluster_recorder("ordrecs", "ordered = true"));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = world.config();
     config.read.claim_idle = Some(Duration::from_secs(2));
@@ -234,8 +225,8 @@ async fn scenario(events: usize, durability: Durability, faults: &[(usize, Fault
     for &(at, fault) in faults {
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let done = xlen(&mut conn, "records").await.min(xlen(&mut conn, "ordrecs").await);
-            if done >= at {
+            let done = xlen(&mut conn, "records").await.unwrap_or(0).min(xlen(&mut conn, "ordrecs").await.unwrap_or(0));
+            if done >= at as u64 {
                 break;
             }
             assert!(Instant::now() < deadline, "stuck at {done} handled before {fault:?}");
@@ -309,7 +300,7 @@ async fn settled_everywhere(conn: &mut Conn) -> bool {
         return false;
     }
     for p in &partitions {
-        if xlen(conn, &keys::SubscriberKeys::new(p, "rec").forward).await > 0 {
+        if xlen(conn, &keys::SubscriberKeys::new(p, "rec").forward).await.unwrap_or(0) > 0 {
             return false;
         }
     }

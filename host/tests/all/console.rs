@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{Env, InProcessHost, RECORDER_TOML, ferry};
+use crate::support::{Env, InProcessHost, RECORDER_TOML, ferry, free_addr};
 
 const OPERATOR: &str = "operator-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789ab";
@@ -71,11 +71,6 @@ async fn get(addr: &str, path: &str, token: Option<&str>) -> Reply {
 async fn post(addr: &str, path: &str, token: &str, body: &str) -> Reply {
     let bearer = format!("Bearer {token}");
     request(addr, "POST", path, &[("Authorization", &bearer), ("Content-Type", "application/json")], body).await
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 /// A host running the recorder as `rec`, its admin endpoint on a free loopback port with an
@@ -143,7 +138,13 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         "/api/catalog/OrderPlaced",
         "/api/dlq/rec",
         "/api/dlq/rec/groups",
+        "/api/dlq/rec/letters/1-0",
         "/api/audit",
+        "/api/whoami",
+        "/api/jobs",
+        "/api/jobs/00ff",
+        "/api/find?id=x",
+        "/api/overview",
     ];
     for path in reads {
         let reply = get(&addr, path, None).await;
@@ -152,7 +153,7 @@ async fn every_api_route_needs_a_token_a_viewer_cannot_act_and_foreign_origins_a
         let reply = get(&addr, path, Some(VIEWER)).await;
         assert!(![401, 403].contains(&reply.status), "{path} with the viewer's token: {} {}", reply.status, reply.body);
     }
-    for path in ["/api/dlq/rec/replay", "/api/dlq/rec/purge"] {
+    for path in ["/api/dlq/rec/replay", "/api/dlq/rec/purge", "/api/dlq/rec/letters/1-0/edit"] {
         let reply = request(&addr, "POST", path, &[], r#"{"all":true}"#).await;
         assert_eq!(reply.status, 401, "{path} without a token");
         let reply = post(&addr, path, VIEWER, r#"{"all":true}"#).await;
@@ -423,4 +424,376 @@ async fn tokens_from_the_environment_work_and_a_failed_login_is_logged_without_t
     assert!(log.contains("127.0.0.1"), "the client address is logged: {log}");
     assert!(!log.contains(guess) && !log.contains(OPERATOR) && !log.contains(VIEWER), "{log}");
     host.terminate();
+}
+
+/// Wait until `rec` has `n` dead letters; returns the listing.
+async fn dead_letters(env: &Env, addr: &str, n: u64) -> Value {
+    env.wait_for(&format!("{n} dead letter(s)"), Duration::from_secs(30), || async {
+        let list = get(addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+        (list["total"] == n).then_some(list)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_token_and_its_role() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    assert_eq!(
+        get(&addr, "/api/whoami", Some(VIEWER)).await.json(),
+        serde_json::json!({"name": "vera", "role": "viewer"})
+    );
+    assert_eq!(
+        get(&addr, "/api/whoami", Some(OPERATOR)).await.json(),
+        serde_json::json!({"name": "alice", "role": "operator"})
+    );
+    assert_eq!(get(&addr, "/api/whoami", None).await.status, 401);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_dead_letter_is_replayed_as_the_same_event_with_the_new_payload_and_the_edit_is_audited() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let mut event = Event::new("OrderPlaced", "tests", r#"{"act":"reject","order":"<script>alert(1)</script>"}"#);
+    event.subject = Some("order-1".into());
+    event.correlationid = Some("corr-edit".into());
+    ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
+    let list = dead_letters(&env, &addr, 1).await;
+    let entry = list["dead_letters"][0]["id"].as_str().expect("entry id").to_string();
+
+    // The detail: every attribute, the payload pretty-printed, ferry's metadata, no edits.
+    let detail = get(&addr, &format!("/api/dlq/rec/letters/{entry}"), Some(VIEWER)).await.json();
+    assert_eq!(detail["entry_id"], entry.as_str());
+    assert_eq!(detail["event"]["id"], event.id.as_str());
+    assert_eq!(detail["event"]["subject"], "order-1");
+    assert_eq!(detail["event"]["correlationid"], "corr-edit");
+    assert!(detail["event"].get("data").is_none() && detail["event"].get("_reason").is_none(), "{detail}");
+    assert_eq!(detail["payload"]["kind"], "json");
+    assert!(detail["payload"]["text"].as_str().is_some_and(|t| t.contains("\n  \"act\": \"reject\"")), "{detail}");
+    assert!(
+        detail["payload"]["text"].as_str().is_some_and(|t| t.contains("<script>alert(1)</script>")),
+        "producers' text comes back verbatim in a JSON string: {detail}"
+    );
+    assert_eq!(detail["meta"]["kind"], "handler-reject");
+    assert_eq!(detail["meta"]["attempts"], 1);
+    assert!(detail["meta"]["reason"].as_str().is_some_and(|r| r.contains("rejected on purpose")), "{detail}");
+    assert!(detail["meta"]["plugin_version"].as_str().is_some_and(|v| !v.is_empty()), "{detail}");
+    assert!(detail["meta"]["last_failure_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{detail}");
+    assert_eq!(detail["edits"], serde_json::json!([]));
+    assert_eq!(get(&addr, "/api/dlq/rec/letters/1-0", Some(VIEWER)).await.status, 404);
+    assert_eq!(get(&addr, "/api/dlq/rec/letters/not-an-id", Some(VIEWER)).await.status, 404);
+
+    let path = format!("/api/dlq/rec/letters/{entry}/edit");
+    let still_failing = serde_json::json!({ "data": r#"{"act":"reject","try":2}"# }).to_string();
+    assert_eq!(post(&addr, &path, VIEWER, &still_failing).await.status, 403, "a viewer cannot edit");
+    let bearer = format!("Bearer {OPERATOR}");
+    let foreign = [("Authorization", bearer.as_str()), ("Origin", "http://evil.example")];
+    assert_eq!(request(&addr, "POST", &path, &foreign, &still_failing).await.status, 403, "cross-origin");
+    let reply = post(&addr, &path, OPERATOR, r#"{"attributes":{"id":"another"}}"#).await;
+    assert_eq!(reply.status, 400, "the id stays: {}", reply.body);
+    let reply = post(&addr, &path, OPERATOR, r#"{"attributes":{"time":"yesterday"}}"#).await;
+    assert_eq!(reply.status, 400, "an invalid event is refused: {}", reply.body);
+    assert_eq!(dead_letters(&env, &addr, 1).await["dead_letters"][0]["id"], entry.as_str(), "nothing moved");
+
+    // A first edit that still fails: the event comes back dead, its detail lists the edit.
+    let reply = post(&addr, &path, OPERATOR, &still_failing).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 1, "fields": ["data"]})));
+    assert_eq!(post(&addr, &path, OPERATOR, &still_failing).await.status, 404, "that dead letter is gone");
+    let again = env
+        .wait_for("the edited event dead again", Duration::from_secs(30), || async {
+            let list = get(&addr, "/api/dlq/rec", Some(VIEWER)).await.json();
+            let id = list["dead_letters"][0]["id"].as_str().filter(|id| *id != entry)?.to_string();
+            Some(id)
+        })
+        .await;
+    let detail = get(&addr, &format!("/api/dlq/rec/letters/{again}"), Some(VIEWER)).await.json();
+    assert_eq!(detail["event"]["id"], event.id.as_str(), "the same event");
+    assert!(detail["payload"]["text"].as_str().is_some_and(|t| t.contains("\"try\": 2")), "{detail}");
+    assert_eq!(detail["edits"].as_array().map(Vec::len), Some(1), "{detail}");
+    assert_eq!(
+        (detail["edits"][0]["by"].as_str(), detail["edits"][0]["fields"].clone()),
+        (Some("alice"), serde_json::json!(["data"]))
+    );
+
+    // The fix: the plugin handles the same event id with the new payload and subject.
+    let fixed = serde_json::json!({
+        "data": r#"{"act":"ok","note":"<img src=x onerror=alert(1)>"}"#,
+        "attributes": {"subject": "order-1-fixed"},
+    });
+    let reply = post(&addr, &format!("/api/dlq/rec/letters/{again}/edit"), OPERATOR, &fixed.to_string()).await;
+    assert_eq!(reply.json(), serde_json::json!({"replayed": 1, "fields": ["subject", "data"]}), "{}", reply.body);
+    let records = env.records_at_least(1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["id"], event.id.as_str(), "replayed as the same event id");
+    assert_eq!(records[0]["subject"], "order-1-fixed");
+    assert_eq!(records[0]["correlationid"], "corr-edit", "what the edit did not name stays");
+    let data: Value = serde_json::from_str(records[0]["data"].as_str().expect("data")).expect("json");
+    assert_eq!(data["note"], "<img src=x onerror=alert(1)>");
+    assert_eq!(dead_letters(&env, &addr, 0).await["total"], 0);
+
+    let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
+    assert_eq!(audit.as_array().map(Vec::len), Some(2), "{audit}");
+    assert_eq!(
+        (audit[0]["action"].as_str(), audit[0]["token"].as_str(), audit[0]["event_id"].as_str()),
+        (Some("edit"), Some("alice"), Some(event.id.as_str()))
+    );
+    assert_eq!(audit[0]["fields"], serde_json::json!(["subject", "data"]));
+    assert_eq!(audit[0]["count"], 1);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_a_thousand_replays_as_a_job_to_its_total_and_the_same_post_while_it_runs_gets_the_same_job() {
+    let env = Env::new();
+    env.add_plugin("bulk", fixtures::RECORDER, RECORDER_TOML);
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let mut pipe = redis::pipe();
+    for n in 0..1000 {
+        let event = Event::new("OrderPlaced", "tests", "{}");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(SubscriberKeys::new("events", "bulk").dlq).arg("*");
+        event.write_fields(&mut cmd);
+        cmd.arg("_reason").arg(format!("order {n} not found")).arg("_kind").arg("handler-reject");
+        pipe.add_command(cmd).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("XADD");
+    let groups = get(&addr, "/api/dlq/bulk/groups", Some(VIEWER)).await.json();
+    assert_eq!(groups[0]["count"], 1000, "{groups}");
+    let body = serde_json::json!({ "group": groups[0]["group"] }).to_string();
+
+    // The job stops after its first batch until `pause` is dropped: the second POST below
+    // provably arrives while it runs.
+    let pause = ferry::admin::jobs::pause_after_first_batch("bulk");
+    assert_eq!(post(&addr, "/api/dlq/bulk/replay", VIEWER, &body).await.status, 403, "a viewer cannot start a job");
+    let reply = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let id = reply.json()["job"].as_str().expect("a job id").to_string();
+    let path = format!("/api/jobs/{id}");
+    let job = env
+        .wait_for("the job's first batch", Duration::from_secs(30), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["done"].as_u64() > Some(0)).then_some(job)
+        })
+        .await;
+    assert_eq!((job["state"].as_str(), job["total"].as_u64()), (Some("running"), Some(1000)), "{job}");
+    assert_eq!(
+        (job["action"].as_str(), job["subscriber"].as_str(), job["by"].as_str()),
+        (Some("replay"), Some("bulk"), Some("alice"))
+    );
+    assert!(job["done"].as_u64() < Some(1000), "paused part way: {job}");
+    let again = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!((again.status, again.json()["job"].as_str()), (202, Some(id.as_str())), "the running job, not a second");
+    let listed = get(&addr, "/api/jobs", Some(VIEWER)).await.json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    drop(pause);
+    let job = env
+        .wait_for("the job's end", Duration::from_secs(60), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["state"] != "running").then_some(job)
+        })
+        .await;
+    assert_eq!(
+        (job["state"].as_str(), job["done"].as_u64(), job["total"].as_u64(), job["count"].as_u64()),
+        (Some("done"), Some(1000), Some(1000), Some(1000)),
+        "{job}"
+    );
+    assert!(job["finished_ms"].as_u64() >= job["started_ms"].as_u64(), "{job}");
+    assert_eq!(get(&addr, "/api/dlq/bulk", Some(VIEWER)).await.json()["total"], 0);
+    let records = env.records_at_least(1000, Duration::from_secs(60)).await;
+    let handled = crate::support::by_subscriber(&records, "bulk");
+    assert_eq!(crate::support::counts(&handled).len(), 1000, "each replayed event handled");
+    let audit = get(&addr, "/api/audit", Some(VIEWER)).await.json();
+    assert_eq!((audit[0]["action"].as_str(), audit[0]["count"].as_u64()), (Some("replay"), Some(1000)), "{audit}");
+
+    // Once it ended, the same POST starts nothing (the group is empty) and answers at once;
+    // `"job": true` makes even a small action a job.
+    let reply = post(&addr, "/api/dlq/bulk/replay", OPERATOR, &body).await;
+    assert_eq!((reply.status, reply.json()), (200, serde_json::json!({"replayed": 0})));
+    dead_letter(&mut conn, "Refund", "trap", "boom", None).await;
+    let reply = post(&addr, "/api/dlq/rec/purge", OPERATOR, r#"{"all": true, "job": true}"#).await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let path = format!("/api/jobs/{}", reply.json()["job"].as_str().expect("id"));
+    let job = env
+        .wait_for("the purge job's end", Duration::from_secs(30), || async {
+            let job = get(&addr, &path, Some(VIEWER)).await.json();
+            (job["state"] == "done").then_some(job)
+        })
+        .await;
+    assert_eq!((job["action"].as_str(), job["count"].as_u64()), (Some("purge"), Some(1)), "{job}");
+    assert_eq!(get(&addr, "/api/jobs/00ff", Some(VIEWER)).await.status, 404);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_by_correlation_returns_where_each_event_is_and_the_causation_tree_as_the_cli_does() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    let correlation = "corr-<b>find</b>";
+    let mut handled = Event::new("OrderPlaced", "tests", r#"{"act":"ok"}"#);
+    handled.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &handled).await.expect("publish");
+    let mut dead = Event::new("<script>alert(1)</script>", "tests", r#"{"act":"reject"}"#);
+    dead.correlationid = Some(correlation.into());
+    ferry::outbox::publish(&mut conn, "events", &dead).await.expect("publish");
+    let records = env.records_at_least(1, Duration::from_secs(30)).await;
+    dead_letters(&env, &addr, 1).await;
+
+    let found = get(&addr, "/api/find?correlation=corr-%3Cb%3Efind%3C%2Fb%3E", Some(VIEWER)).await.json();
+    let events = found["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "two roots: {found}");
+    assert_eq!(found["truncated"], false, "every stream read whole: {found}");
+    let (first, second) = (&events[0], &events[1]);
+    assert_eq!((first["event_id"].as_str(), first["stream"].as_str()), (Some(handled.id.as_str()), Some("events")));
+    assert_eq!(first["correlation"], correlation, "verbatim");
+    assert_eq!(first["where"][0]["subscriber"], "rec");
+    assert_eq!(first["where"][0]["status"], "handled", "{found}");
+    let child = &first["children"][0];
+    assert_eq!(first["children"].as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!((child["type"].as_str(), child["stream"].as_str()), (Some("Recorded"), Some("records")));
+    assert_eq!(child["causation"], handled.id.as_str());
+    assert_eq!(records[0]["id"], handled.id.as_str(), "the recorder's follow-up is of the handled event");
+    assert_eq!(second["event_id"], dead.id.as_str());
+    assert_eq!(second["type"], "<script>alert(1)</script>", "verbatim in a JSON string");
+    assert_eq!(second["where"][0]["status"], "dead", "{found}");
+    assert!(second["where"][0]["detail"].as_str().is_some_and(|d| d.contains("rejected on purpose")), "{found}");
+    assert_eq!(second["children"], serde_json::json!([]));
+
+    // By id: the event and what it caused; the CLI prints the same.
+    let by_id = get(&addr, &format!("/api/find?id={}", handled.id), Some(VIEWER)).await.json();
+    assert_eq!(by_id["events"].as_array().map(Vec::len), Some(1), "{by_id}");
+    assert_eq!(by_id["events"][0], events[0]);
+    let (ok, out, err) =
+        cli(args(&["find", "--correlation", correlation, "--stream", "records", "--json"], &env.redis.url())).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json"), found);
+    let (ok, out, _) = cli(args(&["find", "--id", &handled.id, "--stream", "records"], &env.redis.url())).await;
+    assert!(ok && out.contains("rec: handled") && out.contains("Recorded"), "{out}");
+    assert_eq!(get(&addr, "/api/find", Some(VIEWER)).await.status, 400);
+    assert_eq!(get(&addr, "/api/find?id=nothing-like-it", Some(VIEWER)).await.json()["events"], serde_json::json!([]));
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_has_a_row_per_subscriber_and_stream_and_a_history_sampled_from_the_metrics() {
+    let env = Env::new();
+    let (host, addr) = console_host(&env).await;
+    let mut conn = env.conn().await;
+    for _ in 0..5 {
+        crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"ok"}"#).await;
+    }
+    crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"reject"}"#).await;
+    dead_letters(&env, &addr, 1).await;
+    // Points come every 10 s; the one after these runs counts them.
+    let overview = env
+        .wait_for("a history point with the runs", Duration::from_secs(45), || async {
+            let overview = get(&addr, "/api/overview", Some(VIEWER)).await.json();
+            let points = overview["history"].as_array()?.clone();
+            let sum = |name: &str| points.iter().filter_map(|p| p[name].as_u64()).sum::<u64>();
+            (sum("handled") == 5 && sum("dead_lettered") == 1).then_some(overview)
+        })
+        .await;
+    let points = overview["history"].as_array().expect("points");
+    let busy = points.iter().find(|p| p["handled"].as_u64() > Some(0)).expect("a busy point");
+    assert!(busy["t"].as_u64().is_some_and(|t| t > 1_700_000_000), "{busy}");
+    assert!(busy["p50_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{busy}");
+    assert!(busy["p99_ms"].as_f64() >= busy["p50_ms"].as_f64(), "{busy}");
+    assert!(points.iter().map(|p| p["failed"].as_u64().unwrap_or(0)).sum::<u64>() >= 1, "the rejection: {points:?}");
+    let rows = overview["subscribers"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{overview}");
+    assert_eq!((rows[0]["subscriber"].as_str(), rows[0]["stream"].as_str()), (Some("rec"), Some("events")));
+    assert_eq!((rows[0]["dead_letters"].as_u64(), rows[0]["pending"].as_u64()), (Some(1), Some(0)), "{overview}");
+    assert!(rows[0]["consumers"].as_u64() >= Some(1), "{overview}");
+    assert_eq!(rows[0]["consumer_list"].as_array().map(Vec::len), rows[0]["consumers"].as_u64().map(|n| n as usize));
+    for key in ["lag", "retries_waiting", "held_keys"] {
+        assert!(rows[0].get(key).is_some(), "{key}: {overview}");
+    }
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_show_their_grants_limits_last_reload_and_state_throttled_or_refused_with_the_reason() {
+    let env = Env::new();
+    std::fs::write(env.plugins.path().join("broken.wasm"), b"<script>not wasm</script>").expect("write");
+    let (host, addr) = console_host(&env).await;
+    let plugins = get(&addr, "/api/plugins", Some(VIEWER)).await.json();
+    let by_name = |plugins: &Value, name: &str| {
+        plugins.as_array().and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned()).unwrap_or(Value::Null)
+    };
+    let rec = by_name(&plugins, "rec");
+    assert_eq!(rec["state"], "running", "{rec}");
+    assert!(rec["version"].as_str().is_some_and(|v| !v.is_empty()), "{rec}");
+    assert_eq!(rec["subscriptions"][0]["event_type"], "*");
+    assert!(rec["last_reload_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{rec}");
+    assert_eq!(rec["grants"]["publish_streams"], serde_json::json!(["records"]));
+    assert_eq!(rec["grants"]["config"], serde_json::json!(["record_to"]), "config keys, never values: {rec}");
+    assert!(!rec["grants"].to_string().contains("\"records\"}"), "{rec}");
+    assert!(rec["limits"]["memory"].as_u64().is_some_and(|m| m > 0), "{rec}");
+    assert!(rec["limits"].get("deadline").is_some() && rec["limits"]["retry"]["max_attempts"] == 3, "{rec}");
+    let max = rec["limits"]["throttle"]["max"].as_u64().expect("throttle");
+    assert_eq!(
+        (rec["limits"]["concurrency"].as_u64(), rec["limits"]["throttle"]["limit"].as_u64()),
+        (Some(max), Some(max))
+    );
+    let broken = by_name(&plugins, "broken");
+    assert_eq!(broken["state"], "refused", "{plugins}");
+    assert!(broken["reason"].as_str().is_some_and(|r| !r.is_empty()), "{broken}");
+
+    // Traps (one event, three attempts) throttle the subscriber: its limit halves (down to
+    // one) and, its last call having failed, its long calls pause.
+    let mut conn = env.conn().await;
+    crate::support::publish(&mut conn, "events", "OrderPlaced", r#"{"act":"panic"}"#).await;
+    dead_letters(&env, &addr, 1).await;
+    let rec = by_name(&get(&addr, "/api/plugins", Some(VIEWER)).await.json(), "rec");
+    assert_eq!(rec["state"], "throttled", "{rec}");
+    assert_eq!(rec["limits"]["throttle"]["penalized"], true, "{rec}");
+    assert!(rec["limits"]["throttle"]["limit"].as_u64() <= Some(max.div_ceil(2)), "{rec}");
+    assert!(rec["reason"].as_str().is_some_and(|r| r.contains(&format!("of {max} calls"))), "{rec}");
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_dlq_edit_replays_the_same_event_marked_edited_and_dlq_show_prints_the_payload() {
+    let env = Env::new();
+    let url = env.redis.url();
+    let mut conn = env.conn().await;
+    let event = dead_letter(&mut conn, "OrderPlaced", "handler-reject", "sku unknown", Some("corr-cli")).await;
+    let keys = SubscriberKeys::new("events", "rec");
+    let letters = ferry::consume::read::parse_entries(
+        &keys.dlq,
+        redis::cmd("XRANGE").arg(&keys.dlq).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    let entry = letters[0].id.clone();
+    let (ok, out, err) = cli(args(&["dlq", "show", &entry, "--subscriber", "rec"], &url)).await;
+    assert!(ok && out.contains("payload (json, 2 bytes)"), "{out}{err}");
+
+    let edit = ["dlq", "edit", &entry, "--subscriber", "rec", "--data", r#"{"sku":"A-1"}"#, "--set", "subject=fixed"];
+    let (ok, out, err) = cli(args(&edit, &url)).await;
+    assert!(ok && out.contains("changed: subject, data"), "{out}{err}");
+    let (ok, _, err) = cli(args(&edit, &url)).await;
+    assert!(!ok && err.contains("no dead letter"), "a second edit finds it gone: {err}");
+
+    // No host runs: the replayed entry waits in the retry stream as the edit wrote it.
+    let retry = ferry::consume::read::parse_entries(
+        &keys.retry,
+        redis::cmd("XRANGE").arg(&keys.retry).arg("-").arg("+").query_async(&mut conn).await.expect("XRANGE"),
+    );
+    assert_eq!(retry.len(), 1);
+    let field = |name: &str| retry[0].field(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(field("id").as_deref(), Some(event.id.as_str()), "the same event id");
+    assert_eq!(field("data").as_deref(), Some(r#"{"sku":"A-1"}"#));
+    assert_eq!(field("subject").as_deref(), Some("fixed"));
+    assert_eq!(field("correlationid").as_deref(), Some("corr-cli"));
+    assert_eq!(field("_attempt").as_deref(), Some("1"));
+    assert!(field("_replay").is_some() && field("_reason").is_none());
+    let marker: Value = serde_json::from_str(&field("_edited").expect("the edited marker")).expect("json");
+    assert!(marker["by"].as_str().is_some_and(|by| by.starts_with("cli")), "{marker}");
+    assert_eq!(marker["fields"], serde_json::json!(["subject", "data"]));
+    let (ok, out, _) = cli(args(&["audit"], &url)).await;
+    assert!(ok && out.contains("edit") && out.contains(&event.id), "{out}");
 }

@@ -7,7 +7,9 @@ use ferry::event::Event;
 use ferry::metrics;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, records};
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, recorder_of, records,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_requests_are_retried_with_backoff_until_success() {
@@ -377,9 +379,8 @@ async fn a_redis_outage_is_logged_once_each_way_and_the_host_keeps_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_entry_is_dead_lettered_only_by_subscribers_that_want_its_type() {
     let env = Env::new();
-    let only = |t: &str| format!("subscriptions = [{{ type = \"{t}\" }}]\n{RECORDER_TOML}");
-    env.add_plugin("orders", fixtures::RECORDER, &only("OrderCreated"));
-    env.add_plugin("greeter", fixtures::RECORDER, &only("UserRegistered"));
+    env.add_plugin("orders", fixtures::RECORDER, &recorder_of(&["OrderCreated"]));
+    env.add_plugin("greeter", fixtures::RECORDER, &recorder_of(&["UserRegistered"]));
     let host = InProcessHost::start(env.config());
     let mut conn = env.conn().await;
     // A malformed OrderCreated (its data is not the JSON its content type says) and an entry

@@ -6,18 +6,13 @@ use std::time::Duration;
 use ferry::event::Event;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish};
-
-fn recorder_toml(types: &[&str]) -> String {
-    let subs: Vec<String> = types.iter().map(|t| format!("{{ type = \"{t}\" }}")).collect();
-    format!("subscriptions = [{}]\n{RECORDER_TOML}", subs.join(", "))
-}
+use crate::support::{Env, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, recorder_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_exactly_their_subscribers_with_attributes_intact() {
     let env = Env::new();
-    env.add_plugin("alpha", fixtures::RECORDER, &recorder_toml(&["OrderCreated"]));
-    env.add_plugin("beta", fixtures::RECORDER, &recorder_toml(&["OrderCreated", "UserRegistered"]));
+    env.add_plugin("alpha", fixtures::RECORDER, &recorder_of(&["OrderCreated"]));
+    env.add_plugin("beta", fixtures::RECORDER, &recorder_of(&["OrderCreated", "UserRegistered"]));
     let host = InProcessHost::start(env.config());
     let mut conn = env.conn().await;
 
@@ -151,10 +146,10 @@ async fn invalid_plugin_files_are_refused_with_a_precise_reason_and_others_keep_
     let (status, stdout, _) = ferry(&["plugins", "check", fixtures::RECORDER]);
     assert!(status.success());
     assert!(stdout.contains("subscribes to * (all versions)"), "{stdout}");
-    // And which grants its imports need (the recorder publishes and reads config).
+    // And which grants its imports need (the recorder, built with the SDK on 0.2.0, publishes and reads config).
     assert!(
-        stdout.contains("imports ferry:plugin/publish@0.1.0: needs `publish_streams")
-            && stdout.contains("imports ferry:plugin/config@0.1.0"),
+        stdout.contains("imports ferry:plugin/publish@0.2.0: needs `publish_streams")
+            && stdout.contains("imports ferry:plugin/config@0.2.0"),
         "{stdout}"
     );
     let (status, _, stderr) = ferry(&["plugins", "check", fixtures::WRONG_CONTRACT]);
@@ -245,8 +240,10 @@ async fn the_outbox_writes_the_event_only_with_the_callers_own_writes() {
 }
 
 /// `ferry demo` (what `examples/demo.sh` runs) with the example plugins: it starts its own
-/// redis-server, every event ends handled or dead-lettered with its reason, and the event that
-/// breaks its schema is dead-lettered as `invalid-event` with the validation error's path.
+/// redis-server and mail API, every event ends handled or dead-lettered with its reason, the
+/// event that breaks its schema is dead-lettered as `invalid-event` with the validation
+/// error's path, welcome's messages reach the mail API with the host's idempotency key, and
+/// inventory, keeping its stock in state, rejects the order it cannot serve.
 #[test]
 fn the_demo_runs_end_to_end_and_shows_an_invalid_event_with_its_validation_error() {
     let plugins = tempfile::tempdir().expect("tempdir");
@@ -264,4 +261,21 @@ fn the_demo_runs_end_to_end_and_shows_an_invalid_event_with_its_validation_error
         .find(|l| l.starts_with("dead letter for") && l.contains("UserRegistered") && l.contains("(invalid-event)"))
         .unwrap_or_else(|| panic!("the invalid event's dead letter: {out}"));
     assert!(invalid.contains("UserRegistered@1") && invalid.contains("at "), "its validation error: {invalid}");
+    let mails: Vec<&str> = out.lines().filter(|l| l.starts_with("mail API received POST /messages")).collect();
+    assert_eq!(mails.len(), 2, "one message per valid registration: {out}");
+    assert!(
+        mails.iter().any(|l| l.contains("(Idempotency-Key welcome:") && l.contains(r#""to":"ada@example.com""#)),
+        "{mails:?}"
+    );
+    assert!(out.lines().any(|l| l.starts_with("welcome ") && l.contains("handled  2")), "{out}");
+    let unserved = out
+        .lines()
+        .find(|l| l.starts_with("dead letter for inventory: OrderCreated") && l.contains("(handler-reject)"))
+        .unwrap_or_else(|| panic!("the order it cannot serve: {out}"));
+    assert!(unserved.contains("insufficient stock for 500 x sku-7 (100 left)"), "{unserved}");
+    assert!(out.contains("state of inventory: stock:sku-42 = 98\n"), "the served order took its stock: {out}");
+    assert!(
+        out.contains("state of inventory: stock:sku-7 = (never written)\n"),
+        "the rejected one wrote nothing: {out}"
+    );
 }

@@ -18,8 +18,8 @@ use ferry_test_fixtures as fixtures;
 use redis::aio::MultiplexedConnection;
 
 use crate::support::{
-    Env, HostProcess, InProcessHost, RECORDER_TOML, counts, no_key_held, parked, publish, publish_keyed, recorder,
-    records,
+    Env, HostProcess, InProcessHost, RECORDER_TOML, counts, dead_letters, no_key_held, parked, publish, publish_keyed,
+    recorder, records, wait_dead_letters,
 };
 
 /// `XADD events * <event's fields> <extra fields>`: an entry as a producer wrote it.
@@ -31,23 +31,6 @@ async fn add_raw(conn: &mut MultiplexedConnection, event: &Event, extra: &[(&str
         cmd.arg(*k).arg(*v);
     }
     cmd.query_async(conn).await.expect("xadd")
-}
-
-/// The dead letters of `subscriber` (up to 100).
-async fn dead_letters(conn: &mut MultiplexedConnection, subscriber: &str) -> Vec<ferry::dlq::DeadLetter> {
-    ferry::dlq::list(conn, Some(subscriber), 100).await.expect("dlq")
-}
-
-async fn wait_dead_letters(env: &Env, subscriber: &str, n: usize) -> Vec<ferry::dlq::DeadLetter> {
-    let conn = env.conn().await;
-    env.wait_for(&format!("{n} dead letters of {subscriber}"), Duration::from_secs(30), || {
-        let mut conn = conn.clone();
-        async move {
-            let letters = dead_letters(&mut conn, subscriber).await;
-            (letters.len() >= n).then_some(letters)
-        }
-    })
-    .await
 }
 
 /// The in-flight marker of `event_id` (`expiry:starts:owner`), if any.

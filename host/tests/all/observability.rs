@@ -14,18 +14,15 @@ use ferry_test_fixtures as fixtures;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry, ferry_bin, publish};
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, ferry, ferry_bin, free_addr, publish, recorder_of,
+};
 
 /// The recorder's config with retries an hour apart: a retried event stays scheduled.
 fn slow_retry_toml() -> String {
     RECORDER_TOML
         .replace("initial_delay = \"50ms\"", "initial_delay = \"1h\"")
         .replace("max_delay = \"1s\"", "max_delay = \"2h\"")
-}
-
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
 }
 
 async fn get(addr: &str, path: &str) -> (u16, String) {
@@ -721,7 +718,7 @@ async fn markup_from_plugins_reaches_the_status_page_only_as_text() {
     let env = Env::new();
     let img = "<img src=x onerror=document.title='owned'><b id=injected>bold</b>";
     let svg = "<svg/onload=document.title=document.domain>";
-    env.add_plugin("marked", fixtures::RECORDER, &format!("subscriptions = [{{ type = \"{img}\" }}]\n{RECORDER_TOML}"));
+    env.add_plugin("marked", fixtures::RECORDER, &recorder_of(&[img]));
     env.add_plugin(
         "refused",
         fixtures::RECORDER,
@@ -731,20 +728,28 @@ async fn markup_from_plugins_reaches_the_status_page_only_as_text() {
 
     let (_, page) = get(&addr, "/").await;
     let script = &page[page.find("<script>").expect("the page's script")..];
-    for sink in [
-        "innerHTML",
-        "outerHTML",
-        "insertAdjacentHTML",
-        "document.write",
-        "createContextualFragment",
-        "DOMParser",
-        "setHTML",
-        "parseHTML",
-        "srcdoc",
-        "eval(",
-        "Function(",
-    ] {
-        assert!(!script.contains(sink), "the status page uses `{sink}`");
+    // The console (issue 27) shows producers' and plugins' text too: the same rule, on its
+    // page and script as the endpoint serves them.
+    let (_, console) = get(&addr, "/console").await;
+    let (_, console_js) = get(&addr, "/console/console.js").await;
+    assert!(console_js.contains("textContent"), "the console's script is served:\n{console_js}");
+    assert!(!console.contains("<script>"), "the console has no inline script (its policy forbids one)");
+    for (what, text) in [("status page", script), ("console page", &console), ("console script", &console_js)] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "createContextualFragment",
+            "DOMParser",
+            "setHTML",
+            "parseHTML",
+            "srcdoc",
+            "eval(",
+            "Function(",
+        ] {
+            assert!(!text.contains(sink), "the {what} uses `{sink}`");
+        }
     }
     assert!(script.contains("td.textContent = text"), "values are written as text");
 

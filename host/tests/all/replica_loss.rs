@@ -15,11 +15,9 @@ use ferry_test_fixtures as fixtures;
 use serde_json::Value;
 
 use crate::cluster::{ClusterEnv, records};
-use crate::support::{HostProcess, ferry};
+use crate::support::{HostProcess, cluster_recorder, ferry, free_port};
 
 const PARTITIONS: u32 = 6;
-const RECORDER: &str = "start = \"beginning\"\nconcurrency = 8\npublish_streams = [\"records\"]\n\
-                        [config]\nrecord_to = \"records\"\n[limits]\ndeadline = \"1s\"\n";
 
 /// Publish events `from..to` (keyed `key-{i % 30}`) to the partitions, each retried until a
 /// primary took it; returns (event id, partition) pairs.
@@ -47,11 +45,6 @@ async fn handled(conn: &mut Conn) -> HashMap<String, HashSet<String>> {
     out
 }
 
-/// A free TCP port on 127.0.0.1 for a host's admin endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
 /// The test's world: the cluster, two `ferry run` hosts with admin endpoints.
 struct World {
     world: ClusterEnv,
@@ -63,7 +56,7 @@ struct World {
 impl World {
     fn start(policy: OnMissingReplica) -> Self {
         let world = ClusterEnv::new();
-        world.env.add_plugin("rec", fixtures::RECORDER, RECORDER);
+        world.env.add_plugin("rec", fixtures::RECORDER, &cluster_recorder("records", ""));
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = world.config();
         config.durability = Durability::Replicated;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use ferry::config::RetentionConfig;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, InProcessHost, RECORDER_TOML};
+use crate::support::{Env, InProcessHost, RECORDER_TOML, xlen};
 
 /// Add `n` small events to `stream` in pipelines of 1,000, paced to `per_sec` (as fast as
 /// Redis takes them when it cannot keep up: the pace is a ceiling, not a promise).
@@ -25,10 +25,6 @@ async fn feed(conn: &mut redis::aio::MultiplexedConnection, stream: &str, n: usi
         let due = started + Duration::from_secs_f64(sent as f64 / per_sec as f64);
         tokio::time::sleep_until(due.into()).await;
     }
-}
-
-async fn xlen(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
-    redis::cmd("XLEN").arg(stream).query_async(conn).await.expect("xlen")
 }
 
 async fn group_exists(conn: &mut redis::aio::MultiplexedConnection, stream: &str, group: &str) -> bool {
@@ -62,11 +58,11 @@ async fn retention_removes_a_burst_larger_than_one_old_pass_within_a_few_interva
     .await;
     env.wait_for("the stream back at max_len", interval * 4, || {
         let mut conn = conn.clone();
-        async move { (xlen(&mut conn, "events").await <= 1000).then_some(()) }
+        async move { (xlen(&mut conn, "events").await.expect("xlen") <= 1000).then_some(()) }
     })
     .await;
     assert_eq!(
-        xlen(&mut conn, "events").await,
+        xlen(&mut conn, "events").await.expect("xlen"),
         1000,
         "exactly max_len is kept: nobody needs more, max_len wants that many"
     );
@@ -163,7 +159,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     feed_and_consume(&mut conn, "firehose", 60_000, 20_000, "fast", |_| {}).await;
     env.wait_for("the stream back at max_len", interval * 6, || {
         let mut conn = conn.clone();
-        async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
+        async move { (xlen(&mut conn, "firehose").await.expect("xlen") == 1000).then_some(()) }
     })
     .await;
 
@@ -190,13 +186,13 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
     while let Some((needed, added)) = rx.recv().await {
         let first = first_id(&mut checker, "firehose").await.expect("not empty");
         assert!(ferry::consume::read::cmp_ids(&first, &needed).is_le(), "trimmed past the stopped group's floor");
-        let len = xlen(&mut checker, "firehose").await;
+        let len = xlen(&mut checker, "firehose").await.expect("xlen");
         assert!(len >= added as u64, "{len} entries left, {added} needed by the stopped group");
     }
     let ids = feeding.await.expect("feeder");
     env.wait_for("the entries before the stopped group's floor removed", interval * 6, || {
         let mut conn = conn.clone();
-        async move { (xlen(&mut conn, "firehose").await == 20_000).then_some(()) }
+        async move { (xlen(&mut conn, "firehose").await.expect("xlen") == 20_000).then_some(()) }
     })
     .await;
     assert_eq!(first_id(&mut conn, "firehose").await.as_ref(), ids.first(), "nothing the stopped group needs is gone");
@@ -250,7 +246,7 @@ async fn a_stream_fed_faster_than_one_old_pass_stays_at_max_len_and_a_stopped_gr
         redis::cmd("XACK").arg("firehose").arg("stopped").arg(&read).query_async(&mut conn).await.expect("ack");
     env.wait_for("the stream back at max_len", interval * 6, || {
         let mut conn = conn.clone();
-        async move { (xlen(&mut conn, "firehose").await == 1000).then_some(()) }
+        async move { (xlen(&mut conn, "firehose").await.expect("xlen") == 1000).then_some(()) }
     })
     .await;
     admin.abort();

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use ferry::event::Event;
 use ferry_test_fixtures as fixtures;
 
-use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, by_subscriber, ferry, publish, records};
+use crate::support::{
+    Env, HostProcess, InProcessHost, RECORDER_TOML, by_subscriber, ferry, free_addr, publish, recorder_of, records,
+    xlen,
+};
 
 /// The hostile plugin: only `Hostile` events, two attempts, tight limits.
 fn hostile_toml() -> String {
@@ -17,7 +20,7 @@ fn hostile_toml() -> String {
 
 /// The well-behaved neighbour: only `Good` events.
 fn good_toml() -> String {
-    format!("subscriptions = [{{ type = \"Good\" }}]\n{RECORDER_TOML}")
+    recorder_of(&["Good"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,11 +243,6 @@ fn hostile_set_toml(event_type: &str, deadline: &str) -> String {
     format!("subscriptions = [{{ type = \"{event_type}\" }}]\n{base}\n[limits]\ndeadline = \"{deadline}\"\n")
 }
 
-fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
 /// Resident memory of process `pid`, bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -253,10 +251,6 @@ fn rss(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-async fn xlen(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> u64 {
-    redis::cmd("XLEN").arg(stream).query_async(conn).await.unwrap_or(0)
 }
 
 /// Publish `n` `Good` events in one pipeline and wait until the records stream holds `total`
@@ -271,7 +265,7 @@ async fn drain_good(env: &Env, n: usize, total: u64) -> f64 {
     batch.query_async::<()>(&mut conn).await.expect("publish");
     env.wait_for(&format!("{total} records"), Duration::from_secs(180), || {
         let mut conn = conn.clone();
-        async move { (xlen(&mut conn, "records").await >= total).then_some(()) }
+        async move { (xlen(&mut conn, "records").await.unwrap_or(0) >= total).then_some(()) }
     })
     .await;
     n as f64 / started.elapsed().as_secs_f64()

@@ -80,10 +80,13 @@ impl Env {
         config
     }
 
-    /// A connection to this test's Redis, with a response timeout long enough for a loaded
-    /// machine (redis-rs's default is 500 ms).
+    /// A connection to this test's Redis, with connect and response timeouts long enough for
+    /// a loaded machine (redis-rs's defaults are 1 s and 500 ms: beside a CPU hog a test
+    /// failed to connect within 1 s).
     pub async fn conn(&self) -> MultiplexedConnection {
-        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(30)))
+            .set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.redis.url())
             .expect("url")
             .get_multiplexed_async_connection_with_config(&config)
@@ -327,6 +330,40 @@ pub fn ferry(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A free TCP port on 127.0.0.1 (for an admin endpoint or a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A free `127.0.0.1:PORT` address.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// The length of `stream` (0 when it does not exist); the caller decides what a failed
+/// `XLEN` means (a failover test may poll through one).
+pub async fn xlen<C: redis::aio::ConnectionLike>(conn: &mut C, stream: &str) -> redis::RedisResult<u64> {
+    redis::cmd("XLEN").arg(stream).query_async(conn).await
+}
+
+/// The dead letters of `subscriber` now (up to 100).
+pub async fn dead_letters(conn: &mut MultiplexedConnection, subscriber: &str) -> Vec<ferry::dlq::DeadLetter> {
+    ferry::dlq::list(conn, Some(subscriber), 100).await.expect("dlq")
+}
+
+/// Wait until `subscriber` has at least `n` dead letters; returns them.
+pub async fn wait_dead_letters(env: &Env, subscriber: &str, n: usize) -> Vec<ferry::dlq::DeadLetter> {
+    let conn = env.conn().await;
+    env.wait_for(&format!("{n} dead letters of {subscriber}"), Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        async move {
+            let letters = dead_letters(&mut conn, subscriber).await;
+            (letters.len() >= n).then_some(letters)
+        }
+    })
+    .await
+}
+
 /// Records grouped by subscriber, as (subscriber, event id) pairs.
 pub fn by_subscriber(records: &[Value], subscriber: &str) -> Vec<Value> {
     records.iter().filter(|r| r["subscriber"] == subscriber).cloned().collect()
@@ -353,6 +390,22 @@ pub fn faketime(offset: &str) -> Vec<(String, String)> {
 pub fn recorder(extra: &str) -> String {
     let (top, sections) = extra.split_at(extra.find('[').unwrap_or(extra.len()));
     format!("{top}\n{RECORDER_TOML}\n{sections}\n")
+}
+
+/// The recorder's settings subscribed to `types` only.
+pub fn recorder_of(types: &[&str]) -> String {
+    let subs: Vec<String> = types.iter().map(|t| format!("{{ type = \"{t}\" }}")).collect();
+    format!("subscriptions = [{}]\n{RECORDER_TOML}", subs.join(", "))
+}
+
+/// The recorder on a cluster: recording into `stream` (granted to it), 8 at a time, with a
+/// short deadline so a dead host's entries are taken over soon (`claim_idle` must exceed
+/// it); `extra` first.
+pub fn cluster_recorder(stream: &str, extra: &str) -> String {
+    format!(
+        "{extra}\nstart = \"beginning\"\nconcurrency = 8\npublish_streams = [\"{stream}\"]\n\
+         [config]\nrecord_to = \"{stream}\"\n[limits]\ndeadline = \"1s\"\n"
+    )
 }
 
 /// How often each event id was recorded.

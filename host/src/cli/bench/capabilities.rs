@@ -40,6 +40,7 @@ fn subscriber(
         contracts: None,
         redis: Some(bench.ctx.shared.clone()),
         http_metrics: Some(bench.ctx.metrics.http.clone()),
+        ..Services::default()
     };
     let grants = Arc::new(Grants::with(name, &plugin.version, &settings, &services));
     Ok((Arc::new(Runner::new(bench.engine.clone(), plugin.clone(), grants)), settings))

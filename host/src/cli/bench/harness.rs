@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use ferry::stop::Stop;
 
 use ferry::config::{InstanceMode, LimitsConfig, Start, SubscriberConfig};
 use ferry::consume::{self, Active, Context, RedisHealth, Subscriber};
@@ -18,6 +18,7 @@ use ferry::handler::{Handling, Invoke, Job, Outcome};
 use ferry::metrics::{self, Metrics};
 use ferry::plugin::cache::Cache;
 use ferry::plugin::capability::Grants;
+use ferry::plugin::capability::seam::Services;
 use ferry::plugin::invoke::Runner;
 use ferry::plugin::{Engine, Plugin};
 
@@ -236,7 +237,7 @@ impl Bench {
         n: usize,
         active: impl Fn(Arc<dyn Invoke>) -> anyhow::Result<Active>,
     ) -> anyhow::Result<f64> {
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = Stop::channel();
         let mut tasks = Vec::new();
         let names: Vec<String> = subscribers.iter().map(|(name, _)| name.clone()).collect();
         let started = Instant::now();
@@ -262,9 +263,19 @@ impl Bench {
     }
 
     /// A runner of `plugin` as subscriber `name`, with instance mode `mode`.
+    /// A runner of `plugin` granted state (on the bench's Redis) and nothing else: the Python
+    /// and JavaScript examples keep state on every event; a plugin that never calls it pays
+    /// nothing for the grant.
     pub(super) fn runner(&self, plugin: &Arc<Plugin>, name: &str, mode: InstanceMode) -> Arc<Runner> {
         let limits = LimitsConfig { instance_mode: mode, ..LimitsConfig::default() };
-        let grants = Arc::new(Grants::none(name, &plugin.version, limits));
+        let settings = SubscriberConfig {
+            limits: Some(limits),
+            state: Some(ferry::config::StateSetting::On(true)),
+            ..Default::default()
+        }
+        .fill();
+        let services = Services { redis: Some(self.ctx.shared.clone()), ..Default::default() };
+        let grants = Arc::new(Grants::with(name, &plugin.version, &settings, &services));
         Arc::new(Runner::new(self.engine.clone(), plugin.clone(), grants))
     }
 

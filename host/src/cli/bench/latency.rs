@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use ferry::stop::Stop;
 
 use ferry::config::InstanceMode;
 use ferry::consume::{self, Subscriber};
@@ -16,7 +16,7 @@ use super::report::{Report, percentile_ms};
 /// p50, p99 and max latency over `secs` seconds of publishing.
 pub(super) async fn figures(bench: &Bench, noop: &Arc<Plugin>, secs: u64, report: &mut Report) -> anyhow::Result<()> {
     let probe = Arc::new(Probe { inner: bench.runner(noop, "latency", InstanceMode::Reuse), samples: Arc::default() });
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = Stop::channel();
     let sub = Arc::new(Subscriber::new("latency".into(), active(probe.clone(), "bench-latency")?));
     let task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-latency".into(), rx));
     tokio::time::sleep(Duration::from_millis(300)).await;

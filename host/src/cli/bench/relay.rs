@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::sync::watch;
+use ferry::stop::Stop;
 
 use ferry::config::InstanceMode;
 use ferry::consume::{self, Subscriber};
@@ -61,7 +61,7 @@ pub(super) async fn figures(
     // Latency: one row per transaction at a steady rate; stamped just before COMMIT.
     let probe =
         Arc::new(Probe { inner: bench.runner(noop, "relay-latency", InstanceMode::Reuse), samples: Arc::default() });
-    let (stop_sub, rx) = watch::channel(false);
+    let (stop_sub, rx) = Stop::channel();
     let sub = Arc::new(Subscriber::new("relay-latency".into(), active(probe.clone(), "bench-relay-latency")?));
     let sub_task = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, "bench-relay-latency".into(), rx));
     let (stop, task) = run_relay("bench-relay-latency")?;

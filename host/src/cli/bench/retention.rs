@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferry::config::RetentionConfig;
 use ferry::consume::{self, Subscriber, trim};
-use tokio::sync::watch;
+use ferry::stop::Stop;
 
 use super::harness::{Bench, Native, active, preload, sample_event};
 use super::report::Report;
@@ -171,7 +171,7 @@ async fn steady(
     secs: u64,
     retention: &RetentionConfig,
 ) -> anyhow::Result<Steady> {
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = Stop::channel();
     let sub = Arc::new(Subscriber::new(format!("retention-{stream}"), active(Arc::new(Native), stream)?));
     // A fresh metric name per stream: the subscriber's handled count says when it caught up.
     let consumer = tokio::spawn(consume::run_stream(bench.ctx.clone(), sub, stream.into(), rx));

@@ -2,7 +2,8 @@
 //! the event being handled. Knows nothing of the store type: a capability reaches only its
 //! own context, through the getter the registry hands to [`Capability::link`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::component::Linker;
 
@@ -62,6 +63,63 @@ pub struct Services {
     pub redis: Option<crate::connection::Conn>,
     /// Where plugins' outbound HTTP requests are counted, when there is a registry.
     pub http_metrics: Option<crate::metrics::HttpMetrics>,
+    /// Handler state held in memory, where there is no Redis (`ferry plugins invoke`).
+    pub memory: Option<crate::plugin::state::Memory>,
+    /// Where the capabilities record what a call did, for `ferry plugins invoke`; none in a host.
+    pub watch: Option<Watch>,
+}
+
+/// What the capabilities saw of the calls of a subscriber, beside their outcome: log lines,
+/// outbound HTTP requests, state writes. `ferry plugins invoke` prints it; a host keeps none.
+/// Clones share the record.
+#[derive(Debug, Clone, Default)]
+pub struct Watch(Arc<Mutex<Seen>>);
+
+/// What a [`Watch`] recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Log lines written, as kept (capped, made printable).
+    pub lines: Vec<LogLine>,
+    /// Outbound HTTP requests, refused ones too.
+    pub requests: Vec<Request>,
+    /// The state writes of each handled call (`None`: a delete).
+    pub writes: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A log line a plugin wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// `TRACE` to `ERROR`.
+    pub level: &'static str,
+    /// The line.
+    pub message: String,
+}
+
+/// An outbound HTTP request a plugin made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The method.
+    pub method: String,
+    /// `scheme://host:port/path` (no query).
+    pub url: String,
+    /// The response's status, if one arrived.
+    pub status: Option<u16>,
+    /// `ok`, or why it was refused or failed.
+    pub outcome: String,
+    /// Until the response head arrived, or the failure.
+    pub took: Duration,
+}
+
+impl Watch {
+    /// Record into what was seen.
+    pub fn record(&self, f: impl FnOnce(&mut Seen)) {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// What was seen so far.
+    pub fn seen(&self) -> Seen {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl std::fmt::Debug for Services {

@@ -58,6 +58,8 @@ pub struct HttpGrant {
     /// Its idle connections (keep-alive), shared by its instances.
     pool: Arc<Pool>,
     metrics: Option<HttpMetrics>,
+    /// Where calls are recorded for `ferry plugins invoke`.
+    watch: Option<super::seam::Watch>,
 }
 
 impl std::fmt::Debug for HttpGrant {
@@ -104,6 +106,7 @@ impl Capability for Http {
             refusals: Arc::default(),
             pool: Arc::default(),
             metrics: services.http_metrics.clone(),
+            watch: services.watch.clone(),
         }
     }
 
@@ -141,6 +144,7 @@ fn hooks(grant: &HttpGrant, current: &Current) -> OutboundHttp {
             subscriber: grant.subscriber.clone(),
             metrics: grant.metrics.clone(),
             calls: Default::default(),
+            watch: grant.watch.clone(),
         },
     }
 }

@@ -134,9 +134,9 @@ impl RefusalLog {
         };
         let url = crate::redact::printable(url);
         if held_back > 0 {
-            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why} ({held_back} more refused before it, not logged)");
+            tracing::warn!(subscriber = %subscriber, plugin = %subscriber, %url, "outbound HTTP request refused: {why} ({held_back} more refused before it, not logged)");
         } else {
-            tracing::warn!(plugin = %subscriber, %url, "outbound HTTP request refused: {why}");
+            tracing::warn!(subscriber = %subscriber, plugin = %subscriber, %url, "outbound HTTP request refused: {why}");
         }
         true
     }
@@ -154,6 +154,8 @@ pub struct Recorder {
     pub metrics: Option<HttpMetrics>,
     /// The current event's calls.
     pub calls: Calls,
+    /// Where calls are recorded for `ferry plugins invoke`, if it watches.
+    pub watch: Option<crate::plugin::capability::seam::Watch>,
 }
 
 impl Recorder {
@@ -167,6 +169,21 @@ impl Recorder {
                 let sub = crate::metrics::Metrics::sub(&self.subscriber);
                 m.duration.get_or_create(&sub).observe(call.took.as_secs_f64());
             }
+        }
+        if let Some(watch) = &self.watch {
+            let (status, outcome) = match &call.outcome {
+                Outcome::Status(s) => (Some(*s), "ok".to_string()),
+                Outcome::Refused(why) => (None, format!("refused: {why}")),
+                Outcome::Failed(why) => (None, format!("failed: {why}")),
+            };
+            let request = crate::plugin::capability::seam::Request {
+                method: call.method.clone(),
+                url: call.url.clone(),
+                status,
+                outcome,
+                took: call.took,
+            };
+            watch.record(|seen| seen.requests.push(request));
         }
         if let Ok(mut calls) = self.calls.lock() {
             calls.push(call);

@@ -32,6 +32,8 @@ pub struct LogGrant {
     pub line_bytes: usize,
     /// The plugin's log rate, shared by all its instances.
     pub rate: Arc<LogRate>,
+    /// Where lines are recorded too (`ferry plugins invoke`), whatever the log filter.
+    pub watch: Option<super::seam::Watch>,
 }
 
 /// A store's log: its grant and what the current call wrote.
@@ -51,12 +53,13 @@ impl Capability for Log {
     const IMPORTS: &'static [(&'static str, &'static str)] =
         &[("log", "no grant needed (capped per event and per plugin)")];
 
-    fn grant(subscriber: &Arc<str>, settings: &Effective, _services: &super::seam::Services) -> LogGrant {
+    fn grant(subscriber: &Arc<str>, settings: &Effective, services: &super::seam::Services) -> LogGrant {
         LogGrant {
             subscriber: subscriber.clone(),
             lines: settings.limits.log_lines,
             line_bytes: settings.limits.log_line_bytes,
             rate: LogRate::of(&settings.limits),
+            watch: services.watch.clone(),
         }
     }
 
@@ -90,7 +93,8 @@ impl LogCtx {
             tracing::Level::WARN => tracing::enabled!(target: "ferry::plugin", tracing::Level::WARN),
             tracing::Level::ERROR => tracing::enabled!(target: "ferry::plugin", tracing::Level::ERROR),
         };
-        if !enabled {
+        let watch = self.grant.watch.as_ref();
+        if !enabled && watch.is_none() {
             return;
         }
         self.lines += 1;
@@ -101,7 +105,11 @@ impl LogCtx {
         let message = crate::redact::truncate(message, self.grant.line_bytes);
         // A newline would forge a log line, an escape sequence reach a terminal.
         let message = crate::redact::printable(message);
-        if !self.grant.rate.admit(&self.grant.subscriber, message.len()) {
+        if let Some(watch) = watch {
+            let line = super::seam::LogLine { level: level.as_str(), message: message.to_string() };
+            watch.record(|seen| seen.lines.push(line));
+        }
+        if !enabled || !self.grant.rate.admit(&self.grant.subscriber, message.len()) {
             return;
         }
         // The plugin and the event id are the `event` span's fields (`subscriber`, `event_id`),

@@ -10,6 +10,9 @@
 //! hands them to the settle as [`Effects::state`], which commits them with the `XACK` only if
 //! every key the event read is unchanged (`consume/settle.lua`, `ackst`). A handler that fails,
 //! traps or times out never reaches `finish`: its writes are dropped with its store's call.
+//!
+//! Where no Redis runs (`ferry plugins invoke`), the state is a [`Memory`] the caller seeds
+//! (`Services::memory`): the same [`Txn`], reading from memory, its writes applied there.
 
 pub mod stored;
 
@@ -23,7 +26,7 @@ use crate::connection::Conn;
 use crate::handler::{Effects, StateCommit};
 use crate::plugin::bindings::v0_2;
 use crate::plugin::contract::Contract;
-use crate::plugin::state::Txn;
+use crate::plugin::state::{Memory, Source, StateError, Stored, Txn};
 
 /// The `state` capability.
 pub struct State;
@@ -33,6 +36,9 @@ pub struct StateGrant {
     subscriber: Arc<str>,
     limits: Option<StateLimits>,
     redis: Option<Conn>,
+    /// The state in memory when there is no Redis.
+    memory: Option<Memory>,
+    watch: Option<super::seam::Watch>,
 }
 
 impl std::fmt::Debug for StateGrant {
@@ -58,7 +64,13 @@ impl Capability for State {
     )];
 
     fn grant(subscriber: &Arc<str>, settings: &Effective, services: &Services) -> StateGrant {
-        StateGrant { subscriber: subscriber.clone(), limits: settings.state, redis: services.redis.clone() }
+        StateGrant {
+            subscriber: subscriber.clone(),
+            limits: settings.state,
+            redis: services.redis.clone(),
+            memory: services.memory.clone(),
+            watch: services.watch.clone(),
+        }
     }
 
     fn ctx(grant: &Arc<StateGrant>) -> StateCtx {
@@ -84,6 +96,16 @@ impl Capability for State {
 
     fn finish(ctx: &mut StateCtx, effects: &mut Effects) {
         if let Some(txn) = ctx.txn.take().filter(|t| !t.is_empty()) {
+            if let Some(watch) = &ctx.grant.watch {
+                let writes = txn.writes().iter().map(|(k, v)| (k.clone(), v.clone()));
+                watch.record(|seen| seen.writes.extend(writes));
+            }
+            if ctx.grant.redis.is_none()
+                && let Some(memory) = &ctx.grant.memory
+            {
+                memory.apply(txn.writes());
+                return;
+            }
             effects.state = Some(StateCommit { args: txn.commit_args() });
         }
     }
@@ -94,8 +116,8 @@ impl Capability for State {
 }
 
 impl StateCtx {
-    /// The call's transaction and a connection, or why there is none.
-    fn open(&mut self) -> Result<(&mut Txn, Conn), String> {
+    /// The call's transaction and where it reads, or why there is none.
+    fn open(&mut self) -> Result<(&mut Txn, Reads), String> {
         let Some(txn) = self.txn.as_mut() else {
             let message = format!(
                 "state is not granted to this plugin: grant it with `state = true` in its `[subscribers.{}]` (or its NAME.toml)",
@@ -104,12 +126,27 @@ impl StateCtx {
             self.denied = Some(message.clone());
             return Err(message);
         };
-        let conn = self
-            .grant
-            .redis
-            .clone()
-            .ok_or("state is unavailable here: no Redis (ferry plugins invoke takes --state)")?;
-        Ok((txn, conn))
+        let reads = match (&self.grant.redis, &self.grant.memory) {
+            (Some(conn), _) => Reads::Redis(conn.clone()),
+            (None, Some(memory)) => Reads::Memory(memory.clone()),
+            (None, None) => return Err("state is unavailable here: no Redis".into()),
+        };
+        Ok((txn, reads))
+    }
+}
+
+/// Where a call's transaction reads the committed state.
+enum Reads {
+    Redis(Conn),
+    Memory(Memory),
+}
+
+impl Source for Reads {
+    async fn read(&mut self, hash: &str, keys: &[&str]) -> Result<Vec<Stored>, StateError> {
+        match self {
+            Self::Redis(conn) => conn.read(hash, keys).await,
+            Self::Memory(memory) => memory.read(hash, keys).await,
+        }
     }
 }
 

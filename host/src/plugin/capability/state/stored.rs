@@ -57,11 +57,12 @@ pub async fn list(conn: &mut Conn, stream: &str, subscriber: &str) -> Result<Vec
         for pair in page.chunks(2) {
             let (Some(field), Some(value)) = (pair.first(), pair.get(1)) else { continue };
             let name = String::from_utf8_lossy(field.get(1..).unwrap_or_default()).into_owned();
-            match field.first() {
-                Some(b'=') => {
+            let prefix = field.get(..1).unwrap_or_default();
+            match prefix {
+                p if p == crate::keys::state_field::VALUE.as_bytes() => {
                     values.insert(name, value.len() as u64);
                 }
-                Some(b'#') => {
+                p if p == crate::keys::state_field::VERSION.as_bytes() => {
                     let version = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
                     versions.insert(name, version);
                 }
@@ -84,8 +85,11 @@ pub async fn list(conn: &mut Conn, stream: &str, subscriber: &str) -> Result<Vec
 
 /// The value of `key` (None: not set).
 pub async fn get(conn: &mut Conn, stream: &str, subscriber: &str, key: &str) -> Result<Option<Vec<u8>>, StoredError> {
-    let value: Option<Vec<u8>> =
-        redis::cmd("HGET").arg(crate::keys::state(stream, subscriber)).arg(format!("={key}")).query_async(conn).await?;
+    let value: Option<Vec<u8>> = redis::cmd("HGET")
+        .arg(crate::keys::state(stream, subscriber))
+        .arg(crate::keys::state_field::value(key))
+        .query_async(conn)
+        .await?;
     Ok(value)
 }
 
@@ -114,8 +118,11 @@ pub async fn delete(conn: &mut Conn, stream: &str, subscriber: &str, key: &str) 
 /// Bytes of keys and values `subscriber` stores on `stream`: the total the quota counts,
 /// kept by every commit, so one HGET.
 pub async fn bytes(conn: &mut Conn, stream: &str, subscriber: &str) -> Result<u64, StoredError> {
-    let total: Option<i64> =
-        redis::cmd("HGET").arg(crate::keys::state(stream, subscriber)).arg("_bytes").query_async(conn).await?;
+    let total: Option<i64> = redis::cmd("HGET")
+        .arg(crate::keys::state(stream, subscriber))
+        .arg(crate::keys::state_field::BYTES)
+        .query_async(conn)
+        .await?;
     Ok(total.unwrap_or(0).max(0) as u64)
 }
 
