@@ -71,20 +71,30 @@ fn fetch(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16, usize),
     request.set_path_with_query(Some(path)).map_err(|()| "path")?;
     let outgoing = request.body().map_err(|()| "body")?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| code(&e))?;
+    // A write the host stopped (a body over its cap) is reported by the response's code,
+    // when it has one; the write's own error otherwise.
+    let mut unwritten = None;
     if let Some(bytes) = body {
         let stream = outgoing.write().map_err(|()| "body stream")?;
         for chunk in bytes.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing the body: {e:?}"))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                unwritten = Some(format!("writing the body: {e:?}"));
+                break;
+            }
         }
         drop(stream);
     }
-    OutgoingBody::finish(outgoing, None).map_err(|e| code(&e))?;
+    let finished = OutgoingBody::finish(outgoing, None).map_err(|e| code(&e));
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
         Some(Ok(Err(e))) => return Err(code(&e)),
         Some(Err(())) | None => return Err("no response".into()),
     };
+    if let Some(error) = unwritten {
+        return Err(error);
+    }
+    finished?;
     let status = response.status();
     let incoming = response.consume().map_err(|()| "response body")?;
     let stream = incoming.stream().map_err(|()| "response stream")?;
