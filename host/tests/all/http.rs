@@ -241,6 +241,125 @@ async fn an_https_server_with_an_untrusted_certificate_is_refused() {
     host.stop_all().await;
 }
 
+/// A local TLS server for `127.0.0.1` with a certificate from a CA made here (its PEM at
+/// `ca`), offering only the ALPN `protocols`; it answers `ok` to every request and records
+/// each request's HTTP version.
+struct TlsServer {
+    port: u16,
+    versions: Arc<Mutex<Vec<http::Version>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Spawns the test server's HTTP/2 tasks.
+#[derive(Clone, Copy)]
+struct Spawn;
+
+impl<F: Future<Output: Send + 'static> + Send + 'static> hyper::rt::Executor<F> for Spawn {
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut);
+    }
+}
+
+impl TlsServer {
+    async fn start(protocols: &[&[u8]]) -> Self {
+        use tokio_rustls::rustls;
+        let dir = tempfile::Builder::new().prefix("ferry-http-pki-").tempdir().expect("temp dir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ferry http test CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("CA key")).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).expect("writing the CA");
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let mut config = rustls::ServerConfig::builder_with_provider(ferry::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server config");
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, accepted) = (versions.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen) = (acceptor.clone(), seen.clone());
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = wasmtime_wasi_http::io::TokioIo::new(tls);
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        seen.lock().expect("lock").push(request.version());
+                        let ok = http_body_util::Full::new(bytes::Bytes::from_static(b"ok"));
+                        async move { Ok::<_, std::convert::Infallible>(http::Response::new(ok)) }
+                    });
+                    let _ = if h2 {
+                        hyper::server::conn::http2::Builder::new(Spawn).serve_connection(io, service).await
+                    } else {
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+                    };
+                });
+            }
+        });
+        Self { port, versions, connections, ca: ca_path, _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The `[http]` grant of this server, trusting its CA.
+    fn grant(&self) -> String {
+        format!("{}\nca_file = {:?}", allow(&[self.url("")]), self.ca.display().to_string())
+    }
+}
+
+/// Over TLS the host offers `h2` and `http/1.1`: a server speaking only HTTP/2 gets the
+/// plugin's requests over HTTP/2, successive events' over one connection; a server speaking
+/// only HTTP/1.1 gets them over HTTP/1.1. Both trusted through `ca_file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_requests_go_over_http2_when_the_server_offers_it_and_http1_otherwise() {
+    let h2 = TlsServer::start(&[b"h2"]).await;
+    let h1 = TlsServer::start(&[b"http/1.1"]).await;
+    let env = Env::new();
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&h2.grant()), ""));
+    env.add_plugin("old", fixtures::FETCHER, &fetcher_toml(Some(&h1.grant()), "").replace("\"records\"", "\"old\""));
+    let host = ferry::host::Host::start(env.config()).await.expect("host");
+    let mut conn = env.conn().await;
+    for _ in 0..3 {
+        let e = fetch(json!({"url": h2.url("/two")}));
+        ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+        let record = record_of(&env, &e).await;
+        assert_eq!((record["status"].as_u64(), record["bytes"].as_u64()), (Some(200), Some(2)), "{record}");
+    }
+    assert_eq!(*h2.versions.lock().expect("lock"), [http::Version::HTTP_2; 3]);
+    assert_eq!(h2.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one HTTP/2 connection for three requests");
+    // Every event reaches both subscribers: `old` is granted only the HTTP/1.1 server.
+    let e = fetch(json!({"url": h1.url("/one")}));
+    ferry::outbox::publish(&mut conn, "events", &e).await.expect("publish");
+    let record = env
+        .wait_for("old's record", Duration::from_secs(60), || {
+            let (mut conn, id) = (conn.clone(), e.id.clone());
+            async move { crate::support::records(&mut conn, "old").await.into_iter().find(|r| r["of"] == id.as_str()) }
+        })
+        .await;
+    assert_eq!(record["status"].as_u64(), Some(200), "{record}");
+    assert_eq!(h1.versions.lock().expect("lock")[0], http::Version::HTTP_11);
+    host.stop_all().await;
+}
+
 /// Refused before anything is sent, with `HttpRequestDenied` to the guest: another host,
 /// another port; and after resolution: a granted *name* resolving to loopback
 /// (`http://localhost:PORT` granted by name only).
