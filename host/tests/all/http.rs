@@ -391,6 +391,53 @@ async fn requests_to_other_hosts_ports_or_a_name_resolving_to_loopback_are_refus
     host.stop_all().await;
 }
 
+/// A plugin hammering a refused URL does not flood the log: its refusals are logged once per
+/// window (`send::REFUSAL_WINDOW`, 1 s) per subscriber, the ones held back counted into the
+/// next line, and every one counted in `ferry_http_requests_total{outcome="refused"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_requests_are_logged_once_per_window_and_counted_every_time() {
+    let env = Env::new();
+    let grant = format!("{}\nrequests_per_event = 1000", allow(&["http://127.0.0.1:9".to_string()]));
+    env.add_plugin("fetcher", fixtures::FETCHER, &fetcher_toml(Some(&grant), ""));
+    let mut config = env.config();
+    let addr = crate::support::free_addr();
+    config.admin.listen = addr.clone();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = crate::support::HostProcess::start(&config, dir.path(), "host");
+    let mut conn = env.conn().await;
+    let refused = "http://refused.example/hammer";
+    let started = Instant::now();
+    let burst = fetch(json!({"url": refused, "times": 200}));
+    ferry::outbox::publish(&mut conn, "events", &burst).await.expect("publish");
+    assert_eq!(record_of(&env, &burst).await["error"].as_str(), Some("HttpRequestDenied"));
+    let burst_took = started.elapsed();
+    // One more refusal after the window: always logged, carrying every one held back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let last = fetch(json!({"url": refused}));
+    ferry::outbox::publish(&mut conn, "events", &last).await.expect("publish");
+    record_of(&env, &last).await;
+    let log = env
+        .wait_for("the last refusal's log line", Duration::from_secs(30), || async {
+            let log = host.log();
+            let lines: Vec<String> =
+                log.lines().filter(|l| l.contains("outbound HTTP request refused")).map(str::to_string).collect();
+            lines.last().is_some_and(|l| l.contains("before it, not logged")).then_some(lines)
+        })
+        .await;
+    let held_back: u64 =
+        log.iter().filter_map(|l| l.split(" (").nth(1)?.split_whitespace().next()?.parse::<u64>().ok()).sum();
+    assert_eq!(log.len() as u64 + held_back, 201, "every refusal logged or counted into a line: {log:#?}");
+    let windows = burst_took.as_secs() + 2;
+    assert!(log.len() as u64 <= windows + 1, "{} lines for 201 refusals in {windows} windows: {log:#?}", log.len());
+    let metrics = ferry::status::http_get(&addr, "/metrics").await.expect("metrics");
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"ferry_http_requests_total{subscriber="fetcher",outcome="refused"}"#))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+    assert_eq!(counted, Some(201.0), "each refusal counted");
+    drop(host);
+}
+
 /// Redirects are not followed: the guest gets the 3xx as it came, and a request it makes
 /// to the `Location` is checked like any other (here it would be refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
