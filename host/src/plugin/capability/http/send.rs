@@ -6,18 +6,20 @@
 //! ([`AllowList::admits`]); the declared body size; the host name resolved here and every
 //! address checked ([`super::allow::Admitted::address_allowed`]) before connecting *to
 //! that address* (so the name cannot be re-resolved elsewhere between check and connect);
-//! TLS with the system's roots for `https`; the three timeouts, each clamped to what is left
-//! of the event's deadline; `Idempotency-Key` (the same on every attempt of the event) and
-//! `traceparent` added; the response body cut at its cap. A refusal is the standard
-//! `HttpRequestDenied` (or the matching `wasi:http` error code) returned to the guest, and
-//! recorded with the reason in [`Calls`].
+//! TLS for `https`; the three timeouts, each clamped to what is left of the event's
+//! deadline; `Idempotency-Key` (the same on every attempt of the event) and `traceparent`
+//! added; the bodies cut at their caps, with the `wasi:http` size codes. A refusal is the
+//! standard `HttpRequestDenied` (or the matching `wasi:http` error code) returned to the
+//! guest, and recorded with the reason in [`Calls`].
 //!
 //! Redirects are not followed: a 3xx goes to the guest, whose next request is checked like any
-//! other. HTTP/1.1 connections are kept alive in a [`Pool`] per subscriber (wasmtime's default
-//! sender opens one per request): a connection is given back once its response body was read
-//! to the end, and reused only when the request's host, resolved and checked again, still
-//! includes the address it was made to (hyper-util's pool cannot be told that). HTTP/2 is not
-//! offered (ALPN `http/1.1`).
+//! other. Connections are kept in a [`Pool`] per subscriber (wasmtime's default sender opens
+//! one per request), used only when the request's host, resolved and checked again, still
+//! includes the address a connection was made to (hyper-util's pool cannot be told that).
+//! TLS offers ALPN `h2` and `http/1.1` ([`Tls`]: the system's roots or the subscriber's
+//! `ca_file`): an HTTP/2 connection stays in the pool, shared by every request to its
+//! destination; an HTTP/1.1 one is taken out for a request and given back once its response
+//! body was read to the end. Plain `http` is HTTP/1.1 (no h2c).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
