@@ -135,10 +135,17 @@ for n in top_nodes:
 
 status = 0
 # The runtime never depends on what is wired around it.
-for outer in ("admin", "reload", "redis_server"):
+for outer in ("admin", "reload"):
     users = sorted({a for a, b in top_edges if b == outer})
     if users:
         print(f"runtime module(s) {' '.join(users)} import {outer}: only the binary and tests may wire it in")
+        status = 1
+
+# The throwaway servers live in the test kit (test-kit/), for the binary and tests only.
+for name, path in sorted(files.items()):
+    text = open(path, encoding="utf-8").read().split("#[cfg(test)]")[0]
+    if "ferry_test_kit" in text:
+        print(f"{name} uses ferry_test_kit outside its tests: only the binary and tests may")
         status = 1
 
 found = cycles(top_nodes, top_edges) + cycles(sorted(modules), edges)

@@ -75,7 +75,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
 /// The keys one subscriber uses for one stream it reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberKeys {
-    /// The source stream (the outbox).
+    /// The source stream.
     pub stream: String,
     /// The subscriber's own retry stream: due retries and replays are delivered here, so they
     /// reach this subscriber only.

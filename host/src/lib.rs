@@ -37,8 +37,6 @@
 //!   ([`fs_events`]: the debounce and the changed-contents rule it shares with the schema watcher).
 //! - [`audit`]: the audit trail of operator actions, a bounded Redis stream.
 //! - [`admin`]: the admin HTTP endpoint (metrics, health, plugins, status page); `admin/auth.rs` decides who may use it.
-//! - [`redis_server`]: a throwaway `redis-server` (or Redis Cluster) for the demo, the benchmark
-//!   and tests; [`postgres_server`]: a throwaway PostgreSQL for the relay's tests and benchmark.
 //! - [`redact`]: credentials masked out of every address shown in an error, a log or `--help`.
 //! - [`tls`]: the TLS client settings (roots, CA bundle, verification) shared by Redis,
 //!   PostgreSQL and plugins' outbound HTTP.
@@ -66,9 +64,7 @@ pub mod keys;
 pub mod metrics;
 pub mod outbox;
 pub mod plugin;
-pub mod postgres_server;
 pub mod redact;
-pub mod redis_server;
 pub mod relay;
 pub mod reload;
 pub mod replica;

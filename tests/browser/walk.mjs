@@ -185,10 +185,16 @@ async function replayGroup(page) {
 }
 
 async function purge(page) {
-  step('purge: the Refunds, by filter');
+  step('select one Refund and replay it; purge the rest by filter');
   await filterDeadLetters(page, { type: 'Refund' });
+  await page.locator('#dlq-list tbody input[type=checkbox]').first().check();
+  check((await page.textContent('#dlq-selected')) === '1 selected', 'one row selected');
+  await page.click('#replay-selected');
+  await page.waitForFunction(() => /Replayed 1 dead letter/.test(document.querySelector('#notice')?.textContent || ''));
+  await settled(page);
+  await page.waitForFunction(() => document.querySelector('#dlq-count')?.textContent.startsWith('2 dead letters'));
   await page.click('#purge-matching');
-  await page.waitForFunction(() => /Purged 3 dead letter/.test(document.querySelector('#notice')?.textContent || ''));
+  await page.waitForFunction(() => /Purged 2 dead letter/.test(document.querySelector('#notice')?.textContent || ''));
   await page.waitForFunction(() => document.querySelector('#dlq-count')?.textContent.startsWith('0 dead letters'));
 }
 
@@ -207,7 +213,7 @@ async function find(page) {
 }
 
 async function audit(page) {
-  step('audit: the replay of 1,000, the purge and the edit, by alice');
+  step('audit: the replays, the purge and the edit, by alice');
   await page.click('header nav a[data-view="audit"]');
   await page.locator('#audit').waitFor();
   const rows = await page.locator('#audit tbody tr').evaluateAll((trs) =>
@@ -215,7 +221,8 @@ async function audit(page) {
   );
   const has = (action, n) => rows.some((r) => r.action === action && r.cells[1] === 'alice' && (n === undefined || r.cells[5] === n));
   check(has('replay', '1000'), `the group replay audited: ${JSON.stringify(rows)}`);
-  check(has('purge', '3'), 'the purge audited');
+  check(has('purge', '2'), 'the purge audited');
+  check(has('replay', '1'), 'the replay of the selected one audited');
   check(rows.some((r) => r.action !== 'replay' && r.action !== 'purge' && r.cells[1] === 'alice'), 'the edit audited');
   await shot(page, 'audit');
 }
@@ -293,6 +300,12 @@ try {
   await plugins(page);
   await markup(page);
   await overviewAfter(page);
+  step('log out');
+  await page.click('#logout');
+  await page.locator('#login').waitFor({ state: 'visible' });
+  await page.reload();
+  await page.locator('#login').waitFor({ state: 'visible' });
+  check((await page.locator('#view *').count()) === 0, 'nothing shown after logging out');
   await viewer(browser);
 } catch (e) {
   failed = e;

@@ -19,7 +19,7 @@ use ferry::config::{Config, HttpConfig, RetryConfig, Start, StateSetting, Subscr
 use ferry::event::Event;
 use ferry::host::Host;
 use ferry::metrics;
-use ferry::redis_server::RedisServer;
+use ferry_test_kit::redis_server::RedisServer;
 
 /// `ferry demo`.
 #[derive(Debug, Args)]

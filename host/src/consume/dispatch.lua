@@ -6,7 +6,7 @@
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms (0: off), 4 lease ms, 5 max deliveries,
 --       6 ordered ('1'/'0'), then 8 values per event: stream key, entry id, event id,
 --       owner, replay ('1'/'0'), partition key ('' for none), netstring fields to park,
---       the in-flight marker the precheck wrote for it ('' for none)
+--       the run marker the precheck wrote for it ('' for none)
 -- A marker the precheck wrote is this read's own guess, not a run: it counts as absent, and
 -- is removed unless the decision is to run.
 -- Returns one decision per event: run, dup, dead, wait, crash or park; run, dup and dead with
@@ -47,8 +47,7 @@ for i = FIRST_EVENT, #ARGV, PER_EVENT do
   if not decision and starts >= max_deliveries then decision = 'crash' end
   local holds = false
   if not decision and ordered and pkey ~= '' then
-    local key_holder = take(K, pkey, owner, now)
-    if key_holder and key_holder ~= owner then
+    if not take(K, pkey, owner, now) and redis.call('HGET', K.holds, pkey) ~= owner then
       park(K, stream, group, entry, pkey, parked)
       decision = 'park'
     else

@@ -3,7 +3,7 @@
 //! For each entry it decides, in this order: is it a valid event of a sane size (else it is
 //! dead-lettered as `invalid-event`), does the subscriber want it (else it is acked as
 //! skipped), and then, atomically with recording the decision (a precheck `MULTI` of native
-//! commands decides the common case, a fresh event with no key to claim; `dispatch.lua`,
+//! commands decides the common case, a fresh event with no key to take; `dispatch.lua`,
 //! one call for the rest of the read, decides every other case): was this event already handled or dead-lettered (a
 //! duplicate: acked without running), is another delivery of it being handled right now
 //! (it waits and is decided after that one settles), has it used up its crash budget
@@ -38,6 +38,8 @@ pub struct Work {
     pub job: Arc<Job>,
     /// The run's owner (`_origin`).
     pub owner: String,
+    /// The host running it (its consumer name), recorded in a dead letter.
+    pub host: Arc<str>,
     /// It holds its partition key: its settle hands the key on.
     pub hand_on: bool,
     /// The chain that converts the event to a version the subscriber accepts, if it needs one
@@ -96,6 +98,8 @@ pub struct Dispatcher {
     pub keys: SubscriberKeys,
     /// The subscriber's name (also its consumer group's).
     pub subscriber: String,
+    /// This host's consumer name, recorded in the dead letters it writes.
+    pub host: Arc<str>,
     /// The configured `claim_idle` (`None`: derived from the active version's deadline). The
     /// lease of a run (how long another delivery of the event waits for this one unless the
     /// housekeeper pushes it, which it does while the event waits and runs) is that idle time,
@@ -191,9 +195,9 @@ impl Dispatcher {
     }
 
     /// The precheck: one `MULTI` of native commands for the whole read (`HLEN holds`,
-    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of an in-flight marker per
+    /// `ZMSCORE` of the handled and dead-lettered records, `HSETNX` of a run marker per
     /// event). An event whose marker was new, that is not in either record within the window,
-    /// that does not claim a partition key and with no key held at all is decided here: it
+    /// that does not take a partition key and with no key held at all is decided here: it
     /// runs, recorded exactly as `dispatch.lua` would record it. For every other event the
     /// answer is `Some(marker it wrote, or '')`: the script decides it, treating that marker
     /// as absent. This keeps Lua (about 11 µs of Redis CPU per event) off the common path.
@@ -207,7 +211,7 @@ impl Dispatcher {
     ) -> redis::RedisResult<Vec<Option<String>>> {
         let settings = &active.settings;
         let mut guesses = vec![Some(String::new()); candidates.len()];
-        // An event that may claim its partition key is the script's from the start.
+        // An event that may take its partition key is the script's from the start.
         let eligible: Vec<usize> = (0..candidates.len())
             .filter(|&i| !(settings.ordered && candidates[i].event.partitionkey.is_some()))
             .collect();
@@ -298,7 +302,7 @@ impl Dispatcher {
             Decision::Run { holds } => {
                 let job =
                     Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
-                plan.run.push(Work { entry, job, owner, hand_on: holds, upcast });
+                plan.run.push(Work { entry, job, owner, host: self.host.clone(), hand_on: holds, upcast });
             }
             Decision::Duplicate { holds } | Decision::Dead { holds } => {
                 plan.settle.push(settle(Disposition::Skip, Tally::Deduplicated, holds))
@@ -308,7 +312,8 @@ impl Dispatcher {
                     "the event was started {} times without a verdict (the host stopped or failed while handling it)",
                     active.settings.retry.max_deliveries
                 );
-                let failure = Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt };
+                let failure =
+                    Failure { kind: FailureKind::Crash, reason: &reason, attempts: attempt, host: &self.host };
                 let fields = super::dead_letter_fields(&entry, active, &self.keys.stream, &failure, now_ms());
                 let hand_on = event.partitionkey.is_some();
                 let tally = Tally::DeadLettered(FailureKind::Crash);
@@ -344,7 +349,7 @@ impl Dispatcher {
             (Disposition::Skip, Tally::Skipped)
         } else {
             tracing::warn!(subscriber = %self.subscriber, stream = %self.keys.stream, entry_id = %entry.id, "invalid event set aside: {reason}");
-            let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt };
+            let failure = Failure { kind: FailureKind::InvalidEvent, reason, attempts: attempt, host: &self.host };
             let mut letter = super::dead_letter_fields(entry, active, &self.keys.stream, &failure, now_ms());
             if let Some(keep) = keep {
                 // Kept attributes are cut like every attribute a producer may write
@@ -445,6 +450,7 @@ mod tests {
         Dispatcher {
             keys: SubscriberKeys::new("events", "sub"),
             subscriber: "sub".into(),
+            host: "host-1".into(),
             claim_idle: None,
             contracts: None,
             upcasters: None,

@@ -1,6 +1,6 @@
 //! Housekeeping of one (subscriber, stream), on its own task and its own timers, apart
 //! from the read loop: promote due retries, keep this host's runs visibly alive, take over
-//! entries of dead consumers, remove silent consumers, sweep abandoned in-flight markers and
+//! entries of dead consumers, remove silent consumers, sweep abandoned run markers and
 //! trim settled entries. (Forwarding follow-ups to other slots is [`super::forward`]'s, on a
 //! task of its own: it may wait for a replica, and keeping runs alive must never wait.)
 //!
@@ -86,7 +86,7 @@ impl Housekeeper {
                 match self.sweep(&sweep_cursor).await {
                     Ok(next) => sweep_cursor = next,
                     Err(e) => {
-                        tracing::warn!(subscriber = %self.subscriber.name, "sweeping in-flight markers failed: {e}")
+                        tracing::warn!(subscriber = %self.subscriber.name, "sweeping run markers failed: {e}")
                     }
                 }
             }
@@ -167,7 +167,7 @@ impl Housekeeper {
         Ok(())
     }
 
-    /// One step of sweeping abandoned in-flight markers; the next cursor.
+    /// One step of sweeping abandoned run markers; the next cursor.
     async fn sweep(&self, cursor: &str) -> redis::RedisResult<String> {
         let mut conn = self.ctx.shared.clone();
         let before = now_ms().saturating_sub(SWEEP_AFTER.as_millis() as u64);

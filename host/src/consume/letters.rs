@@ -30,6 +30,8 @@ pub mod meta {
     pub const SUBSCRIBER: &str = "_subscriber";
     /// Plugin version that failed it.
     pub const VERSION: &str = "_plugin_version";
+    /// The host (its consumer name) that dead-lettered it.
+    pub const HOST: &str = "_host";
     /// First failure time (RFC 3339).
     pub const FIRST_FAILURE: &str = "_first_failure";
     /// Last failure time (RFC 3339).
@@ -44,6 +46,8 @@ pub struct Failure<'a> {
     pub reason: &'a str,
     /// Attempts made.
     pub attempts: u32,
+    /// The host (its consumer name) that gave up on the event.
+    pub host: &'a str,
 }
 
 /// The entry's own event fields, without ferry's `_` metadata.
@@ -121,6 +125,7 @@ pub fn dead_letter_fields(
     fields.push((meta::ATTEMPTS.into(), failure.attempts.to_string().into_bytes()));
     fields.push((meta::SUBSCRIBER.into(), runner.name().as_bytes().to_vec()));
     fields.push((meta::VERSION.into(), runner.version().as_bytes().to_vec()));
+    fields.push((meta::HOST.into(), failure.host.as_bytes().to_vec()));
     fields.push((meta::ORIGIN.into(), origin(entry, stream)));
     fields.push((meta::FIRST_FAILURE.into(), first_failure(entry, stream, now)));
     fields.push((meta::LAST_FAILURE.into(), rfc3339_ms(now).into_bytes()));

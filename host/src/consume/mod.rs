@@ -9,7 +9,7 @@
 //! reader ── entries ──> dispatcher ── work ──> workers (≤ concurrency) ──┐
 //! (XREADGROUP: own        (validate, subscribed?,      (invoke the        │ settlement
 //!  pending, then new)      dedupe + crash budget +      handler, one      v
-//!                          per-key order: a MULTI,      task per event)  settler (grouped
+//!                          per-key order: a MULTI,      task per event)  settler (batched
 //!                          a script for the rest)                         round trips)
 //!                               └── immediate settlements ──────────────────────^
 //! ```
@@ -173,7 +173,7 @@ impl RedisHealth {
 pub struct Context {
     /// Redis client, for the per-reader connections.
     pub redis: Redis,
-    /// Shared connection for settling, promoting and claiming.
+    /// Shared connection for settling, promoting and taking over.
     pub shared: Conn,
     /// This host instance's consumer name.
     pub consumer: String,

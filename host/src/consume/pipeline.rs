@@ -108,6 +108,7 @@ impl Pipeline {
             dispatcher: Dispatcher {
                 keys,
                 subscriber: name,
+                host: ctx.consumer.as_str().into(),
                 claim_idle: ctx.read.claim_idle,
                 contracts: ctx.contracts.clone(),
                 upcasters: ctx.upcasters.clone(),

@@ -23,7 +23,7 @@ local function netstring(parts, s)
   parts[#parts + 1] = #s .. ':' .. s .. ','
 end
 
--- An in-flight marker (the inflight hash: event id -> `lease-expiry-ms:starts:owner`,
+-- A run marker (the inflight hash: event id -> `lease-expiry-ms:starts:owner`,
 -- scripts.rs `marker` on the Rust side) parsed into its parts; 0, 0, nil when there is none.
 local function marker(v)
   if not v then return 0, 0, nil end
@@ -32,7 +32,7 @@ local function marker(v)
   return tonumber(expiry), tonumber(starts), owner
 end
 
--- Write the in-flight marker of event `id`.
+-- Write the run marker of event `id`.
 local function mark(inflight, id, expiry, starts, owner)
   redis.call('HSET', inflight, id, expiry .. ':' .. starts .. ':' .. owner)
 end
@@ -53,13 +53,13 @@ local function hold(K, pkey, owner, now)
   redis.call('ZADD', K.since, now, pkey)
 end
 
--- Take `pkey` for `owner` if it is free: nil when taken now, else its holder (who may be
+-- Take `pkey` for `owner` if it is free: whether it was (false: it has a holder, who may be
 -- `owner` itself).
 local function take(K, pkey, owner, now)
-  if redis.call('HSETNX', K.holds, pkey, owner) == 0 then return redis.call('HGET', K.holds, pkey) end
+  if redis.call('HSETNX', K.holds, pkey, owner) == 0 then return false end
   redis.call('HSET', K.holders, owner, pkey)
   redis.call('ZADD', K.since, now, pkey)
-  return nil
+  return true
 end
 
 -- Park entry `entry` of `stream` behind `pkey`: acked for `group` and stored (netstring

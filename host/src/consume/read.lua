@@ -55,7 +55,7 @@ for _, s in ipairs(reply) do
       local parked = false
       if pkey and pkey ~= '' then
         local owner = stream .. '/' .. id
-        if take(K, pkey, owner, now) then
+        if not take(K, pkey, owner, now) then
           -- Stored as a parked event is at dispatch (dispatch.lua), marked `_parked` so the
           -- dispatcher still asks whether the subscriber wants it when it comes back.
           local parts = {}

@@ -2,7 +2,7 @@
 //! several keys is one script over keys that share the stream's hash tag.
 //!
 //! What the scripts and the Rust side must agree on is written here once: each script's key
-//! order (the per-key set first, as one slice: [`per_key`]), the in-flight marker
+//! order (the per-key set first, as one slice: [`per_key`]), the run marker
 //! ([`marker`]), the argument encoding ([`netstrings`]), and the names and limits the scripts
 //! read, generated into every script's head from the Rust constants ([`constants`]) rather
 //! than copied into Lua. Every reply is parsed into a Rust type whose error arm names the
@@ -59,18 +59,22 @@ macro_rules! script {
 }
 
 script!(READ, "read.lua", "Read new entries and, under per-key order, queue each on its key in stream order.");
-script!(DISPATCH, "dispatch.lua", "Dedupe check-and-record, crash budget and per-key claims of a read.");
+script!(
+    DISPATCH,
+    "dispatch.lua",
+    "Dedupe check-and-record, crash budget and partition keys taken or parked behind, for a read."
+);
 script!(
     SETTLE,
     "settle.lua",
     [include_str!("state.lua"), include_str!("settle.lua")],
-    "Ack, retry, dead-letter or give back a group of entries."
+    "Ack, retry, dead-letter or give back a batch of entries."
 );
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
 script!(START, "start.lua", "Charge the runs that really start to their events' crash budgets.");
 script!(COUNT, "count.lua", "Count a stream's entries after an id without sending them.");
 script!(REFRESH, "refresh.lua", "Push the leases of the events this host is handling.");
-script!(SWEEP, "sweep.lua", "Drop in-flight markers abandoned long ago.");
+script!(SWEEP, "sweep.lua", "Drop run markers abandoned long ago.");
 script!(REAP, "reap.lua", "Remove silent consumers with nothing pending, atomically.");
 script!(REPLAY, "replay.lua", "Move one dead letter to the retry stream, once.");
 script!(TRIM, "trim.lua", "One bounded step of trimming a stream by its retention, never below its safe floor.");
@@ -142,7 +146,7 @@ pub fn settle_keys(keys: &SubscriberKeys) -> Vec<&str> {
     [&per_key(keys)[..], &own.map(String::as_str)[..]].concat()
 }
 
-/// The in-flight marker of a run: `lease-expiry-ms:starts:owner` (the prelude's `mark`
+/// A run marker: `lease-expiry-ms:starts:owner` (the prelude's `mark`
 /// writes it, `marker` reads it).
 pub fn marker(expiry_ms: u64, starts: u32, owner: &str) -> String {
     format!("{expiry_ms}:{starts}:{owner}")

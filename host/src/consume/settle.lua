@@ -1,7 +1,7 @@
--- Settle a group of entries (ack, retry, dead-letter or give back), each atomically: validate what it will write, ack it, and only
--- if the ack removed it from the pending list apply its effects. A replayed or racing settle
--- therefore writes nothing twice, and a write that would fail (a key of the wrong type) is
--- found before the ack, so nothing is acked and then lost.
+-- Settle a batch of entries (ack, retry, dead-letter or give back), each atomically: validate
+-- what it will write, ack it, and only if the ack removed it from the pending list apply its
+-- effects. A replayed or racing settle therefore writes nothing twice, and a write that would
+-- fail (a key of the wrong type) is found before the ack, so nothing is acked and then lost.
 -- KEYS: 1-5 the per-key set (prelude `per_key`), 6 retry schedule, 7 dead-letter stream,
 --       8 seen, 9 dead, 10 inflight, 11 retry stream, 12 the subscriber's state hash
 -- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then one netstring list per
@@ -9,7 +9,7 @@
 --       its partition key, which the settle then hands on), then per op:
 --   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
 --   ackst:   an ack with state writes: record, the state commit's arguments (a netstring
---            list, see state_check in the prelude), then the follow-up pairs. Checked
+--            list, see state_check in state.lua), then the follow-up pairs. Checked
 --            before the XACK: a key read that changed meanwhile, or the quota, refuses the
 --            whole settle of the entry (nothing acked or written; codes -3, -4)
 --   retry:   due ms, netstring fields of the retry entry

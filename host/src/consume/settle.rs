@@ -251,7 +251,7 @@ fn is_plain(s: &Settlement) -> bool {
 }
 
 /// Settle plain acks in one MULTI: `XACK` per stream, the handled ids recorded, their
-/// in-flight markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
+/// run markers removed, the dedupe records pruned. Idempotent as a whole. A marker is
 /// removed whoever holds it: the event is recorded as handled in the same step, so any other
 /// delivery of it is a duplicate from now on.
 async fn settle_plain<C: ConnectionLike>(
@@ -613,7 +613,7 @@ mod tests {
     /// replayed after its ack writes nothing twice.
     #[tokio::test]
     async fn state_commits_with_the_ack_and_a_stale_read_or_the_quota_refuses_both() {
-        let server = crate::redis_server::RedisServer::start().expect("redis");
+        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
         let client = redis::Client::open(server.url()).expect("url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
         let keys = SubscriberKeys::new("events", "sub");

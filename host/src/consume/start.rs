@@ -3,7 +3,7 @@
 //! pipeline asks for an event's start when it is among the next `concurrency` events to get a
 //! worker, so the round trip is done by the time the worker is free.
 //!
-//! An event is recorded at dispatch with a lease (its in-flight marker), which the
+//! An event is recorded at dispatch with a lease (its run marker), which the
 //! housekeeper keeps alive while the event waits for a worker; its run is charged only here.
 //! A host that dies with a read's worth of events queued behind busy workers therefore
 //! charges only the events that were running and at most `concurrency` next ones, never the

@@ -69,7 +69,7 @@ pub fn dispose(active: &Active, stream: &str, work: Work, outcome: Outcome) -> S
         Outcome::Handled { effects } => {
             if !effects.follow_ups.is_empty() {
                 let reason = "a follow-up's stream holds another type of key";
-                let failure = Failure { kind: FailureKind::Trap, reason, attempts: job.attempt };
+                let failure = Failure { kind: FailureKind::Trap, reason, attempts: job.attempt, host: &work.host };
                 fallback = Some(dead_letter_fields(&work.entry, active, stream, &failure, now));
             }
             if effects.state.is_some() {
@@ -122,7 +122,7 @@ fn failed(
             subscriber = %name, event_id = %job.event.id, attempt = job.attempt, kind = kind.as_str(),
             "event dead-lettered: {reason}"
         );
-        let failure = Failure { kind, reason, attempts: job.attempt };
+        let failure = Failure { kind, reason, attempts: job.attempt, host: &work.host };
         let fields = dead_letter_fields(&work.entry, active, stream, &failure, now);
         (Disposition::DeadLetter { fields }, Tally::DeadLettered(kind))
     }
@@ -151,7 +151,7 @@ mod tests {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
         let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt });
-        Work { entry, job, owner: "events/1-0".into(), hand_on: false, upcast: None }
+        Work { entry, job, owner: "events/1-0".into(), host: "host-1".into(), hand_on: false, upcast: None }
     }
 
     fn failed(kind: FailureKind) -> Outcome {

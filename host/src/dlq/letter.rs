@@ -154,7 +154,7 @@ pub async fn detail<C: Scan>(conn: &mut C, subscriber: &str, entry_id: &str) -> 
         last_failure_ms: ms_of(entry.field(meta::LAST_FAILURE)),
         reason: text(meta::REASON).unwrap_or_default(),
         kind: text(meta::KIND).unwrap_or_default(),
-        host: text(HOST),
+        host: text(meta::HOST),
         plugin_version: text(meta::VERSION).unwrap_or_default(),
         origin: text(meta::ORIGIN),
     };
@@ -180,9 +180,6 @@ pub async fn detail<C: Scan>(conn: &mut C, subscriber: &str, entry_id: &str) -> 
         edits,
     }))
 }
-
-/// The field naming the host that dead-lettered an entry, when it was recorded.
-pub const HOST: &str = "_host";
 
 /// What an edit changes: the payload, attributes (an empty value removes an optional one).
 #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]

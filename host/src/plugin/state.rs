@@ -313,7 +313,7 @@ fn bad_reply(reply: &[redis::Value]) -> redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis_server::RedisServer;
+    use ferry_test_kit::redis_server::RedisServer;
 
     async fn conn(server: &RedisServer) -> Conn {
         let client = redis::Client::open(server.url()).expect("url");

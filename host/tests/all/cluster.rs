@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use ferry::connection::{Conn, Target};
 use ferry::event::Event;
 use ferry::keys;
-use ferry::redis_server::RedisCluster;
 use ferry_test_fixtures as fixtures;
+use ferry_test_kit::redis_server::RedisCluster;
 use serde_json::Value;
 
 use crate::support::{Env, HostProcess, InProcessHost, RECORDER_TOML, ferry};

@@ -85,6 +85,7 @@ async fn console_host(env: &Env) -> (InProcessHost, String) {
     let addr = free_addr();
     config.admin.listen = addr.clone();
     config.admin.tokens_file = Some(tokens);
+    config.consumer = Some("console-host-1".into());
     let host = InProcessHost::start(config);
     env.wait_for("the admin endpoint and the subscriber", Duration::from_secs(30), || async {
         let reply = get(&addr, "/api/plugins", Some(VIEWER)).await;
@@ -461,7 +462,7 @@ async fn an_edited_dead_letter_is_replayed_as_the_same_event_with_the_new_payloa
     event.correlationid = Some("corr-edit".into());
     ferry::outbox::publish(&mut conn, "events", &event).await.expect("publish");
     let list = dead_letters(&env, &addr, 1).await;
-    let entry = list["dead_letters"][0]["id"].as_str().expect("entry id").to_string();
+    let entry = list["dead_letters"][0]["id"].as_str().unwrap_or_else(|| panic!("entry id: {list}")).to_string();
 
     // The detail: every attribute, the payload pretty-printed, ferry's metadata, no edits.
     let detail = get(&addr, &format!("/api/dlq/rec/letters/{entry}"), Some(VIEWER)).await.json();
@@ -480,6 +481,7 @@ async fn an_edited_dead_letter_is_replayed_as_the_same_event_with_the_new_payloa
     assert_eq!(detail["meta"]["attempts"], 1);
     assert!(detail["meta"]["reason"].as_str().is_some_and(|r| r.contains("rejected on purpose")), "{detail}");
     assert!(detail["meta"]["plugin_version"].as_str().is_some_and(|v| !v.is_empty()), "{detail}");
+    assert_eq!(detail["meta"]["host"], "console-host-1", "the host that dead-lettered it: {detail}");
     assert!(detail["meta"]["last_failure_ms"].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{detail}");
     assert_eq!(detail["edits"], serde_json::json!([]));
     assert_eq!(get(&addr, "/api/dlq/rec/letters/1-0", Some(VIEWER)).await.status, 404);

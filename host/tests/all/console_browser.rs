@@ -134,7 +134,8 @@ fn walk(url: &str, screenshots: &Path) -> Result<String, String> {
 
 /// Issue 27's browser test: log in, the overview, dead letters filtered, one opened, edited
 /// and replayed, a group of 1,000 replayed as a job whose bar survives a reload and reaches
-/// the end, a purge, an event found by correlation id with its follow-ups, the audit trail;
+/// the end, one selected row replayed and the rest purged by filter, an event found by
+/// correlation id with its follow-ups, the plugins, the audit trail, logging out;
 /// a viewer sees every action disabled; markup from producers renders as text. Any console
 /// error or uncaught exception in the page fails it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

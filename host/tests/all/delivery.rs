@@ -239,7 +239,7 @@ async fn sigterm_lets_in_flight_events_finish_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_rides_out_a_redis_restart_without_losing_events() {
-    let env = Env::with_redis(ferry::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
+    let env = Env::with_redis(ferry_test_kit::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
     let host = InProcessHost::start(env.config());
     let mut conn = env.conn().await;
@@ -355,7 +355,7 @@ async fn dlq_list_and_show_print_a_table_and_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_is_logged_once_each_way_and_the_host_keeps_running() {
-    let env = Env::with_redis(ferry::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
+    let env = Env::with_redis(ferry_test_kit::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
     env.add_plugin("rec", fixtures::RECORDER, RECORDER_TOML);
     env.add_plugin("rec2", fixtures::RECORDER, RECORDER_TOML);
     let dir = tempfile::tempdir().expect("temp dir");

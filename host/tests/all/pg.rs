@@ -1,5 +1,5 @@
 //! Test support for the PostgreSQL outbox relay: a PostgreSQL per test (initdb + pg_ctl in a
-//! temp dir, see `ferry::postgres_server`), clients, relays in their own processes, reading
+//! temp dir, see `ferry_test_kit::postgres_server`), clients, relays in their own processes, reading
 //! a stream back as events.
 
 #![allow(dead_code, reason = "each relay test uses a different part")]
@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ferry::event::Event;
-use ferry::postgres_server::PostgresServer;
+use ferry_test_kit::postgres_server::PostgresServer;
 use redis::aio::MultiplexedConnection;
 
 /// Start a PostgreSQL with the default outbox table created.

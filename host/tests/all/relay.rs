@@ -445,7 +445,7 @@ async fn produce(url: String, p: usize, rows: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_relay_kills_and_server_restarts_lose_nothing_and_keep_key_order() {
-    let mut env = Env::with_redis(ferry::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
+    let mut env = Env::with_redis(ferry_test_kit::redis_server::RedisServer::start_with(true).expect("redis with AOF"));
     let toml = format!("ordered = true\nconcurrency = 8\n{RECORDER_TOML}");
     env.add_plugin("rec", fixtures::RECORDER, &toml);
     let mut pg = pg::start().await;

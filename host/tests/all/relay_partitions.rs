@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ferry::connection::{Conn, Durability, Replication, Target};
 use ferry::event::Event;
-use ferry::redis_server::{RedisCluster, RedisServer};
+use ferry_test_kit::redis_server::{RedisCluster, RedisServer};
 
 use crate::pg::{self, InProcessRelay};
 

@@ -7,8 +7,8 @@ use ferry::connection::{Durability, NotReplicated, Replication, Target};
 use ferry::event::Event;
 use ferry::metrics::WriteLabels;
 use ferry::outbox::PublishError;
-use ferry::redis_server::{RedisCluster, RedisServer};
 use ferry_test_fixtures as fixtures;
+use ferry_test_kit::redis_server::{RedisCluster, RedisServer};
 
 use crate::support::{Env, RECORDER_TOML, ferry};
 

@@ -205,7 +205,8 @@ async fn dispatch_decides_run_dup_dead_wait_and_crash_and_records_only_runs() {
 
 /// dispatch.lua under per-key order: the first event of a free key takes it (`runh`), the
 /// next of that key is parked behind it (acked, stored, counted), a duplicate that holds its
-/// key says so (`duph`) so its settle hands the key on.
+/// key says so (`duph`) so its settle hands the key on, and the key's own holder (its retry)
+/// runs holding it.
 #[tokio::test]
 async fn dispatch_takes_a_free_key_parks_behind_a_held_one_and_flags_a_holding_duplicate() {
     let env = Env::new();
@@ -219,16 +220,26 @@ async fn dispatch_takes_a_free_key_parks_behind_a_held_one_and_flags_a_holding_d
     let _: () = cmd(&mut conn, &["ZADD", &k.seen, &now.to_string(), "old"]).await;
     let _: () = cmd(&mut conn, &["HSET", &k.holds, "L", "events/0-1"]).await;
     let _: () = cmd(&mut conn, &["HSET", &k.holders, "events/0-1", "L"]).await;
+    let _: () = cmd(&mut conn, &["HSET", &k.holds, "M", "events/0-2"]).await;
+    let _: () = cmd(&mut conn, &["HSET", &k.holders, "events/0-2", "M"]).await;
     let (o1, o2) = (format!("events/{first}"), format!("events/{second}"));
     let ask = |entry, event, owner, pkey| Asked { entry, event, owner, replay: false, pkey, guess: "" };
     let decisions = dispatch(
         &mut conn,
         true,
         now,
-        &[ask(&first, "a", &o1, "K"), ask(&second, "b", &o2, "K"), ask("0-1", "old", "events/0-1", "L")],
+        &[
+            ask(&first, "a", &o1, "K"),
+            ask(&second, "b", &o2, "K"),
+            ask("0-1", "old", "events/0-1", "L"),
+            ask("0-2", "retried", "events/0-2", "M"),
+        ],
     )
     .await;
-    assert_eq!(decisions, [Decision::Run { holds: true }, Decision::Park, Decision::Duplicate { holds: true }]);
+    use Decision::*;
+    let want = [Run { holds: true }, Park, Duplicate { holds: true }, Run { holds: true }];
+    assert_eq!(decisions, want, "a retry of the key's own holder runs and keeps the key");
+    assert_eq!(hget(&mut conn, &k.holds, "M").await.as_deref(), Some("events/0-2"));
     assert_eq!(hget(&mut conn, &k.holds, "K").await, Some(o1.clone()));
     assert_eq!(hget(&mut conn, &k.holders, &o1).await.as_deref(), Some("K"));
     assert_eq!(pending(&mut conn, "events").await, 1, "the parked entry is acked");

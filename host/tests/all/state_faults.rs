@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ferry::connection::Conn;
 use ferry::event::Event;
 use ferry::keys;
-use ferry::redis_server::RedisServer;
 use ferry_test_fixtures as fixtures;
+use ferry_test_kit::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 

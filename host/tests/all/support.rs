@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry::config::Config;
 use ferry::event::Event;
 use ferry::keys::SubscriberKeys;
-use ferry::redis_server::RedisServer;
+use ferry_test_kit::redis_server::RedisServer;
 use redis::aio::MultiplexedConnection;
 use serde_json::Value;
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use ferry::connection::Target;
 use ferry::event::Event;
-use ferry::postgres_server::PostgresServer;
-use ferry::redis_server::{Options, RedisCluster, RedisServer, TlsFiles};
 use ferry_test_fixtures as fixtures;
+use ferry_test_kit::postgres_server::PostgresServer;
+use ferry_test_kit::redis_server::{Options, RedisCluster, RedisServer, TlsFiles};
 use redis::aio::MultiplexedConnection;
 
 use crate::pg::{self, InProcessRelay, stream_events};

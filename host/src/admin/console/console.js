@@ -600,6 +600,7 @@ function showJob(job) {
 function watchJob(id) {
   if (state.jobs.get(id)?.watching) return;
   const poll = async () => {
+    if (state.me === null) return;
     let job;
     try {
       job = await api(`/api/jobs/${enc(id)}`);

@@ -22,7 +22,7 @@ use ferry::config::{Config, Start, StreamConfig};
 use ferry::connection::{Conn, Durability, Replication, Target};
 use ferry::consume::read;
 use ferry::event::Event;
-use ferry::redis_server::{RedisCluster, RedisServer};
+use ferry_test_kit::redis_server::{RedisCluster, RedisServer};
 
 use super::cost;
 use super::harness::sample_event;

@@ -43,7 +43,7 @@ use clap::Args;
 
 use ferry::plugin::Engine;
 use ferry::plugin::cache::Cache;
-use ferry::redis_server::RedisServer;
+use ferry_test_kit::redis_server::RedisServer;
 
 use harness::{Bench, Shape, context};
 use report::Report;

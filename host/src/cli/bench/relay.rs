@@ -25,7 +25,7 @@ pub(super) async fn figures(
     sizes: &Sizes,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let pg = tokio::task::spawn_blocking(ferry::postgres_server::PostgresServer::start)
+    let pg = tokio::task::spawn_blocking(ferry_test_kit::postgres_server::PostgresServer::start)
         .await?
         .context("starting PostgreSQL")?;
     let (client, _) = ferry::relay::connect(&pg.url(), "ferry bench").await?;

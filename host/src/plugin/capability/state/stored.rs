@@ -136,7 +136,7 @@ async fn commit(conn: &mut Conn, txn: &Txn) -> Result<(), StoredError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis_server::RedisServer;
+    use ferry_test_kit::redis_server::RedisServer;
 
     #[tokio::test]
     async fn an_operators_write_bumps_the_version_so_a_reader_of_the_key_conflicts() {
