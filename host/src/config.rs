@@ -521,6 +521,10 @@ pub struct HttpConfig {
     /// Requests of the subscriber in flight at once, across its concurrent events; a request
     /// past it waits (within the event's deadline). Default 32.
     pub concurrent_requests: usize,
+    /// A PEM bundle of the CAs that `https` servers are checked against, instead of the
+    /// system's roots (a private API's CA). Default: none (the system's roots, which honour
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -535,6 +539,7 @@ impl Default for HttpConfig {
             request_bytes: 1 << 20,
             response_bytes: 4 << 20,
             concurrent_requests: 32,
+            ca_file: None,
         }
     }
 }

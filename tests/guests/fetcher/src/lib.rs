@@ -2,7 +2,7 @@
 //! `wasi:http/outgoing-handler` (the `wasi` crate's raw bindings), built against
 //! `ferry:plugin@0.2.0` (issue 25). The event's data says what to do:
 //! `{"url": "http://127.0.0.1:PORT/path", "method": "GET" | "POST", "body": "...",
-//! "retry_below": N}`. It publishes a `Fetched` follow-up to config `record_to` with the
+//! "times": N, "retry_below": N}`. It publishes a `Fetched` follow-up to config `record_to` with the
 //! response's status and body length (`{"of", "attempt", "status", "bytes"}`), or the error
 //! the host gave (`{"of", "attempt", "error"}`), then, when the delivery's attempt is below
 //! `retry_below`, asks for a retry.
@@ -28,7 +28,13 @@ impl Guest for Fetcher {
         let url = data["url"].as_str().unwrap_or_default();
         let method = data["method"].as_str().unwrap_or("GET");
         let body = data["body"].as_str().map(|b| b.as_bytes().to_vec());
-        let record = match fetch(method, url, body) {
+        // `"times": N` makes the same request N times (the last one's outcome is recorded).
+        let times = data["times"].as_u64().unwrap_or(1).max(1);
+        let mut outcome = fetch(method, url, body.clone());
+        for _ in 1..times {
+            outcome = fetch(method, url, body.clone());
+        }
+        let record = match outcome {
             Ok((status, bytes)) => {
                 log::write(log::Level::Info, &format!("{method} {url}: {status}, {bytes} bytes"));
                 json!({"of": event.id, "attempt": delivery.attempt, "status": status, "bytes": bytes})
@@ -71,20 +77,30 @@ fn fetch(method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16, usize),
     request.set_path_with_query(Some(path)).map_err(|()| "path")?;
     let outgoing = request.body().map_err(|()| "body")?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| code(&e))?;
+    // A write the host stopped (a body over its cap) is reported by the response's code,
+    // when it has one; the write's own error otherwise.
+    let mut unwritten = None;
     if let Some(bytes) = body {
         let stream = outgoing.write().map_err(|()| "body stream")?;
         for chunk in bytes.chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing the body: {e:?}"))?;
+            if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                unwritten = Some(format!("writing the body: {e:?}"));
+                break;
+            }
         }
         drop(stream);
     }
-    OutgoingBody::finish(outgoing, None).map_err(|e| code(&e))?;
+    let finished = OutgoingBody::finish(outgoing, None).map_err(|e| code(&e));
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
         Some(Ok(Err(e))) => return Err(code(&e)),
         Some(Err(())) | None => return Err("no response".into()),
     };
+    if let Some(error) = unwritten {
+        return Err(error);
+    }
+    finished?;
     let status = response.status();
     let incoming = response.consume().map_err(|()| "response body")?;
     let stream = incoming.stream().map_err(|()| "response stream")?;

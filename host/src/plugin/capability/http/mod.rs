@@ -29,7 +29,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 use self::allow::AllowList;
-use self::send::{HttpLimits, OutboundHttp, Pool, Recorder, RefusalLog};
+use self::send::{HttpLimits, OutboundHttp, Pool, Recorder, RefusalLog, Tls};
 use super::seam::{Capability, Current, Services};
 use crate::config::Effective;
 use crate::metrics::HttpMetrics;
@@ -57,6 +57,8 @@ pub struct HttpGrant {
     refusals: Arc<RefusalLog>,
     /// Its idle connections (keep-alive), shared by its instances.
     pool: Arc<Pool>,
+    /// Its TLS client (the system's roots or its `ca_file`), shared by its instances.
+    tls: Arc<Tls>,
     metrics: Option<HttpMetrics>,
     /// Where calls are recorded for `ferry plugins invoke`.
     watch: Option<super::seam::Watch>,
@@ -105,6 +107,7 @@ impl Capability for Http {
             )),
             refusals: Arc::default(),
             pool: Arc::default(),
+            tls: Arc::new(Tls::new(http.ca_file.clone())),
             metrics: services.http_metrics.clone(),
             watch: services.watch.clone(),
         }
@@ -139,6 +142,7 @@ fn hooks(grant: &HttpGrant, current: &Current) -> OutboundHttp {
         sent: 0,
         permits: grant.permits.clone(),
         pool: grant.pool.clone(),
+        tls: grant.tls.clone(),
         recorder: Recorder {
             refusals: grant.refusals.clone(),
             subscriber: grant.subscriber.clone(),
@@ -174,9 +178,16 @@ pub fn check(
             "it imports wasi:http/outgoing-handler but outbound HTTP is not granted: add a [subscribers.{name}.http] table with allow = [\"https://host\", ...]"
         ))),
         None => Ok(()),
-        Some(http) => AllowList::parse(&http.allow)
-            .map(drop)
-            .map_err(|e| PluginError::NotGranted(format!("[subscribers.{name}.http]: {e}"))),
+        Some(http) => {
+            AllowList::parse(&http.allow)
+                .map_err(|e| PluginError::NotGranted(format!("[subscribers.{name}.http]: {e}")))?;
+            match &http.ca_file {
+                Some(path) => crate::tls::read_ca(path)
+                    .map(drop)
+                    .map_err(|e| PluginError::NotGranted(format!("[subscribers.{name}.http] ca_file: {e}"))),
+                None => Ok(()),
+            }
+        }
     }
 }
 
