@@ -188,8 +188,8 @@ impl Effects {
     }
 }
 
-/// One event's state commit, as the settle sends it: the arguments of `state_check` and
-/// `state_apply` (consume/prelude.lua), from `plugin::state::Txn::commit_args`. The hash is
+/// One event's state commit, as the settle sends it: the arguments of `state_plan` and
+/// `state_apply` (consume/state.lua), from `plugin::state::Txn::commit_args`. The hash is
 /// the subscriber's state key on the stream the settle is for (`keys::SubscriberKeys::state`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateCommit {

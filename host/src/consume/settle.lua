@@ -9,7 +9,7 @@
 --       its partition key, which the settle then hands on), then per op:
 --   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
 --   ackst:   an ack with state writes: record, the state commit's arguments (a netstring
---            list, see state_check in state.lua), then the follow-up pairs. Checked
+--            list, see state_plan in state.lua), then the follow-up pairs. Checked
 --            before the XACK: a key read that changed meanwhile, or the quota, refuses the
 --            whole settle of the entry (nothing acked or written; codes -3, -4)
 --   retry:   due ms, netstring fields of the retry entry
@@ -105,23 +105,77 @@ local function give_back(id, owner, charged)
   end
 end
 
+-- What every ack of the call shares, written once at its end (or before an entry of another
+-- op, which reads the markers): the handled ids recorded, the run markers forgotten, the
+-- state's total. A Lua table caches each key's type check for the call.
+local handled, done, types = {}, {}, {}
+local total, delta = nil, 0
+
+local function of_type(key, want)
+  local known = types[key]
+  if known == nil then
+    known = is_type(key, want)
+    types[key] = known
+  end
+  return known
+end
+
+-- Forget the markers of the acks so far whose holder is their owner, in one HMGET and one
+-- HDEL; record their ids as handled in one ZADD.
+local function flush()
+  if #done > 0 then
+    local ids = {}
+    for i = 1, #done do ids[i] = done[i][1] end
+    local gone = {}
+    for from = 1, #ids, 1000 do
+      local last = math.min(from + 999, #ids)
+      local markers = redis.call('HMGET', inflight, unpack(ids, from, last))
+      for i = 1, #markers do
+        local _, _, holder = marker(markers[i])
+        if holder == done[from + i - 1][2] then gone[#gone + 1] = ids[from + i - 1] end
+      end
+    end
+    for from = 1, #gone, 1000 do
+      redis.call('HDEL', inflight, unpack(gone, from, math.min(from + 999, #gone)))
+    end
+    done = {}
+  end
+  if #handled > 0 then
+    for from = 1, #handled, 500 do
+      local args = {}
+      for i = from, math.min(from + 499, #handled) do
+        args[#args + 1] = now
+        args[#args + 1] = handled[i]
+      end
+      redis.call('ZADD', seen, unpack(args))
+    end
+    handled = {}
+  end
+end
+
 local out = {}
 for i = FIRST_ENTRY, #ARGV do
   local s = fields(ARGV[i])
   local op, stream, entry, id, owner, holds = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
+  local acking = op == 'ack' or op == 'ackst'
+  if not acking and op ~= 'skip' then flush() end
   local code = 1
+  local commit, plan
   if op == 'giveback' then
     give_back(id, owner, s[7] == '1')
   else
-    if op == 'ack' or op == 'ackst' then
+    if acking then
       for j = (op == 'ack' and 8 or 9), #s, 2 do
-        if not is_type(s[j], 'stream') then code = -1 end
+        if not of_type(s[j], 'stream') then code = -1 end
       end
       if op == 'ackst' and code == 1 then
-        if not is_type(state, 'hash') then
+        if not of_type(state, 'hash') then
           code = -2
         else
-          local refused = state_check(state, fields(s[8]))
+          total = total or state_total(state)
+          commit = fields(s[8])
+          local refused
+          refused, plan = state_plan(state, commit, total + delta)
           if refused then code = refused[1] == 0 and -3 or -4 end
         end
       end
@@ -137,15 +191,21 @@ for i = FIRST_ENTRY, #ARGV do
       if op == 'dlq' and id == '' and holds then hand_on(owner) end
     end
     -- Refused before the ack: the run ended without a verdict that could be written.
-    if code == -2 then give_back(id, owner, true) end
+    if code == -2 then
+      flush()
+      give_back(id, owner, true)
+    end
     if code == 1 then
-      if op == 'ack' or op == 'ackst' then
-        if op == 'ackst' then state_apply(state, fields(s[8])) end
+      if acking then
+        if op == 'ackst' then
+          state_apply(state, commit, plan)
+          delta = delta + plan.delta
+        end
         for j = (op == 'ack' and 8 or 9), #s, 2 do
           redis.call('XADD', s[j], '*', unpack(fields(s[j + 1])))
         end
-        if s[7] == '1' and window > 0 then redis.call('ZADD', seen, now, id) end
-        forget(id, owner)
+        if s[7] == '1' and window > 0 then handled[#handled + 1] = id end
+        done[#done + 1] = {id, owner}
       elseif op == 'retry' then
         redis.call('ZADD', schedule, s[7], s[8])
         local _, _, holder = marker(redis.call('HGET', inflight, id))
@@ -165,6 +225,8 @@ for i = FIRST_ENTRY, #ARGV do
   end
   out[#out + 1] = code
 end
+flush()
+if total then state_count(state, delta) end
 if window > 0 then
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. (now - window))
   redis.call('ZREMRANGEBYSCORE', dead, '-inf', '(' .. (now - window))

@@ -3,7 +3,7 @@
 //! `ferry_state_bytes` gauge report.
 //!
 //! It uses the encoding of the capability and the settle (`plugin::state`, the prelude's
-//! `state_check`/`state_apply`): field `=KEY` the value, `#KEY` its version, `_bytes` the
+//! `state_plan`/`state_apply`): field `=KEY` the value, `#KEY` its version, `_bytes` the
 //! total of keys and values. A write here goes through the same commit script
 //! ([`Txn::commit`]), so it bumps the key's version: an event that read the key before the
 //! operator's repair conflicts at its settle and runs again on the repaired value, instead
