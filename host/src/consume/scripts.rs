@@ -163,15 +163,6 @@ pub fn netstrings<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> 
     out
 }
 
-/// Encode a list of values as netstrings (one each), as `fields` in the prelude decodes it.
-pub fn netstring_list<P: AsRef<[u8]>>(parts: &[P]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for p in parts {
-        push_netstring(&mut out, p.as_ref());
-    }
-    out
-}
-
 fn push_netstring(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(part.len().to_string().as_bytes());
     out.push(b':');

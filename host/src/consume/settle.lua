@@ -4,12 +4,14 @@
 -- fail (a key of the wrong type) is found before the ack, so nothing is acked and then lost.
 -- KEYS: 1-5 the per-key set (prelude `per_key`), 6 retry schedule, 7 dead-letter stream,
 --       8 seen, 9 dead, 10 inflight, 11 retry stream, 12 the subscriber's state hash
--- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then one netstring list per
---       entry: op, stream key, entry id, event id, owner, hand on ('1'/'0': the event may hold
---       its partition key, which the settle then hands on), then per op:
+-- ARGV: 1 group, 2 now ms, 3 dedupe window ms, 4 lease ms, then per entry, flat (settle.rs
+--       `encode`; read by index, several times cheaper in Lua than decoding netstrings): the
+--       count n of its values, then n values: op, stream key, entry id, event id, owner, hand
+--       on ('1'/'0': the event may hold its partition key, which the settle then hands on),
+--       then per op:
 --   ack:     record ('1'/'0'), then (follow-up stream, netstring fields) pairs
---   ackst:   an ack with state writes: record, the state commit's arguments (a netstring
---            list, see state_plan in state.lua), then the follow-up pairs. Checked
+--   ackst:   an ack with state writes: record, the count m of the state commit's arguments,
+--            the m arguments (see state_plan in state.lua), then the follow-up pairs. Checked
 --            before the XACK: a key read that changed meanwhile, or the quota, refuses the
 --            whole settle of the entry (nothing acked or written; codes -3, -4)
 --   retry:   due ms, netstring fields of the retry entry
@@ -154,18 +156,24 @@ local function flush()
 end
 
 local out = {}
-for i = FIRST_ENTRY, #ARGV do
-  local s = fields(ARGV[i])
+local i = FIRST_ENTRY
+while i <= #ARGV do
+  local n, s = tonumber(ARGV[i]), {}
+  for j = 1, n do s[j] = ARGV[i + j] end
+  i = i + n + 1
   local op, stream, entry, id, owner, holds = s[1], s[2], s[3], s[4], s[5], s[6] == '1'
   local acking = op == 'ack' or op == 'ackst'
   if not acking and op ~= 'skip' then flush() end
   local code = 1
   local commit, plan
+  -- Where an ack's follow-up pairs begin: after the record flag, and the state commit.
+  local follow = 8
+  if op == 'ackst' then follow = 9 + tonumber(s[8]) end
   if op == 'giveback' then
     give_back(id, owner, s[7] == '1')
   else
     if acking then
-      for j = (op == 'ack' and 8 or 9), #s, 2 do
+      for j = follow, #s, 2 do
         if not of_type(s[j], 'stream') then code = -1 end
       end
       if op == 'ackst' and code == 1 then
@@ -173,7 +181,8 @@ for i = FIRST_ENTRY, #ARGV do
           code = -2
         else
           total = total or state_total(state)
-          commit = fields(s[8])
+          commit = {}
+          for j = 9, follow - 1 do commit[#commit + 1] = s[j] end
           local refused
           refused, plan = state_plan(state, commit, total + delta)
           if refused then code = refused[1] == 0 and -3 or -4 end
@@ -201,7 +210,7 @@ for i = FIRST_ENTRY, #ARGV do
           state_apply(state, commit, plan)
           delta = delta + plan.delta
         end
-        for j = (op == 'ack' and 8 or 9), #s, 2 do
+        for j = follow, #s, 2 do
           redis.call('XADD', s[j], '*', unpack(fields(s[j + 1])))
         end
         if s[7] == '1' and window > 0 then handled[#handled + 1] = id end
