@@ -567,11 +567,16 @@ pub struct StateLimits {
     /// Keys and values stored in total by the subscriber on one stream (each partition by
     /// itself); 0: no quota. Default 64 MiB.
     pub quota_bytes: u64,
+    /// Read the state of an event's partition key together with the record of its run's
+    /// start (one read for every event about to start), so the handler's first read of that
+    /// key needs no round trip; checked at the commit like any read. Turn off for a handler
+    /// that keeps no state under its events' partition keys. Default true.
+    pub prefetch: bool,
 }
 
 impl Default for StateLimits {
     fn default() -> Self {
-        Self { key_bytes: 512, value_bytes: 64 << 10, writes_per_event: 64, quota_bytes: 64 << 20 }
+        Self { key_bytes: 512, value_bytes: 64 << 10, writes_per_event: 64, quota_bytes: 64 << 20, prefetch: true }
     }
 }
 

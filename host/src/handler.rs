@@ -168,6 +168,21 @@ pub struct Job {
     pub entry_id: String,
     /// Attempt number, from 1.
     pub attempt: u32,
+    /// The committed state of the event's partition key, read when its run was recorded (a
+    /// subscriber granted state, on an event with a partition key): its first read of that
+    /// key needs no round trip. Checked like any read when the event's state commits.
+    pub prefetched: Option<Arc<Prefetched>>,
+}
+
+/// A state key's committed value and version, read ahead of the handler's call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefetched {
+    /// The key (the event's partition key).
+    pub key: String,
+    /// Its committed value, if any.
+    pub value: Option<Vec<u8>>,
+    /// Its version (0: never written).
+    pub version: u64,
 }
 
 /// What a handled event leaves for the settle to write atomically with its acknowledgement.

@@ -194,7 +194,13 @@ pub async fn run(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     let grants = Arc::new(Grants::with(&plugin.name, &plugin.version, &settings, &services));
     let runner = Runner::with_concurrency(engine, plugin, grants, 1);
     let invalid = contracts.as_ref().and_then(|c| c.validate(&event).err());
-    let job = Arc::new(Job { stream: "events".into(), entry_id: "0-1".into(), attempt: args.attempt, event });
+    let job = Arc::new(Job {
+        stream: "events".into(),
+        entry_id: "0-1".into(),
+        attempt: args.attempt,
+        event,
+        prefetched: None,
+    });
     let mut report = match invalid {
         Some(invalid) => Report::failed("reject", "invalid-event".into(), invalid.to_string()),
         None => report(runner.handle(job).await)?,

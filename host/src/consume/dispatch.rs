@@ -300,8 +300,8 @@ impl Dispatcher {
         };
         match decision {
             Decision::Run { holds } => {
-                let job =
-                    Arc::new(Job { stream: self.keys.stream.clone(), entry_id: entry.id.clone(), attempt, event });
+                let (stream, entry_id) = (self.keys.stream.clone(), entry.id.clone());
+                let job = Arc::new(Job { stream, entry_id, attempt, event, prefetched: None });
                 plan.run.push(Work { entry, job, owner, host: self.host.clone(), hand_on: holds, upcast });
             }
             Decision::Duplicate { holds } | Decision::Dead { holds } => {

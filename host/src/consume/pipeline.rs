@@ -19,9 +19,11 @@ use super::forward::Forwarder;
 use super::housekeeping::Housekeeper;
 use super::read::Entry;
 use super::reader::{ReadAhead, Reader};
+use super::scripts::Start;
 use super::settle::{Settlement, Settler};
 use super::start::{Starter, Starting};
 use super::{Active, Context, Counters, InFlight, Subscriber, worker};
+use crate::handler::Prefetched;
 use crate::keys::SubscriberKeys;
 use crate::stop::Stop;
 
@@ -248,20 +250,22 @@ impl Pipeline {
         // is among the next `concurrency` to start, never a whole read ahead of it.
         let ahead = self.concurrency.max(1);
         let mut run: VecDeque<Work> = plan.run.into();
-        let mut starts: VecDeque<Starting> = run.iter().take(ahead).map(|w| self.request_start(w)).collect();
+        let read_ahead = active.settings.state.is_some_and(|s| s.prefetch);
+        let mut starts: VecDeque<Starting> =
+            run.iter().take(ahead).map(|w| self.request_start(w, read_ahead)).collect();
         while let Some(work) = run.pop_front() {
             // Read ahead once half the read is started, as many as the rest leaves room for:
             // still at most one read's worth of events waiting for a worker.
             if run.len() <= count / 2 {
                 self.read_ahead.ask(count - run.len());
             }
-            let start = starts.pop_front().unwrap_or_else(|| self.request_start(&work));
+            let start = starts.pop_front().unwrap_or_else(|| self.request_start(&work, read_ahead));
             let Some(permit) = self.permit().await else {
                 // Given back: charged if its start was recorded, else not.
                 let mut requested = std::iter::once(start).chain(starts);
                 for w in std::iter::once(work).chain(run) {
                     let charged = match requested.next() {
-                        Some(start) => start.await.unwrap_or(false),
+                        Some(start) => matches!(start.await, Ok(Start::Started(_))),
                         None => false,
                     };
                     let _ = self.settle_tx.send(give_back(&w, charged));
@@ -269,14 +273,19 @@ impl Pipeline {
                 return false;
             };
             if let Some(next) = run.get(ahead - 1) {
-                starts.push_back(self.request_start(next));
+                starts.push_back(self.request_start(next, read_ahead));
             }
             let (active, tx, counters) = (active.clone(), self.settle_tx.clone(), self.counters.clone());
             let in_flight = self.in_flight.clone();
             let contracts = work.upcast.as_ref().and(self.dispatcher.contracts.clone());
             self.workers.spawn(async move {
-                let settlement = if start.await.unwrap_or(false) {
+                let settlement = if let Ok(Start::Started(read)) = start.await {
                     in_flight.started(&work.entry.key, &work.entry.id);
+                    let mut work = work;
+                    if let (Some((value, version)), Some(key)) = (read, &work.job.event.partitionkey) {
+                        let prefetched = Prefetched { key: key.clone(), value, version };
+                        Arc::make_mut(&mut work.job).prefetched = Some(Arc::new(prefetched));
+                    }
                     worker::run(active, work, contracts.as_deref(), &counters).await
                 } else {
                     give_back(&work, false)
@@ -288,9 +297,11 @@ impl Pipeline {
         true
     }
 
-    /// Ask the starter to record that `work` starts (answered later, grouped with others).
-    fn request_start(&self, work: &Work) -> Starting {
-        self.starter.request(&work.job.event.id, &work.owner)
+    /// Ask the starter to record that `work` starts (answered later, grouped with others),
+    /// reading ahead its partition key's state if `read_ahead` (a subscriber granted state).
+    fn request_start(&self, work: &Work, read_ahead: bool) -> Starting {
+        let key = work.job.event.partitionkey.as_deref().filter(|k| read_ahead && !k.is_empty());
+        self.starter.request(&work.job.event.id, &work.owner, key)
     }
 
     /// No more reads. Running events may finish within the grace period; then they are

@@ -71,7 +71,12 @@ script!(
     "Ack, retry, dead-letter or give back a batch of entries."
 );
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
-script!(START, "start.lua", "Charge the runs that really start to their events' crash budgets.");
+script!(
+    START,
+    "start.lua",
+    [include_str!("state.lua"), include_str!("start.lua")],
+    "Charge the runs that really start to their events' crash budgets; read ahead the state they ask for."
+);
 script!(COUNT, "count.lua", "Count a stream's entries after an id without sending them.");
 script!(REFRESH, "refresh.lua", "Push the leases of the events this host is handling.");
 script!(SWEEP, "sweep.lua", "Drop run markers abandoned long ago.");
@@ -290,10 +295,11 @@ impl Decision {
 }
 
 /// What `start.lua` answered for one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// Charged to its event's crash budget: the run may start.
-    Started,
+    /// Charged to its event's crash budget: the run may start; with the committed value and
+    /// version of the state key it asked for, if it asked for one.
+    Started(Option<(Option<Vec<u8>>, u64)>),
     /// Its marker is not this owner's (another delivery holds it, or it is gone): it must not.
     Refused,
 }
@@ -302,8 +308,24 @@ impl Start {
     /// `start.lua`'s reply for `n` runs: one answer each, or an error naming the script.
     pub fn parse_all(reply: Value, n: usize) -> redis::RedisResult<Vec<Self>> {
         list(&START, reply, n, |v| match v {
-            Value::Int(1) => Some(Self::Started),
+            Value::Int(1) => Some(Self::Started(None)),
             Value::Int(0) => Some(Self::Refused),
+            Value::Array(read) => match read.as_slice() {
+                [Value::Int(1), value, version] => {
+                    let value = match value {
+                        Value::Nil => None,
+                        Value::BulkString(b) => Some(b.clone()),
+                        _ => return None,
+                    };
+                    let version = match version {
+                        Value::Nil => 0,
+                        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
+                        _ => return None,
+                    };
+                    Some(Self::Started(Some((value, version))))
+                }
+                _ => None,
+            },
             _ => None,
         })
     }
@@ -364,6 +386,19 @@ mod tests {
         }
         let e = Start::parse_all(Value::Array(vec![Value::Int(2)]), 1).expect_err("refused");
         assert!(e.to_string().contains("start.lua"), "{e}");
+        let read = |value: Value, version: Value| Value::Array(vec![Value::Int(1), value, version]);
+        let started = Start::parse_all(
+            Value::Array(vec![read(Value::Nil, Value::Nil), read(bulk("v"), bulk("3")), Value::Int(0)]),
+            3,
+        )
+        .expect("parsed");
+        assert_eq!(
+            started,
+            [Start::Started(Some((None, 0))), Start::Started(Some((Some(b"v".to_vec()), 3))), Start::Refused]
+        );
+        for bad in [read(bulk("v"), bulk("x")), read(Value::Int(4), Value::Nil), Value::Array(vec![Value::Int(1)])] {
+            assert!(Start::parse_all(Value::Array(vec![bad]), 1).is_err(), "a malformed read is an error");
+        }
         assert!(Replay::parse(&Value::Okay).is_err());
     }
 }

@@ -150,7 +150,7 @@ mod tests {
     fn work(attempt: u32) -> Work {
         let event = Event::new("A", "tests", "{}");
         let entry = entry("events", "1-0", &event);
-        let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt });
+        let job = Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt, prefetched: None });
         Work { entry, job, owner: "events/1-0".into(), host: "host-1".into(), hand_on: false, upcast: None }
     }
 

@@ -124,8 +124,9 @@ mod tests {
         for data in [r#"{"n":1}"#, r#"{"act":"reject"}"#, r#"{"act":"retry"}"#] {
             let mut event = Event::new("T", "test", data);
             event.subject = Some("s".into());
-            let job =
-                |event: Event| Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 2 });
+            let job = |event: Event| {
+                Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 2, prefetched: None })
+            };
             let (a, b) = (old.handle(job(event.clone())).await, new.handle(job(event)).await);
             let (a, b) = (said(a), said(b));
             assert_eq!(a, b, "{data}");
@@ -137,6 +138,7 @@ mod tests {
                 stream: "events".into(),
                 entry_id: "1-0".into(),
                 attempt: 1,
+                prefetched: None,
             }))
             .await,
         );

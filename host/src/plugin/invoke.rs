@@ -183,6 +183,7 @@ impl Inner {
                 .causationbudget
                 .map_or(crate::event::CAUSATION_BUDGET, |b| b.min(crate::event::CAUSATION_BUDGET)),
             traceparent: event.traceparent.clone(),
+            prefetched: job.prefetched.clone(),
         });
         if let Some(fuel) = self.grants.limits.fuel
             && self.engine.config.fuel
@@ -422,6 +423,7 @@ mod instantiation {
             stream: "events".into(),
             entry_id: "1-0".into(),
             attempt: 1,
+            prefetched: None,
         });
         let outcome = runner.handle(job).await;
         assert!(

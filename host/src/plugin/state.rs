@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::connection::Conn;
+use crate::handler::Prefetched;
 use crate::keys::state_field;
 
 /// A committed value and its version (0: never written).
@@ -150,12 +151,22 @@ pub struct Txn {
     view: BTreeMap<String, Option<Vec<u8>>>,
     /// Its writes: `Some` set, `None` delete.
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// A key's committed value and version read before the call (`handler::Job::prefetched`):
+    /// taken into the view, as a read, only when the event reads that key.
+    prefetched: Option<Arc<Prefetched>>,
 }
 
 impl Txn {
     /// An empty transaction on the state hash `key` (from [`crate::keys::state`]).
     pub fn new(key: String, limits: StateLimits) -> Self {
-        Self { key, limits, seen: BTreeMap::new(), view: BTreeMap::new(), writes: BTreeMap::new() }
+        Self { key, limits, seen: BTreeMap::new(), view: BTreeMap::new(), writes: BTreeMap::new(), prefetched: None }
+    }
+
+    /// The transaction with `prefetched` known: a read of its key takes it instead of asking
+    /// the source (the commit checks its version as for any read).
+    pub fn with_prefetched(mut self, prefetched: Option<Arc<Prefetched>>) -> Self {
+        self.prefetched = prefetched;
+        self
     }
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {
@@ -167,6 +178,12 @@ impl Txn {
 
     /// Read `keys` not yet in the view from `source`, value and version in one round trip.
     async fn load<S: Source>(&mut self, source: &mut S, keys: &[&str]) -> Result<(), StateError> {
+        if let Some(ahead) = self.prefetched.take_if(|p| keys.contains(&p.key.as_str()))
+            && !self.view.contains_key(&ahead.key)
+        {
+            self.seen.insert(ahead.key.clone(), ahead.version);
+            self.view.insert(ahead.key.clone(), ahead.value.clone());
+        }
         let missing: Vec<&str> = keys.iter().copied().filter(|k| !self.view.contains_key(*k)).collect();
         if missing.is_empty() {
             return Ok(());
@@ -368,13 +385,45 @@ mod tests {
         assert_eq!(reader.commit(&mut c).await.expect("reader"), Committed::Conflict("n".into()));
     }
 
+    /// A key read ahead is read from there (no round trip) and checked at the commit like any
+    /// read: stale, the commit conflicts; a key read ahead but never read is not checked.
+    #[tokio::test]
+    async fn a_prefetched_key_is_read_without_asking_and_checked_at_the_commit() {
+        let server = RedisServer::start().expect("redis");
+        let mut c = conn(&server).await;
+        let ahead = |value: &str, version| {
+            Some(Arc::new(Prefetched { key: "n".into(), value: Some(value.as_bytes().to_vec()), version }))
+        };
+        let mut first = txn();
+        first.increment(&mut c, "n", 1).await.expect("incr");
+        assert_eq!(first.commit(&mut c).await.expect("commit"), Committed::Done);
+        // Seeded with what Redis does not hold: the read shows the prefetched value.
+        let mut stale = txn().with_prefetched(ahead("40", 0));
+        assert_eq!(stale.increment(&mut c, "n", 1).await.expect("incr"), 41, "read from the prefetch");
+        assert_eq!(stale.commit(&mut c).await.expect("commit"), Committed::Conflict("n".into()));
+        let mut fresh = txn().with_prefetched(ahead("1", 1));
+        assert_eq!(fresh.increment(&mut c, "n", 1).await.expect("incr"), 2);
+        assert_eq!(fresh.commit(&mut c).await.expect("commit"), Committed::Done);
+        // Not read: no check, so a stale prefetch of another key costs nothing.
+        let mut blind = txn().with_prefetched(ahead("40", 0));
+        blind.set("m", b"x".to_vec()).expect("set");
+        assert_eq!(blind.commit_args()[1], b"0", "no read to check");
+        assert_eq!(blind.commit(&mut c).await.expect("commit"), Committed::Done);
+        // Written before it is read: the event's own write wins over the prefetch.
+        let mut own = txn().with_prefetched(ahead("40", 0));
+        own.set("n", b"7".to_vec()).expect("set");
+        assert_eq!(own.get(&mut c, "n").await.expect("get"), Some(b"7".to_vec()));
+        let mut check = txn();
+        assert_eq!(check.get(&mut c, "n").await.expect("get"), Some(b"2".to_vec()));
+    }
+
     #[tokio::test]
     async fn bounds_are_refused_at_the_call_and_the_quota_at_the_commit() {
         let server = RedisServer::start().expect("redis");
         let mut c = conn(&server).await;
         let mut t = Txn::new(
             crate::keys::state("events", "inventory"),
-            StateLimits { key_bytes: 8, value_bytes: 16, writes_per_event: 2, quota_bytes: 20 },
+            StateLimits { key_bytes: 8, value_bytes: 16, writes_per_event: 2, quota_bytes: 20, prefetch: true },
         );
         assert_eq!(t.set("", vec![]), Err(StateError::Key(0, 8)));
         assert_eq!(t.set("123456789", vec![]), Err(StateError::Key(9, 8)));

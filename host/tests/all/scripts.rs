@@ -394,8 +394,9 @@ async fn settle_hands_the_key_to_the_next_parked_entry_and_sets_aside_one_withou
 
 // ---- start.lua, refresh.lua, sweep.lua ------------------------------------------------------
 
-/// start.lua charges a run only where the marker is the asker's (`starts + 1`, lease pushed);
-/// refresh.lua pushes only the asker's leases and counts them; sweep.lua drops only markers
+/// start.lua charges a run only where the marker is the asker's (`starts + 1`, lease pushed)
+/// and reads the state key a started run asks for (value and version; nothing for a refused
+/// run; empty where the state hash holds another type); refresh.lua pushes only the asker's leases and counts them; sweep.lua drops only markers
 /// whose lease ended before its cut and returns the next cursor.
 #[tokio::test]
 async fn start_refresh_and_sweep_touch_only_the_askers_markers() {
@@ -407,11 +408,27 @@ async fn start_refresh_and_sweep_touch_only_the_askers_markers() {
     let _: () = cmd(&mut conn, &["HSET", &k.inflight, "theirs", &scripts::marker(now, 0, "events/2-0")]).await;
     let _: () = cmd(&mut conn, &["HSET", &k.inflight, "old", &scripts::marker(5, 3, "events/3-0")]).await;
     let expiry = (now + 1_000).to_string();
-    let args = [expiry.as_str(), "mine", "events/1-0", "theirs", "events/1-0", "gone", "events/1-0"];
-    let reply = scripts::call(&mut conn, &scripts::START, &[&k.inflight], &args).await.expect("start");
-    assert_eq!(Start::parse_all(reply, 3).expect("parsed"), [Start::Started, Start::Refused, Start::Refused]);
+    let args = [expiry.as_str(), "mine", "events/1-0", "", "theirs", "events/1-0", "k", "gone", "events/1-0", ""];
+    let reply = scripts::call(&mut conn, &scripts::START, &[&k.inflight, &k.state], &args).await.expect("start");
+    assert_eq!(Start::parse_all(reply, 3).expect("parsed"), [Start::Started(None), Start::Refused, Start::Refused]);
     assert_eq!(hget(&mut conn, &k.inflight, "mine").await, Some(format!("{expiry}:2:events/1-0")));
     assert_eq!(hget(&mut conn, &k.inflight, "gone").await, None, "nothing created");
+
+    let _: () = cmd(&mut conn, &["HSET", &k.state, "=k", "v", "#k", "7"]).await;
+    let _: () = cmd(&mut conn, &["HSET", &k.inflight, "a", &scripts::marker(now, 0, "events/4-0")]).await;
+    let _: () = cmd(&mut conn, &["HSET", &k.inflight, "b", &scripts::marker(now, 0, "events/5-0")]).await;
+    let args = [expiry.as_str(), "a", "events/4-0", "k", "b", "events/5-0", "unset"];
+    let reply = scripts::call(&mut conn, &scripts::START, &[&k.inflight, &k.state], &args).await.expect("start");
+    assert_eq!(
+        Start::parse_all(reply, 2).expect("parsed"),
+        [Start::Started(Some((Some(b"v".to_vec()), 7))), Start::Started(Some((None, 0)))]
+    );
+    let _: () = cmd(&mut conn, &["DEL", &k.state]).await;
+    let _: () = cmd(&mut conn, &["SET", &k.state, "not a hash"]).await;
+    let args = [expiry.as_str(), "a", "events/4-0", "k"];
+    let reply = scripts::call(&mut conn, &scripts::START, &[&k.inflight, &k.state], &args).await.expect("start");
+    assert_eq!(Start::parse_all(reply, 1).expect("parsed"), [Start::Started(Some((None, 0)))], "charged all the same");
+    assert_eq!(hget(&mut conn, &k.inflight, "a").await, Some(format!("{expiry}:2:events/4-0")));
 
     let pushed = (now + 2_000).to_string();
     let args = [pushed.as_str(), "mine", "events/1-0", "theirs", "events/1-0"];
@@ -423,7 +440,7 @@ async fn start_refresh_and_sweep_touch_only_the_askers_markers() {
     let reply = scripts::call(&mut conn, &scripts::SWEEP, &[&k.inflight], &["0", "1000", "100"]).await.expect("sweep");
     assert_eq!(scripts::parse::<String>(&scripts::SWEEP, &reply).expect("cursor"), "0");
     let left: BTreeSet<String> = cmd(&mut conn, &["HKEYS", &k.inflight]).await;
-    assert_eq!(left, ["mine", "theirs"].map(String::from).into());
+    assert_eq!(left, ["a", "b", "mine", "theirs"].map(String::from).into());
 }
 
 // ---- promote.lua, replay.lua, count.lua, reap.lua ---------------------------------------------

@@ -29,7 +29,7 @@ async fn hostile() -> Runner {
 }
 
 fn job(event: Event) -> Arc<Job> {
-    Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 1 })
+    Arc::new(Job { event, stream: "events".into(), entry_id: "1-0".into(), attempt: 1, prefetched: None })
 }
 
 fn act(act: &str) -> Event {

@@ -164,7 +164,7 @@ async fn two_hosts_counting_through_sigkills_lose_no_update_and_write_none_twice
 async fn per_key_sum(conn: &mut MultiplexedConnection) -> u64 {
     let mut sum = 0;
     for k in 0..10 {
-        sum += committed(conn, "events", &format!("count:k{k}")).await.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sum += committed(conn, "events", &format!("k{k}")).await.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     sum
 }

@@ -61,11 +61,11 @@ async fn preload(conn: &mut MultiplexedConnection, stream: &str, n: usize) -> Ve
     ids
 }
 
-/// The `count:kK` counters on `stream`, summed.
+/// The per-key counters (`kK`, the partition keys) on `stream`, summed.
 async fn per_key_sum(conn: &mut MultiplexedConnection, stream: &str) -> u64 {
     let mut sum = 0;
     for k in 0..10 {
-        sum += committed(conn, stream, &format!("count:k{k}")).await.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sum += committed(conn, stream, &format!("k{k}")).await.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     sum
 }
@@ -216,7 +216,7 @@ async fn on_a_cluster_each_partition_counts_its_own_keys_exactly() {
         for k in 0..10 {
             let key = format!("k{k}");
             let here = partition_of.get(&key) == Some(&stream);
-            let got = committed(&mut conn, &stream, &format!("count:{key}")).await;
+            let got = committed(&mut conn, &stream, &key).await;
             let want = here.then(|| PER_KEY.to_string());
             assert_eq!(got, want, "key {key} is counted in its own partition only ({stream})");
         }

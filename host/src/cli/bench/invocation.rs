@@ -40,6 +40,7 @@ async fn invocation_cost(bench: &Bench, plugin: &Arc<Plugin>, calls: usize, shap
                 stream: "bench".into(),
                 entry_id: format!("{i}-0"),
                 attempt: 1,
+                prefetched: None,
             })
         })
         .collect();

@@ -143,4 +143,6 @@ pub struct Current {
     pub budget: u32,
     /// Its W3C `traceparent`, if the producer traced it (outbound HTTP carries it on).
     pub traceparent: Option<String>,
+    /// Its partition key's state, read ahead with its start (`handler::Job::prefetched`).
+    pub prefetched: Option<Arc<crate::handler::Prefetched>>,
 }

@@ -1,7 +1,8 @@
 //! Test fixture: a counter built against `ferry:plugin@0.2.0` that keeps its count in the
-//! host's state (issue 25). Every event increments `count` (and `count:KEY` for its partition
-//! key) and publishes `Counted` with the new value to config `record_to`, so a test can compare
-//! the state with what the handler saw. Acts in the payload: `{"act":"fail"}` increments, then
+//! host's state (issue 25). Every event increments `count` (and, with a partition key, the
+//! counter kept under that key: the key the host reads ahead) and publishes `Counted` with
+//! the new value to config `record_to`, so a test can compare the state with what the
+//! handler saw. Acts in the payload: `{"act":"fail"}` increments, then
 //! asks for a retry (its write must not survive), `{"act":"trap"}` increments, then traps,
 //! `{"act":"reject"}` increments, then rejects, `{"act":"read"}` reads without writing,
 //! `{"act":"big"}` writes a value of 100 KB (over the default value bound), `{"act":"slow"}`
@@ -43,7 +44,7 @@ impl Guest for Counter {
         }
         let count = state::increment("count", 1).map_err(retry)?;
         if let Some(key) = &event.partitionkey {
-            state::increment(&format!("count:{key}"), 1).map_err(retry)?;
+            state::increment(key, 1).map_err(retry)?;
         }
         // Its own write is visible to it before the commit.
         let seen = state::get("count").map_err(retry)?.unwrap_or_default();

@@ -236,7 +236,7 @@ mod tests {
             stream: "events".into(),
             depth: 0,
             budget: 10,
-            traceparent: None,
+            ..Current::default()
         };
         Publish::begin(&mut ctx, &Arc::new(current));
         ctx
@@ -313,7 +313,7 @@ mod tests {
             stream: "events".into(),
             depth: 0,
             budget: 10,
-            traceparent: None,
+            ..Current::default()
         };
         Publish::begin(&mut state, &Arc::new(current));
         let mut out = outgoing();

@@ -5,7 +5,8 @@
 //! `[subscribers.NAME]` or the plugin's `NAME.toml`; off by default, and a call without it
 //! fails and the event is retried naming the grant (the operator's to fix, as for
 //! `publish`). Each call of the handler gets a [`Txn`] on the subscriber's state hash of the
-//! stream the event came from (`keys::state`, in the stream's slot): reads go to Redis and
+//! stream the event came from (`keys::state`, in the stream's slot): reads go to Redis (the
+//! event's partition key's state was read ahead with its start, `consume/start.lua`) and
 //! see the event's own writes; writes stay in the transaction, and [`Capability::finish`]
 //! hands them to the settle as [`Effects::state`], which commits them with the `XACK` only if
 //! every key the event read is unchanged (`consume/settle.lua`, `ackst`). A handler that fails,
@@ -90,8 +91,10 @@ impl Capability for State {
 
     fn begin(ctx: &mut StateCtx, current: &Arc<Current>) {
         ctx.denied = None;
-        ctx.txn =
-            ctx.grant.limits.map(|limits| Txn::new(crate::keys::state(&current.stream, &ctx.grant.subscriber), limits));
+        ctx.txn = ctx.grant.limits.map(|limits| {
+            Txn::new(crate::keys::state(&current.stream, &ctx.grant.subscriber), limits)
+                .with_prefetched(current.prefetched.clone())
+        });
     }
 
     fn finish(ctx: &mut StateCtx, effects: &mut Effects) {

@@ -40,8 +40,13 @@ pub struct Entry {
 }
 
 /// The operator's bounds: none but a non-empty key.
-const UNBOUNDED: StateLimits =
-    StateLimits { key_bytes: usize::MAX, value_bytes: usize::MAX, writes_per_event: 1, quota_bytes: 0 };
+const UNBOUNDED: StateLimits = StateLimits {
+    key_bytes: usize::MAX,
+    value_bytes: usize::MAX,
+    writes_per_event: 1,
+    quota_bytes: 0,
+    prefetch: false,
+};
 
 /// Every key of `subscriber`'s state on `stream`, sorted, with its value's size.
 pub async fn list(conn: &mut Conn, stream: &str, subscriber: &str) -> Result<Vec<Entry>, StoredError> {
