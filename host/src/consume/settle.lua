@@ -33,12 +33,6 @@ local function is_type(key, want)
   return t == 'none' or t == want
 end
 
--- The run reached a verdict: forget its marker (and its count of runs) if this owner holds it.
-local function forget(id, owner)
-  local _, _, holder = marker(redis.call('HGET', inflight, id))
-  if holder == owner then redis.call('HDEL', inflight, id) end
-end
-
 -- Per-key order: the holder is done, so the next event parked behind its key goes to the
 -- retry stream and takes the hold over. Found by owner, so a holder whose entry was deleted
 -- still hands its key on. Every check comes before the first write, so a hand-on never
@@ -109,50 +103,65 @@ end
 
 -- What every ack of the call shares, written once at its end (or before an entry of another
 -- op, which reads the markers): the handled ids recorded, the run markers forgotten, the
--- state's total. A Lua table caches each key's type check for the call.
+-- state writes and total. A Lua table caches each key's type check for the call.
 local handled, done, types = {}, {}, {}
 local total, delta = nil, 0
+-- The state fields the call's commits need, read once (state.lua `state_read`), and the
+-- writes of the commits applied so far (`state_apply`, sent by `state_write`).
+local known, pending = nil, {}
 
 local function of_type(key, want)
-  local known = types[key]
-  if known == nil then
-    known = is_type(key, want)
-    types[key] = known
+  local known_type = types[key]
+  if known_type == nil then
+    known_type = is_type(key, want)
+    types[key] = known_type
   end
-  return known
+  return known_type
 end
 
 -- Forget the markers of the acks so far whose holder is their owner, in one HMGET and one
--- HDEL; record their ids as handled in one ZADD.
+-- HDEL; record their ids as handled in one ZADD; write the state commits applied so far.
 local function flush()
   if #done > 0 then
     local ids = {}
     for i = 1, #done do ids[i] = done[i][1] end
+    local markers = chunked('HMGET', inflight, ids, STATE_CHUNK)
     local gone = {}
-    for from = 1, #ids, 1000 do
-      local last = math.min(from + 999, #ids)
-      local markers = redis.call('HMGET', inflight, unpack(ids, from, last))
-      for i = 1, #markers do
-        local _, _, holder = marker(markers[i])
-        if holder == done[from + i - 1][2] then gone[#gone + 1] = ids[from + i - 1] end
-      end
+    for i = 1, #ids do
+      local _, _, holder = marker(markers[i])
+      if holder == done[i][2] then gone[#gone + 1] = ids[i] end
     end
-    for from = 1, #gone, 1000 do
-      redis.call('HDEL', inflight, unpack(gone, from, math.min(from + 999, #gone)))
-    end
+    if #gone > 0 then chunked('HDEL', inflight, gone, STATE_CHUNK) end
     done = {}
   end
   if #handled > 0 then
-    for from = 1, #handled, 500 do
-      local args = {}
-      for i = from, math.min(from + 499, #handled) do
-        args[#args + 1] = now
-        args[#args + 1] = handled[i]
-      end
-      redis.call('ZADD', seen, unpack(args))
+    local args = {}
+    for i = 1, #handled do
+      args[#args + 1] = now
+      args[#args + 1] = handled[i]
     end
+    chunked('ZADD', seen, args, STATE_CHUNK)
     handled = {}
   end
+  if next(pending) ~= nil then pending = state_write(state, pending) end
+end
+
+-- Read, in one HMGET, every state field the call's commits (`ackst` entries from ARGV index
+-- `i` on) need, once the state hash is known to be one.
+local function read_state(i)
+  local names = {}
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    if ARGV[i + 1] == 'ackst' then
+      local m = tonumber(ARGV[i + 8])
+      local commit = {}
+      for j = 1, m do commit[j] = ARGV[i + 8 + j] end
+      state_names(commit, names)
+    end
+    i = i + n + 1
+  end
+  known = {}
+  state_read(state, names, known)
 end
 
 local out = {}
@@ -181,10 +190,11 @@ while i <= #ARGV do
           code = -2
         else
           total = total or state_total(state)
+          if not known then read_state(i - n - 1) end
           commit = {}
           for j = 9, follow - 1 do commit[#commit + 1] = s[j] end
           local refused
-          refused, plan = state_plan(state, commit, total + delta)
+          refused, plan = state_plan(commit, total + delta, known)
           if refused then code = refused[1] == 0 and -3 or -4 end
         end
       end
@@ -207,7 +217,7 @@ while i <= #ARGV do
     if code == 1 then
       if acking then
         if op == 'ackst' then
-          state_apply(state, commit, plan)
+          state_apply(commit, plan, known, pending)
           delta = delta + plan.delta
         end
         for j = follow, #s, 2 do
@@ -226,7 +236,8 @@ while i <= #ARGV do
         redis.call('XADD', dlq, '*', unpack(fields(s[7])))
         if id ~= '' then
           if window > 0 then redis.call('ZADD', dead, now, id) end
-          forget(id, owner)
+          -- Its marker is forgotten with the acks' (`flush`, before any entry that reads one).
+          done[#done + 1] = {id, owner}
         end
       end
       if holds and op ~= 'retry' then hand_on(owner) end

@@ -1,4 +1,4 @@
--- Handler state (plugin::state, issue 25), prepended to settle.lua and to
+-- Handler state (plugin::state, issue 25), prepended to settle.lua, start.lua and
 -- plugin/state_commit.lua (scripts.rs, plugin/state.rs): one hash per (stream, subscriber)
 -- in the stream's slot (its field names `S.*` generated from keys.rs `state_field`), field
 -- `=KEY` the value, `#KEY` its version (bumped by every write, deletes too, never
@@ -6,22 +6,31 @@
 -- `Txn::commit_args`): 1 quota bytes (0: none), 2 reads n, then n × (key, version seen), then
 -- writes m, then m × (key, op `s` set | `d` delete, value or "").
 --
--- A commit costs one HMGET (every version read, every written key's value and version) to
--- check, and one HSET (or HDEL + HSET) per written key to apply: the check's findings are
--- kept in a plan the apply reads, so nothing is asked twice, and `_bytes` is read and
--- written once per script call (`state_total`, the caller's running total), not per commit.
+-- A script call reads the hash once and writes it once, however many commits it holds: the
+-- fields every commit needs are read in one HMGET (`state_read`) into a table `known`, which
+-- each applied commit updates, so a later commit of the same call sees the earlier ones'
+-- writes; the writes wait in `pending` and go out in one HSET and one HDEL (`state_write`).
+-- `_bytes` is read and written once per call too (`state_total`, `state_count`).
 
--- How many fields one HMGET asks for at most (Lua's `unpack` has a stack limit).
+-- How many fields one HMGET, HSET or HDEL carries at most (Lua's `unpack` has a stack limit).
 local STATE_CHUNK = 1000
 
--- The values of `names` in `state` (false where there is none), in chunks of STATE_CHUNK.
-local function state_fields(state, names)
+-- Run `command` on `key` with the values of `list` in chunks of at most `per` values (a
+-- multiple of the pair size, for HSET and ZADD); the replies, in order, concatenated.
+local function chunked(command, key, list, per)
   local out = {}
-  for from = 1, #names, STATE_CHUNK do
-    local got = redis.call('HMGET', state, unpack(names, from, math.min(from + STATE_CHUNK - 1, #names)))
-    for i = 1, #got do out[#out + 1] = got[i] end
+  for from = 1, #list, per do
+    local got = redis.call(command, key, unpack(list, from, math.min(from + per - 1, #list)))
+    if type(got) == 'table' then
+      for i = 1, #got do out[#out + 1] = got[i] end
+    end
   end
   return out
+end
+
+-- The values of `names` in `state` (false where there is none), in order.
+local function state_fields(state, names)
+  return chunked('HMGET', state, names, STATE_CHUNK)
 end
 
 -- The bytes `state` stores now (the quota's total).
@@ -29,31 +38,51 @@ local function state_total(state)
   return tonumber(redis.call('HGET', state, S.BYTES) or '0')
 end
 
--- Check commit `a` against `state`, whose total is `total` bytes: nil and a refusal
--- ({0, KEY}: a key read changed meanwhile; {-1, TOTAL}: the quota would be exceeded), or
--- the plan `state_apply` follows (each write's version before it, and the change of the
--- total). It writes nothing, so the settle can check before its XACK and apply after it.
-local function state_plan(state, a, total)
-  local quota, reads = tonumber(a[1]), tonumber(a[2])
+-- The fields commit `a` needs: every version read, every written key's value and version.
+local function state_names(a, names)
+  local reads = tonumber(a[2])
   local at = 3 + 2 * reads
-  local writes = tonumber(a[at])
-  local names = {}
   for i = 0, reads - 1 do names[#names + 1] = S.VERSION .. a[3 + 2 * i] end
-  for i = 0, writes - 1 do
+  for i = 0, tonumber(a[at]) - 1 do
     local key = a[at + 1 + 3 * i]
     names[#names + 1] = S.VALUE .. key
     names[#names + 1] = S.VERSION .. key
   end
-  if #names == 0 then return nil, {versions = {}, delta = 0} end
-  local got = state_fields(state, names)
+  return names
+end
+
+-- Read into `known` the fields of `names` it does not hold yet, in one HMGET.
+local function state_read(state, names, known)
+  local missing, seen = {}, {}
+  for i = 1, #names do
+    local n = names[i]
+    if known[n] == nil and not seen[n] then
+      seen[n] = true
+      missing[#missing + 1] = n
+    end
+  end
+  if #missing == 0 then return end
+  local got = state_fields(state, missing)
+  for i = 1, #missing do known[missing[i]] = got[i] or false end
+end
+
+-- Check commit `a` against the fields `known` holds (read by `state_read`, updated by the
+-- commits applied before it), the state's total being `total` bytes: nil and a refusal
+-- ({0, KEY}: a key read changed meanwhile; {-1, TOTAL}: the quota would be exceeded), or
+-- the plan `state_apply` follows (each write's version before it, and the change of the
+-- total). It writes nothing, so the settle can check before its XACK and apply after it.
+local function state_plan(a, total, known)
+  local quota, reads = tonumber(a[1]), tonumber(a[2])
+  local at = 3 + 2 * reads
+  local writes = tonumber(a[at])
   for i = 0, reads - 1 do
-    if (got[i + 1] or '0') ~= a[4 + 2 * i] then return {0, a[3 + 2 * i]} end
+    if (known[S.VERSION .. a[3 + 2 * i]] or '0') ~= a[4 + 2 * i] then return {0, a[3 + 2 * i]} end
   end
   local delta, versions = 0, {}
   for i = 0, writes - 1 do
     local key, op, value = a[at + 1 + 3 * i], a[at + 2 + 3 * i], a[at + 3 + 3 * i]
-    local old = got[reads + 2 * i + 1]
-    versions[i + 1] = tonumber(got[reads + 2 * i + 2] or '0')
+    local old = known[S.VALUE .. key]
+    versions[i + 1] = tonumber(known[S.VERSION .. key] or '0')
     local had = old ~= false and old ~= nil
     local old_len = had and #old or 0
     if op == 's' then
@@ -67,20 +96,38 @@ local function state_plan(state, a, total)
 end
 
 -- Apply commit `a` as `plan` (from `state_plan`, just before) says: each write, its version
--- bumped. The caller adds `plan.delta` to `_bytes` (once per script call).
-local function state_apply(state, a, plan)
+-- bumped, into `known` and `pending` (field → value, false: delete), which `state_write`
+-- sends. The caller adds `plan.delta` to `_bytes` (once per script call).
+local function state_apply(a, plan, known, pending)
   local at = 3 + 2 * tonumber(a[2])
-  local writes = tonumber(a[at])
-  for i = 0, writes - 1 do
+  for i = 0, tonumber(a[at]) - 1 do
     local key, op, value = a[at + 1 + 3 * i], a[at + 2 + 3 * i], a[at + 3 + 3 * i]
-    local version = plan.versions[i + 1] + 1
+    local version = tostring(plan.versions[i + 1] + 1)
+    local field = S.VALUE .. key
     if op == 's' then
-      redis.call('HSET', state, S.VALUE .. key, value, S.VERSION .. key, version)
+      known[field], pending[field] = value, value
     else
-      redis.call('HDEL', state, S.VALUE .. key)
-      redis.call('HSET', state, S.VERSION .. key, version)
+      known[field], pending[field] = false, false
+    end
+    known[S.VERSION .. key], pending[S.VERSION .. key] = version, version
+  end
+end
+
+-- Write `pending` (from `state_apply`) to `state`: one HSET of the values and versions set,
+-- one HDEL of the values deleted. Returns an empty table for the next writes.
+local function state_write(state, pending)
+  local set, del = {}, {}
+  for field, value in pairs(pending) do
+    if value then
+      set[#set + 1] = field
+      set[#set + 1] = value
+    else
+      del[#del + 1] = field
     end
   end
+  if #set > 0 then chunked('HSET', state, set, STATE_CHUNK) end
+  if #del > 0 then chunked('HDEL', state, del, STATE_CHUNK) end
+  return {}
 end
 
 -- Add `delta` bytes to the total of `state`.

@@ -217,7 +217,14 @@ async fn an_empty_cache_dir_flag_runs_without_a_cache() {
 
 /// Run `cmd` in `dir`; its success and combined output.
 fn run_in(dir: &std::path::Path, cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd).args(args).current_dir(dir).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    // The generated project builds into its own `target/`, as its README says, whatever
+    // target directory the suite itself was built with.
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
