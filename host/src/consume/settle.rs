@@ -679,4 +679,52 @@ mod tests {
         assert_eq!(answers, [Settled::StateOverQuota]);
         assert_eq!(hget("=n").await.as_deref(), Some("1"));
     }
+
+    /// The commits of one settle call read the state once and see each other's writes: of two
+    /// events that read `n` at version 0, only the first commits; one that read the first's
+    /// version commits after it, across a retry entry (which sends the writes so far), and a
+    /// delete after a set leaves the version bumped, the value gone and the total even.
+    #[tokio::test]
+    async fn the_commits_of_one_settle_call_see_each_others_writes() {
+        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
+        let client = redis::Client::open(server.url()).expect("url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let keys = SubscriberKeys::new("events", "sub");
+        let ids = read_by_group(&mut conn, "events", "sub", 5).await;
+        let commit = |seen: &str, op: &str, value: &str| crate::handler::StateCommit {
+            args: ["0", "1", "n", seen, "1", "n", op, value].iter().map(|a| a.as_bytes().to_vec()).collect(),
+        };
+        let entry = |id: &str, disposition| Settlement {
+            key: "events".into(),
+            id: id.into(),
+            event_id: format!("e-{id}"),
+            owner: format!("events/{id}"),
+            hand_on: false,
+            disposition,
+            fallback: None,
+            state_fallbacks: None,
+            tally: Tally::Handled,
+        };
+        let ack = |id: &str, state| {
+            let effects = Effects { follow_ups: Vec::new(), state: Some(state) };
+            entry(id, Disposition::Ack { record: false, effects })
+        };
+        let retry = entry(&ids[2], Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] });
+        let batch = [
+            ack(&ids[0], commit("0", "s", "1")),
+            ack(&ids[1], commit("0", "s", "x")),
+            retry,
+            ack(&ids[3], commit("1", "s", "22")),
+            ack(&ids[4], commit("2", "d", "")),
+        ];
+        let none = std::collections::BTreeMap::new();
+        let routing = Routing { cluster: false, keys: &keys, partitions: &none };
+        let answers = settle(&mut conn, routing, "sub", 0, 60_000, &batch).await.expect("settle");
+        assert_eq!(answers, [Settled::Done, Settled::StateConflict, Settled::Done, Settled::Done, Settled::Done]);
+        let fields: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&keys.state).query_async(&mut conn).await.expect("hgetall");
+        assert_eq!(fields.get("=n"), None, "deleted last");
+        assert_eq!(fields.get("#n").map(String::as_str), Some("3"), "three writes applied, one refused");
+        assert_eq!(fields.get("_bytes").map_or("0", String::as_str), "0", "set then deleted: nothing stored");
+    }
 }
