@@ -611,6 +611,27 @@ mod tests {
         ids
     }
 
+    /// A handled entry `id` of stream `events` settled as `disposition`.
+    fn settlement(id: &str, disposition: Disposition) -> Settlement {
+        Settlement {
+            key: "events".into(),
+            id: id.into(),
+            event_id: format!("e-{id}"),
+            owner: format!("events/{id}"),
+            hand_on: false,
+            disposition,
+            fallback: None,
+            state_fallbacks: None,
+            tally: Tally::Handled,
+        }
+    }
+
+    /// An ack of entry `id` with the state commit `state`.
+    fn state_ack(id: &str, state: crate::handler::StateCommit) -> Settlement {
+        let effects = Effects { follow_ups: Vec::new(), state: Some(state) };
+        settlement(id, Disposition::Ack { record: false, effects })
+    }
+
     /// Issue 25: state writes ride in the settle, guarded by the same XACK as follow-ups.
     /// Against a real server: a commit whose reads are current writes with the ack; one whose
     /// key changed meanwhile, or that passes the quota, writes and acks nothing; a settle
@@ -626,20 +647,6 @@ mod tests {
         let commit = |quota: &str, seen: &str, value: &str| crate::handler::StateCommit {
             args: [quota, "1", "n", seen, "1", "n", "s", value].iter().map(|a| a.as_bytes().to_vec()).collect(),
         };
-        let ack = |id: &str, state| Settlement {
-            key: "events".into(),
-            id: id.into(),
-            event_id: format!("e-{id}"),
-            owner: format!("events/{id}"),
-            hand_on: false,
-            disposition: Disposition::Ack {
-                record: false,
-                effects: Effects { follow_ups: Vec::new(), state: Some(state) },
-            },
-            fallback: None,
-            state_fallbacks: None,
-            tally: Tally::Handled,
-        };
         let none = std::collections::BTreeMap::new();
         let routing = Routing { cluster: false, keys: &keys, partitions: &none };
         let reader = conn.clone();
@@ -651,12 +658,12 @@ mod tests {
             }
         };
         // Two events read `n` at version 0 and each writes 1: the first commits with its ack.
-        let first = ack(&ids[0], commit("0", "0", "1"));
+        let first = state_ack(&ids[0], commit("0", "0", "1"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, std::slice::from_ref(&first)).await.expect("settle");
         assert_eq!(answers, [Settled::Done]);
         assert_eq!((hget("=n").await.as_deref(), hget("#n").await.as_deref()), (Some("1"), Some("1")));
         // The second read a version that is gone: refused, nothing acked or written.
-        let second = ack(&ids[1], commit("0", "0", "1"));
+        let second = state_ack(&ids[1], commit("0", "0", "1"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[second]).await.expect("settle");
         assert_eq!(answers, [Settled::StateConflict]);
         let pending: redis::Value =
@@ -674,7 +681,7 @@ mod tests {
         assert_eq!(answers, [Settled::Elsewhere]);
         assert_eq!(hget("#n").await.as_deref(), Some("1"), "applied once");
         // Past the quota: refused before the ack as well.
-        let big = ack(&ids[2], commit("8", "1", "a value longer than the quota"));
+        let big = state_ack(&ids[2], commit("8", "1", "a value longer than the quota"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[big]).await.expect("settle");
         assert_eq!(answers, [Settled::StateOverQuota]);
         assert_eq!(hget("=n").await.as_deref(), Some("1"));
@@ -694,28 +701,13 @@ mod tests {
         let commit = |seen: &str, op: &str, value: &str| crate::handler::StateCommit {
             args: ["0", "1", "n", seen, "1", "n", op, value].iter().map(|a| a.as_bytes().to_vec()).collect(),
         };
-        let entry = |id: &str, disposition| Settlement {
-            key: "events".into(),
-            id: id.into(),
-            event_id: format!("e-{id}"),
-            owner: format!("events/{id}"),
-            hand_on: false,
-            disposition,
-            fallback: None,
-            state_fallbacks: None,
-            tally: Tally::Handled,
-        };
-        let ack = |id: &str, state| {
-            let effects = Effects { follow_ups: Vec::new(), state: Some(state) };
-            entry(id, Disposition::Ack { record: false, effects })
-        };
-        let retry = entry(&ids[2], Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] });
+        let retry = settlement(&ids[2], Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] });
         let batch = [
-            ack(&ids[0], commit("0", "s", "1")),
-            ack(&ids[1], commit("0", "s", "x")),
+            state_ack(&ids[0], commit("0", "s", "1")),
+            state_ack(&ids[1], commit("0", "s", "x")),
             retry,
-            ack(&ids[3], commit("1", "s", "22")),
-            ack(&ids[4], commit("2", "d", "")),
+            state_ack(&ids[3], commit("1", "s", "22")),
+            state_ack(&ids[4], commit("2", "d", "")),
         ];
         let none = std::collections::BTreeMap::new();
         let routing = Routing { cluster: false, keys: &keys, partitions: &none };
