@@ -28,13 +28,11 @@ for i = FIRST_RUN, #ARGV, 3 do
     out[#out + 1] = 0
   end
 end
-if #names > 0 and redis.call('TYPE', state)['ok'] == 'hash' then
-  local got = state_fields(state, names)
-  for j = 1, #asked do
-    out[asked[j]] = {1, got[2 * j - 1], got[2 * j]}
-  end
-elseif #names > 0 then
+if #names > 0 then
   -- No state stored yet (or a key of another type, which the settle refuses): nothing to read.
-  for j = 1, #asked do out[asked[j]] = {1, false, false} end
+  local got = redis.call('TYPE', state)['ok'] == 'hash' and state_fields(state, names) or {}
+  for j = 1, #asked do
+    out[asked[j]] = {1, got[2 * j - 1] or false, got[2 * j] or false}
+  end
 end
 return out

@@ -11,7 +11,7 @@
 //!
 //! The same call reads ahead the state a run asks for (its event's partition key, for a
 //! subscriber granted state): a handler that keeps its state under the partition key, as
-//! docs/guide-state.md advises, reads it without a round trip of its own.
+//! docs/delivery.md advises, reads it without a round trip of its own.
 
 use std::sync::Arc;
 
