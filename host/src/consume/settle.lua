@@ -152,12 +152,8 @@ local function read_state(i)
   local names = {}
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
-    if ARGV[i + 1] == 'ackst' then
-      local m = tonumber(ARGV[i + 8])
-      local commit = {}
-      for j = 1, m do commit[j] = ARGV[i + 8 + j] end
-      state_names(commit, names)
-    end
+    -- An entry's values are ARGV[i + 1] on; an ackst's commit is its 9th value on.
+    if ARGV[i + 1] == 'ackst' then state_names(ARGV, i + 8, names) end
     i = i + n + 1
   end
   known = {}
@@ -174,7 +170,8 @@ while i <= #ARGV do
   local acking = op == 'ack' or op == 'ackst'
   if not acking and op ~= 'skip' then flush() end
   local code = 1
-  local commit, plan
+  -- Where the entry's values sit in ARGV (`s[j]` is `ARGV[base + j]`), and its plan.
+  local base, plan = i - n - 1, nil
   -- Where an ack's follow-up pairs begin: after the record flag, and the state commit.
   local follow = 8
   if op == 'ackst' then follow = 9 + tonumber(s[8]) end
@@ -190,11 +187,9 @@ while i <= #ARGV do
           code = -2
         else
           total = total or state_total(state)
-          if not known then read_state(i - n - 1) end
-          commit = {}
-          for j = 9, follow - 1 do commit[#commit + 1] = s[j] end
+          if not known then read_state(base) end
           local refused
-          refused, plan = state_plan(commit, total + delta, known)
+          refused, plan = state_plan(ARGV, base + 8, total + delta, known)
           if refused then code = refused[1] == 0 and -3 or -4 end
         end
       end
@@ -217,7 +212,7 @@ while i <= #ARGV do
     if code == 1 then
       if acking then
         if op == 'ackst' then
-          state_apply(commit, plan, known, pending)
+          state_apply(ARGV, base + 8, plan, known, pending)
           delta = delta + plan.delta
         end
         for j = follow, #s, 2 do

@@ -2,9 +2,10 @@
 -- plugin/state_commit.lua (scripts.rs, plugin/state.rs): one hash per (stream, subscriber)
 -- in the stream's slot (its field names `S.*` generated from keys.rs `state_field`), field
 -- `=KEY` the value, `#KEY` its version (bumped by every write, deletes too, never
--- reset), `_bytes` the total of keys and values stored. A commit's arguments `a` (from
--- `Txn::commit_args`): 1 quota bytes (0: none), 2 reads n, then n × (key, version seen), then
--- writes m, then m × (key, op `s` set | `d` delete, value or "").
+-- reset), `_bytes` the total of keys and values stored. A commit's arguments (from
+-- `Txn::commit_args`) are read in place, `a[o + 1]` on (the settle's ARGV, where they sit
+-- inside an entry, is not copied): 1 quota bytes (0: none), 2 reads n, then n × (key, version
+-- seen), then writes m, then m × (key, op `s` set | `d` delete, value or "").
 --
 -- A script call reads the hash once and writes it once, however many commits it holds: the
 -- fields every commit needs are read in one HMGET (`state_read`) into a table `known`, which
@@ -38,11 +39,11 @@ local function state_total(state)
   return tonumber(redis.call('HGET', state, S.BYTES) or '0')
 end
 
--- The fields commit `a` needs: every version read, every written key's value and version.
-local function state_names(a, names)
-  local reads = tonumber(a[2])
-  local at = 3 + 2 * reads
-  for i = 0, reads - 1 do names[#names + 1] = S.VERSION .. a[3 + 2 * i] end
+-- The fields commit `a`, `o` needs: every version read, every written key's value and version.
+local function state_names(a, o, names)
+  local reads = tonumber(a[o + 2])
+  local at = o + 3 + 2 * reads
+  for i = 0, reads - 1 do names[#names + 1] = S.VERSION .. a[o + 3 + 2 * i] end
   for i = 0, tonumber(a[at]) - 1 do
     local key = a[at + 1 + 3 * i]
     names[#names + 1] = S.VALUE .. key
@@ -66,17 +67,18 @@ local function state_read(state, names, known)
   for i = 1, #missing do known[missing[i]] = got[i] or false end
 end
 
--- Check commit `a` against the fields `known` holds (read by `state_read`, updated by the
+-- Check commit `a`, `o` against the fields `known` holds (read by `state_read`, updated by the
 -- commits applied before it), the state's total being `total` bytes: nil and a refusal
 -- ({0, KEY}: a key read changed meanwhile; {-1, TOTAL}: the quota would be exceeded), or
 -- the plan `state_apply` follows (each write's version before it, and the change of the
 -- total). It writes nothing, so the settle can check before its XACK and apply after it.
-local function state_plan(a, total, known)
-  local quota, reads = tonumber(a[1]), tonumber(a[2])
-  local at = 3 + 2 * reads
+local function state_plan(a, o, total, known)
+  local quota, reads = tonumber(a[o + 1]), tonumber(a[o + 2])
+  local at = o + 3 + 2 * reads
   local writes = tonumber(a[at])
   for i = 0, reads - 1 do
-    if (known[S.VERSION .. a[3 + 2 * i]] or '0') ~= a[4 + 2 * i] then return {0, a[3 + 2 * i]} end
+    local key = a[o + 3 + 2 * i]
+    if (known[S.VERSION .. key] or '0') ~= a[o + 4 + 2 * i] then return {0, key} end
   end
   local delta, versions = 0, {}
   for i = 0, writes - 1 do
@@ -95,11 +97,11 @@ local function state_plan(a, total, known)
   return nil, {versions = versions, delta = delta}
 end
 
--- Apply commit `a` as `plan` (from `state_plan`, just before) says: each write, its version
+-- Apply commit `a`, `o` as `plan` (from `state_plan`, just before) says: each write, its version
 -- bumped, into `known` and `pending` (field → value, false: delete), which `state_write`
 -- sends. The caller adds `plan.delta` to `_bytes` (once per script call).
-local function state_apply(a, plan, known, pending)
-  local at = 3 + 2 * tonumber(a[2])
+local function state_apply(a, o, plan, known, pending)
+  local at = o + 3 + 2 * tonumber(a[o + 2])
   for i = 0, tonumber(a[at]) - 1 do
     local key, op, value = a[at + 1 + 3 * i], a[at + 2 + 3 * i], a[at + 3 + 3 * i]
     local version = tostring(plan.versions[i + 1] + 1)

@@ -6,11 +6,11 @@
 --         {-1, TOTAL} the quota would be exceeded (nothing written).
 local state, commit = KEYS[1], ARGV
 local known = {}
-state_read(state, state_names(commit, {}), known)
-local refused, plan = state_plan(commit, state_total(state), known)
+state_read(state, state_names(commit, 0, {}), known)
+local refused, plan = state_plan(commit, 0, state_total(state), known)
 if refused then return refused end
 local pending = {}
-state_apply(commit, plan, known, pending)
+state_apply(commit, 0, plan, known, pending)
 state_write(state, pending)
 state_count(state, plan.delta)
 return {1}
