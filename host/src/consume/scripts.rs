@@ -70,6 +70,12 @@ script!(
     [include_str!("state.lua"), include_str!("settle.lua")],
     "Ack, retry, dead-letter or give back a batch of entries."
 );
+script!(
+    ACKS,
+    "acks.lua",
+    [include_str!("state.lua"), include_str!("acks.lua")],
+    "Ack a batch of entries that write state and nothing else, in fewer commands than settle.lua."
+);
 script!(PROMOTE, "promote.lua", "Move due retries into the retry stream.");
 script!(
     START,
@@ -85,8 +91,8 @@ script!(REPLAY, "replay.lua", "Move one dead letter to the retry stream, once.")
 script!(TRIM, "trim.lua", "One bounded step of trimming a stream by its retention, never below its safe floor.");
 
 /// Every script, for loading after `NOSCRIPT`.
-fn all() -> [&'static Lua; 11] {
-    [&READ, &DISPATCH, &SETTLE, &START, &COUNT, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &TRIM]
+fn all() -> [&'static Lua; 12] {
+    [&READ, &DISPATCH, &SETTLE, &ACKS, &START, &COUNT, &PROMOTE, &REFRESH, &SWEEP, &REAP, &REPLAY, &TRIM]
 }
 
 /// A Lua string literal of `s`.
@@ -149,6 +155,11 @@ pub fn dispatch_keys(keys: &SubscriberKeys) -> Vec<&str> {
 pub fn settle_keys(keys: &SubscriberKeys) -> Vec<&str> {
     let own = [&keys.schedule, &keys.dlq, &keys.seen, &keys.dead, &keys.inflight, &keys.retry, &keys.state];
     [&per_key(keys)[..], &own.map(String::as_str)[..]].concat()
+}
+
+/// The keys of `acks.lua`: seen, dead, inflight, state.
+pub fn acks_keys(keys: &SubscriberKeys) -> [&str; 4] {
+    [&keys.seen, &keys.dead, &keys.inflight, &keys.state]
 }
 
 /// A run marker: `lease-expiry-ms:starts:owner` (the prelude's `mark`

@@ -213,8 +213,9 @@ fn encode(s: &Settlement, routing: Routing<'_>) -> Vec<Vec<u8>> {
     out
 }
 
-/// Apply `settlements` for subscriber `group`: plain acks in one `MULTI`, the rest in one
-/// script call; one answer each.
+/// Apply `settlements` for subscriber `group`: plain acks in one `MULTI`, acks that write
+/// state and nothing else in one `acks.lua` call, the rest in one `settle.lua` call; one
+/// answer each.
 pub async fn settle<C: ConnectionLike>(
     conn: &mut C,
     routing: Routing<'_>,
@@ -227,31 +228,60 @@ pub async fn settle<C: ConnectionLike>(
         return Ok(Vec::new());
     }
     // The hot path: acks without follow-ups or a key to hand on go as one MULTI of native
-    // commands (no Lua); the rest through the script.
-    let (plain, scripted): (Vec<usize>, Vec<usize>) = (0..settlements.len()).partition(|&i| is_plain(&settlements[i]));
+    // commands (no Lua); those whose only effect is state through the lean script; the rest
+    // through the whole one.
+    let mut ways: [Vec<usize>; 3] = Default::default();
+    for (i, s) in settlements.iter().enumerate() {
+        ways[way(s) as usize].push(i);
+    }
+    let [plain, acks, scripted] = ways;
     let mut answers = vec![Settled::Done; settlements.len()];
     if !plain.is_empty() {
         let plain: Vec<&Settlement> = plain.iter().map(|&i| &settlements[i]).collect();
         settle_plain(conn, routing.keys, group, dedupe_window_ms, &plain).await?;
     }
-    if !scripted.is_empty() {
-        let scripted_settlements: Vec<&Settlement> = scripted.iter().map(|&i| &settlements[i]).collect();
-        let codes = settle_scripted(conn, routing, group, dedupe_window_ms, lease_ms, &scripted_settlements).await?;
-        for (i, code) in scripted.into_iter().zip(codes) {
+    for (indices, lean) in [(acks, true), (scripted, false)] {
+        if indices.is_empty() {
+            continue;
+        }
+        let these: Vec<&Settlement> = indices.iter().map(|&i| &settlements[i]).collect();
+        let args = script_args(routing, group, dedupe_window_ms, lease_ms, &these);
+        let codes = match lean {
+            true => match settle_acks(conn, routing.keys, &args, these.len()).await? {
+                Some(codes) => codes,
+                // The state key holds another type: settle.lua answers for that.
+                None => settle_scripted(conn, routing.keys, &args, these.len()).await?,
+            },
+            false => settle_scripted(conn, routing.keys, &args, these.len()).await?,
+        };
+        for (i, code) in indices.into_iter().zip(codes) {
             answers[i] = code;
         }
     }
     Ok(answers)
 }
 
-/// Whether `s` can go the plain way: an ack (or skip) with nothing else to write.
-fn is_plain(s: &Settlement) -> bool {
-    !s.hand_on
-        && match &s.disposition {
-            Disposition::Ack { effects, .. } => effects.is_empty(),
-            Disposition::Skip => true,
-            _ => false,
-        }
+/// Which way a settlement goes (see [`settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// An ack (or skip) with nothing else to write: the `MULTI`.
+    Plain = 0,
+    /// An ack whose only effect is a state commit: `acks.lua`.
+    Acks = 1,
+    /// Anything else: `settle.lua`.
+    Script = 2,
+}
+
+fn way(s: &Settlement) -> Way {
+    if s.hand_on {
+        return Way::Script;
+    }
+    match &s.disposition {
+        Disposition::Ack { effects, .. } if effects.is_empty() => Way::Plain,
+        Disposition::Ack { effects, .. } if effects.follow_ups.is_empty() => Way::Acks,
+        Disposition::Skip => Way::Plain,
+        _ => Way::Script,
+    }
 }
 
 /// Settle plain acks in one MULTI: `XACK` per stream, the handled ids recorded, their
@@ -305,15 +335,15 @@ async fn settle_plain<C: ConnectionLike>(
     pipe.query_async(conn).await
 }
 
-/// Settle through `settle.lua`; one answer each.
-async fn settle_scripted<C: ConnectionLike>(
-    conn: &mut C,
+/// The arguments of a settle script call (`settle.lua` and `acks.lua` take the same): group,
+/// now, dedupe window, lease, then each settlement (`encode`).
+fn script_args(
     routing: Routing<'_>,
     group: &str,
     dedupe_window_ms: u64,
     lease_ms: u64,
     settlements: &[&Settlement],
-) -> redis::RedisResult<Vec<Settled>> {
+) -> Vec<Vec<u8>> {
     let mut args: Vec<Vec<u8>> = vec![
         group.as_bytes().to_vec(),
         now_ms().to_string().into_bytes(),
@@ -321,11 +351,40 @@ async fn settle_scripted<C: ConnectionLike>(
         lease_ms.to_string().into_bytes(),
     ];
     args.extend(settlements.iter().flat_map(|s| encode(s, routing)));
-    let reply = scripts::call(conn, &scripts::SETTLE, &scripts::settle_keys(routing.keys), &args).await?;
-    scripts::list(&scripts::SETTLE, reply, settlements.len(), |v| match v {
+    args
+}
+
+/// The codes of a settle script's reply for `n` entries.
+fn codes(script: &scripts::Lua, reply: redis::Value, n: usize) -> redis::RedisResult<Vec<Settled>> {
+    scripts::list(script, reply, n, |v| match v {
         redis::Value::Int(code) => Settled::from_code(*code),
         _ => None,
     })
+}
+
+/// Settle `n` entries through `settle.lua` with `args` ([`script_args`]); one answer each.
+async fn settle_scripted<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    args: &[Vec<u8>],
+    n: usize,
+) -> redis::RedisResult<Vec<Settled>> {
+    let reply = scripts::call(conn, &scripts::SETTLE, &scripts::settle_keys(keys), args).await?;
+    codes(&scripts::SETTLE, reply, n)
+}
+
+/// Settle `n` acks whose only effect is state through `acks.lua`; `None` (nothing written)
+/// when the state key holds another type, which `settle.lua` then answers for.
+async fn settle_acks<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &SubscriberKeys,
+    args: &[Vec<u8>],
+    n: usize,
+) -> redis::RedisResult<Option<Vec<Settled>>> {
+    match scripts::call(conn, &scripts::ACKS, &scripts::acks_keys(keys), args).await? {
+        redis::Value::Nil => Ok(None),
+        reply => codes(&scripts::ACKS, reply, n).map(Some),
+    }
 }
 
 /// The largest batch of settlements sent in one call.
@@ -643,9 +702,10 @@ mod tests {
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
         let keys = SubscriberKeys::new("events", "sub");
         let ids = read_by_group(&mut conn, "events", "sub", 3).await;
-        // quota, reads n, (key, version seen)*, writes m, (key, op, value)*
-        let commit = |quota: &str, seen: &str, value: &str| crate::handler::StateCommit {
-            args: [quota, "1", "n", seen, "1", "n", "s", value].iter().map(|a| a.as_bytes().to_vec()).collect(),
+        // quota, reads n, (key, version seen)*, writes m, the checked writes' change of the
+        // total, (key, op, value, next version)*
+        let commit = |quota: &str, seen: &str, delta: &str, value: &str, next: &str| crate::handler::StateCommit {
+            args: args(&[quota, "1", "n", seen, "1", delta, "n", "s", value, next]),
         };
         let none = std::collections::BTreeMap::new();
         let routing = Routing { cluster: false, keys: &keys, partitions: &none };
@@ -658,12 +718,12 @@ mod tests {
             }
         };
         // Two events read `n` at version 0 and each writes 1: the first commits with its ack.
-        let first = state_ack(&ids[0], commit("0", "0", "1"));
+        let first = state_ack(&ids[0], commit("0", "0", "2", "1", "1"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, std::slice::from_ref(&first)).await.expect("settle");
         assert_eq!(answers, [Settled::Done]);
         assert_eq!((hget("=n").await.as_deref(), hget("#n").await.as_deref()), (Some("1"), Some("1")));
         // The second read a version that is gone: refused, nothing acked or written.
-        let second = state_ack(&ids[1], commit("0", "0", "1"));
+        let second = state_ack(&ids[1], commit("0", "0", "2", "1", "1"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[second]).await.expect("settle");
         assert_eq!(answers, [Settled::StateConflict]);
         let pending: redis::Value =
@@ -681,42 +741,156 @@ mod tests {
         assert_eq!(answers, [Settled::Elsewhere]);
         assert_eq!(hget("#n").await.as_deref(), Some("1"), "applied once");
         // Past the quota: refused before the ack as well.
-        let big = state_ack(&ids[2], commit("8", "1", "a value longer than the quota"));
+        let big = state_ack(&ids[2], commit("8", "1", "28", "a value longer than the quota", "2"));
         let answers = settle(&mut conn, routing, "sub", 0, 60_000, &[big]).await.expect("settle");
         assert_eq!(answers, [Settled::StateOverQuota]);
         assert_eq!(hget("=n").await.as_deref(), Some("1"));
     }
 
+    /// Byte strings of `parts`.
+    fn args(parts: &[&str]) -> Vec<Vec<u8>> {
+        parts.iter().map(|a| a.as_bytes().to_vec()).collect()
+    }
+
+    /// `batch` settled through `acks.lua` where [`settle`] sends it (`lean`), or all through
+    /// `settle.lua`: both must answer the same.
+    async fn settle_through(
+        conn: &mut redis::aio::MultiplexedConnection,
+        keys: &SubscriberKeys,
+        window_ms: u64,
+        batch: &[Settlement],
+        lean: bool,
+    ) -> Vec<Settled> {
+        let none = std::collections::BTreeMap::new();
+        let routing = Routing { cluster: false, keys, partitions: &none };
+        if lean {
+            return settle(conn, routing, "sub", window_ms, 60_000, batch).await.expect("settle");
+        }
+        let refs: Vec<&Settlement> = batch.iter().collect();
+        let args = script_args(routing, "sub", window_ms, 60_000, &refs);
+        settle_scripted(conn, keys, &args, refs.len()).await.expect("settle")
+    }
+
+    /// The state hash's fields, and whether its `_bytes` is the sum of its keys and values.
+    async fn state_of(
+        conn: &mut redis::aio::MultiplexedConnection,
+        keys: &SubscriberKeys,
+    ) -> std::collections::HashMap<String, String> {
+        let fields: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&keys.state).query_async(conn).await.expect("hgetall");
+        let stored: usize = fields.iter().filter_map(|(f, v)| f.strip_prefix('=').map(|k| k.len() + v.len())).sum();
+        assert_eq!(fields.get("_bytes").map_or("0", String::as_str), stored.to_string(), "the total: {fields:?}");
+        fields
+    }
+
     /// The commits of one settle call read the state once and see each other's writes: of two
     /// events that read `n` at version 0, only the first commits; one that read the first's
-    /// version commits after it, across a retry entry (which sends the writes so far), and a
-    /// delete after a set leaves the version bumped, the value gone and the total even.
+    /// version commits after it, across a retry entry (which, in settle.lua, sends the writes
+    /// so far), and a delete after a set leaves the version bumped, the value gone and the
+    /// total even. The same through acks.lua (the acks) and through settle.lua alone.
     #[tokio::test]
     async fn the_commits_of_one_settle_call_see_each_others_writes() {
+        for lean in [true, false] {
+            let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
+            let client = redis::Client::open(server.url()).expect("url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+            let keys = SubscriberKeys::new("events", "sub");
+            let ids = read_by_group(&mut conn, "events", "sub", 5).await;
+            let commit = |seen: &str, delta: &str, op: &str, value: &str, next: &str| crate::handler::StateCommit {
+                args: args(&["0", "1", "n", seen, "1", delta, "n", op, value, next]),
+            };
+            let retry =
+                settlement(&ids[2], Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] });
+            let batch = [
+                state_ack(&ids[0], commit("0", "2", "s", "1", "1")),
+                state_ack(&ids[1], commit("0", "2", "s", "x", "1")),
+                retry,
+                state_ack(&ids[3], commit("1", "1", "s", "22", "2")),
+                state_ack(&ids[4], commit("2", "-3", "d", "", "3")),
+            ];
+            let answers = settle_through(&mut conn, &keys, 0, &batch, lean).await;
+            assert_eq!(answers, [Settled::Done, Settled::StateConflict, Settled::Done, Settled::Done, Settled::Done]);
+            let fields = state_of(&mut conn, &keys).await;
+            assert_eq!(fields.get("=n"), None, "deleted last");
+            assert_eq!(fields.get("#n").map(String::as_str), Some("3"), "three writes applied, one refused");
+        }
+    }
+
+    /// A blind write (a key the event did not read) is looked up by the script: after a
+    /// checked write of the same key in the same call it takes the next version and counts
+    /// the size against what the first wrote; a blind delete of a key never written bumps
+    /// its version and changes no total. The acks are recorded as handled and their run
+    /// markers forgotten. The same through acks.lua and settle.lua.
+    #[tokio::test]
+    async fn a_blind_write_after_a_checked_one_in_the_same_call_counts_from_the_first() {
+        for lean in [true, false] {
+            let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
+            let client = redis::Client::open(server.url()).expect("url");
+            let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+            let keys = SubscriberKeys::new("events", "sub");
+            let ids = read_by_group(&mut conn, "events", "sub", 3).await;
+            let mut markers = redis::cmd("HSET");
+            markers.arg(&keys.inflight);
+            for (n, id) in ids.iter().enumerate() {
+                markers.arg(format!("e-{id}")).arg(scripts::marker(
+                    now_ms() + 60_000,
+                    1 + n as u32 % 2,
+                    &format!("events/{id}"),
+                ));
+            }
+            let _: () = markers.query_async(&mut conn).await.expect("markers");
+            let commit = |parts: &[&str]| crate::handler::StateCommit { args: args(parts) };
+            let mut batch = vec![
+                // Read n (absent), set it to "abc": checked, +4.
+                state_ack(&ids[0], commit(&["0", "1", "n", "0", "1", "4", "n", "s", "abc", "1"])),
+                // Blind: set n to "hello" (+2 over "abc"), delete m (absent), set z to "zz".
+                state_ack(
+                    &ids[1],
+                    commit(&["0", "0", "3", "0", "n", "s", "hello", "", "m", "d", "", "", "z", "s", "zz", ""]),
+                ),
+                // Blind again, after both: z to "y" (-1).
+                state_ack(&ids[2], commit(&["0", "0", "1", "0", "z", "s", "y", ""])),
+            ];
+            for s in &mut batch {
+                s.disposition = match s.disposition.clone() {
+                    Disposition::Ack { effects, .. } => Disposition::Ack { record: true, effects },
+                    other => other,
+                };
+            }
+            let answers = settle_through(&mut conn, &keys, 60_000, &batch, lean).await;
+            assert_eq!(answers, [Settled::Done; 3]);
+            let fields = state_of(&mut conn, &keys).await;
+            let field = |f: &str| fields.get(f).map(String::as_str);
+            assert_eq!((field("=n"), field("#n")), (Some("hello"), Some("2")));
+            assert_eq!((field("=m"), field("#m")), (None, Some("1")));
+            assert_eq!((field("=z"), field("#z")), (Some("y"), Some("2")));
+            assert_eq!(field("_bytes"), Some("8"), "n=hello and z=y");
+            let recorded: usize = redis::cmd("ZCARD").arg(&keys.seen).query_async(&mut conn).await.expect("zcard");
+            assert_eq!(recorded, 3, "recorded as handled");
+            let left: usize = redis::cmd("HLEN").arg(&keys.inflight).query_async(&mut conn).await.expect("hlen");
+            assert_eq!(left, 0, "run markers forgotten");
+        }
+    }
+
+    /// acks.lua meets a state key of another type: it writes nothing and settle.lua answers
+    /// (the entry refused, given back, still pending), while a plain ack beside it settles.
+    #[tokio::test]
+    async fn a_state_key_of_another_type_falls_back_to_settle_lua_and_loses_nothing() {
         let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
         let client = redis::Client::open(server.url()).expect("url");
         let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
         let keys = SubscriberKeys::new("events", "sub");
-        let ids = read_by_group(&mut conn, "events", "sub", 5).await;
-        let commit = |seen: &str, op: &str, value: &str| crate::handler::StateCommit {
-            args: ["0", "1", "n", seen, "1", "n", op, value].iter().map(|a| a.as_bytes().to_vec()).collect(),
-        };
-        let retry = settlement(&ids[2], Disposition::Retry { due_ms: 0, fields: vec![(b"k".to_vec(), b"v".to_vec())] });
-        let batch = [
-            state_ack(&ids[0], commit("0", "s", "1")),
-            state_ack(&ids[1], commit("0", "s", "x")),
-            retry,
-            state_ack(&ids[3], commit("1", "s", "22")),
-            state_ack(&ids[4], commit("2", "d", "")),
-        ];
-        let none = std::collections::BTreeMap::new();
-        let routing = Routing { cluster: false, keys: &keys, partitions: &none };
-        let answers = settle(&mut conn, routing, "sub", 0, 60_000, &batch).await.expect("settle");
-        assert_eq!(answers, [Settled::Done, Settled::StateConflict, Settled::Done, Settled::Done, Settled::Done]);
-        let fields: std::collections::HashMap<String, String> =
-            redis::cmd("HGETALL").arg(&keys.state).query_async(&mut conn).await.expect("hgetall");
-        assert_eq!(fields.get("=n"), None, "deleted last");
-        assert_eq!(fields.get("#n").map(String::as_str), Some("3"), "three writes applied, one refused");
-        assert_eq!(fields.get("_bytes").map_or("0", String::as_str), "0", "set then deleted: nothing stored");
+        let ids = read_by_group(&mut conn, "events", "sub", 2).await;
+        let _: () = redis::cmd("SET").arg(&keys.state).arg("not a hash").query_async(&mut conn).await.expect("set");
+        let commit = crate::handler::StateCommit { args: args(&["0", "0", "1", "0", "n", "s", "1", ""]) };
+        let plain = settlement(&ids[1], Disposition::Ack { record: false, effects: Effects::default() });
+        let answers = settle_through(&mut conn, &keys, 0, &[state_ack(&ids[0], commit), plain], true).await;
+        assert_eq!(answers, [Settled::KeyRefused, Settled::Done]);
+        let pending: redis::Value =
+            redis::cmd("XPENDING").arg("events").arg("sub").query_async(&mut conn).await.expect("xpending");
+        let redis::Value::Array(summary) = pending else { panic!("{pending:?}") };
+        assert_eq!(summary.first(), Some(&redis::Value::Int(1)), "the state ack is still pending");
+        let kept: String = redis::cmd("GET").arg(&keys.state).query_async(&mut conn).await.expect("get");
+        assert_eq!(kept, "not a hash");
     }
 }

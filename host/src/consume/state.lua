@@ -1,11 +1,17 @@
--- Handler state (plugin::state, issue 25), prepended to settle.lua, start.lua and
+-- Handler state (plugin::state, issue 25), prepended to settle.lua, acks.lua, start.lua and
 -- plugin/state_commit.lua (scripts.rs, plugin/state.rs): one hash per (stream, subscriber)
 -- in the stream's slot (its field names `S.*` generated from keys.rs `state_field`), field
 -- `=KEY` the value, `#KEY` its version (bumped by every write, deletes too, never
 -- reset), `_bytes` the total of keys and values stored. A commit's arguments (from
 -- `Txn::commit_args`) are read in place, `a[o + 1]` on (the settle's ARGV, where they sit
 -- inside an entry, is not copied): 1 quota bytes (0: none), 2 reads n, then n × (key, version
--- seen), then writes m, then m × (key, op `s` set | `d` delete, value or "").
+-- seen), then writes m, then the change of the total that the checked writes make, then
+-- m × (key, op `s` set | `d` delete, value or "", next version or "").
+--
+-- A checked write is one of a key the event read: once the read's version is found current,
+-- the host knew the committed value then, so it sends the write's next version and its share
+-- of the total's change, and the script looks nothing up for it. A blind write (a key the
+-- event did not read; next version "") is looked up: its value (for the total) and version.
 --
 -- A script call reads the hash once and writes it once, however many commits it holds: the
 -- fields every commit needs are read in one HMGET (`state_read`) into a table `known`, which
@@ -39,15 +45,18 @@ local function state_total(state)
   return tonumber(redis.call('HGET', state, S.BYTES) or '0')
 end
 
--- The fields commit `a`, `o` needs: every version read, every written key's value and version.
+-- The fields commit `a`, `o` needs: every version read, and the value and version of every
+-- key written blindly.
 local function state_names(a, o, names)
   local reads = tonumber(a[o + 2])
   local at = o + 3 + 2 * reads
   for i = 0, reads - 1 do names[#names + 1] = S.VERSION .. a[o + 3 + 2 * i] end
   for i = 0, tonumber(a[at]) - 1 do
-    local key = a[at + 1 + 3 * i]
-    names[#names + 1] = S.VALUE .. key
-    names[#names + 1] = S.VERSION .. key
+    if a[at + 5 + 4 * i] == '' then
+      local key = a[at + 2 + 4 * i]
+      names[#names + 1] = S.VALUE .. key
+      names[#names + 1] = S.VERSION .. key
+    end
   end
   return names
 end
@@ -70,8 +79,8 @@ end
 -- Check commit `a`, `o` against the fields `known` holds (read by `state_read`, updated by the
 -- commits applied before it), the state's total being `total` bytes: nil and a refusal
 -- ({0, KEY}: a key read changed meanwhile; {-1, TOTAL}: the quota would be exceeded), or
--- the plan `state_apply` follows (each write's version before it, and the change of the
--- total). It writes nothing, so the settle can check before its XACK and apply after it.
+-- the plan `state_apply` follows (each write's next version, and the change of the total).
+-- It writes nothing, so the settle can check before its XACK and apply after it.
 local function state_plan(a, o, total, known)
   local quota, reads = tonumber(a[o + 1]), tonumber(a[o + 2])
   local at = o + 3 + 2 * reads
@@ -80,38 +89,42 @@ local function state_plan(a, o, total, known)
     local key = a[o + 3 + 2 * i]
     if (known[S.VERSION .. key] or '0') ~= a[o + 4 + 2 * i] then return {0, key} end
   end
-  local delta, versions = 0, {}
+  -- The checked writes' change, sent; the blind ones' worked out from what is stored.
+  local delta, versions = tonumber(a[at + 1]), {}
   for i = 0, writes - 1 do
-    local key, op, value = a[at + 1 + 3 * i], a[at + 2 + 3 * i], a[at + 3 + 3 * i]
-    local old = known[S.VALUE .. key]
-    versions[i + 1] = tonumber(known[S.VERSION .. key] or '0')
-    local had = old ~= false and old ~= nil
-    local old_len = had and #old or 0
-    if op == 's' then
-      delta = delta + #value - old_len + (had and 0 or #key)
-    elseif had then
-      delta = delta - old_len - #key
+    local w = at + 2 + 4 * i
+    local key, op, value, next_version = a[w], a[w + 1], a[w + 2], a[w + 3]
+    if next_version ~= '' then
+      versions[i + 1] = next_version
+    else
+      local old = known[S.VALUE .. key]
+      versions[i + 1] = tostring(tonumber(known[S.VERSION .. key] or '0') + 1)
+      local had = old ~= false and old ~= nil
+      local old_len = had and #old or 0
+      if op == 's' then
+        delta = delta + #value - old_len + (had and 0 or #key)
+      elseif had then
+        delta = delta - old_len - #key
+      end
     end
   end
   if quota > 0 and delta > 0 and total + delta > quota then return {-1, total} end
   return nil, {versions = versions, delta = delta}
 end
 
--- Apply commit `a`, `o` as `plan` (from `state_plan`, just before) says: each write, its version
--- bumped, into `known` and `pending` (field → value, false: delete), which `state_write`
--- sends. The caller adds `plan.delta` to `_bytes` (once per script call).
+-- Apply commit `a`, `o` as `plan` (from `state_plan`, just before) says: each write, at its
+-- next version, into `known` (for the call's later commits) and `pending` (field → value,
+-- false: delete), which `state_write` sends. The caller adds `plan.delta` to `_bytes` (once
+-- per script call).
 local function state_apply(a, o, plan, known, pending)
   local at = o + 3 + 2 * tonumber(a[o + 2])
   for i = 0, tonumber(a[at]) - 1 do
-    local key, op, value = a[at + 1 + 3 * i], a[at + 2 + 3 * i], a[at + 3 + 3 * i]
-    local version = tostring(plan.versions[i + 1] + 1)
-    local field = S.VALUE .. key
-    if op == 's' then
-      known[field], pending[field] = value, value
-    else
-      known[field], pending[field] = false, false
-    end
-    known[S.VERSION .. key], pending[S.VERSION .. key] = version, version
+    local w = at + 2 + 4 * i
+    local key, value = a[w], a[w + 1] == 's' and a[w + 2] or false
+    local version = plan.versions[i + 1]
+    local field, vfield = S.VALUE .. key, S.VERSION .. key
+    known[field], pending[field] = value, value
+    known[vfield], pending[vfield] = version, version
   end
 end
 

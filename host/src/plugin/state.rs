@@ -145,8 +145,9 @@ pub enum Committed {
 pub struct Txn {
     key: String,
     limits: StateLimits,
-    /// Version seen of every key read from Redis.
-    seen: BTreeMap<String, u64>,
+    /// Version seen of every key read from Redis, and the length of the value it held then
+    /// (`None`: none), from which the commit's change of the total is worked out.
+    seen: BTreeMap<String, (u64, Option<usize>)>,
     /// The event's view: committed values read, overlaid by its own writes.
     view: BTreeMap<String, Option<Vec<u8>>>,
     /// Its writes: `Some` set, `None` delete.
@@ -181,7 +182,7 @@ impl Txn {
         if let Some(ahead) = self.prefetched.take_if(|p| keys.contains(&p.key.as_str()))
             && !self.view.contains_key(&ahead.key)
         {
-            self.seen.insert(ahead.key.clone(), ahead.version);
+            self.seen.insert(ahead.key.clone(), (ahead.version, ahead.value.as_ref().map(Vec::len)));
             self.view.insert(ahead.key.clone(), ahead.value.clone());
         }
         let missing: Vec<&str> = keys.iter().copied().filter(|k| !self.view.contains_key(*k)).collect();
@@ -190,7 +191,7 @@ impl Txn {
         }
         let read = source.read(&self.key, &missing).await?;
         for (k, (value, version)) in missing.iter().zip(read) {
-            self.seen.insert(k.to_string(), version);
+            self.seen.insert(k.to_string(), (version, value.as_ref().map(Vec::len)));
             self.view.insert(k.to_string(), value);
         }
         Ok(())
@@ -271,19 +272,36 @@ impl Txn {
         &self.writes
     }
 
-    /// The commit's arguments after the quota: reads, then writes (see `state_commit.lua`).
+    /// The commit's arguments (see `consume/state.lua`): the quota, the reads, the writes.
+    /// A write of a key the event read is sent with its next version and its share of the
+    /// total's change (the commit applies only if that read is still current, so what was
+    /// read is what is stored); a blind write is left for the script to look up.
     pub fn commit_args(&self) -> Vec<Vec<u8>> {
-        let mut args = vec![self.limits.quota_bytes.to_string().into_bytes(), self.seen.len().to_string().into_bytes()];
-        for (k, v) in &self.seen {
+        let number = |n: &dyn std::fmt::Display| n.to_string().into_bytes();
+        let mut args = Vec::with_capacity(4 + 2 * self.seen.len() + 4 * self.writes.len());
+        args.push(number(&self.limits.quota_bytes));
+        args.push(number(&self.seen.len()));
+        for (k, (version, _)) in &self.seen {
             args.push(k.clone().into_bytes());
-            args.push(v.to_string().into_bytes());
+            args.push(number(version));
         }
-        args.push(self.writes.len().to_string().into_bytes());
+        args.push(number(&self.writes.len()));
+        let delta_at = args.len();
+        args.push(Vec::new());
+        let mut delta: i64 = 0;
         for (k, v) in &self.writes {
             args.push(k.clone().into_bytes());
             args.push(if v.is_some() { b"s".to_vec() } else { b"d".to_vec() });
             args.push(v.clone().unwrap_or_default());
+            match self.seen.get(k) {
+                Some((version, had)) => {
+                    delta += size_change(k.len(), *had, v.as_ref().map(Vec::len));
+                    args.push(number(&(version + 1)));
+                }
+                None => args.push(Vec::new()),
+            }
         }
+        args[delta_at] = number(&delta);
         args
     }
 
@@ -299,6 +317,13 @@ impl Txn {
         let reply: Vec<redis::Value> = invocation.invoke_async(conn).await?;
         parse_commit(&reply)
     }
+}
+
+/// How a write changes the bytes stored: a key of `key` bytes holding a value of `had` bytes
+/// (`None`: none) before and `now` after (`None`: deleted), as `state.lua` counts them.
+fn size_change(key: usize, had: Option<usize>, now: Option<usize>) -> i64 {
+    let stored = |v: Option<usize>| v.map_or(0, |len| (key + len) as i64);
+    stored(now) - stored(had)
 }
 
 /// The commit script's reply, with an explicit error arm for anything else.
@@ -488,5 +513,29 @@ mod tests {
             Some(b"1000".to_vec()),
             "{conflicts} conflicts retried"
         );
+    }
+
+    /// A write of a key the event read is sent with its next version and its share of the
+    /// total's change (what the read found is what the commit replaces); a blind write is
+    /// sent with neither, for the script to look up.
+    #[tokio::test]
+    async fn a_checked_write_carries_its_next_version_and_size_change_a_blind_one_neither() {
+        let values = BTreeMap::from([("a".to_string(), b"abc".to_vec()), ("d".to_string(), b"xy".to_vec())]);
+        let mut memory = Memory::with(values);
+        let mut t = txn();
+        assert_eq!(t.get_many(&mut memory, &["a", "d", "new"]).await.expect("read").len(), 3);
+        t.set("a", b"hello".to_vec()).expect("set"); // +2
+        t.delete("d").expect("delete"); // -(1 + 2)
+        t.set("new", b"v".to_vec()).expect("set"); // +(3 + 1)
+        t.set("blind", b"zz".to_vec()).expect("set"); // looked up by the script
+        let text: Vec<String> = t.commit_args().iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        assert_eq!(
+            text,
+            [
+                "64", "3", "a", "0", "d", "0", "new", "0", "4", "3", "a", "s", "hello", "1", "blind", "s", "zz", "",
+                "d", "d", "", "1", "new", "s", "v", "1"
+            ]
+        );
+        assert_eq!(size_change(3, None, None), 0, "deleting what was never there");
     }
 }

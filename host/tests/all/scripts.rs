@@ -541,8 +541,9 @@ async fn state_commit_applies_current_reads_and_refuses_a_conflict_or_the_quota(
     let env = Env::new();
     let mut conn = env.conn().await;
     let k = keys();
-    let commit = |quota: &str, seen: &str, value: &str| -> Vec<String> {
-        [quota, "1", "n", seen, "1", "n", "s", value].map(String::from).to_vec()
+    // quota, reads, (key, seen), writes, the checked writes' change, (key, op, value, next)
+    let commit = |quota: &str, seen: &str, delta: &str, value: &str, next: &str| -> Vec<String> {
+        [quota, "1", "n", seen, "1", delta, "n", "s", value, next].map(String::from).to_vec()
     };
     let mut run = async |args: Vec<String>| {
         let mut invocation = COMMIT.key(&k.state);
@@ -550,9 +551,9 @@ async fn state_commit_applies_current_reads_and_refuses_a_conflict_or_the_quota(
         let reply: Vec<Value> = invocation.invoke_async(&mut conn).await.expect("commit");
         parse_commit(&reply).expect("parsed")
     };
-    assert_eq!(run(commit("0", "0", "1")).await, Committed::Done);
-    assert_eq!(run(commit("0", "0", "2")).await, Committed::Conflict("n".into()));
-    assert_eq!(run(commit("4", "1", "a long value")).await, Committed::OverQuota { total: 2 });
+    assert_eq!(run(commit("0", "0", "2", "1", "1")).await, Committed::Done);
+    assert_eq!(run(commit("0", "0", "2", "2", "1")).await, Committed::Conflict("n".into()));
+    assert_eq!(run(commit("4", "1", "11", "a long value", "2")).await, Committed::OverQuota { total: 2 });
     let mut conn = env.conn().await;
     assert_eq!(hget(&mut conn, &k.state, "=n").await.as_deref(), Some("1"));
     assert_eq!(hget(&mut conn, &k.state, "#n").await.as_deref(), Some("1"));
