@@ -26,13 +26,7 @@ local t = redis.call('TYPE', state)['ok']
 if t ~= 'hash' and t ~= 'none' then return false end
 
 -- Every field the commits need, and the total, in one HMGET.
-local names = {}
-local i = FIRST_ENTRY
-while i <= #ARGV do
-  -- An entry's values are ARGV[i + 1] on; an ackst's commit is its 9th value on.
-  if ARGV[i + 1] == 'ackst' then state_names(ARGV, i + 8, names) end
-  i = i + tonumber(ARGV[i]) + 1
-end
+local names = settle_names(FIRST_ENTRY)
 local known, total = {}, 0
 if #names > 0 then
   names[#names + 1] = S.BYTES
@@ -41,7 +35,7 @@ if #names > 0 then
 end
 
 local out, pending, delta, handled, gone = {}, {}, 0, {}, {}
-i = FIRST_ENTRY
+local i = FIRST_ENTRY
 while i <= #ARGV do
   local base = i
   i = i + tonumber(ARGV[i]) + 1

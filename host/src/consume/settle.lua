@@ -149,15 +149,8 @@ end
 -- Read, in one HMGET, every state field the call's commits (`ackst` entries from ARGV index
 -- `i` on) need, once the state hash is known to be one.
 local function read_state(i)
-  local names = {}
-  while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    -- An entry's values are ARGV[i + 1] on; an ackst's commit is its 9th value on.
-    if ARGV[i + 1] == 'ackst' then state_names(ARGV, i + 8, names) end
-    i = i + n + 1
-  end
   known = {}
-  state_read(state, names, known)
+  state_read(state, settle_names(i), known)
 end
 
 local out = {}

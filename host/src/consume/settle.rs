@@ -246,13 +246,11 @@ pub async fn settle<C: ConnectionLike>(
         }
         let these: Vec<&Settlement> = indices.iter().map(|&i| &settlements[i]).collect();
         let args = script_args(routing, group, dedupe_window_ms, lease_ms, &these);
+        let lean = if lean { settle_acks(conn, routing.keys, &args, these.len()).await? } else { None };
+        // None from acks.lua: the state key holds another type, which settle.lua answers for.
         let codes = match lean {
-            true => match settle_acks(conn, routing.keys, &args, these.len()).await? {
-                Some(codes) => codes,
-                // The state key holds another type: settle.lua answers for that.
-                None => settle_scripted(conn, routing.keys, &args, these.len()).await?,
-            },
-            false => settle_scripted(conn, routing.keys, &args, these.len()).await?,
+            Some(codes) => codes,
+            None => settle_scripted(conn, routing.keys, &args, these.len()).await?,
         };
         for (i, code) in indices.into_iter().zip(codes) {
             answers[i] = code;
@@ -644,6 +642,14 @@ mod tests {
         );
     }
 
+    /// A fresh redis-server (stopped when dropped) and a connection to it.
+    async fn fresh_redis() -> (ferry_test_kit::redis_server::RedisServer, redis::aio::MultiplexedConnection) {
+        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
+        let client = redis::Client::open(server.url()).expect("url");
+        let conn = client.get_multiplexed_async_connection().await.expect("connect");
+        (server, conn)
+    }
+
     /// `n` entries added to `stream` and read by `group` (pending, for a settle to ack).
     async fn read_by_group(
         conn: &mut redis::aio::MultiplexedConnection,
@@ -697,9 +703,7 @@ mod tests {
     /// replayed after its ack writes nothing twice.
     #[tokio::test]
     async fn state_commits_with_the_ack_and_a_stale_read_or_the_quota_refuses_both() {
-        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
-        let client = redis::Client::open(server.url()).expect("url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let (_server, mut conn) = fresh_redis().await;
         let keys = SubscriberKeys::new("events", "sub");
         let ids = read_by_group(&mut conn, "events", "sub", 3).await;
         // quota, reads n, (key, version seen)*, writes m, the checked writes' change of the
@@ -791,9 +795,7 @@ mod tests {
     #[tokio::test]
     async fn the_commits_of_one_settle_call_see_each_others_writes() {
         for lean in [true, false] {
-            let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
-            let client = redis::Client::open(server.url()).expect("url");
-            let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+            let (_server, mut conn) = fresh_redis().await;
             let keys = SubscriberKeys::new("events", "sub");
             let ids = read_by_group(&mut conn, "events", "sub", 5).await;
             let commit = |seen: &str, delta: &str, op: &str, value: &str, next: &str| crate::handler::StateCommit {
@@ -824,9 +826,7 @@ mod tests {
     #[tokio::test]
     async fn a_blind_write_after_a_checked_one_in_the_same_call_counts_from_the_first() {
         for lean in [true, false] {
-            let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
-            let client = redis::Client::open(server.url()).expect("url");
-            let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+            let (_server, mut conn) = fresh_redis().await;
             let keys = SubscriberKeys::new("events", "sub");
             let ids = read_by_group(&mut conn, "events", "sub", 3).await;
             let mut markers = redis::cmd("HSET");
@@ -876,9 +876,7 @@ mod tests {
     /// (the entry refused, given back, still pending), while a plain ack beside it settles.
     #[tokio::test]
     async fn a_state_key_of_another_type_falls_back_to_settle_lua_and_loses_nothing() {
-        let server = ferry_test_kit::redis_server::RedisServer::start().expect("redis");
-        let client = redis::Client::open(server.url()).expect("url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+        let (_server, mut conn) = fresh_redis().await;
         let keys = SubscriberKeys::new("events", "sub");
         let ids = read_by_group(&mut conn, "events", "sub", 2).await;
         let _: () = redis::cmd("SET").arg(&keys.state).arg("not a hash").query_async(&mut conn).await.expect("set");

@@ -61,6 +61,18 @@ local function state_names(a, o, names)
   return names
 end
 
+-- The fields the commits of a settle's entries need (`ackst` entries of ARGV from index `i`
+-- on, laid out as settle.lua's header says; settle.lua and acks.lua share it).
+local function settle_names(i)
+  local names = {}
+  while i <= #ARGV do
+    -- An entry's values are ARGV[i + 1] on; an ackst's commit is its 9th value on.
+    if ARGV[i + 1] == 'ackst' then state_names(ARGV, i + 8, names) end
+    i = i + tonumber(ARGV[i]) + 1
+  end
+  return names
+end
+
 -- Read into `known` the fields of `names` it does not hold yet, in one HMGET.
 local function state_read(state, names, known)
   local missing, seen = {}, {}
